@@ -1,0 +1,71 @@
+package pipeline
+
+import (
+	"context"
+	"time"
+)
+
+// Source is a one-message-at-a-time Kafka consumer, as the pipeline drives it.
+// The Kafka adapter (package kafka) wraps confluent-kafka-go's consumer; the
+// in-memory source (package memsource) serves tests.
+//
+// All methods but Commit are called from one goroutine, the poll stage's
+// (Close from the goroutine that ran Consume, after the poll stage stopped).
+// Commit may be called from the committer goroutine concurrently with Poll.
+type Source[K, V any] interface {
+	// Subscribe starts consumption and registers the listener that receives
+	// rebalance notifications. It is called once, before the first Poll.
+	Subscribe(l RebalanceListener) error
+	// Poll returns the next message, or nil if none arrived within timeout.
+	// Rebalance notifications are delivered to the listener from inside Poll,
+	// on the calling goroutine, before Poll returns (as librdkafka does). A
+	// returned error is fatal to the pipeline; a source reports transient
+	// conditions by logging them and returning (nil, nil).
+	Poll(timeout time.Duration) (*Message[K, V], error)
+	// Commit stores the given offsets (each the next offset to read) as the
+	// group's committed offsets, synchronously.
+	Commit(ctx context.Context, offsets []Offset) error
+	// Pause stops fetching from the partitions; Poll keeps serving
+	// rebalance notifications. Resume undoes Pause.
+	Pause(partitions []TopicPartition) error
+	Resume(partitions []TopicPartition) error
+	// Close leaves the consumer group. A source may deliver a last
+	// PartitionsRevoked notification from inside Close.
+	Close() error
+}
+
+// RebalanceListener receives a Source's rebalance notifications. Its methods
+// block until the pipeline has acted on the notification; for a revoke that
+// includes committing the partitions' final offsets.
+type RebalanceListener interface {
+	// PartitionsAssigned: the member now owns these partitions (in addition
+	// to those it had, for incremental assignment).
+	PartitionsAssigned(partitions []TopicPartition)
+	// PartitionsRevoked: the member is about to give these partitions up in
+	// an orderly rebalance. The pipeline stops dispatching them, waits a
+	// bounded time for their in-flight handlers, commits their final
+	// offsets through Source.Commit, and drops their backlog.
+	PartitionsRevoked(partitions []TopicPartition)
+	// PartitionsLost: the member already lost these partitions (session
+	// timeout, fenced): their backlog is dropped and nothing is committed,
+	// since another member may own them by now.
+	PartitionsLost(partitions []TopicPartition)
+}
+
+// Handler handles one message. An error (or a panic) fails the message; what
+// happens then is up to the retry stages and the error policy.
+type Handler[K, V any] func(ctx context.Context, msg *Message[K, V]) error
+
+// Middleware wraps a Handler, for example to add a timeout or tracing.
+type Middleware[K, V any] func(next Handler[K, V]) Handler[K, V]
+
+// Stage is a user-insertable step of the pipeline. It runs on its own
+// goroutine, reads messages from in until in is closed, and must send every
+// message it receives on to out exactly once: immediately, later (a delay),
+// or marked with Message.Drop (finished, commits advance) or Message.Retry
+// (handled again, keeping its key). A stage must never swallow a message:
+// an unfinished message holds back its partition's commits. Every send to out
+// should select on ctx.Done(), which is closed on a hard stop. The pipeline
+// closes out once the stage returns; a returned error (or a panic) stops the
+// pipeline.
+type Stage[K, V any] func(ctx context.Context, in <-chan *Message[K, V], out chan<- *Message[K, V]) error
