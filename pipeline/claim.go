@@ -20,68 +20,72 @@ type Claim struct {
 
 	mu        sync.Mutex
 	window    OffsetWindow
-	started   int   // dispatched to the handler pool and not yet finished
-	committed int64 // last committed offset, -1 before the first commit
-	ended     atomic.Bool
-	idle      chan struct{} // closed once ended and started == 0
+	started   int           // dispatched to the handler pool and not yet finished
+	committed int64         // last committed offset, -1 before the first commit
+	stopping  atomic.Bool   // revoked, lost or ended: start no more messages
+	frozen    bool          // ended: finishing no longer moves commits
+	idle      chan struct{} // closed once stopping and started == 0
 }
 
 // TopicPartition returns the partition claimed.
 func (c *Claim) TopicPartition() TopicPartition { return c.tp }
 
-// Ended reports whether the claim was revoked or lost: its messages must no
-// longer be dispatched to handlers.
-func (c *Claim) Ended() bool { return c.ended.Load() }
+// Stopping reports whether the claim is being revoked or has ended: its
+// messages must no longer be dispatched to handlers.
+func (c *Claim) Stopping() bool { return c.stopping.Load() }
 
 // Track adds a freshly polled message to its partition's claim: from now on
 // the message is in flight, and its offset holds back the partition's
 // commits until it finishes.
 func Track[K, V any](c *Claim, msg *Message[K, V]) {
-	msg.claim = c
-	c.trackOffset(msg.Offset)
-}
-
-func (c *Claim) trackOffset(offset int64) {
+	msg.claim, msg.state = c, stateTracked
 	c.mu.Lock()
-	c.window.Add(offset)
+	c.window.Add(msg.Offset)
 	c.mu.Unlock()
 	c.tracker.inFlight.Add(1)
 	c.tracker.polled.Add(1)
 }
 
-// Start records that a message of the claim was dispatched to the handler
-// pool. It reports false, and records nothing, if the claim ended: the
-// message must then be abandoned instead.
-func (c *Claim) Start() bool {
+// Start records that msg is being dispatched to the handler pool. It
+// reports false, and records nothing, if the claim is stopping (revoked,
+// lost or ended): the message must then not be handled.
+func Start[K, V any](msg *Message[K, V]) bool {
+	c := msg.claim
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.ended.Load() {
+	if c.stopping.Load() {
 		return false
 	}
 	c.started++
+	msg.state = stateStarted
 	return true
 }
 
-// Finish records that the message at offset finished (handled, skipped or
-// dropped by a stage): its offset may now be committed. started says whether
-// it had been dispatched with Start.
-func (c *Claim) Finish(offset int64, started bool) {
-	c.release(started, func() { c.window.Finish(offset) })
-}
+// Finish records that msg finished (handled, skipped, or dropped by a
+// stage): its offset may now be committed. Finishing a message whose claim
+// ended only releases it: it can no longer move that assignment's commits.
+func Finish[K, V any](msg *Message[K, V]) { msg.claim.release(msg, true) }
 
-// Abandon records that a message will never finish in this assignment (its
-// backlog was dropped on shutdown or revoke): it stays uncommitted, so Kafka
-// delivers it again.
-func (c *Claim) Abandon(started bool) { c.release(started, nil) }
+// Abandon records that msg will never finish in this assignment (its
+// backlog was dropped on shutdown or revoke, or it failed and the pipeline
+// stops): it stays uncommitted, so Kafka delivers it again.
+func Abandon[K, V any](msg *Message[K, V]) { msg.claim.release(msg, false) }
 
-func (c *Claim) release(started bool, finish func()) {
-	c.mu.Lock()
-	if finish != nil && !c.ended.Load() {
-		finish()
+func (c *Claim) release(msg interface {
+	offset() int64
+	takeState() msgState
+}, finished bool) {
+	state := msg.takeState()
+	if state == stateUntracked {
+		return // released already
 	}
-	if started {
+	c.mu.Lock()
+	if finished && !c.frozen {
+		c.window.Finish(msg.offset())
+	}
+	if state == stateStarted {
 		c.started--
-		if c.started == 0 && c.ended.Load() {
+		if c.started == 0 && c.stopping.Load() {
 			closeOnce(c.idle)
 		}
 	}
@@ -122,13 +126,23 @@ func (c *Claim) LastCommitted() int64 {
 	return c.committed
 }
 
-// end marks the claim ended; no message of it starts from now on.
-func (c *Claim) end() {
+// stop marks the claim stopping: none of its messages starts from now on,
+// while those already started may still finish and move its commits.
+func (c *Claim) stop() {
 	c.mu.Lock()
-	c.ended.Store(true)
+	c.stopping.Store(true)
 	if c.started == 0 {
 		closeOnce(c.idle)
 	}
+	c.mu.Unlock()
+}
+
+// Freeze ends the claim for good: from now on finishing one of its messages
+// no longer moves its commit position (the partition may belong to another
+// member by now).
+func (c *Claim) Freeze() {
+	c.mu.Lock()
+	c.frozen = true
 	c.mu.Unlock()
 }
 
@@ -137,13 +151,40 @@ func (c *Claim) end() {
 type Tracker struct {
 	mu     sync.Mutex
 	claims map[TopicPartition]*Claim
+	paused map[TopicPartition]bool
 
 	inFlight atomic.Int64 // polled, not yet finished or abandoned
 	polled   atomic.Int64
 }
 
 // NewTracker returns an empty tracker.
-func NewTracker() *Tracker { return &Tracker{claims: make(map[TopicPartition]*Claim)} }
+func NewTracker() *Tracker {
+	return &Tracker{claims: make(map[TopicPartition]*Claim), paused: make(map[TopicPartition]bool)}
+}
+
+// SetPaused records that the partitions were paused or resumed.
+func (t *Tracker) SetPaused(partitions []TopicPartition, paused bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, tp := range partitions {
+		if paused {
+			t.paused[tp] = true
+		} else {
+			delete(t.paused, tp)
+		}
+	}
+}
+
+// Paused returns the paused partitions.
+func (t *Tracker) Paused() []TopicPartition {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	tps := make([]TopicPartition, 0, len(t.paused))
+	for tp := range t.paused {
+		tps = append(tps, tp)
+	}
+	return tps
+}
 
 // Assign starts a fresh claim for each partition. A partition that is
 // already claimed keeps its claim.
@@ -181,10 +222,11 @@ func (t *Tracker) Claims() []*Claim {
 	return cs
 }
 
-// End removes the partitions' claims from the assignment and marks them
-// ended, so that none of their messages starts any more. It returns the
-// ended claims.
-func (t *Tracker) End(partitions []TopicPartition) []*Claim {
+// Stop removes the partitions' claims from the assignment and marks them
+// stopping, so that none of their messages starts any more; started ones may
+// still finish until the caller freezes the claims. It returns the stopped
+// claims.
+func (t *Tracker) Stop(partitions []TopicPartition) []*Claim {
 	t.mu.Lock()
 	ended := make([]*Claim, 0, len(partitions))
 	for _, tp := range partitions {
@@ -195,12 +237,12 @@ func (t *Tracker) End(partitions []TopicPartition) []*Claim {
 	}
 	t.mu.Unlock()
 	for _, c := range ended {
-		c.end()
+		c.stop()
 	}
 	return ended
 }
 
-// WaitIdle waits until no started message of the ended claims is running,
+// WaitIdle waits until no started message of the stopped claims is running,
 // or until timeout. It reports whether they all went idle.
 func WaitIdle(claims []*Claim, timeout time.Duration) bool {
 	timer := time.NewTimer(timeout)

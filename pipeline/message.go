@@ -59,6 +59,24 @@ type Message[K, V any] struct {
 
 	fate  fate
 	claim *Claim
+	state msgState
+}
+
+// msgState is where a message stands in its claim's bookkeeping.
+type msgState uint8
+
+const (
+	stateUntracked msgState = iota // not tracked, or finished/abandoned already
+	stateTracked                   // polled, counted in flight
+	stateStarted                   // dispatched to the handler pool
+)
+
+func (m *Message[K, V]) offset() int64 { return m.Offset }
+
+func (m *Message[K, V]) takeState() msgState {
+	s := m.state
+	m.state = stateUntracked
+	return s
 }
 
 // fate records what a stage asked the pipeline to do with a message.

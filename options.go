@@ -1,0 +1,287 @@
+package parallafka
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/parallafka/parallafka/stages"
+)
+
+// Option configures a Parallafka. Each option's constructor documents its
+// default; New validates the result and returns a clear error for a bad one.
+type Option interface {
+	apply(*config)
+}
+
+type optionFunc func(*config)
+
+func (f optionFunc) apply(c *config) { f(c) }
+
+// ShutdownMode says how Consume stops once its context is cancelled.
+type ShutdownMode int
+
+const (
+	// Graceful stops polling, drops the backlog that no handler started
+	// (it was never committed, so it is delivered again), lets in-flight
+	// handlers finish within the shutdown timeout, commits, and returns.
+	// Past the timeout it behaves like HardStop.
+	Graceful ShutdownMode = iota
+	// HardStop cancels the handlers' contexts at once, waits for them to
+	// return, and commits only what finished.
+	HardStop
+)
+
+// StagePoint is a documented place in the pipeline where WithStage inserts a
+// user's stage.
+type StagePoint int
+
+const (
+	// AfterPoll: between the poll stage and the key-router. A stage here sees
+	// every message in poll order, before any handling: the place for
+	// filters, dedupe and enrichment. Messages it drops are finished at
+	// once, in order with their key.
+	AfterPoll StagePoint = iota
+	// AfterHandle: between the handler pool and the ack collector. A stage
+	// here sees every message after each handling attempt, with the outcome
+	// in Message.Err, while the message still holds its key: the place for
+	// retry, dead-lettering and metrics.
+	AfterHandle
+)
+
+func (p StagePoint) String() string {
+	switch p {
+	case AfterPoll:
+		return "AfterPoll"
+	case AfterHandle:
+		return "AfterHandle"
+	}
+	return fmt.Sprintf("StagePoint(%d)", int(p))
+}
+
+// Defaults, as documented on each option.
+const (
+	DefaultMaxConcurrency  = 16
+	DefaultMaxInFlight     = 1000
+	DefaultCommitInterval  = time.Second
+	DefaultShutdownTimeout = 30 * time.Second
+	DefaultRevokeTimeout   = 10 * time.Second
+)
+
+type config struct {
+	maxConcurrency  int
+	maxInFlight     int // 0: the default, max(DefaultMaxInFlight, 2*maxConcurrency)
+	ordering        Ordering
+	orderNilKeys    bool
+	commitInterval  time.Duration
+	shutdownMode    ShutdownMode
+	shutdownTimeout time.Duration
+	revokeTimeout   time.Duration
+	logger          *slog.Logger
+	errorPolicy     ErrorPolicy
+	middleware      []any // Middleware[K, V], checked against K and V by New
+	stages          []stageSpec
+	errs            []error
+}
+
+type stageSpec struct {
+	point StagePoint
+	name  string
+	stage any // Stage[K, V]
+}
+
+func defaultConfig() config {
+	return config{
+		maxConcurrency:  DefaultMaxConcurrency,
+		ordering:        OrderByKey,
+		commitInterval:  DefaultCommitInterval,
+		shutdownMode:    Graceful,
+		shutdownTimeout: DefaultShutdownTimeout,
+		revokeTimeout:   DefaultRevokeTimeout,
+		logger:          slog.Default(),
+		errorPolicy:     StopOnError,
+	}
+}
+
+// WithMaxConcurrency sets how many handlers run at the same time. Default 16.
+func WithMaxConcurrency(n int) Option {
+	return optionFunc(func(c *config) { c.maxConcurrency = n })
+}
+
+// WithMaxInFlight bounds the messages polled and not yet finished, and so
+// the memory the pipeline holds, whatever the topic's backlog. At the limit
+// the source's partitions are paused while polling goes on (the consumer
+// stays in its group). It must be at least the concurrency. Default: 1000,
+// or twice the concurrency if that is more.
+func WithMaxInFlight(n int) Option {
+	return optionFunc(func(c *config) { c.maxInFlight = n })
+}
+
+// WithOrdering sets which messages keep FIFO order: OrderByKey (the
+// default), OrderByPartition or Unordered.
+func WithOrdering(o Ordering) Option {
+	return optionFunc(func(c *config) { c.ordering = o })
+}
+
+// WithOrderedNilKeys makes messages without a key keep FIFO order among
+// themselves within their partition, in OrderByKey mode. By default they
+// carry no order: Kafka's producers spread them over partitions anyway.
+func WithOrderedNilKeys() Option {
+	return optionFunc(func(c *config) { c.orderNilKeys = true })
+}
+
+// WithCommitInterval sets how often finished offsets are committed. Default
+// 1 s: at most about a second of work is redone after a crash, for one
+// commit request per second. Commits also happen on revoke and at shutdown.
+func WithCommitInterval(d time.Duration) Option {
+	return optionFunc(func(c *config) { c.commitInterval = d })
+}
+
+// WithShutdownMode sets how Consume stops: Graceful (the default) or HardStop.
+func WithShutdownMode(m ShutdownMode) Option {
+	return optionFunc(func(c *config) { c.shutdownMode = m })
+}
+
+// WithShutdownTimeout bounds a graceful shutdown's wait for in-flight
+// handlers; past it their contexts are cancelled. Default 30 s.
+func WithShutdownTimeout(d time.Duration) Option {
+	return optionFunc(func(c *config) { c.shutdownTimeout = d })
+}
+
+// WithRevokeTimeout bounds how long a revoke waits for the revoked
+// partitions' in-flight handlers before it commits what finished and gives
+// the partitions up (unfinished messages are then redone by the next owner).
+// Keep it well under the group's rebalance timeout (max.poll.interval.ms).
+// Default 10 s.
+func WithRevokeTimeout(d time.Duration) Option {
+	return optionFunc(func(c *config) { c.revokeTimeout = d })
+}
+
+// WithLogger sets the logger. Default slog.Default().
+func WithLogger(l *slog.Logger) Option {
+	return optionFunc(func(c *config) { c.logger = l })
+}
+
+// WithErrorPolicy decides, per failed message, whether the pipeline stops
+// (the message stays uncommitted and Consume returns its error) or skips it
+// (commits it and goes on). Default StopOnError: nothing is lost.
+func WithErrorPolicy(p ErrorPolicy) Option {
+	return optionFunc(func(c *config) { c.errorPolicy = p })
+}
+
+// StopOnError is the default error policy: every failure stops the pipeline.
+func StopOnError(error) ErrorAction { return Stop }
+
+// SkipOnError is an error policy that logs and skips every failure.
+func SkipOnError(error) ErrorAction { return Skip }
+
+// WithMiddleware wraps the handler in the given middleware; the first one
+// given is the outermost.
+func WithMiddleware[K, V any](mw ...Middleware[K, V]) Option {
+	return optionFunc(func(c *config) {
+		for _, m := range mw {
+			if m == nil {
+				c.errs = append(c.errs, errors.New("parallafka: WithMiddleware: nil middleware"))
+				continue
+			}
+			c.middleware = append(c.middleware, m)
+		}
+	})
+}
+
+// WithStage inserts a stage at a point of the pipeline; stages at the same
+// point run in the order given. name identifies it in logs and errors. See
+// Stage for what a stage may and must do.
+func WithStage[K, V any](point StagePoint, name string, stage Stage[K, V]) Option {
+	return optionFunc(func(c *config) {
+		if stage == nil {
+			c.errs = append(c.errs, fmt.Errorf("parallafka: WithStage %q: nil stage", name))
+			return
+		}
+		c.stages = append(c.stages, stageSpec{point: point, name: name, stage: stage})
+	})
+}
+
+func (c *config) validate() error {
+	errs := append([]error(nil), c.errs...)
+	bad := func(format string, args ...any) {
+		errs = append(errs, fmt.Errorf("parallafka: "+format, args...))
+	}
+	if c.maxConcurrency < 1 {
+		bad("max concurrency must be at least 1, got %d", c.maxConcurrency)
+	}
+	if c.maxInFlight == 0 {
+		c.maxInFlight = max(DefaultMaxInFlight, 2*c.maxConcurrency)
+	}
+	if c.maxInFlight < max(c.maxConcurrency, 1) {
+		bad("max in-flight (%d) must be at least the max concurrency (%d)", c.maxInFlight, c.maxConcurrency)
+	}
+	if c.ordering < OrderByKey || c.ordering > Unordered {
+		bad("unknown ordering %d", c.ordering)
+	}
+	if c.commitInterval <= 0 {
+		bad("commit interval must be positive, got %v", c.commitInterval)
+	}
+	if c.shutdownMode != Graceful && c.shutdownMode != HardStop {
+		bad("unknown shutdown mode %d", c.shutdownMode)
+	}
+	if c.shutdownTimeout <= 0 {
+		bad("shutdown timeout must be positive, got %v", c.shutdownTimeout)
+	}
+	if c.revokeTimeout <= 0 {
+		bad("revoke timeout must be positive, got %v", c.revokeTimeout)
+	}
+	if c.logger == nil {
+		bad("nil logger")
+	}
+	if c.errorPolicy == nil {
+		bad("nil error policy")
+	}
+	for _, s := range c.stages {
+		if s.point != AfterPoll && s.point != AfterHandle {
+			bad("stage %q: unknown stage point %v", s.name, s.point)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// typed checks that the middleware and stages match the message type.
+func typed[K, V any](c *config) (mw []Middleware[K, V], before, after []namedStage[K, V], err error) {
+	var errs []error
+	for _, m := range c.middleware {
+		typed, ok := m.(Middleware[K, V])
+		if !ok {
+			errs = append(errs, fmt.Errorf("parallafka: middleware of type %T does not match messages of type %T", m, (*Message[K, V])(nil)))
+			continue
+		}
+		mw = append(mw, typed)
+	}
+	for _, s := range c.stages {
+		typed, ok := s.stage.(Stage[K, V])
+		if !ok {
+			errs = append(errs, fmt.Errorf("parallafka: stage %q of type %T does not match messages of type %T", s.name, s.stage, (*Message[K, V])(nil)))
+			continue
+		}
+		if s.point == AfterPoll {
+			before = append(before, namedStage[K, V]{s.name, typed})
+		} else {
+			after = append(after, namedStage[K, V]{s.name, typed})
+		}
+	}
+	return mw, before, after, errors.Join(errs...)
+}
+
+type namedStage[K, V any] struct {
+	name string
+	run  Stage[K, V]
+}
+
+// Ordering modes, re-exported from package stages.
+type Ordering = stages.Ordering
+
+const (
+	OrderByKey       = stages.OrderByKey
+	OrderByPartition = stages.OrderByPartition
+	Unordered        = stages.Unordered
+)

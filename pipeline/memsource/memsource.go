@@ -1,0 +1,428 @@
+// Package memsource is an in-memory pipeline.Source for tests, in the spirit
+// of net/http/httptest: topics with partitions, keyed records, offsets,
+// recorded commits, pausing, and simulated rebalances (assign, revoke, lost),
+// delivered from inside Poll exactly as a Kafka consumer delivers them.
+//
+//	src := memsource.New[string, string]()
+//	src.AddTopic("prices", 3)
+//	src.Produce("prices", 0, "AAPL", "187.20")
+//	p, _ := parallafka.New(src)
+//	go p.Consume(ctx, handler)
+//	...
+//	src.Revoke(pipeline.TopicPartition{Topic: "prices", Partition: 0}) // returns once the pipeline committed
+//	fmt.Println(src.Committed(pipeline.TopicPartition{Topic: "prices", Partition: 0}))
+//
+// A Source may be consumed again after Close (a restart): the next Poll
+// assigns every partition again, from its committed offset.
+package memsource
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/parallafka/parallafka/pipeline"
+)
+
+// Record is one record to produce.
+type Record[K, V any] struct {
+	Topic     string
+	Partition int32
+	Key       K
+	// NoKey produces a record without a key (Kafka's null key).
+	NoKey   bool
+	Value   V
+	Headers []pipeline.Header
+	// Err, if set, makes the record a poison pill: it is delivered with
+	// Message.Err set, as a source does for a record it cannot deserialize.
+	Err error
+}
+
+// Source is an in-memory pipeline.Source. It is safe for concurrent use.
+type Source[K, V any] struct {
+	encodeKey func(K) []byte
+
+	mu         sync.Mutex
+	logs       map[pipeline.TopicPartition][]Record[K, V]
+	order      []pipeline.TopicPartition // the keys of logs, sorted
+	committed  map[pipeline.TopicPartition]int64
+	commits    []pipeline.Offset
+	commitHook func([]pipeline.Offset) error
+	position   map[pipeline.TopicPartition]int64 // assigned partitions → next offset to deliver
+	paused     map[pipeline.TopicPartition]bool
+	listener   pipeline.RebalanceListener
+	needAssign bool // assign everything on the next Poll
+	pending    []notification
+	next       int // round-robin cursor over partitions
+	wake       chan struct{}
+}
+
+type notification struct {
+	kind       string // "assign", "revoke", "lost"
+	partitions []pipeline.TopicPartition
+	done       chan struct{}
+}
+
+// Option configures a Source.
+type Option[K any] func(*options[K])
+
+type options[K any] struct{ encodeKey func(K) []byte }
+
+// WithKeyEncoder sets how a key becomes its raw bytes (Message.RawKey, which
+// per-key ordering compares). By default string and []byte keys are used as
+// they are, and any other key is formatted with %v.
+func WithKeyEncoder[K any](encode func(K) []byte) Option[K] {
+	return func(o *options[K]) { o.encodeKey = encode }
+}
+
+// New returns an empty Source.
+func New[K, V any](opts ...Option[K]) *Source[K, V] {
+	o := options[K]{encodeKey: defaultKeyEncoder[K]}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	return &Source[K, V]{
+		encodeKey: o.encodeKey,
+		logs:      make(map[pipeline.TopicPartition][]Record[K, V]),
+		committed: make(map[pipeline.TopicPartition]int64),
+		position:  make(map[pipeline.TopicPartition]int64),
+		paused:    make(map[pipeline.TopicPartition]bool),
+		wake:      make(chan struct{}, 1),
+	}
+}
+
+func defaultKeyEncoder[K any](k K) []byte {
+	switch k := any(k).(type) {
+	case string:
+		return []byte(k)
+	case []byte:
+		return k
+	default:
+		return fmt.Appendf(nil, "%v", k)
+	}
+}
+
+// AddTopic creates a topic with the given number of partitions.
+func (s *Source[K, V]) AddTopic(topic string, partitions int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for p := range int32(partitions) {
+		tp := pipeline.TopicPartition{Topic: topic, Partition: p}
+		if _, ok := s.logs[tp]; !ok {
+			s.logs[tp] = nil
+			s.order = append(s.order, tp)
+		}
+	}
+	slices.SortFunc(s.order, comparePartitions)
+}
+
+// Produce appends a keyed record and returns its offset.
+func (s *Source[K, V]) Produce(topic string, partition int32, key K, value V) int64 {
+	return s.ProduceRecord(Record[K, V]{Topic: topic, Partition: partition, Key: key, Value: value})
+}
+
+// ProduceRecord appends a record and returns its offset. It panics if the
+// partition does not exist: that is a mistake in the test.
+func (s *Source[K, V]) ProduceRecord(r Record[K, V]) int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	tp := pipeline.TopicPartition{Topic: r.Topic, Partition: r.Partition}
+	log, ok := s.logs[tp]
+	if !ok {
+		panic(fmt.Sprintf("memsource: produce to unknown partition %v", tp))
+	}
+	s.logs[tp] = append(log, r)
+	s.signal()
+	return int64(len(log))
+}
+
+// Subscribe implements pipeline.Source. The next Poll assigns every
+// partition, each from its committed offset (or the start).
+func (s *Source[K, V]) Subscribe(l pipeline.RebalanceListener) error {
+	if l == nil {
+		return errors.New("memsource: nil rebalance listener")
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.listener != nil {
+		return errors.New("memsource: already subscribed")
+	}
+	s.listener, s.needAssign = l, true
+	return nil
+}
+
+// Poll implements pipeline.Source: it delivers pending rebalance
+// notifications first, then the next message of an assigned, unpaused
+// partition (round robin), waiting up to timeout for one.
+func (s *Source[K, V]) Poll(timeout time.Duration) (*pipeline.Message[K, V], error) {
+	deadline := time.Now().Add(timeout)
+	for {
+		s.deliverNotifications()
+		s.mu.Lock()
+		if s.listener == nil {
+			s.mu.Unlock()
+			return nil, errors.New("memsource: Poll before Subscribe")
+		}
+		msg := s.nextMessage()
+		s.mu.Unlock()
+		if msg != nil {
+			return msg, nil
+		}
+		wait := time.Until(deadline)
+		if wait <= 0 {
+			return nil, nil
+		}
+		timer := time.NewTimer(wait)
+		select {
+		case <-s.wake:
+		case <-timer.C:
+		}
+		timer.Stop()
+	}
+}
+
+func (s *Source[K, V]) nextMessage() *pipeline.Message[K, V] {
+	tps := s.order
+	for i := range tps {
+		tp := tps[(s.next+i)%len(tps)]
+		pos, assigned := s.position[tp]
+		if !assigned || s.paused[tp] || pos >= int64(len(s.logs[tp])) {
+			continue
+		}
+		s.next = (s.next + i + 1) % len(tps)
+		s.position[tp] = pos + 1
+		r := s.logs[tp][pos]
+		msg := &pipeline.Message[K, V]{
+			Topic: tp.Topic, Partition: tp.Partition, Offset: pos,
+			Key: r.Key, Value: r.Value, Headers: r.Headers, Timestamp: time.Now(),
+			Err: r.Err,
+		}
+		if !r.NoKey {
+			msg.RawKey = s.encodeKey(r.Key)
+		}
+		return msg
+	}
+	return nil
+}
+
+func (s *Source[K, V]) sortedPartitions() []pipeline.TopicPartition { return slices.Clone(s.order) }
+
+func comparePartitions(a, b pipeline.TopicPartition) int {
+	if a.Topic != b.Topic {
+		if a.Topic < b.Topic {
+			return -1
+		}
+		return 1
+	}
+	return int(a.Partition - b.Partition)
+}
+
+// deliverNotifications calls the listener for every pending notification,
+// on the polling goroutine, as a Kafka consumer does from inside Poll.
+func (s *Source[K, V]) deliverNotifications() {
+	s.mu.Lock()
+	if s.needAssign {
+		s.needAssign = false
+		s.pending = append([]notification{{kind: "assign", partitions: s.sortedPartitions()}}, s.pending...)
+	}
+	pending := s.pending
+	s.pending = nil
+	s.mu.Unlock()
+	for _, n := range pending {
+		s.apply(n)
+	}
+}
+
+func (s *Source[K, V]) apply(n notification) {
+	s.mu.Lock()
+	listener := s.listener
+	var partitions []pipeline.TopicPartition
+	for _, tp := range n.partitions {
+		_, assigned := s.position[tp]
+		if _, exists := s.logs[tp]; exists && (n.kind == "assign") != assigned {
+			partitions = append(partitions, tp)
+		}
+	}
+	if n.kind == "assign" {
+		for _, tp := range partitions {
+			s.position[tp] = s.committed[tp] // 0 if never committed: "earliest"
+		}
+	}
+	s.mu.Unlock()
+
+	if listener != nil && len(partitions) > 0 {
+		switch n.kind {
+		case "assign":
+			listener.PartitionsAssigned(partitions)
+		case "revoke":
+			listener.PartitionsRevoked(partitions)
+		case "lost":
+			listener.PartitionsLost(partitions)
+		}
+	}
+	if n.kind != "assign" {
+		s.mu.Lock()
+		for _, tp := range partitions {
+			delete(s.position, tp)
+			delete(s.paused, tp)
+		}
+		s.mu.Unlock()
+	}
+	if n.done != nil {
+		close(n.done)
+	}
+}
+
+// Assign assigns partitions (incrementally, from their committed offsets) and
+// returns once the listener has seen them, from inside a Poll.
+func (s *Source[K, V]) Assign(partitions ...pipeline.TopicPartition) {
+	s.notify("assign", partitions)
+}
+
+// Revoke revokes partitions in an orderly rebalance and returns once the
+// listener returned, from inside a Poll: by then the pipeline committed the
+// partitions' final offsets.
+func (s *Source[K, V]) Revoke(partitions ...pipeline.TopicPartition) {
+	s.notify("revoke", partitions)
+}
+
+// Lose takes partitions away as a lost assignment (no commit expected) and
+// returns once the listener returned.
+func (s *Source[K, V]) Lose(partitions ...pipeline.TopicPartition) {
+	s.notify("lost", partitions)
+}
+
+func (s *Source[K, V]) notify(kind string, partitions []pipeline.TopicPartition) {
+	done := make(chan struct{})
+	s.mu.Lock()
+	s.pending = append(s.pending, notification{kind: kind, partitions: partitions, done: done})
+	s.signal()
+	s.mu.Unlock()
+	<-done
+}
+
+// Commit implements pipeline.Source and records the commit.
+func (s *Source[K, V]) Commit(ctx context.Context, offsets []pipeline.Offset) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	hook := s.commitHook
+	s.mu.Unlock()
+	if hook != nil {
+		if err := hook(offsets); err != nil {
+			return err
+		}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, o := range offsets {
+		s.committed[o.TopicPartition] = o.Offset
+		s.commits = append(s.commits, o)
+	}
+	return nil
+}
+
+// SetCommitHook installs a function called before each commit; a non-nil
+// error fails the commit (to simulate a broker that refuses commits).
+func (s *Source[K, V]) SetCommitHook(hook func([]pipeline.Offset) error) {
+	s.mu.Lock()
+	s.commitHook = hook
+	s.mu.Unlock()
+}
+
+// Pause implements pipeline.Source.
+func (s *Source[K, V]) Pause(partitions []pipeline.TopicPartition) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, tp := range partitions {
+		s.paused[tp] = true
+	}
+	return nil
+}
+
+// Resume implements pipeline.Source.
+func (s *Source[K, V]) Resume(partitions []pipeline.TopicPartition) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, tp := range partitions {
+		delete(s.paused, tp)
+	}
+	s.signal()
+	return nil
+}
+
+// Close implements pipeline.Source: it revokes every assigned partition, on
+// the calling goroutine as confluent-kafka-go does from inside Close, and
+// unsubscribes. Notifications still pending are released unapplied.
+func (s *Source[K, V]) Close() error {
+	s.mu.Lock()
+	var assigned []pipeline.TopicPartition
+	for tp := range s.position {
+		assigned = append(assigned, tp)
+	}
+	slices.SortFunc(assigned, comparePartitions)
+	pending := s.pending
+	s.pending = nil
+	s.mu.Unlock()
+	s.apply(notification{kind: "revoke", partitions: assigned})
+	for _, n := range pending {
+		close(n.done)
+	}
+	s.mu.Lock()
+	s.listener, s.needAssign = nil, false
+	clear(s.paused)
+	s.mu.Unlock()
+	return nil
+}
+
+func (s *Source[K, V]) signal() {
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Committed returns a partition's committed offset (the next to read), or
+// -1 if it was never committed.
+func (s *Source[K, V]) Committed(tp pipeline.TopicPartition) int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if off, ok := s.committed[tp]; ok {
+		return off
+	}
+	return -1
+}
+
+// Commits returns every offset committed so far, in order.
+func (s *Source[K, V]) Commits() []pipeline.Offset {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.commits)
+}
+
+// Paused reports whether a partition is paused now.
+func (s *Source[K, V]) Paused(tp pipeline.TopicPartition) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.paused[tp]
+}
+
+// Len returns the number of records in a partition (its end offset).
+func (s *Source[K, V]) Len(tp pipeline.TopicPartition) int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return int64(len(s.logs[tp]))
+}
+
+// Partitions returns every partition, ordered by topic and partition.
+func (s *Source[K, V]) Partitions() []pipeline.TopicPartition {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.sortedPartitions()
+}
+
+var _ pipeline.Source[string, string] = (*Source[string, string])(nil)

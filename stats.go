@@ -1,0 +1,40 @@
+package parallafka
+
+// Stats is a snapshot of a Parallafka's progress.
+type Stats struct {
+	Polled       int64 // messages polled
+	Handled      int64 // finished successfully (including dropped and skipped)
+	Failed       int64 // handling attempts that failed (error or panic)
+	Skipped      int64 // failed messages skipped by the error policy
+	Dropped      int64 // messages a stage dropped
+	Retried      int64 // messages a stage handed back for another attempt
+	InFlight     int64 // polled and not yet finished: bounded by WithMaxInFlight
+	Queued       int64 // waiting behind an earlier message with the same key
+	Commits      int64 // successful commit requests
+	CommitErrors int64 // failed commit requests (retried)
+	// Committed is the last committed offset (the next to read) of each
+	// assigned partition that was committed at least once.
+	Committed map[TopicPartition]int64
+	// Paused lists the partitions paused by back-pressure.
+	Paused []TopicPartition
+}
+
+// Stats returns a snapshot of the counters. It is safe to call at any time,
+// from any goroutine.
+func (p *Parallafka[K, V]) Stats() Stats {
+	c := p.counters
+	s := Stats{
+		Polled: p.tracker.Polled(), Handled: c.Handled.Load() + c.Dropped.Load() + c.Skipped.Load(),
+		Failed: c.Failed.Load(), Skipped: c.Skipped.Load(), Dropped: c.Dropped.Load(), Retried: c.Retried.Load(),
+		InFlight: p.tracker.InFlight(), Queued: c.Queued.Load(),
+		Commits: c.Commits.Load(), CommitErrors: c.CommitErrors.Load(),
+		Committed: make(map[TopicPartition]int64),
+		Paused:    p.tracker.Paused(),
+	}
+	for _, claim := range p.tracker.Claims() {
+		if off := claim.LastCommitted(); off >= 0 {
+			s.Committed[claim.TopicPartition()] = off
+		}
+	}
+	return s
+}
