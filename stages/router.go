@@ -44,8 +44,8 @@ type Router[K, V any] struct {
 	done     chan struct{}
 
 	busy        map[*pipeline.Claim]map[string][]*pipeline.Message[K, V] // key → queued behind the in-flight one
-	ready       []*pipeline.Message[K, V]                                 // dispatchable, in order
-	outstanding int                                                       // dispatched, not yet released
+	ready       []*pipeline.Message[K, V]                                // dispatchable, in order
+	outstanding int                                                      // dispatched, not yet released
 }
 
 // NewRouter returns a router; Run starts it.
