@@ -658,3 +658,23 @@ func TestStatsSnapshot(t *testing.T) {
 	assert.Zero(t, st.Failed)
 	assert.Positive(t, st.Commits)
 }
+
+// After a failure that stops the pipeline, no later message with the failed
+// message's key starts: its order is kept for the redelivery.
+func TestStopKeepsTheFailedKeyBlocked(t *testing.T) {
+	src := memsource.New[string, int]()
+	produce(src, 1, 50, func(int) int { return 1 })
+	var maxHandled atomic.Int64
+	p, err := parallafka.New(src, parallafka.WithLogger(quiet), parallafka.WithMaxConcurrency(8))
+	require.NoError(t, err)
+	err = p.Consume(context.Background(), func(ctx context.Context, m *parallafka.Message[string, int]) error {
+		maxHandled.Store(m.Offset)
+		if m.Offset == 3 {
+			return errors.New("boom")
+		}
+		return nil
+	})
+	require.Error(t, err)
+	assert.EqualValues(t, 3, maxHandled.Load())
+	assert.EqualValues(t, 3, src.Committed(tp(0)))
+}

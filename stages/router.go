@@ -147,9 +147,10 @@ func (r *Router[K, V]) routingKey(msg *pipeline.Message[K, V]) (key string, orde
 	}
 }
 
-// push makes msg dispatchable, unless its claim stopped meanwhile.
+// push makes msg dispatchable, unless the pipeline is draining or its claim
+// stopped meanwhile.
 func (r *Router[K, V]) push(msg *pipeline.Message[K, V]) {
-	if !pipeline.Start(msg) {
+	if r.draining() || !pipeline.Start(msg) {
 		pipeline.Abandon(msg)
 		r.releaseKey(msg)
 		return
