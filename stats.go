@@ -12,8 +12,9 @@ type Stats struct {
 	Queued       int64 // waiting behind an earlier message with the same key
 	Commits      int64 // successful commit requests
 	CommitErrors int64 // failed commit requests (retried)
-	// Committed is the last committed offset (the next to read) of each
-	// assigned partition that was committed at least once.
+	// Committed is the last offset committed (the next to read) for each
+	// partition this Parallafka committed, including partitions since
+	// revoked.
 	Committed map[TopicPartition]int64
 	// Paused lists the partitions paused by back-pressure.
 	Paused []TopicPartition
@@ -28,13 +29,8 @@ func (p *Parallafka[K, V]) Stats() Stats {
 		Failed: c.Failed.Load(), Skipped: c.Skipped.Load(), Dropped: c.Dropped.Load(), Retried: c.Retried.Load(),
 		InFlight: p.tracker.InFlight(), Queued: c.Queued.Load(),
 		Commits: c.Commits.Load(), CommitErrors: c.CommitErrors.Load(),
-		Committed: make(map[TopicPartition]int64),
+		Committed: p.tracker.Committed(),
 		Paused:    p.tracker.Paused(),
-	}
-	for _, claim := range p.tracker.Claims() {
-		if off := claim.LastCommitted(); off >= 0 {
-			s.Committed[claim.TopicPartition()] = off
-		}
 	}
 	return s
 }

@@ -1,6 +1,7 @@
 package pipeline
 
 import (
+	"maps"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -117,6 +118,9 @@ func (c *Claim) Committed(offset int64) {
 		c.committed = offset
 	}
 	c.mu.Unlock()
+	c.tracker.mu.Lock()
+	c.tracker.committed[c.tp] = offset
+	c.tracker.mu.Unlock()
 }
 
 // LastCommitted returns the last committed offset, or -1.
@@ -149,9 +153,10 @@ func (c *Claim) Freeze() {
 // Tracker holds the claims of the current assignment and the counters that
 // drive back-pressure. It is safe for concurrent use.
 type Tracker struct {
-	mu     sync.Mutex
-	claims map[TopicPartition]*Claim
-	paused map[TopicPartition]bool
+	mu        sync.Mutex
+	claims    map[TopicPartition]*Claim
+	paused    map[TopicPartition]bool
+	committed map[TopicPartition]int64 // last commit of every partition ever committed
 
 	inFlight atomic.Int64 // polled, not yet finished or abandoned
 	polled   atomic.Int64
@@ -159,7 +164,11 @@ type Tracker struct {
 
 // NewTracker returns an empty tracker.
 func NewTracker() *Tracker {
-	return &Tracker{claims: make(map[TopicPartition]*Claim), paused: make(map[TopicPartition]bool)}
+	return &Tracker{
+		claims:    make(map[TopicPartition]*Claim),
+		paused:    make(map[TopicPartition]bool),
+		committed: make(map[TopicPartition]int64),
+	}
 }
 
 // SetPaused records that the partitions were paused or resumed.
@@ -173,6 +182,14 @@ func (t *Tracker) SetPaused(partitions []TopicPartition, paused bool) {
 			delete(t.paused, tp)
 		}
 	}
+}
+
+// Committed returns the last offset committed for each partition this
+// tracker ever committed, including partitions since revoked.
+func (t *Tracker) Committed() map[TopicPartition]int64 {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return maps.Clone(t.committed)
 }
 
 // Paused returns the paused partitions.

@@ -1,0 +1,80 @@
+package parallafka_test
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync/atomic"
+	"time"
+
+	"github.com/parallafka/parallafka"
+	"github.com/parallafka/parallafka/pipeline/memsource"
+)
+
+// Consume a topic with seven concurrent handlers; prices of one ticker are
+// handled one at a time, in order.
+func Example() {
+	src := memsource.New[string, float64]() // in production: kafka.NewSource(...)
+	src.AddTopic("ultimate-stonks-watchlist", 2)
+	src.Produce("ultimate-stonks-watchlist", 0, "AAPL", 187.20)
+	src.Produce("ultimate-stonks-watchlist", 0, "AAPL", 187.35)
+	src.Produce("ultimate-stonks-watchlist", 1, "MSFT", 411.10)
+
+	p, err := parallafka.New(src, parallafka.WithMaxConcurrency(7), parallafka.WithLogger(slog.New(slog.DiscardHandler)))
+	if err != nil {
+		panic(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var handled atomic.Int64
+	err = p.Consume(ctx, func(ctx context.Context, msg *parallafka.Message[string, float64]) error {
+		// This handler code processes up to 7 messages at the same time.
+		if handled.Add(1) == 3 {
+			cancel() // a graceful stop: in-flight work finishes and is committed
+		}
+		return nil
+	})
+	fmt.Println("handled:", handled.Load(), "error:", err)
+	fmt.Println("committed:", p.Stats().Committed)
+	// Output:
+	// handled: 3 error: <nil>
+	// committed: map[ultimate-stonks-watchlist[0]:2 ultimate-stonks-watchlist[1]:1]
+}
+
+// Middleware wraps every handling attempt, here with a per-attempt deadline.
+func ExampleWithMiddleware() {
+	timeout := func(d time.Duration) parallafka.Middleware[string, string] {
+		return func(next parallafka.Handler[string, string]) parallafka.Handler[string, string] {
+			return func(ctx context.Context, msg *parallafka.Message[string, string]) error {
+				ctx, cancel := context.WithTimeout(ctx, d)
+				defer cancel()
+				return next(ctx, msg)
+			}
+		}
+	}
+	src := memsource.New[string, string]()
+	_, err := parallafka.New(src, parallafka.WithMiddleware(timeout(time.Second)))
+	fmt.Println(err)
+	// Output: <nil>
+}
+
+// A stage inserted after polling drops messages it does not want; they count
+// as finished, so commits move past them.
+func ExampleWithStage() {
+	skipTombstones := func(ctx context.Context, in <-chan *parallafka.Message[string, []byte], out chan<- *parallafka.Message[string, []byte]) error {
+		for msg := range in {
+			if msg.RawValue == nil && msg.Value == nil {
+				msg.Drop()
+			}
+			select {
+			case out <- msg: // every message goes on, dropped or not
+			case <-ctx.Done():
+				return nil
+			}
+		}
+		return nil
+	}
+	src := memsource.New[string, []byte]()
+	_, err := parallafka.New(src, parallafka.WithStage(parallafka.AfterPoll, "skip-tombstones", skipTombstones))
+	fmt.Println(err)
+	// Output: <nil>
+}
