@@ -10,6 +10,7 @@ type Stats struct {
 	Retried      int64 // messages a stage handed back for another attempt
 	InFlight     int64 // polled and not yet finished: bounded by WithMaxInFlight
 	Queued       int64 // waiting behind an earlier message with the same key
+	Pauses       int64 // times back-pressure paused the partitions
 	Commits      int64 // successful commit requests
 	CommitErrors int64 // failed commit requests (retried)
 	// Committed is the last offset committed (the next to read) for each
@@ -28,7 +29,7 @@ func (p *Parallafka[K, V]) Stats() Stats {
 		Polled: p.tracker.Polled(), Handled: c.Handled.Load() + c.Dropped.Load() + c.Skipped.Load(),
 		Failed: c.Failed.Load(), Skipped: c.Skipped.Load(), Dropped: c.Dropped.Load(), Retried: c.Retried.Load(),
 		InFlight: p.tracker.InFlight(), Queued: c.Queued.Load(),
-		Commits: c.Commits.Load(), CommitErrors: c.CommitErrors.Load(),
+		Pauses: c.Pauses.Load(), Commits: c.Commits.Load(), CommitErrors: c.CommitErrors.Load(),
 		Committed: p.tracker.Committed(),
 		Paused:    p.tracker.Paused(),
 	}

@@ -14,6 +14,7 @@ type Counters struct {
 	Dropped      atomic.Int64 // messages a stage dropped (finished without handling)
 	Retried      atomic.Int64 // messages a stage handed back for another attempt
 	Queued       atomic.Int64 // waiting behind a busy key in the router
+	Pauses       atomic.Int64 // times back-pressure paused the assigned partitions
 	Commits      atomic.Int64 // successful commit calls
 	CommitErrors atomic.Int64 // failed commit calls
 }

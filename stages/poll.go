@@ -91,6 +91,7 @@ func (p *Poller[K, V]) applyBackPressure() error {
 	switch {
 	case !p.paused && inFlight >= int64(p.MaxInFlight):
 		p.paused = true
+		p.Counters.Pauses.Add(1)
 		return p.setPaused(p.assignedPartitions(), true)
 	case p.paused && inFlight <= int64(p.MaxInFlight)*3/4:
 		p.paused = false
