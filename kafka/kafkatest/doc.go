@@ -1,0 +1,43 @@
+// Package kafkatest gives tests, examples and benchmarks a Kafka broker with
+// no setup.
+//
+// By default [Start] and [New] run franz-go's kfake, an in-process fake Kafka
+// broker, listening on a free port of 127.0.0.1. If the environment variable
+// named by [BrokersEnv] (KAFKA_BROKERS) holds a comma-separated list of
+// bootstrap servers, they return a [Cluster] that points at that broker
+// instead (for example a real Apache Kafka that CI started), so the same
+// tests run against both.
+//
+// The helpers on [Cluster] work on both kinds: [Cluster.CreateTopic] creates a
+// topic and waits until it is usable, [UniqueTopic] names topics (and groups)
+// so that parallel tests sharing a real broker never collide,
+// [Cluster.Produce] and [Cluster.ProduceKeyed] write records synchronously
+// with acks=all, [Cluster.EndOffsets] and [Cluster.CommittedOffsets] read
+// offsets back, and [Cluster.ConsumerConfig] returns a confluent-kafka-go
+// configuration tuned for fast tests.
+//
+// A short example:
+//
+//	func TestSomething(t *testing.T) {
+//		cluster := kafkatest.New(t) // closed by t.Cleanup
+//		ctx := context.Background()
+//
+//		topic := kafkatest.UniqueTopic(t.Name())
+//		if err := cluster.CreateTopic(ctx, topic, 3); err != nil {
+//			t.Fatal(err)
+//		}
+//		if _, err := cluster.ProduceKeyed(ctx, topic, 100, 10); err != nil {
+//			t.Fatal(err)
+//		}
+//
+//		consumer, err := kafka.NewConsumer(cluster.ConsumerConfig(kafkatest.UniqueTopic("group")))
+//		if err != nil {
+//			t.Fatal(err)
+//		}
+//		defer consumer.Close()
+//		// consumer.SubscribeTopics([]string{topic}, nil), then loop on consumer.Poll(100).
+//	}
+//
+// Tests that need kfake-only features (fault injection, group inspection)
+// pass [WithEmbedded] and reach the fake cluster through [Cluster.Fake].
+package kafkatest
