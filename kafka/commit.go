@@ -1,0 +1,315 @@
+package kafka
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	ckafka "github.com/confluentinc/confluent-kafka-go/v2/kafka"
+
+	"github.com/parallafka/parallafka/pipeline"
+)
+
+// ErrNotOwned reports partitions that this member cannot commit because it
+// does not own them: never assigned, revoked or lost already, or the group
+// moved to a new generation this member is not part of yet
+// (UNKNOWN_MEMBER_ID, ILLEGAL_GENERATION, REBALANCE_IN_PROGRESS,
+// FENCED_INSTANCE_ID, STALE_MEMBER_EPOCH, assignment lost, consumer
+// destroyed). Retrying such a commit cannot succeed: drop it. If the
+// partition is still (or again) assigned, a later commit of a newer offset
+// will carry its progress.
+//
+// errors.Is(err, ErrNotOwned) holds for an error of Source.Commit exactly
+// when nothing in it is worth retrying.
+var ErrNotOwned = errors.New("kafka: partition not owned by this member")
+
+// CommitError is the error of Source.Commit when some offsets were not
+// committed. Each offset given to Commit is in exactly one of Committed,
+// NotOwned and Failed.
+//
+// A committer retries Failed (after a backoff), drops NotOwned, and counts
+// Committed as done. errors.Is(err, ErrNotOwned) reports that Failed is
+// empty: give up on the whole commit.
+type CommitError struct {
+	// Committed are the offsets that are now the group's committed offsets
+	// (or were already passed by an earlier commit of this Source).
+	Committed []pipeline.Offset
+	// NotOwned are the offsets dropped because this member does not own
+	// their partitions: do not retry them.
+	NotOwned []pipeline.Offset
+	// Failed are the offsets not committed for a reason that may pass
+	// (coordinator moving, request timed out, ...): retry them.
+	Failed []pipeline.Offset
+	// Causes holds the error of each offset in NotOwned and Failed.
+	Causes map[pipeline.TopicPartition]error
+}
+
+func (e *CommitError) Error() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "kafka: commit failed for %d of %d partitions", len(e.NotOwned)+len(e.Failed),
+		len(e.Committed)+len(e.NotOwned)+len(e.Failed))
+	if len(e.Failed) == 0 {
+		b.WriteString(" (not owned, not retriable)")
+	}
+	for i, off := range append(append([]pipeline.Offset(nil), e.Failed...), e.NotOwned...) {
+		if i == 3 {
+			b.WriteString("; ...")
+			break
+		}
+		fmt.Fprintf(&b, "; %s@%d: %v", off.TopicPartition, off.Offset, e.Causes[off.TopicPartition])
+	}
+	return b.String()
+}
+
+// Is reports whether target is ErrNotOwned and nothing is worth retrying.
+func (e *CommitError) Is(target error) bool { return target == ErrNotOwned && len(e.Failed) == 0 }
+
+// Unwrap returns the causes of Failed, or of NotOwned when Failed is empty
+// (so that errors.Is(err, ErrNotOwned) keeps its meaning): errors.As finds a
+// confluent-kafka-go Error among them.
+func (e *CommitError) Unwrap() []error {
+	group := e.Failed
+	if len(group) == 0 {
+		group = e.NotOwned
+	}
+	errs := make([]error, 0, len(group))
+	for _, off := range group {
+		if err := e.Causes[off.TopicPartition]; err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errs
+}
+
+// Retriable reports whether some offsets failed for a reason that may pass.
+func (e *CommitError) Retriable() bool { return len(e.Failed) > 0 }
+
+// errNotAssigned is the cause of offsets of partitions the Source does not
+// have in its assignment.
+var errNotAssigned = fmt.Errorf("%w: partition not assigned", ErrNotOwned)
+
+// Commit commits offsets (each the next offset to read in its partition, as
+// Kafka defines committed offsets: they are sent as given, not +1) as the
+// group's committed offsets, with a synchronous CommitOffsets. It returns
+// nil if all were committed, else a *CommitError (see ErrNotOwned), or
+// ErrClosed after Close, or ctx's error.
+//
+// Offsets of partitions not currently assigned to this Source are not sent:
+// they are reported NotOwned. An offset lower than or equal to one this
+// Source already committed for the partition in the current assignment is
+// not sent either (and counts as committed), so a late commit never moves a
+// partition's committed offset backwards. Commits are serialized.
+//
+// ctx is checked before the commit is sent; librdkafka cannot abandon a
+// commit in flight, which ends when the coordinator answers or the request
+// times out (socket.timeout.ms, or session.timeout.ms while no coordinator
+// is known).
+//
+// Commit may run concurrently with the other methods, and from inside the
+// listener's PartitionsRevoked (also during Close).
+func (s *Source[K, V]) Commit(ctx context.Context, offsets []pipeline.Offset) error {
+	if len(offsets) == 0 {
+		return nil
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	for _, off := range offsets {
+		if off.Offset < 0 {
+			return fmt.Errorf("kafka: commit %s: invalid offset %d", off.TopicPartition, off.Offset)
+		}
+	}
+	if err := s.beginCommit(); err != nil {
+		return err
+	}
+	defer s.endCommit()
+	s.commitMu.Lock()
+	defer s.commitMu.Unlock()
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+
+	res := &CommitError{Causes: make(map[pipeline.TopicPartition]error)}
+	var send []pipeline.Offset
+	s.mu.Lock()
+	for _, off := range dedupe(offsets) {
+		if _, ok := s.assigned[off.TopicPartition]; !ok {
+			res.NotOwned = append(res.NotOwned, off)
+			res.Causes[off.TopicPartition] = errNotAssigned
+		} else if last, ok := s.committed[off.TopicPartition]; ok && off.Offset <= last {
+			res.Committed = append(res.Committed, off)
+		} else {
+			send = append(send, off)
+		}
+	}
+	s.mu.Unlock()
+
+	if len(send) > 0 {
+		parts, err := s.consumer.CommitOffsets(toKafkaOffsets(send))
+		results := make(map[pipeline.TopicPartition]error, len(parts))
+		for _, p := range parts {
+			if p.Topic != nil {
+				results[pipeline.TopicPartition{Topic: *p.Topic, Partition: p.Partition}] = p.Error
+			}
+		}
+		if err != nil && len(send) > 1 {
+			// confluent-kafka-go returns a single error, without the
+			// per-partition results, as soon as one partition failed:
+			// ask the coordinator which partitions did get their offset.
+			s.markCommitted(ctx, send, results)
+		}
+		var done []pipeline.Offset
+		for _, off := range send {
+			perr, reported := results[off.TopicPartition]
+			switch {
+			case perr == errCommitted:
+				perr = nil
+			case perr != nil:
+			case err != nil:
+				perr = err
+			case !reported:
+				perr = errors.New("kafka: partition missing from the commit result")
+			}
+			switch {
+			case perr == nil:
+				done = append(done, off)
+			case notOwned(perr):
+				res.NotOwned = append(res.NotOwned, off)
+				res.Causes[off.TopicPartition] = fmt.Errorf("%w: %w", ErrNotOwned, perr)
+			default:
+				res.Failed = append(res.Failed, off)
+				res.Causes[off.TopicPartition] = perr
+			}
+		}
+		s.mu.Lock()
+		for _, off := range done {
+			if _, ok := s.assigned[off.TopicPartition]; ok {
+				s.committed[off.TopicPartition] = max(s.committed[off.TopicPartition], off.Offset)
+			}
+		}
+		s.mu.Unlock()
+		res.Committed = append(res.Committed, done...)
+	}
+
+	if len(res.NotOwned) == 0 && len(res.Failed) == 0 {
+		s.log.Debug("kafka: offsets committed", "offsets", res.Committed)
+		return nil
+	}
+	s.log.Warn("kafka: commit failed", "failed", res.Failed, "not_owned", res.NotOwned, "error", res.Error())
+	return res
+}
+
+// errCommitted marks, in markCommitted's results, a partition whose
+// committed offset reached the one sent.
+var errCommitted = errors.New("committed")
+
+// committedTimeout bounds markCommitted's query.
+const committedTimeout = 5 * time.Second
+
+// markCommitted sets results[tp] to errCommitted for the partitions of sent
+// whose committed offset is now at least the one sent.
+func (s *Source[K, V]) markCommitted(ctx context.Context, sent []pipeline.Offset, results map[pipeline.TopicPartition]error) {
+	timeout := committedTimeout
+	if d, ok := ctx.Deadline(); ok {
+		timeout = min(timeout, time.Until(d))
+	}
+	if timeout <= 0 {
+		return
+	}
+	parts, err := s.consumer.Committed(toKafka(offsetPartitions(sent)), millis(timeout))
+	if err != nil {
+		s.log.Debug("kafka: cannot read committed offsets after a failed commit", "error", err)
+		return
+	}
+	want := make(map[pipeline.TopicPartition]int64, len(sent))
+	for _, off := range sent {
+		want[off.TopicPartition] = off.Offset
+	}
+	for _, p := range parts {
+		if p.Topic == nil || p.Error != nil {
+			continue
+		}
+		tp := pipeline.TopicPartition{Topic: *p.Topic, Partition: p.Partition}
+		if w, ok := want[tp]; ok && int64(p.Offset) >= w {
+			results[tp] = errCommitted
+		}
+	}
+}
+
+func offsetPartitions(offsets []pipeline.Offset) []pipeline.TopicPartition {
+	tps := make([]pipeline.TopicPartition, len(offsets))
+	for i, off := range offsets {
+		tps[i] = off.TopicPartition
+	}
+	return tps
+}
+
+// beginCommit counts a commit in, unless the Source is closing: the
+// consumer must not be destroyed under a commit.
+func (s *Source[K, V]) beginCommit() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed || (s.closing && !s.closeCallback) {
+		return ErrClosed
+	}
+	s.commits++
+	return nil
+}
+
+func (s *Source[K, V]) endCommit() {
+	s.mu.Lock()
+	s.commits--
+	if s.commits == 0 {
+		s.idle.Broadcast()
+	}
+	s.mu.Unlock()
+}
+
+// notOwned tells the commit errors that mean this member cannot commit the
+// partition, from those worth retrying.
+func notOwned(err error) bool {
+	var kerr ckafka.Error
+	if !errors.As(err, &kerr) {
+		return false
+	}
+	switch kerr.Code() {
+	case ckafka.ErrUnknownMemberID, ckafka.ErrIllegalGeneration, ckafka.ErrRebalanceInProgress,
+		ckafka.ErrFencedInstanceID, ckafka.ErrStaleMemberEpoch, ckafka.ErrAssignmentLost,
+		ckafka.ErrFenced, ckafka.ErrDestroy:
+		return true
+	}
+	return false
+}
+
+// dedupe keeps the highest offset of each partition, in partition order.
+func dedupe(offsets []pipeline.Offset) []pipeline.Offset {
+	best := make(map[pipeline.TopicPartition]int64, len(offsets))
+	for _, off := range offsets {
+		if cur, ok := best[off.TopicPartition]; !ok || off.Offset > cur {
+			best[off.TopicPartition] = off.Offset
+		}
+	}
+	out := make([]pipeline.Offset, 0, len(best))
+	for tp, o := range best {
+		out = append(out, pipeline.Offset{TopicPartition: tp, Offset: o})
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Topic != out[j].Topic {
+			return out[i].Topic < out[j].Topic
+		}
+		return out[i].Partition < out[j].Partition
+	})
+	return out
+}
+
+func toKafkaOffsets(offsets []pipeline.Offset) []ckafka.TopicPartition {
+	parts := make([]ckafka.TopicPartition, len(offsets))
+	for i, off := range offsets {
+		topic := off.Topic
+		parts[i] = ckafka.TopicPartition{Topic: &topic, Partition: off.Partition, Offset: ckafka.Offset(off.Offset)}
+	}
+	return parts
+}

@@ -1,0 +1,208 @@
+package kafka
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"runtime"
+	"strconv"
+	"sync"
+	"weak"
+
+	ckafka "github.com/confluentinc/confluent-kafka-go/v2/kafka"
+)
+
+// ErrUnsafeConfig is wrapped by the errors of NewConsumer and NewSource that
+// refuse a consumer setting which would break the pipeline's guarantees
+// (at-least-once, commits only of finished messages, synchronous revoke).
+var ErrUnsafeConfig = errors.New("kafka: unsafe consumer configuration")
+
+// Consumer settings that NewConsumer checks or fills in.
+const (
+	keyAutoCommit       = "enable.auto.commit"
+	keyAutoOffsetStore  = "enable.auto.offset.store"
+	keyEventsChannel    = "go.events.channel.enable"
+	keyLogsChannel      = "go.logs.channel.enable"
+	keyLogsChannelValue = "go.logs.channel"
+)
+
+// NewConsumer creates a confluent-kafka-go consumer configured for a Source,
+// and is the way to build the consumer handed to NewSource.
+//
+// confluent-kafka-go offers no way to read back the configuration of an
+// existing consumer, so the Source cannot check a consumer it is given. The
+// settings are checked here instead, on a copy of cfg (cfg itself is never
+// modified):
+//
+//   - enable.auto.commit must be false: the pipeline commits each partition's
+//     offset itself once every message before it finished. Left unset, it is
+//     set to false; true is refused.
+//   - enable.auto.offset.store must be false: librdkafka would otherwise store
+//     the offset of every message as Poll returns it, ready for any offset-less
+//     commit. Left unset, it is set to false; true is refused.
+//   - go.events.channel.enable must be false: the channel consumer runs the
+//     rebalance callback on a goroutine of its own and disables Poll.
+//     Refused if true.
+//   - go.logs.channel.enable: left unset, NewConsumer enables it and forwards
+//     librdkafka's logs to the slog logger given by WithLogger (syslog levels
+//     0-3 as Error, 4 Warn, 5-6 Info, 7 Debug) until the consumer is closed.
+//     Set it (either way) to keep librdkafka's own logging or to read
+//     Consumer.Logs yourself.
+//
+// Everything else (bootstrap.servers, group.id, partition.assignment.strategy,
+// auto.offset.reset, session and poll timeouts, security) is the caller's.
+// Rebalancing needs no setting: Source.Subscribe installs a rebalance callback,
+// which confluent-kafka-go runs inside Poll and Close whatever
+// go.application.rebalance.enable says.
+//
+// Of the options, NewConsumer uses only WithLogger. NewSource accepts only
+// consumers made here, unless given WithUncheckedConsumer.
+func NewConsumer(cfg *ckafka.ConfigMap, opts ...Option) (*ckafka.Consumer, error) {
+	if cfg == nil {
+		return nil, errors.New("kafka: NewConsumer: nil ConfigMap")
+	}
+	o := applyOptions(opts)
+	conf, forwardLogs, err := safeConfig(*cfg)
+	if err != nil {
+		return nil, err
+	}
+	c, err := ckafka.NewConsumer(&conf)
+	if err != nil {
+		return nil, fmt.Errorf("kafka: NewConsumer: %w", err)
+	}
+	info := &consumerInfo{checked: true}
+	if forwardLogs {
+		info.logsDone = make(chan struct{})
+		go forwardLogEvents(c.Logs(), o.logger, info.logsDone)
+	}
+	register(c, info)
+	return c, nil
+}
+
+// safeConfig returns a checked copy of cfg, and whether NewConsumer should
+// forward librdkafka's logs.
+func safeConfig(cfg ckafka.ConfigMap) (ckafka.ConfigMap, bool, error) {
+	conf := make(ckafka.ConfigMap, len(cfg)+3)
+	for k, v := range cfg {
+		conf[k] = v
+	}
+	for _, key := range []string{keyAutoCommit, keyAutoOffsetStore} {
+		v, set, err := boolSetting(conf, key)
+		switch {
+		case err != nil:
+			return nil, false, err
+		case set && v:
+			return nil, false, fmt.Errorf("%w: %s=true: the pipeline commits each partition's "+
+				"offset itself, once every message before it finished; set it to false or leave it unset", ErrUnsafeConfig, key)
+		case !set:
+			conf[key] = false
+		}
+	}
+	if v, _, err := boolSetting(conf, keyEventsChannel); err != nil {
+		return nil, false, err
+	} else if v {
+		return nil, false, fmt.Errorf("%w: %s=true: the Source drives the consumer with Poll, "+
+			"which the events channel disables", ErrUnsafeConfig, keyEventsChannel)
+	}
+	forwardLogs := false
+	if _, set := conf[keyLogsChannel]; !set {
+		if _, set := conf[keyLogsChannelValue]; !set {
+			conf[keyLogsChannel] = true
+			forwardLogs = true
+		}
+	}
+	return conf, forwardLogs, nil
+}
+
+// boolSetting reads a boolean property the way librdkafka would parse it.
+func boolSetting(conf ckafka.ConfigMap, key string) (value, set bool, err error) {
+	v, ok := conf[key]
+	if !ok {
+		return false, false, nil
+	}
+	switch x := v.(type) {
+	case bool:
+		return x, true, nil
+	case int:
+		return x != 0, true, nil
+	case string:
+		b, perr := strconv.ParseBool(x)
+		if perr != nil {
+			return false, true, fmt.Errorf("kafka: %s=%q is not a boolean", key, x)
+		}
+		return b, true, nil
+	default:
+		return false, true, fmt.Errorf("kafka: %s has type %T, want bool", key, v)
+	}
+}
+
+// forwardLogEvents copies librdkafka's log events to logger until the
+// consumer closes the channel (in Consumer.Close).
+func forwardLogEvents(events <-chan ckafka.LogEvent, logger *slog.Logger, done chan<- struct{}) {
+	defer close(done)
+	for ev := range events {
+		level := slog.LevelDebug
+		switch {
+		case ev.Level <= 3:
+			level = slog.LevelError
+		case ev.Level == 4:
+			level = slog.LevelWarn
+		case ev.Level <= 6:
+			level = slog.LevelInfo
+		}
+		logger.Log(context.Background(), level, "librdkafka: "+ev.Message,
+			slog.String("client", ev.Name), slog.String("tag", ev.Tag), slog.Int("syslog_level", ev.Level))
+	}
+}
+
+// consumerInfo is what the package knows of a consumer it created or wraps.
+type consumerInfo struct {
+	checked  bool          // created by NewConsumer
+	logsDone chan struct{} // closed when log forwarding ended; nil if none
+	inUse    bool          // wrapped by a Source
+}
+
+var (
+	registryMu sync.Mutex
+	registry   = map[weak.Pointer[ckafka.Consumer]]*consumerInfo{}
+)
+
+// register remembers info for c until c is garbage collected.
+func register(c *ckafka.Consumer, info *consumerInfo) {
+	wp := weak.Make(c)
+	registryMu.Lock()
+	registry[wp] = info
+	registryMu.Unlock()
+	runtime.AddCleanup(c, func(wp weak.Pointer[ckafka.Consumer]) {
+		registryMu.Lock()
+		delete(registry, wp)
+		registryMu.Unlock()
+	}, wp)
+}
+
+// claimConsumer marks c as used by a Source and returns what is known of it.
+func claimConsumer(c *ckafka.Consumer, allowUnchecked bool) (*consumerInfo, error) {
+	wp := weak.Make(c)
+	registryMu.Lock()
+	info, known := registry[wp]
+	if known && info.inUse {
+		registryMu.Unlock()
+		return nil, errors.New("kafka: NewSource: the consumer is already used by another Source")
+	}
+	if !known && !allowUnchecked {
+		registryMu.Unlock()
+		return nil, fmt.Errorf("%w: the consumer was not created by kafka.NewConsumer, so its settings "+
+			"cannot be checked; create it with NewConsumer, or pass WithUncheckedConsumer if it has "+
+			"enable.auto.commit=false, enable.auto.offset.store=false and go.events.channel.enable=false", ErrUnsafeConfig)
+	}
+	if known {
+		info.inUse = true
+		registryMu.Unlock()
+		return info, nil
+	}
+	registryMu.Unlock()
+	info = &consumerInfo{inUse: true}
+	register(c, info)
+	return info, nil
+}

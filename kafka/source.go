@@ -1,0 +1,473 @@
+package kafka
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"sync"
+	"time"
+
+	ckafka "github.com/confluentinc/confluent-kafka-go/v2/kafka"
+
+	"github.com/parallafka/parallafka/pipeline"
+)
+
+// ErrClosed is returned by a Source's methods once Close was called.
+var ErrClosed = errors.New("kafka: source closed")
+
+// Source is a pipeline.Source over a confluent-kafka-go consumer. Create it
+// with NewSource; the pipeline drives it from then on (Subscribe, Poll,
+// Commit, Pause, Resume, Close), so the application should not call it
+// itself while the pipeline runs.
+//
+// As pipeline.Source requires, Poll, Pause, Resume, Subscribe and Close must
+// be called from one goroutine at a time, while Commit may run concurrently
+// with them.
+type Source[K, V any] struct {
+	consumer   *ckafka.Consumer
+	info       *consumerInfo
+	topics     []string
+	keyDeser   Deserializer[K]
+	valueDeser Deserializer[V]
+	log        *slog.Logger
+	onEvent    func(ckafka.Event)
+
+	// Owned by the goroutine calling Poll (and Close, which polls too).
+	listener   pipeline.RebalanceListener
+	subscribed bool
+	failure    error // a rebalance that went wrong, returned by the next Poll
+
+	mu            sync.Mutex
+	idle          *sync.Cond // signalled when commits drops to 0
+	assigned      map[pipeline.TopicPartition]struct{}
+	committed     map[pipeline.TopicPartition]int64 // last offset committed in the current assignment
+	commits       int                               // Commit calls in progress
+	closing       bool                              // Close started: Commit is refused ...
+	closeCallback bool                              // ... except from the listener's revoke during Close
+	closed        bool
+
+	commitMu sync.Mutex // serializes commits, so that they reach the broker in call order
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// NewSource returns a Source that consumes topics with consumer, turning
+// record keys and values into K and V with keyDeser and valueDeser.
+//
+// consumer must come from NewConsumer, which checks the settings the
+// pipeline's guarantees depend on (auto-commit off); another consumer is
+// refused with an error wrapping ErrUnsafeConfig unless WithUncheckedConsumer
+// is given. A consumer serves one Source only. The Source owns the consumer
+// from now on: it subscribes it in Subscribe and closes it in Close.
+func NewSource[K, V any](consumer *ckafka.Consumer, topics []string,
+	keyDeser Deserializer[K], valueDeser Deserializer[V], opts ...Option) (*Source[K, V], error) {
+	switch {
+	case consumer == nil:
+		return nil, errors.New("kafka: NewSource: nil consumer")
+	case consumer.IsClosed():
+		return nil, errors.New("kafka: NewSource: the consumer is closed")
+	case len(topics) == 0:
+		return nil, errors.New("kafka: NewSource: no topics")
+	case keyDeser == nil || valueDeser == nil:
+		return nil, errors.New("kafka: NewSource: nil deserializer")
+	}
+	for _, t := range topics {
+		if t == "" {
+			return nil, errors.New("kafka: NewSource: empty topic name")
+		}
+	}
+	o := applyOptions(opts)
+	info, err := claimConsumer(consumer, o.unchecked)
+	if err != nil {
+		return nil, err
+	}
+	s := &Source[K, V]{
+		consumer:   consumer,
+		info:       info,
+		topics:     append([]string(nil), topics...),
+		keyDeser:   keyDeser,
+		valueDeser: valueDeser,
+		log:        o.logger,
+		onEvent:    o.onEvent,
+		assigned:   make(map[pipeline.TopicPartition]struct{}),
+		committed:  make(map[pipeline.TopicPartition]int64),
+	}
+	s.idle = sync.NewCond(&s.mu)
+	return s, nil
+}
+
+// Consumer returns the underlying consumer, for reading metrics or metadata
+// (Assignment, Position, GetMetadata, ...). Do not subscribe, assign, commit,
+// pause, poll or close it behind the Source's back.
+func (s *Source[K, V]) Consumer() *ckafka.Consumer { return s.consumer }
+
+// Subscribe subscribes the consumer to the Source's topics, with a rebalance
+// callback that forwards assignments and revocations to l from inside Poll
+// and Close. It may be called once.
+func (s *Source[K, V]) Subscribe(l pipeline.RebalanceListener) error {
+	switch {
+	case l == nil:
+		return errors.New("kafka: Subscribe: nil listener")
+	case s.isClosed():
+		return ErrClosed
+	case s.subscribed:
+		return errors.New("kafka: Subscribe called twice")
+	}
+	s.listener = l
+	if err := s.consumer.SubscribeTopics(s.topics, s.rebalance); err != nil {
+		return fmt.Errorf("kafka: subscribe to %v: %w", s.topics, err)
+	}
+	s.subscribed = true
+	return nil
+}
+
+// Poll returns the next message, or nil when none arrived within timeout.
+//
+// It serves the consumer's other events meanwhile: rebalances reach the
+// listener (before Poll returns), errors are logged, and only a fatal
+// librdkafka error (or a rebalance that could not be carried out) is
+// returned. A record whose key or value fails to deserialize is not an
+// error of Poll: it is returned with Err set to a *DeserializeError.
+func (s *Source[K, V]) Poll(timeout time.Duration) (*pipeline.Message[K, V], error) {
+	if s.isClosed() {
+		return nil, ErrClosed
+	}
+	if !s.subscribed {
+		return nil, errors.New("kafka: Poll before Subscribe")
+	}
+	deadline := time.Now().Add(timeout)
+	for {
+		ev := s.consumer.Poll(millis(time.Until(deadline)))
+		if err := s.failure; err != nil {
+			return nil, err
+		}
+		switch e := ev.(type) {
+		case nil:
+		case *ckafka.Message:
+			if e.TopicPartition.Error == nil {
+				return s.message(e), nil
+			}
+			if err := s.consumerError(e.TopicPartition.Error, e.TopicPartition); err != nil {
+				return nil, err
+			}
+			s.notify(ev)
+		case ckafka.Error:
+			if err := s.consumerError(e, ckafka.TopicPartition{}); err != nil {
+				return nil, err
+			}
+			s.notify(ev)
+		case ckafka.AssignedPartitions, ckafka.RevokedPartitions:
+			// Not expected: with a rebalance callback, confluent-kafka-go
+			// hands rebalances to it rather than returning them.
+			_ = s.rebalance(s.consumer, ev)
+			if err := s.failure; err != nil {
+				return nil, err
+			}
+		default: // PartitionEOF, OffsetsCommitted, *Stats, OAuthBearerTokenRefresh, ...
+			s.log.Debug("kafka: consumer event", "event", ev.String())
+			s.notify(ev)
+		}
+		if !time.Now().Before(deadline) {
+			return nil, nil
+		}
+	}
+}
+
+// millis converts a poll timeout to librdkafka's milliseconds, rounding up.
+func millis(d time.Duration) int {
+	if d <= 0 {
+		return 0
+	}
+	ms := (d + time.Millisecond - 1) / time.Millisecond
+	if ms > math.MaxInt32 {
+		return math.MaxInt32
+	}
+	return int(ms)
+}
+
+func (s *Source[K, V]) notify(ev ckafka.Event) {
+	if s.onEvent != nil {
+		s.onEvent(ev)
+	}
+}
+
+// consumerError logs a consumer error and returns it if it is fatal.
+func (s *Source[K, V]) consumerError(err error, tp ckafka.TopicPartition) error {
+	attrs := []any{"error", err}
+	if tp.Topic != nil {
+		attrs = append(attrs, "topic", *tp.Topic, "partition", tp.Partition)
+	}
+	var kerr ckafka.Error
+	if errors.As(err, &kerr) {
+		attrs = append(attrs, "code", kerr.Code().String())
+		if kerr.IsFatal() {
+			s.log.Error("kafka: fatal consumer error", attrs...)
+			return fmt.Errorf("kafka: fatal consumer error: %w", err)
+		}
+	}
+	s.log.Warn("kafka: consumer error", attrs...)
+	return nil
+}
+
+// message converts a record, deserializing its key and value.
+func (s *Source[K, V]) message(m *ckafka.Message) *pipeline.Message[K, V] {
+	var topic string
+	if m.TopicPartition.Topic != nil {
+		topic = *m.TopicPartition.Topic
+	}
+	msg := &pipeline.Message[K, V]{
+		Topic:     topic,
+		Partition: m.TopicPartition.Partition,
+		Offset:    int64(m.TopicPartition.Offset),
+		Timestamp: m.Timestamp,
+		RawKey:    m.Key,
+		RawValue:  m.Value,
+	}
+	if len(m.Headers) > 0 {
+		msg.Headers = make([]pipeline.Header, len(m.Headers))
+		for i, h := range m.Headers {
+			msg.Headers[i] = pipeline.Header{Key: h.Key, Value: h.Value}
+		}
+	}
+	var kerr, verr error
+	msg.Key, kerr = deserialize(s.keyDeser, topic, m.Key)
+	msg.Value, verr = deserialize(s.valueDeser, topic, m.Value)
+	field, err := "key", kerr
+	if err == nil {
+		field, err = "value", verr
+	}
+	if err != nil {
+		msg.Err = &DeserializeError{Topic: topic, Partition: msg.Partition, Offset: msg.Offset, Field: field, Err: err}
+		s.log.Debug("kafka: record cannot be deserialized", "message", msg.String(), "error", err)
+	}
+	return msg
+}
+
+// rebalance is the rebalance callback. confluent-kafka-go runs it inside
+// Consumer.Poll (so inside Source.Poll, or Consumer.Close during Close). It
+// performs the assign or unassign that librdkafka waits for itself, so
+// that confluent-kafka-go's fallback never runs (that fallback reports a
+// failed assign on the events channel, which a Poll consumer has not got).
+func (s *Source[K, V]) rebalance(c *ckafka.Consumer, ev ckafka.Event) error {
+	switch e := ev.(type) {
+	case ckafka.AssignedPartitions:
+		s.assign(c, e.Partitions)
+	case ckafka.RevokedPartitions:
+		s.revoke(c, e.Partitions)
+	}
+	return nil
+}
+
+func (s *Source[K, V]) cooperative(c *ckafka.Consumer) bool {
+	return c.GetRebalanceProtocol() == "COOPERATIVE"
+}
+
+// assign takes on the partitions: Assign (eager: the whole new assignment)
+// or IncrementalAssign (cooperative: the partitions added), then tells the
+// listener.
+func (s *Source[K, V]) assign(c *ckafka.Consumer, parts []ckafka.TopicPartition) {
+	coop := s.cooperative(c)
+	var err error
+	if coop {
+		err = c.IncrementalAssign(parts)
+	} else {
+		err = c.Assign(parts)
+	}
+	tps := toPipeline(parts)
+	if err != nil {
+		s.fail(fmt.Errorf("kafka: assign %v: %w", tps, err))
+		return
+	}
+	s.mu.Lock()
+	if !coop {
+		// An eager assignment replaces the previous one.
+		clear(s.assigned)
+		clear(s.committed)
+	}
+	for _, tp := range tps {
+		s.assigned[tp] = struct{}{}
+		delete(s.committed, tp)
+	}
+	s.mu.Unlock()
+	if len(parts) > 0 {
+		// librdkafka keeps a partition paused by the application paused
+		// through unassign and assign, so a partition the pipeline paused
+		// before a rebalance would come back paused. New partitions start
+		// unpaused.
+		if err := c.Resume(parts); err != nil {
+			s.log.Warn("kafka: cannot resume newly assigned partitions", "partitions", tps, "error", err)
+		}
+	}
+	s.log.Info("kafka: partitions assigned", "partitions", tps, "cooperative", coop)
+	if len(tps) > 0 {
+		s.callListener("PartitionsAssigned", func() { s.listener.PartitionsAssigned(tps) })
+	}
+}
+
+// revoke gives the partitions up. If the assignment was lost, the listener
+// learns it first and nothing may be committed; otherwise the listener
+// commits the partitions' final offsets while they are still ours. Then
+// Unassign (eager: everything) or IncrementalUnassign (cooperative: the
+// partitions revoked).
+func (s *Source[K, V]) revoke(c *ckafka.Consumer, parts []ckafka.TopicPartition) {
+	coop := s.cooperative(c)
+	tps := toPipeline(parts)
+	lost := c.AssignmentLost()
+	s.log.Info("kafka: partitions revoked", "partitions", tps, "lost", lost, "cooperative", coop)
+	if lost {
+		s.disown(tps)
+		if len(tps) > 0 {
+			s.callListener("PartitionsLost", func() { s.listener.PartitionsLost(tps) })
+		}
+	} else if len(tps) > 0 {
+		s.mu.Lock()
+		inClose := s.closing
+		s.closeCallback = inClose
+		s.mu.Unlock()
+		s.callListener("PartitionsRevoked", func() { s.listener.PartitionsRevoked(tps) })
+		s.mu.Lock()
+		if inClose {
+			// Close waits for commits before closing the consumer; let
+			// those the listener started finish before Close goes on.
+			s.closeCallback = false
+			for s.commits > 0 {
+				s.idle.Wait()
+			}
+		}
+		s.mu.Unlock()
+		s.disown(tps)
+	}
+	var err error
+	if coop {
+		err = c.IncrementalUnassign(parts)
+	} else {
+		err = c.Unassign()
+	}
+	if err != nil {
+		s.fail(fmt.Errorf("kafka: unassign %v: %w", tps, err))
+	}
+}
+
+// disown forgets partitions: Commit refuses them from now on.
+func (s *Source[K, V]) disown(tps []pipeline.TopicPartition) {
+	s.mu.Lock()
+	for _, tp := range tps {
+		delete(s.assigned, tp)
+		delete(s.committed, tp)
+	}
+	s.mu.Unlock()
+}
+
+// callListener runs a listener method, turning a panic into a Poll error so
+// that the consumer's assignment stays consistent.
+func (s *Source[K, V]) callListener(name string, fn func()) {
+	defer func() {
+		if r := recover(); r != nil {
+			s.fail(fmt.Errorf("kafka: RebalanceListener.%s panicked: %v", name, r))
+		}
+	}()
+	fn()
+}
+
+func (s *Source[K, V]) fail(err error) {
+	s.log.Error("kafka: rebalance failed", "error", err)
+	if s.failure == nil {
+		s.failure = err
+	}
+}
+
+// Pause stops fetching from the partitions. Poll keeps serving rebalances
+// and errors, and returns no message of a paused partition, not even one
+// that was fetched before the pause: librdkafka discards those and fetches
+// them again after Resume. Pausing a partition that is not assigned has no
+// effect.
+func (s *Source[K, V]) Pause(partitions []pipeline.TopicPartition) error {
+	if len(partitions) == 0 {
+		return nil
+	}
+	if s.isClosed() {
+		return ErrClosed
+	}
+	if err := s.consumer.Pause(toKafka(partitions)); err != nil {
+		return fmt.Errorf("kafka: pause %v: %w", partitions, err)
+	}
+	return nil
+}
+
+// Resume undoes Pause: fetching resumes at the partitions' next offset.
+func (s *Source[K, V]) Resume(partitions []pipeline.TopicPartition) error {
+	if len(partitions) == 0 {
+		return nil
+	}
+	if s.isClosed() {
+		return ErrClosed
+	}
+	if err := s.consumer.Resume(toKafka(partitions)); err != nil {
+		return fmt.Errorf("kafka: resume %v: %w", partitions, err)
+	}
+	return nil
+}
+
+// Close leaves the consumer group and closes the consumer. If partitions
+// are assigned, the rebalance callback runs once more inside Close, so the
+// listener receives PartitionsRevoked (and may Commit) before Close returns.
+// Close first waits for Commit calls in progress; Commit calls from other
+// goroutines that start after Close began return ErrClosed. Calling Close
+// again returns the first call's result.
+func (s *Source[K, V]) Close() error {
+	s.closeOnce.Do(func() {
+		s.mu.Lock()
+		s.closing = true
+		for s.commits > 0 {
+			s.idle.Wait()
+		}
+		s.mu.Unlock()
+
+		err := s.consumer.Close()
+
+		s.mu.Lock()
+		s.closed = true
+		clear(s.assigned)
+		s.mu.Unlock()
+		if s.info.logsDone != nil {
+			<-s.info.logsDone
+		}
+		switch {
+		case err != nil:
+			s.closeErr = fmt.Errorf("kafka: close consumer: %w", err)
+		case s.failure != nil:
+			s.closeErr = s.failure
+		}
+		s.log.Debug("kafka: source closed", "error", s.closeErr)
+	})
+	return s.closeErr
+}
+
+func (s *Source[K, V]) isClosed() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closed
+}
+
+func toPipeline(parts []ckafka.TopicPartition) []pipeline.TopicPartition {
+	tps := make([]pipeline.TopicPartition, 0, len(parts))
+	for _, p := range parts {
+		var topic string
+		if p.Topic != nil {
+			topic = *p.Topic
+		}
+		tps = append(tps, pipeline.TopicPartition{Topic: topic, Partition: p.Partition})
+	}
+	return tps
+}
+
+func toKafka(tps []pipeline.TopicPartition) []ckafka.TopicPartition {
+	parts := make([]ckafka.TopicPartition, len(tps))
+	for i, tp := range tps {
+		topic := tp.Topic
+		parts[i] = ckafka.TopicPartition{Topic: &topic, Partition: tp.Partition}
+	}
+	return parts
+}
