@@ -58,8 +58,8 @@ func UniqueTopic(prefix string) string {
 		p = "topic"
 	}
 	suffix := fmt.Sprintf("-%s-%d", uniqueRun, uniqueSeq.Add(1))
-	if max := 249 - len(suffix); len(p) > max {
-		p = p[:max]
+	if limit := 249 - len(suffix); len(p) > limit {
+		p = p[:limit]
 	}
 	return p + suffix
 }

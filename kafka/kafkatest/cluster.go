@@ -59,9 +59,20 @@ func WithEmbedded() Option {
 }
 
 // WithBrokers points the Cluster at the given bootstrap servers instead of
-// consulting [BrokersEnv] or starting kfake.
+// consulting [BrokersEnv] or starting kfake. Each argument may itself be a
+// comma-separated list. If they name no server at all, WithBrokers is
+// ignored.
 func WithBrokers(brokers ...string) Option {
-	return func(o *options) { o.brokers = cleanBrokers(brokers); o.embedded = false }
+	return func(o *options) {
+		var all []string
+		for _, b := range brokers {
+			all = append(all, strings.Split(b, ",")...)
+		}
+		if all = cleanBrokers(all); len(all) > 0 {
+			o.brokers = all
+			o.embedded = false
+		}
+	}
 }
 
 // WithKfakeOptions passes options to kfake.NewCluster when an embedded broker

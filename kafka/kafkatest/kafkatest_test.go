@@ -101,6 +101,10 @@ func TestBrokersEnv(t *testing.T) {
 	explicit := kafkatest.New(t, kafkatest.WithBrokers(embedded.Bootstrap()))
 	check.False(t, explicit.Embedded())
 	check.Equal(t, embedded.Bootstrap(), explicit.Bootstrap())
+
+	list := kafkatest.New(t, kafkatest.WithBrokers(" ,"+embedded.Bootstrap()+","+broker.Bootstrap(), ""))
+	check.Equal(t, []string{embedded.Bootstrap(), broker.Bootstrap()}, list.Brokers())
+	check.Equal(t, embedded.Bootstrap()+","+broker.Bootstrap(), list.Bootstrap())
 }
 
 func TestKfakeOptions(t *testing.T) {
@@ -215,6 +219,38 @@ func TestProduce(t *testing.T) {
 	ends, err := c.EndOffsets(ctx, topic)
 	must.NoError(t, err)
 	check.Equal(t, endsOf(recs), fill(ends, 4))
+}
+
+// TestProducerConfig checks that a confluent-kafka-go producer made from
+// ProducerConfig partitions keys as PartitionFor (and Produce) do.
+func TestProducerConfig(t *testing.T) {
+	ctx := testCtx(t)
+	c := kafkatest.New(t)
+	topic := kafkatest.UniqueTopic(t.Name())
+	const partitions = 5
+	must.NoError(t, c.CreateTopic(ctx, topic, partitions))
+
+	producer, err := kafka.NewProducer(c.ProducerConfig())
+	must.NoError(t, err)
+	defer producer.Close()
+	deliveries := make(chan kafka.Event, 50)
+	for i := range 50 {
+		must.NoError(t, producer.Produce(&kafka.Message{
+			TopicPartition: kafka.TopicPartition{Topic: &topic, Partition: kafka.PartitionAny},
+			Key:            kafkatest.KeyedKey(i),
+			Value:          []byte("v"),
+		}, deliveries))
+	}
+	for range 50 {
+		select {
+		case ev := <-deliveries:
+			m := ev.(*kafka.Message)
+			must.NoError(t, m.TopicPartition.Error)
+			check.Equal(t, kafkatest.PartitionFor(m.Key, partitions), m.TopicPartition.Partition, "key %s", m.Key)
+		case <-time.After(waitTimeout):
+			t.Fatal("no delivery report")
+		}
+	}
 }
 
 // endsOf returns the end offsets that producing recs into empty partitions
@@ -944,4 +980,21 @@ func (c checker) Contains(t testing.TB, s []int32, v int32, msgAndArgs ...any) {
 	if !slices.Contains(s, v) {
 		c.fail(t, msgAndArgs, "%v does not contain %v", s, v)
 	}
+}
+
+// BenchmarkProduceKeyed measures Produce: 10,000 records of about 16 bytes a
+// call.
+func BenchmarkProduceKeyed(b *testing.B) {
+	c := kafkatest.New(b)
+	ctx := context.Background()
+	topic := kafkatest.UniqueTopic(b.Name())
+	if err := c.CreateTopic(ctx, topic, 6); err != nil {
+		b.Fatal(err)
+	}
+	for b.Loop() {
+		if _, err := c.ProduceKeyed(ctx, topic, 10_000, 100); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(b.N*10_000)/b.Elapsed().Seconds(), "records/s")
 }

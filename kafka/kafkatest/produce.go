@@ -17,11 +17,16 @@ type Header struct {
 	Value []byte
 }
 
+// AnyPartition is the [Record.Partition] that lets Produce choose the
+// partition from the key.
+const AnyPartition int32 = -1
+
 // Record is a record to produce with [Cluster.Produce].
 type Record struct {
 	// Key and Value are the record's key and value; either may be nil.
 	Key, Value []byte
-	// Partition is the partition to write to, or -1 to choose it from the
+	// Partition is the partition to write to, or -1 ([AnyPartition]) to
+	// choose it from the
 	// key as Kafka's default (Java) partitioner does: murmur2 of the key,
 	// see [PartitionFor]. A record with neither a key nor a partition goes
 	// to partitions round-robin. Produce sets it to the partition written.
@@ -118,7 +123,7 @@ func (c *Cluster) ProduceKeyed(ctx context.Context, topic string, n, keys int) (
 		records[i] = Record{
 			Key:       KeyedKey(k),
 			Value:     KeyedValue(k, seq),
-			Partition: -1,
+			Partition: AnyPartition,
 		}
 	}
 	if err := c.Produce(ctx, topic, records); err != nil {
