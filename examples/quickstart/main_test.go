@@ -1,0 +1,25 @@
+package main
+
+import (
+	"io"
+	"log/slog"
+	"os"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/parallafka/parallafka/kafka/kafkatest"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// TestQuickstart runs the example end to end on a small workload, against
+// the embedded broker (or KAFKA_BROKERS when set).
+func TestQuickstart(t *testing.T) {
+	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
+	err := run(logger, os.Getenv(kafkatest.BrokersEnv), 1000, 20, 3, 7, time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+}
