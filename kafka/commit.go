@@ -97,6 +97,12 @@ var errNotAssigned = fmt.Errorf("%w: partition not assigned", ErrNotOwned)
 // nil if all were committed, else a *CommitError (see ErrNotOwned), or
 // ErrClosed after Close, or ctx's error.
 //
+// When the commit fails for some partitions, confluent-kafka-go reports one
+// error for the whole request; the Source then reads the group's committed
+// offsets back (OffsetFetch, at most 5 seconds) to tell the partitions that
+// were committed from those that were not, and classifies the latter by that
+// error.
+//
 // Offsets of partitions not currently assigned to this Source are not sent:
 // they are reported NotOwned. An offset lower than or equal to one this
 // Source already committed for the partition in the current assignment is
@@ -198,7 +204,7 @@ func (s *Source[K, V]) Commit(ctx context.Context, offsets []pipeline.Offset) er
 		s.log.Debug("kafka: offsets committed", "offsets", res.Committed)
 		return nil
 	}
-	s.log.Warn("kafka: commit failed", "failed", res.Failed, "not_owned", res.NotOwned, "error", res.Error())
+	s.log.Debug("kafka: commit failed", "failed", res.Failed, "not_owned", res.NotOwned, "error", res.Error())
 	return res
 }
 

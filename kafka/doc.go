@@ -24,11 +24,12 @@
 //	}
 //	p, err := parallafka.New(src, parallafka.WithMaxConcurrency(7))
 //	if err != nil {
+//		src.Close() // closes the consumer too
 //		return err
 //	}
 //	err = p.Consume(ctx, func(ctx context.Context, m *parallafka.Message[string, Price]) error {
 //		return store(ctx, m.Key, m.Value)
-//	})
+//	}) // Consume closes the source when it returns
 //
 // # Rebalancing
 //

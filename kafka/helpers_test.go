@@ -48,7 +48,9 @@ type testCluster struct {
 
 func newTestCluster(t *testing.T, opts ...kfake.Opt) *testCluster {
 	t.Helper()
-	c, err := kfake.NewCluster(append([]kfake.Opt{kfake.NumBrokers(1), kfake.Ports(0)}, opts...)...)
+	c, err := kfake.NewCluster(append([]kfake.Opt{kfake.NumBrokers(1), kfake.Ports(0),
+		// KIP-848 groups: heartbeat often, so that rebalances are quick.
+		kfake.BrokerConfigs(map[string]string{"group.consumer.heartbeat.interval.ms": "250"})}, opts...)...)
 	require.NoError(t, err)
 	t.Cleanup(c.Close)
 	return &testCluster{Cluster: c, addrs: strings.Join(c.ListenAddrs(), ",")}
@@ -88,7 +90,20 @@ func record(topic string, partition int32, key, value string) *kgo.Record {
 	return &kgo.Record{Topic: topic, Partition: partition, Key: []byte(key), Value: []byte(value)}
 }
 
+// config returns a consumer configuration for the group. strategy is a
+// partition.assignment.strategy of the classic protocol, or
+// "consumer-protocol" for KIP-848's consumer group protocol.
 func (c *testCluster) config(group, strategy string) *ckafka.ConfigMap {
+	if strategy == "consumer-protocol" {
+		return &ckafka.ConfigMap{
+			"bootstrap.servers":     c.addrs,
+			"group.id":              group,
+			"group.protocol":        "consumer",
+			"auto.offset.reset":     "earliest",
+			"broker.address.family": "v4",
+			"enable.partition.eof":  true,
+		}
+	}
 	return &ckafka.ConfigMap{
 		"bootstrap.servers":             c.addrs,
 		"group.id":                      group,

@@ -425,6 +425,7 @@ func (s *Source[K, V]) Close() error {
 		}
 		s.mu.Unlock()
 
+		before := s.failure
 		err := s.consumer.Close()
 
 		s.mu.Lock()
@@ -437,7 +438,9 @@ func (s *Source[K, V]) Close() error {
 		switch {
 		case err != nil:
 			s.closeErr = fmt.Errorf("kafka: close consumer: %w", err)
-		case s.failure != nil:
+		case s.failure != before:
+			// The revoke inside Close went wrong (an earlier failure was
+			// returned by Poll already).
 			s.closeErr = s.failure
 		}
 		s.log.Debug("kafka: source closed", "error", s.closeErr)

@@ -242,7 +242,7 @@ func TestCommitThenReopenResumesAfterCommittedOffset(t *testing.T) {
 }
 
 func TestRebalance(t *testing.T) {
-	for _, strategy := range []string{"range", "roundrobin", "cooperative-sticky"} {
+	for _, strategy := range []string{"range", "roundrobin", "cooperative-sticky", "consumer-protocol"} {
 		t.Run(strategy, func(t *testing.T) { testRebalance(t, strategy) })
 	}
 }
@@ -299,7 +299,7 @@ func testRebalance(t *testing.T, strategy string) {
 			}
 		}
 	}
-	if strategy == "cooperative-sticky" {
+	if strategy == "cooperative-sticky" || strategy == "consumer-protocol" {
 		assert.Equal(t, bo, revokedFromA, "cooperative: only the moved partitions are revoked")
 	} else {
 		assert.Equal(t, set(all...), revokedFromA, "eager: everything is revoked")
