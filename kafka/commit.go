@@ -18,9 +18,10 @@ import (
 // moved to a new generation this member is not part of yet
 // (UNKNOWN_MEMBER_ID, ILLEGAL_GENERATION, REBALANCE_IN_PROGRESS,
 // FENCED_INSTANCE_ID, STALE_MEMBER_EPOCH, assignment lost, consumer
-// destroyed). Retrying such a commit cannot succeed: drop it. If the
-// partition is still (or again) assigned, a later commit of a newer offset
-// will carry its progress.
+// destroyed). Retrying the same commit at once is pointless: drop it. If the
+// partition is still (or again) this member's once the rebalance completed
+// (cooperative rebalancing keeps partitions through a generation change),
+// the next periodic commit carries its offset.
 //
 // errors.Is(err, ErrNotOwned) holds for an error of Source.Commit exactly
 // when nothing in it is worth retrying.
@@ -47,6 +48,7 @@ type CommitError struct {
 	Causes map[pipeline.TopicPartition]error
 }
 
+// Error lists the partitions that were not committed and why.
 func (e *CommitError) Error() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "kafka: commit failed for %d of %d partitions", len(e.NotOwned)+len(e.Failed),

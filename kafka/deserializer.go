@@ -52,6 +52,7 @@ type DeserializeError struct {
 	Err error
 }
 
+// Error names the record and the part of it that could not be deserialized.
 func (e *DeserializeError) Error() string {
 	return fmt.Sprintf("kafka: cannot deserialize the %s of %s[%d]@%d: %v",
 		e.Field, e.Topic, e.Partition, e.Offset, e.Err)
