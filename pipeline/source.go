@@ -2,8 +2,16 @@ package pipeline
 
 import (
 	"context"
+	"errors"
 	"time"
 )
+
+// ErrNotOwned is matched (errors.Is) by a Source's commit error when none of
+// the offsets could be committed because this member no longer owns their
+// partitions (a rebalance moved them on). Retrying cannot help: the
+// committer gives up on them, and the new owner redoes what was not
+// committed.
+var ErrNotOwned = errors.New("partitions not owned by this member")
 
 // Source is a one-message-at-a-time Kafka consumer, as the pipeline drives it.
 // The Kafka adapter (package kafka) wraps confluent-kafka-go's consumer; the
@@ -23,7 +31,8 @@ type Source[K, V any] interface {
 	// conditions by logging them and returning (nil, nil).
 	Poll(timeout time.Duration) (*Message[K, V], error)
 	// Commit stores the given offsets (each the next offset to read) as the
-	// group's committed offsets, synchronously.
+	// group's committed offsets, synchronously. An error that matches
+	// ErrNotOwned is not retried.
 	Commit(ctx context.Context, offsets []Offset) error
 	// Pause stops fetching from the partitions; Poll keeps serving
 	// rebalance notifications. Resume undoes Pause.

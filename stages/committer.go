@@ -2,6 +2,7 @@ package stages
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"time"
 
@@ -68,6 +69,10 @@ func (c *Committer[K, V]) CommitFinal(claims []*pipeline.Claim) {
 	for backoff := 50 * time.Millisecond; ; backoff *= 2 {
 		err := c.commit(ctx, claims)
 		if err == nil {
+			return
+		}
+		if errors.Is(err, pipeline.ErrNotOwned) {
+			c.Logger.Warn("parallafka: final commit refused: partitions no longer owned; the new owner redoes what was not committed", "error", err)
 			return
 		}
 		c.Logger.Warn("parallafka: final commit failed", "error", err)
