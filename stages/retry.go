@@ -1,0 +1,292 @@
+package stages
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"time"
+
+	"github.com/parallafka/parallafka/pipeline"
+)
+
+// Defaults of RetryConfig.
+const (
+	DefaultRetryMaxAttempts    = 5
+	DefaultRetryInitialBackoff = 100 * time.Millisecond
+	DefaultRetryMaxBackoff     = 10 * time.Second
+	DefaultRetryMultiplier     = 2.0
+)
+
+// RetryConfig configures Retry. A zero field takes its documented default.
+type RetryConfig struct {
+	// MaxAttempts is how many handling attempts a message gets, the first
+	// one included. Once the last one failed, the message goes on with its
+	// error (to a dead-letter stage, or to the error policy). 1 turns
+	// retries off. Default 5.
+	MaxAttempts int
+	// InitialBackoff is the wait before the second attempt. Default 100 ms.
+	InitialBackoff time.Duration
+	// MaxBackoff caps every wait, jitter included. Default 10 s.
+	MaxBackoff time.Duration
+	// Multiplier grows the wait after each failed attempt: the wait before
+	// attempt n+1 is InitialBackoff × Multiplier^(n-1), capped at
+	// MaxBackoff. At least 1. Default 2.
+	Multiplier float64
+	// Jitter spreads each wait uniformly over ±Jitter of it (0.2: ±20 %), so
+	// that messages that failed together do not all retry together. In
+	// [0, 1]. Zero means no jitter; 0.2 is a good choice.
+	Jitter float64
+	// Retryable reports whether a failed attempt is worth another one.
+	// Default: every error except those marked with NonRetryable.
+	Retryable func(err error) bool
+}
+
+// Validate reports a configuration that Retry would refuse.
+func (c RetryConfig) Validate() error {
+	c = c.withDefaults()
+	var errs []error
+	bad := func(format string, args ...any) {
+		errs = append(errs, fmt.Errorf("stages: RetryConfig: "+format, args...))
+	}
+	if c.MaxAttempts < 1 {
+		bad("MaxAttempts must be at least 1, got %d", c.MaxAttempts)
+	}
+	if c.InitialBackoff < 0 || c.MaxBackoff < 0 {
+		bad("backoffs must not be negative, got InitialBackoff %v, MaxBackoff %v", c.InitialBackoff, c.MaxBackoff)
+	}
+	if c.MaxBackoff < c.InitialBackoff {
+		bad("MaxBackoff (%v) is less than InitialBackoff (%v)", c.MaxBackoff, c.InitialBackoff)
+	}
+	if c.Multiplier < 1 || math.IsInf(c.Multiplier, 0) || math.IsNaN(c.Multiplier) {
+		bad("Multiplier must be a number of at least 1, got %v", c.Multiplier)
+	}
+	if !(c.Jitter >= 0 && c.Jitter <= 1) {
+		bad("Jitter must be in [0, 1], got %v", c.Jitter)
+	}
+	return errors.Join(errs...)
+}
+
+func (c RetryConfig) withDefaults() RetryConfig {
+	if c.MaxAttempts == 0 {
+		c.MaxAttempts = DefaultRetryMaxAttempts
+	}
+	if c.InitialBackoff == 0 {
+		c.InitialBackoff = DefaultRetryInitialBackoff
+	}
+	if c.MaxBackoff == 0 {
+		c.MaxBackoff = max(DefaultRetryMaxBackoff, c.InitialBackoff)
+	}
+	if c.Multiplier == 0 {
+		c.Multiplier = DefaultRetryMultiplier
+	}
+	if c.Retryable == nil {
+		c.Retryable = func(err error) bool { return !IsNonRetryable(err) }
+	}
+	return c
+}
+
+// Backoff returns the wait before attempt+1, after attempt failed attempts,
+// jitter included: InitialBackoff × Multiplier^(attempt-1), capped at
+// MaxBackoff, spread over ±Jitter of itself, and never above MaxBackoff.
+func (c RetryConfig) Backoff(attempt int) time.Duration {
+	c = c.withDefaults()
+	wait := float64(c.InitialBackoff) * math.Pow(c.Multiplier, float64(max(attempt, 1)-1))
+	wait = min(wait, float64(c.MaxBackoff))
+	wait *= 1 + c.Jitter*(2*rand.Float64()-1)
+	return time.Duration(min(wait, float64(c.MaxBackoff)))
+}
+
+// claimCheckInterval is how often Retry looks whether the partition of a
+// waiting message was revoked: a revoke waits for the partition's started
+// messages, so a waiting retry must go back to the router promptly.
+const claimCheckInterval = 100 * time.Millisecond
+
+// Retry returns an AfterHandle stage that gives a failed message more
+// attempts, with exponential backoff and jitter. It panics if cfg is
+// invalid (see RetryConfig.Validate).
+//
+// A failed message that may be retried is marked with Message.Retry and held
+// for its backoff, then sent on; the router hands it to the handler pool
+// again, with Message.Attempt one higher. While it waits it keeps its key:
+// later messages with the same key wait behind it, other keys keep flowing,
+// and it stays uncommitted, holding back its partition's commits. The stage
+// never blocks its loop on a wait: one timer serves every waiting message.
+//
+// Messages pass through untouched when they succeeded, were dropped, were
+// never handled (a record that could not be deserialized arrives with Err
+// set and Attempt 0: a poison pill goes straight on, to a dead-letter stage
+// or the error policy), used their last attempt, or failed with an error
+// that cfg.Retryable refuses. Those leave with Err still set.
+//
+// When the pipeline drains, or a waiting message's partition is revoked,
+// the message is sent on at once, still marked for retry: the router then
+// abandons it uncommitted, so Kafka delivers it again; it is never skipped.
+// Each waiting message costs a few dozen bytes; there are at most as many
+// as the pipeline's in-flight limit.
+func Retry[K, V any](cfg RetryConfig) pipeline.Stage[K, V] {
+	if err := cfg.Validate(); err != nil {
+		panic(err)
+	}
+	cfg = cfg.withDefaults()
+	return func(ctx context.Context, in <-chan *pipeline.Message[K, V], out chan<- *pipeline.Message[K, V]) error {
+		r := &retrier[K, V]{cfg: cfg, out: out, timer: time.NewTimer(time.Hour)}
+		r.timer.Stop()
+		defer r.timer.Stop()
+		return r.run(ctx, in)
+	}
+}
+
+type retrier[K, V any] struct {
+	cfg      RetryConfig
+	out      chan<- *pipeline.Message[K, V]
+	waiting  []waitingRetry[K, V]
+	timer    *time.Timer
+	wakeAt   time.Time // when the timer fires; zero while it is stopped
+	draining bool
+}
+
+type waitingRetry[K, V any] struct {
+	msg *pipeline.Message[K, V]
+	due time.Time
+}
+
+func (r *retrier[K, V]) run(ctx context.Context, in <-chan *pipeline.Message[K, V]) error {
+	drainingCh := pipeline.Draining(ctx)
+	for in != nil || len(r.waiting) > 0 {
+		var ok bool
+		select {
+		case msg, open := <-in:
+			if !open {
+				in = nil
+				continue
+			}
+			ok = r.receive(ctx, msg)
+		case <-r.timer.C:
+			r.wakeAt = time.Time{}
+			now := time.Now()
+			ok = r.release(ctx, func(w waitingRetry[K, V]) bool { return !w.due.After(now) || stopping(w.msg) })
+			r.arm()
+		case <-drainingCh:
+			drainingCh, r.draining = nil, true
+			ok = r.release(ctx, func(waitingRetry[K, V]) bool { return true })
+		case <-ctx.Done():
+			return nil // a hard stop: waiting messages stay uncommitted
+		}
+		if !ok {
+			return nil
+		}
+	}
+	return nil
+}
+
+// receive passes msg on, or marks it for retry and holds it for its backoff.
+func (r *retrier[K, V]) receive(ctx context.Context, msg *pipeline.Message[K, V]) bool {
+	if !r.shouldRetry(ctx, msg) {
+		return r.send(ctx, msg)
+	}
+	msg.Retry()
+	if r.draining || stopping(msg) {
+		return r.send(ctx, msg) // the router abandons it uncommitted
+	}
+	due := time.Now().Add(r.cfg.Backoff(msg.Attempt))
+	r.waiting = append(r.waiting, waitingRetry[K, V]{msg: msg, due: due})
+	if r.wakeAt.IsZero() || due.Before(r.wakeAt) {
+		r.arm()
+	}
+	return true
+}
+
+func (r *retrier[K, V]) shouldRetry(ctx context.Context, msg *pipeline.Message[K, V]) bool {
+	switch {
+	case msg.Err == nil, msg.Dropped(), msg.RetryRequested():
+		return false
+	case msg.Attempt == 0: // never handled: a poison pill
+		return false
+	case msg.Attempt >= r.cfg.MaxAttempts:
+		return false
+	case ctx.Err() != nil: // a hard stop cancelled the handler
+		return false
+	}
+	return r.cfg.Retryable(msg.Err)
+}
+
+// release sends on the waiting messages that ready selects, in the order
+// they arrived. It reports false if the pipeline stopped meanwhile.
+func (r *retrier[K, V]) release(ctx context.Context, ready func(waitingRetry[K, V]) bool) bool {
+	kept := r.waiting[:0]
+	var sendable []*pipeline.Message[K, V]
+	for _, w := range r.waiting {
+		if ready(w) {
+			sendable = append(sendable, w.msg)
+		} else {
+			kept = append(kept, w)
+		}
+	}
+	clear(r.waiting[len(kept):])
+	r.waiting = kept
+	for _, msg := range sendable {
+		if !r.send(ctx, msg) {
+			return false
+		}
+	}
+	return true
+}
+
+// arm sets the timer to the earliest due retry, or sooner to check for
+// revoked partitions; it stops the timer when nothing waits.
+func (r *retrier[K, V]) arm() {
+	if len(r.waiting) == 0 {
+		r.timer.Stop()
+		r.wakeAt = time.Time{}
+		return
+	}
+	next := time.Now().Add(claimCheckInterval)
+	for _, w := range r.waiting {
+		if w.due.Before(next) {
+			next = w.due
+		}
+	}
+	r.timer.Reset(time.Until(next))
+	r.wakeAt = next
+}
+
+func (r *retrier[K, V]) send(ctx context.Context, msg *pipeline.Message[K, V]) bool {
+	select {
+	case r.out <- msg:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// stopping reports whether msg's partition is being revoked (or the
+// pipeline's assignment ended): it can no longer be handled here.
+func stopping[K, V any](msg *pipeline.Message[K, V]) bool {
+	c := msg.Claim()
+	return c != nil && c.Stopping()
+}
+
+// NonRetryable marks err as not worth another attempt: Retry's default
+// predicate lets such a failure go on at once, to a dead-letter stage or
+// the error policy. errors.Is and errors.As see through the mark. It
+// returns nil for a nil err.
+func NonRetryable(err error) error {
+	if err == nil {
+		return nil
+	}
+	return &nonRetryableError{err}
+}
+
+// IsNonRetryable reports whether err, or an error it wraps, was marked with
+// NonRetryable.
+func IsNonRetryable(err error) bool {
+	var nr *nonRetryableError
+	return errors.As(err, &nr)
+}
+
+type nonRetryableError struct{ err error }
+
+func (e *nonRetryableError) Error() string { return e.err.Error() }
+func (e *nonRetryableError) Unwrap() error { return e.err }
