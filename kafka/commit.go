@@ -25,7 +25,7 @@ import (
 //
 // errors.Is(err, ErrNotOwned) holds for an error of Source.Commit exactly
 // when nothing in it is worth retrying.
-var ErrNotOwned = errors.New("kafka: partition not owned by this member")
+var ErrNotOwned = pipeline.ErrNotOwned
 
 // CommitError is the error of Source.Commit when some offsets were not
 // committed. Each offset given to Commit is in exactly one of Committed,
