@@ -1,0 +1,204 @@
+package stages
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/sourcegraph/conc/panics"
+
+	"github.com/parallafka/parallafka/pipeline"
+)
+
+// Headers that DeadLetterQueue adds to every dead letter, after the original
+// record's headers (without any earlier headers of these names, which a
+// message dead-lettered before and replayed would carry). Values are text:
+// numbers in decimal.
+const (
+	HeaderOriginalTopic     = "parallafka.original.topic"
+	HeaderOriginalPartition = "parallafka.original.partition"
+	HeaderOriginalOffset    = "parallafka.original.offset"
+	HeaderError             = "parallafka.error"
+	HeaderAttempts          = "parallafka.attempts"
+)
+
+// DefaultDeadLetterConcurrency is the default of DeadLetterConfig.Concurrency.
+const DefaultDeadLetterConcurrency = 16
+
+// DeadLetter is a failed message on its way to a dead-letter topic.
+type DeadLetter struct {
+	// Topic is the dead-letter topic to write to.
+	Topic string
+	// Key and Value are the original record's bytes (nil for a null key
+	// or value), whatever the pipeline deserialized them into.
+	Key, Value []byte
+	// Headers are the original record's headers followed by the Header*
+	// headers above.
+	Headers []pipeline.Header
+	// The original record's place, the number of handling attempts it got
+	// (0 for a record that could not be deserialized) and its last error,
+	// for writers that do not read headers.
+	Original  pipeline.TopicPartition
+	Offset    int64
+	Timestamp time.Time
+	Attempts  int
+	Err       error
+}
+
+// DeadLetterWriter writes dead letters. WriteDeadLetter must return only once
+// the dead letter is durably stored (for Kafka: acknowledged by the broker,
+// with acks=all), or with an error; it must honour ctx and be safe for
+// concurrent use. Package kafka implements it with confluent-kafka-go's
+// producer (kafka.NewDeadLetterWriter).
+type DeadLetterWriter interface {
+	WriteDeadLetter(ctx context.Context, dl DeadLetter) error
+}
+
+// DeadLetterConfig configures DeadLetterQueue. A zero field takes its
+// documented default.
+type DeadLetterConfig struct {
+	// Writer writes the dead letters. Required.
+	Writer DeadLetterWriter
+	// Topic is the dead-letter topic. Default: the message's topic with
+	// ".dlq" appended.
+	Topic string
+	// Concurrency bounds the writes in flight at a time. Default 16.
+	Concurrency int
+}
+
+// DeadLetterError is the error of a message that failed and could not be
+// dead-lettered either. It goes to the error policy; Unwrap returns the
+// write's error only, so that a policy that skips some handler errors does
+// not skip, and lose, a message that never reached the dead-letter topic.
+type DeadLetterError struct {
+	Topic string // the dead-letter topic
+	Err   error  // why the write failed
+	Cause error  // the message's own failure
+}
+
+func (e *DeadLetterError) Error() string {
+	return fmt.Sprintf("stages: writing dead letter to %s: %v (message failed with: %v)", e.Topic, e.Err, e.Cause)
+}
+
+func (e *DeadLetterError) Unwrap() error { return e.Err }
+
+// DeadLetterQueue returns an AfterHandle stage that writes every message
+// that failed for good to a dead-letter topic: one whose last attempt
+// failed (put it after Retry) or whose record could not be deserialized.
+// It panics if cfg has no Writer or a negative Concurrency.
+//
+// Only once the writer returned success does the message count as
+// finished, so its offset can be committed; it is then marked with
+// Message.Drop, and so counts as dropped, not handled, in the pipeline's
+// stats. If the write fails the message keeps failing, with a
+// *DeadLetterError, and goes to the error policy: with the default policy
+// the pipeline stops and the message stays uncommitted, so nothing is lost.
+//
+// Writes run concurrently, each on its own goroutine, while every other
+// message passes through at once: a slow dead-letter topic delays only the
+// messages being dead-lettered (and, through their keys, later messages
+// with the same key). With cfg.Concurrency writes in flight the stage waits
+// for one to end before it reads on. The stage returns only after its
+// writes did.
+func DeadLetterQueue[K, V any](cfg DeadLetterConfig) pipeline.Stage[K, V] {
+	if cfg.Writer == nil {
+		panic("stages: DeadLetterQueue: nil Writer")
+	}
+	if cfg.Concurrency < 0 {
+		panic(fmt.Sprintf("stages: DeadLetterQueue: negative Concurrency %d", cfg.Concurrency))
+	}
+	if cfg.Concurrency == 0 {
+		cfg.Concurrency = DefaultDeadLetterConcurrency
+	}
+	return func(ctx context.Context, in <-chan *pipeline.Message[K, V], out chan<- *pipeline.Message[K, V]) error {
+		var writes sync.WaitGroup
+		defer writes.Wait()
+		slots := make(chan struct{}, cfg.Concurrency)
+		send := func(msg *pipeline.Message[K, V]) bool {
+			select {
+			case out <- msg:
+				return true
+			case <-ctx.Done():
+				return false
+			}
+		}
+		for msg := range in {
+			if !failedForGood(ctx, msg) {
+				if !send(msg) {
+					return nil
+				}
+				continue
+			}
+			select {
+			case slots <- struct{}{}:
+			case <-ctx.Done():
+				return nil
+			}
+			writes.Go(func() {
+				defer func() { <-slots }()
+				deadLetter(ctx, cfg, msg)
+				send(msg)
+			})
+		}
+		return nil
+	}
+}
+
+// failedForGood reports whether msg failed with no attempt left. A hard
+// stop's cancelled handlers are not failures: the collector abandons them.
+func failedForGood[K, V any](ctx context.Context, msg *pipeline.Message[K, V]) bool {
+	return msg.Err != nil && !msg.RetryRequested() && !msg.Dropped() && ctx.Err() == nil
+}
+
+// deadLetter writes msg to the dead-letter topic and marks it dropped, or
+// replaces its error with a *DeadLetterError. A writer's panic is a failed
+// write.
+func deadLetter[K, V any](ctx context.Context, cfg DeadLetterConfig, msg *pipeline.Message[K, V]) {
+	dl := newDeadLetter(cfg.Topic, msg)
+	var err error
+	if r := panics.Try(func() { err = cfg.Writer.WriteDeadLetter(ctx, dl) }); r != nil {
+		err = r.AsError()
+	}
+	if err == nil && ctx.Err() != nil {
+		err = ctx.Err()
+	}
+	if err != nil {
+		msg.Err = &DeadLetterError{Topic: dl.Topic, Err: err, Cause: msg.Err}
+		return
+	}
+	msg.Drop()
+}
+
+func newDeadLetter[K, V any](topic string, msg *pipeline.Message[K, V]) DeadLetter {
+	if topic == "" {
+		topic = msg.Topic + ".dlq"
+	}
+	headers := make([]pipeline.Header, 0, len(msg.Headers)+5)
+	for _, h := range msg.Headers {
+		if !isDeadLetterHeader(h.Key) {
+			headers = append(headers, h)
+		}
+	}
+	headers = append(headers,
+		pipeline.Header{Key: HeaderOriginalTopic, Value: []byte(msg.Topic)},
+		pipeline.Header{Key: HeaderOriginalPartition, Value: strconv.AppendInt(nil, int64(msg.Partition), 10)},
+		pipeline.Header{Key: HeaderOriginalOffset, Value: strconv.AppendInt(nil, msg.Offset, 10)},
+		pipeline.Header{Key: HeaderError, Value: []byte(msg.Err.Error())},
+		pipeline.Header{Key: HeaderAttempts, Value: strconv.AppendInt(nil, int64(msg.Attempt), 10)},
+	)
+	return DeadLetter{
+		Topic: topic, Key: msg.RawKey, Value: msg.RawValue, Headers: headers,
+		Original: msg.TopicPartition(), Offset: msg.Offset, Timestamp: msg.Timestamp,
+		Attempts: msg.Attempt, Err: msg.Err,
+	}
+}
+
+func isDeadLetterHeader(key string) bool {
+	switch key {
+	case HeaderOriginalTopic, HeaderOriginalPartition, HeaderOriginalOffset, HeaderError, HeaderAttempts:
+		return true
+	}
+	return false
+}
