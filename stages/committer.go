@@ -50,7 +50,7 @@ func (c *Committer[K, V]) Run(ctx context.Context, collected <-chan struct{}) er
 			return nil
 		}
 		next := c.Interval
-		if err := c.commit(ctx, c.Tracker.Claims()); err != nil {
+		if err := c.commit(ctx, c.Tracker.Claims(), false); err != nil {
 			backoff = min(max(2*backoff, minBackoff), maxBackoff)
 			next = min(backoff, c.Interval)
 			c.Logger.Warn("parallafka: commit failed; retrying", "error", err, "retry_in", next)
@@ -67,7 +67,7 @@ func (c *Committer[K, V]) CommitFinal(claims []*pipeline.Claim) {
 	ctx, cancel := context.WithTimeout(context.Background(), c.FinalTimeout)
 	defer cancel()
 	for backoff := 50 * time.Millisecond; ; backoff *= 2 {
-		err := c.commit(ctx, claims)
+		err := c.commit(ctx, claims, true)
 		if err == nil {
 			return
 		}
@@ -86,12 +86,18 @@ func (c *Committer[K, V]) CommitFinal(claims []*pipeline.Claim) {
 }
 
 // commit commits the claims whose position moved since their last commit.
-func (c *Committer[K, V]) commit(ctx context.Context, claims []*pipeline.Claim) error {
+// A periodic commit (final false) skips claims that stopped: it listed them
+// before it took the lock, and a claim revoked or lost since is its revoke's
+// to commit (which may have run meanwhile), or nobody's.
+func (c *Committer[K, V]) commit(ctx context.Context, claims []*pipeline.Claim, final bool) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	var offsets []pipeline.Offset
 	var moved []*pipeline.Claim
 	for _, claim := range claims {
+		if !final && claim.Stopping() {
+			continue
+		}
 		if off, ok := claim.Committable(); ok {
 			offsets = append(offsets, off)
 			moved = append(moved, claim)

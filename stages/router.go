@@ -68,13 +68,17 @@ func (r *Router[K, V]) Purge(claims []*pipeline.Claim) {
 	}
 }
 
-// Run routes messages from in to out until in is closed and every
-// dispatched message came back, or until ctx is done. Once the pipeline
-// drains, queued and retried messages are abandoned uncommitted.
+// Run routes messages from in to out until in is closed, everything routed
+// was dispatched and every dispatched message came back, or until ctx is
+// done. Once the pipeline drains, queued and retried messages are abandoned
+// uncommitted.
 func (r *Router[K, V]) Run(ctx context.Context, in <-chan *pipeline.Message[K, V], out chan<- *pipeline.Message[K, V]) error {
 	defer close(r.done)
 	draining := r.Draining
-	for in != nil || r.outstanding > 0 {
+	// A message waiting in ready (a key's next one, or a retry) keeps the
+	// loop going too: closing in without a drain must not swallow it. Every
+	// queued message waits behind one that is ready or outstanding.
+	for in != nil || r.outstanding > 0 || len(r.ready) > 0 {
 		if draining != nil && r.draining() {
 			r.abandonBacklog()
 			draining = nil // abandon once; later arrivals are abandoned one by one
