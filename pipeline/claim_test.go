@@ -1,6 +1,7 @@
 package pipeline_test
 
 import (
+	"context"
 	"fmt"
 	"math/rand/v2"
 	"slices"
@@ -614,4 +615,34 @@ func fuzzClaimTracker(t *testing.T, data []byte) {
 			checkClaim(cm, cm == touched)
 		}
 	}
+}
+
+func TestTrackerCommittedOutlivesClaims(t *testing.T) {
+	tr := pipeline.NewTracker()
+	require.Empty(t, tr.Committed())
+	cs := assigned(t, tr, tp(0), tp(1))
+	cs[0].Committed(5)
+	cs[1].Committed(3)
+	cs[1].Committed(2) // older: ignored by the claim
+	tr.Stop([]pipeline.TopicPartition{tp(0)})
+	got := tr.Committed()
+	require.Equal(t, int64(5), got[tp(0)], "kept after the revoke")
+	require.Equal(t, int64(3), cs[1].LastCommitted())
+	got[tp(0)] = 99 // a copy
+	require.Equal(t, int64(5), tr.Committed()[tp(0)])
+}
+
+func TestDraining(t *testing.T) {
+	require.Nil(t, pipeline.Draining(context.Background()), "a context the pipeline did not make")
+	ch := make(chan struct{})
+	ctx := pipeline.WithDraining(context.Background(), ch)
+	d := pipeline.Draining(ctx)
+	require.NotNil(t, d)
+	select {
+	case <-d:
+		t.Fatal("closed before the drain")
+	default:
+	}
+	close(ch)
+	<-d
 }

@@ -52,7 +52,9 @@ func (p *Poller[K, V]) Run(ctx context.Context, out chan<- *pipeline.Message[K, 
 		if msg == nil {
 			continue
 		}
-		if !p.hasRoom() {
+		if !p.hasRoom() || len(p.held) > 0 {
+			// Behind the held ones, even if room freed during the Poll:
+			// sent first, it would overtake earlier offsets of its partition.
 			p.held = append(p.held, msg)
 			continue
 		}

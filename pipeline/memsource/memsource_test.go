@@ -194,7 +194,9 @@ func TestSubscribeAndMisuse(t *testing.T) {
 	src := memsource.New[string, string]()
 	src.AddTopic("t", 2)
 	src.AddTopic("t", 2) // again: no-op
-	require.Equal(t, []pipeline.TopicPartition{tp("t", 0), tp("t", 1)}, src.Partitions())
+	src.AddTopic("b", 1)
+	src.AddTopic("t", 3) // grows
+	require.Equal(t, []pipeline.TopicPartition{tp("b", 0), tp("t", 0), tp("t", 1), tp("t", 2)}, src.Partitions())
 	_, err := src.Poll(time.Millisecond)
 	require.Error(t, err, "Poll before Subscribe")
 	require.Error(t, src.Subscribe(nil))
