@@ -298,7 +298,7 @@ func (s *observedSource) Resume(parts []pipeline.TopicPartition) error {
 func (s *observedSource) Poll(timeout time.Duration) (*pipeline.Message[string, []byte], error) {
 	msg, err := s.Source.Poll(timeout)
 	if msg != nil {
-		s.rec.polled(s.member)
+		s.rec.polled(s.member, msg.Partition)
 	}
 	return msg, err
 }

@@ -131,8 +131,8 @@ func TestRestart(t *testing.T) {
 
 	res := rec.check(t, produced)
 	checkCommittedToEnd(t, c, group, topic)
-	t.Logf("restart on the %s: the first member handled %d of %d messages and committed %v; the second handled %d; redone: %d (all finished past the first member's commit)",
-		brokerKind(c), firstHandled, messages, committed, rec.handledBy("second"), res.duplicates)
+	t.Logf("restart on the %s: the first member handled %d of %d messages and committed %v; the second handled %d; redone: %d (all finished past the first member's commit; %d partitions held back by a dispatchable message that was overtaken)",
+		brokerKind(c), firstHandled, messages, committed, rec.handledBy("second"), res.duplicates, res.overtaken)
 }
 
 // TestBackPressure consumes a large backlog with slow handlers and a small

@@ -98,9 +98,9 @@ func testRebalance(t *testing.T, strategy string) {
 			leaves = append(leaves, h)
 		}
 	}
-	t.Logf("rebalance (%s) on the %s: %d messages in %v; handled by A %d, B %d, C %d; redone: %d (finished past the owner's commit on revoke)",
+	t.Logf("rebalance (%s) on the %s: %d messages in %v; handled by A %d, B %d, C %d; redone: %d (finished past the owner's commit on revoke; %d hand-overs held back by a dispatchable message that was overtaken)",
 		strategy, brokerKind(c), total, elapsed.Round(time.Millisecond),
-		rec.handledBy("A"), rec.handledBy("B"), rec.handledBy("C"), res.duplicates)
+		rec.handledBy("A"), rec.handledBy("B"), rec.handledBy("C"), res.duplicates, res.overtaken)
 	t.Logf("  B and C join: %s%s", describe(joins), detail(joins))
 	t.Logf("  B leaves: %s%s", describe(leaves), detail(leaves))
 }

@@ -59,10 +59,13 @@ func (r *recorder) paused(member string, pause bool) {
 	r.resumed[member] = time.Now()
 }
 
-// polled notes that Poll returned a message to member.
-func (r *recorder) polled(member string) {
+// polled notes that Poll returned a message of partition p to member.
+func (r *recorder) polled(member string, p int32) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if ru := r.current[member][p]; ru != nil && ru.firstPoll.IsZero() {
+		ru.firstPoll = time.Now()
+	}
 	if at, ok := r.resumed[member]; ok {
 		r.resumes[member] = append(r.resumes[member], time.Since(at))
 		delete(r.resumed, member)
@@ -100,8 +103,9 @@ type run struct {
 	revokeStart time.Time
 	revokeEnd   time.Time // zero while owned
 	lost        bool
-	committed   int64 // highest offset this run committed; -1 if none
-	firstStart  time.Time
+	committed   int64     // highest offset this run committed; -1 if none
+	firstPoll   time.Time // the first message of the run was polled
+	firstStart  time.Time // a handler started on the first message
 	handled     []int64
 }
 
@@ -254,7 +258,8 @@ type handover struct {
 	from, to   string
 	at         time.Time     // the old owner's revoke began
 	callback   time.Duration // the old owner's revoke callback took
-	firstStart time.Duration // from the revoke's start to the new owner's first message
+	firstPoll  time.Duration // from the revoke's start to the new owner's first message polled
+	firstStart time.Duration // ... and to a handler starting on it, after the new owner's backlog of other partitions
 }
 
 // result is what check found.
@@ -265,8 +270,16 @@ type result struct {
 	// the partition up); the next run redoes them.
 	beyondCommit int
 	handovers    []handover
-	firstStart   time.Time
-	lastEnd      time.Time
+	// overtaken counts the runs that gave a partition up with records
+	// finished past their last commit, where the first unfinished record
+	// was not waiting behind its own key (its key's previous record was
+	// not handled in that run): it was dispatchable, and later records of
+	// other keys went first. With first-come-first-served dispatch this
+	// cannot happen; it measures how much the router's scheduling adds to
+	// the records redone after a revoke or a stop.
+	overtaken  int
+	firstStart time.Time
+	lastEnd    time.Time
 }
 
 // check verifies, after the members stopped:
@@ -296,6 +309,12 @@ func (r *recorder) check(t testing.TB, produced []kafkatest.Record) result {
 	perKey := map[string]int{}
 	next := map[string]int{}
 	want := map[po]bool{}
+	type keySeq struct {
+		key string
+		seq int
+	}
+	recordAt := map[po]keySeq{}
+	offsetOf := map[keySeq]po{}
 	for _, rec := range produced {
 		want[po{rec.Partition, rec.Offset}] = true
 		k := string(rec.Key)
@@ -303,6 +322,8 @@ func (r *recorder) check(t testing.TB, produced []kafkatest.Record) result {
 		if err != nil {
 			t.Fatalf("produced record %d@%d: %v", rec.Partition, rec.Offset, err)
 		}
+		recordAt[po{rec.Partition, rec.Offset}] = keySeq{k, seq}
+		offsetOf[keySeq{k, seq}] = po{rec.Partition, rec.Offset}
 		if n, ok := next[k]; !ok || seq < n {
 			next[k] = seq
 		}
@@ -409,17 +430,30 @@ func (r *recorder) check(t testing.TB, produced []kafkatest.Record) result {
 				}
 				position = max(position, ru.committed)
 			}
+			past := 0
 			for o := range h {
 				if o >= position {
-					res.beyondCommit++
+					past++
 				}
 			}
-			if prev != nil && !prev.revokeStart.IsZero() && !ru.firstStart.IsZero() {
-				res.handovers = append(res.handovers, handover{
+			res.beyondCommit += past
+			if past > 0 && !ru.revokeEnd.IsZero() && !ru.lost {
+				ks, ok := recordAt[po{p, position}]
+				prev, hasPrev := offsetOf[keySeq{ks.key, ks.seq - 1}]
+				if ok && (!hasPrev || prev.p != p || !h[prev.o]) {
+					res.overtaken++
+				}
+			}
+			if prev != nil && !prev.revokeStart.IsZero() && !ru.firstPoll.IsZero() {
+				h := handover{
 					partition: p, from: prev.member, to: ru.member, at: prev.revokeStart,
-					callback:   prev.revokeEnd.Sub(prev.revokeStart),
-					firstStart: ru.firstStart.Sub(prev.revokeStart),
-				})
+					callback:  prev.revokeEnd.Sub(prev.revokeStart),
+					firstPoll: ru.firstPoll.Sub(prev.revokeStart),
+				}
+				if !ru.firstStart.IsZero() {
+					h.firstStart = ru.firstStart.Sub(prev.revokeStart)
+				}
+				res.handovers = append(res.handovers, h)
 			}
 			prev = ru
 		}
@@ -444,34 +478,41 @@ func (r *recorder) check(t testing.TB, produced []kafkatest.Record) result {
 	return res
 }
 
-// describe summarizes hand-overs for the log: count, min, median, max of
-// the time from revoke to the new owner's first message, and of the revoke
-// callback.
+// describe summarizes hand-overs for the log: count, then min, median and
+// max of the time from the revoke's start to the new owner's first message
+// polled, to its first message handled, and of the revoke callback.
 func describe(hs []handover) string {
 	if len(hs) == 0 {
 		return "none"
 	}
-	first := make([]time.Duration, len(hs))
-	cb := make([]time.Duration, len(hs))
+	var poll, start, cb []time.Duration
 	moved := 0
-	for i, h := range hs {
-		first[i], cb[i] = h.firstStart, h.callback
+	for _, h := range hs {
+		poll, cb = append(poll, h.firstPoll), append(cb, h.callback)
+		if h.firstStart > 0 {
+			start = append(start, h.firstStart)
+		}
 		if h.from != h.to {
 			moved++
 		}
 	}
-	slices.Sort(first)
-	slices.Sort(cb)
-	ms := func(d time.Duration) string { return d.Round(time.Millisecond).String() }
-	return fmt.Sprintf("%d hand-overs (%d to another member): revoke → new owner's first message min %s, median %s, max %s; revoke callback min %s, median %s, max %s",
-		len(hs), moved, ms(first[0]), ms(first[len(first)/2]), ms(first[len(first)-1]), ms(cb[0]), ms(cb[len(cb)/2]), ms(cb[len(cb)-1]))
+	stats := func(ds []time.Duration) string {
+		if len(ds) == 0 {
+			return "-"
+		}
+		slices.Sort(ds)
+		ms := func(d time.Duration) time.Duration { return d.Round(time.Millisecond) }
+		return fmt.Sprintf("%v/%v/%v", ms(ds[0]), ms(ds[len(ds)/2]), ms(ds[len(ds)-1]))
+	}
+	return fmt.Sprintf("%d hand-overs (%d to another member), min/median/max: revoke → new owner polls its first message %s, → handles it %s (%d of %d handled); revoke callback %s",
+		len(hs), moved, stats(poll), stats(start), len(start), len(hs), stats(cb))
 }
 
 func detail(hs []handover) string {
 	var b strings.Builder
 	for _, h := range hs {
-		fmt.Fprintf(&b, "\n  p%d %s→%s: revoke callback %v, first message after %v",
-			h.partition, h.from, h.to, h.callback.Round(time.Millisecond), h.firstStart.Round(time.Millisecond))
+		fmt.Fprintf(&b, "\n  p%d %s→%s: revoke callback %v, first message polled after %v, handled after %v",
+			h.partition, h.from, h.to, h.callback.Round(time.Millisecond), h.firstPoll.Round(time.Millisecond), h.firstStart.Round(time.Millisecond))
 	}
 	return b.String()
 }
