@@ -529,8 +529,9 @@ func TestReassignAfterRevokeStartsFresh(t *testing.T) {
 
 func TestBackPressurePausesAndBoundsInFlight(t *testing.T) {
 	src := memsource.New[string, int]()
-	produce(src, 2, 400, func(i int) int { return i })
-	const limit = 10
+	const n = 12
+	produce(src, 2, n, func(i int) int { return i })
+	const limit = 4
 	var peak atomic.Int64
 	var sawPause atomic.Bool
 	var handled atomic.Int64
@@ -544,14 +545,39 @@ func TestBackPressurePausesAndBoundsInFlight(t *testing.T) {
 		if len(st.Paused) > 0 && src.Paused(tp(0)) {
 			sawPause.Store(true)
 		}
-		time.Sleep(100 * time.Microsecond)
+		// Slow: no slot frees for longer than the poller waits before it
+		// pauses the partitions.
+		time.Sleep(300 * time.Millisecond)
 		handled.Add(1)
 		return nil
 	}
-	require.NoError(t, consumeUntil(t, p, h, func() bool { return handled.Load() == 400 }))
+	require.NoError(t, consumeUntil(t, p, h, func() bool { return handled.Load() == n }))
 	assert.LessOrEqual(t, peak.Load(), int64(limit))
 	assert.True(t, sawPause.Load(), "partitions were paused at the limit")
+	assert.Positive(t, p.Stats().Pauses)
 	assert.False(t, src.Paused(tp(0)))
+}
+
+// With handlers that free room quickly, the poller waits for room instead of
+// pausing (a Kafka consumer drops its prefetched messages on pause).
+func TestBackPressureWithFastHandlersBoundsInFlight(t *testing.T) {
+	src := memsource.New[string, int]()
+	const n = 2000
+	produce(src, 2, n, func(i int) int { return i })
+	const limit = 10
+	var peak, handled atomic.Int64
+	p, err := parallafka.New(src, parallafka.WithLogger(quiet), parallafka.WithMaxConcurrency(4), parallafka.WithMaxInFlight(limit))
+	require.NoError(t, err)
+	h := func(ctx context.Context, m *parallafka.Message[string, int]) error {
+		if in := p.Stats().InFlight; in > peak.Load() {
+			peak.Store(in)
+		}
+		handled.Add(1)
+		return nil
+	}
+	require.NoError(t, consumeUntil(t, p, h, func() bool { return handled.Load() == n }))
+	assert.LessOrEqual(t, peak.Load(), int64(limit))
+	t.Logf("pauses with fast handlers: %d", p.Stats().Pauses)
 }
 
 func TestFailingCommitsAreRetriedWithoutBlockingHandling(t *testing.T) {

@@ -161,7 +161,7 @@ func (p *Parallafka[K, V]) Consume(ctx context.Context, handler Handler[K, V]) e
 //
 //	poll → [AfterPoll stages] → key-router → handler pool → [AfterHandle stages] → ack collector → committer
 func (p *Parallafka[K, V]) flow(life *lifecycle, env *stages.Env[K, V], handler Handler[K, V]) error {
-	poller := &stages.Poller[K, V]{Env: env, MaxInFlight: p.cfg.maxInFlight, PollTimeout: 100 * time.Millisecond}
+	poller := &stages.Poller[K, V]{Env: env, MaxInFlight: p.cfg.maxInFlight, PollTimeout: 100 * time.Millisecond, PauseAfter: pauseAfter}
 	router := stages.NewRouter(env, p.cfg.ordering, p.cfg.orderNilKeys)
 	handlers := &stages.HandlerPool[K, V]{Env: env, Concurrency: p.cfg.maxConcurrency, Handler: handler}
 	collector := &stages.Collector[K, V]{Env: env, Router: router, Policy: p.cfg.errorPolicy, Stop: life.stop}
@@ -176,7 +176,9 @@ func (p *Parallafka[K, V]) flow(life *lifecycle, env *stages.Env[K, V], handler 
 	g := newGroup(life)
 	polled := source(g, "poll", poller.Run)
 	routable := p.insert(g, p.before, polled)
-	dispatched := connect(g, "key-router", routable, router.Run)
+	// Unbuffered: the router hands a message over only when a handler is
+	// free, so it picks the next one (a hot key's first) as late as it can.
+	dispatched := connectSized(g, "key-router", routable, router.Run, 0)
 	handled := connect(g, "handler pool", dispatched, handlers.Run)
 	collectable := p.insert(g, p.after, handled)
 	collected := make(chan struct{})
@@ -196,13 +198,24 @@ func (p *Parallafka[K, V]) insert(g *group, stages []namedStage[K, V], in <-chan
 	return in
 }
 
+// pauseAfter is how long the poller waits for room before it pauses the
+// partitions: long enough for handlers of ordinary speed to free a slot (so
+// a consumer at its limit does not pause and refetch all the time), short
+// enough that rebalances are served promptly.
+const pauseAfter = 200 * time.Millisecond
+
 // channelSize is the buffer between two stages: enough to smooth hand-offs,
 // small enough that little sits between stages on a revoke.
 const channelSize = 16
 
 // source starts the first stage and returns its output.
 func source[T any](g *group, name string, run func(context.Context, chan<- T) error) <-chan T {
-	out := make(chan T, channelSize)
+	return sourceSized(g, name, run, channelSize)
+}
+
+// sourceSized is source with an output buffer of size.
+func sourceSized[T any](g *group, name string, run func(context.Context, chan<- T) error, size int) <-chan T {
+	out := make(chan T, size)
 	g.Go(name, func(ctx context.Context) error {
 		defer close(out)
 		return run(ctx, out)
@@ -213,7 +226,12 @@ func source[T any](g *group, name string, run func(context.Context, chan<- T) er
 // connect starts a stage that reads in and returns its output, which is
 // closed when the stage returns.
 func connect[T any](g *group, name string, in <-chan T, run func(context.Context, <-chan T, chan<- T) error) <-chan T {
-	return source(g, name, func(ctx context.Context, out chan<- T) error { return run(ctx, in, out) })
+	return connectSized(g, name, in, run, channelSize)
+}
+
+// connectSized is connect with an output buffer of size.
+func connectSized[T any](g *group, name string, in <-chan T, run func(context.Context, <-chan T, chan<- T) error, size int) <-chan T {
+	return sourceSized(g, name, func(ctx context.Context, out chan<- T) error { return run(ctx, in, out) }, size)
 }
 
 // group runs the stages. A stage's error or panic never dies silently: the

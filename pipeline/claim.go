@@ -91,7 +91,7 @@ func (c *Claim) release(msg interface {
 		}
 	}
 	c.mu.Unlock()
-	c.tracker.inFlight.Add(-1)
+	c.tracker.released()
 }
 
 func closeOnce(ch chan struct{}) {
@@ -158,8 +158,10 @@ type Tracker struct {
 	paused    map[TopicPartition]bool
 	committed map[TopicPartition]int64 // last commit of every partition ever committed
 
-	inFlight atomic.Int64 // polled, not yet finished or abandoned
-	polled   atomic.Int64
+	inFlight  atomic.Int64 // polled, not yet finished or abandoned
+	polled    atomic.Int64
+	roomBelow atomic.Int64  // AwaitRoom's limit while it waits, else 0
+	room      chan struct{} // signalled when in-flight drops below roomBelow
 }
 
 // NewTracker returns an empty tracker.
@@ -168,6 +170,41 @@ func NewTracker() *Tracker {
 		claims:    make(map[TopicPartition]*Claim),
 		paused:    make(map[TopicPartition]bool),
 		committed: make(map[TopicPartition]int64),
+		room:      make(chan struct{}, 1),
+	}
+}
+
+// AwaitRoom waits until fewer than limit messages are in flight. It reports
+// false if timeout passed or stop closed first.
+func (t *Tracker) AwaitRoom(limit int64, timeout time.Duration, stop <-chan struct{}) bool {
+	t.roomBelow.Store(limit) // before the check: a release after it signals
+	defer t.roomBelow.Store(0)
+	if t.inFlight.Load() < limit {
+		return true
+	}
+	timer := time.NewTimer(timeout)
+	defer timer.Stop()
+	for {
+		select {
+		case <-t.room:
+			if t.inFlight.Load() < limit {
+				return true
+			}
+		case <-timer.C:
+			return false
+		case <-stop:
+			return false
+		}
+	}
+}
+
+func (t *Tracker) released() {
+	n := t.inFlight.Add(-1)
+	if limit := t.roomBelow.Load(); limit > 0 && n < limit {
+		select {
+		case t.room <- struct{}{}:
+		default:
+		}
 	}
 }
 

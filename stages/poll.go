@@ -11,16 +11,26 @@ import (
 // order, and so the goroutine on which rebalance notifications arrive.
 //
 // It applies back-pressure: once MaxInFlight messages are polled and not yet
-// finished, it pauses every assigned partition but keeps calling Poll, so
-// that the consumer stays in its group and rebalances are served; it resumes
-// them when the pipeline has worked the in-flight count down to three
-// quarters of the limit.
+// finished, it first waits up to PauseAfter for room without polling (the
+// consumer's prefetched messages stay ready, and a short gap between polls
+// is harmless to group membership). If the pipeline is still full then, it
+// pauses every assigned partition and keeps calling Poll, so that the
+// consumer stays in its group however long handlers take, and rebalances
+// are served; it resumes them when the pipeline has worked the in-flight
+// count down to three quarters of the limit. (Pausing is a last resort:
+// librdkafka drops what it prefetched for a paused partition and fetches it
+// again after Resume.)
 type Poller[K, V any] struct {
 	*Env[K, V]
 	MaxInFlight int
 	// PollTimeout bounds one Poll call, and so how long a shutdown or a
 	// freed slot waits to be noticed.
 	PollTimeout time.Duration
+	// PauseAfter bounds how long the poller waits, without polling, for
+	// room under MaxInFlight before it pauses the partitions. It delays
+	// rebalance notifications by as much, so keep it far below
+	// max.poll.interval.ms.
+	PauseAfter time.Duration
 
 	assigned map[pipeline.TopicPartition]bool
 	paused   bool
@@ -31,6 +41,9 @@ type Poller[K, V any] struct {
 // on out. A Poll error is returned: the pipeline stops.
 func (p *Poller[K, V]) Run(ctx context.Context, out chan<- *pipeline.Message[K, V]) error {
 	for !p.draining() && ctx.Err() == nil {
+		if !p.paused && !p.hasRoom() && p.Tracker.AwaitRoom(int64(p.MaxInFlight), p.PauseAfter, p.Draining) {
+			continue
+		}
 		if err := p.applyBackPressure(); err != nil {
 			return err
 		}
