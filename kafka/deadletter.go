@@ -10,7 +10,7 @@ import (
 
 	ckafka "github.com/confluentinc/confluent-kafka-go/v2/kafka"
 
-	"github.com/parallafka/parallafka/stages"
+	"github.com/parallafka/parallafka/pipeline"
 )
 
 // Producer settings that NewDeadLetterWriter checks or fills in.
@@ -41,8 +41,6 @@ type DeadLetterWriter struct {
 	closeOnce  sync.Once
 	closeErr   error
 }
-
-var _ stages.DeadLetterWriter = (*DeadLetterWriter)(nil)
 
 // NewDeadLetterWriter creates a producer for dead letters. It checks a copy
 // of cfg (cfg itself is never modified):
@@ -126,7 +124,7 @@ func safeProducerConfig(cfg ckafka.ConfigMap) (ckafka.ConfigMap, bool, error) {
 // stages.DeadLetterWriter. After ctx is done the dead letter may still be
 // delivered: a message whose write was abandoned stays uncommitted, is
 // delivered again and may be dead-lettered twice (at-least-once).
-func (w *DeadLetterWriter) WriteDeadLetter(ctx context.Context, dl stages.DeadLetter) error {
+func (w *DeadLetterWriter) WriteDeadLetter(ctx context.Context, dl pipeline.DeadLetter) error {
 	topic := dl.Topic
 	record := &ckafka.Message{
 		TopicPartition: ckafka.TopicPartition{Topic: &topic, Partition: ckafka.PartitionAny},

@@ -19,6 +19,9 @@ import (
 
 // readRecords reads topic from the start until it has n records (failing
 // the test after a generous deadline) and returns them.
+// The writer is the stages package's DeadLetterWriter.
+var _ stages.DeadLetterWriter = (*kafka.DeadLetterWriter)(nil)
+
 func readRecords(t *testing.T, cluster *kafkatest.Cluster, topic string, n int) []*kgo.Record {
 	t.Helper()
 	cl, err := cluster.NewClient(kgo.ConsumeTopics(topic), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"strconv"
 	"sync"
-	"time"
 
 	"github.com/sourcegraph/conc/panics"
 
@@ -27,25 +26,10 @@ const (
 // DefaultDeadLetterConcurrency is the default of DeadLetterConfig.Concurrency.
 const DefaultDeadLetterConcurrency = 16
 
-// DeadLetter is a failed message on its way to a dead-letter topic.
-type DeadLetter struct {
-	// Topic is the dead-letter topic to write to.
-	Topic string
-	// Key and Value are the original record's bytes (nil for a null key
-	// or value), whatever the pipeline deserialized them into.
-	Key, Value []byte
-	// Headers are the original record's headers followed by the Header*
-	// headers above.
-	Headers []pipeline.Header
-	// The original record's place, the number of handling attempts it got
-	// (0 for a record that could not be deserialized) and its last error,
-	// for writers that do not read headers.
-	Original  pipeline.TopicPartition
-	Offset    int64
-	Timestamp time.Time
-	Attempts  int
-	Err       error
-}
+// DeadLetter is a failed message on its way to a dead-letter topic (defined
+// in package pipeline so that writers, like package kafka's, need not import
+// the stages).
+type DeadLetter = pipeline.DeadLetter
 
 // DeadLetterWriter writes dead letters. WriteDeadLetter must return only once
 // the dead letter is durably stored (for Kafka: acknowledged by the broker,
