@@ -19,21 +19,67 @@ type Claim struct {
 	tp      TopicPartition
 	tracker *Tracker
 
-	mu        sync.Mutex
-	window    OffsetWindow
-	started   int           // dispatched to the handler pool and not yet finished
-	committed int64         // last committed offset, -1 before the first commit
-	stopping  atomic.Bool   // revoked, lost or ended: start no more messages
-	frozen    bool          // ended: finishing no longer moves commits
-	idle      chan struct{} // closed once stopping and started == 0
+	mu         sync.Mutex
+	window     OffsetWindow
+	tracked    int           // polled under the claim, not yet finished or abandoned
+	committed  int64         // last committed offset, -1 before the first commit
+	dispatched atomic.Int64  // highest offset handed to the handler pool, -1 before
+	stopping   atomic.Bool   // revoked, lost or ended: start only gap fillers
+	frozen     atomic.Bool   // ended: nothing starts, finishing no longer moves commits
+	idle       chan struct{} // closed once stopping and tracked == 0
 }
 
 // TopicPartition returns the partition claimed.
 func (c *Claim) TopicPartition() TopicPartition { return c.tp }
 
-// Stopping reports whether the claim is being revoked or has ended: its
-// messages must no longer be dispatched to handlers.
+// Stopping reports whether the claim is being revoked or has ended.
 func (c *Claim) Stopping() bool { return c.stopping.Load() }
+
+// Admits reports whether a message of the claim at offset may start in a
+// handler. While the claim lives, any may. Once it is stopping (a revoke or a
+// graceful shutdown), only gap fillers may: messages below the highest
+// offset already handed to the handler pool. Finishing them lets the final
+// commit reach past everything that was handled, so the next owner redoes
+// nothing; messages above it are dropped, uncommitted. Once the claim is
+// frozen, none may.
+func (c *Claim) Admits(offset int64) bool {
+	switch {
+	case c.frozen.Load():
+		return false
+	case c.stopping.Load():
+		return offset <= c.dispatched.Load()
+	}
+	return true
+}
+
+// Wants reports whether a message of the claim at offset, not yet handed to
+// the handler pool, may still be: always while the claim lives; once it is
+// stopping, only below the highest dispatched offset (a gap filler).
+func (c *Claim) Wants(offset int64) bool {
+	switch {
+	case c.frozen.Load():
+		return false
+	case c.stopping.Load():
+		return offset < c.dispatched.Load()
+	}
+	return true
+}
+
+// Below reports whether offset lies below the highest offset of the claim
+// handed to the handler pool so far: a message there that is not handled
+// holds the partition's commit back below messages that were.
+func (c *Claim) Below(offset int64) bool { return offset < c.dispatched.Load() }
+
+// Dispatched records that msg was handed to the handler pool.
+func Dispatched[K, V any](msg *Message[K, V]) {
+	c := msg.claim
+	for {
+		high := c.dispatched.Load()
+		if msg.Offset <= high || c.dispatched.CompareAndSwap(high, msg.Offset) {
+			return
+		}
+	}
+}
 
 // Track adds a freshly polled message to its partition's claim: from now on
 // the message is in flight, and its offset holds back the partition's
@@ -42,22 +88,19 @@ func Track[K, V any](c *Claim, msg *Message[K, V]) {
 	msg.claim, msg.state = c, stateTracked
 	c.mu.Lock()
 	c.window.Add(msg.Offset)
+	c.tracked++
 	c.mu.Unlock()
 	c.tracker.inFlight.Add(1)
 	c.tracker.polled.Add(1)
 }
 
-// Start records that msg is being dispatched to the handler pool. It
-// reports false, and records nothing, if the claim is stopping (revoked,
-// lost or ended): the message must then not be handled.
+// Start records that msg is ready to be dispatched to the handler pool. It
+// reports false, and records nothing, if the claim no longer wants it (see
+// Claim.Wants): the message must then be abandoned.
 func Start[K, V any](msg *Message[K, V]) bool {
-	c := msg.claim
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.stopping.Load() {
+	if !msg.claim.Wants(msg.Offset) {
 		return false
 	}
-	c.started++
 	msg.state = stateStarted
 	return true
 }
@@ -70,7 +113,12 @@ func Finish[K, V any](msg *Message[K, V]) { msg.claim.release(msg, true) }
 // Abandon records that msg will never finish in this assignment (its
 // backlog was dropped on shutdown or revoke, or it failed and the pipeline
 // stops): it stays uncommitted, so Kafka delivers it again.
-func Abandon[K, V any](msg *Message[K, V]) { msg.claim.release(msg, false) }
+func Abandon[K, V any](msg *Message[K, V]) {
+	if msg.state != stateUntracked {
+		msg.abandoned = true
+	}
+	msg.claim.release(msg, false)
+}
 
 func (c *Claim) release(msg interface {
 	offset() int64
@@ -81,14 +129,12 @@ func (c *Claim) release(msg interface {
 		return // released already
 	}
 	c.mu.Lock()
-	if finished && !c.frozen {
+	if finished && !c.frozen.Load() {
 		c.window.Finish(msg.offset())
 	}
-	if state == stateStarted {
-		c.started--
-		if c.started == 0 && c.stopping.Load() {
-			closeOnce(c.idle)
-		}
+	c.tracked--
+	if c.tracked == 0 && c.stopping.Load() {
+		closeOnce(c.idle)
 	}
 	c.mu.Unlock()
 	c.tracker.released()
@@ -130,12 +176,13 @@ func (c *Claim) LastCommitted() int64 {
 	return c.committed
 }
 
-// stop marks the claim stopping: none of its messages starts from now on,
-// while those already started may still finish and move its commits.
+// stop marks the claim stopping: from now on only gap fillers start (see
+// Admits), while messages already handed to handlers may still finish and
+// move its commits.
 func (c *Claim) stop() {
 	c.mu.Lock()
 	c.stopping.Store(true)
-	if c.started == 0 {
+	if c.tracked == 0 {
 		closeOnce(c.idle)
 	}
 	c.mu.Unlock()
@@ -146,7 +193,7 @@ func (c *Claim) stop() {
 // member by now).
 func (c *Claim) Freeze() {
 	c.mu.Lock()
-	c.frozen = true
+	c.frozen.Store(true)
 	c.mu.Unlock()
 }
 
@@ -247,7 +294,9 @@ func (t *Tracker) Assign(partitions []TopicPartition) {
 	defer t.mu.Unlock()
 	for _, tp := range partitions {
 		if _, ok := t.claims[tp]; !ok {
-			t.claims[tp] = &Claim{tp: tp, tracker: t, committed: -1, idle: make(chan struct{})}
+			c := &Claim{tp: tp, tracker: t, committed: -1, idle: make(chan struct{})}
+			c.dispatched.Store(-1)
+			t.claims[tp] = c
 		}
 	}
 }
@@ -296,8 +345,9 @@ func (t *Tracker) Stop(partitions []TopicPartition) []*Claim {
 	return ended
 }
 
-// WaitIdle waits until no started message of the stopped claims is running,
-// or until timeout. It reports whether they all went idle.
+// WaitIdle waits until every message of the stopped claims finished or was
+// abandoned (the router drops the backlog that is not needed, and handlers
+// finish the rest), or until timeout. It reports whether they all did.
 func WaitIdle(claims []*Claim, timeout time.Duration) bool {
 	timer := time.NewTimer(timeout)
 	defer timer.Stop()

@@ -154,12 +154,13 @@ func TestInFlightCountsEachMessageOnce(t *testing.T) {
 	off, _ := committable(t, c)
 	require.Equal(t, int64(1), off, "offset 1 was abandoned: it holds the partition back")
 
-	// The claim's started count went down exactly once per started message:
-	// once stopped it is idle at once.
+	// The claim's count went down exactly once per message: once the last
+	// two are released, the stopped claim is idle.
 	stopped := tr.Stop([]pipeline.TopicPartition{tp(0)})
-	require.True(t, pipeline.WaitIdle(stopped, time.Minute))
+	require.False(t, pipeline.WaitIdle(stopped, 0))
 	pipeline.Finish(ms[4])
 	pipeline.Finish(ms[5])
+	require.True(t, pipeline.WaitIdle(stopped, time.Minute))
 	require.Zero(t, tr.InFlight())
 	require.EqualValues(t, 6, tr.Polled())
 }
@@ -220,11 +221,11 @@ func TestFreezeStopsCommitsMoving(t *testing.T) {
 }
 
 func TestWaitIdle(t *testing.T) {
-	t.Run("returns true once started messages finish", func(t *testing.T) {
+	t.Run("returns true once every message is released", func(t *testing.T) {
 		tr := pipeline.NewTracker()
 		cs := assigned(t, tr, tp(0), tp(1))
 		a, b := track(cs[0], 0), track(cs[1], 0)
-		queued := track(cs[0], 1) // tracked, never started: not waited for
+		queued := track(cs[0], 1) // tracked, never started: waited for until abandoned
 		require.True(t, pipeline.Start(a))
 		require.True(t, pipeline.Start(b))
 		stopped := tr.Stop([]pipeline.TopicPartition{tp(0), tp(1)})
@@ -240,20 +241,27 @@ func TestWaitIdle(t *testing.T) {
 		}
 		pipeline.Abandon(b)
 		select {
+		case <-result:
+			t.Fatal("WaitIdle returned while a queued message is neither finished nor abandoned")
+		default:
+		}
+		pipeline.Abandon(queued)
+		select {
 		case ok := <-result:
 			require.True(t, ok)
 		case <-time.After(10 * time.Second):
 			t.Fatal("WaitIdle did not return")
 		}
-		pipeline.Abandon(queued)
 	})
-	t.Run("idle at once without started messages", func(t *testing.T) {
+	t.Run("idle once the backlog is abandoned", func(t *testing.T) {
 		tr := pipeline.NewTracker()
 		c := assigned(t, tr, tp(0))[0]
 		m := track(c, 0)
-		require.True(t, pipeline.WaitIdle(tr.Stop([]pipeline.TopicPartition{tp(0)}), time.Minute))
-		require.True(t, pipeline.WaitIdle(nil, 0))
+		stopped := tr.Stop([]pipeline.TopicPartition{tp(0)})
+		require.False(t, pipeline.WaitIdle(stopped, 0))
 		pipeline.Abandon(m)
+		require.True(t, pipeline.WaitIdle(stopped, time.Minute))
+		require.True(t, pipeline.WaitIdle(nil, 0))
 	})
 	t.Run("false after the timeout when one hangs", func(t *testing.T) {
 		tr := pipeline.NewTracker()
@@ -413,6 +421,7 @@ type claimModel struct {
 	window    *windowModel
 	next      int64 // the next offset to poll
 	started   int
+	tracked   int // tracked and not yet released
 	stopping  bool
 	frozen    bool
 	committed int64
@@ -481,11 +490,11 @@ func fuzzClaimTracker(t *testing.T, data []byte) {
 		}
 		if idle && cm.stopping {
 			cs := []*pipeline.Claim{cm.claim}
-			if cm.started == 0 && !pipeline.WaitIdle(cs, time.Minute) {
-				t.Fatal("WaitIdle: a stopped claim without started messages is not idle")
+			if cm.tracked == 0 && !pipeline.WaitIdle(cs, time.Minute) {
+				t.Fatal("WaitIdle: a stopped claim without unreleased messages is not idle")
 			}
-			if cm.started > 0 && pipeline.WaitIdle(cs, 0) {
-				t.Fatalf("WaitIdle: idle with %d started messages", cm.started)
+			if cm.tracked > 0 && pipeline.WaitIdle(cs, 0) {
+				t.Fatalf("WaitIdle: idle with %d unreleased messages", cm.tracked)
 			}
 		}
 	}
@@ -514,6 +523,7 @@ func fuzzClaimTracker(t *testing.T, data []byte) {
 			live.window.add(live.next)
 			live.next += 1 + int64(arg%3)
 			msgs = append(msgs, &msgModel{m: m, cm: live})
+			live.tracked++
 			polled++
 		case 2:
 			var tracked []*msgModel
@@ -552,6 +562,7 @@ func fuzzClaimTracker(t *testing.T, data []byte) {
 			if mm.started {
 				mm.cm.started--
 			}
+			mm.cm.tracked--
 			if arg&0x80 != 0 { // releasing twice is a no-op
 				pipeline.Finish(mm.m)
 				pipeline.Abandon(mm.m)

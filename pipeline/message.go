@@ -57,10 +57,17 @@ type Message[K, V any] struct {
 	// Retry, and so on.
 	Attempt int
 
-	fate  fate
-	claim *Claim
-	state msgState
+	fate      fate
+	claim     *Claim
+	state     msgState
+	abandoned bool
 }
+
+// Abandoned reports whether the pipeline gave up on the message in this
+// assignment (its partition was revoked, the pipeline stopped, or it failed
+// and the error policy stopped the pipeline): it stays uncommitted, and
+// Kafka delivers it again.
+func (m *Message[K, V]) Abandoned() bool { return m.abandoned }
 
 // msgState is where a message stands in its claim's bookkeeping.
 type msgState uint8

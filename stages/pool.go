@@ -48,9 +48,10 @@ func (p *HandlerPool[K, V]) work(ctx context.Context, in <-chan *pipeline.Messag
 			return // hard stop: what was not handled stays uncommitted
 		}
 		switch {
-		case msg.Claim().Stopping():
-			// Revoked since it was dispatched: not handled here. Handing it
-			// back as a retry makes the router abandon it uncommitted.
+		case !msg.Claim().Admits(msg.Offset):
+			// Its partition was revoked (or lost) since it was dispatched,
+			// and it is no gap filler: not handled here. Handing it back
+			// as a retry makes the router abandon it uncommitted.
 			msg.Retry()
 		case p.shouldHandle(msg):
 			msg.Attempt++

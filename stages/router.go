@@ -27,6 +27,15 @@ const (
 // queued message with that key is dispatched; one marked for retry is
 // dispatched again, keeping its key.
 //
+// When a partition is revoked or the pipeline drains, the router drops the
+// messages that no handler took yet, except gap fillers: those below the
+// highest offset of their partition already handed to a handler. Handling
+// them lets the final commit reach past everything that was handled, so that
+// the next owner (or the next run) redoes nothing. A key whose message was
+// abandoned (it failed and the pipeline stops, or a retry was cut short)
+// drops everything queued behind it: none of it may run before Kafka
+// delivers the abandoned message again.
+//
 // The router never blocks on one channel alone: it always accepts released
 // keys while it waits to dispatch, which is what keeps the loop
 // router → pool → collector → router free of deadlock. Its queues are
@@ -80,8 +89,8 @@ func (r *Router[K, V]) Run(ctx context.Context, in <-chan *pipeline.Message[K, V
 	// queued message waits behind one that is ready or outstanding.
 	for in != nil || r.outstanding > 0 || len(r.ready) > 0 {
 		if draining != nil && r.draining() {
-			r.abandonBacklog()
-			draining = nil // abandon once; later arrivals are abandoned one by one
+			r.dropUnwanted()
+			draining = nil // once; later arrivals are abandoned one by one
 		}
 		var dispatch chan<- *pipeline.Message[K, V]
 		var next *pipeline.Message[K, V]
@@ -99,6 +108,7 @@ func (r *Router[K, V]) Run(ctx context.Context, in <-chan *pipeline.Message[K, V
 			r.outstanding--
 			r.release(msg)
 		case dispatch <- next:
+			pipeline.Dispatched(next)
 			r.ready[0] = nil
 			r.ready = r.ready[1:]
 			r.outstanding++
@@ -151,24 +161,36 @@ func (r *Router[K, V]) routingKey(msg *pipeline.Message[K, V]) (key string, orde
 	}
 }
 
-// push makes msg dispatchable, unless the pipeline is draining or its claim
-// stopped meanwhile.
+// wants reports whether msg, not yet dispatched, may still be: while the
+// pipeline drains or its partition is revoked, only a gap filler may.
+func (r *Router[K, V]) wants(msg *pipeline.Message[K, V]) bool {
+	c := msg.Claim()
+	return c.Wants(msg.Offset) && (!r.draining() || c.Below(msg.Offset))
+}
+
+// push makes msg, which holds its key, dispatchable, unless the router no
+// longer wants it: then it and its key's queue are abandoned.
 func (r *Router[K, V]) push(msg *pipeline.Message[K, V]) {
-	if r.draining() || !pipeline.Start(msg) {
+	if !r.wants(msg) || !pipeline.Start(msg) {
 		pipeline.Abandon(msg)
-		r.releaseKey(msg)
+		r.abandonKey(msg)
 		return
 	}
 	r.ready = append(r.ready, msg)
 }
 
 // release handles a message handed back by the collector: a retry goes out
-// again with its key still held; anything else frees its key.
+// again with its key still held; an abandoned message takes its key's queue
+// with it; a finished one frees its key.
 func (r *Router[K, V]) release(msg *pipeline.Message[K, V]) {
+	if msg.Abandoned() {
+		r.abandonKey(msg)
+		return
+	}
 	if msg.RetryRequested() {
 		if r.draining() || msg.Claim().Stopping() {
 			pipeline.Abandon(msg) // never skipped: it will be redelivered
-			r.releaseKey(msg)
+			r.abandonKey(msg)
 			return
 		}
 		msg.ResetFate()
@@ -203,19 +225,59 @@ func (r *Router[K, V]) releaseKey(msg *pipeline.Message[K, V]) {
 	r.push(next)
 }
 
-// purge abandons the queued messages of stopped claims.
-func (r *Router[K, V]) purge(claims []*pipeline.Claim) {
-	for _, c := range claims {
-		for _, queue := range r.busy[c] {
-			r.abandon(queue)
-		}
-		delete(r.busy, c)
+// abandonKey drops the messages queued behind msg's key, which msg held,
+// and frees the key.
+func (r *Router[K, V]) abandonKey(msg *pipeline.Message[K, V]) {
+	key, ordered := r.routingKey(msg)
+	if !ordered {
+		return
 	}
-	r.ready = r.filterReady(func(msg *pipeline.Message[K, V]) bool { return !msg.Claim().Stopping() })
+	keys := r.busy[msg.Claim()]
+	queue, busy := keys[key]
+	if !busy {
+		return
+	}
+	r.abandon(queue)
+	delete(keys, key)
+	if len(keys) == 0 {
+		delete(r.busy, msg.Claim())
+	}
 }
 
-// abandonBacklog drops everything not yet dispatched: on a graceful
-// shutdown only what handlers started is finished.
+// purge drops what stopped claims no longer want (everything but the gap
+// fillers, see wants). The claims are stopped already, so wants tells.
+func (r *Router[K, V]) purge([]*pipeline.Claim) { r.dropUnwanted() }
+
+// dropUnwanted abandons every message not yet dispatched that the router no
+// longer wants (see wants): dispatchable ones with their keys' queues, and
+// the unwanted tail of every key's queue (queues are in offset order, and a
+// gap filler lies below an offset).
+func (r *Router[K, V]) dropUnwanted() {
+	kept := r.ready[:0]
+	for _, msg := range r.ready {
+		if r.wants(msg) {
+			kept = append(kept, msg)
+			continue
+		}
+		pipeline.Abandon(msg)
+		r.abandonKey(msg)
+	}
+	clear(r.ready[len(kept):])
+	r.ready = kept
+	for _, keys := range r.busy {
+		for key, queue := range keys {
+			n := len(queue)
+			for n > 0 && !r.wants(queue[n-1]) {
+				n--
+			}
+			r.abandon(queue[n:])
+			clear(queue[n:])
+			keys[key] = queue[:n]
+		}
+	}
+}
+
+// abandonBacklog drops everything not yet dispatched.
 func (r *Router[K, V]) abandonBacklog() {
 	for c, keys := range r.busy {
 		for _, queue := range keys {

@@ -131,6 +131,7 @@ func TestRestart(t *testing.T) {
 
 	res := rec.check(t, produced)
 	checkCommittedToEnd(t, c, group, topic)
+	assert.Zero(t, res.duplicates, "records handled again after a graceful restart")
 	t.Logf("restart on the %s: the first member handled %d of %d messages and committed %v; the second handled %d; redone: %d (all finished past the first member's commit; %d partitions held back by a dispatchable message that was overtaken)",
 		brokerKind(c), firstHandled, messages, committed, rec.handledBy("second"), res.duplicates, res.overtaken)
 }
