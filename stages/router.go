@@ -155,7 +155,9 @@ func (r *Router[K, V]) routingKey(msg *pipeline.Message[K, V]) (key string, orde
 	case r.Ordering == OrderByPartition:
 		return "", true
 	case msg.RawKey == nil:
-		return "\x00nil", r.OrderNilKeys // cannot clash: only nil keys take this branch
+		// One queue per partition for keyless messages. A real key of
+		// these very bytes would share it: harmless, only extra order.
+		return "\x00nil", r.OrderNilKeys
 	default:
 		return string(msg.RawKey), true
 	}
