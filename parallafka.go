@@ -176,9 +176,7 @@ func (p *Parallafka[K, V]) flow(life *lifecycle, env *stages.Env[K, V], handler 
 	g := newGroup(life)
 	polled := source(g, "poll", poller.Run)
 	routable := p.insert(g, p.before, polled)
-	// Unbuffered: the router hands a message over only when a handler is
-	// free, so it picks the next one (a hot key's first) as late as it can.
-	dispatched := connectSized(g, "key-router", routable, router.Run, 0)
+	dispatched := connect(g, "key-router", routable, router.Run)
 	handled := connect(g, "handler pool", dispatched, handlers.Run)
 	collectable := p.insert(g, p.after, handled)
 	collected := make(chan struct{})
@@ -210,12 +208,7 @@ const channelSize = 16
 
 // source starts the first stage and returns its output.
 func source[T any](g *group, name string, run func(context.Context, chan<- T) error) <-chan T {
-	return sourceSized(g, name, run, channelSize)
-}
-
-// sourceSized is source with an output buffer of size.
-func sourceSized[T any](g *group, name string, run func(context.Context, chan<- T) error, size int) <-chan T {
-	out := make(chan T, size)
+	out := make(chan T, channelSize)
 	g.Go(name, func(ctx context.Context) error {
 		defer close(out)
 		return run(ctx, out)
@@ -226,12 +219,7 @@ func sourceSized[T any](g *group, name string, run func(context.Context, chan<- 
 // connect starts a stage that reads in and returns its output, which is
 // closed when the stage returns.
 func connect[T any](g *group, name string, in <-chan T, run func(context.Context, <-chan T, chan<- T) error) <-chan T {
-	return connectSized(g, name, in, run, channelSize)
-}
-
-// connectSized is connect with an output buffer of size.
-func connectSized[T any](g *group, name string, in <-chan T, run func(context.Context, <-chan T, chan<- T) error, size int) <-chan T {
-	return sourceSized(g, name, func(ctx context.Context, out chan<- T) error { return run(ctx, in, out) }, size)
+	return source(g, name, func(ctx context.Context, out chan<- T) error { return run(ctx, in, out) })
 }
 
 // group runs the stages. A stage's error or panic never dies silently: the
