@@ -1,0 +1,165 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	ckafka "github.com/confluentinc/confluent-kafka-go/v2/kafka"
+
+	"github.com/parallafka/parallafka/pipeline"
+	"github.com/parallafka/parallafka/pipeline/memsource"
+)
+
+// baseline is the measurement of a loop that is not our pipeline.
+type baseline struct {
+	seconds    float64 // first poll (or handler start) → last handler end
+	msgsPerSec float64
+	cpuPerMsg  time.Duration
+}
+
+func measured(rec *recorder, cpu time.Duration) baseline {
+	n := rec.handled.Load()
+	span := rec.span()
+	b := baseline{seconds: span.Seconds()}
+	if n > 0 && span > 0 {
+		b.msgsPerSec = float64(n) / span.Seconds()
+		b.cpuPerMsg = cpu / time.Duration(n)
+	}
+	return b
+}
+
+// serialMem is the classic loop on the in-memory source: one consumer per
+// partition (its own single-partition source), each polling and handling
+// one message at a time, all partitions at once.
+func serialMem(rec *recorder, stall time.Duration) (baseline, error) {
+	w := rec.w
+	cpu0 := cpuTime()
+	var wg sync.WaitGroup
+	errs := make([]error, w.partitions)
+	for p, msgs := range w.byPart {
+		if len(msgs) == 0 {
+			continue
+		}
+		src := memsource.New[string, []byte]()
+		src.AddTopic(benchTopic, 1)
+		for _, i := range msgs {
+			src.Produce(benchTopic, 0, w.keyNames[w.keyOf[i]], w.value)
+		}
+		if err := src.Subscribe(nopListener{}); err != nil {
+			return baseline{}, err
+		}
+		wg.Go(func() {
+			defer src.Close()
+			last := time.Now()
+			for handled := 0; handled < len(msgs); {
+				msg, err := src.Poll(100 * time.Millisecond)
+				if err != nil {
+					errs[p] = err
+					return
+				}
+				if msg == nil {
+					if time.Since(last) > stall {
+						errs[p] = fmt.Errorf("serial loop of partition %d stalled", p)
+						return
+					}
+					continue
+				}
+				rec.handle(int32(p), msg.Offset)
+				handled++
+				last = time.Now()
+			}
+		})
+	}
+	wg.Wait()
+	return measured(rec, cpuTime()-cpu0), errors.Join(errs...)
+}
+
+type nopListener struct{}
+
+func (nopListener) PartitionsAssigned([]pipeline.TopicPartition) {}
+func (nopListener) PartitionsRevoked([]pipeline.TopicPartition)  {}
+func (nopListener) PartitionsLost([]pipeline.TopicPartition)     {}
+
+// serialKafka is the classic loop on Kafka: one confluent-kafka-go consumer
+// per partition (assigned that partition), each polling and handling one
+// message at a time, all partitions at once.
+func serialKafka(b *broker, topic string, rec *recorder, stall time.Duration) (baseline, error) {
+	w := rec.w
+	cpu0 := cpuTime()
+	var wg sync.WaitGroup
+	errs := make([]error, w.partitions)
+	for p, msgs := range w.byPart {
+		if len(msgs) == 0 {
+			continue
+		}
+		c, err := ckafka.NewConsumer(b.consumerConfig(b.group(topic, fmt.Sprintf("serial-p%d", p))))
+		if err != nil {
+			return baseline{}, err
+		}
+		t := topic
+		err = c.Assign([]ckafka.TopicPartition{{Topic: &t, Partition: int32(p), Offset: ckafka.Offset(w.base[p])}})
+		if err != nil {
+			c.Close()
+			return baseline{}, err
+		}
+		wg.Go(func() {
+			defer c.Close()
+			errs[p] = pollLoop(c, len(msgs), stall, func(m *ckafka.Message) {
+				rec.polled(m.TopicPartition.Partition, int64(m.TopicPartition.Offset))
+				rec.handle(m.TopicPartition.Partition, int64(m.TopicPartition.Offset))
+			})
+		})
+	}
+	wg.Wait()
+	return measured(rec, cpuTime()-cpu0), errors.Join(errs...)
+}
+
+// rawKafka is the plain confluent-kafka-go consume loop with a no-op
+// handler: one consumer subscribed to the topic, Poll until n messages
+// were read. It keeps the same per-message records as a run (poll and end
+// timestamps), so that the comparison is of the loops alone.
+func rawKafka(b *broker, topic string, rec *recorder, stall time.Duration) (baseline, error) {
+	n := int(rec.target)
+	c, err := ckafka.NewConsumer(b.consumerConfig(b.group(topic, "raw")))
+	if err != nil {
+		return baseline{}, err
+	}
+	defer c.Close()
+	if err := c.SubscribeTopics([]string{topic}, nil); err != nil {
+		return baseline{}, err
+	}
+	cpu0 := cpuTime()
+	err = pollLoop(c, n, stall, func(m *ckafka.Message) {
+		rec.polled(m.TopicPartition.Partition, int64(m.TopicPartition.Offset))
+		rec.handle(m.TopicPartition.Partition, int64(m.TopicPartition.Offset))
+	})
+	return measured(rec, cpuTime()-cpu0), err
+}
+
+// pollLoop polls c until n messages were handled, or nothing arrived for
+// stall.
+func pollLoop(c *ckafka.Consumer, n int, stall time.Duration, handle func(*ckafka.Message)) error {
+	last := time.Now()
+	for handled := 0; handled < n; {
+		switch e := c.Poll(100).(type) {
+		case *ckafka.Message:
+			if e.TopicPartition.Error != nil {
+				continue
+			}
+			handle(e)
+			handled++
+			last = time.Now()
+			continue
+		case ckafka.Error:
+			if e.IsFatal() {
+				return e
+			}
+		}
+		if time.Since(last) > stall {
+			return fmt.Errorf("consume loop stalled after %d of %d messages", handled, n)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,142 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// TestHarnessMem runs the harness on a tiny in-memory workload: a sweep of
+// two modes and two concurrencies with the serial baseline, JSON output and
+// a chart.
+func TestHarnessMem(t *testing.T) {
+	chart := filepath.Join(t.TempDir(), "chart.png")
+	c, err := parseFlags([]string{
+		"-source", "mem", "-messages", "1000", "-partitions", "3", "-keys", "1,50", "-dist", "zipf",
+		"-handler", "sleep:0ms-100us", "-mode", "key,unordered", "-concurrency", "1,8",
+		"-json", "-progress=false", "-plot", chart,
+	}, os.Stderr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stdout, stderr bytes.Buffer
+	if err := run(c, &stdout, &stderr); err != nil {
+		t.Fatalf("%v\n%s", err, stderr.String())
+	}
+	var results []result
+	sc := bufio.NewScanner(&stdout)
+	for sc.Scan() {
+		var r result
+		if err := json.Unmarshal(sc.Bytes(), &r); err != nil {
+			t.Fatalf("line %q: %v", sc.Text(), err)
+		}
+		results = append(results, r)
+	}
+	if len(results) != 2*2*2 {
+		t.Fatalf("%d results, want 8:\n%s", len(results), stdout.String())
+	}
+	for _, r := range results {
+		switch {
+		case r.Messages != 1000 || r.Committed != 1000:
+			t.Errorf("%+v: handled %d, committed %d, want 1000", r, r.Messages, r.Committed)
+		case r.OrderViolations != 0 || r.Duplicates != 0 || r.Unknown != 0:
+			t.Errorf("%+v: order violations, duplicates or unknown messages", r)
+		case r.Seconds <= 0 || r.MsgsPerSec <= 0 || r.IdealSeconds <= 0 || r.SerialSeconds <= 0 || r.SerialEstimated:
+			t.Errorf("%+v: missing measurements", r)
+		case r.Efficiency <= 0 || r.Efficiency > 1.05:
+			t.Errorf("%+v: efficiency %.3f out of range", r, r.Efficiency)
+		case r.PeakHeapBytes == 0 || r.CPUMicrosPerMsg <= 0 || r.P99LatencyMs < r.P50LatencyMs:
+			t.Errorf("%+v: heap, CPU or latency missing", r)
+		}
+	}
+	if fi, err := os.Stat(chart); err != nil || fi.Size() == 0 {
+		t.Errorf("no chart: %v", err)
+	}
+	if !strings.Contains(stderr.String(), "serial baseline") {
+		t.Errorf("no serial baseline on stderr:\n%s", stderr.String())
+	}
+}
+
+func TestFlags(t *testing.T) {
+	for _, bad := range [][]string{
+		{"-source", "nope"},
+		{"-handler", "sleep:5ms-1ms"},
+		{"-handler", "cpu:x"},
+		{"-mode", "random"},
+		{"-dist", "normal"},
+		{"-concurrency", "0"},
+		{"-messages", "10", "-backlog", "5"},
+		{"-source", "kafka", "-brokers", ""},
+	} {
+		if _, err := parseFlags(bad, &bytes.Buffer{}); err == nil {
+			t.Errorf("%q: no error", bad)
+		}
+	}
+	c, err := parseFlags([]string{"-keys", "1,10k,1_000", "-concurrency", "1,16,100", "-handler", "sleep:0ms-5ms"}, &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := c.keys; len(got) != 3 || got[1] != 10000 || got[2] != 1000 {
+		t.Errorf("keys %v", got)
+	}
+	if c.handler.min != 0 || c.handler.max != 5*time.Millisecond {
+		t.Errorf("handler %+v", c.handler)
+	}
+}
+
+// TestIdeal checks the ideal bound on a hand-made run: two keys, one with
+// three 10 ms messages, one with one.
+func TestIdeal(t *testing.T) {
+	w := &workload{keys: 2, partitions: 1, n: 4, keyOf: []int32{0, 0, 0, 1}, partOf: make([]int32, 4), seq: []int32{0, 1, 2, 0}}
+	r := newRecorder(w, handlerSpec{kind: "sleep"}, 4, true)
+	ms := int64(time.Millisecond)
+	for i := range 4 {
+		r.startAt[i], r.endAt[i] = 1+int64(i)*10*ms, 1+int64(i+1)*10*ms
+	}
+	if b := r.ideal("key", 4); b.limit != "chain" || b.seconds != 0.030 {
+		t.Errorf("key mode, 4 workers: %+v, want the 30 ms chain", b)
+	}
+	if b := r.ideal("key", 1); b.limit != "work" || b.seconds != 0.040 {
+		t.Errorf("key mode, 1 worker: %+v, want 40 ms of work", b)
+	}
+	if b := r.ideal("partition", 4); b.seconds != 0.040 {
+		t.Errorf("partition mode: %+v, want the 40 ms partition", b)
+	}
+	if b := r.ideal("unordered", 4); b.seconds != 0.010 {
+		t.Errorf("unordered, 4 workers: %+v, want 10 ms", b)
+	}
+}
+
+// BenchmarkPipelineMem is the whole pipeline with a no-op handler on the
+// in-memory source, as the harness runs it (1,000 keys over 4 partitions,
+// 100-byte values): ns, allocations and CPU per message.
+func BenchmarkPipelineMem(b *testing.B) {
+	for _, mode := range []string{"key", "partition", "unordered"} {
+		b.Run(mode, func(b *testing.B) {
+			c, err := parseFlags([]string{"-messages", "1", "-partitions", "4", "-keys", "1000", "-concurrency", "16", "-progress=false", "-mode", mode}, &bytes.Buffer{})
+			if err != nil {
+				b.Fatal(err)
+			}
+			c.messages, c.backlog = b.N, b.N
+			w := newWorkload(c, "uniform", 1000)
+			b.ReportAllocs()
+			b.ResetTimer()
+			r, err := runPipeline(c, w, nil, "", mode, 16, &bytes.Buffer{})
+			b.StopTimer()
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.ReportMetric(r.CPUMicrosPerMsg*1000, "cpu-ns/msg")
+			b.ReportMetric(r.MsgsPerSec, "msgs/s")
+		})
+	}
+}

@@ -1,0 +1,210 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/parallafka/parallafka/kafka/kafkatest"
+)
+
+// config is one invocation of the harness: a workload description and the
+// lists to sweep (every combination of dist × keys is one generated
+// workload; every mode × concurrency is one run on it).
+type config struct {
+	source      string // mem, embedded, kafka
+	brokers     string
+	messages    int // messages to handle per run
+	backlog     int // messages in the topic (≥ messages); 0: messages
+	partitions  int
+	keys        []int
+	dists       []string
+	zipfS       float64
+	valueSize   int
+	handler     handlerSpec
+	modes       []string
+	concurrency []int
+	maxInFlight int // 0: the library's default
+	serial      bool
+	raw         bool
+	json        bool
+	plot        string
+	progress    bool
+	seed        uint64
+	stall       time.Duration
+	trace       string
+}
+
+// parseFlags parses the command line into a config. Usage and errors go to
+// stderr.
+func parseFlags(args []string, stderr io.Writer) (*config, error) {
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var (
+		c                                 config
+		keys, dists, modes, conc, handler string
+	)
+	fs.StringVar(&c.source, "source", "mem", "mem (in-memory source), embedded (in-process Kafka broker) or kafka (the broker given by -brokers)")
+	fs.StringVar(&c.brokers, "brokers", os.Getenv(kafkatest.BrokersEnv), "bootstrap servers for -source kafka (env "+kafkatest.BrokersEnv+")")
+	fs.IntVar(&c.messages, "messages", 10000, "messages handled per run")
+	fs.IntVar(&c.backlog, "backlog", 0, "messages in the topic, if more than -messages: a run stops after -messages (for the memory workload)")
+	fs.IntVar(&c.partitions, "partitions", 1, "partitions of the topic")
+	fs.StringVar(&keys, "keys", "1000", "distinct keys (a comma-separated list to sweep)")
+	fs.StringVar(&dists, "dist", "uniform", "key distribution: uniform or zipf (a list to sweep)")
+	fs.Float64Var(&c.zipfS, "zipf-s", 1.1, "exponent of the zipf distribution: key of rank r has weight 1/r^s")
+	fs.IntVar(&c.valueSize, "value-size", 100, "bytes per message value")
+	fs.StringVar(&handler, "handler", "noop", "handler model: noop, sleep:1ms, sleep:0ms-5ms (uniform random), cpu:N (N rounds of integer hashing)")
+	fs.StringVar(&modes, "mode", "key", "ordering: key, partition or unordered (a list to sweep)")
+	fs.StringVar(&conc, "concurrency", "16", "handler concurrency (a list to sweep, e.g. 1,16,100)")
+	fs.IntVar(&c.maxInFlight, "max-in-flight", 0, "WithMaxInFlight; 0 keeps the library default (max(1000, 2×concurrency))")
+	fs.BoolVar(&c.serial, "serial", true, "measure the serial baseline (one classic loop per partition); when false it is estimated from measured handler time")
+	fs.BoolVar(&c.raw, "raw", true, "measure the raw confluent-kafka-go consume loop (sources embedded and kafka)")
+	fs.BoolVar(&c.json, "json", false, "print one JSON object per run on stdout instead of a table")
+	fs.StringVar(&c.plot, "plot", "", "write a chart of throughput against concurrency to this file (.png or .svg)")
+	fs.BoolVar(&c.progress, "progress", isTerminal(os.Stderr), "show a progress bar on stderr for runs longer than a second (default: when stderr is a terminal)")
+	fs.Uint64Var(&c.seed, "seed", 1, "seed of the generated workload")
+	fs.DurationVar(&c.stall, "stall", time.Minute, "abort a run that makes no progress for this long")
+	fs.StringVar(&c.trace, "trace", "", "write a CSV timeline of each run (every 10 ms: handled, in flight, queued behind keys, busy handlers) to this file")
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected arguments: %q", fs.Args())
+	}
+	var errs []error
+	var err error
+	if c.keys, err = parseInts(keys); err != nil {
+		errs = append(errs, fmt.Errorf("-keys: %w", err))
+	}
+	if c.concurrency, err = parseInts(conc); err != nil {
+		errs = append(errs, fmt.Errorf("-concurrency: %w", err))
+	}
+	c.dists = parseList(dists)
+	c.modes = parseList(modes)
+	if c.handler, err = parseHandler(handler); err != nil {
+		errs = append(errs, fmt.Errorf("-handler: %w", err))
+	}
+	errs = append(errs, c.validate())
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
+
+func (c *config) validate() error {
+	var errs []error
+	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	switch c.source {
+	case "mem", "embedded":
+	case "kafka":
+		if strings.TrimSpace(c.brokers) == "" {
+			bad("-source kafka needs -brokers (or %s)", kafkatest.BrokersEnv)
+		}
+	default:
+		bad("-source: want mem, embedded or kafka, got %q", c.source)
+	}
+	if c.messages < 1 {
+		bad("-messages must be positive")
+	}
+	if c.backlog == 0 {
+		c.backlog = c.messages
+	}
+	if c.backlog < c.messages {
+		bad("-backlog (%d) must be at least -messages (%d)", c.backlog, c.messages)
+	}
+	if c.partitions < 1 {
+		bad("-partitions must be positive")
+	}
+	for _, k := range c.keys {
+		if k < 1 {
+			bad("-keys must be positive, got %d", k)
+		}
+	}
+	for _, d := range c.dists {
+		if d != "uniform" && d != "zipf" {
+			bad("-dist: want uniform or zipf, got %q", d)
+		}
+	}
+	if c.zipfS <= 0 {
+		bad("-zipf-s must be positive")
+	}
+	if c.valueSize < 0 {
+		bad("-value-size must not be negative")
+	}
+	for _, m := range c.modes {
+		if _, err := ordering(m); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for _, n := range c.concurrency {
+		if n < 1 {
+			bad("-concurrency must be positive, got %d", n)
+		}
+	}
+	if c.maxInFlight < 0 {
+		bad("-max-in-flight must not be negative")
+	}
+	if len(c.keys) == 0 || len(c.dists) == 0 || len(c.modes) == 0 || len(c.concurrency) == 0 {
+		bad("-keys, -dist, -mode and -concurrency need at least one value each")
+	}
+	return errors.Join(errs...)
+}
+
+// inFlightLimit is the in-flight limit a run with concurrency n gets: the
+// flag, or the library's default.
+func (c *config) inFlightLimit(n int) int {
+	if c.maxInFlight > 0 {
+		return c.maxInFlight
+	}
+	return max(1000, 2*n)
+}
+
+func parseList(s string) []string {
+	var out []string
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+// parseInts parses a comma-separated list of integers; "_" and "k"/"m"
+// suffixes are allowed (10_000, 10k, 1m).
+func parseInts(s string) ([]int, error) {
+	var out []int
+	for _, f := range parseList(s) {
+		n, err := parseCount(f)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, n)
+	}
+	return out, nil
+}
+
+func parseCount(f string) (int, error) {
+	mult := 1
+	switch {
+	case strings.HasSuffix(f, "k"):
+		mult, f = 1000, strings.TrimSuffix(f, "k")
+	case strings.HasSuffix(f, "m"):
+		mult, f = 1000000, strings.TrimSuffix(f, "m")
+	}
+	n, err := strconv.Atoi(strings.ReplaceAll(f, "_", ""))
+	if err != nil {
+		return 0, fmt.Errorf("%q is not a count", f)
+	}
+	return n * mult, nil
+}
+
+// isTerminal reports whether f is a character device (a terminal).
+func isTerminal(f *os.File) bool {
+	fi, err := f.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0
+}

@@ -1,0 +1,135 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"text/tabwriter"
+)
+
+// result is one run: a mode and a concurrency on one workload, with the
+// workload's baselines. It is printed as one JSON object per line.
+type result struct {
+	Source      string  `json:"source"`
+	Messages    int     `json:"messages"` // handled in the run
+	Backlog     int     `json:"backlog"`  // in the topic
+	Partitions  int     `json:"partitions"`
+	Keys        int     `json:"keys"`
+	Dist        string  `json:"dist"`
+	ZipfS       float64 `json:"zipf_s,omitempty"`
+	ValueSize   int     `json:"value_size"`
+	Handler     string  `json:"handler"`
+	Mode        string  `json:"mode"`
+	Concurrency int     `json:"concurrency"`
+	MaxInFlight int     `json:"max_in_flight"`
+	GOMAXPROCS  int     `json:"gomaxprocs"`
+
+	// Seconds runs from the first poll to the last handler end;
+	// TotalSeconds from the Consume call to its return (group join,
+	// shutdown and final commit included).
+	Seconds      float64 `json:"seconds"`
+	TotalSeconds float64 `json:"total_seconds"`
+	MsgsPerSec   float64 `json:"msgs_per_sec"`
+
+	// IdealSeconds is the lower bound for this workload, mode and
+	// concurrency from the handler durations measured in this run;
+	// IdealLimit says which term bounds it ("work": total handler time /
+	// concurrency, "chain": the longest key, partition or message).
+	IdealSeconds   float64 `json:"ideal_seconds"`
+	IdealLimit     string  `json:"ideal_limit"`
+	Efficiency     float64 `json:"efficiency"`
+	HandlerSeconds float64 `json:"handler_seconds"`
+
+	// SerialSeconds is the classic loop, one consumer per partition, on
+	// the same workload (measured once per workload); when it was not
+	// measured (-serial=false) it is estimated as the longest partition's
+	// total handler time in this run, and SerialEstimated is set.
+	SerialSeconds   float64 `json:"serial_seconds"`
+	SerialEstimated bool    `json:"serial_estimated,omitempty"`
+	SpeedupVsSerial float64 `json:"speedup_vs_serial"`
+
+	// The raw confluent-kafka-go consume loop with a no-op handler on the
+	// same topic (Kafka sources), and our throughput as a fraction of it.
+	RawMsgsPerSec      float64 `json:"raw_msgs_per_sec,omitempty"`
+	RawCPUMicrosPerMsg float64 `json:"raw_cpu_us_per_msg,omitempty"`
+	VsRaw              float64 `json:"throughput_vs_raw,omitempty"`
+
+	// CPU (user + system, whole process) per handled message, over the
+	// Consume call. With the embedded broker this includes the broker.
+	CPUMicrosPerMsg float64 `json:"cpu_us_per_msg"`
+
+	P50LatencyMs float64 `json:"p50_latency_ms"` // poll → handler end
+	P99LatencyMs float64 `json:"p99_latency_ms"`
+	MaxLatencyMs float64 `json:"max_latency_ms"`
+
+	// PeakHeapBytes is the highest sample of heap objects (live and not yet
+	// collected); PeakLiveHeapBytes the highest live heap measured by a GC
+	// during the run; BaseHeapBytes the live heap just before it (after a
+	// forced GC: the workload tables, and the broker's log when it is
+	// embedded); HeapGrowthBytes = PeakLiveHeapBytes - BaseHeapBytes.
+	PeakHeapBytes     uint64 `json:"peak_heap_bytes"`
+	PeakLiveHeapBytes uint64 `json:"peak_live_heap_bytes"`
+	BaseHeapBytes     uint64 `json:"base_heap_bytes"`
+	HeapGrowthBytes   uint64 `json:"heap_growth_bytes"`
+
+	// The chain of the key with the most messages: the total time it
+	// waited, between one message's end and the next one's start, for the
+	// next to be polled (the in-flight window was full) and, once polled,
+	// for a handler.
+	HotKeyStarvedSeconds  float64 `json:"hot_key_starved_seconds"`
+	HotKeyDispatchSeconds float64 `json:"hot_key_dispatch_seconds"`
+
+	Pauses          int64 `json:"pauses"`           // back-pressure pauses
+	Committed       int64 `json:"committed"`        // messages covered by the committed offsets
+	OrderViolations int64 `json:"order_violations"` // per-key order broken (key and partition modes)
+	Duplicates      int64 `json:"duplicates"`       // messages handled twice
+	Unknown         int64 `json:"unknown,omitempty"`
+
+	Date     string `json:"date"`
+	CPUs     int    `json:"cpus"`
+	MemBytes uint64 `json:"mem_bytes"`
+
+	partitionSeconds float64
+}
+
+func writeJSON(w io.Writer, r *result) error {
+	b, err := json.Marshal(r)
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintf(w, "%s\n", b)
+	return err
+}
+
+// table prints results as an aligned table.
+type table struct {
+	tw     *tabwriter.Writer
+	header bool
+}
+
+func newTable(w io.Writer) *table {
+	return &table{tw: tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)}
+}
+
+func (t *table) add(r *result) {
+	if !t.header {
+		fmt.Fprintln(t.tw, "dist\tkeys\tmode\tconc\tseconds\tmsg/s\tideal s\teff\tserial s\tspeedup\tp50 ms\tp99 ms\tcpu µs/msg\tpeak heap MB\theap growth MB\tvs raw\thot starved s\thot dispatch s\tviolations\t")
+		t.header = true
+	}
+	serial := fmt.Sprintf("%.3f", r.SerialSeconds)
+	if r.SerialEstimated {
+		serial += "~"
+	}
+	vsRaw := "-"
+	if r.VsRaw > 0 {
+		vsRaw = fmt.Sprintf("%.2f", r.VsRaw)
+	}
+	fmt.Fprintf(t.tw, "%s\t%d\t%s\t%d\t%.3f\t%.0f\t%.3f\t%.3f\t%s\t%.1f\t%.2f\t%.2f\t%.2f\t%.1f\t%.1f\t%s\t%.3f\t%.3f\t%d\t\n",
+		r.Dist, r.Keys, r.Mode, r.Concurrency, r.Seconds, r.MsgsPerSec, r.IdealSeconds, r.Efficiency,
+		serial, r.SpeedupVsSerial, r.P50LatencyMs, r.P99LatencyMs, r.CPUMicrosPerMsg,
+		mb(r.PeakHeapBytes), mb(r.HeapGrowthBytes), vsRaw, r.HotKeyStarvedSeconds, r.HotKeyDispatchSeconds, r.OrderViolations)
+}
+
+func (t *table) flush() { t.tw.Flush() }
+
+func mb(b uint64) float64 { return float64(b) / (1 << 20) }

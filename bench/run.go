@@ -1,0 +1,179 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"runtime"
+	"sync"
+	"time"
+
+	"github.com/parallafka/parallafka"
+	"github.com/parallafka/parallafka/pipeline"
+)
+
+func ordering(mode string) (parallafka.Ordering, error) {
+	switch mode {
+	case "key":
+		return parallafka.OrderByKey, nil
+	case "partition":
+		return parallafka.OrderByPartition, nil
+	case "unordered":
+		return parallafka.Unordered, nil
+	}
+	return 0, fmt.Errorf("-mode: want key, partition or unordered, got %q", mode)
+}
+
+// runPipeline consumes the workload once with Parallafka and measures it.
+// topic is the loaded topic for the Kafka sources.
+func runPipeline(c *config, w *workload, b *broker, topic, mode string, concurrency int, stderr io.Writer) (*result, error) {
+	rec := newRecorder(w, c.handler, c.messages, mode != "unordered")
+	var src pipeline.Source[string, []byte]
+	if c.source == "mem" {
+		src = memSource(w)
+	} else {
+		s, err := b.source(topic)
+		if err != nil {
+			return nil, err
+		}
+		src = s
+	}
+	ord, err := ordering(mode)
+	if err != nil {
+		return nil, err
+	}
+	opts := []parallafka.Option{
+		parallafka.WithMaxConcurrency(concurrency), parallafka.WithOrdering(ord), parallafka.WithLogger(quiet),
+	}
+	if c.maxInFlight > 0 {
+		opts = append(opts, parallafka.WithMaxInFlight(c.maxInFlight))
+	}
+	p, err := parallafka.New[string, []byte](&timedSource[string, []byte]{Source: src, rec: rec}, opts...)
+	if err != nil {
+		_ = src.Close()
+		return nil, err
+	}
+
+	runtime.GC()
+	_, baseLive := readHeap()
+	heap := startHeapSampler(10 * time.Millisecond)
+	label := fmt.Sprintf("%s %s c=%d", w.dist, mode, concurrency)
+	bar := startProgress(stderr, c.progress, label, rec.handled.Load, int64(c.messages))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+
+	cpu0, start := cpuTime(), time.Now()
+	consumed := make(chan error, 1)
+	go func() { consumed <- p.Consume(ctx, rec.handler) }()
+	stopTrace := startTrace(c.trace, label, p, rec)
+	defer stopTrace()
+	waitErr, consumeErr, returned := waitDone(rec, consumed, c.stall)
+	cancel()
+	if !returned {
+		consumeErr = <-consumed
+	}
+	total, cpu := time.Since(start), cpuTime()-cpu0
+	stopTrace()
+	bar.Stop()
+	peakHeap, peakLive := heap.Stop()
+	if err := errors.Join(waitErr, consumeErr); err != nil {
+		return nil, fmt.Errorf("%s: %w", label, err)
+	}
+
+	stats := p.Stats()
+	n := rec.handled.Load()
+	span := rec.span()
+	bound := rec.ideal(mode, concurrency)
+	p50, p99, pmax := rec.latencies()
+	starved, dispatch := rec.hotKeyGaps()
+	r := &result{
+		Source: c.source, Messages: int(n), Backlog: w.n, Partitions: w.partitions, Keys: w.keys, Dist: w.dist,
+		ValueSize: c.valueSize, Handler: c.handler.String(), Mode: mode, Concurrency: concurrency,
+		MaxInFlight: c.inFlightLimit(concurrency), GOMAXPROCS: runtime.GOMAXPROCS(0),
+		Seconds: span.Seconds(), TotalSeconds: total.Seconds(),
+		IdealSeconds: bound.seconds, IdealLimit: bound.limit, HandlerSeconds: bound.handlerSeconds,
+		CPUMicrosPerMsg: float64(cpu.Microseconds()) / float64(max(n, 1)),
+		P50LatencyMs:    ms(p50), P99LatencyMs: ms(p99), MaxLatencyMs: ms(pmax),
+		PeakHeapBytes: peakHeap, PeakLiveHeapBytes: peakLive, BaseHeapBytes: baseLive,
+		Pauses: stats.Pauses, OrderViolations: rec.violations.Load(), Duplicates: rec.dups.Load(),
+		Unknown: rec.unknown.Load(), partitionSeconds: bound.partitionSeconds,
+		HotKeyStarvedSeconds: starved, HotKeyDispatchSeconds: dispatch,
+	}
+	if w.dist == "zipf" {
+		r.ZipfS = w.zipfS
+	}
+	if peakLive > baseLive {
+		r.HeapGrowthBytes = peakLive - baseLive
+	}
+	if span > 0 {
+		r.MsgsPerSec = float64(n) / span.Seconds()
+	}
+	if r.Seconds > 0 && r.IdealSeconds > 0 {
+		r.Efficiency = r.IdealSeconds / r.Seconds
+	}
+	for tp, off := range stats.Committed {
+		r.Committed += off - w.base[tp.Partition]
+	}
+	return r, nil
+}
+
+// waitDone waits until every message of the run was handled, Consume
+// returned early (returned is then true, with Consume's error), or no
+// message finished for stall.
+func waitDone(rec *recorder, consumed <-chan error, stall time.Duration) (err, consumeErr error, returned bool) {
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	last, lastChange := rec.handled.Load(), time.Now()
+	for {
+		select {
+		case <-rec.done:
+			return nil, nil, false
+		case consumeErr := <-consumed:
+			return fmt.Errorf("Consume returned after %d of %d messages", rec.handled.Load(), rec.target), consumeErr, true
+		case <-tick.C:
+			if n := rec.handled.Load(); n != last {
+				last, lastChange = n, time.Now()
+			} else if time.Since(lastChange) > stall {
+				return fmt.Errorf("stalled: %d of %d messages handled, none for %v", n, rec.target, stall), nil, false
+			}
+		}
+	}
+}
+
+func ms(d time.Duration) float64 { return float64(d) / 1e6 }
+
+// startTrace samples the run every 10 ms into a CSV file (appended to, one
+// block per run) until the returned function is called.
+func startTrace(path, label string, p *parallafka.Parallafka[string, []byte], rec *recorder) (stop func()) {
+	if path == "" {
+		return func() {}
+	}
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+	if err != nil {
+		return func() {}
+	}
+	done, finished := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(finished)
+		defer f.Close()
+		w := bufio.NewWriter(f)
+		defer w.Flush()
+		t := time.NewTicker(10 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+			}
+			st := p.Stats()
+			fmt.Fprintf(w, "%s,%.3f,%d,%d,%d,%d,%d\n", label, float64(rec.now())/1e9, rec.handled.Load(),
+				st.InFlight, st.Queued, rec.busy.Load(), len(st.Paused))
+		}
+	}()
+	var once sync.Once
+	return func() { once.Do(func() { close(done); <-finished }) }
+}

@@ -1,0 +1,141 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"time"
+
+	ckafka "github.com/confluentinc/confluent-kafka-go/v2/kafka"
+
+	"github.com/parallafka/parallafka/kafka"
+	"github.com/parallafka/parallafka/kafka/kafkatest"
+	"github.com/parallafka/parallafka/pipeline"
+	"github.com/parallafka/parallafka/pipeline/memsource"
+)
+
+const benchTopic = "bench"
+
+var quiet = slog.New(slog.DiscardHandler)
+
+// timedSource records the moment each message is polled: the start of its
+// poll → handler-end latency. It adds one recorder call per Poll.
+type timedSource[K, V any] struct {
+	pipeline.Source[K, V]
+	rec *recorder
+}
+
+func (s *timedSource[K, V]) Poll(timeout time.Duration) (*pipeline.Message[K, V], error) {
+	msg, err := s.Source.Poll(timeout)
+	if msg != nil {
+		s.rec.polled(msg.Partition, msg.Offset)
+	}
+	return msg, err
+}
+
+// memSource returns an in-memory source holding the workload: one topic,
+// the workload's partitions, each message's key, and the shared value.
+func memSource(w *workload) *memsource.Source[string, []byte] {
+	src := memsource.New[string, []byte]()
+	src.AddTopic(benchTopic, w.partitions)
+	for p, msgs := range w.byPart {
+		for _, i := range msgs {
+			src.Produce(benchTopic, int32(p), w.keyNames[w.keyOf[i]], w.value)
+		}
+	}
+	return src
+}
+
+// broker is the Kafka a sweep runs against: the embedded one or a real one.
+type broker struct {
+	cluster *kafkatest.Cluster
+	seq     int
+}
+
+func startBroker(c *config) (*broker, error) {
+	var opts []kafkatest.Option
+	if c.source == "embedded" {
+		opts = append(opts, kafkatest.WithEmbedded())
+	} else {
+		opts = append(opts, kafkatest.WithBrokers(c.brokers))
+	}
+	cluster, err := kafkatest.Start(opts...)
+	if err != nil {
+		return nil, err
+	}
+	return &broker{cluster: cluster}, nil
+}
+
+func (b *broker) Close() { b.cluster.Close() }
+
+// load creates a fresh topic and produces the workload into it, in order,
+// each message to its partition, and records where each partition starts.
+func (b *broker) load(ctx context.Context, w *workload, log io.Writer) (string, error) {
+	topic := kafkatest.UniqueTopic("parallafka-bench")
+	if err := b.cluster.CreateTopic(ctx, topic, w.partitions); err != nil {
+		return "", err
+	}
+	start := time.Now()
+	const chunk = 50000
+	firstSeen := make([]bool, w.partitions)
+	next := make([]int64, w.partitions)
+	for lo := 0; lo < w.n; lo += chunk {
+		hi := min(lo+chunk, w.n)
+		records := make([]kafkatest.Record, hi-lo)
+		for j := range records {
+			i := lo + j
+			records[j] = kafkatest.Record{Key: w.keyBytes[w.keyOf[i]], Value: w.value, Partition: w.partOf[i]}
+		}
+		if err := b.cluster.Produce(ctx, topic, records); err != nil {
+			return "", err
+		}
+		for _, r := range records {
+			p := r.Partition
+			if !firstSeen[p] {
+				firstSeen[p], w.base[p], next[p] = true, r.Offset, r.Offset
+			}
+			if r.Offset != next[p] {
+				return "", fmt.Errorf("partition %d: offset %d where %d was expected: the harness needs contiguous offsets", p, r.Offset, next[p])
+			}
+			next[p]++
+		}
+		if time.Since(start) > time.Second {
+			fmt.Fprintf(log, "\rproducing %s: %d/%d", topic, hi, w.n)
+		}
+	}
+	if time.Since(start) > time.Second {
+		fmt.Fprintf(log, "\rproduced %d messages to %s in %v\n", w.n, topic, time.Since(start).Round(time.Millisecond))
+	}
+	return topic, nil
+}
+
+// group returns a fresh consumer group id, so that every run reads the
+// topic from its start.
+func (b *broker) group(topic, what string) string {
+	b.seq++
+	return fmt.Sprintf("%s-%s-%d", topic, what, b.seq)
+}
+
+// consumerConfig is the consumer configuration every run and baseline
+// uses: kafkatest's (earliest, no auto-commit, short fetch waits) with
+// librdkafka's own logging limited to errors.
+func (b *broker) consumerConfig(group string) *ckafka.ConfigMap {
+	cfg := b.cluster.ConsumerConfig(group)
+	_ = cfg.SetKey("log_level", 3)
+	return cfg
+}
+
+// source returns a Parallafka source over a new consumer of topic.
+func (b *broker) source(topic string) (*kafka.Source[string, []byte], error) {
+	consumer, err := kafka.NewConsumer(b.consumerConfig(b.group(topic, "parallafka")), kafka.WithLogger(quiet))
+	if err != nil {
+		return nil, err
+	}
+	src, err := kafka.NewSource(consumer, []string{topic}, kafka.String, kafka.Bytes, kafka.WithLogger(quiet))
+	if err != nil {
+		consumer.Close()
+		return nil, err
+	}
+	return src, nil
+}
