@@ -38,6 +38,7 @@ type config struct {
 	seed        uint64
 	stall       time.Duration
 	trace       string
+	gogc        int
 }
 
 // parseFlags parses the command line into a config. Usage and errors go to
@@ -69,6 +70,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.BoolVar(&c.progress, "progress", isTerminal(os.Stderr), "show a progress bar on stderr for runs longer than a second (default: when stderr is a terminal)")
 	fs.Uint64Var(&c.seed, "seed", 1, "seed of the generated workload")
 	fs.DurationVar(&c.stall, "stall", time.Minute, "abort a run that makes no progress for this long")
+	fs.IntVar(&c.gogc, "gogc", 0, "set the GC percentage for the runs (as GOGC does; 0 leaves it): a low value makes the live-heap samples of the memory workload frequent")
 	fs.StringVar(&c.trace, "trace", "", "write a CSV timeline of each run (every 10 ms: handled, in flight, queued behind keys, busy handlers) to this file")
 	if err := fs.Parse(args); err != nil {
 		return nil, err

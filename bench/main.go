@@ -21,6 +21,7 @@ import (
 	"io"
 	"os"
 	"runtime"
+	"runtime/debug"
 	"strings"
 	"time"
 )
@@ -43,6 +44,9 @@ func main() {
 // run runs every combination of the sweep and reports each run on stdout.
 func run(c *config, stdout, stderr io.Writer) error {
 	ctx := context.Background()
+	if c.gogc != 0 {
+		defer debug.SetGCPercent(debug.SetGCPercent(c.gogc))
+	}
 	m := machineInfo()
 	fmt.Fprintf(stderr, "# %s; %s\n", m, strings.Join(os.Args, " "))
 	var b *broker

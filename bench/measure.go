@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
 	"runtime/metrics"
 	"slices"
 	"strings"
@@ -210,6 +211,7 @@ type heapSampler struct {
 	done     chan struct{}
 	peakHeap uint64 // /memory/classes/heap/objects:bytes: live and not yet swept objects
 	peakLive uint64 // /gc/heap/live:bytes: live as of the last GC
+	peakRSS  uint64 // resident set size of the process (Go heap, C heap: librdkafka, the embedded broker)
 }
 
 const (
@@ -234,6 +236,7 @@ func startHeapSampler(interval time.Duration) *heapSampler {
 	sample := func() {
 		objects, live := readHeap()
 		h.peakHeap, h.peakLive = max(h.peakHeap, objects), max(h.peakLive, live)
+		h.peakRSS = max(h.peakRSS, rss())
 	}
 	sample()
 	go func() {
@@ -254,10 +257,23 @@ func startHeapSampler(interval time.Duration) *heapSampler {
 }
 
 // Stop stops sampling and returns the peaks.
-func (h *heapSampler) Stop() (peakHeap, peakLive uint64) {
+func (h *heapSampler) Stop() (peakHeap, peakLive, peakRSS uint64) {
 	close(h.stop)
 	<-h.done
-	return h.peakHeap, h.peakLive
+	return h.peakHeap, h.peakLive, h.peakRSS
+}
+
+// rss returns the process's resident set size in bytes (0 if unknown).
+func rss() uint64 {
+	b, err := os.ReadFile("/proc/self/statm")
+	if err != nil {
+		return 0
+	}
+	var size, resident uint64
+	if _, err := fmt.Sscanf(string(b), "%d %d", &size, &resident); err != nil {
+		return 0
+	}
+	return resident * uint64(os.Getpagesize())
 }
 
 // progress draws a progress bar on w for a run that lasts more than a

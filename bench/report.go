@@ -71,6 +71,10 @@ type result struct {
 	PeakLiveHeapBytes uint64 `json:"peak_live_heap_bytes"`
 	BaseHeapBytes     uint64 `json:"base_heap_bytes"`
 	HeapGrowthBytes   uint64 `json:"heap_growth_bytes"`
+	// The process's resident set size: at its peak during the run, and
+	// just before it (librdkafka's prefetch queue lives outside the Go heap).
+	PeakRSSBytes uint64 `json:"peak_rss_bytes"`
+	BaseRSSBytes uint64 `json:"base_rss_bytes"`
 
 	// The chain of the key with the most messages: the total time it
 	// waited, between one message's end and the next one's start, for the

@@ -59,6 +59,7 @@ func runPipeline(c *config, w *workload, b *broker, topic, mode string, concurre
 
 	runtime.GC()
 	_, baseLive := readHeap()
+	baseRSS := rss()
 	heap := startHeapSampler(10 * time.Millisecond)
 	label := fmt.Sprintf("%s %s c=%d", w.dist, mode, concurrency)
 	bar := startProgress(stderr, c.progress, label, rec.handled.Load, int64(c.messages))
@@ -78,7 +79,7 @@ func runPipeline(c *config, w *workload, b *broker, topic, mode string, concurre
 	total, cpu := time.Since(start), cpuTime()-cpu0
 	stopTrace()
 	bar.Stop()
-	peakHeap, peakLive := heap.Stop()
+	peakHeap, peakLive, peakRSS := heap.Stop()
 	if err := errors.Join(waitErr, consumeErr); err != nil {
 		return nil, fmt.Errorf("%s: %w", label, err)
 	}
@@ -98,6 +99,7 @@ func runPipeline(c *config, w *workload, b *broker, topic, mode string, concurre
 		CPUMicrosPerMsg: float64(cpu.Microseconds()) / float64(max(n, 1)),
 		P50LatencyMs:    ms(p50), P99LatencyMs: ms(p99), MaxLatencyMs: ms(pmax),
 		PeakHeapBytes: peakHeap, PeakLiveHeapBytes: peakLive, BaseHeapBytes: baseLive,
+		PeakRSSBytes: peakRSS, BaseRSSBytes: baseRSS,
 		Pauses: stats.Pauses, OrderViolations: rec.violations.Load(), Duplicates: rec.dups.Load(),
 		Unknown: rec.unknown.Load(), partitionSeconds: bound.partitionSeconds,
 		HotKeyStarvedSeconds: starved, HotKeyDispatchSeconds: dispatch,

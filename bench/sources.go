@@ -2,9 +2,11 @@ package main
 
 import (
 	"context"
+	"encoding/binary"
 	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"time"
 
 	ckafka "github.com/confluentinc/confluent-kafka-go/v2/kafka"
@@ -80,12 +82,20 @@ func (b *broker) load(ctx context.Context, w *workload, log io.Writer) (string, 
 	const chunk = 50000
 	firstSeen := make([]bool, w.partitions)
 	next := make([]int64, w.partitions)
+	rng := rand.New(rand.NewPCG(uint64(w.n), uint64(len(w.value))))
 	for lo := 0; lo < w.n; lo += chunk {
 		hi := min(lo+chunk, w.n)
 		records := make([]kafkatest.Record, hi-lo)
+		// Every value is distinct random bytes: the broker cannot compress
+		// the backlog away, and the client copies each value it delivers.
+		values := make([]byte, len(records)*len(w.value))
+		for j := 0; j+8 <= len(values); j += 8 {
+			binary.LittleEndian.PutUint64(values[j:], rng.Uint64())
+		}
 		for j := range records {
 			i := lo + j
-			records[j] = kafkatest.Record{Key: w.keyBytes[w.keyOf[i]], Value: w.value, Partition: w.partOf[i]}
+			value := values[j*len(w.value) : (j+1)*len(w.value) : (j+1)*len(w.value)]
+			records[j] = kafkatest.Record{Key: w.keyBytes[w.keyOf[i]], Value: value, Partition: w.partOf[i]}
 		}
 		if err := b.cluster.Produce(ctx, topic, records); err != nil {
 			return "", err
