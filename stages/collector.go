@@ -58,6 +58,13 @@ type Collector[K, V any] struct {
 func (c *Collector[K, V]) Run(ctx context.Context, in <-chan *pipeline.Message[K, V]) error {
 	for msg := range in {
 		c.collect(ctx, msg)
+		// Without blocking first: a select locks every channel it names, and
+		// ctx's is shared by every stage (see Router.tryStep).
+		select {
+		case c.Router.Released <- msg:
+			continue
+		default:
+		}
 		select {
 		case c.Router.Released <- msg:
 		case <-ctx.Done():

@@ -91,6 +91,13 @@ func (p *Poller[K, V]) send(ctx context.Context, out chan<- *pipeline.Message[K,
 		return true
 	}
 	pipeline.Track(claim, msg)
+	// Without blocking first: a select locks every channel it names, and
+	// ctx's is shared by every stage (see Router.tryStep).
+	select {
+	case out <- msg:
+		return true
+	default:
+	}
 	select {
 	case out <- msg:
 		return true

@@ -57,6 +57,13 @@ func (p *HandlerPool[K, V]) work(ctx context.Context, in <-chan *pipeline.Messag
 			msg.Attempt++
 			msg.Err = p.handle(ctx, msg)
 		}
+		// Without blocking first: a select locks every channel it names, and
+		// ctx's is shared by every stage (see Router.tryStep).
+		select {
+		case out <- msg:
+			continue
+		default:
+		}
 		select {
 		case out <- msg:
 		case <-ctx.Done():

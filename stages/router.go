@@ -87,6 +87,7 @@ func (r *Router[K, V]) Run(ctx context.Context, in <-chan *pipeline.Message[K, V
 	// A message waiting in ready (a key's next one, or a retry) keeps the
 	// loop going too: closing in without a drain must not swallow it. Every
 	// queued message waits behind one that is ready or outstanding.
+	fast := 0 // steps taken by tryStep since the last blocking select
 	for in != nil || r.outstanding > 0 || len(r.ready) > 0 {
 		if draining != nil && r.draining() {
 			r.dropUnwanted()
@@ -97,6 +98,11 @@ func (r *Router[K, V]) Run(ctx context.Context, in <-chan *pipeline.Message[K, V
 		if len(r.ready) > 0 {
 			dispatch, next = out, r.ready[0]
 		}
+		if fast < fastSteps && r.tryStep(&in, dispatch, next) {
+			fast++
+			continue
+		}
+		fast = 0
 		select {
 		case msg, ok := <-in:
 			if !ok {
@@ -108,10 +114,7 @@ func (r *Router[K, V]) Run(ctx context.Context, in <-chan *pipeline.Message[K, V
 			r.outstanding--
 			r.release(msg)
 		case dispatch <- next:
-			pipeline.Dispatched(next)
-			r.ready[0] = nil
-			r.ready = r.ready[1:]
-			r.outstanding++
+			r.dispatched(next)
 		case claims := <-r.purges:
 			r.purge(claims)
 		case <-draining:
@@ -121,6 +124,59 @@ func (r *Router[K, V]) Run(ctx context.Context, in <-chan *pipeline.Message[K, V
 	}
 	r.abandonBacklog()
 	return nil
+}
+
+// fastSteps bounds the steps tryStep takes in a row: then one blocking
+// select, which picks among everything ready (purges and ctx too), so that
+// none of them waits for long under load.
+const fastSteps = 32
+
+// tryStep makes one step without blocking, one channel at a time: it
+// takes back a released message, routes an arrival or hands next to a
+// waiting handler. A blocking select locks every channel it names, ctx's
+// done channel (shared by every stage) included; a non-blocking operation
+// on one channel locks only that one, and none when it has nothing to do.
+// It reports whether it made progress.
+func (r *Router[K, V]) tryStep(in *<-chan *pipeline.Message[K, V], dispatch chan<- *pipeline.Message[K, V], next *pipeline.Message[K, V]) bool {
+	if r.draining() {
+		return false // the blocking select below sees it
+	}
+	select {
+	case msg := <-r.Released:
+		r.outstanding--
+		r.release(msg)
+		return true
+	default:
+	}
+	if dispatch != nil {
+		select {
+		case dispatch <- next:
+			r.dispatched(next)
+			return true
+		default:
+		}
+	}
+	if *in != nil {
+		select {
+		case msg, ok := <-*in:
+			if !ok {
+				*in = nil
+			} else {
+				r.route(msg)
+			}
+			return true
+		default:
+		}
+	}
+	return false
+}
+
+// dispatched records that next, the first ready message, went out.
+func (r *Router[K, V]) dispatched(next *pipeline.Message[K, V]) {
+	pipeline.Dispatched(next)
+	r.ready[0] = nil
+	r.ready = r.ready[1:]
+	r.outstanding++
 }
 
 // route dispatches a new message or queues it behind its key.
