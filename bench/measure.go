@@ -32,7 +32,8 @@ type recorder struct {
 	dups       atomic.Int64
 	unknown    atomic.Int64
 	violations atomic.Int64
-	busy       atomic.Int64 // handlers running now
+	busy       atomic.Int64                  // handlers running now
+	gate       atomic.Pointer[chan struct{}] // when set, handlers wait for it to close
 	checkOrder bool
 	lastSeq    []int32 // per key; touched only while the key's message is in a handler
 
@@ -72,6 +73,9 @@ func (r *recorder) handle(p int32, offset int64) {
 	if i < 0 {
 		r.unknown.Add(1)
 		return
+	}
+	if g := r.gate.Load(); g != nil {
+		<-*g
 	}
 	var t0 int64
 	if r.spec.timed() {

@@ -71,6 +71,11 @@ type result struct {
 	PeakLiveHeapBytes uint64 `json:"peak_live_heap_bytes"`
 	BaseHeapBytes     uint64 `json:"base_heap_bytes"`
 	HeapGrowthBytes   uint64 `json:"heap_growth_bytes"`
+	// With -retained: the live heap above BaseHeapBytes while every
+	// handler was held and RetainedInFlight messages were in flight (after
+	// two forced GCs): what the pipeline keeps for a full window.
+	RetainedHeapBytes uint64 `json:"retained_heap_bytes,omitempty"`
+	RetainedInFlight  int64  `json:"retained_in_flight,omitempty"`
 	// The process's resident set size: at its peak during the run, and
 	// just before it (librdkafka's prefetch queue lives outside the Go heap).
 	PeakRSSBytes uint64 `json:"peak_rss_bytes"`

@@ -58,6 +58,7 @@ func runPipeline(c *config, w *workload, b *broker, topic, mode string, concurre
 	}
 
 	runtime.GC()
+	runtime.GC() // a second cycle frees what the first only finalized, as measureRetained does
 	_, baseLive := readHeap()
 	baseRSS := rss()
 	heap := startHeapSampler(10 * time.Millisecond)
@@ -71,6 +72,12 @@ func runPipeline(c *config, w *workload, b *broker, topic, mode string, concurre
 	go func() { consumed <- p.Consume(ctx, rec.handler) }()
 	stopTrace := startTrace(c.trace, label, p, rec)
 	defer stopTrace()
+	retained := make(chan retainedHeap, 1)
+	if c.retained {
+		go func() { retained <- measureRetained(p, rec, c.inFlightLimit(concurrency), baseLive) }()
+	} else {
+		retained <- retainedHeap{}
+	}
 	waitErr, consumeErr, returned := waitDone(rec, consumed, c.stall)
 	cancel()
 	if !returned {
@@ -84,6 +91,7 @@ func runPipeline(c *config, w *workload, b *broker, topic, mode string, concurre
 		return nil, fmt.Errorf("%s: %w", label, err)
 	}
 
+	kept := <-retained
 	stats := p.Stats()
 	n := rec.handled.Load()
 	span := rec.span()
@@ -103,6 +111,7 @@ func runPipeline(c *config, w *workload, b *broker, topic, mode string, concurre
 		Pauses: stats.Pauses, OrderViolations: rec.violations.Load(), Duplicates: rec.dups.Load(),
 		Unknown: rec.unknown.Load(), partitionSeconds: bound.partitionSeconds,
 		HotKeyStarvedSeconds: starved, HotKeyDispatchSeconds: dispatch,
+		RetainedHeapBytes: kept.bytes, RetainedInFlight: kept.inFlight,
 	}
 	if w.dist == "zipf" {
 		r.ZipfS = w.zipfS
@@ -178,4 +187,40 @@ func startTrace(path, label string, p *parallafka.Parallafka[string, []byte], re
 	}()
 	var once sync.Once
 	return func() { once.Do(func() { close(done); <-finished }) }
+}
+
+type retainedHeap struct {
+	bytes    uint64
+	inFlight int64
+}
+
+// measureRetained waits until half of the run was handled, then holds every
+// handler until the pipeline has limit messages in flight (or 10 s passed)
+// and nothing moves, forces two garbage collections and returns the live
+// heap above base (the live heap before the run) with the in-flight count
+// at that moment; then lets the handlers go on.
+func measureRetained(p *parallafka.Parallafka[string, []byte], rec *recorder, limit int, base uint64) retainedHeap {
+	for rec.handled.Load() < rec.target/2 {
+		select {
+		case <-rec.done:
+			return retainedHeap{}
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	gate := make(chan struct{})
+	rec.gate.Store(&gate)
+	defer func() { rec.gate.Store(nil); close(gate) }()
+	deadline := time.Now().Add(10 * time.Second)
+	for p.Stats().InFlight < int64(limit) && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	time.Sleep(500 * time.Millisecond) // let the poller settle (held prefetch, pause)
+	runtime.GC()
+	runtime.GC()
+	_, live := readHeap()
+	r := retainedHeap{inFlight: p.Stats().InFlight}
+	if live > base {
+		r.bytes = live - base
+	}
+	return r
 }

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Runs every workload of bench/README.md, one after another, writing one
+# JSON line per run to bench/results/<name>.jsonl (stderr, with the machine
+# and the exact command, to <name>.log), the chart to bench/throughput.png,
+# and the testing.B micro-benchmarks to bench/results/microbench.txt.
+# Run it on a quiet machine: it takes about 25 minutes on 2 cores.
+#
+#	bash bench/run-all.sh            # everything
+#	bash bench/run-all.sh w2 w3-mem  # only the named runs
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=bench/results
+mkdir -p "$out"
+bin=$(mktemp -d)/parallafka-bench
+go build -o "$bin" ./bench
+
+want() { [ $# -eq 0 ] || [[ " $* " == *" $name "* ]]; }
+only=("$@")
+run() {
+	name=$1
+	shift
+	want "${only[@]}" || return 0
+	echo "== $name: go run ./bench $*" >&2
+	echo "# load before: $(uptime)" >"$out/$name.log"
+	"$bin" "$@" -json >"$out/$name.jsonl" 2>>"$out/$name.log"
+	echo "# load after: $(uptime)" >>"$out/$name.log"
+}
+
+w1="-messages 10000 -partitions 1 -handler sleep:0ms-5ms -concurrency 100"
+# 1. Confluent Parallel Consumer's table: key mode over 1..10,000 keys (the
+# serial baseline measured once, on 1 key), partition and unordered modes.
+run w1-key-mem -source mem $w1 -keys 1,2,5,10,20,50,100,1000,10000 -mode key -serial=false
+run w1-serial-mem -source mem $w1 -keys 1 -mode key
+run w1-modes-mem -source mem $w1 -keys 1000 -mode partition,unordered -serial=false
+run w1-key-embedded -source embedded $w1 -keys 1,2,5,10,20,50,100,1000,10000 -mode key -serial=false -raw=false
+run w1-modes-embedded -source embedded $w1 -keys 1000 -mode partition,unordered -serial=false -raw=false
+
+# 2. Zipf-skewed keys (and uniform ones for contrast), 1 ms handler, 12
+# partitions, concurrency 1-256; the chart; then the zipf sweep's weak spot
+# again with a larger in-flight window.
+run w2 -source mem -messages 100000 -partitions 12 -keys 10000 -dist zipf,uniform -zipf-s 1.1 \
+	-handler sleep:1ms -mode key -concurrency 1,2,4,8,16,32,64,128,256 -plot bench/throughput.png
+run w2-window -source mem -messages 100000 -partitions 12 -keys 10000 -dist zipf -zipf-s 1.1 \
+	-handler sleep:1ms -mode key -concurrency 4,8,16 -max-in-flight 20000 -serial=false
+
+# 3. No-op handler, 1,000,000 messages: pipeline cost, and the raw
+# confluent-kafka-go loop on the embedded broker.
+run w3-mem -source mem -messages 1000000 -partitions 12 -keys 10000 -handler noop -mode key,partition,unordered -concurrency 16
+for i in 1 2 3; do # the embedded broker's feed rate varies from run to run
+	run w3-embedded-$i -source embedded -messages 1000000 -partitions 12 -keys 10000 -handler noop -mode key,partition,unordered -concurrency 16
+done
+
+# 4. Memory: a backlog of 1,000,000 messages of 1 KB and a slow handler; each
+# run stops after 200,000. -retained holds the handlers halfway until the
+# in-flight limit is reached and measures the live heap the pipeline keeps
+# (two forced GCs); peak heap and RSS are sampled too. The same with a
+# backlog of 200,000, and with in-flight limits of 100 and 10,000: the
+# retained heap follows the limit, not the backlog.
+w4="-source embedded -messages 200000 -value-size 1024 -partitions 12 -keys 10000 -handler sleep:1ms -concurrency 100 -serial=false -raw=false -retained"
+run w4-backlog-1m $w4 -backlog 1000000
+run w4-backlog-200k $w4 -backlog 200000
+run w4-backlog-1m-inflight-100 $w4 -backlog 1000000 -max-in-flight 100
+run w4-backlog-1m-inflight-10k $w4 -backlog 1000000 -max-in-flight 10000
+
+name=microbench
+if want "${only[@]}"; then
+	echo "== micro-benchmarks: go test -run '^$' -bench . -benchmem -count 3 ./stages ./pipeline ./bench ." >&2
+	go test -run '^$' -bench . -benchmem -count 3 ./stages ./pipeline ./bench . >"$out/microbench.txt" 2>&1
+fi
