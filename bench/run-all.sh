@@ -46,6 +46,9 @@ run w2-window -source mem -messages 100000 -partitions 12 -keys 10000 -dist zipf
 # 3. No-op handler, 1,000,000 messages: pipeline cost, and the raw
 # confluent-kafka-go loop on the embedded broker.
 run w3-mem -source mem -messages 1000000 -partitions 12 -keys 10000 -handler noop -mode key,partition,unordered -concurrency 16
+# A small topic, which the client prefetches whole while the group forms:
+# the raw loop then drains it at memory speed and the pipeline is the limit.
+run w3-embedded-prefetched -source embedded -messages 50000 -partitions 4 -keys 1000 -handler noop -mode key,partition,unordered -concurrency 16
 for i in 1 2 3; do # the embedded broker's feed rate varies from run to run
 	run w3-embedded-$i -source embedded -messages 1000000 -partitions 12 -keys 10000 -handler noop -mode key,partition,unordered -concurrency 16
 done
