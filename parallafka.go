@@ -174,9 +174,11 @@ func (p *Parallafka[K, V]) flow(life *lifecycle, env *stages.Env[K, V], handler 
 	}
 
 	g := newGroup(life)
-	polled := source(g, "poll", poller.Run)
+	polled := source(g, "poll", channelSize, poller.Run)
 	routable := p.insert(g, p.before, polled)
-	dispatched := connect(g, "key-router", routable, router.Run)
+	// Unbuffered: the router picks each message when a handler is free, so
+	// a key it continues is not queued behind messages handed out earlier.
+	dispatched := connectSized(g, "key-router", 0, routable, router.Run)
 	handled := connect(g, "handler pool", dispatched, handlers.Run)
 	collectable := p.insert(g, p.after, handled)
 	collected := make(chan struct{})
@@ -206,9 +208,10 @@ const pauseAfter = 200 * time.Millisecond
 // small enough that little sits between stages on a revoke.
 const channelSize = 16
 
-// source starts the first stage and returns its output.
-func source[T any](g *group, name string, run func(context.Context, chan<- T) error) <-chan T {
-	out := make(chan T, channelSize)
+// source starts the first stage and returns its output, a channel of size
+// buffered elements.
+func source[T any](g *group, name string, size int, run func(context.Context, chan<- T) error) <-chan T {
+	out := make(chan T, size)
 	g.Go(name, func(ctx context.Context) error {
 		defer close(out)
 		return run(ctx, out)
@@ -219,7 +222,11 @@ func source[T any](g *group, name string, run func(context.Context, chan<- T) er
 // connect starts a stage that reads in and returns its output, which is
 // closed when the stage returns.
 func connect[T any](g *group, name string, in <-chan T, run func(context.Context, <-chan T, chan<- T) error) <-chan T {
-	return source(g, name, func(ctx context.Context, out chan<- T) error { return run(ctx, in, out) })
+	return connectSized(g, name, channelSize, in, run)
+}
+
+func connectSized[T any](g *group, name string, size int, in <-chan T, run func(context.Context, <-chan T, chan<- T) error) <-chan T {
+	return source(g, name, size, func(ctx context.Context, out chan<- T) error { return run(ctx, in, out) })
 }
 
 // group runs the stages. A stage's error or panic never dies silently: the

@@ -57,11 +57,22 @@ type Message[K, V any] struct {
 	// Retry, and so on.
 	Attempt int
 
-	fate      fate
-	claim     *Claim
-	state     msgState
-	abandoned bool
+	fate       fate
+	claim      *Claim
+	state      msgState
+	abandoned  bool
+	keyWaiting bool // see SetKeyWaiting
 }
+
+// SetKeyWaiting records, as the router dispatches msg, whether a later
+// message with the same key waits for it to finish. The handler pool then
+// lets msg's release reach the router before its worker takes new work, so
+// that the waiting message is the one it takes: a busy key runs back to
+// back instead of missing a round of handlers for each of its messages.
+func SetKeyWaiting[K, V any](msg *Message[K, V], waiting bool) { msg.keyWaiting = waiting }
+
+// KeyWaiting reports what the router recorded with SetKeyWaiting.
+func KeyWaiting[K, V any](msg *Message[K, V]) bool { return msg.keyWaiting }
 
 // Abandoned reports whether the pipeline gave up on the message in this
 // assignment (its partition was revoked, the pipeline stopped, or it failed

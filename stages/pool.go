@@ -3,6 +3,8 @@ package stages
 import (
 	"context"
 	"fmt"
+	"runtime"
+	"sync/atomic"
 
 	"github.com/sourcegraph/conc/panics"
 	"github.com/sourcegraph/conc/pool"
@@ -18,6 +20,8 @@ type HandlerPool[K, V any] struct {
 	*Env[K, V]
 	Concurrency int
 	Handler     pipeline.Handler[K, V]
+
+	busy atomic.Int32 // workers in a handler
 }
 
 // PanicError is the error of a message whose handler panicked.
@@ -47,6 +51,7 @@ func (p *HandlerPool[K, V]) work(ctx context.Context, in <-chan *pipeline.Messag
 		if ctx.Err() != nil {
 			return // hard stop: what was not handled stays uncommitted
 		}
+		othersBusy := int32(-1) // workers in a handler when this one left its own
 		switch {
 		case !msg.Claim().Admits(msg.Offset):
 			// Its partition was revoked (or lost) since it was dispatched,
@@ -55,19 +60,30 @@ func (p *HandlerPool[K, V]) work(ctx context.Context, in <-chan *pipeline.Messag
 			msg.Retry()
 		case p.shouldHandle(msg):
 			msg.Attempt++
+			p.busy.Add(1)
 			msg.Err = p.handle(ctx, msg)
+			othersBusy = p.busy.Add(-1)
 		}
+		// Read before msg leaves this worker.
+		yield := othersBusy > 0 && pipeline.KeyWaiting(msg)
 		// Without blocking first: a select locks every channel it names, and
 		// ctx's is shared by every stage (see Router.tryStep).
 		select {
 		case out <- msg:
-			continue
 		default:
+			select {
+			case out <- msg:
+			case <-ctx.Done():
+				return
+			}
 		}
-		select {
-		case out <- msg:
-		case <-ctx.Done():
-			return
+		if yield {
+			// Every other worker is busy, and the router would hand this
+			// one another message before the key's release reaches it
+			// (handlers of equal length end together): yielding lets the
+			// stages after the pool and the router run first, so the key's
+			// next message is what comes.
+			runtime.Gosched()
 		}
 	}
 }

@@ -53,7 +53,7 @@ type Router[K, V any] struct {
 	done     chan struct{}
 
 	busy        map[*pipeline.Claim]map[string][]*pipeline.Message[K, V] // key → queued behind the in-flight one
-	ready       []*pipeline.Message[K, V]                                // dispatchable, in order
+	ready       deque[*pipeline.Message[K, V]]                           // dispatchable, in order (see releaseKey)
 	outstanding int                                                      // dispatched, not yet released
 }
 
@@ -88,15 +88,16 @@ func (r *Router[K, V]) Run(ctx context.Context, in <-chan *pipeline.Message[K, V
 	// loop going too: closing in without a drain must not swallow it. Every
 	// queued message waits behind one that is ready or outstanding.
 	fast := 0 // steps taken by tryStep since the last blocking select
-	for in != nil || r.outstanding > 0 || len(r.ready) > 0 {
+	for in != nil || r.outstanding > 0 || r.ready.Len() > 0 {
 		if draining != nil && r.draining() {
 			r.dropUnwanted()
 			draining = nil // once; later arrivals are abandoned one by one
 		}
 		var dispatch chan<- *pipeline.Message[K, V]
 		var next *pipeline.Message[K, V]
-		if len(r.ready) > 0 {
-			dispatch, next = out, r.ready[0]
+		if r.ready.Len() > 0 {
+			dispatch, next = out, r.ready.Front()
+			pipeline.SetKeyWaiting(next, r.keyWaiting(next)) // before it leaves
 		}
 		if fast < fastSteps && r.tryStep(&in, dispatch, next) {
 			fast++
@@ -174,9 +175,14 @@ func (r *Router[K, V]) tryStep(in *<-chan *pipeline.Message[K, V], dispatch chan
 // dispatched records that next, the first ready message, went out.
 func (r *Router[K, V]) dispatched(next *pipeline.Message[K, V]) {
 	pipeline.Dispatched(next)
-	r.ready[0] = nil
-	r.ready = r.ready[1:]
+	r.ready.PopFront()
 	r.outstanding++
+}
+
+// keyWaiting reports whether a message is queued behind msg's key.
+func (r *Router[K, V]) keyWaiting(msg *pipeline.Message[K, V]) bool {
+	key, ordered := r.routingKey(msg)
+	return ordered && len(r.busy[msg.Claim()][key]) > 0
 }
 
 // route dispatches a new message or queues it behind its key.
@@ -226,15 +232,30 @@ func (r *Router[K, V]) wants(msg *pipeline.Message[K, V]) bool {
 	return c.Wants(msg.Offset) && (!r.draining() || c.Below(msg.Offset))
 }
 
-// push makes msg, which holds its key, dispatchable, unless the router no
-// longer wants it: then it and its key's queue are abandoned.
+// push makes msg, which holds its key, dispatchable after those that
+// already are, unless the router no longer wants it: then it and its key's
+// queue are abandoned.
 func (r *Router[K, V]) push(msg *pipeline.Message[K, V]) {
+	if r.startable(msg) {
+		r.ready.PushBack(msg)
+	}
+}
+
+// continueKey makes msg, the next message of a key that was just released,
+// dispatchable before every other (see releaseKey).
+func (r *Router[K, V]) continueKey(msg *pipeline.Message[K, V]) {
+	if r.startable(msg) {
+		r.ready.PushFront(msg)
+	}
+}
+
+func (r *Router[K, V]) startable(msg *pipeline.Message[K, V]) bool {
 	if !r.wants(msg) || !pipeline.Start(msg) {
 		pipeline.Abandon(msg)
 		r.abandonKey(msg)
-		return
+		return false
 	}
-	r.ready = append(r.ready, msg)
+	return true
 }
 
 // release handles a message handed back by the collector: a retry goes out
@@ -252,13 +273,19 @@ func (r *Router[K, V]) release(msg *pipeline.Message[K, V]) {
 			return
 		}
 		msg.ResetFate()
-		r.ready = append(r.ready, msg) // still started, its key still held
+		r.ready.PushFront(msg) // still started, its key still held
 		return
 	}
 	r.releaseKey(msg)
 }
 
-// releaseKey frees msg's key and dispatches the next message queued behind it.
+// releaseKey frees msg's key and dispatches the next message queued behind
+// it, ahead of every other dispatchable message: a key with a backlog (a
+// hot key) then runs without a pause for as long as its messages are
+// there, instead of waiting behind the whole ready list for each of them,
+// which would make it the tail of a backlog. Messages that became
+// dispatchable on arrival still go in arrival order; a key continues at
+// most as long as its queue, which the in-flight limit bounds.
 func (r *Router[K, V]) releaseKey(msg *pipeline.Message[K, V]) {
 	key, ordered := r.routingKey(msg)
 	if !ordered {
@@ -280,7 +307,7 @@ func (r *Router[K, V]) releaseKey(msg *pipeline.Message[K, V]) {
 	queue[0] = nil
 	keys[key] = queue[1:]
 	r.Counters.Queued.Add(-1)
-	r.push(next)
+	r.continueKey(next)
 }
 
 // abandonKey drops the messages queued behind msg's key, which msg held,
@@ -311,17 +338,18 @@ func (r *Router[K, V]) purge([]*pipeline.Claim) { r.dropUnwanted() }
 // the unwanted tail of every key's queue (queues are in offset order, and a
 // gap filler lies below an offset).
 func (r *Router[K, V]) dropUnwanted() {
-	kept := r.ready[:0]
-	for _, msg := range r.ready {
+	var dropped []*pipeline.Message[K, V]
+	r.ready.Filter(func(msg *pipeline.Message[K, V]) bool {
 		if r.wants(msg) {
-			kept = append(kept, msg)
-			continue
+			return true
 		}
+		dropped = append(dropped, msg)
+		return false
+	})
+	for _, msg := range dropped { // abandonKey changes nothing in ready
 		pipeline.Abandon(msg)
 		r.abandonKey(msg)
 	}
-	clear(r.ready[len(kept):])
-	r.ready = kept
 	for _, keys := range r.busy {
 		for key, queue := range keys {
 			n := len(queue)
@@ -343,7 +371,10 @@ func (r *Router[K, V]) abandonBacklog() {
 		}
 		delete(r.busy, c)
 	}
-	r.ready = r.filterReady(func(*pipeline.Message[K, V]) bool { return false })
+	r.ready.Filter(func(msg *pipeline.Message[K, V]) bool {
+		pipeline.Abandon(msg)
+		return false
+	})
 }
 
 func (r *Router[K, V]) abandon(queue []*pipeline.Message[K, V]) {
@@ -351,17 +382,4 @@ func (r *Router[K, V]) abandon(queue []*pipeline.Message[K, V]) {
 		pipeline.Abandon(msg)
 	}
 	r.Counters.Queued.Add(-int64(len(queue)))
-}
-
-func (r *Router[K, V]) filterReady(keep func(*pipeline.Message[K, V]) bool) []*pipeline.Message[K, V] {
-	kept := r.ready[:0]
-	for _, msg := range r.ready {
-		if keep(msg) {
-			kept = append(kept, msg)
-		} else {
-			pipeline.Abandon(msg)
-		}
-	}
-	clear(r.ready[len(kept):])
-	return kept
 }

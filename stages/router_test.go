@@ -110,6 +110,27 @@ func TestRouterSameKeyOneAtATime(t *testing.T) {
 	require.EqualValues(t, 2, h.env.Tracker.InFlight(), "the barriers at 4 and 5")
 }
 
+// A released key's next message goes out before messages that are waiting
+// for a handler already: a hot key runs back to back instead of waiting
+// behind the whole ready list for each of its messages.
+func TestRouterContinuesAReleasedKeyFirst(t *testing.T) {
+	h := startRouter(t, stages.OrderByKey, false)
+	a0, a1, a2 := h.route(0, 0, k("A")), h.route(0, 1, k("A")), h.route(1, 0, k("A"))
+	h.next(a0)
+	h.next(a2) // partition 1's A is another key
+	require.True(t, pipeline.KeyWaiting(a0), "a1 waits for a0: its worker lets the release through first")
+	require.False(t, pipeline.KeyWaiting(a2))
+	b, c := h.route(0, 2, k("B")), h.route(1, 1, k("C")) // waiting: no handler takes them yet
+	h.finish(a0)
+	h.next(a1)
+	h.next(b) // then arrival order
+	h.next(c)
+	for _, m := range []*M{a1, a2, b, c} {
+		h.finish(m)
+	}
+	require.Zero(t, h.queued())
+}
+
 func TestRouterDifferentKeysDispatchImmediately(t *testing.T) {
 	h := startRouter(t, stages.OrderByKey, false)
 	ms := []*M{
