@@ -7,7 +7,7 @@ type Stats struct {
 	Failed       int64 // handling attempts that failed (error or panic)
 	Skipped      int64 // failed messages skipped by the error policy
 	Dropped      int64 // messages a stage dropped
-	Retried      int64 // messages a stage handed back for another attempt
+	Retried      int64 // attempts handed to the handler pool again at a stage's request (a retry cut short by a revoke or a stop is abandoned, not counted)
 	InFlight     int64 // polled and not yet finished: bounded by WithMaxInFlight
 	Queued       int64 // waiting behind an earlier message with the same key
 	Pauses       int64 // times back-pressure paused the partitions

@@ -12,7 +12,7 @@ type Counters struct {
 	Failed       atomic.Int64 // handling attempts that ended in an error or panic
 	Skipped      atomic.Int64 // failed messages the error policy skipped
 	Dropped      atomic.Int64 // messages a stage dropped (finished without handling)
-	Retried      atomic.Int64 // messages a stage handed back for another attempt
+	Retried      atomic.Int64 // attempts handed to the handler pool again at a stage's request (a retry cut short by a revoke or a stop is abandoned, not counted)
 	Queued       atomic.Int64 // waiting behind a busy key in the router
 	Pauses       atomic.Int64 // times back-pressure paused the assigned partitions
 	Commits      atomic.Int64 // successful commit calls

@@ -77,9 +77,9 @@ func (c *Collector[K, V]) Run(ctx context.Context, in <-chan *pipeline.Message[K
 func (c *Collector[K, V]) collect(ctx context.Context, msg *pipeline.Message[K, V]) {
 	switch {
 	case msg.RetryRequested():
-		// The router dispatches it again, or abandons it if its partition
-		// was revoked or the pipeline is draining.
-		c.Counters.Retried.Add(1)
+		// The router dispatches it again (and counts it as retried), or
+		// abandons it if its partition was revoked or the pipeline is
+		// draining.
 	case msg.Dropped():
 		c.Counters.Dropped.Add(1)
 		pipeline.Finish(msg)

@@ -50,12 +50,18 @@ func (c *Committer[K, V]) Run(ctx context.Context, collected <-chan struct{}) er
 			return nil
 		}
 		next := c.Interval
-		if err := c.commit(ctx, c.Tracker.Claims(), false); err != nil {
+		switch err := c.commit(ctx, c.Tracker.Claims(), false); {
+		case err == nil:
+			backoff = 0
+		case errors.Is(err, pipeline.ErrNotOwned):
+			// Nothing to retry: a rebalance is under way. Partitions this
+			// member keeps are committed on the next interval.
+			backoff = 0
+			c.Logger.Info("parallafka: commit refused: partitions not owned in the group's current generation; the next commit carries those still assigned", "error", err)
+		default:
 			backoff = min(max(2*backoff, minBackoff), maxBackoff)
 			next = min(backoff, c.Interval)
 			c.Logger.Warn("parallafka: commit failed; retrying", "error", err, "retry_in", next)
-		} else {
-			backoff = 0
 		}
 		timer.Reset(next)
 	}

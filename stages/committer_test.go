@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"runtime"
 	"slices"
@@ -231,6 +233,39 @@ func TestCommitterRetriesFailedCommitsWithBackoff(t *testing.T) {
 			}
 		}
 	}
+}
+
+// A periodic commit refused because the partitions are not owned (a
+// rebalance under way) is not retried sooner than the interval, and is not
+// logged as a failure being retried.
+func TestCommitterDoesNotRetryNotOwnedCommits(t *testing.T) {
+	const interval = 150 * time.Millisecond
+	c, src := newCommitter(t, 1, interval)
+	var logs bytes.Buffer
+	c.Env.Logger = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	var mu sync.Mutex
+	var calls []time.Time
+	src.SetCommitHook(func([]pipeline.Offset) error {
+		mu.Lock()
+		defer mu.Unlock()
+		calls = append(calls, time.Now())
+		if len(calls) <= 2 {
+			return fmt.Errorf("generation moved on: %w", pipeline.ErrNotOwned)
+		}
+		return nil
+	})
+	pipeline.Finish(newMsg(c.Env, 0, 0, k("A")))
+	_, returned := runCommitter(t, context.Background(), c)
+	eventually(t, func() bool { return src.Committed(tp(0)) == 1 })
+	returned()
+
+	mu.Lock()
+	defer mu.Unlock()
+	require.Len(t, calls, 3)
+	require.GreaterOrEqual(t, calls[1].Sub(calls[0]), interval, "no backoff retry")
+	require.GreaterOrEqual(t, calls[2].Sub(calls[1]), interval)
+	require.Contains(t, logs.String(), "not owned")
+	require.NotContains(t, logs.String(), "retrying")
 }
 
 func TestCommitFinal(t *testing.T) {

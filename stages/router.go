@@ -273,6 +273,7 @@ func (r *Router[K, V]) release(msg *pipeline.Message[K, V]) {
 			return
 		}
 		msg.ResetFate()
+		r.Counters.Retried.Add(1)
 		r.ready.PushFront(msg) // still started, its key still held
 		return
 	}

@@ -227,6 +227,7 @@ func TestRouterRetryKeepsTheKey(t *testing.T) {
 		require.EqualValues(t, 1, h.queued())
 	}
 	h.barrier(0, 2)
+	require.EqualValues(t, 2, h.env.Counters.Retried.Load())
 	off, _ := h.env.Tracker.Claim(tp(0)).Committable()
 	require.Equal(t, int64(0), off.Offset, "a retried message stays uncommitted")
 	h.finish(a0)
@@ -297,6 +298,7 @@ func TestRouterStoppedClaim(t *testing.T) {
 		require.True(t, pipeline.WaitIdle(stopped, wait))
 		off, _ := stopped[0].Committable()
 		require.Equal(t, int64(0), off.Offset, "never skipped: delivered again")
+		require.Zero(t, h.env.Counters.Retried.Load(), "abandoned, not retried")
 		h.barrier(1, 0)
 	})
 }
