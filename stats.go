@@ -8,11 +8,11 @@ type Stats struct {
 	Skipped      int64 // failed messages skipped by the error policy
 	Dropped      int64 // messages a stage dropped
 	Retried      int64 // attempts handed to the handler pool again at a stage's request (a retry cut short by a revoke or a stop is abandoned, not counted)
-	InFlight     int64 // polled and not yet finished: bounded by WithMaxInFlight
+	InFlight     int64 // polled and not yet finished: bounded by WithMaxInFlight; after a hard stop, those left unfinished (Kafka delivers them again)
 	Queued       int64 // waiting behind an earlier message with the same key
 	Pauses       int64 // times back-pressure paused the partitions
 	Commits      int64 // successful commit requests
-	CommitErrors int64 // failed commit requests (retried)
+	CommitErrors int64 // failed commit requests (retried, unless the partitions are no longer owned)
 	// Committed is the last offset committed (the next to read) for each
 	// partition this Parallafka committed, including partitions since
 	// revoked.

@@ -175,7 +175,7 @@ func TestRetryWaitDelaysOnlyItsKey(t *testing.T) {
 	require.NoError(t, err)
 	assert.Less(t, took, 10*time.Second, "the shutdown does not wait for the backoff")
 	assert.EqualValues(t, failing, src.Committed(tp(0)), "abandoned uncommitted: it will be redelivered")
-	assert.EqualValues(t, 1, p.Stats().Retried)
+	assert.Zero(t, p.Stats().Retried, "the retry was cut short by the stop: abandoned, no second attempt")
 }
 
 // Under concurrency, with messages that fail a few times each, every key's

@@ -55,6 +55,8 @@ type Router[K, V any] struct {
 	busy        map[*pipeline.Claim]map[string][]*pipeline.Message[K, V] // key → queued behind the in-flight one
 	ready       deque[*pipeline.Message[K, V]]                           // dispatchable, in order (see releaseKey)
 	outstanding int                                                      // dispatched, not yet released
+	flagged     *pipeline.Message[K, V]                                  // the last one given SetKeyWaiting
+	queuedSince bool                                                     // a message was queued since
 }
 
 // NewRouter returns a router; Run starts it.
@@ -97,7 +99,11 @@ func (r *Router[K, V]) Run(ctx context.Context, in <-chan *pipeline.Message[K, V
 		var next *pipeline.Message[K, V]
 		if r.ready.Len() > 0 {
 			dispatch, next = out, r.ready.Front()
-			pipeline.SetKeyWaiting(next, r.keyWaiting(next)) // before it leaves
+			if next != r.flagged || r.queuedSince {
+				// Before it leaves; again only if it or the queues changed.
+				pipeline.SetKeyWaiting(next, r.keyWaiting(next))
+				r.flagged, r.queuedSince = next, false
+			}
 		}
 		if fast < fastSteps && r.tryStep(&in, dispatch, next) {
 			fast++
@@ -203,6 +209,7 @@ func (r *Router[K, V]) route(msg *pipeline.Message[K, V]) {
 	}
 	if queue, busy := keys[key]; busy {
 		keys[key] = append(queue, msg)
+		r.queuedSince = true
 		r.Counters.Queued.Add(1)
 		return
 	}
