@@ -78,11 +78,12 @@ func (p *HandlerPool[K, V]) work(ctx context.Context, in <-chan *pipeline.Messag
 			}
 		}
 		if yield {
-			// Every other worker is busy, and the router would hand this
-			// one another message before the key's release reaches it
-			// (handlers of equal length end together): yielding lets the
-			// stages after the pool and the router run first, so the key's
-			// next message is what comes.
+			// Other workers are busy, and the router would hand this one
+			// another message before the key's release reaches it (handlers
+			// of equal length end together): yielding lets the stages after
+			// the pool and the router run first, so the key's next message
+			// is what this worker, or the next one free, takes. Without
+			// other busy workers, whoever is idle takes it anyway.
 			runtime.Gosched()
 		}
 	}
