@@ -91,7 +91,7 @@ func Track[K, V any](c *Claim, msg *Message[K, V]) {
 	c.tracked++
 	c.mu.Unlock()
 	c.tracker.inFlight.Add(1)
-	c.tracker.polled.Add(1)
+	msg.seq = c.tracker.polled.Add(1)
 }
 
 // Start records that msg is ready to be dispatched to the handler pool. It

@@ -61,8 +61,15 @@ type Message[K, V any] struct {
 	claim      *Claim
 	state      msgState
 	abandoned  bool
-	keyWaiting bool // see SetKeyWaiting
+	keyWaiting bool  // see SetKeyWaiting
+	seq        int64 // see Sequence
 }
+
+// Sequence returns the message's place in the order the poll stage took
+// messages in: 1 for the first message a Parallafka polled, 2 for the next,
+// and so on, across partitions (0 before it was tracked). The router
+// dispatches the oldest dispatchable message first.
+func Sequence[K, V any](msg *Message[K, V]) int64 { return msg.seq }
 
 // SetKeyWaiting records, as the router dispatches msg, whether a later
 // message with the same key waits for it to finish. The handler pool then

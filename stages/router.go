@@ -25,7 +25,8 @@ const (
 // behind that message otherwise. The ack collector hands every message back
 // (the key-released edge): a finished one releases its key, so the next
 // queued message with that key is dispatched; one marked for retry is
-// dispatched again, keeping its key.
+// dispatched again, keeping its key. Of the dispatchable messages, the one
+// polled first goes first (see oldestFirst).
 //
 // When a partition is revoked or the pipeline drains, the router drops the
 // messages that no handler took yet, except gap fillers: those below the
@@ -53,7 +54,7 @@ type Router[K, V any] struct {
 	done     chan struct{}
 
 	busy        map[*pipeline.Claim]map[string][]*pipeline.Message[K, V] // key → queued behind the in-flight one
-	ready       deque[*pipeline.Message[K, V]]                           // dispatchable, in order (see releaseKey)
+	ready       oldestFirst[K, V]                                        // dispatchable
 	outstanding int                                                      // dispatched, not yet released
 	flagged     *pipeline.Message[K, V]                                  // the last one given SetKeyWaiting
 	queuedSince bool                                                     // a message was queued since
@@ -178,7 +179,7 @@ func (r *Router[K, V]) tryStep(in *<-chan *pipeline.Message[K, V], dispatch chan
 	return false
 }
 
-// dispatched records that next, the first ready message, went out.
+// dispatched records that next, the oldest ready message, went out.
 func (r *Router[K, V]) dispatched(next *pipeline.Message[K, V]) {
 	pipeline.Dispatched(next)
 	r.ready.PopFront()
@@ -239,30 +240,15 @@ func (r *Router[K, V]) wants(msg *pipeline.Message[K, V]) bool {
 	return c.Wants(msg.Offset) && (!r.draining() || c.Below(msg.Offset))
 }
 
-// push makes msg, which holds its key, dispatchable after those that
-// already are, unless the router no longer wants it: then it and its key's
-// queue are abandoned.
+// push makes msg, which holds its key, dispatchable (oldest first), unless
+// the router no longer wants it: then it and its key's queue are abandoned.
 func (r *Router[K, V]) push(msg *pipeline.Message[K, V]) {
-	if r.startable(msg) {
-		r.ready.PushBack(msg)
-	}
-}
-
-// continueKey makes msg, the next message of a key that was just released,
-// dispatchable before every other (see releaseKey).
-func (r *Router[K, V]) continueKey(msg *pipeline.Message[K, V]) {
-	if r.startable(msg) {
-		r.ready.PushFront(msg)
-	}
-}
-
-func (r *Router[K, V]) startable(msg *pipeline.Message[K, V]) bool {
 	if !r.wants(msg) || !pipeline.Start(msg) {
 		pipeline.Abandon(msg)
 		r.abandonKey(msg)
-		return false
+		return
 	}
-	return true
+	r.ready.Push(msg)
 }
 
 // release handles a message handed back by the collector: a retry goes out
@@ -281,19 +267,15 @@ func (r *Router[K, V]) release(msg *pipeline.Message[K, V]) {
 		}
 		msg.ResetFate()
 		r.Counters.Retried.Add(1)
-		r.ready.PushFront(msg) // still started, its key still held
+		r.ready.Push(msg) // still started, its key still held
 		return
 	}
 	r.releaseKey(msg)
 }
 
-// releaseKey frees msg's key and dispatches the next message queued behind
-// it, ahead of every other dispatchable message: a key with a backlog (a
-// hot key) then runs without a pause for as long as its messages are
-// there, instead of waiting behind the whole ready list for each of them,
-// which would make it the tail of a backlog. Messages that became
-// dispatchable on arrival still go in arrival order; a key continues at
-// most as long as its queue, which the in-flight limit bounds.
+// releaseKey frees msg's key and makes the next message queued behind it
+// dispatchable; that one is usually older than the others (see
+// oldestFirst), so a busy key goes on at once.
 func (r *Router[K, V]) releaseKey(msg *pipeline.Message[K, V]) {
 	key, ordered := r.routingKey(msg)
 	if !ordered {
@@ -315,7 +297,7 @@ func (r *Router[K, V]) releaseKey(msg *pipeline.Message[K, V]) {
 	queue[0] = nil
 	keys[key] = queue[1:]
 	r.Counters.Queued.Add(-1)
-	r.continueKey(next)
+	r.push(next)
 }
 
 // abandonKey drops the messages queued behind msg's key, which msg held,

@@ -110,9 +110,9 @@ func TestRouterSameKeyOneAtATime(t *testing.T) {
 	require.EqualValues(t, 2, h.env.Tracker.InFlight(), "the barriers at 4 and 5")
 }
 
-// A released key's next message goes out before messages that are waiting
-// for a handler already: a hot key runs back to back instead of waiting
-// behind the whole ready list for each of its messages.
+// A released key's next message goes out before messages polled after it
+// that are waiting for a handler already (oldest first): a hot key runs back
+// to back instead of waiting behind all of them for each of its messages.
 func TestRouterContinuesAReleasedKeyFirst(t *testing.T) {
 	h := startRouter(t, stages.OrderByKey, false)
 	a0, a1, a2 := h.route(0, 0, k("A")), h.route(0, 1, k("A")), h.route(1, 0, k("A"))
