@@ -189,11 +189,11 @@ func (p *Parallafka[K, V]) flow(life *lifecycle, env *stages.Env[K, V], handler 
 }
 
 // dispatchBuffer is the size of the router's hand-off to the handler pool.
-// With an order to keep it is unbuffered: the router picks each message
-// when a handler is free, so a key it continues (see stages.Router) is not
-// queued behind messages handed out earlier. That costs about 0.4 µs of CPU
-// per message (bench/README.md); unordered, nothing continues, and a buffer
-// saves it.
+// With an order to keep it is unbuffered: the router picks the oldest
+// dispatchable message when a handler is free, so a busy key's next message
+// (see stages.Router) is not queued behind messages handed out earlier.
+// That costs about 0.4 µs of CPU per message (bench/README.md); unordered,
+// no key waits for another, and a buffer saves it.
 func (p *Parallafka[K, V]) dispatchBuffer() int {
 	if p.cfg.ordering == stages.Unordered {
 		return channelSize
