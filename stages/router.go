@@ -328,18 +328,14 @@ func (r *Router[K, V]) purge([]*pipeline.Claim) { r.dropUnwanted() }
 // the unwanted tail of every key's queue (queues are in offset order, and a
 // gap filler lies below an offset).
 func (r *Router[K, V]) dropUnwanted() {
-	var dropped []*pipeline.Message[K, V]
 	r.ready.Filter(func(msg *pipeline.Message[K, V]) bool {
 		if r.wants(msg) {
 			return true
 		}
-		dropped = append(dropped, msg)
+		pipeline.Abandon(msg)
+		r.abandonKey(msg) // drops from the key queues, not from ready
 		return false
 	})
-	for _, msg := range dropped { // abandonKey changes nothing in ready
-		pipeline.Abandon(msg)
-		r.abandonKey(msg)
-	}
 	for _, keys := range r.busy {
 		for key, queue := range keys {
 			n := len(queue)
