@@ -236,6 +236,7 @@ func connect[T any](g *group, name string, in <-chan T, run func(context.Context
 	return connectSized(g, name, channelSize, in, run)
 }
 
+// connectSized is connect with an output channel of size buffered elements.
 func connectSized[T any](g *group, name string, size int, in <-chan T, run func(context.Context, <-chan T, chan<- T) error) <-chan T {
 	return source(g, name, size, func(ctx context.Context, out chan<- T) error { return run(ctx, in, out) })
 }
