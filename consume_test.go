@@ -636,7 +636,6 @@ func TestNewRejectsBadOptions(t *testing.T) {
 		"bad shutdown mode":         {parallafka.WithShutdownMode(parallafka.ShutdownMode(5))},
 		"negative shutdown timeout": {parallafka.WithShutdownTimeout(-time.Second)},
 		"zero revoke timeout":       {parallafka.WithRevokeTimeout(0)},
-		"nil logger":                {parallafka.WithLogger(nil)},
 		"nil policy":                {parallafka.WithErrorPolicy(nil)},
 		"nil option":                {nil},
 		"nil middleware":            {parallafka.WithMiddleware[string, int](nil)},
@@ -655,6 +654,11 @@ func TestNewRejectsBadOptions(t *testing.T) {
 	}
 	_, err := parallafka.New[string, int](nil)
 	require.ErrorContains(t, err, "nil source")
+	var never *memsource.Source[string, int] // a typed nil in the interface
+	_, err = parallafka.New[string, int](never)
+	require.ErrorContains(t, err, "nil source")
+	_, err = parallafka.New(src, parallafka.WithLogger(nil))
+	require.NoError(t, err, "a nil logger discards")
 	_, err = parallafka.New(src)
 	require.NoError(t, err, "defaults are valid")
 }

@@ -6,7 +6,7 @@ import (
 	"log/slog"
 	"time"
 
-	"github.com/parallafka/parallafka/stages"
+	"github.com/parallafka/parallafka/internal/engine"
 )
 
 // Option configures a Parallafka. Each option's constructor documents its
@@ -79,6 +79,7 @@ type config struct {
 	shutdownTimeout time.Duration
 	revokeTimeout   time.Duration
 	logger          *slog.Logger
+	loggerSet       bool // WithLogger was given: the logger reaches the source too
 	errorPolicy     ErrorPolicy
 	middleware      []any // Middleware[K, V], checked against K and V by New
 	stages          []stageSpec
@@ -158,9 +159,17 @@ func WithRevokeTimeout(d time.Duration) Option {
 	return optionFunc(func(c *config) { c.revokeTimeout = d })
 }
 
-// WithLogger sets the logger. Default slog.Default().
+// WithLogger sets the logger for the pipeline's events, and for the
+// source's too if the source takes one (package kafka's does) and was not
+// given its own. nil discards everything, as in package kafka. Default
+// slog.Default().
 func WithLogger(l *slog.Logger) Option {
-	return optionFunc(func(c *config) { c.logger = l })
+	return optionFunc(func(c *config) {
+		if l == nil {
+			l = slog.New(slog.DiscardHandler)
+		}
+		c.logger, c.loggerSet = l, true
+	})
 }
 
 // WithErrorPolicy decides, per failed message, whether the pipeline stops
@@ -232,9 +241,6 @@ func (c *config) validate() error {
 	if c.revokeTimeout <= 0 {
 		bad("revoke timeout must be positive, got %v", c.revokeTimeout)
 	}
-	if c.logger == nil {
-		bad("nil logger")
-	}
 	if c.errorPolicy == nil {
 		bad("nil error policy")
 	}
@@ -247,7 +253,7 @@ func (c *config) validate() error {
 }
 
 // typed checks that the middleware and stages match the message type.
-func typed[K, V any](c *config) (mw []Middleware[K, V], before, after []namedStage[K, V], err error) {
+func typed[K, V any](c *config) (mw []Middleware[K, V], before, after []engine.NamedStage[K, V], err error) {
 	var errs []error
 	for _, m := range c.middleware {
 		typed, ok := m.(Middleware[K, V])
@@ -264,24 +270,36 @@ func typed[K, V any](c *config) (mw []Middleware[K, V], before, after []namedSta
 			continue
 		}
 		if s.point == AfterPoll {
-			before = append(before, namedStage[K, V]{s.name, typed})
+			before = append(before, engine.NamedStage[K, V]{Name: s.name, Run: typed})
 		} else {
-			after = append(after, namedStage[K, V]{s.name, typed})
+			after = append(after, engine.NamedStage[K, V]{Name: s.name, Run: typed})
 		}
 	}
 	return mw, before, after, errors.Join(errs...)
 }
 
-type namedStage[K, V any] struct {
-	name string
-	run  Stage[K, V]
-}
-
-// Ordering modes, re-exported from package stages.
-type Ordering = stages.Ordering
+// Ordering says which messages keep FIFO order.
+type Ordering int
 
 const (
-	OrderByKey       = stages.OrderByKey
-	OrderByPartition = stages.OrderByPartition
-	Unordered        = stages.Unordered
+	// OrderByKey keeps messages that share a key (within their partition) in
+	// offset order: at most one of them is in a handler at a time.
+	OrderByKey Ordering = iota
+	// OrderByPartition keeps each partition in offset order, as a plain
+	// consumer would, while partitions run in parallel.
+	OrderByPartition
+	// Unordered hands every message to the next free handler.
+	Unordered
 )
+
+func (o Ordering) String() string {
+	switch o {
+	case OrderByKey:
+		return "OrderByKey"
+	case OrderByPartition:
+		return "OrderByPartition"
+	case Unordered:
+		return "Unordered"
+	}
+	return fmt.Sprintf("Ordering(%d)", int(o))
+}

@@ -2,9 +2,13 @@ package parallafka
 
 // Stats is a snapshot of a Parallafka's progress.
 type Stats struct {
-	Polled       int64 // messages polled
-	Handled      int64 // finished successfully (including dropped and skipped)
-	Failed       int64 // handling attempts that failed (error or panic)
+	Polled int64 // messages polled
+	// Handled counts messages finished: handled successfully, dropped by a
+	// stage, or failed and skipped by the error policy.
+	Handled int64
+	// Failed counts handling attempts that failed (error or panic): a
+	// message retried three times that failed each time counts 3.
+	Failed       int64
 	Skipped      int64 // failed messages skipped by the error policy
 	Dropped      int64 // messages a stage dropped
 	Retried      int64 // attempts handed to the handler pool again at a stage's request (a retry cut short by a revoke or a stop is abandoned, not counted)
@@ -24,14 +28,13 @@ type Stats struct {
 // Stats returns a snapshot of the counters. It is safe to call at any time,
 // from any goroutine.
 func (p *Parallafka[K, V]) Stats() Stats {
-	c := p.counters
-	s := Stats{
-		Polled: p.tracker.Polled(), Handled: c.Handled.Load() + c.Dropped.Load() + c.Skipped.Load(),
-		Failed: c.Failed.Load(), Skipped: c.Skipped.Load(), Dropped: c.Dropped.Load(), Retried: c.Retried.Load(),
-		InFlight: p.tracker.InFlight(), Queued: c.Queued.Load(),
-		Pauses: c.Pauses.Load(), Commits: c.Commits.Load(), CommitErrors: c.CommitErrors.Load(),
-		Committed: p.tracker.Committed(),
-		Paused:    p.tracker.Paused(),
+	s := &p.stats
+	handled, dropped, skipped := s.Handled.Load(), s.Dropped.Load(), s.Skipped.Load()
+	return Stats{
+		Polled: s.Polled.Load(), Handled: handled + dropped + skipped,
+		Failed: s.Failed.Load(), Skipped: skipped, Dropped: dropped, Retried: s.Retried.Load(),
+		InFlight: s.InFlight.Load(), Queued: s.Queued.Load(),
+		Pauses: s.Pauses.Load(), Commits: s.Commits.Load(), CommitErrors: s.CommitErrors.Load(),
+		Committed: s.Committed(), Paused: s.Paused(),
 	}
-	return s
 }

@@ -29,7 +29,8 @@ type Header struct {
 // Message is one Kafka record as it travels through the pipeline.
 //
 // A message is owned by exactly one stage at a time, so stages may read and
-// change its exported fields without locking while they hold it.
+// change its exported fields without locking while they hold it. It carries
+// no pipeline state: the engine keeps its own books on every message.
 type Message[K, V any] struct {
 	Topic     string
 	Partition int32
@@ -53,55 +54,12 @@ type Message[K, V any] struct {
 	// and goes straight to the error policy. Stages after the handler pool
 	// may read and change it (a retry stage clears it, for example).
 	Err error
-	// Attempt counts handling attempts: 1 during the first, 2 after one
-	// Retry, and so on.
+	// Attempt counts handling attempts: 1 during the first, 2 during the
+	// second, and so on; 0 before the first.
 	Attempt int
 
-	fate       fate
-	claim      *Claim
-	state      msgState
-	abandoned  bool
-	keyWaiting bool  // see SetKeyWaiting
-	seq        int64 // see Sequence
-}
-
-// Sequence returns the message's place in the order the poll stage took
-// messages in: 1 for the first message a Parallafka polled, 2 for the next,
-// and so on, across partitions (0 before it was tracked). The router
-// dispatches the oldest dispatchable message first.
-func Sequence[K, V any](msg *Message[K, V]) int64 { return msg.seq }
-
-// SetKeyWaiting records, as the router dispatches msg, whether a later
-// message with the same key waits for it to finish. The handler pool then
-// lets msg's release reach the router before its worker takes new work, so
-// that the waiting message is the one it takes: a busy key runs back to
-// back instead of missing a round of handlers for each of its messages.
-func SetKeyWaiting[K, V any](msg *Message[K, V], waiting bool) { msg.keyWaiting = waiting }
-
-// KeyWaiting reports what the router recorded with SetKeyWaiting.
-func KeyWaiting[K, V any](msg *Message[K, V]) bool { return msg.keyWaiting }
-
-// Abandoned reports whether the pipeline gave up on the message in this
-// assignment (its partition was revoked, the pipeline stopped, or it failed
-// and the error policy stopped the pipeline): it stays uncommitted, and
-// Kafka delivers it again.
-func (m *Message[K, V]) Abandoned() bool { return m.abandoned }
-
-// msgState is where a message stands in its claim's bookkeeping.
-type msgState uint8
-
-const (
-	stateUntracked msgState = iota // not tracked, or finished/abandoned already
-	stateTracked                   // polled, counted in flight
-	stateStarted                   // dispatched to the handler pool
-)
-
-func (m *Message[K, V]) offset() int64 { return m.Offset }
-
-func (m *Message[K, V]) takeState() msgState {
-	s := m.state
-	m.state = stateUntracked
-	return s
+	fate        fate
+	fateAttempt int // Attempt when Retry was called
 }
 
 // fate records what a stage asked the pipeline to do with a message.
@@ -120,31 +78,28 @@ const (
 func (m *Message[K, V]) Drop() { m.fate = fateDrop; m.Err = nil }
 
 // Retry asks the pipeline to hand the message back to the handler pool once
-// it reaches the ack collector, instead of finishing it. The message keeps
-// its key while it waits, so later messages with the same key wait too; it
-// stays uncommitted. During shutdown a message marked for retry is
-// abandoned uncommitted (it will be redelivered), never skipped.
-func (m *Message[K, V]) Retry() { m.fate = fateRetry }
+// it reaches the end of the stages, instead of finishing it. The message
+// keeps its key while it waits, so later messages with the same key wait
+// too; it stays uncommitted. During shutdown or after its partition was
+// revoked a message marked for retry is abandoned uncommitted (Kafka
+// delivers it again), never skipped.
+func (m *Message[K, V]) Retry() { m.fate, m.fateAttempt = fateRetry, m.Attempt }
 
 // Dropped reports whether a stage called Drop on the message.
 func (m *Message[K, V]) Dropped() bool { return m.fate == fateDrop }
 
-// RetryRequested reports whether a stage called Retry since the last handling attempt.
-func (m *Message[K, V]) RetryRequested() bool { return m.fate == fateRetry }
-
-// ResetFate clears a Retry mark before the message is handled again. The
-// pipeline calls it; stages need not.
-func (m *Message[K, V]) ResetFate() { m.fate = fateHandle }
+// RetryRequested reports whether a stage called Retry since the latest
+// handling attempt began.
+func (m *Message[K, V]) RetryRequested() bool {
+	return m.fate == fateRetry && m.fateAttempt == m.Attempt
+}
 
 // TopicPartition returns the partition the message was read from.
 func (m *Message[K, V]) TopicPartition() TopicPartition {
 	return TopicPartition{Topic: m.Topic, Partition: m.Partition}
 }
 
+// String returns the message's place, topic[partition]@offset.
 func (m *Message[K, V]) String() string {
 	return fmt.Sprintf("%s[%d]@%d", m.Topic, m.Partition, m.Offset)
 }
-
-// Claim returns the assignment of the message's partition it was polled
-// under (nil before the poll stage tracked it).
-func (m *Message[K, V]) Claim() *Claim { return m.claim }

@@ -1,35 +1,11 @@
-// Package stages holds the built-in stages of the Parallafka pipeline, each
-// one goroutine (the handler pool: N) between typed channels:
+// Package stages holds middleware and stages to insert into a Parallafka
+// pipeline: Retry and DeadLetterQueue (AfterHandle stages), Dedupe and
+// Timeout (handler middleware). Each is built on the public extension API
+// only (package pipeline): they are exactly what a user could write.
 //
-//	poll ──▶ key-router ──▶ handler pool ──▶ ack collector ──▶ committer
-//	           ▲                                  │
-//	           └──────── key released ────────────┘
-//
-// Package parallafka wires them; users normally need nothing from here but
-// the middleware stages (Retry, DeadLetter, Dedupe, Timeout).
+//	p, err := parallafka.New(src,
+//		parallafka.WithMiddleware(stages.Timeout[string, Payment](5*time.Second)),
+//		parallafka.WithStage(parallafka.AfterHandle, "retry", stages.Retry[string, Payment](stages.RetryConfig{MaxAttempts: 5})),
+//		parallafka.WithStage(parallafka.AfterHandle, "dead-letter", stages.DeadLetterQueue[string, Payment](stages.DeadLetterConfig{Writer: dlq})),
+//	)
 package stages
-
-import (
-	"log/slog"
-
-	"github.com/parallafka/parallafka/pipeline"
-)
-
-// Env is what the built-in stages of one Consume call share.
-type Env[K, V any] struct {
-	Source   pipeline.Source[K, V]
-	Tracker  *pipeline.Tracker
-	Counters *pipeline.Counters
-	Logger   *slog.Logger
-	// Draining is closed when a graceful shutdown begins.
-	Draining <-chan struct{}
-}
-
-func (e *Env[K, V]) draining() bool {
-	select {
-	case <-e.Draining:
-		return true
-	default:
-		return false
-	}
-}

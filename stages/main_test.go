@@ -8,7 +8,6 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/parallafka/parallafka/pipeline"
-	"github.com/parallafka/parallafka/stages"
 )
 
 // TestMain fails the package's tests if any of them leaves a goroutine
@@ -29,30 +28,6 @@ var quiet = slog.New(slog.DiscardHandler)
 func tp(p int32) pipeline.TopicPartition { return pipeline.TopicPartition{Topic: topic, Partition: p} }
 
 func k(s string) []byte { return []byte(s) }
-
-// newEnv returns an Env over src (nil for stages that do not use the source)
-// with a fresh tracker and counters, and a function that begins draining.
-func newEnv(src pipeline.Source[string, string]) (*stages.Env[string, string], func()) {
-	draining := make(chan struct{})
-	env := &stages.Env[string, string]{
-		Source: src, Tracker: pipeline.NewTracker(), Counters: &pipeline.Counters{},
-		Logger: quiet, Draining: draining,
-	}
-	return env, func() { close(draining) }
-}
-
-// newMsg returns a freshly polled message of partition p, tracked under the
-// partition's claim (assigned first if needed).
-func newMsg(env *stages.Env[string, string], p int32, offset int64, key []byte) *M {
-	c := env.Tracker.Claim(tp(p))
-	if c == nil {
-		env.Tracker.Assign([]pipeline.TopicPartition{tp(p)})
-		c = env.Tracker.Claim(tp(p))
-	}
-	m := &M{Topic: topic, Partition: p, Offset: offset, Key: string(key), RawKey: key}
-	pipeline.Track(c, m)
-	return m
-}
 
 func send[T any](t *testing.T, ch chan<- T, v T) {
 	t.Helper()

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"sync"
 	"time"
 
 	"github.com/parallafka/parallafka/pipeline"
@@ -98,11 +99,6 @@ func (c RetryConfig) Backoff(attempt int) time.Duration {
 	return time.Duration(min(wait, float64(c.MaxBackoff)))
 }
 
-// claimCheckInterval is how often Retry looks whether the partition of a
-// waiting message was revoked: a revoke waits for the partition's started
-// messages, so a waiting retry must go back to the router promptly.
-const claimCheckInterval = 100 * time.Millisecond
-
 // Retry returns an AfterHandle stage that gives a failed message more
 // attempts, with exponential backoff and jitter. It panics if cfg is
 // invalid (see RetryConfig.Validate).
@@ -120,20 +116,26 @@ const claimCheckInterval = 100 * time.Millisecond
 // or the error policy), used their last attempt, or failed with an error
 // that cfg.Retryable refuses. Those leave with Err still set.
 //
-// When the pipeline drains, or a waiting message's partition is revoked,
-// the message is sent on at once, still marked for retry: the router then
-// abandons it uncommitted, so Kafka delivers it again; it is never skipped.
-// Each waiting message costs a few dozen bytes; there are at most as many
-// as the pipeline's in-flight limit.
+// When the pipeline drains, or a waiting message's partition is revoked
+// (pipeline.Revoked), the message is sent on at once, still marked for
+// retry: the pipeline then abandons it uncommitted, so Kafka delivers it
+// again; it is never skipped. Each waiting message costs a few dozen bytes;
+// there are at most as many as the pipeline's in-flight limit. While
+// messages of a partition wait, one goroutine watches for its revoke.
 func Retry[K, V any](cfg RetryConfig) pipeline.Stage[K, V] {
 	if err := cfg.Validate(); err != nil {
 		panic(err)
 	}
 	cfg = cfg.withDefaults()
 	return func(ctx context.Context, in <-chan *pipeline.Message[K, V], out chan<- *pipeline.Message[K, V]) error {
-		r := &retrier[K, V]{cfg: cfg, out: out, timer: time.NewTimer(time.Hour)}
+		r := &retrier[K, V]{
+			cfg: cfg, out: out, timer: time.NewTimer(time.Hour),
+			watched: make(map[<-chan struct{}]bool), revoked: make(chan (<-chan struct{})), stopWatching: make(chan struct{}),
+		}
 		r.timer.Stop()
 		defer r.timer.Stop()
+		defer r.watchers.Wait()
+		defer close(r.stopWatching)
 		return r.run(ctx, in)
 	}
 }
@@ -145,11 +147,19 @@ type retrier[K, V any] struct {
 	timer    *time.Timer
 	wakeAt   time.Time // when the timer fires; zero while it is stopped
 	draining bool
+
+	// One watcher goroutine per assignment with waiting messages sends its
+	// pipeline.Revoked channel on revoked once that closes.
+	watched      map[<-chan struct{}]bool
+	revoked      chan (<-chan struct{})
+	stopWatching chan struct{}
+	watchers     sync.WaitGroup
 }
 
 type waitingRetry[K, V any] struct {
-	msg *pipeline.Message[K, V]
-	due time.Time
+	msg     *pipeline.Message[K, V]
+	due     time.Time
+	revoked <-chan struct{} // pipeline.Revoked of msg
 }
 
 func (r *retrier[K, V]) run(ctx context.Context, in <-chan *pipeline.Message[K, V]) error {
@@ -166,7 +176,11 @@ func (r *retrier[K, V]) run(ctx context.Context, in <-chan *pipeline.Message[K, 
 		case <-r.timer.C:
 			r.wakeAt = time.Time{}
 			now := time.Now()
-			ok = r.release(ctx, func(w waitingRetry[K, V]) bool { return !w.due.After(now) || stopping(w.msg) })
+			ok = r.release(ctx, func(w waitingRetry[K, V]) bool { return !w.due.After(now) })
+			r.arm()
+		case ch := <-r.revoked:
+			delete(r.watched, ch)
+			ok = r.release(ctx, func(w waitingRetry[K, V]) bool { return w.revoked == ch })
 			r.arm()
 		case <-drainingCh:
 			drainingCh, r.draining = nil, true
@@ -187,11 +201,13 @@ func (r *retrier[K, V]) receive(ctx context.Context, msg *pipeline.Message[K, V]
 		return r.send(ctx, msg)
 	}
 	msg.Retry()
-	if r.draining || stopping(msg) {
-		return r.send(ctx, msg) // the router abandons it uncommitted
+	revoked := pipeline.Revoked(ctx, msg)
+	if r.draining || isClosed(revoked) {
+		return r.send(ctx, msg) // the pipeline abandons it uncommitted
 	}
+	r.watch(revoked)
 	due := time.Now().Add(r.cfg.Backoff(msg.Attempt))
-	r.waiting = append(r.waiting, waitingRetry[K, V]{msg: msg, due: due})
+	r.waiting = append(r.waiting, waitingRetry[K, V]{msg: msg, due: due, revoked: revoked})
 	if r.wakeAt.IsZero() || due.Before(r.wakeAt) {
 		r.arm()
 	}
@@ -234,15 +250,42 @@ func (r *retrier[K, V]) release(ctx context.Context, ready func(waitingRetry[K, 
 	return true
 }
 
-// arm sets the timer to the earliest due retry, or sooner to check for
-// revoked partitions; it stops the timer when nothing waits.
+// watch starts a watcher for revoked, unless one runs already.
+func (r *retrier[K, V]) watch(revoked <-chan struct{}) {
+	if revoked == nil || r.watched[revoked] {
+		return
+	}
+	r.watched[revoked] = true
+	r.watchers.Go(func() {
+		select {
+		case <-revoked:
+			select {
+			case r.revoked <- revoked:
+			case <-r.stopWatching:
+			}
+		case <-r.stopWatching:
+		}
+	})
+}
+
+func isClosed(ch <-chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
+}
+
+// arm sets the timer to the earliest due retry; it stops the timer when
+// nothing waits.
 func (r *retrier[K, V]) arm() {
 	if len(r.waiting) == 0 {
 		r.timer.Stop()
 		r.wakeAt = time.Time{}
 		return
 	}
-	next := time.Now().Add(claimCheckInterval)
+	next := r.waiting[0].due
 	for _, w := range r.waiting {
 		if w.due.Before(next) {
 			next = w.due
@@ -259,13 +302,6 @@ func (r *retrier[K, V]) send(ctx context.Context, msg *pipeline.Message[K, V]) b
 	case <-ctx.Done():
 		return false
 	}
-}
-
-// stopping reports whether msg's partition is being revoked (or the
-// pipeline's assignment ended): it can no longer be handled here.
-func stopping[K, V any](msg *pipeline.Message[K, V]) bool {
-	c := msg.Claim()
-	return c != nil && c.Stopping()
 }
 
 // NonRetryable marks err as not worth another attempt: Retry's default

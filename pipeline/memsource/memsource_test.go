@@ -146,7 +146,6 @@ func TestMessageFields(t *testing.T) {
 	require.NoError(t, m.Err)
 	require.Zero(t, m.Attempt)
 	require.False(t, m.Timestamp.IsZero())
-	require.Nil(t, m.Claim())
 
 	m = poll(t, src)
 	require.Equal(t, int64(1), m.Offset)

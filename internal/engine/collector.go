@@ -1,0 +1,64 @@
+package engine
+
+import (
+	"context"
+	"log/slog"
+
+	"github.com/parallafka/parallafka/pipeline"
+)
+
+// collector is the ack collector: the end of every handling attempt's way.
+// It decides what becomes of a message: finished (succeeded, dropped by a
+// stage, or failed and skipped by the error policy: its offset may be
+// committed), retried (a stage asked for it), or abandoned (failed and the
+// policy stops the pipeline, or cancelled by a hard stop: it stays
+// uncommitted and Kafka delivers it again). The coordinator then frees the
+// message's key, dispatches it again, or drops its key's queue.
+type collector[K, V any] struct {
+	policy pipeline.ErrorPolicy
+	stop   func(error) // begins a graceful shutdown that ends in the error
+	stats  *Stats
+	log    *slog.Logger
+}
+
+// run collects the messages leaving the AfterHandle stages until in is
+// closed, sending each with its verdict to the coordinator.
+func (c *collector[K, V]) run(ctx context.Context, in <-chan *pipeline.Message[K, V], released chan<- completion[K, V], coordDone <-chan struct{}) error {
+	defer close(released)
+	for msg := range in {
+		select {
+		case released <- c.verdict(ctx, msg):
+		case <-coordDone:
+			return nil
+		}
+	}
+	return nil
+}
+
+func (c *collector[K, V]) verdict(ctx context.Context, msg *pipeline.Message[K, V]) completion[K, V] {
+	switch {
+	case msg.RetryRequested():
+		// The coordinator dispatches it again (and counts it as retried),
+		// or abandons it if its partition is stopping.
+		return completion[K, V]{msg, verdictRetry}
+	case msg.Dropped():
+		c.stats.Dropped.Add(1)
+		return completion[K, V]{msg, verdictFinish}
+	case msg.Err == nil:
+		c.stats.Handled.Add(1)
+		return completion[K, V]{msg, verdictFinish}
+	case ctx.Err() != nil:
+		// A hard stop cancelled the handler: not a failure to act on.
+		return completion[K, V]{msg, verdictAbandon}
+	}
+	c.stats.Failed.Add(1)
+	err := &pipeline.MessageError{Topic: msg.Topic, Partition: msg.Partition, Offset: msg.Offset, Attempt: msg.Attempt, Err: msg.Err}
+	if c.policy(err) == pipeline.Skip {
+		c.stats.Skipped.Add(1)
+		c.log.Warn("parallafka: skipping failed message", "error", err)
+		return completion[K, V]{msg, verdictFinish}
+	}
+	c.log.Error("parallafka: message failed; stopping", "error", err)
+	c.stop(err) // before the key is released: nothing later with its key starts
+	return completion[K, V]{msg, verdictAbandon}
+}

@@ -1,0 +1,382 @@
+// Package engine is Parallafka's engine: the poll stage, the coordinator
+// (key-router and owner of every partition's state), the handler pool, the
+// ack collector and the committer, and the wiring between them. Users
+// cannot import it; package parallafka configures and runs it.
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/maphash"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/sourcegraph/conc/panics"
+
+	"github.com/parallafka/parallafka/internal/signal"
+	"github.com/parallafka/parallafka/pipeline"
+)
+
+// Ordering says which messages keep FIFO order.
+type Ordering int
+
+const (
+	OrderByKey Ordering = iota
+	OrderByPartition
+	Unordered
+)
+
+// NamedStage is a user's stage with the name it is logged under.
+type NamedStage[K, V any] struct {
+	Name string
+	Run  pipeline.Stage[K, V]
+}
+
+// Config is one Consume call's engine configuration, validated by New.
+type Config[K, V any] struct {
+	Source          pipeline.Source[K, V]
+	Handler         pipeline.Handler[K, V] // middleware applied
+	AfterPoll       []NamedStage[K, V]
+	AfterHandle     []NamedStage[K, V]
+	Concurrency     int
+	MaxInFlight     int
+	Ordering        Ordering
+	OrderNilKeys    bool
+	CommitInterval  time.Duration
+	HardStop        bool // the shutdown mode
+	ShutdownTimeout time.Duration
+	RevokeTimeout   time.Duration
+	Logger          *slog.Logger
+	ErrorPolicy     pipeline.ErrorPolicy
+}
+
+// ErrShutdownTimeout is the cause of the handlers' cancellation when a
+// graceful shutdown outlived its timeout.
+var ErrShutdownTimeout = errors.New("parallafka: shutdown timeout: in-flight handlers were cancelled")
+
+// Timing of the poll stage.
+const (
+	pollTimeout = 100 * time.Millisecond
+	// pauseAfter is how long the poller waits for room before it pauses
+	// the partitions: long enough for handlers of ordinary speed to free a
+	// slot (so a consumer at its limit does not pause and refetch all the
+	// time), short enough that rebalances are served promptly.
+	pauseAfter = 200 * time.Millisecond
+	// channelSize is the buffer between two user stages: enough to smooth
+	// hand-offs, small enough that little sits between stages on a revoke.
+	channelSize = 16
+)
+
+// Run consumes cfg.Source until ctx is cancelled or a message fails under
+// the error policy (or the source or a stage fails), shuts down as
+// configured, closes the source and returns: nil after a requested stop,
+// otherwise the error. Every goroutine it starts has returned when it
+// returns.
+func Run[K, V any](ctx context.Context, cfg *Config[K, V], stats *Stats) error {
+	life := newLifecycle(ctx, cfg.HardStop, cfg.ShutdownTimeout)
+	f := newFlow(cfg, stats, life)
+	var runErr error
+	if err := cfg.Source.Subscribe(f.poller); err != nil {
+		runErr = fmt.Errorf("parallafka: subscribing: %w", err)
+	} else {
+		runErr = f.run()
+	}
+	life.end()
+	// The final offsets are committed: a revoke the source delivers while
+	// it closes has nothing left to wait for or to commit.
+	f.poller.ended = true
+	closeErr := cfg.Source.Close()
+	if closeErr != nil {
+		closeErr = fmt.Errorf("parallafka: closing source: %w", closeErr)
+	}
+	return errors.Join(life.err(), runErr, closeErr)
+}
+
+// flow is one Consume call's stages and the channels between them.
+type flow[K, V any] struct {
+	cfg         *Config[K, V]
+	life        *lifecycle
+	poller      *poller[K, V]
+	coordinator *coordinator[K, V]
+	pool        *handlerPool[K, V]
+	collector   *collector[K, V]
+	committer   *committer[K, V]
+
+	coordDoneCh, commitDoneCh chan struct{} // closed when the coordinator, the committer returned
+}
+
+// newFlow makes the stages and wires them, every edge a channel, in the
+// order of the flow:
+//
+//	poll ─polled─▶ coordinator ─dispatch─▶ handler pool ─▶ ack collector ─released─▶ coordinator
+//	  │  ◀──room──┘   ▲  ▲ offsets/final          (with user stages: poll ─▶ AfterPoll ─routable─▶ coordinator,
+//	  └─rebalances────┘  └────────── committer     handler pool ─▶ AfterHandle ─▶ ack collector, handlerEnd)
+func newFlow[K, V any](cfg *Config[K, V], stats *Stats, life *lifecycle) *flow[K, V] {
+	var (
+		polled     = make(chan []*pipeline.Message[K, V], 4)
+		room       = make(chan int, 1)
+		dispatch   = make(chan *pipeline.Message[K, V], cfg.Concurrency)
+		released   = make(chan completion[K, V], cfg.Concurrency)
+		rebalances = make(chan rebalanceRequest)
+		offsets    = make(chan chan<- []claimOffset)
+		final      = make(chan []claimOffset, 1)
+		commits    = make(chan commitRequest)
+		queries    = make(chan revokedQuery)
+		coordDone  = make(chan struct{})
+		commitDone = make(chan struct{})
+	)
+	f := &flow[K, V]{cfg: cfg, life: life}
+	f.poller = &poller[K, V]{
+		pollerEdges: pollerEdges[K, V]{
+			polled: polled, room: room, rebalances: rebalances, commits: commits,
+			coordDone: coordDone, commitDone: commitDone, draining: life.draining,
+		},
+		source: cfg.Source, log: cfg.Logger, stats: stats, maxInFlight: cfg.MaxInFlight,
+		pollTimeout: pollTimeout, pauseAfter: pauseAfter, revokeTimeout: cfg.RevokeTimeout,
+	}
+	f.coordinator = &coordinator[K, V]{
+		coordinatorEdges: coordinatorEdges[K, V]{
+			polled: polled, dispatch: dispatch, released: released, room: room,
+			rebalances: rebalances, offsets: offsets, final: final, queries: queries,
+			drainingCh: life.draining,
+		},
+		ordering: cfg.Ordering, orderNilKeys: cfg.OrderNilKeys, concurrency: cfg.Concurrency,
+		stats: stats, log: cfg.Logger, claims: make(map[pipeline.TopicPartition]*claim[K, V]), seed: maphash.MakeSeed(),
+	}
+	f.collector = &collector[K, V]{policy: cfg.ErrorPolicy, stop: life.stop, stats: stats, log: cfg.Logger}
+	f.pool = &handlerPool[K, V]{
+		concurrency: cfg.Concurrency, handler: cfg.Handler, log: cfg.Logger, collector: f.collector,
+		dispatch: dispatch, released: released, coordDone: coordDone,
+	}
+	f.committer = &committer[K, V]{
+		source: cfg.Source, log: cfg.Logger, stats: stats,
+		interval: cfg.CommitInterval, timeout: cfg.RevokeTimeout,
+		offsets: offsets, final: final, commits: commits, coordDone: coordDone,
+	}
+	life.revoked = func(topic string, partition int32) <-chan struct{} {
+		q := revokedQuery{tp: pipeline.TopicPartition{Topic: topic, Partition: partition}, reply: make(chan (<-chan struct{}), 1)}
+		select {
+		case queries <- q:
+			return <-q.reply
+		case <-coordDone:
+			return closedChannel
+		}
+	}
+	f.coordDoneCh, f.commitDoneCh = coordDone, commitDone
+	return f
+}
+
+// run starts every stage on its own goroutine and waits for all of them.
+func (f *flow[K, V]) run() error {
+	g := newGroup(f.life)
+	if len(f.cfg.AfterPoll) > 0 {
+		staged := make(chan *pipeline.Message[K, V], channelSize)
+		f.poller.staged = staged
+		f.coordinator.routable = chain(g, f.cfg.AfterPoll, staged)
+	}
+	if len(f.cfg.AfterHandle) > 0 {
+		handled := make(chan *pipeline.Message[K, V], channelSize)
+		handlerEnd := make(chan struct{}, f.cfg.Concurrency)
+		released := f.pool.released
+		f.pool.handled, f.pool.handlerEnd, f.pool.released = handled, handlerEnd, nil
+		f.coordinator.handlerEnd = handlerEnd
+		collectable := chain(g, f.cfg.AfterHandle, handled)
+		g.Go("ack collector", func(ctx context.Context) error {
+			return f.collector.run(ctx, collectable, released, f.coordDoneCh)
+		})
+	}
+	g.Go("poll", f.poller.run)
+	g.Go("coordinator", func(ctx context.Context) error {
+		defer close(f.coordDoneCh)
+		return f.coordinator.run(ctx)
+	})
+	g.Go("handler pool", f.pool.run)
+	g.Go("committer", func(ctx context.Context) error {
+		defer close(f.commitDoneCh)
+		return f.committer.run(ctx)
+	})
+	return g.Wait()
+}
+
+// chain starts the user's stages one after another behind in and returns
+// the last one's output. Each stage's output is closed when it returns.
+func chain[K, V any](g *group, stages []NamedStage[K, V], in <-chan *pipeline.Message[K, V]) <-chan *pipeline.Message[K, V] {
+	for _, s := range stages {
+		from, out := in, make(chan *pipeline.Message[K, V], channelSize)
+		g.Go("stage "+s.Name, func(ctx context.Context) error {
+			defer close(out)
+			return s.Run(ctx, from, out)
+		})
+		in = out
+	}
+	return in
+}
+
+// group runs the stages. A stage's error or panic never dies silently: the
+// poll stage's error stops the pipeline gracefully (handlers finish); any
+// other stage's stops it hard, since the flow is broken. Wait returns them
+// all.
+type group struct {
+	life *lifecycle
+	wg   sync.WaitGroup
+	mu   sync.Mutex
+	errs []error
+}
+
+func newGroup(life *lifecycle) *group { return &group{life: life} }
+
+func (g *group) Go(name string, run func(context.Context) error) {
+	g.wg.Go(func() {
+		var err error
+		if r := panics.Try(func() { err = run(g.life.ctx) }); r != nil {
+			err = r.AsError()
+		}
+		if err == nil {
+			return
+		}
+		err = fmt.Errorf("parallafka: stage %s: %w", name, err)
+		g.mu.Lock()
+		g.errs = append(g.errs, err)
+		g.mu.Unlock()
+		if name == "poll" {
+			g.life.stop(nil)
+		} else {
+			g.life.abort()
+		}
+	})
+}
+
+func (g *group) Wait() error {
+	g.wg.Wait()
+	return errors.Join(g.errs...)
+}
+
+// lifecycle is one Consume call's shutdown state: draining closes when a
+// graceful stop begins; ctx, the stages' and handlers' context, is
+// cancelled on a hard stop, when a stage breaks, or when the shutdown
+// timeout passes (cause ErrShutdownTimeout).
+type lifecycle struct {
+	ctx      context.Context
+	cancel   context.CancelCauseFunc
+	draining chan struct{}
+	hardStop bool
+	timeout  time.Duration
+	revoked  signal.Revoked
+
+	stopOnce sync.Once
+	stopped  func() bool // stops the AfterFunc on the caller's context
+	mu       sync.Mutex
+	first    error
+	timer    *time.Timer
+}
+
+var errHardStop = errors.New("parallafka: hard stop")
+
+func newLifecycle(parent context.Context, hardStop bool, timeout time.Duration) *lifecycle {
+	l := &lifecycle{draining: make(chan struct{}), hardStop: hardStop, timeout: timeout}
+	// The stages outlive the caller's cancellation (that is what a graceful
+	// stop is), so their context keeps its values but not its cancellation.
+	base := context.WithValue(context.WithoutCancel(parent), signal.DrainingKey{}, (<-chan struct{})(l.draining))
+	base = context.WithValue(base, signal.RevokedKey{}, signal.Revoked(func(topic string, partition int32) <-chan struct{} {
+		return l.revoked(topic, partition)
+	}))
+	l.ctx, l.cancel = context.WithCancelCause(base)
+	l.stopped = context.AfterFunc(parent, func() { l.stop(nil) })
+	return l
+}
+
+// stop begins a shutdown as configured; err (if any) is what Consume
+// returns, the first one given.
+func (l *lifecycle) stop(err error) {
+	l.mu.Lock()
+	if l.first == nil {
+		l.first = err
+	}
+	l.mu.Unlock()
+	l.stopOnce.Do(func() {
+		close(l.draining)
+		if l.hardStop {
+			l.cancel(errHardStop)
+			return
+		}
+		l.mu.Lock()
+		l.timer = time.AfterFunc(l.timeout, func() { l.cancel(ErrShutdownTimeout) })
+		l.mu.Unlock()
+	})
+}
+
+// abort stops at once: handlers are cancelled.
+func (l *lifecycle) abort() {
+	l.stop(nil)
+	l.cancel(errHardStop)
+}
+
+func (l *lifecycle) end() {
+	l.stopped()
+	l.mu.Lock()
+	if l.timer != nil {
+		l.timer.Stop()
+	}
+	l.mu.Unlock()
+	l.cancel(nil)
+}
+
+func (l *lifecycle) err() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if errors.Is(context.Cause(l.ctx), ErrShutdownTimeout) {
+		return errors.Join(l.first, ErrShutdownTimeout)
+	}
+	return l.first
+}
+
+// The messages on the coordinator's edges.
+type (
+	// completion is a message back from a handling attempt, with the
+	// ack collector's verdict.
+	completion[K, V any] struct {
+		msg     *pipeline.Message[K, V]
+		verdict verdict
+	}
+	// rebalanceRequest asks the coordinator to act on a rebalance; it
+	// replies on reply (final offsets, for a revoke).
+	rebalanceRequest struct {
+		kind       rebalanceKind
+		partitions []pipeline.TopicPartition
+		reply      chan []claimOffset
+	}
+	// claimOffset is a committable offset and the claim it belongs to.
+	claimOffset struct {
+		pipeline.Offset
+		claim uint64
+	}
+	// commitRequest asks the committer to commit a revoke's final offsets.
+	commitRequest struct {
+		offsets []claimOffset
+		reply   chan error
+	}
+	// revokedQuery asks for the channel pipeline.Revoked returns.
+	revokedQuery struct {
+		tp    pipeline.TopicPartition
+		reply chan (<-chan struct{})
+	}
+)
+
+type verdict uint8
+
+const (
+	verdictFinish  verdict = iota // finished: committable; the key is free
+	verdictRetry                  // handle again, keeping the key
+	verdictAbandon                // never committed in this assignment; its key's queue goes too
+)
+
+type rebalanceKind uint8
+
+const (
+	rebalanceAssign rebalanceKind = iota
+	rebalanceRevoke
+	rebalanceGiveUp // the revoke timed out: answer now
+	rebalanceLost
+)

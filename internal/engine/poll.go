@@ -1,0 +1,366 @@
+package engine
+
+import (
+	"context"
+	"log/slog"
+	"maps"
+	"slices"
+	"time"
+
+	"github.com/parallafka/parallafka/pipeline"
+)
+
+// poller is the poll stage: the only goroutine that calls the source's
+// Poll, Pause and Resume, and so the goroutine on which the source delivers
+// rebalance notifications (it is the pipeline's RebalanceListener).
+//
+// Each poll cycle's messages go to the coordinator in one batch. It holds
+// a credit of in-flight slots, spent by polled messages and refilled by the
+// coordinator's room edge as messages finish, and applies back-pressure:
+// once the credit is spent it first waits up to pauseAfter for room without
+// polling (the consumer's prefetched messages stay ready, and a short gap
+// between polls is harmless to group membership). If there is still none
+// then, it pauses every assigned partition and keeps polling, so that the
+// consumer stays in its group however long handlers take, and rebalances
+// are served; it resumes them once a quarter of the window is free again.
+// (Pausing is a last resort: librdkafka drops what it prefetched for a
+// paused partition and fetches it again after Resume.)
+type poller[K, V any] struct {
+	pollerEdges[K, V]
+	source        pipeline.Source[K, V]
+	log           *slog.Logger
+	stats         *Stats
+	maxInFlight   int
+	pollTimeout   time.Duration // bounds one Poll, and so how long a stop waits to be noticed
+	pauseAfter    time.Duration
+	revokeTimeout time.Duration
+
+	credit   int
+	assigned map[pipeline.TopicPartition]bool
+	paused   bool
+	batch    []*pipeline.Message[K, V] // this poll cycle's messages
+	held     []*pipeline.Message[K, V] // polled without credit (a consumer's prefetch), in poll order
+	ended    bool                      // the flow ended: rebalances from Close have nothing to do
+}
+
+// pollerEdges are the poller's channels.
+type pollerEdges[K, V any] struct {
+	polled     chan<- []*pipeline.Message[K, V] // to the coordinator
+	staged     chan<- *pipeline.Message[K, V]   // into the AfterPoll stages; nil without them
+	room       <-chan int                       // from the coordinator: slots freed
+	rebalances chan<- rebalanceRequest          // to the coordinator
+	commits    chan<- commitRequest             // to the committer: a revoke's final offsets
+	coordDone  <-chan struct{}                  // closed when the coordinator returned
+	commitDone <-chan struct{}                  // closed when the committer returned
+	draining   <-chan struct{}
+}
+
+// maxBatch bounds one poll cycle: enough to spread a hand-off's cost over
+// many messages, few enough that the coordinator starts on them promptly.
+const maxBatch = 256
+
+var _ pipeline.RebalanceListener = (*poller[int, int])(nil)
+
+// run polls until the pipeline drains or ctx is done. A Poll error is
+// returned: the pipeline stops.
+func (p *poller[K, V]) run(ctx context.Context) error {
+	defer close(p.polled)
+	if p.staged != nil {
+		defer close(p.staged)
+	}
+	p.credit = p.maxInFlight
+	for !p.stopping(ctx) {
+		p.takeRoom()
+		if p.credit <= 0 && !p.paused && p.awaitRoom(ctx) {
+			continue
+		}
+		if err := p.applyBackPressure(); err != nil {
+			return err
+		}
+		p.takeHeld()
+		timeout := p.pollTimeout
+		if p.paused || len(p.batch) > 0 {
+			timeout = min(timeout, 10*time.Millisecond) // notice freed room promptly
+		}
+		if err := p.pollCycle(timeout); err != nil {
+			return err
+		}
+		if !p.flush(ctx) {
+			return nil
+		}
+	}
+	return nil
+}
+
+func (p *poller[K, V]) stopping(ctx context.Context) bool {
+	select {
+	case <-p.draining:
+		return true
+	case <-ctx.Done():
+		return true
+	default:
+		return false
+	}
+}
+
+// pollCycle polls once with timeout, then takes whatever else the source
+// has ready, while there is credit.
+func (p *poller[K, V]) pollCycle(timeout time.Duration) error {
+	for len(p.batch) < maxBatch {
+		msg, err := p.source.Poll(timeout)
+		if err != nil || msg == nil {
+			return err
+		}
+		if p.credit > 0 && len(p.held) == 0 {
+			p.batch = append(p.batch, msg)
+			p.credit--
+		} else {
+			// Behind the held ones, even if room freed meanwhile: sent
+			// first, it would overtake earlier offsets of its partition.
+			p.held = append(p.held, msg)
+			return nil
+		}
+		timeout = 0
+	}
+	return nil
+}
+
+// flush hands the cycle's messages to the coordinator (and into the
+// AfterPoll stages). It reports false when the pipeline stopped first.
+func (p *poller[K, V]) flush(ctx context.Context) bool {
+	if len(p.batch) == 0 {
+		return true
+	}
+	batch := p.batch
+	p.batch = make([]*pipeline.Message[K, V], 0, min(maxBatch, max(p.credit, 16)))
+	p.stats.Polled.Add(int64(len(batch)))
+	select {
+	case p.polled <- batch:
+	case <-p.coordDone:
+		return false
+	}
+	for _, msg := range batch {
+		if p.staged == nil {
+			break
+		}
+		select {
+		case p.staged <- msg:
+		case <-ctx.Done():
+			return false
+		}
+	}
+	return true
+}
+
+// takeRoom adds the slots the coordinator freed since the last look.
+func (p *poller[K, V]) takeRoom() {
+	select {
+	case n := <-p.room:
+		p.credit += n
+	default:
+	}
+}
+
+// awaitRoom waits up to pauseAfter for a free slot. It reports whether one
+// freed.
+func (p *poller[K, V]) awaitRoom(ctx context.Context) bool {
+	timer := time.NewTimer(p.pauseAfter)
+	defer timer.Stop()
+	for p.credit <= 0 {
+		select {
+		case n := <-p.room:
+			p.credit += n
+		case <-timer.C:
+			return false
+		case <-p.draining:
+			return false
+		case <-ctx.Done():
+			return false
+		}
+	}
+	return true
+}
+
+// takeHeld moves held messages into the cycle's batch while there is credit.
+func (p *poller[K, V]) takeHeld() {
+	n := 0
+	for n < len(p.held) && p.credit > 0 && len(p.batch) < maxBatch {
+		p.batch = append(p.batch, p.held[n])
+		p.credit--
+		n++
+	}
+	if n > 0 {
+		clear(p.held[:n])
+		p.held = p.held[n:]
+	}
+}
+
+func (p *poller[K, V]) applyBackPressure() error {
+	switch {
+	case !p.paused && p.credit <= 0:
+		p.paused = true
+		p.stats.Pauses.Add(1)
+		return p.setPaused(p.partitions(), true)
+	case p.paused && p.credit-len(p.held) >= p.maxInFlight/4:
+		p.paused = false
+		return p.setPaused(p.partitions(), false)
+	}
+	return nil
+}
+
+func (p *poller[K, V]) setPaused(tps []pipeline.TopicPartition, paused bool) error {
+	if p.paused {
+		p.stats.setPaused(p.partitions())
+	} else {
+		p.stats.setPaused(nil)
+	}
+	if len(tps) == 0 {
+		return nil
+	}
+	if paused {
+		return p.source.Pause(tps)
+	}
+	return p.source.Resume(tps)
+}
+
+func (p *poller[K, V]) partitions() []pipeline.TopicPartition {
+	return slices.Collect(maps.Keys(p.assigned))
+}
+
+// PartitionsAssigned starts a fresh claim for each partition. While the
+// pipeline is at its in-flight limit, new partitions start paused too.
+func (p *poller[K, V]) PartitionsAssigned(tps []pipeline.TopicPartition) {
+	if p.ended {
+		return
+	}
+	p.flushForRebalance()
+	p.request(rebalanceRequest{kind: rebalanceAssign, partitions: tps})
+	if p.assigned == nil {
+		p.assigned = make(map[pipeline.TopicPartition]bool)
+	}
+	for _, tp := range tps {
+		p.assigned[tp] = true
+	}
+	p.log.Info("parallafka: partitions assigned", "partitions", tps)
+	if p.paused {
+		if err := p.setPaused(tps, true); err != nil {
+			p.log.Warn("parallafka: pausing new partitions failed", "error", err)
+		}
+	}
+}
+
+// PartitionsRevoked stops dispatching the partitions, drops their backlog,
+// waits up to the revoke timeout for their messages in flight, and commits
+// their final offsets before it returns, so that the next owner starts
+// right after the last message this member finished.
+func (p *poller[K, V]) PartitionsRevoked(tps []pipeline.TopicPartition) {
+	if p.ended {
+		return
+	}
+	start := time.Now()
+	p.forget(tps)
+	reply := make(chan []claimOffset, 1)
+	idle := true
+	if !p.send(rebalanceRequest{kind: rebalanceRevoke, partitions: tps, reply: reply}) {
+		return
+	}
+	timer := time.NewTimer(p.revokeTimeout)
+	defer timer.Stop()
+	var offsets []claimOffset
+	select {
+	case offsets = <-reply:
+	case <-timer.C:
+		idle = false
+		p.send(rebalanceRequest{kind: rebalanceGiveUp, reply: reply})
+		select {
+		case offsets = <-reply:
+		case <-p.coordDone:
+		}
+	case <-p.coordDone:
+	}
+	err := p.commit(offsets)
+	p.log.Info("parallafka: partitions revoked", "partitions", tps,
+		"handlers_finished", idle, "took", time.Since(start), "commit_error", err)
+	if !idle {
+		p.log.Warn("parallafka: revoke timeout: handlers still running; their messages will be redelivered to the next owner",
+			"timeout", p.revokeTimeout)
+	}
+}
+
+// PartitionsLost drops the partitions' backlog without committing: another
+// member may own them already.
+func (p *poller[K, V]) PartitionsLost(tps []pipeline.TopicPartition) {
+	if p.ended {
+		return
+	}
+	p.forget(tps)
+	p.request(rebalanceRequest{kind: rebalanceLost, partitions: tps})
+	p.log.Warn("parallafka: partitions lost", "partitions", tps)
+}
+
+// flushForRebalance hands over the messages polled so far in this cycle,
+// before a rebalance changes what they belong to.
+func (p *poller[K, V]) flushForRebalance() {
+	p.flush(context.Background())
+}
+
+// forget takes partitions out of the assignment: the cycle's messages go to
+// the coordinator first (which drops them with the claim), held ones go.
+func (p *poller[K, V]) forget(tps []pipeline.TopicPartition) {
+	p.flushForRebalance()
+	gone := make(map[pipeline.TopicPartition]bool, len(tps))
+	for _, tp := range tps {
+		gone[tp] = true
+		delete(p.assigned, tp)
+	}
+	kept := p.held[:0]
+	for _, msg := range p.held {
+		if !gone[msg.TopicPartition()] {
+			kept = append(kept, msg)
+		}
+	}
+	clear(p.held[len(kept):])
+	p.held = kept
+	if p.paused {
+		p.stats.setPaused(p.partitions())
+	}
+}
+
+// request sends req with a fresh reply channel and waits for the reply.
+func (p *poller[K, V]) request(req rebalanceRequest) {
+	req.reply = make(chan []claimOffset, 1)
+	if p.send(req) {
+		select {
+		case <-req.reply:
+		case <-p.coordDone:
+		}
+	}
+}
+
+func (p *poller[K, V]) send(req rebalanceRequest) bool {
+	select {
+	case p.rebalances <- req:
+		return true
+	case <-p.coordDone:
+		return false
+	}
+}
+
+// commit has the committer commit a revoke's final offsets, and waits.
+func (p *poller[K, V]) commit(offsets []claimOffset) error {
+	if len(offsets) == 0 {
+		return nil
+	}
+	req := commitRequest{offsets: offsets, reply: make(chan error, 1)}
+	select {
+	case p.commits <- req:
+	case <-p.commitDone:
+		return errCommitterDone
+	}
+	select {
+	case err := <-req.reply:
+		return err
+	case <-p.commitDone:
+		return errCommitterDone
+	}
+}

@@ -1,0 +1,96 @@
+package engine
+
+import (
+	"context"
+	"log/slog"
+
+	"github.com/sourcegraph/conc/panics"
+	"github.com/sourcegraph/conc/pool"
+
+	"github.com/parallafka/parallafka/pipeline"
+)
+
+// handlerPool is the handler pool stage: concurrency workers, each taking
+// the next dispatched message, calling the handler, and passing the message
+// on with its outcome in Message.Err. A handler's panic becomes that
+// message's error (a *pipeline.PanicError, with the stack logged); it never
+// takes a worker down.
+//
+// Without AfterHandle stages a worker applies the ack collector's verdict
+// itself and sends the message straight back to the coordinator: one
+// hand-off fewer per message. With them, it tells the coordinator that its
+// handler is free (handlerEnd) and sends the message into the stages.
+type handlerPool[K, V any] struct {
+	concurrency int
+	handler     pipeline.Handler[K, V]
+	log         *slog.Logger
+	collector   *collector[K, V] // applied by the workers when inline is true
+
+	dispatch   <-chan *pipeline.Message[K, V] // from the coordinator
+	handled    chan<- *pipeline.Message[K, V] // into the AfterHandle stages (nil when inline)
+	handlerEnd chan<- struct{}                // to the coordinator (nil when inline)
+	released   chan<- completion[K, V]        // to the coordinator (when inline)
+	coordDone  <-chan struct{}
+}
+
+func (p *handlerPool[K, V]) inline() bool { return p.handled == nil }
+
+// run handles messages until dispatch is closed, then returns once every
+// worker is idle. Handlers get ctx, which is cancelled on a hard stop.
+func (p *handlerPool[K, V]) run(ctx context.Context) error {
+	if p.inline() {
+		defer close(p.released)
+	} else {
+		defer close(p.handled)
+		defer close(p.handlerEnd)
+	}
+	workers := pool.New().WithMaxGoroutines(p.concurrency)
+	for range p.concurrency {
+		workers.Go(func() { p.work(ctx) })
+	}
+	workers.Wait()
+	return nil
+}
+
+func (p *handlerPool[K, V]) work(ctx context.Context) {
+	for msg := range p.dispatch {
+		stopped := ctx.Err() != nil // a hard stop: what was not handled stays uncommitted
+		if !stopped && p.shouldHandle(msg) {
+			msg.Attempt++
+			msg.Err = p.handle(ctx, msg)
+		}
+		if p.inline() {
+			done := completion[K, V]{msg: msg, verdict: verdictAbandon}
+			if !stopped {
+				done = p.collector.verdict(ctx, msg)
+			}
+			// Never blocks: the coordinator reads released until it is
+			// closed, and it has room for every handler.
+			p.released <- done
+			continue
+		}
+		p.handlerEnd <- struct{}{} // never blocks: room for every handler
+		if stopped {
+			continue
+		}
+		select {
+		case p.handled <- msg:
+		case <-ctx.Done():
+		}
+	}
+}
+
+// shouldHandle is false for a message that a stage dropped and for one the
+// source could not deserialize (it arrives failed, before any attempt).
+func (p *handlerPool[K, V]) shouldHandle(msg *pipeline.Message[K, V]) bool {
+	return !msg.Dropped() && !(msg.Attempt == 0 && msg.Err != nil)
+}
+
+func (p *handlerPool[K, V]) handle(ctx context.Context, msg *pipeline.Message[K, V]) (err error) {
+	if r := panics.Try(func() { err = p.handler(ctx, msg) }); r != nil {
+		p.log.Error("parallafka: handler panicked", "message", msg.String(),
+			"panic", r.Value, "stack", string(r.Stack))
+		return &pipeline.PanicError{Value: r.Value, Stack: r.Stack}
+	}
+	return err
+}
