@@ -53,14 +53,14 @@ type coordinator[K, V any] struct {
 	log          *slog.Logger
 	seed         maphash.Seed
 
-	claims   map[pipeline.TopicPartition]*claim[K, V]
-	claimIDs uint64
-	ready    ready[K, V]
-	seq      uint64
-	handling int // dispatched and not out of its handler yet
-	inFlight int // tracked, not finished or abandoned (with the dispatched messages of ended claims)
-	freed    int // in-flight slots freed since the poller was last told
-	queued   int
+	claims     map[pipeline.TopicPartition]*claim[K, V]
+	claimIDs   uint64
+	ready      ready[K, V]
+	seq        uint64
+	handling   int // dispatched and not out of its handler yet
+	inFlight   int // tracked, not finished or abandoned (with the dispatched messages of ended claims)
+	freed      int // in-flight slots freed since the poller was last told
+	queued     int
 	draining   bool
 	hardStop   bool
 	revokes    []*revokeWait[K, V]
