@@ -112,6 +112,9 @@ func (c *coordinator[K, V]) run(ctx context.Context) error {
 			c.answerRevokes()
 		}
 		c.publish()
+		if c.takeReleased(released) {
+			continue // dispatch what they freed before looking further
+		}
 		select {
 		case batch, ok := <-polled:
 			if !ok {
@@ -159,6 +162,21 @@ func (c *coordinator[K, V]) run(ctx context.Context) error {
 	c.publish()
 	c.final <- c.committable(true)
 	return nil
+}
+
+// takeReleased takes back the completions that wait already, in one go:
+// no select per message while handlers finish faster than the coordinator
+// turns around. It reports whether it took any.
+func (c *coordinator[K, V]) takeReleased(released <-chan completion[K, V]) bool {
+	n := len(released) // only this goroutine receives: n are there to take
+	for range n {
+		done := <-released
+		if c.handlerEnd == nil {
+			c.handling--
+		}
+		c.complete(done)
+	}
+	return n > 0
 }
 
 // trackPending tracks the poll cycles already sent, before a message that
