@@ -203,10 +203,10 @@ func (s *Source[K, V]) Commit(ctx context.Context, offsets []pipeline.Offset) er
 	}
 
 	if len(res.NotOwned) == 0 && len(res.Failed) == 0 {
-		s.log.Debug("kafka: offsets committed", "offsets", res.Committed)
+		s.logger().Debug("kafka: offsets committed", "offsets", res.Committed)
 		return nil
 	}
-	s.log.Debug("kafka: commit failed", "failed", res.Failed, "not_owned", res.NotOwned, "error", res.Error())
+	s.logger().Debug("kafka: commit failed", "failed", res.Failed, "not_owned", res.NotOwned, "error", res.Error())
 	return res
 }
 
@@ -229,7 +229,7 @@ func (s *Source[K, V]) markCommitted(ctx context.Context, sent []pipeline.Offset
 	}
 	parts, err := s.consumer.Committed(toKafka(offsetPartitions(sent)), millis(timeout))
 	if err != nil {
-		s.log.Debug("kafka: cannot read committed offsets after a failed commit", "error", err)
+		s.logger().Debug("kafka: cannot read committed offsets after a failed commit", "error", err)
 		return
 	}
 	want := make(map[pipeline.TopicPartition]int64, len(sent))

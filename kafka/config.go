@@ -8,6 +8,7 @@ import (
 	"runtime"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"weak"
 
 	ckafka "github.com/confluentinc/confluent-kafka-go/v2/kafka"
@@ -71,10 +72,11 @@ func NewConsumer(cfg *ckafka.ConfigMap, opts ...Option) (*ckafka.Consumer, error
 	if err != nil {
 		return nil, fmt.Errorf("kafka: NewConsumer: %w", err)
 	}
-	info := &consumerInfo{checked: true}
+	info := &consumerInfo{checked: true, loggerSet: o.loggerSet}
+	info.logger.Store(o.logger)
 	if forwardLogs {
 		info.logsDone = make(chan struct{})
-		go forwardLogEvents(c.Logs(), o.logger, info.logsDone)
+		go forwardLogEvents(c.Logs(), &info.logger, info.logsDone)
 	}
 	register(c, info)
 	return c, nil
@@ -137,11 +139,13 @@ func boolSetting(conf ckafka.ConfigMap, key string) (value, set bool, err error)
 	}
 }
 
-// forwardLogEvents copies librdkafka's log events to logger until the
-// consumer closes the channel (in Consumer.Close).
-func forwardLogEvents(events <-chan ckafka.LogEvent, logger *slog.Logger, done chan<- struct{}) {
+// forwardLogEvents copies librdkafka's log events to the logger until the
+// consumer closes the channel (in Consumer.Close). The logger may change
+// meanwhile (Source.InheritLogger).
+func forwardLogEvents(events <-chan ckafka.LogEvent, to *atomic.Pointer[slog.Logger], done chan<- struct{}) {
 	defer close(done)
 	for ev := range events {
+		logger := to.Load()
 		level := slog.LevelDebug
 		switch {
 		case ev.Level <= 3:
@@ -161,6 +165,12 @@ type consumerInfo struct {
 	checked  bool          // created by NewConsumer
 	logsDone chan struct{} // closed when log forwarding ended; nil if none
 	inUse    bool          // wrapped by a Source
+	// logger receives librdkafka's logs (if logsDone is not nil). loggerSet:
+	// it was given with WithLogger (to NewConsumer, or else to NewSource), so
+	// Source.InheritLogger leaves it. Both are the Source's once it claimed
+	// the consumer.
+	logger    atomic.Pointer[slog.Logger]
+	loggerSet bool
 }
 
 var (

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	ckafka "github.com/confluentinc/confluent-kafka-go/v2/kafka"
@@ -77,7 +78,9 @@ func NewDeadLetterWriter(cfg *ckafka.ConfigMap, opts ...Option) (*DeadLetterWrit
 	go w.logEvents()
 	if forwardLogs {
 		w.logsDone = make(chan struct{})
-		go forwardLogEvents(p.Logs(), o.logger, w.logsDone)
+		to := new(atomic.Pointer[slog.Logger])
+		to.Store(o.logger)
+		go forwardLogEvents(p.Logs(), to, w.logsDone)
 	}
 	return w, nil
 }

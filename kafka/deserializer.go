@@ -3,34 +3,39 @@ package kafka
 import (
 	"encoding/json"
 	"fmt"
+
+	"github.com/parallafka/parallafka/pipeline"
 )
 
 // Deserializer turns the bytes of a record's key or value into a T. topic is
-// the topic the record was read from, for deserializers that depend on it
-// (a schema per topic, for example).
+// the topic the record was read from and headers are the record's headers
+// (nil if it has none), for deserializers that depend on them: a schema per
+// topic, a schema id or a content type carried in a header (package
+// kafka/srserde adapts confluent-kafka-go's schema-registry deserializers).
 //
 // A Source never calls a deserializer for a null key or value (RawKey or
 // RawValue nil): the Message's Key or Value is then the zero value of its
 // type. An empty but non-null key or value is passed as an empty slice.
 //
-// data is the record's own copy, owned by the Message as RawKey or RawValue:
-// a deserializer may keep it (Bytes does) but should not modify it.
+// data is the record's own copy, owned by the Message as RawKey or RawValue,
+// and headers is the Message's Headers: a deserializer may keep them (Bytes
+// does) but should not modify them.
 //
 // An error, or a panic, makes the message a poison pill: the Source returns
 // it with Err set to a *DeserializeError, and the pipeline hands it to its
 // error policy without calling the handler.
-type Deserializer[T any] func(topic string, data []byte) (T, error)
+type Deserializer[T any] func(topic string, headers []pipeline.Header, data []byte) (T, error)
 
 // Bytes returns the record's bytes as they are, without copying: Key or
 // Value is then the same slice as RawKey or RawValue.
-func Bytes(_ string, data []byte) ([]byte, error) { return data, nil }
+func Bytes(_ string, _ []pipeline.Header, data []byte) ([]byte, error) { return data, nil }
 
 // String returns the record's bytes as a string.
-func String(_ string, data []byte) (string, error) { return string(data), nil }
+func String(_ string, _ []pipeline.Header, data []byte) (string, error) { return string(data), nil }
 
 // JSON returns a Deserializer that decodes JSON with encoding/json into a T.
 func JSON[T any]() Deserializer[T] {
-	return func(_ string, data []byte) (T, error) {
+	return func(_ string, _ []pipeline.Header, data []byte) (T, error) {
 		var v T
 		err := json.Unmarshal(data, &v)
 		return v, err
@@ -52,17 +57,19 @@ type DeserializeError struct {
 	Err error
 }
 
-// Error names the record and the part of it that could not be deserialized.
+// Error names the part of the record that could not be deserialized and
+// why. It leaves the record's position out: the pipeline reports a failed
+// message as a *parallafka.MessageError that wraps this error and names the
+// position already (the fields here hold it too).
 func (e *DeserializeError) Error() string {
-	return fmt.Sprintf("kafka: cannot deserialize the %s of %s[%d]@%d: %v",
-		e.Field, e.Topic, e.Partition, e.Offset, e.Err)
+	return fmt.Sprintf("kafka: cannot deserialize the %s: %v", e.Field, e.Err)
 }
 
 // Unwrap returns the deserializer's error.
 func (e *DeserializeError) Unwrap() error { return e.Err }
 
 // deserialize runs d on data, turning a panic into an error.
-func deserialize[T any](d Deserializer[T], topic string, data []byte) (v T, err error) {
+func deserialize[T any](d Deserializer[T], topic string, headers []pipeline.Header, data []byte) (v T, err error) {
 	if data == nil {
 		return v, nil
 	}
@@ -71,5 +78,5 @@ func deserialize[T any](d Deserializer[T], topic string, data []byte) (v T, err 
 			err = fmt.Errorf("deserializer panicked: %v", r)
 		}
 	}()
-	return d(topic, data)
+	return d(topic, headers, data)
 }

@@ -12,17 +12,16 @@
 //		"group.id":                      "prices",
 //		"auto.offset.reset":             "earliest",
 //		"partition.assignment.strategy": "cooperative-sticky",
-//	}, kafka.WithLogger(logger))
+//	})
 //	if err != nil {
 //		return err
 //	}
-//	src, err := kafka.NewSource(consumer, []string{"prices"},
-//		kafka.String, kafka.JSON[Price](), kafka.WithLogger(logger))
+//	src, err := kafka.NewSource(consumer, []string{"prices"}, kafka.String, kafka.JSON[Price]())
 //	if err != nil {
 //		consumer.Close()
 //		return err
 //	}
-//	p, err := parallafka.New(src, parallafka.WithMaxConcurrency(7))
+//	p, err := parallafka.New(src, parallafka.WithMaxConcurrency(7), parallafka.WithLogger(logger))
 //	if err != nil {
 //		src.Close() // closes the consumer too
 //		return err
@@ -30,6 +29,19 @@
 //	err = p.Consume(ctx, func(ctx context.Context, m *parallafka.Message[string, Price]) error {
 //		return store(ctx, m.Key, m.Value)
 //	}) // Consume closes the source when it returns
+//
+// The logger given to parallafka.New reaches the Source and librdkafka's
+// logs (through [Source.InheritLogger]), unless WithLogger gave NewSource or
+// NewConsumer one of their own. A nil logger discards, here as there.
+//
+// # Deserializers
+//
+// A [Deserializer] turns a record's key or value into a Go value; it gets
+// the record's topic and headers too. Bytes, String and JSON cover plain
+// records; package kafka/srserde adapts confluent-kafka-go's schema-registry
+// deserializers (Avro, JSON Schema, Protobuf). A record that fails to
+// deserialize is a poison pill: it reaches the pipeline's error policy as a
+// *DeserializeError, never the handler.
 //
 // # Rebalancing
 //

@@ -11,6 +11,7 @@ type Option func(*options)
 
 type options struct {
 	logger    *slog.Logger
+	loggerSet bool // WithLogger was given
 	unchecked bool
 	onEvent   func(ckafka.Event)
 }
@@ -26,15 +27,27 @@ func applyOptions(opts []Option) options {
 }
 
 // WithLogger sets the logger for the Source's events (rebalances, consumer
-// errors) and, given to NewConsumer, for librdkafka's own logs. The default
-// is slog.Default(). A nil logger discards everything.
+// errors) and, given to NewConsumer, for librdkafka's own logs. A nil logger
+// discards everything, as it does for parallafka.WithLogger.
+//
+// The logger need not be given more than once. Without WithLogger, a Source
+// logs to the logger its consumer was given by NewConsumer, and librdkafka's
+// logs go to the Source's logger; without either, both use the logger that
+// parallafka.New passes on through [Source.InheritLogger] (its own
+// WithLogger), and else slog.Default().
 func WithLogger(l *slog.Logger) Option {
 	return func(o *options) {
-		if l == nil {
-			l = slog.New(slog.DiscardHandler)
-		}
-		o.logger = l
+		o.logger = orDiscard(l)
+		o.loggerSet = true
 	}
+}
+
+// orDiscard returns l, or a logger that discards everything if l is nil.
+func orDiscard(l *slog.Logger) *slog.Logger {
+	if l == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return l
 }
 
 // WithUncheckedConsumer lets NewSource wrap a consumer that NewConsumer did

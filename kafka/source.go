@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"math"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	ckafka "github.com/confluentinc/confluent-kafka-go/v2/kafka"
@@ -30,8 +31,12 @@ type Source[K, V any] struct {
 	topics     []string
 	keyDeser   Deserializer[K]
 	valueDeser Deserializer[V]
-	log        *slog.Logger
 	onEvent    func(ckafka.Event)
+
+	// log is the Source's logger; InheritLogger replaces it unless it was
+	// given (ownLogger), and may run while the Source is in use.
+	log       atomic.Pointer[slog.Logger]
+	ownLogger bool
 
 	// Owned by the goroutine calling Poll (and Close, which polls too).
 	listener   pipeline.RebalanceListener
@@ -89,14 +94,48 @@ func NewSource[K, V any](consumer *ckafka.Consumer, topics []string,
 		topics:     append([]string(nil), topics...),
 		keyDeser:   keyDeser,
 		valueDeser: valueDeser,
-		log:        o.logger,
 		onEvent:    o.onEvent,
 		assigned:   make(map[pipeline.TopicPartition]struct{}),
 		committed:  make(map[pipeline.TopicPartition]int64),
 	}
 	s.idle = sync.NewCond(&s.mu)
+	// The most specific logger wins: NewSource's, then NewConsumer's, then
+	// the pipeline's (InheritLogger), then slog.Default().
+	switch {
+	case o.loggerSet:
+		s.log.Store(o.logger)
+		s.ownLogger = true
+		if !info.loggerSet {
+			info.logger.Store(o.logger)
+			info.loggerSet = true
+		}
+	case info.loggerSet:
+		s.log.Store(info.logger.Load())
+		s.ownLogger = true
+	default:
+		s.log.Store(o.logger)
+	}
 	return s, nil
 }
+
+// InheritLogger makes l the logger of the Source and of its consumer's
+// librdkafka logs, unless they were given one with WithLogger (to NewSource
+// or NewConsumer): parallafka.New calls it with its own logger, so that a
+// logger passed to New alone reaches the Source. A nil l discards
+// everything, as with WithLogger. It may be called at any time; the
+// Source's log lines from then on use l.
+func (s *Source[K, V]) InheritLogger(l *slog.Logger) {
+	l = orDiscard(l)
+	if !s.ownLogger {
+		s.log.Store(l)
+	}
+	if !s.info.loggerSet {
+		s.info.logger.Store(l)
+	}
+}
+
+// logger returns the Source's current logger.
+func (s *Source[K, V]) logger() *slog.Logger { return s.log.Load() }
 
 // Consumer returns the underlying consumer, for reading metrics or metadata
 // (Assignment, Position, GetMetadata, ...). Do not subscribe, assign, commit,
@@ -166,7 +205,7 @@ func (s *Source[K, V]) Poll(timeout time.Duration) (*pipeline.Message[K, V], err
 				return nil, err
 			}
 		default: // PartitionEOF, OffsetsCommitted, *Stats, OAuthBearerTokenRefresh, ...
-			s.log.Debug("kafka: consumer event", "event", ev.String())
+			s.logger().Debug("kafka: consumer event", "event", ev.String())
 			s.notify(ev)
 		}
 		if !time.Now().Before(deadline) {
@@ -203,11 +242,11 @@ func (s *Source[K, V]) consumerError(err error, tp ckafka.TopicPartition) error 
 	if errors.As(err, &kerr) {
 		attrs = append(attrs, "code", kerr.Code().String())
 		if kerr.IsFatal() {
-			s.log.Error("kafka: fatal consumer error", attrs...)
+			s.logger().Error("kafka: fatal consumer error", attrs...)
 			return fmt.Errorf("kafka: fatal consumer error: %w", err)
 		}
 	}
-	s.log.Warn("kafka: consumer error", attrs...)
+	s.logger().Warn("kafka: consumer error", attrs...)
 	return nil
 }
 
@@ -232,15 +271,15 @@ func (s *Source[K, V]) message(m *ckafka.Message) *pipeline.Message[K, V] {
 		}
 	}
 	var kerr, verr error
-	msg.Key, kerr = deserialize(s.keyDeser, topic, m.Key)
-	msg.Value, verr = deserialize(s.valueDeser, topic, m.Value)
+	msg.Key, kerr = deserialize(s.keyDeser, topic, msg.Headers, m.Key)
+	msg.Value, verr = deserialize(s.valueDeser, topic, msg.Headers, m.Value)
 	field, err := "key", kerr
 	if err == nil {
 		field, err = "value", verr
 	}
 	if err != nil {
 		msg.Err = &DeserializeError{Topic: topic, Partition: msg.Partition, Offset: msg.Offset, Field: field, Err: err}
-		s.log.Debug("kafka: record cannot be deserialized", "message", msg.String(), "error", err)
+		s.logger().Debug("kafka: record cannot be deserialized", "message", msg.String(), "error", err)
 	}
 	return msg
 }
@@ -297,10 +336,10 @@ func (s *Source[K, V]) assign(c *ckafka.Consumer, parts []ckafka.TopicPartition)
 		// before a rebalance would come back paused. New partitions start
 		// unpaused.
 		if err := c.Resume(parts); err != nil {
-			s.log.Warn("kafka: cannot resume newly assigned partitions", "partitions", tps, "error", err)
+			s.logger().Warn("kafka: cannot resume newly assigned partitions", "partitions", tps, "error", err)
 		}
 	}
-	s.log.Info("kafka: partitions assigned", "partitions", tps, "cooperative", coop)
+	s.logger().Info("kafka: partitions assigned", "partitions", tps, "cooperative", coop)
 	if len(tps) > 0 {
 		s.callListener("PartitionsAssigned", func() { s.listener.PartitionsAssigned(tps) })
 	}
@@ -315,7 +354,7 @@ func (s *Source[K, V]) revoke(c *ckafka.Consumer, parts []ckafka.TopicPartition)
 	coop := s.cooperative(c)
 	tps := toPipeline(parts)
 	lost := c.AssignmentLost()
-	s.log.Info("kafka: partitions revoked", "partitions", tps, "lost", lost, "cooperative", coop)
+	s.logger().Info("kafka: partitions revoked", "partitions", tps, "lost", lost, "cooperative", coop)
 	if lost {
 		s.disown(tps)
 		if len(tps) > 0 {
@@ -372,7 +411,7 @@ func (s *Source[K, V]) callListener(name string, fn func()) {
 }
 
 func (s *Source[K, V]) fail(err error) {
-	s.log.Error("kafka: rebalance failed", "error", err)
+	s.logger().Error("kafka: rebalance failed", "error", err)
 	if s.failure == nil {
 		s.failure = err
 	}
@@ -443,7 +482,7 @@ func (s *Source[K, V]) Close() error {
 			// returned by Poll already).
 			s.closeErr = s.failure
 		}
-		s.log.Debug("kafka: source closed", "error", s.closeErr)
+		s.logger().Debug("kafka: source closed", "error", s.closeErr)
 	})
 	return s.closeErr
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strings"
 	"testing"
 	"time"
 
@@ -120,7 +121,7 @@ func TestDeserializeFailureIsPoisonPillNotPollError(t *testing.T) {
 
 	type val struct{ N int }
 	cause := errors.New("boom")
-	keyDeser := func(_ string, b []byte) (string, error) {
+	keyDeser := func(_ string, _ []pipeline.Header, b []byte) (string, error) {
 		if string(b) == "panic" {
 			panic(cause)
 		}
@@ -166,6 +167,43 @@ func TestDeserializeFailureIsPoisonPillNotPollError(t *testing.T) {
 
 	assert.NoError(t, msgs[3].Err)
 	assert.Equal(t, val{4}, msgs[3].Value)
+	require.NoError(t, src.Close())
+}
+
+// A deserializer sees the record's headers: here a header says how the
+// value is encoded, as a schema-registry deserializer reads a schema id.
+func TestDeserializerSeesHeaders(t *testing.T) {
+	c := newTestCluster(t)
+	topic := c.topic(t, 1)
+	upper := record(topic, 0, "a", "shout")
+	upper.Headers = []kgo.RecordHeader{{Key: "encoding", Value: []byte("upper")}}
+	c.produce(t, upper, record(topic, 0, "b", "plain"))
+
+	valueDeser := func(_ string, headers []pipeline.Header, b []byte) (string, error) {
+		for _, h := range headers {
+			if h.Key == "encoding" && string(h.Value) == "upper" {
+				return strings.ToUpper(string(b)), nil
+			}
+		}
+		return string(b), nil
+	}
+	log := testLogger(t)
+	consumer, err := NewConsumer(c.config(groupName(t), "range"), WithLogger(log))
+	require.NoError(t, err)
+	src, err := NewSource(consumer, []string{topic}, String, valueDeser, WithLogger(log))
+	require.NoError(t, err)
+	require.NoError(t, src.Subscribe(newListenerAny()))
+	var values []string
+	deadline := time.Now().Add(30 * time.Second)
+	for len(values) < 2 && time.Now().Before(deadline) {
+		m, err := src.Poll(50 * time.Millisecond)
+		require.NoError(t, err)
+		if m != nil {
+			require.NoError(t, m.Err)
+			values = append(values, m.Value)
+		}
+	}
+	assert.Equal(t, []string{"SHOUT", "plain"}, values)
 	require.NoError(t, src.Close())
 }
 
