@@ -8,6 +8,7 @@ import (
 	"runtime"
 	"strconv"
 	"sync"
+	"time"
 	"weak"
 
 	ckafka "github.com/confluentinc/confluent-kafka-go/v2/kafka"
@@ -71,7 +72,7 @@ func NewConsumer(cfg *ckafka.ConfigMap, opts ...Option) (*ckafka.Consumer, error
 	if err != nil {
 		return nil, fmt.Errorf("kafka: NewConsumer: %w", err)
 	}
-	info := &consumerInfo{checked: true}
+	info := &consumerInfo{checked: true, timeouts: readTimeouts(conf)}
 	if forwardLogs {
 		info.logsDone = make(chan struct{})
 		go forwardLogEvents(c.Logs(), o.logger, info.logsDone)
@@ -141,7 +142,14 @@ func boolSetting(conf ckafka.ConfigMap, key string) (value, set bool, err error)
 // consumer closes the channel (in Consumer.Close).
 func forwardLogEvents(events <-chan ckafka.LogEvent, logger *slog.Logger, done chan<- struct{}) {
 	defer close(done)
+	var limit repeats
 	for ev := range events {
+		// An unreachable broker repeats the same lines several times a
+		// second: log each at most once a second, with a count.
+		ok, repeated := limit.allow(ev.Tag+"\x00"+ev.Message, time.Now())
+		if !ok {
+			continue
+		}
 		level := slog.LevelDebug
 		switch {
 		case ev.Level <= 3:
@@ -151,8 +159,11 @@ func forwardLogEvents(events <-chan ckafka.LogEvent, logger *slog.Logger, done c
 		case ev.Level <= 6:
 			level = slog.LevelInfo
 		}
-		logger.Log(context.Background(), level, "librdkafka: "+ev.Message,
-			slog.String("client", ev.Name), slog.String("tag", ev.Tag), slog.Int("syslog_level", ev.Level))
+		attrs := []slog.Attr{slog.String("client", ev.Name), slog.String("tag", ev.Tag), slog.Int("syslog_level", ev.Level)}
+		if repeated > 0 {
+			attrs = append(attrs, slog.Int("repeated", repeated))
+		}
+		logger.LogAttrs(context.Background(), level, "librdkafka: "+ev.Message, attrs...)
 	}
 }
 
@@ -161,6 +172,70 @@ type consumerInfo struct {
 	checked  bool          // created by NewConsumer
 	logsDone chan struct{} // closed when log forwarding ended; nil if none
 	inUse    bool          // wrapped by a Source
+	timeouts timeouts      // zero for a consumer NewConsumer did not create
+}
+
+// timeouts are the consumer's librdkafka timeouts the Source plans with.
+type timeouts struct {
+	maxPollInterval time.Duration // max.poll.interval.ms
+	session         time.Duration // session.timeout.ms (classic protocol)
+	socket          time.Duration // socket.timeout.ms: one request's timeout
+}
+
+// librdkafka's defaults, for settings left unset.
+const (
+	defaultMaxPollInterval = 300 * time.Second
+	defaultSessionTimeout  = 45 * time.Second
+	defaultSocketTimeout   = 60 * time.Second
+)
+
+// readTimeouts reads the timeouts from a checked configuration; an unset or
+// unreadable value is librdkafka's default (librdkafka itself refuses a
+// malformed one when the consumer is created).
+func readTimeouts(conf ckafka.ConfigMap) timeouts {
+	ms := func(key string, def time.Duration) time.Duration {
+		var n int64
+		switch v := conf[key].(type) {
+		case int:
+			n = int64(v)
+		case int32:
+			n = int64(v)
+		case int64:
+			n = v
+		case string:
+			x, err := strconv.ParseInt(v, 10, 64)
+			if err != nil {
+				return def
+			}
+			n = x
+		default:
+			return def
+		}
+		if n <= 0 {
+			return def
+		}
+		return time.Duration(n) * time.Millisecond
+	}
+	return timeouts{
+		maxPollInterval: ms("max.poll.interval.ms", defaultMaxPollInterval),
+		session:         ms("session.timeout.ms", defaultSessionTimeout),
+		socket:          ms("socket.timeout.ms", defaultSocketTimeout),
+	}
+}
+
+// commitLifetime is the longest librdkafka keeps a commit going: sent and
+// timed out (socket.timeout.ms), kept waiting for a coordinator
+// (session.timeout.ms), sent again and timed out again. An unknown
+// configuration counts as librdkafka's defaults.
+func (t timeouts) commitLifetime() time.Duration {
+	session, socket := t.session, t.socket
+	if session == 0 {
+		session = defaultSessionTimeout
+	}
+	if socket == 0 {
+		socket = defaultSocketTimeout
+	}
+	return 2*socket + session
 }
 
 var (
