@@ -3,9 +3,9 @@ package kafka
 import (
 	"context"
 	"errors"
-	"sync"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
