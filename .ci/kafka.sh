@@ -8,12 +8,18 @@
 #   bash .ci/kafka.sh install   fetch kafka_2.13 and its runtime deps (idempotent)
 #   bash .ci/kafka.sh start     install if needed, start a fresh broker, wait for it,
 #                               print KAFKA_BROKERS=127.0.0.1:PORT on stdout
+#   bash .ci/kafka.sh restart [DOWN]
+#                               SIGKILL the running broker (a crash), keep its data
+#                               directory, stay down DOWN seconds (default 0), start it
+#                               again on the same ports, wait for it; prints KAFKA_BROKERS
 #   bash .ci/kafka.sh stop      SIGTERM, wait up to 30 s, then SIGKILL (safe if not running)
 #   bash .ci/kafka.sh status    exit 0 and print KAFKA_BROKERS=... when running, else exit 3
 #
 # Environment (all optional):
-#   KAFKA_VERSION           kafka_2.13 version from Maven Central (default 4.1.1)
-#   LOG4J_VERSION           log4j2 version for the slf4j binding (default 2.24.3, the one kafka 4.1 uses)
+#   KAFKA_VERSION           kafka_2.13 version from Maven Central (default 4.4.0, the newest
+#                           4.x there in 2026-12; 4.1.1 is the oldest supported)
+#   LOG4J_VERSION           log4j2 version for the slf4j binding (default: the one the Kafka
+#                           version's kafka-server depends on: 2.24.3 for 4.1, 2.25.5 for 4.2+)
 #   KAFKA_PORT              client (PLAINTEXT) port           (default 39092)
 #   KAFKA_CONTROLLER_PORT   KRaft controller port             (default 39093)
 #   KAFKA_HEAP_OPTS         JVM heap flags                    (default -Xms256m -Xmx512m)
@@ -35,8 +41,13 @@ PROPS="$CACHE/server.properties"
 LOG4J_CONF="$CACHE/log4j2.xml"
 POM="$CACHE/pom.xml"
 
-KAFKA_VERSION="${KAFKA_VERSION:-4.1.1}"
-LOG4J_VERSION="${LOG4J_VERSION:-2.24.3}"
+KAFKA_VERSION="${KAFKA_VERSION:-4.4.0}"
+# The slf4j binding must match the log4j-core that kafka-server brings.
+case "$KAFKA_VERSION" in
+  4.0.*|4.1.*) default_log4j=2.24.3 ;;
+  *) default_log4j=2.25.5 ;;
+esac
+LOG4J_VERSION="${LOG4J_VERSION:-$default_log4j}"
 DEP_PLUGIN_VERSION="3.8.1"
 PORT="${KAFKA_PORT:-39092}"
 CPORT="${KAFKA_CONTROLLER_PORT:-39093}"
@@ -308,14 +319,24 @@ cmd_start() {
   local -a JBASE
   mapfile -d '' JBASE < <(java_base)
 
-  local t0=$SECONDS cluster_id
+  local cluster_id
   cluster_id="$("${JBASE[@]}" -Dkafka.root.loglevel=WARN kafka.tools.StorageTool random-uuid </dev/null 2>>"$LOGFILE" | tail -n 1)"
   [[ "$cluster_id" =~ ^[A-Za-z0-9_-]{22}$ ]] || fail_start "could not generate a cluster id (got '$cluster_id')"
   log "formatting $DATA (cluster id $cluster_id, standalone KRaft controller)"
   "${JBASE[@]}" -Dkafka.root.loglevel=WARN kafka.tools.StorageTool format \
       -t "$cluster_id" -c "$PROPS" --standalone </dev/null >>"$LOGFILE" 2>&1 \
     || fail_start "kafka.tools.StorageTool format failed"
+  launch
+}
 
+# launch: start the broker on the formatted data directory and wait until it
+# answers metadata requests.
+launch() {
+  local -a JBASE
+  mapfile -d '' JBASE < <(java_base)
+  local t0=$SECONDS from
+  # A restart appends to the log: look for the start line only in what follows.
+  from=$(( $(stat -c %s "$LOGFILE" 2>/dev/null || echo 0) + 1 ))
   log "starting broker on $HOST:$PORT (controller $HOST:$CPORT), log $LOGFILE"
   # setsid: the broker gets its own session, so it is not killed with the caller's
   # process group; the pid file is written by the process that then execs java.
@@ -334,7 +355,7 @@ cmd_start() {
     if [[ -n "$pid" ]] && ! alive "$pid"; then
       fail_start "broker process $pid exited during startup"
     fi
-    if (( !started )) && grep -qE 'Kafka Server started|started \(kafka\.server\.KafkaRaftServer\)' "$LOGFILE"; then
+    if (( !started )) && tail -c "+$from" "$LOGFILE" | grep -qE 'Kafka Server started|started \(kafka\.server\.KafkaRaftServer\)'; then
       started=1
     fi
     if (( started )) && port_open "$PORT" && metadata_ok; then
@@ -344,6 +365,41 @@ cmd_start() {
     fi
   done
   fail_start "broker not ready within ${START_TIMEOUT}s"
+}
+
+# cmd_restart DOWN: crash the broker (SIGKILL) and start it again on its data
+# directory, so topics, offsets and groups survive; for tests of a broker outage.
+cmd_restart() {
+  local down="${1:-0}" pid
+  [[ "$down" =~ ^[0-9]+(\.[0-9]+)?$ ]] || die "restart: bad DOWN seconds '$down'"
+  [[ -f "$PROPS" && -d "$DATA" ]] || die "restart: no broker data in $CACHE (run start first)"
+  installed || die "restart: kafka $KAFKA_VERSION is not installed (run start first)"
+  if pid="$(our_pid)"; then
+    log "killing broker pid $pid (SIGKILL), keeping $DATA"
+    kill -KILL "$pid" 2>/dev/null || true
+    local waited=0
+    while alive "$pid"; do
+      (( waited++ > 100 )) && die "restart: pid $pid survived SIGKILL for 10s"
+      sleep 0.1
+    done
+  else
+    log "broker not running; starting it on $DATA"
+  fi
+  rm -f "$PIDFILE"
+  if [[ "$down" != 0 ]]; then
+    log "staying down ${down}s"
+    sleep "$down"
+  fi
+  local p waited=0
+  for p in "$PORT" "$CPORT"; do
+    # The killed broker's sockets are gone at once; anything else is foreign.
+    while port_open "$p"; do
+      (( waited++ > 50 )) && die "restart: port $HOST:$p is in use by another process"
+      sleep 0.1
+    done
+  done
+  printf '\n---- restart %s ----\n' "$(date -u +%FT%TZ)" >>"$LOGFILE"
+  launch
 }
 
 cmd_status() {
@@ -364,10 +420,11 @@ cmd_status() {
 case "${1:-}" in
   install) cmd_install ;;
   start) cmd_start ;;
+  restart) cmd_restart "${2:-0}" ;;
   stop) cmd_stop ;;
   status) cmd_status ;;
   *)
-    echo "usage: bash .ci/kafka.sh {install|start|stop|status}" >&2
+    echo "usage: bash .ci/kafka.sh {install|start|restart [DOWN]|stop|status}" >&2
     exit 2
     ;;
 esac

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"sort"
 	"strings"
 	"time"
@@ -93,6 +94,12 @@ func (e *CommitError) Retriable() bool { return len(e.Failed) > 0 }
 // have in its assignment.
 var errNotAssigned = fmt.Errorf("%w: partition not assigned", ErrNotOwned)
 
+// ErrCommitInFlight is the cause of a CommitError's Failed offsets when ctx
+// ended while librdkafka was still carrying the commit out: it may yet
+// succeed or fail. The Source keeps track of it: the next Commit is sent
+// after it ended, and a lost assignment waits for it (see Commit).
+var ErrCommitInFlight = errors.New("kafka: commit still in flight")
+
 // Commit commits offsets (each the next offset to read in its partition, as
 // Kafka defines committed offsets: they are sent as given, not +1) as the
 // group's committed offsets, with a synchronous CommitOffsets. It returns
@@ -108,13 +115,27 @@ var errNotAssigned = fmt.Errorf("%w: partition not assigned", ErrNotOwned)
 // Offsets of partitions not currently assigned to this Source are not sent:
 // they are reported NotOwned. An offset lower than or equal to one this
 // Source already committed for the partition in the current assignment is
-// not sent either (and counts as committed), so a late commit never moves a
-// partition's committed offset backwards. Commits are serialized.
+// not sent either (and counts as committed). Commits are serialized: one is
+// in flight at a time.
 //
-// ctx is checked before the commit is sent; librdkafka cannot abandon a
-// commit in flight, which ends when the coordinator answers or the request
-// times out (socket.timeout.ms, or session.timeout.ms while no coordinator
-// is known).
+// Commit returns when ctx ends even though librdkafka cannot abandon a
+// commit it started (it ends when the coordinator answers, or after up to
+// socket.timeout.ms + session.timeout.ms + socket.timeout.ms while the
+// coordinator is unreachable): the offsets are then in Failed with a cause
+// matching ErrCommitInFlight and ctx's error, and the commit goes on in the
+// background. The next Commit waits for it (within its own ctx).
+//
+// A commit in flight never outlives a lost assignment: librdkafka sends a
+// commit that waited for the coordinator with the group generation (or
+// KIP-848 member epoch) it has when it sends it, so a commit issued before
+// the assignment was lost could land after this member rejoined, with its
+// new generation, over the offsets a new owner committed meanwhile, moving
+// them backwards. So when partitions are lost, the rebalance callback waits,
+// before it unassigns them (librdkafka rejoins only after that), for the
+// commit in flight to end: sent with the old generation, the broker refuses
+// it. The wait is bounded by librdkafka's own limit above (plus 5 s); if that
+// is ever exceeded, Poll returns an error matching ErrCommitInFlight, so the
+// consumer is closed rather than rejoin. Interrupt cuts the wait short.
 //
 // Commit may run concurrently with the other methods, and from inside the
 // listener's PartitionsRevoked (also during Close).
@@ -134,14 +155,21 @@ func (s *Source[K, V]) Commit(ctx context.Context, offsets []pipeline.Offset) er
 		return err
 	}
 	defer s.endCommit()
-	s.commitMu.Lock()
-	defer s.commitMu.Unlock()
+	// The slot is held by the commit in flight, which releases it when
+	// librdkafka is done with it.
+	select {
+	case s.commitSlot <- struct{}{}:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 	if err := ctx.Err(); err != nil {
+		<-s.commitSlot
 		return err
 	}
 
 	res := &CommitError{Causes: make(map[pipeline.TopicPartition]error)}
 	var send []pipeline.Offset
+	var f *commitFlight
 	s.mu.Lock()
 	for _, off := range dedupe(offsets) {
 		if _, ok := s.assigned[off.TopicPartition]; !ok {
@@ -153,61 +181,137 @@ func (s *Source[K, V]) Commit(ctx context.Context, offsets []pipeline.Offset) er
 			send = append(send, off)
 		}
 	}
-	s.mu.Unlock()
-
 	if len(send) > 0 {
-		parts, err := s.consumer.CommitOffsets(toKafkaOffsets(send))
-		results := make(map[pipeline.TopicPartition]error, len(parts))
-		for _, p := range parts {
-			if p.Topic != nil {
-				results[pipeline.TopicPartition{Topic: *p.Topic, Partition: p.Partition}] = p.Error
-			}
-		}
-		if err != nil && len(send) > 1 {
-			// confluent-kafka-go returns a single error, without the
-			// per-partition results, as soon as one partition failed:
-			// ask the coordinator which partitions did get their offset.
-			s.markCommitted(ctx, send, results)
-		}
-		var done []pipeline.Offset
-		for _, off := range send {
-			perr, reported := results[off.TopicPartition]
-			switch {
-			case perr == errCommitted:
-				perr = nil
-			case perr != nil:
-			case err != nil:
-				perr = err
-			case !reported:
-				perr = errors.New("kafka: partition missing from the commit result")
-			}
-			switch {
-			case perr == nil:
-				done = append(done, off)
-			case notOwned(perr):
-				res.NotOwned = append(res.NotOwned, off)
-				res.Causes[off.TopicPartition] = fmt.Errorf("%w: %w", ErrNotOwned, perr)
-			default:
-				res.Failed = append(res.Failed, off)
-				res.Causes[off.TopicPartition] = perr
-			}
-		}
-		s.mu.Lock()
-		for _, off := range done {
-			if _, ok := s.assigned[off.TopicPartition]; ok {
-				s.committed[off.TopicPartition] = max(s.committed[off.TopicPartition], off.Offset)
-			}
-		}
-		s.mu.Unlock()
-		res.Committed = append(res.Committed, done...)
+		// Registered under the lock that disown takes, so that a lost
+		// assignment either sees this flight or its partitions are not
+		// assigned any more here.
+		f = &commitFlight{done: make(chan struct{}), sent: send}
+		s.flight = f
+		s.flights.Add(1)
+	}
+	s.mu.Unlock()
+	if f == nil {
+		<-s.commitSlot
+		return res.result(s.logger())
 	}
 
+	go s.runCommit(f)
+	select {
+	case <-f.done:
+		res.Committed = append(res.Committed, f.res.Committed...)
+		res.NotOwned = append(res.NotOwned, f.res.NotOwned...)
+		res.Failed = append(res.Failed, f.res.Failed...)
+		for tp, err := range f.res.Causes {
+			res.Causes[tp] = err
+		}
+	case <-ctx.Done():
+		cause := fmt.Errorf("%w: %w", ErrCommitInFlight, ctx.Err())
+		for _, off := range send {
+			res.Failed = append(res.Failed, off)
+			res.Causes[off.TopicPartition] = cause
+		}
+	}
+	return res.result(s.logger())
+}
+
+// result is nil if every offset was committed, else res.
+func (res *CommitError) result(log *slog.Logger) error {
 	if len(res.NotOwned) == 0 && len(res.Failed) == 0 {
-		s.logger().Debug("kafka: offsets committed", "offsets", res.Committed)
+		log.Debug("kafka: offsets committed", "offsets", res.Committed)
 		return nil
 	}
-	s.logger().Debug("kafka: commit failed", "failed", res.Failed, "not_owned", res.NotOwned, "error", res.Error())
+	log.Debug("kafka: commit failed", "failed", res.Failed, "not_owned", res.NotOwned, "error", res.Error())
 	return res
+}
+
+// commitFlight is a commit that librdkafka is carrying out.
+type commitFlight struct {
+	sent []pipeline.Offset
+	done chan struct{} // closed when res is set
+	res  CommitError
+}
+
+// runCommit carries f out, on a goroutine of its own so that Commit can
+// return when its ctx ends. It holds the commit slot until librdkafka is
+// done.
+func (s *Source[K, V]) runCommit(f *commitFlight) {
+	defer s.flights.Done()
+	send := f.sent
+	res := &f.res
+	res.Causes = make(map[pipeline.TopicPartition]error)
+	parts, err := s.consumer.CommitOffsets(toKafkaOffsets(send))
+	results := make(map[pipeline.TopicPartition]error, len(parts))
+	for _, p := range parts {
+		if p.Topic != nil {
+			results[pipeline.TopicPartition{Topic: *p.Topic, Partition: p.Partition}] = p.Error
+		}
+	}
+	if err != nil && len(send) > 1 {
+		// confluent-kafka-go returns a single error, without the
+		// per-partition results, as soon as one partition failed:
+		// ask the coordinator which partitions did get their offset.
+		s.markCommitted(send, results)
+	}
+	var done []pipeline.Offset
+	for _, off := range send {
+		perr, reported := results[off.TopicPartition]
+		switch {
+		case perr == errCommitted:
+			perr = nil
+		case perr != nil:
+		case err != nil:
+			perr = err
+		case !reported:
+			perr = errors.New("kafka: partition missing from the commit result")
+		}
+		switch {
+		case perr == nil:
+			done = append(done, off)
+		case notOwned(perr):
+			res.NotOwned = append(res.NotOwned, off)
+			res.Causes[off.TopicPartition] = fmt.Errorf("%w: %w", ErrNotOwned, perr)
+		default:
+			res.Failed = append(res.Failed, off)
+			res.Causes[off.TopicPartition] = perr
+		}
+	}
+	res.Committed = done
+	s.mu.Lock()
+	for _, off := range done {
+		if _, ok := s.assigned[off.TopicPartition]; ok {
+			s.committed[off.TopicPartition] = max(s.committed[off.TopicPartition], off.Offset)
+		}
+	}
+	if s.flight == f {
+		s.flight = nil
+	}
+	s.mu.Unlock()
+	if err != nil {
+		s.logger().Debug("kafka: commit ended", "offsets", send, "error", err)
+	}
+	close(f.done)
+	<-s.commitSlot
+}
+
+// awaitFlight waits for the commit in flight, if any, to end, at most d or
+// until Interrupt. It reports whether no commit is in flight any more.
+func (s *Source[K, V]) awaitFlight(d time.Duration) bool {
+	s.mu.Lock()
+	f := s.flight
+	s.mu.Unlock()
+	if f == nil {
+		return true
+	}
+	s.logger().Info("kafka: waiting for the commit in flight before giving up the lost partitions", "offsets", f.sent)
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-f.done:
+		return true
+	case <-t.C:
+	case <-s.interrupt:
+	}
+	return false
 }
 
 // errCommitted marks, in markCommitted's results, a partition whose
@@ -219,15 +323,8 @@ const committedTimeout = 5 * time.Second
 
 // markCommitted sets results[tp] to errCommitted for the partitions of sent
 // whose committed offset is now at least the one sent.
-func (s *Source[K, V]) markCommitted(ctx context.Context, sent []pipeline.Offset, results map[pipeline.TopicPartition]error) {
-	timeout := committedTimeout
-	if d, ok := ctx.Deadline(); ok {
-		timeout = min(timeout, time.Until(d))
-	}
-	if timeout <= 0 {
-		return
-	}
-	parts, err := s.consumer.Committed(toKafka(offsetPartitions(sent)), millis(timeout))
+func (s *Source[K, V]) markCommitted(sent []pipeline.Offset, results map[pipeline.TopicPartition]error) {
+	parts, err := s.consumer.Committed(toKafka(offsetPartitions(sent)), millis(committedTimeout))
 	if err != nil {
 		s.logger().Debug("kafka: cannot read committed offsets after a failed commit", "error", err)
 		return
@@ -270,10 +367,38 @@ func (s *Source[K, V]) beginCommit() error {
 func (s *Source[K, V]) endCommit() {
 	s.mu.Lock()
 	s.commits--
-	if s.commits == 0 {
-		s.idle.Broadcast()
+	if s.commits == 0 && s.idle != nil {
+		close(s.idle)
+		s.idle = nil
 	}
 	s.mu.Unlock()
+}
+
+// awaitCommits waits until no Commit call is in progress, or deadline
+// passes (never, for a zero deadline). It reports whether none is.
+func (s *Source[K, V]) awaitCommits(deadline time.Time) bool {
+	s.mu.Lock()
+	if s.commits == 0 {
+		s.mu.Unlock()
+		return true
+	}
+	if s.idle == nil {
+		s.idle = make(chan struct{})
+	}
+	idle := s.idle
+	s.mu.Unlock()
+	var timeout <-chan time.Time
+	if !deadline.IsZero() {
+		t := time.NewTimer(time.Until(deadline))
+		defer t.Stop()
+		timeout = t.C
+	}
+	select {
+	case <-idle:
+		return true
+	case <-timeout:
+		return false
+	}
 }
 
 // notOwned tells the commit errors that mean this member cannot commit the

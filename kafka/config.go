@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"time"
 	"weak"
 
 	ckafka "github.com/confluentinc/confluent-kafka-go/v2/kafka"
@@ -72,7 +73,7 @@ func NewConsumer(cfg *ckafka.ConfigMap, opts ...Option) (*ckafka.Consumer, error
 	if err != nil {
 		return nil, fmt.Errorf("kafka: NewConsumer: %w", err)
 	}
-	info := &consumerInfo{checked: true, loggerSet: o.loggerSet}
+	info := &consumerInfo{checked: true, loggerSet: o.loggerSet, timeouts: readTimeouts(conf)}
 	info.logger.Store(o.logger)
 	if forwardLogs {
 		info.logsDone = make(chan struct{})
@@ -144,8 +145,15 @@ func boolSetting(conf ckafka.ConfigMap, key string) (value, set bool, err error)
 // meanwhile (Source.InheritLogger).
 func forwardLogEvents(events <-chan ckafka.LogEvent, to *atomic.Pointer[slog.Logger], done chan<- struct{}) {
 	defer close(done)
+	var limit repeats
 	for ev := range events {
 		logger := to.Load()
+		// An unreachable broker repeats the same lines several times a
+		// second: log each at most once a second, with a count.
+		ok, repeated := limit.allow(ev.Tag+"\x00"+ev.Message, time.Now())
+		if !ok {
+			continue
+		}
 		level := slog.LevelDebug
 		switch {
 		case ev.Level <= 3:
@@ -155,8 +163,11 @@ func forwardLogEvents(events <-chan ckafka.LogEvent, to *atomic.Pointer[slog.Log
 		case ev.Level <= 6:
 			level = slog.LevelInfo
 		}
-		logger.Log(context.Background(), level, "librdkafka: "+ev.Message,
-			slog.String("client", ev.Name), slog.String("tag", ev.Tag), slog.Int("syslog_level", ev.Level))
+		attrs := []slog.Attr{slog.String("client", ev.Name), slog.String("tag", ev.Tag), slog.Int("syslog_level", ev.Level)}
+		if repeated > 0 {
+			attrs = append(attrs, slog.Int("repeated", repeated))
+		}
+		logger.LogAttrs(context.Background(), level, "librdkafka: "+ev.Message, attrs...)
 	}
 }
 
@@ -171,6 +182,70 @@ type consumerInfo struct {
 	// the consumer.
 	logger    atomic.Pointer[slog.Logger]
 	loggerSet bool
+	timeouts  timeouts // zero for a consumer NewConsumer did not create
+}
+
+// timeouts are the consumer's librdkafka timeouts the Source plans with.
+type timeouts struct {
+	maxPollInterval time.Duration // max.poll.interval.ms
+	session         time.Duration // session.timeout.ms (classic protocol)
+	socket          time.Duration // socket.timeout.ms: one request's timeout
+}
+
+// librdkafka's defaults, for settings left unset.
+const (
+	defaultMaxPollInterval = 300 * time.Second
+	defaultSessionTimeout  = 45 * time.Second
+	defaultSocketTimeout   = 60 * time.Second
+)
+
+// readTimeouts reads the timeouts from a checked configuration; an unset or
+// unreadable value is librdkafka's default (librdkafka itself refuses a
+// malformed one when the consumer is created).
+func readTimeouts(conf ckafka.ConfigMap) timeouts {
+	ms := func(key string, def time.Duration) time.Duration {
+		var n int64
+		switch v := conf[key].(type) {
+		case int:
+			n = int64(v)
+		case int32:
+			n = int64(v)
+		case int64:
+			n = v
+		case string:
+			x, err := strconv.ParseInt(v, 10, 64)
+			if err != nil {
+				return def
+			}
+			n = x
+		default:
+			return def
+		}
+		if n <= 0 {
+			return def
+		}
+		return time.Duration(n) * time.Millisecond
+	}
+	return timeouts{
+		maxPollInterval: ms("max.poll.interval.ms", defaultMaxPollInterval),
+		session:         ms("session.timeout.ms", defaultSessionTimeout),
+		socket:          ms("socket.timeout.ms", defaultSocketTimeout),
+	}
+}
+
+// commitLifetime is the longest librdkafka keeps a commit going: sent and
+// timed out (socket.timeout.ms), kept waiting for a coordinator
+// (session.timeout.ms), sent again and timed out again. An unknown
+// configuration counts as librdkafka's defaults.
+func (t timeouts) commitLifetime() time.Duration {
+	session, socket := t.session, t.socket
+	if session == 0 {
+		session = defaultSessionTimeout
+	}
+	if socket == 0 {
+		socket = defaultSocketTimeout
+	}
+	return 2*socket + session
 }
 
 var (

@@ -296,6 +296,9 @@ func (m *member) close() {
 		close(m.stop)
 	}
 	<-m.done
+	// Close may time out and leave the consumer closing in the background:
+	// wait for it, so that no goroutine outlives the test.
+	<-m.src.Closed()
 }
 
 func (m *member) messages() []*pipeline.Message[string, string] {

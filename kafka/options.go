@@ -2,6 +2,7 @@ package kafka
 
 import (
 	"log/slog"
+	"time"
 
 	ckafka "github.com/confluentinc/confluent-kafka-go/v2/kafka"
 )
@@ -14,10 +15,13 @@ type options struct {
 	loggerSet bool // WithLogger was given
 	unchecked bool
 	onEvent   func(ckafka.Event)
+
+	startupTimeout time.Duration
+	closeTimeout   time.Duration
 }
 
 func applyOptions(opts []Option) options {
-	o := options{logger: slog.Default()}
+	o := options{logger: slog.Default(), startupTimeout: DefaultStartupTimeout, closeTimeout: DefaultCloseTimeout}
 	for _, opt := range opts {
 		if opt != nil {
 			opt(&o)
@@ -64,3 +68,30 @@ func WithUncheckedConsumer() Option { return func(o *options) { o.unchecked = tr
 // on the goroutine calling Poll and must not block for long. Rebalances are
 // not events here: they reach the RebalanceListener.
 func WithEventHandler(fn func(ckafka.Event)) Option { return func(o *options) { o.onEvent = fn } }
+
+// DefaultStartupTimeout is the startup timeout of a Source without
+// WithStartupTimeout.
+const DefaultStartupTimeout = 30 * time.Second
+
+// DefaultCloseTimeout is the close timeout of a Source without
+// WithCloseTimeout.
+const DefaultCloseTimeout = 5 * time.Second
+
+// WithStartupTimeout bounds how long Poll waits, after Subscribe, for a
+// broker to answer: if none did within d, Poll returns an error matching
+// ErrUnreachable (so Consume ends with it) instead of retrying forever. The
+// default is DefaultStartupTimeout (30 s); 0 waits forever. Outages after a
+// broker answered once never end Poll: the client reconnects by itself.
+func WithStartupTimeout(d time.Duration) Option {
+	return func(o *options) { o.startupTimeout = max(d, 0) }
+}
+
+// WithCloseTimeout bounds Close: if the consumer has not closed within d
+// (librdkafka waits for commits in flight, and for the coordinator to leave
+// the group, which an unreachable broker delays up to session.timeout.ms),
+// Close returns an error matching ErrCloseTimeout and the consumer finishes
+// closing on its own goroutine (Source.Closed tells when). The default is
+// DefaultCloseTimeout (5 s); d <= 0 waits as long as librdkafka does.
+func WithCloseTimeout(d time.Duration) Option {
+	return func(o *options) { o.closeTimeout = d }
+}

@@ -43,19 +43,30 @@ type Source[K, V any] struct {
 	subscribed bool
 	failure    error // a rebalance that went wrong, returned by the next Poll
 
+	startup startup // fail-fast detection until a broker answered
+	errLog  repeats // rate limit of repeated client errors
+
 	mu            sync.Mutex
-	idle          *sync.Cond // signalled when commits drops to 0
+	idle          chan struct{} // closed when commits drops to 0, if someone waits
 	assigned      map[pipeline.TopicPartition]struct{}
 	committed     map[pipeline.TopicPartition]int64 // last offset committed in the current assignment
 	commits       int                               // Commit calls in progress
+	flight        *commitFlight                     // the commit librdkafka is carrying out, if any
 	closing       bool                              // Close started: Commit is refused ...
 	closeCallback bool                              // ... except from the listener's revoke during Close
+	abandoned     bool                              // Close timed out: the listener hears nothing more
 	closed        bool
 
-	commitMu sync.Mutex // serializes commits, so that they reach the broker in call order
+	commitSlot chan struct{}  // held by the commit in flight: one at a time, in call order
+	flights    sync.WaitGroup // runCommit goroutines
 
-	closeOnce sync.Once
-	closeErr  error
+	interrupt     chan struct{}
+	interruptOnce sync.Once
+
+	closeTimeout time.Duration
+	closeOnce    sync.Once
+	closeErr     error
+	closedCh     chan struct{} // closed once the consumer is closed and every goroutine ended
 }
 
 // NewSource returns a Source that consumes topics with consumer, turning
@@ -97,8 +108,13 @@ func NewSource[K, V any](consumer *ckafka.Consumer, topics []string,
 		onEvent:    o.onEvent,
 		assigned:   make(map[pipeline.TopicPartition]struct{}),
 		committed:  make(map[pipeline.TopicPartition]int64),
+		commitSlot: make(chan struct{}, 1),
+		interrupt:  make(chan struct{}),
+		closedCh:   make(chan struct{}),
+
+		closeTimeout: o.closeTimeout,
+		startup:      startup{timeout: o.startupTimeout},
 	}
-	s.idle = sync.NewCond(&s.mu)
 	// The most specific logger wins: NewSource's, then NewConsumer's, then
 	// the pipeline's (InheritLogger), then slog.Default().
 	switch {
@@ -159,8 +175,27 @@ func (s *Source[K, V]) Subscribe(l pipeline.RebalanceListener) error {
 		return fmt.Errorf("kafka: subscribe to %v: %w", s.topics, err)
 	}
 	s.subscribed = true
+	s.startup.begin(time.Now())
 	return nil
 }
+
+// MaxPollInterval returns the consumer's max.poll.interval.ms (librdkafka's
+// default, 5 minutes, if unset), or 0 if unknown (a consumer that
+// NewConsumer did not create). A rebalance listener that blocks Poll longer
+// than this (a revoke waiting for handlers) makes librdkafka leave the
+// group, so the pipeline refuses a revoke timeout that does not fit in it.
+func (s *Source[K, V]) MaxPollInterval() time.Duration { return s.info.timeouts.maxPollInterval }
+
+// Interrupt cuts short a wait of Poll (or Close) that only librdkafka can
+// end: a lost assignment waiting for the commit in flight (see Commit). The
+// pipeline calls it when its shutdown deadline passed; the Source is to be
+// closed next. It may be called from any goroutine, more than once.
+func (s *Source[K, V]) Interrupt() { s.interruptOnce.Do(func() { close(s.interrupt) }) }
+
+// Closed is closed once the consumer is closed for good and the Source's
+// goroutines ended: when Close returns nil, or later if Close timed out
+// (ErrCloseTimeout).
+func (s *Source[K, V]) Closed() <-chan struct{} { return s.closedCh }
 
 // Poll returns the next message, or nil when none arrived within timeout.
 //
@@ -186,6 +221,7 @@ func (s *Source[K, V]) Poll(timeout time.Duration) (*pipeline.Message[K, V], err
 		case nil:
 		case *ckafka.Message:
 			if e.TopicPartition.Error == nil {
+				s.startup.answered = true
 				return s.message(e), nil
 			}
 			if err := s.consumerError(e.TopicPartition.Error, e.TopicPartition); err != nil {
@@ -208,7 +244,12 @@ func (s *Source[K, V]) Poll(timeout time.Duration) (*pipeline.Message[K, V], err
 			s.logger().Debug("kafka: consumer event", "event", ev.String())
 			s.notify(ev)
 		}
-		if !time.Now().Before(deadline) {
+		now := time.Now()
+		if err := s.checkStartup(now); err != nil {
+			s.logger().Error("kafka: cannot start consuming", "error", err)
+			return nil, err
+		}
+		if !now.Before(deadline) {
 			return nil, nil
 		}
 	}
@@ -234,6 +275,7 @@ func (s *Source[K, V]) notify(ev ckafka.Event) {
 
 // consumerError logs a consumer error and returns it if it is fatal.
 func (s *Source[K, V]) consumerError(err error, tp ckafka.TopicPartition) error {
+	s.startup.clientError(err)
 	attrs := []any{"error", err}
 	if tp.Topic != nil {
 		attrs = append(attrs, "topic", *tp.Topic, "partition", tp.Partition)
@@ -245,6 +287,13 @@ func (s *Source[K, V]) consumerError(err error, tp ckafka.TopicPartition) error 
 			s.logger().Error("kafka: fatal consumer error", attrs...)
 			return fmt.Errorf("kafka: fatal consumer error: %w", err)
 		}
+	}
+	ok, repeated := s.errLog.allow(err.Error(), time.Now())
+	if !ok {
+		return nil
+	}
+	if repeated > 0 {
+		attrs = append(attrs, "repeated", repeated)
 	}
 	s.logger().Warn("kafka: consumer error", attrs...)
 	return nil
@@ -315,6 +364,7 @@ func (s *Source[K, V]) assign(c *ckafka.Consumer, parts []ckafka.TopicPartition)
 		err = c.Assign(parts)
 	}
 	tps := toPipeline(parts)
+	s.startup.answered = true
 	if err != nil {
 		s.fail(fmt.Errorf("kafka: assign %v: %w", tps, err))
 		return
@@ -355,27 +405,42 @@ func (s *Source[K, V]) revoke(c *ckafka.Consumer, parts []ckafka.TopicPartition)
 	tps := toPipeline(parts)
 	lost := c.AssignmentLost()
 	s.logger().Info("kafka: partitions revoked", "partitions", tps, "lost", lost, "cooperative", coop)
-	if lost {
+	s.mu.Lock()
+	abandoned := s.abandoned
+	s.mu.Unlock()
+	switch {
+	case lost:
 		s.disown(tps)
-		if len(tps) > 0 {
+		// librdkafka rejoins the group only once these are unassigned;
+		// a commit still in flight must end first, while it can only be
+		// sent with the old generation (see Commit).
+		if !s.awaitFlight(s.info.timeouts.commitLifetime() + 5*time.Second) {
+			s.mu.Lock()
+			interrupted := s.closing || isDone(s.interrupt)
+			s.mu.Unlock()
+			if !interrupted {
+				s.fail(fmt.Errorf("%w after the assignment of %v was lost: the consumer must close rather than rejoin", ErrCommitInFlight, tps))
+			}
+		}
+		if len(tps) > 0 && !abandoned {
 			s.callListener("PartitionsLost", func() { s.listener.PartitionsLost(tps) })
 		}
-	} else if len(tps) > 0 {
+	case len(tps) > 0 && !abandoned:
 		s.mu.Lock()
 		inClose := s.closing
 		s.closeCallback = inClose
 		s.mu.Unlock()
 		s.callListener("PartitionsRevoked", func() { s.listener.PartitionsRevoked(tps) })
-		s.mu.Lock()
 		if inClose {
 			// Close waits for commits before closing the consumer; let
 			// those the listener started finish before Close goes on.
+			s.mu.Lock()
 			s.closeCallback = false
-			for s.commits > 0 {
-				s.idle.Wait()
-			}
+			s.mu.Unlock()
+			s.awaitCommits(time.Time{})
 		}
-		s.mu.Unlock()
+		s.disown(tps)
+	default:
 		s.disown(tps)
 	}
 	var err error
@@ -455,36 +520,80 @@ func (s *Source[K, V]) Resume(partitions []pipeline.TopicPartition) error {
 // Close first waits for Commit calls in progress; Commit calls from other
 // goroutines that start after Close began return ErrClosed. Calling Close
 // again returns the first call's result.
+//
+// Close returns within the close timeout (WithCloseTimeout, 5 s by default)
+// whatever the broker does. If the consumer has not closed by then (a commit
+// in flight towards an unreachable coordinator, a group leave that waits for
+// it), Close returns an error matching ErrCloseTimeout, the listener hears
+// nothing more, and the consumer finishes closing on a goroutine of the
+// Source within librdkafka's own limits (see Commit); Closed tells when.
 func (s *Source[K, V]) Close() error {
 	s.closeOnce.Do(func() {
+		var deadline time.Time
+		if s.closeTimeout > 0 {
+			deadline = time.Now().Add(s.closeTimeout)
+		}
 		s.mu.Lock()
 		s.closing = true
-		for s.commits > 0 {
-			s.idle.Wait()
-		}
 		s.mu.Unlock()
-
 		before := s.failure
-		err := s.consumer.Close()
-
-		s.mu.Lock()
-		s.closed = true
-		clear(s.assigned)
-		s.mu.Unlock()
-		if s.info.logsDone != nil {
-			<-s.info.logsDone
+		done := make(chan error, 1)
+		go func() {
+			defer close(s.closedCh)
+			// A commit in flight must end before the consumer is
+			// destroyed under it; Commit calls return by their ctx.
+			s.awaitCommits(time.Time{})
+			s.flights.Wait()
+			err := s.consumer.Close()
+			s.mu.Lock()
+			s.closed = true
+			clear(s.assigned)
+			s.mu.Unlock()
+			if s.info.logsDone != nil {
+				<-s.info.logsDone
+			}
+			done <- err
+		}()
+		var timeout <-chan time.Time
+		if !deadline.IsZero() {
+			t := time.NewTimer(time.Until(deadline))
+			defer t.Stop()
+			timeout = t.C
 		}
-		switch {
-		case err != nil:
-			s.closeErr = fmt.Errorf("kafka: close consumer: %w", err)
-		case s.failure != before:
-			// The revoke inside Close went wrong (an earlier failure was
-			// returned by Poll already).
-			s.closeErr = s.failure
+		select {
+		case err := <-done:
+			switch {
+			case err != nil:
+				s.closeErr = fmt.Errorf("kafka: close consumer: %w", err)
+			case s.failure != before:
+				// The revoke inside Close went wrong (an earlier failure was
+				// returned by Poll already).
+				s.closeErr = s.failure
+			}
+		case <-timeout:
+			s.mu.Lock()
+			s.abandoned = true
+			s.closed = true // refuse every method from now on
+			s.mu.Unlock()
+			s.Interrupt()
+			s.closeErr = fmt.Errorf("%w after %v: the consumer goes on closing in the background", ErrCloseTimeout, s.closeTimeout)
 		}
 		s.logger().Debug("kafka: source closed", "error", s.closeErr)
 	})
 	return s.closeErr
+}
+
+// ErrCloseTimeout is matched by the error of Close when the consumer did not
+// close within the close timeout (WithCloseTimeout).
+var ErrCloseTimeout = errors.New("kafka: close timed out")
+
+func isDone(ch <-chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
 }
 
 func (s *Source[K, V]) isClosed() bool {

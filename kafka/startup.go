@@ -1,0 +1,148 @@
+package kafka
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	ckafka "github.com/confluentinc/confluent-kafka-go/v2/kafka"
+)
+
+// ErrUnreachable is matched by the error of Poll when no broker answered
+// within the startup timeout (WithStartupTimeout) after Subscribe: a wrong
+// bootstrap.servers, a broker that is down, a network or security setting
+// that keeps the client out.
+var ErrUnreachable = errors.New("kafka: no broker reachable")
+
+// ErrUnknownTopic is matched by the error of Poll when a subscribed topic
+// does not exist on the cluster (and the consumer does not create it:
+// allow.auto.create.topics is off by default).
+var ErrUnknownTopic = errors.New("kafka: unknown topic")
+
+// metadataTimeout bounds the metadata request that confirms a startup
+// failure.
+const metadataTimeout = 5 * time.Second
+
+// startup tracks whether a broker answered since Subscribe. Owned by the
+// goroutine calling Poll.
+type startup struct {
+	timeout  time.Duration // 0: never give up
+	deadline time.Time
+	answered bool  // a broker answered: a rebalance, a message, metadata
+	lastErr  error // the last client error while none had answered
+	topicErr bool  // an unknown-topic error arrived: check the metadata
+}
+
+func (st *startup) begin(now time.Time) { st.deadline = now.Add(st.timeout) }
+
+// clientError notes a client error event.
+func (st *startup) clientError(err error) {
+	var kerr ckafka.Error
+	if errors.As(err, &kerr) && (kerr.Code() == ckafka.ErrUnknownTopicOrPart || kerr.Code() == ckafka.ErrUnknownTopic) {
+		st.topicErr = true
+	}
+	if !st.answered {
+		st.lastErr = err
+	}
+}
+
+// checkStartup returns the error that ends Poll at startup, if any: an
+// unknown-topic error the metadata confirms, or no broker answering within
+// the startup timeout.
+func (s *Source[K, V]) checkStartup(now time.Time) error {
+	st := &s.startup
+	if st.topicErr {
+		st.topicErr = false
+		if md, err := s.consumer.GetMetadata(nil, true, millis(metadataTimeout)); err == nil {
+			st.answered = true
+			if err := s.missingTopics(md); err != nil {
+				return err
+			}
+		}
+	}
+	if st.answered || st.timeout == 0 || now.Before(st.deadline) {
+		return nil
+	}
+	md, err := s.consumer.GetMetadata(nil, true, millis(metadataTimeout))
+	if err != nil {
+		cause := st.lastErr
+		if cause == nil {
+			cause = err
+		}
+		return fmt.Errorf("%w: no broker answered within %v: %w", ErrUnreachable, st.timeout, cause)
+	}
+	st.answered = true
+	return s.missingTopics(md)
+}
+
+// missingTopics returns an error matching ErrUnknownTopic if a subscribed
+// topic (not a regular expression) is not in md.
+func (s *Source[K, V]) missingTopics(md *ckafka.Metadata) error {
+	var missing []string
+	for _, t := range s.topics {
+		if strings.HasPrefix(t, "^") {
+			continue
+		}
+		tm, ok := md.Topics[t]
+		if !ok || tm.Error.Code() == ckafka.ErrUnknownTopicOrPart || tm.Error.Code() == ckafka.ErrUnknownTopic {
+			missing = append(missing, t)
+		}
+	}
+	if len(missing) == 0 {
+		return nil
+	}
+	return fmt.Errorf("%w: %s does not exist", ErrUnknownTopic, strings.Join(missing, ", "))
+}
+
+// repeatInterval is how often an identical client error or log line is
+// logged at most; the repeats in between are counted.
+const repeatInterval = time.Second
+
+// repeats rate-limits identical log lines.
+type repeats struct {
+	mu   sync.Mutex
+	seen map[string]*repeat
+}
+
+type repeat struct {
+	logged     time.Time
+	suppressed int
+}
+
+// allow reports whether the line with key may be logged now, and how many
+// like it were suppressed since it was last logged. Lines that differ only
+// in their digits ("after 0ms", "after 1ms") count as identical.
+func (r *repeats) allow(key string, now time.Time) (bool, int) {
+	key = strings.Map(func(r rune) rune {
+		if r >= '0' && r <= '9' {
+			return '#'
+		}
+		return r
+	}, key)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.seen == nil {
+		r.seen = make(map[string]*repeat)
+	}
+	rp, ok := r.seen[key]
+	if !ok {
+		if len(r.seen) >= 256 {
+			for k, v := range r.seen {
+				if now.Sub(v.logged) > time.Minute {
+					delete(r.seen, k)
+				}
+			}
+		}
+		r.seen[key] = &repeat{logged: now}
+		return true, 0
+	}
+	if now.Sub(rp.logged) < repeatInterval {
+		rp.suppressed++
+		return false, 0
+	}
+	n := rp.suppressed
+	rp.logged, rp.suppressed = now, 0
+	return true, n
+}
