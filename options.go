@@ -81,6 +81,7 @@ type config struct {
 	logger          *slog.Logger
 	loggerSet       bool // WithLogger was given: the logger reaches the source too
 	errorPolicy     ErrorPolicy
+	hooks           engine.Hooks
 	middleware      []any // Middleware[K, V], checked against K and V by New
 	stages          []stageSpec
 	errs            []error
@@ -177,6 +178,30 @@ func WithLogger(l *slog.Logger) Option {
 // (commits it and goes on). Default StopOnError: nothing is lost.
 func WithErrorPolicy(p ErrorPolicy) Option {
 	return optionFunc(func(c *config) { c.errorPolicy = p })
+}
+
+// RebalanceHooks are callbacks for the partitions a rebalance moves; any
+// may be nil. They run on the poll goroutine, inside the source's Poll,
+// after the pipeline acted on the rebalance, so they must not block for
+// long; a panic in one is logged and recovered.
+type RebalanceHooks struct {
+	// OnAssigned: the member now owns these partitions (in addition to
+	// those it had, with incremental rebalancing).
+	OnAssigned func(partitions []TopicPartition)
+	// OnRevoked: the member gave these up in an orderly rebalance, after
+	// the pipeline finished or gave up their in-flight messages and
+	// committed their final offsets.
+	OnRevoked func(partitions []TopicPartition)
+	// OnLost: the member lost these (session timeout, fenced); nothing was
+	// committed, and their handlers' contexts were cancelled.
+	OnLost func(partitions []TopicPartition)
+}
+
+// WithRebalanceHooks registers callbacks for rebalances. Default: none.
+func WithRebalanceHooks(h RebalanceHooks) Option {
+	return optionFunc(func(c *config) {
+		c.hooks = engine.Hooks{OnAssigned: h.OnAssigned, OnRevoked: h.OnRevoked, OnLost: h.OnLost}
+	})
 }
 
 // StopOnError is the default error policy: every failure stops the pipeline.

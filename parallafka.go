@@ -34,6 +34,7 @@ import (
 	"log/slog"
 	"reflect"
 	"sync/atomic"
+	"time"
 
 	"github.com/parallafka/parallafka/internal/engine"
 	"github.com/parallafka/parallafka/pipeline"
@@ -83,6 +84,7 @@ type Parallafka[K, V any] struct {
 	after    []engine.NamedStage[K, V]
 	stats    engine.Stats
 	consumed atomic.Bool
+	paused   atomic.Bool // Pause and Resume; the poll stage acts on it
 }
 
 // New returns a Parallafka that will consume source. It returns an error if
@@ -105,15 +107,35 @@ func New[K, V any](source Source[K, V], opts ...Option) (*Parallafka[K, V], erro
 		errs = append(errs, errors.New("parallafka: nil source"))
 	}
 	errs = append(errs, cfg.validate())
+	if mp, ok := source.(maxPollIntervaler); ok && !isNil(source) {
+		// A revoke that may outlast max.poll.interval.ms gets the member
+		// thrown out of the group while it waits, over and over.
+		if limit := mp.MaxPollInterval(); limit > 0 && cfg.revokeTimeout+revokeMargin > limit {
+			errs = append(errs, fmt.Errorf("parallafka: revoke timeout %v (plus %v for its commit) does not fit in the consumer's max.poll.interval.ms (%v): lower WithRevokeTimeout or raise max.poll.interval.ms",
+				cfg.revokeTimeout, revokeMargin, limit))
+		}
+	}
 	mw, before, after, err := typed[K, V](&cfg)
 	if err := errors.Join(append(errs, err)...); err != nil {
 		return nil, err
 	}
-	if user, ok := source.(interface{ UseLogger(*slog.Logger) }); ok && cfg.loggerSet {
-		user.UseLogger(cfg.logger)
+	if s, ok := source.(logInheritor); ok && cfg.loggerSet {
+		s.InheritLogger(cfg.logger)
 	}
 	return &Parallafka[K, V]{source: source, cfg: cfg, mw: mw, before: before, after: after}, nil
 }
+
+// maxPollIntervaler is implemented by sources whose consumer leaves its
+// group when it does not poll for a while (kafka.Source).
+type maxPollIntervaler interface{ MaxPollInterval() time.Duration }
+
+// revokeMargin is the time a revoke needs beyond its wait for handlers: the
+// final commit and the rest of the rebalance callback.
+const revokeMargin = 2 * time.Second
+
+// logInheritor is implemented by sources that log (kafka.Source): they use
+// the pipeline's logger unless they were given their own.
+type logInheritor interface{ InheritLogger(*slog.Logger) }
 
 // isNil reports whether source is nil, or a nil pointer in the interface
 // (a typed nil, such as a *kafka.Source that was never made).
@@ -156,9 +178,21 @@ func (p *Parallafka[K, V]) Consume(ctx context.Context, handler Handler[K, V]) e
 		Ordering: engine.Ordering(c.ordering), OrderNilKeys: c.orderNilKeys,
 		CommitInterval: c.commitInterval, HardStop: c.shutdownMode == HardStop,
 		ShutdownTimeout: c.shutdownTimeout, RevokeTimeout: c.revokeTimeout,
-		Logger: c.logger, ErrorPolicy: c.errorPolicy,
+		Logger: c.logger, ErrorPolicy: c.errorPolicy, Hooks: c.hooks, Pause: &p.paused,
 	}, &p.stats)
 }
+
+// Pause stops consumption without leaving the group: nothing more is
+// dispatched to handlers, and every assigned partition stops fetching,
+// while the poll loop goes on (so rebalances are served and
+// max.poll.interval.ms is never exceeded, however long the pause). Handlers
+// already running finish, and their offsets are committed. Use it as a
+// circuit breaker while a downstream is down. It takes effect within one
+// poll cycle (about 100 ms); calling it before Consume pauses from the start.
+func (p *Parallafka[K, V]) Pause() { p.paused.Store(true) }
+
+// Resume undoes Pause: dispatching and fetching go on.
+func (p *Parallafka[K, V]) Resume() { p.paused.Store(false) }
 
 func (p *Parallafka[K, V]) closeSource() error {
 	if err := p.source.Close(); err != nil {

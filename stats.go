@@ -21,8 +21,10 @@ type Stats struct {
 	// partition this Parallafka committed, including partitions since
 	// revoked.
 	Committed map[TopicPartition]int64
-	// Paused lists the partitions paused by back-pressure.
+	// Paused lists the partitions paused by back-pressure or by Pause.
 	Paused []TopicPartition
+	// UserPaused reports that Pause is in force (Resume ends it).
+	UserPaused bool
 }
 
 // Stats returns a snapshot of the counters. It is safe to call at any time,
@@ -35,6 +37,6 @@ func (p *Parallafka[K, V]) Stats() Stats {
 		Failed: s.Failed.Load(), Skipped: skipped, Dropped: dropped, Retried: s.Retried.Load(),
 		InFlight: s.InFlight.Load(), Queued: s.Queued.Load(),
 		Pauses: s.Pauses.Load(), Commits: s.Commits.Load(), CommitErrors: s.CommitErrors.Load(),
-		Committed: s.Committed(), Paused: s.Paused(),
+		Committed: s.Committed(), Paused: s.Paused(), UserPaused: s.UserPaused.Load(),
 	}
 }

@@ -39,6 +39,7 @@ type config struct {
 	stall       time.Duration
 	trace       string
 	gogc        int
+	cpuProfile  string
 	retained    bool
 }
 
@@ -71,6 +72,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.BoolVar(&c.progress, "progress", isTerminal(os.Stderr), "show a progress bar on stderr for runs longer than a second (default: when stderr is a terminal)")
 	fs.Uint64Var(&c.seed, "seed", 1, "seed of the generated workload")
 	fs.DurationVar(&c.stall, "stall", time.Minute, "abort a run that makes no progress for this long")
+	fs.StringVar(&c.cpuProfile, "cpuprofile", "", "write a CPU profile of the whole invocation to `file` (go tool pprof)")
 	fs.IntVar(&c.gogc, "gogc", 0, "set the GC percentage for the runs (as GOGC does; 0 leaves it): a low value makes the live-heap samples of the memory workload frequent")
 	fs.BoolVar(&c.retained, "retained", false, "halfway through each run, hold every handler until the in-flight limit is reached, force two GCs and record the live heap the pipeline retains (the run's timings are then not meaningful)")
 	fs.StringVar(&c.trace, "trace", "", "write a CSV timeline of each run (every 10 ms: handled, in flight, queued behind keys, busy handlers) to this file")

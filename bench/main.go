@@ -22,6 +22,7 @@ import (
 	"os"
 	"runtime"
 	"runtime/debug"
+	"runtime/pprof"
 	"strings"
 	"time"
 )
@@ -46,6 +47,17 @@ func run(c *config, stdout, stderr io.Writer) error {
 	ctx := context.Background()
 	if c.gogc != 0 {
 		defer debug.SetGCPercent(debug.SetGCPercent(c.gogc))
+	}
+	if c.cpuProfile != "" {
+		f, err := os.Create(c.cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
 	}
 	m := machineInfo()
 	fmt.Fprintf(stderr, "# %s; %s\n", m, strings.Join(os.Args, " "))

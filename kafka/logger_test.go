@@ -2,6 +2,7 @@ package kafka
 
 import (
 	"context"
+	"io"
 	"log/slog"
 	"strings"
 	"sync"
@@ -44,8 +45,8 @@ func offlineConfig() *ckafka.ConfigMap {
 // The most specific logger wins: NewSource's, NewConsumer's, then the one
 // inherited from the pipeline, then slog.Default().
 func TestInheritLoggerPrecedence(t *testing.T) {
-	own := slog.New(slog.NewTextHandler(nil, nil))
-	inherited := slog.New(slog.NewTextHandler(nil, nil))
+	own := slog.New(slog.NewTextHandler(io.Discard, nil))
+	inherited := slog.New(slog.NewTextHandler(io.Discard, nil))
 	for _, tc := range []struct {
 		name                   string
 		consumerOpts, srcOpts  []Option

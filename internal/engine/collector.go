@@ -40,25 +40,25 @@ func (c *collector[K, V]) verdict(ctx context.Context, msg *pipeline.Message[K, 
 	case msg.RetryRequested():
 		// The coordinator dispatches it again (and counts it as retried),
 		// or abandons it if its partition is stopping.
-		return completion[K, V]{msg, verdictRetry}
+		return completion[K, V]{msg: msg, verdict: verdictRetry}
 	case msg.Dropped():
 		c.stats.Dropped.Add(1)
-		return completion[K, V]{msg, verdictFinish}
+		return completion[K, V]{msg: msg, verdict: verdictFinish}
 	case msg.Err == nil:
 		c.stats.Handled.Add(1)
-		return completion[K, V]{msg, verdictFinish}
+		return completion[K, V]{msg: msg, verdict: verdictFinish}
 	case ctx.Err() != nil:
 		// A hard stop cancelled the handler: not a failure to act on.
-		return completion[K, V]{msg, verdictAbandon}
+		return completion[K, V]{msg: msg, verdict: verdictAbandon}
 	}
 	c.stats.Failed.Add(1)
 	err := &pipeline.MessageError{Topic: msg.Topic, Partition: msg.Partition, Offset: msg.Offset, Attempt: msg.Attempt, Err: msg.Err}
 	if c.policy(err) == pipeline.Skip {
 		c.stats.Skipped.Add(1)
 		c.log.Warn("parallafka: skipping failed message", "error", err)
-		return completion[K, V]{msg, verdictFinish}
+		return completion[K, V]{msg: msg, verdict: verdictFinish}
 	}
 	c.log.Error("parallafka: message failed; stopping", "error", err)
 	c.stop(err) // before the key is released: nothing later with its key starts
-	return completion[K, V]{msg, verdictAbandon}
+	return completion[K, V]{msg: msg, verdict: verdictAbandon}
 }

@@ -3,6 +3,7 @@ package engine
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"time"
 
@@ -30,6 +31,10 @@ type committer[K, V any] struct {
 	final     <-chan []claimOffset        // from the coordinator, as it ends
 	commits   <-chan commitRequest        // from the poller: a revoke's final offsets
 	coordDone <-chan struct{}
+	// shutdownDeadline is when a shutdown must be over (zero before one
+	// began): a final commit at shutdown is bounded by it, or by
+	// finalCommitMargin from its start if that is later.
+	shutdownDeadline func() time.Time
 
 	last map[pipeline.TopicPartition]claimOffset // last committed, per partition
 }
@@ -52,12 +57,11 @@ func (c *committer[K, V]) run(ctx context.Context) error {
 			req.reply <- c.commitFinal(req.offsets)
 			continue
 		case offsets := <-c.final:
-			c.commitFinal(offsets)
-			return nil
+			return c.commitLast(offsets)
 		case <-c.coordDone:
 			select {
 			case offsets := <-c.final: // sent just before it returned
-				c.commitFinal(offsets)
+				return c.commitLast(offsets)
 			default: // it failed: the flow is broken, commit nothing
 			}
 			return nil
@@ -67,8 +71,7 @@ func (c *committer[K, V]) run(ctx context.Context) error {
 		case c.offsets <- reply:
 			offsets = <-reply
 		case offsets = <-c.final:
-			c.commitFinal(offsets)
-			return nil
+			return c.commitLast(offsets)
 		case <-c.coordDone:
 			continue // the first select takes the final offsets
 		}
@@ -90,10 +93,38 @@ func (c *committer[K, V]) run(ctx context.Context) error {
 	}
 }
 
+// finalCommitMargin is the least time a final commit at shutdown gets,
+// even if the handlers used up the whole shutdown timeout.
+const finalCommitMargin = 2 * time.Second
+
+// commitLast commits the final offsets the coordinator handed over as it
+// ended. An error names the partitions whose offsets were not committed.
+func (c *committer[K, V]) commitLast(offsets []claimOffset) error {
+	err := c.commitFinal(offsets)
+	if err == nil || errors.Is(err, pipeline.ErrNotOwned) {
+		return nil // not ours any more: the new owner goes on from the last commit
+	}
+	tps := make([]pipeline.TopicPartition, len(offsets))
+	for i, off := range offsets {
+		tps[i] = off.TopicPartition
+	}
+	return fmt.Errorf("final offsets of %v not committed (their unfinished messages are delivered again): %w", tps, err)
+}
+
 // commitFinal commits offsets synchronously, retrying with backoff within
-// the timeout. It is used on revoke and at shutdown.
+// the timeout, and within the shutdown deadline once a shutdown began. It
+// is used on revoke and at shutdown.
 func (c *committer[K, V]) commitFinal(offsets []claimOffset) error {
-	ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
+	deadline := time.Now().Add(c.timeout)
+	if d := c.shutdownDeadline(); !d.IsZero() {
+		if least := time.Now().Add(finalCommitMargin); d.Before(least) {
+			d = least
+		}
+		if d.Before(deadline) {
+			deadline = d
+		}
+	}
+	ctx, cancel := context.WithDeadline(context.Background(), deadline)
 	defer cancel()
 	for backoff := 50 * time.Millisecond; ; backoff *= 2 {
 		err := c.commit(ctx, offsets)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"hash/maphash"
 	"log/slog"
+	"time"
 
 	"github.com/parallafka/parallafka/pipeline"
 )
@@ -23,6 +24,11 @@ type claim[K, V any] struct {
 	dispatched  int64 // highest offset dispatched, -1 before
 	stopping    bool  // revoked, lost or draining: only gap fillers start
 	revoked     chan struct{}
+	// ctx is its handlers' context: cancelled when the claim ends with
+	// handlers still running (a revoke timeout, a lost assignment), since
+	// the next owner may be handling the same messages by then.
+	ctx    context.Context
+	cancel context.CancelFunc
 }
 
 // wants reports whether a message of the claim at offset, not yet
@@ -39,11 +45,11 @@ func (c *claim[K, V]) wants(offset int64) bool { return !c.stopping || offset < 
 //
 // It dispatches a message when no earlier message with the same key is in
 // flight, and queues it behind that message otherwise; of the dispatchable
-// messages the oldest goes first (see ready). It never hands the pool more
-// messages than there are handlers, so a message that becomes ready (a busy
-// key's next one) never waits behind messages handed out earlier, and its
-// sends to the pool never block: the hand-off channel has room for every
-// handler.
+// messages the oldest goes first (see ready). It hands the pool no more
+// messages than there are handlers (see dispatchLimit for when it queues
+// more), so a message that becomes ready (a busy key's next one) does not
+// wait behind messages handed out earlier, and its sends to the pool never
+// block: the hand-off channel has room for every message out.
 type coordinator[K, V any] struct {
 	coordinatorEdges[K, V]
 	ordering     Ordering
@@ -53,6 +59,7 @@ type coordinator[K, V any] struct {
 	log          *slog.Logger
 	seed         maphash.Seed
 
+	ctx        context.Context // the handlers' context, which claims' contexts derive from
 	claims     map[pipeline.TopicPartition]*claim[K, V]
 	claimIDs   uint64
 	ready      ready[K, V]
@@ -61,6 +68,8 @@ type coordinator[K, V any] struct {
 	inFlight   int // tracked, not finished or abandoned (with the dispatched messages of ended claims)
 	freed      int // in-flight slots freed since the poller was last told
 	queued     int
+	quick      int  // handlers in a row that took less than quickHandler, up to quickRun
+	holding    bool // the user paused the pipeline: nothing is dispatched
 	draining   bool
 	hardStop   bool
 	revokes    []*revokeWait[K, V]
@@ -71,8 +80,8 @@ type coordinator[K, V any] struct {
 type coordinatorEdges[K, V any] struct {
 	polled     <-chan []*pipeline.Message[K, V] // from the poller: every poll cycle's messages
 	routable   <-chan *pipeline.Message[K, V]   // from the AfterPoll stages; nil without them: polled messages are routed at once
-	dispatch   chan<- *pipeline.Message[K, V]   // to the handler pool
-	handlerEnd <-chan struct{}                  // from the handler pool, once per handler that ended; nil without AfterHandle stages (released tells)
+	dispatch   chan<- job[K, V]                 // to the handler pool
+	handlerEnd <-chan handlerEnded[K, V]        // from the handler pool, once per handler that ended; nil without AfterHandle stages (released tells)
 	released   <-chan completion[K, V]          // from the ack collector: the key-released edge
 	room       chan<- int                       // to the poller: in-flight slots freed
 	rebalances <-chan rebalanceRequest          // from the poller's rebalance listener
@@ -92,6 +101,12 @@ type revokeWait[K, V any] struct {
 // (ctx done) and everything dispatched came back, then hands the final
 // offsets to the committer.
 func (c *coordinator[K, V]) run(ctx context.Context) error {
+	c.ctx = ctx
+	defer func() {
+		for _, cl := range c.claims {
+			cl.cancel()
+		}
+	}()
 	polled, routable, released, handlerEnd := c.polled, c.routable, c.released, c.handlerEnd
 	draining, done := c.drainingCh, ctx.Done()
 	dispatching := true
@@ -105,7 +120,7 @@ func (c *coordinator[K, V]) run(ctx context.Context) error {
 			dispatching = false
 			close(c.dispatch) // the pool ends once its handlers returned
 		}
-		if dispatching {
+		if dispatching && !c.holding {
 			c.dispatchReady()
 		}
 		if c.revokesDue {
@@ -138,12 +153,16 @@ func (c *coordinator[K, V]) run(ctx context.Context) error {
 				c.handling--
 			}
 			c.complete(done)
-		case _, ok := <-handlerEnd:
+		case ended, ok := <-handlerEnd:
 			if !ok {
 				handlerEnd = nil
 				continue
 			}
 			c.handling--
+			c.handlerTook(ended.quick)
+			if ended.cancelled != nil { // its claim ended: it does not go through the stages
+				c.complete(completion[K, V]{msg: ended.cancelled, verdict: verdictAbandon, quick: ended.quick})
+			}
 		case req := <-c.rebalances:
 			c.rebalance(req)
 		case reply := <-c.offsets:
@@ -211,15 +230,32 @@ func (c *coordinator[K, V]) publish() {
 // sends never block: the hand-off channel holds as many messages as there
 // are handlers, and no more than that are ever out.
 func (c *coordinator[K, V]) dispatchReady() {
-	for c.handling < c.concurrency && c.ready.len() > 0 {
+	for c.handling < c.dispatchLimit() && c.ready.len() > 0 {
 		e := c.ready.pop()
 		s := e.claim.window.find(e.msg)
 		s.state = slotDispatched
 		e.claim.outstanding++
 		e.claim.dispatched = max(e.claim.dispatched, e.msg.Offset)
 		c.handling++
-		c.dispatch <- e.msg
+		c.dispatch <- job[K, V]{msg: e.msg, ctx: e.claim.ctx}
 	}
+}
+
+// dispatchLimit is how many messages may be out of the coordinator and
+// not yet out of a handler: one per handler, and as many again, queued for
+// the handlers, while no message waits behind a busy key or the handlers
+// are quick. The queue spares a coordinator round trip (a wakeup on each
+// side) per message. It costs nothing while no key has a message waiting,
+// since a message becomes ready late only when its key is released; and
+// little with quick handlers (a key's next message waits behind at most
+// one round of quick handlers). Otherwise dispatch is one message per free
+// handler, so that a key's next message, usually the oldest ready one,
+// never waits behind messages handed out earlier.
+func (c *coordinator[K, V]) dispatchLimit() int {
+	if c.queued == 0 || c.quick >= quickRun {
+		return 2 * c.concurrency
+	}
+	return c.concurrency
 }
 
 // track adds a poll cycle's messages to their claims' windows: from now on
@@ -322,6 +358,7 @@ func (c *coordinator[K, V]) complete(done completion[K, V]) {
 		return
 	}
 	cl.outstanding--
+	c.handlerTook(done.quick)
 	switch done.verdict {
 	case verdictRetry:
 		if cl.stopping {
@@ -338,6 +375,23 @@ func (c *coordinator[K, V]) complete(done completion[K, V]) {
 	default:
 		c.settle(cl, s, slotAbandoned)
 		c.abandonKey(cl, done.msg)
+	}
+}
+
+// Handlers count as quick when quickRun in a row took less than
+// quickHandler: about what a coordinator round trip costs, so that the
+// queue of dispatchLimit delays a busy key's next message by less than a
+// round trip would.
+const (
+	quickHandler = 20 * time.Microsecond
+	quickRun     = 32
+)
+
+func (c *coordinator[K, V]) handlerTook(quick bool) {
+	if !quick {
+		c.quick = 0
+	} else if c.quick < quickRun {
+		c.quick++
 	}
 }
 
@@ -456,6 +510,11 @@ func (c *coordinator[K, V]) end(cl *claim[K, V]) {
 	}
 	c.stop(cl)
 	delete(c.claims, cl.tp)
+	if cl.outstanding > 0 {
+		c.log.Warn("parallafka: cancelling the handlers of a partition given up; their messages are redelivered to the next owner",
+			"partition", cl.tp, "handlers", cl.outstanding)
+	}
+	cl.cancel()
 	c.ready.filter(func(e entry[K, V]) bool { return e.claim != cl })
 	for _, queue := range cl.keys {
 		c.queued -= len(queue)
@@ -479,6 +538,7 @@ func (c *coordinator[K, V]) rebalance(req rebalanceRequest) {
 				tp: tp, id: c.claimIDs, keys: make(map[uint64][]entry[K, V]),
 				start: -1, dispatched: -1, revoked: make(chan struct{}),
 			}
+			cl.ctx, cl.cancel = context.WithCancel(c.ctx)
 			if c.draining {
 				cl.stopping = true
 				close(cl.revoked)
@@ -506,6 +566,9 @@ func (c *coordinator[K, V]) rebalance(req rebalanceRequest) {
 				return
 			}
 		}
+	case rebalanceHold, rebalanceUnhold:
+		c.holding = req.kind == rebalanceHold
+		req.reply <- nil
 	case rebalanceLost:
 		for _, tp := range req.partitions {
 			if cl := c.claims[tp]; cl != nil {

@@ -11,6 +11,7 @@ import (
 	"hash/maphash"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/sourcegraph/conc/panics"
@@ -50,11 +51,13 @@ type Config[K, V any] struct {
 	RevokeTimeout   time.Duration
 	Logger          *slog.Logger
 	ErrorPolicy     pipeline.ErrorPolicy
+	Hooks           Hooks
+	Pause           *atomic.Bool // set by Parallafka.Pause, cleared by Resume
 }
 
 // ErrShutdownTimeout is the cause of the handlers' cancellation when a
 // graceful shutdown outlived its timeout.
-var ErrShutdownTimeout = errors.New("parallafka: shutdown timeout: in-flight handlers were cancelled")
+var ErrShutdownTimeout = errors.New("parallafka: shutdown timeout: what had not finished (handlers, the final commit) was cancelled")
 
 // Timing of the poll stage.
 const (
@@ -76,6 +79,9 @@ const (
 // returns.
 func Run[K, V any](ctx context.Context, cfg *Config[K, V], stats *Stats) error {
 	life := newLifecycle(ctx, cfg.HardStop, cfg.ShutdownTimeout)
+	if in, ok := cfg.Source.(interface{ Interrupt() }); ok {
+		life.interrupt = in.Interrupt
+	}
 	f := newFlow(cfg, stats, life)
 	var runErr error
 	if err := cfg.Source.Subscribe(f.poller); err != nil {
@@ -117,8 +123,8 @@ func newFlow[K, V any](cfg *Config[K, V], stats *Stats, life *lifecycle) *flow[K
 	var (
 		polled     = make(chan []*pipeline.Message[K, V], 4)
 		room       = make(chan int, 1)
-		dispatch   = make(chan *pipeline.Message[K, V], cfg.Concurrency)
-		released   = make(chan completion[K, V], cfg.Concurrency)
+		dispatch   = make(chan job[K, V], 2*cfg.Concurrency)
+		released   = make(chan completion[K, V], 2*cfg.Concurrency)
 		rebalances = make(chan rebalanceRequest)
 		offsets    = make(chan chan<- []claimOffset)
 		final      = make(chan []claimOffset, 1)
@@ -135,6 +141,7 @@ func newFlow[K, V any](cfg *Config[K, V], stats *Stats, life *lifecycle) *flow[K
 		},
 		source: cfg.Source, log: cfg.Logger, stats: stats, maxInFlight: cfg.MaxInFlight,
 		pollTimeout: pollTimeout, pauseAfter: pauseAfter, revokeTimeout: cfg.RevokeTimeout,
+		hooks: cfg.Hooks, userPause: cfg.Pause,
 	}
 	f.coordinator = &coordinator[K, V]{
 		coordinatorEdges: coordinatorEdges[K, V]{
@@ -154,6 +161,7 @@ func newFlow[K, V any](cfg *Config[K, V], stats *Stats, life *lifecycle) *flow[K
 		source: cfg.Source, log: cfg.Logger, stats: stats,
 		interval: cfg.CommitInterval, timeout: cfg.RevokeTimeout,
 		offsets: offsets, final: final, commits: commits, coordDone: coordDone,
+		shutdownDeadline: life.shutdownDeadline,
 	}
 	life.revoked = func(topic string, partition int32) <-chan struct{} {
 		q := revokedQuery{tp: pipeline.TopicPartition{Topic: topic, Partition: partition}, reply: make(chan (<-chan struct{}), 1)}
@@ -178,7 +186,7 @@ func (f *flow[K, V]) run() error {
 	}
 	if len(f.cfg.AfterHandle) > 0 {
 		handled := make(chan *pipeline.Message[K, V], channelSize)
-		handlerEnd := make(chan struct{}, f.cfg.Concurrency)
+		handlerEnd := make(chan handlerEnded[K, V], 2*f.cfg.Concurrency)
 		released := f.pool.released
 		f.pool.handled, f.pool.handlerEnd, f.pool.released = handled, handlerEnd, nil
 		f.coordinator.handlerEnd = handlerEnd
@@ -265,11 +273,22 @@ type lifecycle struct {
 	timeout  time.Duration
 	revoked  signal.Revoked
 
+	// interrupt, if set, cuts short a source's blocking calls (kafka.Source's
+	// Interrupt) when the shutdown timeout passes.
+	interrupt func()
+
 	stopOnce sync.Once
 	stopped  func() bool // stops the AfterFunc on the caller's context
 	mu       sync.Mutex
 	first    error
 	timer    *time.Timer
+	deadline time.Time // when the shutdown must be over; zero before it began
+}
+
+func (l *lifecycle) shutdownDeadline() time.Time {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.deadline
 }
 
 var errHardStop = errors.New("parallafka: hard stop")
@@ -298,11 +317,20 @@ func (l *lifecycle) stop(err error) {
 	l.stopOnce.Do(func() {
 		close(l.draining)
 		if l.hardStop {
+			l.mu.Lock()
+			l.deadline = time.Now()
+			l.mu.Unlock()
 			l.cancel(errHardStop)
 			return
 		}
 		l.mu.Lock()
-		l.timer = time.AfterFunc(l.timeout, func() { l.cancel(ErrShutdownTimeout) })
+		l.deadline = time.Now().Add(l.timeout)
+		l.timer = time.AfterFunc(l.timeout, func() {
+			l.cancel(ErrShutdownTimeout)
+			if l.interrupt != nil {
+				l.interrupt()
+			}
+		})
 		l.mu.Unlock()
 	})
 }
@@ -339,6 +367,19 @@ type (
 	completion[K, V any] struct {
 		msg     *pipeline.Message[K, V]
 		verdict verdict
+		quick   bool // the handler took less than quickHandler (see dispatchLimit)
+	}
+	// job is a dispatched message and its handler's context (its claim's).
+	job[K, V any] struct {
+		msg *pipeline.Message[K, V]
+		ctx context.Context
+	}
+	// handlerEnded tells the coordinator that a handler is free again, with
+	// AfterHandle stages; cancelled is the message if its claim's context
+	// was cancelled (it ended): it skips the stages.
+	handlerEnded[K, V any] struct {
+		quick     bool
+		cancelled *pipeline.Message[K, V]
 	}
 	// rebalanceRequest asks the coordinator to act on a rebalance; it
 	// replies on reply (final offsets, for a revoke).
@@ -379,4 +420,6 @@ const (
 	rebalanceRevoke
 	rebalanceGiveUp // the revoke timed out: answer now
 	rebalanceLost
+	rebalanceHold   // Parallafka.Pause: dispatch nothing
+	rebalanceUnhold // Parallafka.Resume
 )

@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"maps"
 	"slices"
+	"sync/atomic"
 	"time"
 
 	"github.com/parallafka/parallafka/pipeline"
@@ -37,10 +38,15 @@ type poller[K, V any] struct {
 
 	credit   int
 	assigned map[pipeline.TopicPartition]bool
-	paused   bool
-	batch    []*pipeline.Message[K, V] // this poll cycle's messages
-	held     []*pipeline.Message[K, V] // polled without credit (a consumer's prefetch), in poll order
-	ended    bool                      // the flow ended: rebalances from Close have nothing to do
+	paused   bool // by back-pressure
+	holding  bool // by the user (Parallafka.Pause): dispatching stops too
+	hooks    Hooks
+	// userPause is what Parallafka.Pause and Resume ask for; the poller
+	// reads it every cycle (an atomic owned by nobody's partition state).
+	userPause *atomic.Bool
+	batch     []*pipeline.Message[K, V] // this poll cycle's messages
+	held      []*pipeline.Message[K, V] // polled without credit (a consumer's prefetch), in poll order
+	ended     bool                      // the flow ended: rebalances from Close have nothing to do
 }
 
 // pollerEdges are the poller's channels.
@@ -74,12 +80,15 @@ func (p *poller[K, V]) run(ctx context.Context) error {
 		if p.credit <= 0 && !p.paused && p.awaitRoom(ctx) {
 			continue
 		}
+		if err := p.applyUserPause(); err != nil {
+			return err
+		}
 		if err := p.applyBackPressure(); err != nil {
 			return err
 		}
 		p.takeHeld()
 		timeout := p.pollTimeout
-		if p.paused || len(p.batch) > 0 {
+		if p.paused || p.holding || len(p.batch) > 0 {
 			timeout = min(timeout, 10*time.Millisecond) // notice freed room promptly
 		}
 		if err := p.pollCycle(timeout); err != nil {
@@ -200,16 +209,41 @@ func (p *poller[K, V]) applyBackPressure() error {
 	case !p.paused && p.credit <= 0:
 		p.paused = true
 		p.stats.Pauses.Add(1)
-		return p.setPaused(p.partitions(), true)
+		if !p.holding {
+			return p.setPaused(p.partitions(), true)
+		}
 	case p.paused && p.credit-len(p.held) >= p.maxInFlight/4:
 		p.paused = false
-		return p.setPaused(p.partitions(), false)
+		if !p.holding {
+			return p.setPaused(p.partitions(), false)
+		}
+	}
+	return nil
+}
+
+// applyUserPause carries out Parallafka.Pause and Resume: fetching stops
+// (or goes on) for every assigned partition, and so does dispatching,
+// while polling goes on, so that the member stays in its group.
+func (p *poller[K, V]) applyUserPause() error {
+	want := p.userPause != nil && p.userPause.Load()
+	if want == p.holding {
+		return nil
+	}
+	p.holding = want
+	kind := rebalanceHold
+	if !want {
+		kind = rebalanceUnhold
+	}
+	p.request(rebalanceRequest{kind: kind})
+	p.stats.UserPaused.Store(want)
+	if !p.paused {
+		return p.setPaused(p.partitions(), want)
 	}
 	return nil
 }
 
 func (p *poller[K, V]) setPaused(tps []pipeline.TopicPartition, paused bool) error {
-	if p.paused {
+	if p.paused || p.holding {
 		p.stats.setPaused(p.partitions())
 	} else {
 		p.stats.setPaused(nil)
@@ -242,7 +276,8 @@ func (p *poller[K, V]) PartitionsAssigned(tps []pipeline.TopicPartition) {
 		p.assigned[tp] = true
 	}
 	p.log.Info("parallafka: partitions assigned", "partitions", tps)
-	if p.paused {
+	p.hooks.call(p.log, "OnAssigned", p.hooks.OnAssigned, tps)
+	if p.paused || p.holding {
 		if err := p.setPaused(tps, true); err != nil {
 			p.log.Warn("parallafka: pausing new partitions failed", "error", err)
 		}
@@ -282,9 +317,10 @@ func (p *poller[K, V]) PartitionsRevoked(tps []pipeline.TopicPartition) {
 	p.log.Info("parallafka: partitions revoked", "partitions", tps,
 		"handlers_finished", idle, "took", time.Since(start), "commit_error", err)
 	if !idle {
-		p.log.Warn("parallafka: revoke timeout: handlers still running; their messages will be redelivered to the next owner",
+		p.log.Warn("parallafka: revoke timeout: handlers still running were cancelled; their messages will be redelivered to the next owner",
 			"timeout", p.revokeTimeout)
 	}
+	p.hooks.call(p.log, "OnRevoked", p.hooks.OnRevoked, tps)
 }
 
 // PartitionsLost drops the partitions' backlog without committing: another
@@ -296,6 +332,26 @@ func (p *poller[K, V]) PartitionsLost(tps []pipeline.TopicPartition) {
 	p.forget(tps)
 	p.request(rebalanceRequest{kind: rebalanceLost, partitions: tps})
 	p.log.Warn("parallafka: partitions lost", "partitions", tps)
+	p.hooks.call(p.log, "OnLost", p.hooks.OnLost, tps)
+}
+
+// Hooks are the user's rebalance callbacks. They run on the poll
+// goroutine, inside the source's Poll, after the pipeline acted on the
+// rebalance; a panic is logged and recovered.
+type Hooks struct {
+	OnAssigned, OnRevoked, OnLost func([]pipeline.TopicPartition)
+}
+
+func (Hooks) call(log *slog.Logger, name string, fn func([]pipeline.TopicPartition), tps []pipeline.TopicPartition) {
+	if fn == nil {
+		return
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			log.Error("parallafka: rebalance hook panicked", "hook", name, "panic", r, "partitions", tps)
+		}
+	}()
+	fn(slices.Clone(tps))
 }
 
 // flushForRebalance hands over the messages polled so far in this cycle,
@@ -321,7 +377,7 @@ func (p *poller[K, V]) forget(tps []pipeline.TopicPartition) {
 	}
 	clear(p.held[len(kept):])
 	p.held = kept
-	if p.paused {
+	if p.paused || p.holding {
 		p.stats.setPaused(p.partitions())
 	}
 }

@@ -24,6 +24,7 @@ type Stats struct {
 	Pauses       atomic.Int64 // poller: times back-pressure paused the partitions
 	Commits      atomic.Int64 // committer: successful commit requests
 	CommitErrors atomic.Int64 // committer: failed commit requests
+	UserPaused   atomic.Bool  // poller: Parallafka.Pause is in force
 
 	mu        sync.Mutex
 	committed map[pipeline.TopicPartition]int64 // committer

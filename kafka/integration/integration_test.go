@@ -165,7 +165,7 @@ func testBackPressure(t *testing.T, messages, maxInFlight, concurrency int, work
 		config: map[string]any{"max.poll.interval.ms": int(maxPollInterval / time.Millisecond)},
 		work:   sleepBetween(work, work),
 		options: []parallafka.Option{
-			parallafka.WithMaxConcurrency(concurrency), parallafka.WithMaxInFlight(maxInFlight),
+			parallafka.WithMaxConcurrency(concurrency), parallafka.WithMaxInFlight(maxInFlight), parallafka.WithRevokeTimeout(3 * time.Second),
 		},
 	})
 

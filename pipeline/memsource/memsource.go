@@ -39,6 +39,8 @@ type Record[K, V any] struct {
 	// Err, if set, makes the record a poison pill: it is delivered with
 	// Message.Err set, as a source does for a record it cannot deserialize.
 	Err error
+
+	rawKey []byte // the encoded key, made once when produced
 }
 
 // Source is an in-memory pipeline.Source. It is safe for concurrent use.
@@ -134,6 +136,9 @@ func (s *Source[K, V]) ProduceRecord(r Record[K, V]) int64 {
 	if !ok {
 		panic(fmt.Sprintf("memsource: produce to unknown partition %v", tp))
 	}
+	if !r.NoKey {
+		r.rawKey = s.encodeKey(r.Key)
+	}
 	s.logs[tp] = append(log, r)
 	s.signal()
 	return int64(len(log))
@@ -160,8 +165,12 @@ func (s *Source[K, V]) Subscribe(l pipeline.RebalanceListener) error {
 func (s *Source[K, V]) Poll(timeout time.Duration) (*pipeline.Message[K, V], error) {
 	deadline := time.Now().Add(timeout)
 	for {
-		s.deliverNotifications()
 		s.mu.Lock()
+		if s.needAssign || len(s.pending) > 0 {
+			s.mu.Unlock()
+			s.deliverNotifications()
+			s.mu.Lock()
+		}
 		if s.listener == nil {
 			s.mu.Unlock()
 			return nil, errors.New("memsource: Poll before Subscribe")
@@ -200,9 +209,7 @@ func (s *Source[K, V]) nextMessage() *pipeline.Message[K, V] {
 			Key: r.Key, Value: r.Value, Headers: r.Headers, Timestamp: time.Now(),
 			Err: r.Err,
 		}
-		if !r.NoKey {
-			msg.RawKey = s.encodeKey(r.Key)
-		}
+		msg.RawKey = r.rawKey
 		return msg
 	}
 	return nil

@@ -1,0 +1,220 @@
+package parallafka_test
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/parallafka/parallafka"
+	"github.com/parallafka/parallafka/pipeline"
+	"github.com/parallafka/parallafka/pipeline/memsource"
+)
+
+// After a revoke timeout the revoked partition's handlers still running get
+// their context cancelled (the next owner may be running the same
+// messages), while other partitions' handlers keep theirs.
+func TestRevokeTimeoutCancelsTheRevokedHandlers(t *testing.T) {
+	src := memsource.New[string, int]()
+	produce(src, 2, 4, func(i int) int { return i })
+	p, err := parallafka.New(src, parallafka.WithLogger(quiet), parallafka.WithRevokeTimeout(50*time.Millisecond))
+	require.NoError(t, err)
+	var cancelled [2]atomic.Bool
+	var running atomic.Int32
+	release := make(chan struct{})
+	stop, _ := start(p, func(ctx context.Context, m *parallafka.Message[string, int]) error {
+		if m.Offset != 0 {
+			return nil
+		}
+		running.Add(1)
+		select {
+		case <-ctx.Done(): // ignores nothing: returns once cancelled
+			cancelled[m.Partition].Store(true)
+			return ctx.Err()
+		case <-release:
+			return nil
+		}
+	})
+	eventually(t, func() bool { return running.Load() == 2 })
+	src.Revoke(tp(0))
+	eventually(t, func() bool { return cancelled[0].Load() })
+	assert.False(t, cancelled[1].Load(), "the partition kept has its handler's context")
+	assert.Less(t, src.Committed(tp(0)), int64(1), "the cancelled message is not committed")
+	close(release)
+	eventually(t, func() bool { return src.Committed(tp(1)) == 2 })
+	err, _ = stop()
+	require.NoError(t, err, "a cancelled handler of a revoked partition is no failure")
+}
+
+// A lost assignment cancels its handlers too.
+func TestLostCancelsHandlers(t *testing.T) {
+	src := memsource.New[string, int]()
+	produce(src, 1, 1, func(i int) int { return i })
+	p, err := parallafka.New(src, parallafka.WithLogger(quiet))
+	require.NoError(t, err)
+	var running, cancelled atomic.Bool
+	stop, _ := start(p, func(ctx context.Context, m *parallafka.Message[string, int]) error {
+		running.Store(true)
+		<-ctx.Done()
+		cancelled.Store(true)
+		return ctx.Err()
+	})
+	eventually(t, running.Load)
+	src.Lose(tp(0))
+	eventually(t, cancelled.Load)
+	err, _ = stop()
+	require.NoError(t, err)
+	assert.Empty(t, src.Commits())
+}
+
+// Nothing is committed for a partition before something finished past its
+// starting position (issue 11, item 7: no redundant commit on assignment).
+func TestNoCommitBeforeAnythingFinished(t *testing.T) {
+	src := memsource.New[string, int]()
+	produce(src, 2, 10, func(i int) int { return i })
+	p, err := parallafka.New(src, parallafka.WithLogger(quiet), parallafka.WithCommitInterval(time.Millisecond))
+	require.NoError(t, err)
+	gate := make(chan struct{})
+	var handled atomic.Int64
+	stop, _ := start(p, func(ctx context.Context, m *parallafka.Message[string, int]) error {
+		if m.Partition == 0 && m.Offset == 0 {
+			<-gate // holds partition 0 at its start
+		}
+		handled.Add(1)
+		return nil
+	})
+	eventually(t, func() bool { return handled.Load() == 9 && src.Committed(tp(1)) == 5 })
+	for _, c := range src.Commits() {
+		assert.NotEqual(t, tp(0), c.TopicPartition, "partition 0 did not move: nothing to commit")
+	}
+	close(gate)
+	eventually(t, func() bool { return src.Committed(tp(0)) == 5 })
+	err, _ = stop()
+	require.NoError(t, err)
+}
+
+// Pause stops dispatching and fetching while polling goes on; Resume goes on
+// where it stopped. Stats show it.
+func TestPauseAndResume(t *testing.T) {
+	src := memsource.New[string, int]()
+	produce(src, 2, 200, func(i int) int { return i % 7 })
+	p, err := parallafka.New(src, parallafka.WithLogger(quiet), parallafka.WithMaxInFlight(20))
+	require.NoError(t, err)
+	var handled atomic.Int64
+	gate := make(chan struct{}, 1000)
+	stop, _ := start(p, func(ctx context.Context, m *parallafka.Message[string, int]) error {
+		<-gate
+		handled.Add(1)
+		return nil
+	})
+	for range 50 {
+		gate <- struct{}{}
+	}
+	eventually(t, func() bool { return handled.Load() == 50 })
+	p.Pause()
+	eventually(t, func() bool {
+		s := p.Stats()
+		return s.UserPaused && len(s.Paused) == 2 && src.Paused(tp(0)) && src.Paused(tp(1))
+	})
+	for range 150 {
+		gate <- struct{}{}
+	}
+	// What was dispatched before the pause may finish; nothing more starts.
+	time.Sleep(100 * time.Millisecond)
+	atPause := handled.Load()
+	time.Sleep(200 * time.Millisecond)
+	assert.Equal(t, atPause, handled.Load(), "nothing dispatched while paused")
+	assert.Less(t, atPause, int64(200))
+	p.Resume()
+	eventually(t, func() bool { return handled.Load() == 200 })
+	assert.False(t, p.Stats().UserPaused)
+	assert.False(t, src.Paused(tp(0)))
+	err, _ = stop()
+	require.NoError(t, err)
+	assert.Equal(t, src.Len(tp(0)), src.Committed(tp(0)))
+	assert.Equal(t, src.Len(tp(1)), src.Committed(tp(1)))
+}
+
+// The rebalance hooks run after the pipeline acted: OnRevoked sees the
+// revoked partition's final offset committed already.
+func TestRebalanceHooks(t *testing.T) {
+	src := memsource.New[string, int]()
+	produce(src, 2, 20, func(i int) int { return i })
+	var mu sync.Mutex
+	var events []string
+	record := func(kind string, check func(pipeline.TopicPartition)) func([]parallafka.TopicPartition) {
+		return func(tps []parallafka.TopicPartition) {
+			for _, tp := range tps {
+				mu.Lock()
+				events = append(events, kind+" "+tp.String())
+				mu.Unlock()
+				if check != nil {
+					check(tp)
+				}
+			}
+		}
+	}
+	var committedAtRevoke atomic.Int64
+	var handled atomic.Int64
+	p, err := parallafka.New(src, parallafka.WithLogger(quiet), parallafka.WithRebalanceHooks(parallafka.RebalanceHooks{
+		OnAssigned: record("assigned", nil),
+		OnRevoked:  record("revoked", func(tp pipeline.TopicPartition) { committedAtRevoke.Store(src.Committed(tp)) }),
+		OnLost:     record("lost", func(pipeline.TopicPartition) { panic("a hook's panic is recovered") }),
+	}))
+	require.NoError(t, err)
+	stop, _ := start(p, func(ctx context.Context, m *parallafka.Message[string, int]) error {
+		handled.Add(1)
+		return nil
+	})
+	eventually(t, func() bool { return handled.Load() == 20 })
+	src.Revoke(tp(0))
+	assert.EqualValues(t, 10, committedAtRevoke.Load(), "OnRevoked runs after the final commit")
+	src.Lose(tp(1))
+	err, _ = stop()
+	require.NoError(t, err)
+	mu.Lock()
+	defer mu.Unlock()
+	assert.Equal(t, []string{"assigned t[0]", "assigned t[1]", "revoked t[0]", "lost t[1]"}, events)
+}
+
+// pollLimited is a source whose consumer leaves its group after
+// MaxPollInterval without a poll, like kafka.Source.
+type pollLimited struct {
+	*memsource.Source[string, int]
+	limit time.Duration
+}
+
+func (s pollLimited) MaxPollInterval() time.Duration { return s.limit }
+
+// A revoke timeout that does not fit in max.poll.interval.ms is refused
+// before anything starts (issue 11, item 3).
+func TestRevokeTimeoutMustFitMaxPollInterval(t *testing.T) {
+	src := pollLimited{memsource.New[string, int](), 7 * time.Second}
+	_, err := parallafka.New[string, int](src, parallafka.WithRevokeTimeout(20*time.Second))
+	require.ErrorContains(t, err, "max.poll.interval.ms")
+	_, err = parallafka.New[string, int](src, parallafka.WithRevokeTimeout(3*time.Second))
+	require.NoError(t, err)
+}
+
+// Consume with a context cancelled already closes the source like every
+// other return (issue 11, item 5).
+func TestConsumeCancelledContextClosesTheSource(t *testing.T) {
+	src := &closeCounting{Source: memsource.New[string, int]()}
+	p, err := parallafka.New[string, int](src)
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	require.ErrorIs(t, p.Consume(ctx, func(context.Context, *parallafka.Message[string, int]) error { return nil }), context.Canceled)
+	assert.EqualValues(t, 1, src.closed.Load())
+}
+
+type closeCounting struct {
+	*memsource.Source[string, int]
+	closed atomic.Int32
+}
+
+func (s *closeCounting) Close() error { s.closed.Add(1); return s.Source.Close() }
