@@ -289,7 +289,8 @@ func (p *poller[K, V]) PartitionsAssigned(tps []pipeline.TopicPartition) {
 // their final offsets before it returns, so that the next owner starts
 // right after the last message this member finished.
 func (p *poller[K, V]) PartitionsRevoked(tps []pipeline.TopicPartition) {
-	if p.ended {
+	if p.ended { // inside the source's Close: the final offsets are committed
+		p.hooks.call(p.log, "OnRevoked", p.hooks.OnRevoked, tps)
 		return
 	}
 	start := time.Now()
@@ -327,6 +328,7 @@ func (p *poller[K, V]) PartitionsRevoked(tps []pipeline.TopicPartition) {
 // member may own them already.
 func (p *poller[K, V]) PartitionsLost(tps []pipeline.TopicPartition) {
 	if p.ended {
+		p.hooks.call(p.log, "OnLost", p.hooks.OnLost, tps)
 		return
 	}
 	p.forget(tps)
