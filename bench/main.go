@@ -125,10 +125,16 @@ func sweep(ctx context.Context, c *config, b *broker, w *workload, stdout, stder
 		serial = &s
 		fmt.Fprintf(stderr, "# serial baseline: %.3f s, %.0f msg/s, %.2f µs CPU/msg\n", s.seconds, s.msgsPerSec, micros(s.cpuPerMsg))
 	}
-	if b != nil && c.raw {
+	if c.raw && (b != nil || c.handler.kind == "noop") {
 		rec := newRecorder(w, handlerSpec{kind: "noop", text: "noop"}, c.messages, false)
 		bar := startProgress(stderr, c.progress, "raw consumer", rec.handled.Load, int64(c.messages))
-		r, err := rawKafka(b, topic, rec, c.stall)
+		var r baseline
+		var err error
+		if b == nil {
+			r, err = rawMem(w, rec, c.messages, c.stall)
+		} else {
+			r, err = rawKafka(b, topic, rec, c.stall)
+		}
 		bar.Stop()
 		if err != nil {
 			return nil, fmt.Errorf("raw consumer baseline: %w", err)
