@@ -41,20 +41,38 @@ import (
 )
 
 // Types re-exported from package pipeline, so that a user imports one
-// package.
+// package; `go doc pipeline.Message` (and so on) shows their fields and
+// methods.
 type (
-	Message[K, V any]    = pipeline.Message[K, V]
-	Handler[K, V any]    = pipeline.Handler[K, V]
+	// Message is one Kafka record as it travels through the pipeline: topic,
+	// partition, offset, key and value (deserialized, and raw), headers,
+	// timestamp, the latest attempt's error and the attempt count. Stages
+	// mark it with Drop or Retry.
+	Message[K, V any] = pipeline.Message[K, V]
+	// Handler handles one message; an error or a panic fails it.
+	Handler[K, V any] = pipeline.Handler[K, V]
+	// Middleware wraps a Handler: func(next Handler) Handler.
 	Middleware[K, V any] = pipeline.Middleware[K, V]
-	Stage[K, V any]      = pipeline.Stage[K, V]
-	Source[K, V any]     = pipeline.Source[K, V]
-	TopicPartition       = pipeline.TopicPartition
-	Offset               = pipeline.Offset
-	Header               = pipeline.Header
-	ErrorPolicy          = pipeline.ErrorPolicy
-	ErrorAction          = pipeline.ErrorAction
-	MessageError         = pipeline.MessageError
-	PanicError           = pipeline.PanicError
+	// Stage is a user-insertable step between two channels of messages; it
+	// must send every message it receives on, exactly once.
+	Stage[K, V any] = pipeline.Stage[K, V]
+	// Source is a one-message-at-a-time consumer: package kafka's, or
+	// package memsource's for tests.
+	Source[K, V any] = pipeline.Source[K, V]
+	// TopicPartition names one partition of a topic.
+	TopicPartition = pipeline.TopicPartition
+	// Offset is a commit position: the next offset to read.
+	Offset = pipeline.Offset
+	// Header is one Kafka record header.
+	Header = pipeline.Header
+	// ErrorPolicy decides, per failed message, whether to Stop or Skip.
+	ErrorPolicy = pipeline.ErrorPolicy
+	// ErrorAction is Stop or Skip.
+	ErrorAction = pipeline.ErrorAction
+	// MessageError is the error of one message that failed.
+	MessageError = pipeline.MessageError
+	// PanicError is the error of a message whose handler panicked.
+	PanicError = pipeline.PanicError
 )
 
 // Error actions, re-exported from package pipeline.
