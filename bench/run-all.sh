@@ -67,9 +67,9 @@ run w4-backlog-1m-inflight-10k $w4 -backlog 1000000 -max-in-flight 10000
 
 name=microbench
 if want "${only[@]}"; then
-	echo "== micro-benchmarks: go test -run '^$' -bench . -benchmem -count 3 ./stages ./pipeline . ./bench (a module of its own)" >&2
+	echo "== micro-benchmarks: go test -run '^$' -bench . -benchmem -count 3 ./internal/engine . ./bench (a module of its own)" >&2
 	{
-		go test -run '^$' -bench . -benchmem -count 3 ./stages ./pipeline .
+		go test -run '^$' -bench . -benchmem -count 3 ./internal/engine .
 		go -C bench test -run '^$' -bench . -benchmem -count 3 .
 	} >"$out/microbench.txt" 2>&1
 fi
