@@ -18,6 +18,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -158,5 +159,18 @@ func consume(brokers, topic, group, protocol, run, member, history string, concu
 	st := p.Stats()
 	write("X %s %s %d %q\n", run, member, time.Now().UnixNano(), fmt.Sprint(err))
 	fmt.Fprintf(os.Stderr, "member %s: Consume returned %v; stats %+v\n", run, err, st)
+	if closeTimeoutOnly(err) {
+		// The final commit was made; librdkafka went on leaving the group
+		// in the background past kafka.WithCloseTimeout (seen when a member
+		// stops in the middle of a cooperative rebalance): a clean stop.
+		return nil
+	}
 	return err
+}
+
+// closeTimeoutOnly reports whether err is nothing but the source's close
+// timeout.
+func closeTimeoutOnly(err error) bool {
+	return errors.Is(err, kafka.ErrCloseTimeout) && !strings.Contains(err.Error(), "\n") &&
+		strings.HasPrefix(err.Error(), "parallafka: closing source:")
 }
