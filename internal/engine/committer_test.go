@@ -1,0 +1,272 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/parallafka/parallafka/pipeline"
+	"github.com/parallafka/parallafka/pipeline/memsource"
+)
+
+// committerHarness runs a committer over a memsource inside a synctest
+// bubble and plays the coordinator (offsets, final) and the poller
+// (commits). Time is the bubble's: waiting for the committer's next
+// question advances it to the committer's timer.
+type committerHarness struct {
+	t         *testing.T
+	src       *memsource.Source[string, string]
+	c         *committer[string, string]
+	stats     *Stats
+	offsets   chan chan<- []claimOffset
+	final     chan []claimOffset
+	commits   chan commitRequest
+	coordDone chan struct{}
+	done      chan error
+	deadline  time.Time // the shutdown deadline the committer sees
+}
+
+const (
+	testInterval = time.Second
+	testTimeout  = 5 * time.Second
+)
+
+func newCommitterHarness(t *testing.T) *committerHarness {
+	h := &committerHarness{
+		t: t, src: memsource.New[string, string](), stats: &Stats{},
+		offsets: make(chan chan<- []claimOffset), final: make(chan []claimOffset, 1),
+		commits: make(chan commitRequest), coordDone: make(chan struct{}), done: make(chan error, 1),
+	}
+	h.c = &committer[string, string]{
+		source: h.src, log: slog.New(slog.DiscardHandler), stats: h.stats,
+		interval: testInterval, timeout: testTimeout,
+		offsets: h.offsets, final: h.final, commits: h.commits, coordDone: h.coordDone,
+		shutdownDeadline: func() time.Time { return h.deadline },
+	}
+	go func() { h.done <- h.c.run(context.Background()) }()
+	return h
+}
+
+// answer waits for the committer's next question, answers it, and waits
+// until the committer did what it does with the answer. It returns when
+// the question came.
+func (h *committerHarness) answer(offs ...claimOffset) time.Time {
+	reply := <-h.offsets
+	at := time.Now()
+	reply <- offs
+	synctest.Wait()
+	return at
+}
+
+// end hands over the final offsets and returns what run returned.
+func (h *committerHarness) end(offs ...claimOffset) error {
+	h.final <- offs
+	close(h.coordDone)
+	return <-h.done
+}
+
+func off(p int32, offset int64, claim uint64) claimOffset {
+	return claimOffset{Offset: pipeline.Offset{TopicPartition: tp(p), Offset: offset}, claim: claim}
+}
+
+func (h *committerHarness) expectCommits(want ...pipeline.Offset) {
+	h.t.Helper()
+	got := h.src.Commits()
+	sortOffsets := func(o []pipeline.Offset) {
+		slices.SortFunc(o, func(a, b pipeline.Offset) int { return int(a.Partition-b.Partition)*1000 + int(a.Offset-b.Offset) })
+	}
+	sortOffsets(got)
+	sortOffsets(want)
+	if !slices.Equal(got, want) {
+		h.t.Fatalf("commits %v; want %v", got, want)
+	}
+}
+
+func po(p int32, offset int64) pipeline.Offset {
+	return pipeline.Offset{TopicPartition: tp(p), Offset: offset}
+}
+
+// TestCommitterSkipsUnchanged: a partition is committed when its offset
+// moved or its claim is new; nothing is sent when nothing moved.
+func TestCommitterSkipsUnchanged(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		h := newCommitterHarness(t)
+		start := time.Now()
+		if at := h.answer(off(0, 5, 1)); at.Sub(start) != testInterval {
+			t.Fatalf("first question after %v; want %v", at.Sub(start), testInterval)
+		}
+		h.expectCommits(po(0, 5))
+		h.answer(off(0, 5, 1))
+		h.answer() // nothing committable
+		h.expectCommits(po(0, 5))
+		h.answer(off(0, 5, 2)) // a new claim of the partition: committed again
+		h.expectCommits(po(0, 5), po(0, 5))
+		h.answer(off(0, 5, 2), off(1, 3, 3)) // only partition 1 moved
+		h.expectCommits(po(0, 5), po(0, 5), po(1, 3))
+		if c := h.stats.Commits.Load(); c != 3 {
+			t.Fatalf("Commits = %d; want 3", c)
+		}
+		if got := h.stats.Committed(); got[tp(0)] != 5 || got[tp(1)] != 3 {
+			t.Fatalf("Stats.Committed = %v", got)
+		}
+		if err := h.end(off(0, 5, 2), off(1, 4, 3)); err != nil {
+			t.Fatalf("run: %v", err)
+		}
+		h.expectCommits(po(0, 5), po(0, 5), po(1, 3), po(1, 4))
+	})
+}
+
+// TestCommitterRetriesWithBackoff: a failed commit is retried after a
+// growing backoff (never longer than the interval), asking the coordinator
+// again each time; success resets it.
+func TestCommitterRetriesWithBackoff(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		h := newCommitterHarness(t)
+		failures := 3
+		h.src.SetCommitHook(func([]pipeline.Offset) error {
+			if failures > 0 {
+				failures--
+				return errors.New("broker unavailable")
+			}
+			return nil
+		})
+		var at []time.Time
+		for i := range int64(5) {
+			at = append(at, h.answer(off(0, 10+i, 1)))
+		}
+		var gaps []time.Duration
+		for i := 1; i < len(at); i++ {
+			gaps = append(gaps, at[i].Sub(at[i-1]))
+		}
+		want := []time.Duration{100 * time.Millisecond, 200 * time.Millisecond, 400 * time.Millisecond, testInterval}
+		if !slices.Equal(gaps, want) {
+			t.Fatalf("questions %v apart; want %v", gaps, want)
+		}
+		// The retry committed what the coordinator said then, not the
+		// failed offsets.
+		h.expectCommits(po(0, 13), po(0, 14))
+		if e, c := h.stats.CommitErrors.Load(), h.stats.Commits.Load(); e != 3 || c != 2 {
+			t.Fatalf("CommitErrors, Commits = %d, %d; want 3, 2", e, c)
+		}
+		if err := h.end(); err != nil {
+			t.Fatalf("run: %v", err)
+		}
+	})
+}
+
+// TestCommitterNotOwnedNotRetried: ErrNotOwned waits for the next
+// interval, and a final commit refused so is not retried and not an error.
+func TestCommitterNotOwnedNotRetried(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		h := newCommitterHarness(t)
+		calls := 0
+		h.src.SetCommitHook(func([]pipeline.Offset) error {
+			calls++
+			return fmt.Errorf("generation 7: %w", pipeline.ErrNotOwned)
+		})
+		a := h.answer(off(0, 1, 1))
+		b := h.answer(off(0, 1, 1))
+		if b.Sub(a) != testInterval {
+			t.Fatalf("asked again after %v; want %v", b.Sub(a), testInterval)
+		}
+		start := time.Now()
+		if err := h.end(off(0, 2, 1)); err != nil {
+			t.Fatalf("run: %v; want nil (not ours any more)", err)
+		}
+		if calls != 3 || time.Since(start) != 0 {
+			t.Fatalf("%d commit calls, the last taking %v; want 3, at once", calls, time.Since(start))
+		}
+	})
+}
+
+// TestCommitterFinalWithinTimeout: the final commit retries within the
+// timeout, then gives up and run returns the error; a shutdown deadline
+// bounds it further, but leaves it finalCommitMargin.
+func TestCommitterFinalWithinTimeout(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		deadline time.Duration // from the final hand-over; 0: no shutdown deadline
+		want     time.Duration
+	}{
+		{"revoke timeout", 0, testTimeout},
+		{"shutdown deadline", 3 * time.Second, 3 * time.Second},
+		{"shutdown deadline passed", -time.Second, finalCommitMargin},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				h := newCommitterHarness(t)
+				h.src.SetCommitHook(func([]pipeline.Offset) error { return errors.New("down") })
+				if tc.deadline != 0 {
+					h.deadline = time.Now().Add(tc.deadline)
+				}
+				start := time.Now()
+				err := h.end(off(0, 9, 1))
+				if took := time.Since(start); took != tc.want {
+					t.Fatalf("final commit gave up after %v; want %v", took, tc.want)
+				}
+				if err == nil {
+					t.Fatal("run returned nil after the final commit failed")
+				}
+				h.expectCommits()
+			})
+		})
+	}
+	t.Run("succeeds after a failure", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			h := newCommitterHarness(t)
+			fail := true
+			h.src.SetCommitHook(func([]pipeline.Offset) error {
+				if fail {
+					fail = false
+					return errors.New("down")
+				}
+				return nil
+			})
+			start := time.Now()
+			if err := h.end(off(0, 9, 1)); err != nil {
+				t.Fatalf("run: %v", err)
+			}
+			if took := time.Since(start); took != 50*time.Millisecond {
+				t.Fatalf("final commit took %v; want one 50ms backoff", took)
+			}
+			h.expectCommits(po(0, 9))
+		})
+	})
+}
+
+// TestCommitterRevokeCommit: the poller's commit of a revoke's offsets is
+// answered with its outcome, and a periodic answer with the same offsets
+// is not committed again.
+func TestCommitterRevokeCommit(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		h := newCommitterHarness(t)
+		req := commitRequest{offsets: []claimOffset{off(0, 4, 1)}, reply: make(chan error, 1)}
+		h.commits <- req
+		if err := <-req.reply; err != nil {
+			t.Fatalf("revoke commit: %v", err)
+		}
+		h.answer(off(0, 4, 1))
+		h.expectCommits(po(0, 4))
+		if err := h.end(); err != nil {
+			t.Fatalf("run: %v", err)
+		}
+	})
+}
+
+// TestCommitterCoordinatorFailed: the coordinator returned without final
+// offsets (it failed): nothing is committed, run returns.
+func TestCommitterCoordinatorFailed(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		h := newCommitterHarness(t)
+		close(h.coordDone)
+		if err := <-h.done; err != nil {
+			t.Fatalf("run: %v", err)
+		}
+		h.expectCommits()
+	})
+}
