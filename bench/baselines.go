@@ -109,7 +109,7 @@ func rawMem(w *workload, rec *recorder, n int, stall time.Duration) (baseline, e
 
 type nopListener struct{}
 
-func (nopListener) PartitionsAssigned([]pipeline.TopicPartition) {}
+func (nopListener) PartitionsAssigned([]pipeline.Offset) {}
 func (nopListener) PartitionsRevoked([]pipeline.TopicPartition)  {}
 func (nopListener) PartitionsLost([]pipeline.TopicPartition)     {}
 

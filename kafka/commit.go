@@ -113,9 +113,9 @@ var ErrCommitInFlight = errors.New("kafka: commit still in flight")
 // error.
 //
 // Offsets of partitions not currently assigned to this Source are not sent:
-// they are reported NotOwned. An offset lower than or equal to one this
-// Source already committed for the partition in the current assignment is
-// not sent either (and counts as committed). Commits are serialized: one is
+// they are reported NotOwned. An offset lower than one this Source already
+// committed for the partition in the current assignment, or equal to it
+// with the same metadata, is not sent either (and counts as committed). Commits are serialized: one is
 // in flight at a time.
 //
 // Commit returns when ctx ends even though librdkafka cannot abandon a
@@ -175,7 +175,7 @@ func (s *Source[K, V]) Commit(ctx context.Context, offsets []pipeline.Offset) er
 		if _, ok := s.assigned[off.TopicPartition]; !ok {
 			res.NotOwned = append(res.NotOwned, off)
 			res.Causes[off.TopicPartition] = errNotAssigned
-		} else if last, ok := s.committed[off.TopicPartition]; ok && off.Offset <= last {
+		} else if last, ok := s.committed[off.TopicPartition]; ok && (off.Offset < last.Offset || off == last) {
 			res.Committed = append(res.Committed, off)
 		} else {
 			send = append(send, off)
@@ -279,7 +279,9 @@ func (s *Source[K, V]) runCommit(f *commitFlight) {
 	s.mu.Lock()
 	for _, off := range done {
 		if _, ok := s.assigned[off.TopicPartition]; ok {
-			s.committed[off.TopicPartition] = max(s.committed[off.TopicPartition], off.Offset)
+			if last, ok := s.committed[off.TopicPartition]; !ok || off.Offset >= last.Offset {
+				s.committed[off.TopicPartition] = off
+			}
 		}
 	}
 	if s.flight == f {
@@ -329,16 +331,16 @@ func (s *Source[K, V]) markCommitted(sent []pipeline.Offset, results map[pipelin
 		s.logger().Debug("kafka: cannot read committed offsets after a failed commit", "error", err)
 		return
 	}
-	want := make(map[pipeline.TopicPartition]int64, len(sent))
+	want := make(map[pipeline.TopicPartition]pipeline.Offset, len(sent))
 	for _, off := range sent {
-		want[off.TopicPartition] = off.Offset
+		want[off.TopicPartition] = off
 	}
 	for _, p := range parts {
 		if p.Topic == nil || p.Error != nil {
 			continue
 		}
 		tp := pipeline.TopicPartition{Topic: *p.Topic, Partition: p.Partition}
-		if w, ok := want[tp]; ok && int64(p.Offset) >= w {
+		if w, ok := want[tp]; ok && int64(p.Offset) > w.Offset || ok && int64(p.Offset) == w.Offset && metadataOf(p) == w.Metadata {
 			results[tp] = errCommitted
 		}
 	}
@@ -443,6 +445,17 @@ func toKafkaOffsets(offsets []pipeline.Offset) []ckafka.TopicPartition {
 	for i, off := range offsets {
 		topic := off.Topic
 		parts[i] = ckafka.TopicPartition{Topic: &topic, Partition: off.Partition, Offset: ckafka.Offset(off.Offset)}
+		if off.Metadata != "" {
+			metadata := off.Metadata
+			parts[i].Metadata = &metadata
+		}
 	}
 	return parts
+}
+
+func metadataOf(p ckafka.TopicPartition) string {
+	if p.Metadata == nil {
+		return ""
+	}
+	return *p.Metadata
 }

@@ -165,7 +165,8 @@ func (l *recListener) record(kind string, parts []pipeline.TopicPartition) {
 	}
 }
 
-func (l *recListener) PartitionsAssigned(parts []pipeline.TopicPartition) {
+func (l *recListener) PartitionsAssigned(committed []pipeline.Offset) {
+	parts := offsetPartitions(committed)
 	l.mu.Lock()
 	l.record("assigned", parts)
 	hook := l.onAssign
@@ -347,3 +348,4 @@ func set(parts ...pipeline.TopicPartition) map[pipeline.TopicPartition]bool {
 }
 
 func groupName(t *testing.T) string { return fmt.Sprintf("g-%s-%d", t.Name(), time.Now().UnixNano()) }
+

@@ -49,7 +49,7 @@ type Source[K, V any] struct {
 	mu            sync.Mutex
 	idle          chan struct{} // closed when commits drops to 0, if someone waits
 	assigned      map[pipeline.TopicPartition]struct{}
-	committed     map[pipeline.TopicPartition]int64 // last offset committed in the current assignment
+	committed     map[pipeline.TopicPartition]pipeline.Offset // last offset committed in the current assignment
 	commits       int                               // Commit calls in progress
 	flight        *commitFlight                     // the commit librdkafka is carrying out, if any
 	closing       bool                              // Close started: Commit is refused ...
@@ -107,7 +107,7 @@ func NewSource[K, V any](consumer *ckafka.Consumer, topics []string,
 		valueDeser: valueDeser,
 		onEvent:    o.onEvent,
 		assigned:   make(map[pipeline.TopicPartition]struct{}),
-		committed:  make(map[pipeline.TopicPartition]int64),
+		committed:     make(map[pipeline.TopicPartition]pipeline.Offset),
 		commitSlot: make(chan struct{}, 1),
 		interrupt:  make(chan struct{}),
 		closedCh:   make(chan struct{}),
@@ -391,8 +391,38 @@ func (s *Source[K, V]) assign(c *ckafka.Consumer, parts []ckafka.TopicPartition)
 	}
 	s.logger().Info("kafka: partitions assigned", "partitions", tps, "cooperative", coop)
 	if len(tps) > 0 {
-		s.callListener("PartitionsAssigned", func() { s.listener.PartitionsAssigned(tps) })
+		committed := s.readCommitted(c, tps)
+		s.callListener("PartitionsAssigned", func() { s.listener.PartitionsAssigned(committed) })
 	}
+}
+
+// readCommitted reads the group's committed offsets and their metadata for
+// newly assigned partitions (one OffsetFetch, bounded by committedTimeout).
+// A partition it cannot read comes back with Offset -1: the pipeline then
+// knows of no finished work past the committed offset, and redoes it.
+func (s *Source[K, V]) readCommitted(c *ckafka.Consumer, tps []pipeline.TopicPartition) []pipeline.Offset {
+	out := make([]pipeline.Offset, len(tps))
+	for i, tp := range tps {
+		out[i] = pipeline.Offset{TopicPartition: tp, Offset: -1}
+	}
+	parts, err := c.Committed(toKafka(tps), millis(committedTimeout))
+	if err != nil {
+		s.logger().Warn("kafka: cannot read the committed offsets of newly assigned partitions; work finished past them by the previous owner is redone",
+			"partitions", tps, "error", err)
+		return out
+	}
+	byTP := make(map[pipeline.TopicPartition]ckafka.TopicPartition, len(parts))
+	for _, p := range parts {
+		if p.Topic != nil {
+			byTP[pipeline.TopicPartition{Topic: *p.Topic, Partition: p.Partition}] = p
+		}
+	}
+	for i, tp := range tps {
+		if p, ok := byTP[tp]; ok && p.Error == nil && p.Offset >= 0 {
+			out[i].Offset, out[i].Metadata = int64(p.Offset), metadataOf(p)
+		}
+	}
+	return out
 }
 
 // revoke gives the partitions up. If the assignment was lost, the listener

@@ -211,7 +211,7 @@ func TestDeserializerSeesHeaders(t *testing.T) {
 type anyListener struct{}
 
 func newListenerAny() anyListener                                { return anyListener{} }
-func (anyListener) PartitionsAssigned([]pipeline.TopicPartition) {}
+func (anyListener) PartitionsAssigned([]pipeline.Offset) {}
 func (anyListener) PartitionsRevoked([]pipeline.TopicPartition)  {}
 func (anyListener) PartitionsLost([]pipeline.TopicPartition)     {}
 

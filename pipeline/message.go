@@ -18,6 +18,10 @@ func (tp TopicPartition) String() string { return fmt.Sprintf("%s[%d]", tp.Topic
 type Offset struct {
 	TopicPartition
 	Offset int64
+	// Metadata is the commit's metadata string, stored by Kafka with the
+	// offset. The pipeline writes its offset map there: the offsets above
+	// Offset that already finished, so that the next owner skips them.
+	Metadata string
 }
 
 // Header is one Kafka record header.

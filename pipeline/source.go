@@ -30,9 +30,9 @@ type Source[K, V any] interface {
 	// returned error is fatal to the pipeline; a source reports transient
 	// conditions by logging them and returning (nil, nil).
 	Poll(timeout time.Duration) (*Message[K, V], error)
-	// Commit stores the given offsets (each the next offset to read) as the
-	// group's committed offsets, synchronously. An error that matches
-	// ErrNotOwned is not retried.
+	// Commit stores the given offsets (each the next offset to read), with
+	// their metadata, as the group's committed offsets, synchronously. An
+	// error that matches ErrNotOwned is not retried.
 	Commit(ctx context.Context, offsets []Offset) error
 	// Pause stops fetching from the partitions; Poll keeps serving
 	// rebalance notifications. Resume undoes Pause.
@@ -48,8 +48,12 @@ type Source[K, V any] interface {
 // includes committing the partitions' final offsets.
 type RebalanceListener interface {
 	// PartitionsAssigned: the member now owns these partitions (in addition
-	// to those it had, for incremental assignment).
-	PartitionsAssigned(partitions []TopicPartition)
+	// to those it had, for incremental assignment). Each comes with the
+	// group's committed offset and its metadata, as the source read them
+	// when the partition was assigned; Offset is negative when nothing is
+	// committed or the source could not read it (the pipeline then knows
+	// of no finished work past the position the source starts from).
+	PartitionsAssigned(committed []Offset)
 	// PartitionsRevoked: the member is about to give these partitions up in
 	// an orderly rebalance. The pipeline stops dispatching them, waits a
 	// bounded time for their in-flight handlers, commits their final

@@ -386,6 +386,7 @@ type (
 	rebalanceRequest struct {
 		kind       rebalanceKind
 		partitions []pipeline.TopicPartition
+		committed  []pipeline.Offset // assign: the committed offsets and metadata, as the source read them
 		reply      chan []claimOffset
 	}
 	// claimOffset is a committable offset and the claim it belongs to.

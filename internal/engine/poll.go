@@ -263,12 +263,16 @@ func (p *poller[K, V]) partitions() []pipeline.TopicPartition {
 
 // PartitionsAssigned starts a fresh claim for each partition. While the
 // pipeline is at its in-flight limit, new partitions start paused too.
-func (p *poller[K, V]) PartitionsAssigned(tps []pipeline.TopicPartition) {
+func (p *poller[K, V]) PartitionsAssigned(committed []pipeline.Offset) {
 	if p.ended {
 		return
 	}
+	tps := make([]pipeline.TopicPartition, len(committed))
+	for i, off := range committed {
+		tps[i] = off.TopicPartition
+	}
 	p.flushForRebalance()
-	p.request(rebalanceRequest{kind: rebalanceAssign, partitions: tps})
+	p.request(rebalanceRequest{kind: rebalanceAssign, partitions: tps, committed: committed})
 	if p.assigned == nil {
 		p.assigned = make(map[pipeline.TopicPartition]bool)
 	}

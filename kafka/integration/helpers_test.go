@@ -308,9 +308,13 @@ type observedListener struct {
 	s     *observedSource
 }
 
-func (l *observedListener) PartitionsAssigned(parts []pipeline.TopicPartition) {
+func (l *observedListener) PartitionsAssigned(committed []pipeline.Offset) {
+	parts := make([]pipeline.TopicPartition, len(committed))
+	for i, off := range committed {
+		parts[i] = off.TopicPartition
+	}
 	l.s.rec.assigned(l.s.member, parts)
-	l.inner.PartitionsAssigned(parts)
+	l.inner.PartitionsAssigned(committed)
 }
 
 func (l *observedListener) PartitionsRevoked(parts []pipeline.TopicPartition) {

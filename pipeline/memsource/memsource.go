@@ -51,6 +51,7 @@ type Source[K, V any] struct {
 	logs       map[pipeline.TopicPartition][]Record[K, V]
 	order      []pipeline.TopicPartition // the keys of logs, sorted
 	committed  map[pipeline.TopicPartition]int64
+	metadata   map[pipeline.TopicPartition]string // the latest commit's, as Kafka stores it with the offset
 	commits    []pipeline.Offset
 	commitHook func([]pipeline.Offset) error
 	position   map[pipeline.TopicPartition]int64 // assigned partitions → next offset to deliver
@@ -90,6 +91,7 @@ func New[K, V any](opts ...Option[K]) *Source[K, V] {
 		encodeKey: o.encodeKey,
 		logs:      make(map[pipeline.TopicPartition][]Record[K, V]),
 		committed: make(map[pipeline.TopicPartition]int64),
+		metadata:  make(map[pipeline.TopicPartition]string),
 		position:  make(map[pipeline.TopicPartition]int64),
 		paused:    make(map[pipeline.TopicPartition]bool),
 		wake:      make(chan struct{}, 1),
@@ -247,6 +249,7 @@ func (s *Source[K, V]) apply(n notification) {
 	s.mu.Lock()
 	listener := s.listener
 	var partitions []pipeline.TopicPartition
+	var assigned []pipeline.Offset
 	for _, tp := range n.partitions {
 		_, assigned := s.position[tp]
 		if _, exists := s.logs[tp]; exists && (n.kind == "assign") != assigned {
@@ -256,6 +259,11 @@ func (s *Source[K, V]) apply(n notification) {
 	if n.kind == "assign" {
 		for _, tp := range partitions {
 			s.position[tp] = s.committed[tp] // 0 if never committed: "earliest"
+			committed, ok := s.committed[tp]
+			if !ok {
+				committed = -1
+			}
+			assigned = append(assigned, pipeline.Offset{TopicPartition: tp, Offset: committed, Metadata: s.metadata[tp]})
 		}
 	}
 	s.mu.Unlock()
@@ -263,7 +271,7 @@ func (s *Source[K, V]) apply(n notification) {
 	if listener != nil && len(partitions) > 0 {
 		switch n.kind {
 		case "assign":
-			listener.PartitionsAssigned(partitions)
+			listener.PartitionsAssigned(assigned)
 		case "revoke":
 			listener.PartitionsRevoked(partitions)
 		case "lost":
@@ -328,6 +336,7 @@ func (s *Source[K, V]) Commit(ctx context.Context, offsets []pipeline.Offset) er
 	defer s.mu.Unlock()
 	for _, o := range offsets {
 		s.committed[o.TopicPartition] = o.Offset
+		s.metadata[o.TopicPartition] = o.Metadata
 		s.commits = append(s.commits, o)
 	}
 	return nil
@@ -402,6 +411,14 @@ func (s *Source[K, V]) Committed(tp pipeline.TopicPartition) int64 {
 		return off
 	}
 	return -1
+}
+
+// Metadata returns the metadata of a partition's latest commit ("" if it
+// was never committed).
+func (s *Source[K, V]) Metadata(tp pipeline.TopicPartition) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.metadata[tp]
 }
 
 // Commits returns every offset committed so far, in order.

@@ -57,7 +57,13 @@ func (l *listener) record(kind string, tps []pipeline.TopicPartition) {
 	}
 }
 
-func (l *listener) PartitionsAssigned(tps []pipeline.TopicPartition) { l.record("assign", tps) }
+func (l *listener) PartitionsAssigned(committed []pipeline.Offset) {
+	tps := make([]pipeline.TopicPartition, len(committed))
+	for i, off := range committed {
+		tps[i] = off.TopicPartition
+	}
+	l.record("assign", tps)
+}
 func (l *listener) PartitionsRevoked(tps []pipeline.TopicPartition)  { l.record("revoke", tps) }
 func (l *listener) PartitionsLost(tps []pipeline.TopicPartition)     { l.record("lost", tps) }
 
