@@ -109,9 +109,9 @@ func rawMem(w *workload, rec *recorder, n int, stall time.Duration) (baseline, e
 
 type nopListener struct{}
 
-func (nopListener) PartitionsAssigned([]pipeline.Offset) {}
-func (nopListener) PartitionsRevoked([]pipeline.TopicPartition)  {}
-func (nopListener) PartitionsLost([]pipeline.TopicPartition)     {}
+func (nopListener) PartitionsAssigned([]pipeline.Offset)        {}
+func (nopListener) PartitionsRevoked([]pipeline.TopicPartition) {}
+func (nopListener) PartitionsLost([]pipeline.TopicPartition)    {}
 
 // serialKafka is the classic loop on Kafka: one confluent-kafka-go consumer
 // per partition (assigned that partition), each polling and handling one

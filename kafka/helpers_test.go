@@ -348,4 +348,3 @@ func set(parts ...pipeline.TopicPartition) map[pipeline.TopicPartition]bool {
 }
 
 func groupName(t *testing.T) string { return fmt.Sprintf("g-%s-%d", t.Name(), time.Now().UnixNano()) }
-

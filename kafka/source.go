@@ -50,11 +50,11 @@ type Source[K, V any] struct {
 	idle          chan struct{} // closed when commits drops to 0, if someone waits
 	assigned      map[pipeline.TopicPartition]struct{}
 	committed     map[pipeline.TopicPartition]pipeline.Offset // last offset committed in the current assignment
-	commits       int                               // Commit calls in progress
-	flight        *commitFlight                     // the commit librdkafka is carrying out, if any
-	closing       bool                              // Close started: Commit is refused ...
-	closeCallback bool                              // ... except from the listener's revoke during Close
-	abandoned     bool                              // Close timed out: the listener hears nothing more
+	commits       int                                         // Commit calls in progress
+	flight        *commitFlight                               // the commit librdkafka is carrying out, if any
+	closing       bool                                        // Close started: Commit is refused ...
+	closeCallback bool                                        // ... except from the listener's revoke during Close
+	abandoned     bool                                        // Close timed out: the listener hears nothing more
 	closed        bool
 
 	commitSlot chan struct{}  // held by the commit in flight: one at a time, in call order
@@ -107,7 +107,7 @@ func NewSource[K, V any](consumer *ckafka.Consumer, topics []string,
 		valueDeser: valueDeser,
 		onEvent:    o.onEvent,
 		assigned:   make(map[pipeline.TopicPartition]struct{}),
-		committed:     make(map[pipeline.TopicPartition]pipeline.Offset),
+		committed:  make(map[pipeline.TopicPartition]pipeline.Offset),
 		commitSlot: make(chan struct{}, 1),
 		interrupt:  make(chan struct{}),
 		closedCh:   make(chan struct{}),

@@ -210,10 +210,10 @@ func TestDeserializerSeesHeaders(t *testing.T) {
 // anyListener accepts every notification.
 type anyListener struct{}
 
-func newListenerAny() anyListener                                { return anyListener{} }
-func (anyListener) PartitionsAssigned([]pipeline.Offset) {}
-func (anyListener) PartitionsRevoked([]pipeline.TopicPartition)  {}
-func (anyListener) PartitionsLost([]pipeline.TopicPartition)     {}
+func newListenerAny() anyListener                               { return anyListener{} }
+func (anyListener) PartitionsAssigned([]pipeline.Offset)        {}
+func (anyListener) PartitionsRevoked([]pipeline.TopicPartition) {}
+func (anyListener) PartitionsLost([]pipeline.TopicPartition)    {}
 
 func TestCommitThenReopenResumesAfterCommittedOffset(t *testing.T) {
 	c := newTestCluster(t)

@@ -192,6 +192,6 @@ func TestSourceDecodesSchemaRegistryValues(t *testing.T) {
 
 type listener struct{}
 
-func (listener) PartitionsAssigned([]pipeline.Offset) {}
-func (listener) PartitionsRevoked([]pipeline.TopicPartition)  {}
-func (listener) PartitionsLost([]pipeline.TopicPartition)     {}
+func (listener) PartitionsAssigned([]pipeline.Offset)        {}
+func (listener) PartitionsRevoked([]pipeline.TopicPartition) {}
+func (listener) PartitionsLost([]pipeline.TopicPartition)    {}

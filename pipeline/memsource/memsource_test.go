@@ -64,8 +64,8 @@ func (l *listener) PartitionsAssigned(committed []pipeline.Offset) {
 	}
 	l.record("assign", tps)
 }
-func (l *listener) PartitionsRevoked(tps []pipeline.TopicPartition)  { l.record("revoke", tps) }
-func (l *listener) PartitionsLost(tps []pipeline.TopicPartition)     { l.record("lost", tps) }
+func (l *listener) PartitionsRevoked(tps []pipeline.TopicPartition) { l.record("revoke", tps) }
+func (l *listener) PartitionsLost(tps []pipeline.TopicPartition)    { l.record("lost", tps) }
 
 func (l *listener) take() []event {
 	l.mu.Lock()
