@@ -731,9 +731,9 @@ func countingHandler(seen *sync.Map, total *atomic.Int64, maxDelay time.Duration
 	}
 }
 
-// A graceful stop finishes the messages below the highest one a handler
-// took (gap fillers) and drops the rest: a restart redoes nothing and loses
-// nothing, even with skewed keys.
+// A graceful stop lets the running handlers finish, drops the rest and
+// commits the offset map: a restart redoes nothing and loses nothing, even
+// with skewed keys.
 func TestGracefulRestartRedoesNothing(t *testing.T) {
 	src := memsource.New[string, int]()
 	const n = 3000
@@ -764,9 +764,9 @@ func TestGracefulRestartRedoesNothing(t *testing.T) {
 	}
 }
 
-// A revoke finishes the gap fillers below the highest offset a handler took,
-// commits, and the next owner (here: the same member, assigned again)
-// starts right after: nothing redone, nothing lost.
+// A revoke waits for the running handlers, commits the offset and its map,
+// and the next owner (here: the same member, assigned again) skips what
+// finished: nothing redone, nothing lost.
 func TestRevokeHandsOverWithoutDuplicates(t *testing.T) {
 	src := memsource.New[string, int]()
 	const n = 3000

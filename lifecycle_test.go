@@ -71,8 +71,10 @@ func TestLostCancelsHandlers(t *testing.T) {
 	assert.Empty(t, src.Commits())
 }
 
-// Nothing is committed for a partition before something finished past its
-// starting position (issue 11, item 7: no redundant commit on assignment).
+// Nothing is committed for a partition before one of its messages finished
+// (issue 11, item 7: no redundant commit on assignment). Once one did, the
+// commit may stay at the start but carries the offset map (see
+// TestOffsetMapCrashRedoesOnlyUnfinished).
 func TestNoCommitBeforeAnythingFinished(t *testing.T) {
 	src := memsource.New[string, int]()
 	produce(src, 2, 10, func(i int) int { return i })
@@ -81,13 +83,14 @@ func TestNoCommitBeforeAnythingFinished(t *testing.T) {
 	gate := make(chan struct{})
 	var handled atomic.Int64
 	stop, _ := start(p, func(ctx context.Context, m *parallafka.Message[string, int]) error {
-		if m.Partition == 0 && m.Offset == 0 {
-			<-gate // holds partition 0 at its start
+		if m.Partition == 0 {
+			<-gate // nothing of partition 0 finishes
 		}
 		handled.Add(1)
 		return nil
 	})
-	eventually(t, func() bool { return handled.Load() == 9 && src.Committed(tp(1)) == 5 })
+	eventually(t, func() bool { return handled.Load() == 5 && src.Committed(tp(1)) == 5 })
+	time.Sleep(20 * time.Millisecond) // 20 commit intervals
 	for _, c := range src.Commits() {
 		assert.NotEqual(t, tp(0), c.TopicPartition, "partition 0 did not move: nothing to commit")
 	}

@@ -62,29 +62,36 @@ func (p StagePoint) String() string {
 
 // Defaults, as documented on each option.
 const (
-	DefaultMaxConcurrency  = 16
-	DefaultMaxInFlight     = 1000
-	DefaultCommitInterval  = time.Second
-	DefaultShutdownTimeout = 30 * time.Second
-	DefaultRevokeTimeout   = 10 * time.Second
+	DefaultMaxConcurrency    = 16
+	DefaultMaxInFlight       = 20_000
+	DefaultMaxInFlightBytes  = 64 << 20
+	DefaultCommitInterval    = time.Second
+	DefaultOffsetMapMaxBytes = 4096
+	DefaultShutdownTimeout   = 30 * time.Second
+	DefaultRevokeTimeout     = 10 * time.Second
 )
 
 type config struct {
-	maxConcurrency  int
-	maxInFlight     int // 0: the default, max(DefaultMaxInFlight, 2*maxConcurrency)
-	ordering        Ordering
-	orderNilKeys    bool
-	commitInterval  time.Duration
-	shutdownMode    ShutdownMode
-	shutdownTimeout time.Duration
-	revokeTimeout   time.Duration
-	logger          *slog.Logger
-	loggerSet       bool // WithLogger was given: the logger reaches the source too
-	errorPolicy     ErrorPolicy
-	hooks           engine.Hooks
-	middleware      []any // Middleware[K, V], checked against K and V by New
-	stages          []stageSpec
-	errs            []error
+	maxConcurrency   int
+	maxInFlight      int // 0: the default, max(DefaultMaxInFlight, 2*maxConcurrency)
+	maxInFlightBytes int64
+	ordering         Ordering
+	orderNilKeys     bool
+	commitInterval   time.Duration
+	commitEvery      int
+	asyncCommits     bool
+	onCommit         func(CommitEvent)
+	mapMaxBytes      int
+	shutdownMode     ShutdownMode
+	shutdownTimeout  time.Duration
+	revokeTimeout    time.Duration
+	logger           *slog.Logger
+	loggerSet        bool // WithLogger was given: the logger reaches the source too
+	errorPolicy      ErrorPolicy
+	hooks            engine.Hooks
+	middleware       []any // Middleware[K, V], checked against K and V by New
+	stages           []stageSpec
+	errs             []error
 }
 
 type stageSpec struct {
@@ -95,14 +102,16 @@ type stageSpec struct {
 
 func defaultConfig() config {
 	return config{
-		maxConcurrency:  DefaultMaxConcurrency,
-		ordering:        OrderByKey,
-		commitInterval:  DefaultCommitInterval,
-		shutdownMode:    Graceful,
-		shutdownTimeout: DefaultShutdownTimeout,
-		revokeTimeout:   DefaultRevokeTimeout,
-		logger:          slog.Default(),
-		errorPolicy:     StopOnError,
+		maxConcurrency:   DefaultMaxConcurrency,
+		ordering:         OrderByKey,
+		commitInterval:   DefaultCommitInterval,
+		maxInFlightBytes: DefaultMaxInFlightBytes,
+		mapMaxBytes:      DefaultOffsetMapMaxBytes,
+		shutdownMode:     Graceful,
+		shutdownTimeout:  DefaultShutdownTimeout,
+		revokeTimeout:    DefaultRevokeTimeout,
+		logger:           slog.Default(),
+		errorPolicy:      StopOnError,
 	}
 }
 
@@ -111,13 +120,26 @@ func WithMaxConcurrency(n int) Option {
 	return optionFunc(func(c *config) { c.maxConcurrency = n })
 }
 
-// WithMaxInFlight bounds the messages polled and not yet finished, and so
-// the memory the pipeline holds, whatever the topic's backlog. At the limit
-// the source's partitions are paused while polling goes on (the consumer
-// stays in its group). It must be at least the concurrency. Default: 1000,
-// or twice the concurrency if that is more.
+// WithMaxInFlight bounds the messages polled and not yet finished: the
+// window a hot key's backlog and the cold keys around it share. At the
+// limit (or WithMaxInFlightBytes's) the source's partitions are paused
+// while polling goes on (the consumer stays in its group). It must be at
+// least the concurrency. Default 20,000 (or twice the concurrency if that
+// is more): enough for a skewed workload's hottest key to keep its handler
+// busy while cold keys flow past it. A large window costs nothing on a
+// revoke or a stop (only running handlers are waited for) and little after
+// a crash (the offset map records what finished past the committed offset).
 func WithMaxInFlight(n int) Option {
 	return optionFunc(func(c *config) { c.maxInFlight = n })
+}
+
+// WithMaxInFlightBytes bounds the bytes of the messages polled and not yet
+// finished (key, value and headers as received), and so the memory the
+// pipeline holds whatever the message sizes; the last message polled may
+// take it past the bound, so a message larger than the bound still gets
+// through. Default 64 MiB.
+func WithMaxInFlightBytes(n int64) Option {
+	return optionFunc(func(c *config) { c.maxInFlightBytes = n })
 }
 
 // WithOrdering sets which messages keep FIFO order: OrderByKey (the
@@ -138,6 +160,61 @@ func WithOrderedNilKeys() Option {
 // commit request per second. Commits also happen on revoke and at shutdown.
 func WithCommitInterval(d time.Duration) Option {
 	return optionFunc(func(c *config) { c.commitInterval = d })
+}
+
+// WithCommitEvery also commits as soon as n offsets finished since the
+// last commit (all partitions together), between intervals: less redo
+// after a crash for busy pipelines, at one commit request per n messages
+// (commits never overlap: a commit due while one is in flight waits for
+// it). Default 0: the interval alone.
+func WithCommitEvery(n int) Option {
+	return optionFunc(func(c *config) { c.commitEvery = n })
+}
+
+// WithAsyncCommits makes periodic commits asynchronous, as Kafka clients'
+// commitAsync: the committer sends one and goes on without waiting for its
+// result, and a failed one is not retried (the next carries newer
+// offsets), so a slow or failing group coordinator never delays the next
+// commit's schedule. The commits of a revoke and of a shutdown stay
+// synchronous, retried within their timeouts, after the one in flight
+// ended. By default periodic commits are synchronous and a failed one is
+// retried with backoff: commits never block polling or handlers either
+// way, since the committer is a goroutine of its own.
+func WithAsyncCommits() Option {
+	return optionFunc(func(c *config) { c.asyncCommits = true })
+}
+
+// CommitEvent describes one commit request, for WithOnCommit.
+type CommitEvent struct {
+	// Offsets are the offsets sent, each the next to read in its
+	// partition, with its metadata (the offset map).
+	Offsets []Offset
+	// MetadataBytes is the metadata's size, all partitions together.
+	MetadataBytes int
+	// Final is true for the synchronous commit of a revoke or a shutdown.
+	Final bool
+	Took  time.Duration
+	Err   error // nil if every offset was committed
+}
+
+// WithOnCommit calls fn after every commit request, for users who log or
+// export commits. It runs on the committer's goroutine: keep it quick (the
+// next commit waits for it). A panic in fn is logged and recovered.
+func WithOnCommit(fn func(CommitEvent)) Option {
+	return optionFunc(func(c *config) { c.onCommit = fn })
+}
+
+// WithOffsetMapMaxBytes bounds the offset map, the commit metadata that
+// records which offsets above the committed one already finished, so that
+// a new owner of the partition (after a crash, a lost assignment or a
+// rebalance) skips them instead of handling them again. A map that does not
+// fit is cut to the offsets just above the committed one: the rest is
+// redone, nothing stalls. Keep it within the brokers'
+// offset.metadata.max.bytes. Default 4096, Kafka's default limit; 0 turns
+// the map off (a new owner then redoes everything past the committed
+// offset).
+func WithOffsetMapMaxBytes(n int) Option {
+	return optionFunc(func(c *config) { c.mapMaxBytes = n })
 }
 
 // WithShutdownMode sets how Consume stops: Graceful (the default) or HardStop.
@@ -250,6 +327,15 @@ func (c *config) validate() error {
 	}
 	if c.maxInFlight < max(c.maxConcurrency, 1) {
 		bad("max in-flight (%d) must be at least the max concurrency (%d)", c.maxInFlight, c.maxConcurrency)
+	}
+	if c.maxInFlightBytes < 1 {
+		bad("max in-flight bytes must be positive, got %d", c.maxInFlightBytes)
+	}
+	if c.commitEvery < 0 {
+		bad("commit every must not be negative, got %d", c.commitEvery)
+	}
+	if c.mapMaxBytes < 0 {
+		bad("offset map max bytes must not be negative, got %d", c.mapMaxBytes)
 	}
 	if c.ordering < OrderByKey || c.ordering > Unordered {
 		bad("unknown ordering %d", c.ordering)

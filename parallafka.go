@@ -192,9 +192,10 @@ func (p *Parallafka[K, V]) Consume(ctx context.Context, handler Handler[K, V]) e
 	c := p.cfg
 	return engine.Run(ctx, &engine.Config[K, V]{
 		Source: p.source, Handler: handler, AfterPoll: p.before, AfterHandle: p.after,
-		Concurrency: c.maxConcurrency, MaxInFlight: c.maxInFlight,
+		Concurrency: c.maxConcurrency, MaxInFlight: c.maxInFlight, MaxInFlightBytes: c.maxInFlightBytes,
 		Ordering: engine.Ordering(c.ordering), OrderNilKeys: c.orderNilKeys,
-		CommitInterval: c.commitInterval, HardStop: c.shutdownMode == HardStop,
+		CommitInterval: c.commitInterval, CommitEvery: c.commitEvery, AsyncCommits: c.asyncCommits,
+		OnCommit: onCommit(c.onCommit), MapMaxBytes: c.mapMaxBytes, HardStop: c.shutdownMode == HardStop,
 		ShutdownTimeout: c.shutdownTimeout, RevokeTimeout: c.revokeTimeout,
 		Logger: c.logger, ErrorPolicy: c.errorPolicy, Hooks: c.hooks, Pause: &p.paused,
 	}, &p.stats)
@@ -222,3 +223,17 @@ func (p *Parallafka[K, V]) closeSource() error {
 // Draining returns a channel, closed when a graceful shutdown begins, for a
 // stage that holds messages back; see pipeline.Draining.
 func Draining(ctx context.Context) <-chan struct{} { return pipeline.Draining(ctx) }
+
+// onCommit adapts the user's WithOnCommit callback for the engine.
+func onCommit(fn func(CommitEvent)) engine.OnCommit {
+	if fn == nil {
+		return nil
+	}
+	return func(offsets []Offset, final bool, took time.Duration, err error) {
+		size := 0
+		for _, off := range offsets {
+			size += len(off.Metadata)
+		}
+		fn(CommitEvent{Offsets: offsets, MetadataBytes: size, Final: final, Took: took, Err: err})
+	}
+}

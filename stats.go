@@ -8,12 +8,23 @@ type Stats struct {
 	Handled int64
 	// Failed counts handling attempts that failed (error or panic): a
 	// message retried three times that failed each time counts 3.
-	Failed       int64
-	Skipped      int64 // failed messages skipped by the error policy
-	Dropped      int64 // messages a stage dropped
-	Retried      int64 // attempts handed to the handler pool again at a stage's request (a retry cut short by a revoke or a stop is abandoned, not counted)
-	InFlight     int64 // polled and not yet finished: bounded by WithMaxInFlight; after a hard stop, those left unfinished (Kafka delivers them again)
-	Queued       int64 // waiting behind an earlier message with the same key
+	Failed   int64
+	Skipped  int64 // failed messages skipped by the error policy
+	Dropped  int64 // messages a stage dropped
+	Retried  int64 // attempts handed to the handler pool again at a stage's request (a retry cut short by a revoke or a stop is abandoned, not counted)
+	InFlight int64 // polled and not yet finished: bounded by WithMaxInFlight; after a hard stop, those left unfinished (Kafka delivers them again)
+	// InFlightBytes is the size of the in-flight messages (key, value and
+	// headers as received): bounded by WithMaxInFlightBytes.
+	InFlightBytes int64
+	Queued        int64 // waiting behind an earlier message with the same key
+	// FinishedBefore counts polled messages that were not handled because
+	// the committed offset's offset map recorded them as finished by an
+	// earlier owner of their partition (they count as finished at once).
+	FinishedBefore int64
+	// MapTruncated counts commits whose offset map did not fit in the
+	// metadata limit (WithOffsetMapMaxBytes) and was cut to a prefix: after
+	// a crash, the next owner redoes the finished offsets left out.
+	MapTruncated int64
 	Pauses       int64 // times back-pressure paused the partitions
 	Commits      int64 // successful commit requests
 	CommitErrors int64 // failed commit requests (retried, unless the partitions are no longer owned)
@@ -35,7 +46,8 @@ func (p *Parallafka[K, V]) Stats() Stats {
 	return Stats{
 		Polled: s.Polled.Load(), Handled: handled + dropped + skipped,
 		Failed: s.Failed.Load(), Skipped: skipped, Dropped: dropped, Retried: s.Retried.Load(),
-		InFlight: s.InFlight.Load(), Queued: s.Queued.Load(),
+		InFlight: s.InFlight.Load(), InFlightBytes: s.InFlightBytes.Load(), Queued: s.Queued.Load(),
+		FinishedBefore: s.FinishedBefore.Load(), MapTruncated: s.MapTruncated.Load(),
 		Pauses: s.Pauses.Load(), Commits: s.Commits.Load(), CommitErrors: s.CommitErrors.Load(),
 		Committed: s.Committed(), Paused: s.Paused(), UserPaused: s.UserPaused.Load(),
 	}

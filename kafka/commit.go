@@ -419,17 +419,18 @@ func notOwned(err error) bool {
 	return false
 }
 
-// dedupe keeps the highest offset of each partition, in partition order.
+// dedupe keeps the highest offset of each partition, with its metadata (the
+// last given, if the same offset comes more than once), in partition order.
 func dedupe(offsets []pipeline.Offset) []pipeline.Offset {
-	best := make(map[pipeline.TopicPartition]int64, len(offsets))
+	best := make(map[pipeline.TopicPartition]pipeline.Offset, len(offsets))
 	for _, off := range offsets {
-		if cur, ok := best[off.TopicPartition]; !ok || off.Offset > cur {
-			best[off.TopicPartition] = off.Offset
+		if cur, ok := best[off.TopicPartition]; !ok || off.Offset >= cur.Offset {
+			best[off.TopicPartition] = off
 		}
 	}
 	out := make([]pipeline.Offset, 0, len(best))
-	for tp, o := range best {
-		out = append(out, pipeline.Offset{TopicPartition: tp, Offset: o})
+	for _, off := range best {
+		out = append(out, off)
 	}
 	sort.Slice(out, func(i, j int) bool {
 		if out[i].Topic != out[j].Topic {

@@ -5,38 +5,64 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"time"
 
+	"github.com/parallafka/parallafka/internal/offsetmap"
 	"github.com/parallafka/parallafka/pipeline"
 )
 
 // committer is the committer stage, the only goroutine that calls the
 // source's Commit, so commits never race and a partition's committed
-// offset never goes backwards through us. Every interval it asks the
-// coordinator what is committable (for each partition, the offset after
-// its longest finished prefix, so a slow message holds back only its own
-// partition) and commits the partitions that moved. A failed commit is
-// logged, counted and retried with backoff; each try asks again, so a
-// retry can never commit past an unfinished message. It also commits a
+// offset never goes backwards through us. Every interval (and, with
+// commitEvery, whenever the coordinator says that many offsets finished)
+// it asks the coordinator what is committable (for each partition, the
+// offset after its longest finished prefix, so a slow message holds back
+// only its own partition, and the offset map of what finished above it)
+// and commits the partitions that moved, the map encoded into the commit's
+// metadata. A failed commit is logged, counted and retried with backoff;
+// each try asks again, so a retry can never commit past an unfinished
+// message. With async, periodic commits go out without the committer
+// waiting for them (one at a time; a failed one is not retried, the next
+// carries newer offsets), while a revoke's and the final commit stay
+// synchronous and wait for the one in flight first. It also commits a
 // revoke's final offsets for the poller, and the final offsets the
 // coordinator hands over as it ends.
 type committer[K, V any] struct {
-	source   pipeline.Source[K, V]
-	log      *slog.Logger
-	stats    *Stats
-	interval time.Duration
-	timeout  time.Duration // bounds one commit, and a final commit's retries
+	source      pipeline.Source[K, V]
+	log         *slog.Logger
+	stats       *Stats
+	interval    time.Duration
+	timeout     time.Duration // bounds one commit, and a final commit's retries
+	async       bool
+	mapMaxBytes int // the offset map's limit in the commit metadata; 0: no map
+	onCommit    OnCommit
 
 	offsets   chan<- chan<- []claimOffset // to the coordinator
 	final     <-chan []claimOffset        // from the coordinator, as it ends
 	commits   <-chan commitRequest        // from the poller: a revoke's final offsets
+	commitNow <-chan struct{}             // from the coordinator: commitEvery offsets finished
 	coordDone <-chan struct{}
 	// shutdownDeadline is when a shutdown must be over (zero before one
 	// began): a final commit at shutdown is bounded by it, or by
 	// finalCommitMargin from its start if that is later.
 	shutdownDeadline func() time.Time
 
-	last map[pipeline.TopicPartition]claimOffset // last committed, per partition
+	last     map[pipeline.TopicPartition]claimOffset // last committed, per partition
+	inFlight chan asyncResult                        // the async commit in flight, nil if none
+}
+
+// OnCommit is told of every commit request the committer made: the offsets
+// (with their metadata), whether it was a revoke's or the final commit,
+// how long it took and its error. It runs on the committer's goroutine.
+type OnCommit func(offsets []pipeline.Offset, final bool, took time.Duration, err error)
+
+// asyncResult is what an asynchronous commit reports back.
+type asyncResult struct {
+	offsets []claimOffset
+	sent    []pipeline.Offset
+	err     error
+	start   time.Time
 }
 
 var errCommitterDone = errors.New("parallafka: committer stopped")
@@ -46,6 +72,7 @@ var errCommitterDone = errors.New("parallafka: committer stopped")
 func (c *committer[K, V]) run(ctx context.Context) error {
 	const minBackoff, maxBackoff = 100 * time.Millisecond, 10 * time.Second
 	c.last = make(map[pipeline.TopicPartition]claimOffset)
+	defer c.awaitAsync()
 	backoff := time.Duration(0)
 	timer := time.NewTimer(c.interval)
 	defer timer.Stop()
@@ -53,7 +80,12 @@ func (c *committer[K, V]) run(ctx context.Context) error {
 	for {
 		select {
 		case <-timer.C:
+		case <-c.commitNow:
+		case res := <-c.inFlight:
+			c.asyncEnded(res)
+			continue
 		case req := <-c.commits:
+			c.awaitAsync()
 			req.reply <- c.commitFinal(req.offsets)
 			continue
 		case offsets := <-c.final:
@@ -66,6 +98,10 @@ func (c *committer[K, V]) run(ctx context.Context) error {
 			}
 			return nil
 		}
+		if c.inFlight != nil {
+			timer.Reset(c.interval) // the one in flight goes first; the next tick carries newer offsets
+			continue
+		}
 		var offsets []claimOffset
 		select {
 		case c.offsets <- reply:
@@ -76,7 +112,12 @@ func (c *committer[K, V]) run(ctx context.Context) error {
 			continue // the first select takes the final offsets
 		}
 		next := c.interval
-		switch err := c.commit(ctx, offsets); {
+		if c.async {
+			c.commitAsync(ctx, offsets)
+			timer.Reset(next)
+			continue
+		}
+		switch err := c.commit(ctx, offsets, false); {
 		case err == nil:
 			backoff = 0
 		case errors.Is(err, pipeline.ErrNotOwned):
@@ -93,6 +134,44 @@ func (c *committer[K, V]) run(ctx context.Context) error {
 	}
 }
 
+// commitAsync starts a commit of offsets on a goroutine of its own; run
+// takes its result from inFlight.
+func (c *committer[K, V]) commitAsync(ctx context.Context, offsets []claimOffset) {
+	send := c.prepare(offsets)
+	if len(send) == 0 {
+		return
+	}
+	done := make(chan asyncResult, 1)
+	c.inFlight = done
+	go func() {
+		start := time.Now()
+		ctx, cancel := context.WithTimeout(ctx, c.timeout)
+		defer cancel()
+		err := c.source.Commit(ctx, send)
+		done <- asyncResult{offsets: offsets, sent: send, err: err, start: start}
+	}()
+}
+
+// awaitAsync waits for the async commit in flight, if any.
+func (c *committer[K, V]) awaitAsync() {
+	if c.inFlight != nil {
+		c.asyncEnded(<-c.inFlight)
+	}
+}
+
+func (c *committer[K, V]) asyncEnded(res asyncResult) {
+	c.inFlight = nil
+	c.report(res.sent, false, res.start, res.err)
+	c.recorded(res.offsets, res.sent, res.err)
+	switch {
+	case res.err == nil:
+	case errors.Is(res.err, pipeline.ErrNotOwned):
+		c.log.Info("parallafka: commit refused: partitions not owned in the group's current generation; the next commit carries those still assigned", "error", res.err)
+	default:
+		c.log.Warn("parallafka: asynchronous commit failed; the next one carries newer offsets", "error", res.err)
+	}
+}
+
 // finalCommitMargin is the least time a final commit at shutdown gets,
 // even if the handlers used up the whole shutdown timeout.
 const finalCommitMargin = 2 * time.Second
@@ -100,6 +179,7 @@ const finalCommitMargin = 2 * time.Second
 // commitLast commits the final offsets the coordinator handed over as it
 // ended. An error names the partitions whose offsets were not committed.
 func (c *committer[K, V]) commitLast(offsets []claimOffset) error {
+	c.awaitAsync()
 	err := c.commitFinal(offsets)
 	if err == nil || errors.Is(err, pipeline.ErrNotOwned) {
 		return nil // not ours any more: the new owner goes on from the last commit
@@ -127,7 +207,7 @@ func (c *committer[K, V]) commitFinal(offsets []claimOffset) error {
 	ctx, cancel := context.WithDeadline(context.Background(), deadline)
 	defer cancel()
 	for backoff := 50 * time.Millisecond; ; backoff *= 2 {
-		err := c.commit(ctx, offsets)
+		err := c.commit(ctx, offsets, true)
 		if err == nil {
 			return nil
 		}
@@ -145,29 +225,70 @@ func (c *committer[K, V]) commitFinal(offsets []claimOffset) error {
 	}
 }
 
-// commit commits the offsets that moved since this member's last commit
+// commit commits, synchronously, the offsets that moved (or whose offset
+// map changed) since this member's last commit of the same claim.
+func (c *committer[K, V]) commit(ctx context.Context, offsets []claimOffset, final bool) error {
+	send := c.prepare(offsets)
+	if len(send) == 0 {
+		return nil
+	}
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	err := c.source.Commit(ctx, send)
+	c.report(send, final, start, err)
+	c.recorded(offsets, send, err)
+	return err
+}
+
+// prepare encodes the offsets' maps into their metadata and returns those
+// to send: the ones that moved or whose map changed since the last commit
 // of the same claim.
-func (c *committer[K, V]) commit(ctx context.Context, offsets []claimOffset) error {
+func (c *committer[K, V]) prepare(offsets []claimOffset) []pipeline.Offset {
 	send := make([]pipeline.Offset, 0, len(offsets))
-	for _, off := range offsets {
-		if last, ok := c.last[off.TopicPartition]; ok && last.claim == off.claim && last.Offset.Offset >= off.Offset.Offset {
+	for i := range offsets {
+		off := &offsets[i]
+		if c.mapMaxBytes > 0 && len(off.runs) > 0 {
+			var kept int
+			off.Metadata, kept = offsetmap.Encode(off.Offset.Offset, off.runs, c.mapMaxBytes)
+			if kept < len(off.runs) {
+				c.stats.MapTruncated.Add(1)
+				c.log.Debug("parallafka: offset map cut to fit the metadata limit: after a crash the next owner redoes the finished offsets left out",
+					"partition", off.TopicPartition, "offset", off.Offset.Offset, "runs", len(off.runs), "kept", kept, "limit", c.mapMaxBytes)
+			}
+		}
+		off.runs = nil
+		last, ok := c.last[off.TopicPartition]
+		if ok && last.claim == off.claim && (last.Offset.Offset > off.Offset.Offset || last.Offset == off.Offset) {
 			continue
 		}
 		send = append(send, off.Offset)
 	}
-	if len(send) == 0 {
-		return nil
-	}
-	ctx, cancel := context.WithTimeout(ctx, c.timeout)
-	defer cancel()
-	if err := c.source.Commit(ctx, send); err != nil {
+	return send
+}
+
+// recorded books a commit's outcome.
+func (c *committer[K, V]) recorded(offsets []claimOffset, send []pipeline.Offset, err error) {
+	if err != nil {
 		c.stats.CommitErrors.Add(1)
-		return err
+		return
 	}
 	c.stats.Commits.Add(1)
 	for _, off := range offsets {
 		c.last[off.TopicPartition] = off
 	}
 	c.stats.setCommitted(send)
-	return nil
+}
+
+// report tells the user's OnCommit, recovering a panic.
+func (c *committer[K, V]) report(send []pipeline.Offset, final bool, start time.Time, err error) {
+	if c.onCommit == nil {
+		return
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			c.log.Error("parallafka: OnCommit panicked", "panic", r)
+		}
+	}()
+	c.onCommit(slices.Clone(send), final, time.Since(start), err)
 }

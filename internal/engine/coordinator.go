@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/parallafka/parallafka/internal/offsetmap"
 	"github.com/parallafka/parallafka/pipeline"
 )
 
@@ -20,10 +21,13 @@ type claim[K, V any] struct {
 	tracked int                      // in the window, not yet finished or abandoned
 	start   int64                    // first offset tracked, -1 before: nothing to commit until the window passes it
 
-	outstanding int   // dispatched, not yet back
-	dispatched  int64 // highest offset dispatched, -1 before
-	stopping    bool  // revoked, lost or draining: only gap fillers start
+	outstanding int  // dispatched, not yet back
+	stopping    bool // revoked, lost or draining: nothing starts any more
 	revoked     chan struct{}
+	// inherited are the offsets an earlier owner finished past the
+	// committed offset (its offset map), from the first not yet polled on:
+	// polled, they count as finished at once.
+	inherited []offsetmap.Run
 	// ctx is its handlers' context: cancelled when the claim ends with
 	// handlers still running (a revoke timeout, a lost assignment), since
 	// the next owner may be handling the same messages by then.
@@ -31,12 +35,14 @@ type claim[K, V any] struct {
 	cancel context.CancelFunc
 }
 
-// wants reports whether a message of the claim at offset, not yet
-// dispatched, may still be: any while the claim lives; once it stops, only
-// gap fillers, the messages below the highest offset dispatched. Handling
-// them lets the final commit reach past everything a handler took, so the
-// next owner redoes nothing.
-func (c *claim[K, V]) wants(offset int64) bool { return !c.stopping || offset < c.dispatched }
+// finishedBefore reports whether an earlier owner finished offset (its
+// offset map says so). Offsets are asked in increasing order.
+func (c *claim[K, V]) finishedBefore(offset int64) bool {
+	for len(c.inherited) > 0 && c.inherited[0].To <= offset {
+		c.inherited = c.inherited[1:]
+	}
+	return len(c.inherited) > 0 && c.inherited[0].From <= offset
+}
 
 // coordinator is the one goroutine that owns the state of every assigned
 // partition (its claim) and of dispatch: the offset windows, the in-flight
@@ -45,8 +51,9 @@ func (c *claim[K, V]) wants(offset int64) bool { return !c.stopping || offset < 
 //
 // It dispatches a message when no earlier message with the same key is in
 // flight, and queues it behind that message otherwise; of the dispatchable
-// messages the oldest goes first (see ready). It hands the pool no more
-// messages than there are handlers (see dispatchLimit for when it queues
+// messages the critical path (the longest key backlog) goes first, then
+// the oldest (see ready). It hands the pool no more messages than there
+// are handlers (see dispatchLimit for when it queues
 // more), so a message that becomes ready (a busy key's next one) does not
 // wait behind messages handed out earlier, and its sends to the pool never
 // block: the hand-off channel has room for every message out.
@@ -59,36 +66,43 @@ type coordinator[K, V any] struct {
 	log          *slog.Logger
 	seed         maphash.Seed
 
-	ctx        context.Context // the handlers' context, which claims' contexts derive from
-	claims     map[pipeline.TopicPartition]*claim[K, V]
-	claimIDs   uint64
-	ready      ready[K, V]
-	seq        uint64
-	handling   int // dispatched and not out of its handler yet
-	inFlight   int // tracked, not finished or abandoned (with the dispatched messages of ended claims)
-	freed      int // in-flight slots freed since the poller was last told
-	queued     int
-	quick      int  // handlers in a row that took less than quickHandler, up to quickRun
-	holding    bool // the user paused the pipeline: nothing is dispatched
-	draining   bool
-	hardStop   bool
-	revokes    []*revokeWait[K, V]
-	revokesDue bool // a claim being revoked may have nothing in flight now
+	ctx           context.Context // the handlers' context, which claims' contexts derive from
+	claims        map[pipeline.TopicPartition]*claim[K, V]
+	claimIDs      uint64
+	ready         ready[K, V]
+	seq           uint64
+	handling      int   // dispatched and not out of its handler yet
+	inFlight      int   // tracked, not finished or abandoned (with the dispatched messages of ended claims)
+	inFlightBytes int64 // their bytes, as the poller counted them
+	freed         room  // what was freed of the window since the poller was last told
+	// orphans are the sizes of dispatched messages whose claim ended: they
+	// stay in the window's count until they come back.
+	orphans     map[*pipeline.Message[K, V]]int32
+	commitEvery int // ask the committer to commit after this many offsets finished; 0: the interval alone
+	sinceCommit int
+	queued      int
+	quick       int  // handlers in a row that took less than quickHandler, up to quickRun
+	holding     bool // the user paused the pipeline: nothing is dispatched
+	draining    bool
+	hardStop    bool
+	revokes     []*revokeWait[K, V]
+	revokesDue  bool // a claim being revoked may have nothing in flight now
 }
 
 // coordinatorEdges are the coordinator's channels, in the order of the flow.
 type coordinatorEdges[K, V any] struct {
-	polled     <-chan []*pipeline.Message[K, V] // from the poller: every poll cycle's messages
-	routable   <-chan *pipeline.Message[K, V]   // from the AfterPoll stages; nil without them: polled messages are routed at once
-	dispatch   chan<- job[K, V]                 // to the handler pool
-	handlerEnd <-chan handlerEnded[K, V]        // from the handler pool, once per handler that ended; nil without AfterHandle stages (released tells)
-	released   <-chan completion[K, V]          // from the ack collector: the key-released edge
-	room       chan<- int                       // to the poller: in-flight slots freed
-	rebalances <-chan rebalanceRequest          // from the poller's rebalance listener
-	offsets    <-chan chan<- []claimOffset      // from the committer: what is committable now?
-	final      chan<- []claimOffset             // to the committer, once, as the coordinator ends
-	queries    <-chan revokedQuery              // from stages: pipeline.Revoked
-	drainingCh <-chan struct{}                  // closed when a graceful stop begins
+	polled     <-chan pollCycle[K, V]         // from the poller: every poll cycle's messages
+	routable   <-chan *pipeline.Message[K, V] // from the AfterPoll stages; nil without them: polled messages are routed at once
+	dispatch   chan<- job[K, V]               // to the handler pool
+	handlerEnd <-chan handlerEnded[K, V]      // from the handler pool, once per handler that ended; nil without AfterHandle stages (released tells)
+	released   <-chan completion[K, V]        // from the ack collector: the key-released edge
+	room       chan<- room                    // to the poller: in-flight slots and bytes freed
+	commitNow  chan<- struct{}                // to the committer: commitEvery offsets finished
+	rebalances <-chan rebalanceRequest        // from the poller's rebalance listener
+	offsets    <-chan chan<- []claimOffset    // from the committer: what is committable now?
+	final      chan<- []claimOffset           // to the committer, once, as the coordinator ends
+	queries    <-chan revokedQuery            // from stages: pipeline.Revoked
+	drainingCh <-chan struct{}                // closed when a graceful stop begins
 }
 
 // revokeWait is a revoke waiting for its claims to have nothing in flight.
@@ -131,12 +145,12 @@ func (c *coordinator[K, V]) run(ctx context.Context) error {
 			continue // dispatch what they freed before looking further
 		}
 		select {
-		case batch, ok := <-polled:
+		case cycle, ok := <-polled:
 			if !ok {
 				polled = nil
 				continue
 			}
-			c.track(batch, routable == nil)
+			c.track(cycle, routable == nil)
 		case msg, ok := <-routable:
 			if !ok {
 				routable = nil
@@ -204,11 +218,11 @@ func (c *coordinator[K, V]) takeReleased(released <-chan completion[K, V]) bool 
 // the cycle of msg or a later one.
 func (c *coordinator[K, V]) trackPending() {
 	for n := len(c.polled); n > 0; n-- {
-		batch, ok := <-c.polled
+		cycle, ok := <-c.polled
 		if !ok {
 			return
 		}
-		c.track(batch, false)
+		c.track(cycle, false)
 	}
 }
 
@@ -216,17 +230,18 @@ func (c *coordinator[K, V]) trackPending() {
 // poller, which learns how many in-flight slots were freed.
 func (c *coordinator[K, V]) publish() {
 	c.stats.InFlight.Store(int64(c.inFlight))
+	c.stats.InFlightBytes.Store(c.inFlightBytes)
 	c.stats.Queued.Store(int64(c.queued))
-	if c.freed > 0 {
+	if c.freed != (room{}) {
 		select {
 		case c.room <- c.freed:
-			c.freed = 0
+			c.freed = room{}
 		default: // the poller has not read the last count yet: it gets both together
 		}
 	}
 }
 
-// dispatchReady hands ready messages to free handlers, oldest first. The
+// dispatchReady hands ready messages to free handlers, critical path first. The
 // sends never block: the hand-off channel holds as many messages as there
 // are handlers, and no more than that are ever out.
 func (c *coordinator[K, V]) dispatchReady() {
@@ -235,7 +250,6 @@ func (c *coordinator[K, V]) dispatchReady() {
 		s := e.claim.window.find(e.msg)
 		s.state = slotDispatched
 		e.claim.outstanding++
-		e.claim.dispatched = max(e.claim.dispatched, e.msg.Offset)
 		c.handling++
 		c.dispatch <- job[K, V]{msg: e.msg, ctx: e.claim.ctx}
 	}
@@ -261,25 +275,32 @@ func (c *coordinator[K, V]) dispatchLimit() int {
 // track adds a poll cycle's messages to their claims' windows: from now on
 // they are in flight and hold back their partitions' commits until they
 // finish. With route, they are routed at once (no AfterPoll stage).
-func (c *coordinator[K, V]) track(batch []*pipeline.Message[K, V], route bool) {
-	for _, msg := range batch {
+func (c *coordinator[K, V]) track(cycle pollCycle[K, V], route bool) {
+	for i, msg := range cycle.msgs {
+		size := cycle.sizes[i]
 		cl := c.claims[msg.TopicPartition()]
 		switch {
 		case cl == nil, cl.stopping:
 			// Not ours (any more), or polled after the claim began to stop:
-			// above everything dispatched, so no gap filler. Dropping it
-			// loses nothing: it was never committed.
-			c.freed++
+			// dropping it loses nothing, it was never committed.
+			c.free(size)
 			continue
 		case !cl.window.add(msg):
 			c.log.Error("parallafka: dropping a message polled out of offset order", "message", msg.String())
-			c.freed++
+			c.free(size)
 			continue
 		}
+		cl.window.slots[len(cl.window.slots)-1].size = size
 		cl.tracked++
 		c.inFlight++
+		c.inFlightBytes += int64(size)
 		if cl.start < 0 {
 			cl.start = msg.Offset
+		}
+		if cl.finishedBefore(msg.Offset) {
+			c.stats.FinishedBefore.Add(1)
+			c.settle(cl, &cl.window.slots[len(cl.window.slots)-1], slotFinished)
+			continue
 		}
 		if route {
 			c.route(cl, &cl.window.slots[len(cl.window.slots)-1])
@@ -305,7 +326,7 @@ func (c *coordinator[K, V]) routeTracked(msg *pipeline.Message[K, V]) {
 
 // route makes the message of s dispatchable, or queues it behind its key.
 func (c *coordinator[K, V]) route(cl *claim[K, V], s *slot[K, V]) {
-	if !cl.wants(s.offset) {
+	if cl.stopping {
 		c.settle(cl, s, slotAbandoned)
 		return
 	}
@@ -353,8 +374,11 @@ func (c *coordinator[K, V]) complete(done completion[K, V]) {
 	if s == nil || s.state != slotDispatched {
 		// Its claim ended (revoke timeout, lost) while it was out: it was
 		// still counted in flight until now; it commits nothing.
+		size := c.orphans[done.msg]
+		delete(c.orphans, done.msg)
 		c.inFlight--
-		c.freed++
+		c.inFlightBytes -= int64(size)
+		c.free(size)
 		return
 	}
 	cl.outstanding--
@@ -368,7 +392,11 @@ func (c *coordinator[K, V]) complete(done completion[K, V]) {
 		}
 		c.stats.Retried.Add(1)
 		s.state = slotWaiting
-		c.ready.pushLater(entry[K, V]{seq: s.seq, claim: cl, msg: done.msg}) // its key still held
+		e := entry[K, V]{seq: s.seq, claim: cl, msg: done.msg} // its key still held
+		if key, ordered := c.routingKey(done.msg); ordered {
+			e.backlog = len(cl.keys[key])
+		}
+		c.ready.pushLater(e)
 	case verdictFinish:
 		c.settle(cl, s, slotFinished)
 		c.releaseKey(cl, done.msg)
@@ -400,10 +428,26 @@ func (c *coordinator[K, V]) settle(cl *claim[K, V], s *slot[K, V], state slotSta
 	cl.window.settle(s, state)
 	cl.tracked--
 	c.inFlight--
-	c.freed++
+	c.inFlightBytes -= int64(s.size)
+	c.free(s.size)
 	if cl.stopping && cl.tracked == 0 {
 		c.revokesDue = true
 	}
+	if state == slotFinished && c.commitEvery > 0 {
+		if c.sinceCommit++; c.sinceCommit >= c.commitEvery {
+			c.sinceCommit = 0
+			select {
+			case c.commitNow <- struct{}{}:
+			default: // one is due already
+			}
+		}
+	}
+}
+
+// free counts a message out of the window, for the poller.
+func (c *coordinator[K, V]) free(size int32) {
+	c.freed.msgs++
+	c.freed.bytes += int64(size)
 }
 
 // releaseKey frees msg's key and makes the next message queued behind it
@@ -422,12 +466,7 @@ func (c *coordinator[K, V]) releaseKey(cl *claim[K, V], msg *pipeline.Message[K,
 	queue[0] = entry[K, V]{}
 	cl.keys[key] = queue[1:]
 	c.queued--
-	if !cl.wants(next.msg.Offset) {
-		// Offsets grow along the queue: nothing behind it is wanted either.
-		c.abandonEntry(next)
-		c.abandonKey(cl, msg)
-		return
-	}
+	next.backlog = len(queue) - 1
 	c.ready.pushLater(next)
 }
 
@@ -464,38 +503,30 @@ func (c *coordinator[K, V]) drain() {
 	}
 }
 
-// stop makes a claim stop: nothing but gap fillers starts from now on;
-// the rest of its backlog is abandoned.
+// stop makes a claim stop: nothing starts from now on, and its backlog
+// (every message not in a handler) is abandoned. What finished stays
+// finished: the final commit's offset map carries it to the next owner.
 func (c *coordinator[K, V]) stop(cl *claim[K, V]) {
 	if !cl.stopping {
 		cl.stopping = true
 		close(cl.revoked)
 	}
-	if c.hardStop {
-		cl.dispatched = -1 // no gap fillers either
-	}
 	c.ready.filter(func(e entry[K, V]) bool {
-		if e.claim != cl || cl.wants(e.msg.Offset) {
+		if e.claim != cl {
 			return true
 		}
 		c.abandonEntry(e)
-		c.abandonKey(cl, e.msg) // drops from the key queues, not from ready
 		return false
 	})
 	for key, queue := range cl.keys {
-		n := len(queue)
-		for n > 0 && !cl.wants(queue[n-1].msg.Offset) {
-			n--
-		}
-		c.queued -= len(queue) - n
-		for _, e := range queue[n:] {
+		c.queued -= len(queue)
+		for _, e := range queue {
 			c.abandonEntry(e)
 		}
-		clear(queue[n:])
-		cl.keys[key] = queue[:n]
+		delete(cl.keys, key)
 	}
 	cl.window.each(func(s *slot[K, V]) {
-		if s.state == slotPolled && !cl.wants(s.offset) {
+		if s.state == slotPolled {
 			c.settle(cl, s, slotAbandoned) // still in the AfterPoll stages
 		}
 	})
@@ -520,9 +551,19 @@ func (c *coordinator[K, V]) end(cl *claim[K, V]) {
 		c.queued -= len(queue)
 	}
 	cl.keys = nil
-	gone := cl.tracked - cl.outstanding
-	c.inFlight -= gone
-	c.freed += gone
+	cl.window.each(func(s *slot[K, V]) {
+		switch s.state {
+		case slotDispatched:
+			if c.orphans == nil {
+				c.orphans = make(map[*pipeline.Message[K, V]]int32)
+			}
+			c.orphans[s.msg] = s.size
+		case slotPolled, slotWaiting:
+			c.inFlight--
+			c.inFlightBytes -= int64(s.size)
+			c.free(s.size)
+		}
+	})
 }
 
 // rebalance carries out a request of the poller's rebalance listener.
@@ -536,8 +577,9 @@ func (c *coordinator[K, V]) rebalance(req rebalanceRequest) {
 			c.claimIDs++
 			cl := &claim[K, V]{
 				tp: tp, id: c.claimIDs, keys: make(map[uint64][]entry[K, V]),
-				start: -1, dispatched: -1, revoked: make(chan struct{}),
+				start: -1, revoked: make(chan struct{}),
 			}
+			cl.inherited = c.inheritedMap(req.committed, tp)
 			cl.ctx, cl.cancel = context.WithCancel(c.ctx)
 			if c.draining {
 				cl.stopping = true
@@ -631,12 +673,60 @@ func (c *coordinator[K, V]) committable(final bool) []claimOffset {
 	return offsets
 }
 
+// claimOffset returns what to commit for a claim: the offset after its
+// longest finished prefix, and the offset map, the runs of offsets above it
+// that finished too (here, or under an earlier owner and not polled yet).
 func (c *coordinator[K, V]) claimOffset(cl *claim[K, V]) (claimOffset, bool) {
 	off, ok := cl.window.committable()
-	if !ok || off <= cl.start {
+	if !ok {
+		return claimOffset{}, false
+	}
+	runs := cl.window.finishedRuns(nil)
+	inherited := cl.inherited
+	for len(inherited) > 0 && inherited[0].To <= cl.window.next {
+		inherited = inherited[1:]
+	}
+	if len(inherited) > 0 {
+		first := inherited[0]
+		first.From = max(first.From, cl.window.next)
+		if len(runs) == 0 && first.From == off {
+			// Everything polled finished, and so did what comes next.
+			off, inherited = first.To, inherited[1:]
+		} else if n := len(runs); n > 0 && runs[n-1].To == first.From {
+			runs[n-1].To, inherited = first.To, inherited[1:]
+		} else {
+			runs, inherited = append(runs, first), inherited[1:]
+		}
+		runs = append(runs, inherited...)
+	}
+	if off <= cl.start && len(runs) == 0 {
 		return claimOffset{}, false // nothing finished past the starting position
 	}
-	return claimOffset{Offset: pipeline.Offset{TopicPartition: cl.tp, Offset: off}, claim: cl.id}, true
+	return claimOffset{Offset: pipeline.Offset{TopicPartition: cl.tp, Offset: off}, claim: cl.id, runs: runs}, true
+}
+
+// inheritedMap decodes the offset map of tp's committed offset, if the
+// source read one. Metadata that is not an offset map of ours (written by
+// another tool, corrupt, or left behind by an offset reset) is ignored:
+// the finished work it may describe is redone.
+func (c *coordinator[K, V]) inheritedMap(committed []pipeline.Offset, tp pipeline.TopicPartition) []offsetmap.Run {
+	for _, off := range committed {
+		if off.TopicPartition != tp || off.Offset < 0 || off.Metadata == "" {
+			continue
+		}
+		runs, err := offsetmap.Decode(off.Offset, off.Metadata)
+		if err != nil {
+			c.log.Warn("parallafka: ignoring the committed offset's metadata: not an offset map of this pipeline; work finished past the committed offset by the previous owner is redone",
+				"partition", tp, "offset", off.Offset, "metadata_bytes", len(off.Metadata), "error", err)
+			return nil
+		}
+		if len(runs) > 0 {
+			c.log.Debug("parallafka: offset map read: finished offsets past the committed one are skipped",
+				"partition", tp, "offset", off.Offset, "runs", len(runs))
+		}
+		return runs
+	}
+	return nil
 }
 
 // revokedChannel answers pipeline.Revoked.

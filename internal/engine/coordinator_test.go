@@ -9,6 +9,7 @@ import (
 	"testing"
 	"testing/synctest"
 
+	"github.com/parallafka/parallafka/internal/offsetmap"
 	"github.com/parallafka/parallafka/pipeline"
 )
 
@@ -23,10 +24,10 @@ type coordHarness struct {
 	c     *coordinator[string, string]
 	stats *Stats
 
-	polled     chan []*pipeline.Message[string, string]
+	polled     chan pollCycle[string, string]
 	dispatch   chan job[string, string]
 	released   chan completion[string, string]
-	room       chan int
+	room       chan room
 	rebalances chan rebalanceRequest
 	offsets    chan chan<- []claimOffset
 	final      chan []claimOffset
@@ -51,10 +52,10 @@ type coordOptions struct {
 func newCoordHarness(t *testing.T, o coordOptions) *coordHarness {
 	h := &coordHarness{
 		t: t, stats: &Stats{},
-		polled:     make(chan []*pipeline.Message[string, string], 4),
+		polled:     make(chan pollCycle[string, string], 4),
 		dispatch:   make(chan job[string, string], 2*o.concurrency),
 		released:   make(chan completion[string, string], 2*o.concurrency),
-		room:       make(chan int, 1),
+		room:       make(chan room, 1),
 		rebalances: make(chan rebalanceRequest),
 		offsets:    make(chan chan<- []claimOffset),
 		final:      make(chan []claimOffset, 1),
@@ -113,7 +114,7 @@ func (h *coordHarness) poll(p int32, offKeys ...any) []*pipeline.Message[string,
 	for i := 0; i < len(offKeys); i += 2 {
 		batch = append(batch, h.msg(p, int64(offKeys[i].(int)), offKeys[i+1].(string)))
 	}
-	h.polled <- batch
+	h.polled <- cycleOf(batch)
 	synctest.Wait()
 	return batch
 }
@@ -173,6 +174,22 @@ func (h *coordHarness) assign(ps ...int32) {
 	}
 }
 
+// assignCommitted assigns partitions with their committed offsets, as a
+// source read them.
+func (h *coordHarness) assignCommitted(committed ...pipeline.Offset) {
+	h.t.Helper()
+	var tps []pipeline.TopicPartition
+	for _, off := range committed {
+		tps = append(tps, off.TopicPartition)
+	}
+	reply := make(chan []claimOffset, 1)
+	h.rebalances <- rebalanceRequest{kind: rebalanceAssign, partitions: tps, committed: committed, reply: reply}
+	synctest.Wait()
+	if _, ok := replied(reply); !ok {
+		h.t.Fatal("assign not answered")
+	}
+}
+
 // replied returns a reply if there is one.
 func replied(reply chan []claimOffset) ([]claimOffset, bool) {
 	select {
@@ -184,10 +201,12 @@ func replied(reply chan []claimOffset) ([]claimOffset, bool) {
 }
 
 // committable asks as the committer does between commits.
-func (h *coordHarness) committable() map[int32]int64 {
+func (h *coordHarness) committable() map[int32]int64 { return offsetMap(h.committableOffsets()) }
+
+func (h *coordHarness) committableOffsets() []claimOffset {
 	reply := make(chan []claimOffset, 1)
 	h.offsets <- reply
-	return offsetMap(<-reply)
+	return <-reply
 }
 
 func offsetMap(offs []claimOffset) map[int32]int64 {
@@ -230,7 +249,7 @@ func (h *coordHarness) takeRoom() int {
 	for {
 		select {
 		case k := <-h.room:
-			n += k
+			n += k.msgs
 			h.committable()
 			synctest.Wait()
 		default:
@@ -525,7 +544,7 @@ func TestCoordinatorAbandonDropsKeyQueue(t *testing.T) {
 		h.expectDispatched(3)
 		h.finish(0, 3)
 		h.expectDispatched()
-		h.expectCommittable(map[int32]int64{}) // offset 0 holds the commit
+		h.expectCommittable(map[int32]int64{0: 0}) // offset 0 holds the commit (3 is in its map)
 		if n, q := h.stats.InFlight.Load(), h.stats.Queued.Load(); n != 0 || q != 0 {
 			t.Fatalf("InFlight, Queued = %d, %d; want 0, 0", n, q)
 		}
@@ -535,10 +554,10 @@ func TestCoordinatorAbandonDropsKeyQueue(t *testing.T) {
 	})
 }
 
-// TestCoordinatorRevoke: a revoke answers once the claim's messages in
-// flight came back, with the committable offset; the backlog above the
-// highest dispatched offset is abandoned, the gap fillers below it are
-// dispatched and waited for.
+// TestCoordinatorRevoke: a revoke answers once the claim's handlers came
+// back, with the committable offset and the offset map of what finished
+// above it; the backlog (queued and ready alike) is abandoned at once,
+// nothing more is dispatched for the claim.
 func TestCoordinatorRevoke(t *testing.T) {
 	coordTest(t, coordOptions{concurrency: 2}, func(h *coordHarness) {
 		h.assign(0, 1)
@@ -549,7 +568,7 @@ func TestCoordinatorRevoke(t *testing.T) {
 		h.poll(0, 0, "a", 1, "a", 2, "b", 3, "c", 4, "d", 5, "a")
 		h.expectDispatched(0, 2)
 		h.finish(0, 2)
-		h.expectDispatched(3) // highest dispatched: 3; 1 waits behind a
+		h.expectDispatched(3) // 1 waits behind a
 		reply := h.rebalance(rebalanceRevoke, tp(0))
 		if !isClosed(revoked) {
 			t.Fatal("revoked channel open after the revoke")
@@ -560,36 +579,84 @@ func TestCoordinatorRevoke(t *testing.T) {
 		if _, ok := replied(reply); ok {
 			t.Fatal("revoke answered with messages in flight")
 		}
-		if q := h.stats.Queued.Load(); q != 1 {
-			t.Fatalf("Queued = %d; want 1 (the gap filler)", q)
+		if q := h.stats.Queued.Load(); q != 0 {
+			t.Fatalf("Queued = %d; want 0 (the backlog is abandoned)", q)
 		}
-		h.poll(0, 6, "e") // polled after the revoke began: dropped
-		h.poll(1, 0, "a") // another partition goes on
-		h.expectDispatched()
-		h.finish(0, 0)
-		h.expectDispatched(1, 0) // the gap filler (1), then partition 1
+		h.poll(0, 6, "e")     // polled after the revoke began: dropped
+		h.poll(1, 0, "a")     // another partition goes on
+		h.expectDispatched(0) // partition 1
 		h.finish(0, 3)
 		if _, ok := replied(reply); ok {
-			t.Fatal("revoke answered before the gap filler finished")
+			t.Fatal("revoke answered with a handler running")
 		}
-		h.finish(0, 1)
+		h.finish(0, 0)
 		offs, ok := replied(reply)
 		if !ok {
-			t.Fatal("revoke not answered once idle")
+			t.Fatal("revoke not answered once its handlers came back")
 		}
-		if got := offsetMap(offs); !mapsEqual(got, map[int32]int64{0: 4}) {
-			t.Fatalf("revoke offsets %v; want 0: 4", got)
+		if got := offsetMap(offs); !mapsEqual(got, map[int32]int64{0: 1}) {
+			t.Fatalf("revoke offsets %v; want 0: 1", got)
 		}
 		if len(offs) != 1 || offs[0].claim == 0 {
 			t.Fatalf("revoke offsets %+v: want one, with its claim", offs)
 		}
-		h.expectDispatched() // 4 and 5 were abandoned
+		if want := []offsetmap.Run{{From: 2, To: 4}}; !slices.Equal(offs[0].runs, want) {
+			t.Fatalf("offset map %v; want %v (2 and 3 finished above 1)", offs[0].runs, want)
+		}
+		h.expectDispatched() // 1, 4 and 5 were abandoned
 		if n := h.stats.InFlight.Load(); n != 1 {
 			t.Fatalf("InFlight = %d; want 1 (partition 1's message)", n)
 		}
 		h.expectCommittable(map[int32]int64{}) // partition 1 not past its start
 		h.finish(1, 0)
 		h.expectCommittable(map[int32]int64{1: 1})
+	})
+}
+
+// TestCoordinatorInheritedMap: a claim assigned with an offset map skips
+// the offsets it marks finished (they count as finished at once), commits
+// past them, and carries the part of the map not yet polled into its own
+// commits.
+func TestCoordinatorInheritedMap(t *testing.T) {
+	coordTest(t, coordOptions{concurrency: 4}, func(h *coordHarness) {
+		text, kept := offsetmap.Encode(10, []offsetmap.Run{{From: 11, To: 13}, {From: 14, To: 15}, {From: 20, To: 22}}, 4096)
+		if kept != 3 {
+			t.Fatalf("kept %d runs", kept)
+		}
+		h.assignCommitted(pipeline.Offset{TopicPartition: tp(0), Offset: 10, Metadata: text})
+		h.poll(0, 10, "a", 11, "b", 12, "c", 13, "d", 14, "e", 15, "f")
+		h.expectDispatched(10, 13, 15)
+		if n := h.stats.FinishedBefore.Load(); n != 3 {
+			t.Fatalf("FinishedBefore = %d; want 3 (11, 12, 14)", n)
+		}
+		h.finish(0, 10)
+		h.finish(0, 13)
+		offs := h.committableOffsets()
+		if got := offsetMap(offs); !mapsEqual(got, map[int32]int64{0: 15}) {
+			t.Fatalf("committable %v; want 0: 15", got)
+		}
+		if want := []offsetmap.Run{{From: 20, To: 22}}; !slices.Equal(offs[0].runs, want) {
+			t.Fatalf("offset map %v; want the inherited %v not yet polled", offs[0].runs, want)
+		}
+		h.finish(0, 15)
+		// Everything polled finished and the map continues right after:
+		// nothing in between is known finished, so the commit stays at 16.
+		if got := h.committable(); !mapsEqual(got, map[int32]int64{0: 16}) {
+			t.Fatalf("committable %v; want 0: 16", got)
+		}
+	})
+}
+
+// TestCoordinatorForeignMetadata: metadata that is not an offset map of
+// ours is ignored: nothing is skipped.
+func TestCoordinatorForeignMetadata(t *testing.T) {
+	coordTest(t, coordOptions{concurrency: 4}, func(h *coordHarness) {
+		h.assignCommitted(pipeline.Offset{TopicPartition: tp(0), Offset: 0, Metadata: "written by someone else"})
+		h.poll(0, 0, "a", 1, "b")
+		h.expectDispatched(0, 1)
+		if n := h.stats.FinishedBefore.Load(); n != 0 {
+			t.Fatalf("FinishedBefore = %d; want 0", n)
+		}
 	})
 }
 
@@ -672,7 +739,7 @@ func TestCoordinatorLost(t *testing.T) {
 		h.finish(0, 2)
 		h.expectDispatched(0) // partition 1's
 		h.finish(1, 0)
-		h.expectCommittable(map[int32]int64{1: 1})
+		h.expectCommittable(map[int32]int64{0: 0, 1: 1}) // 0 at its start, with 2 in its map
 		oldZero := h.get(0, 0)
 		revoked := h.revokedChannel(0)
 		if offs, ok := replied(h.rebalance(rebalanceLost, tp(0))); !ok || offs != nil {
@@ -699,7 +766,7 @@ func TestCoordinatorLost(t *testing.T) {
 		newZero := h.get(0, 0)
 		h.finish(0, 1)
 		h.complete(oldZero, verdictFinish) // the lost claim's: ignored
-		h.expectCommittable(map[int32]int64{1: 1})
+		h.expectCommittable(map[int32]int64{0: 0, 1: 1}) // 0 at its start, 1 in its map
 		h.expectDispatched()
 		if n := h.stats.InFlight.Load(); n != 1 {
 			t.Fatalf("InFlight = %d; want 1 (the new offset 0)", n)
@@ -713,8 +780,8 @@ func TestCoordinatorLost(t *testing.T) {
 }
 
 // TestCoordinatorCommittable: the periodic answer skips stopping claims
-// (their revoke commits them), and has nothing for a claim whose window
-// did not move past its start: no commit at assignment (issue 11 item 7).
+// (their revoke commits them), and has nothing for a claim where nothing
+// finished: no commit at assignment (issue 11 item 7).
 func TestCoordinatorCommittable(t *testing.T) {
 	coordTest(t, coordOptions{concurrency: 4}, func(h *coordHarness) {
 		h.expectCommittable(map[int32]int64{})
@@ -726,7 +793,10 @@ func TestCoordinatorCommittable(t *testing.T) {
 		h.expectDispatched(100, 101, 5, 7)
 		h.expectCommittable(map[int32]int64{}) // nothing finished
 		h.finish(0, 101)
-		h.expectCommittable(map[int32]int64{}) // the start, 100, unfinished
+		offs := h.committableOffsets() // the start, 100, unfinished: committed with 101 in its map
+		if got := offsetMap(offs); !mapsEqual(got, map[int32]int64{0: 100}) || !slices.Equal(offs[0].runs, []offsetmap.Run{{From: 101, To: 102}}) {
+			t.Fatalf("committable %+v; want 0: 100 with 101 in its map", offs)
+		}
 		h.finish(0, 100)
 		h.finish(1, 5)
 		h.expectCommittable(map[int32]int64{0: 102, 1: 6})
@@ -747,7 +817,7 @@ func TestCoordinatorCommittable(t *testing.T) {
 }
 
 // TestCoordinatorDrain: a graceful stop abandons the backlog but lets what
-// is out (and its gap fillers) finish; the coordinator closes dispatch once
+// is out finish; the coordinator closes dispatch once
 // nothing is in flight and the poller closed polled, and hands the final
 // offsets, stopping claims included, to the committer.
 func TestCoordinatorDrain(t *testing.T) {
@@ -788,8 +858,8 @@ func TestCoordinatorDrain(t *testing.T) {
 	})
 }
 
-// TestCoordinatorHardStop: cancelling the context closes dispatch at once,
-// with no gap fillers; what comes back is abandoned; the final offsets
+// TestCoordinatorHardStop: cancelling the context closes dispatch at once;
+// what comes back is abandoned; the final offsets
 // hold what finished.
 func TestCoordinatorHardStop(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
@@ -799,7 +869,7 @@ func TestCoordinatorHardStop(t *testing.T) {
 		h.poll(0, 0, "a", 1, "a", 2, "b", 3, "c", 4, "d", 5, "e")
 		h.expectDispatched(0, 2)
 		h.finish(0, 2)
-		h.expectDispatched(3) // 1 waits behind a, a gap filler
+		h.expectDispatched(3) // 1 waits behind a
 		h.cancel()
 		synctest.Wait()
 		if _, ok := <-h.dispatch; ok {
@@ -836,7 +906,7 @@ func TestCoordinatorRoom(t *testing.T) {
 		if got := h.takeRoom(); got != 1 {
 			t.Fatalf("room %d for an unassigned partition's message; want 1", got)
 		}
-		h.polled <- []*pipeline.Message[string, string]{{Topic: "t", Offset: 1}} // out of offset order: dropped
+		h.polled <- cycleOf([]*pipeline.Message[string, string]{{Topic: "t", Offset: 1}}) // out of offset order: dropped
 		if got := h.takeRoom(); got != 1 {
 			t.Fatalf("room %d for a message out of order; want 1", got)
 		}
@@ -868,4 +938,13 @@ func TestCoordinatorHold(t *testing.T) {
 		}
 		h.expectDispatched(0, 1)
 	})
+}
+
+// cycleOf makes a poll cycle of msgs, sized as the poller sizes them.
+func cycleOf(msgs []*pipeline.Message[string, string]) pollCycle[string, string] {
+	sizes := make([]int32, len(msgs))
+	for i, m := range msgs {
+		sizes[i] = messageBytes(m)
+	}
+	return pollCycle[string, string]{msgs: msgs, sizes: sizes}
 }

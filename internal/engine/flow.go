@@ -16,6 +16,8 @@ import (
 
 	"github.com/sourcegraph/conc/panics"
 
+	"github.com/parallafka/parallafka/internal/offsetmap"
+
 	"github.com/parallafka/parallafka/internal/signal"
 	"github.com/parallafka/parallafka/pipeline"
 )
@@ -37,22 +39,27 @@ type NamedStage[K, V any] struct {
 
 // Config is one Consume call's engine configuration, validated by New.
 type Config[K, V any] struct {
-	Source          pipeline.Source[K, V]
-	Handler         pipeline.Handler[K, V] // middleware applied
-	AfterPoll       []NamedStage[K, V]
-	AfterHandle     []NamedStage[K, V]
-	Concurrency     int
-	MaxInFlight     int
-	Ordering        Ordering
-	OrderNilKeys    bool
-	CommitInterval  time.Duration
-	HardStop        bool // the shutdown mode
-	ShutdownTimeout time.Duration
-	RevokeTimeout   time.Duration
-	Logger          *slog.Logger
-	ErrorPolicy     pipeline.ErrorPolicy
-	Hooks           Hooks
-	Pause           *atomic.Bool // set by Parallafka.Pause, cleared by Resume
+	Source           pipeline.Source[K, V]
+	Handler          pipeline.Handler[K, V] // middleware applied
+	AfterPoll        []NamedStage[K, V]
+	AfterHandle      []NamedStage[K, V]
+	Concurrency      int
+	MaxInFlight      int
+	MaxInFlightBytes int64 // 0: no bound
+	Ordering         Ordering
+	OrderNilKeys     bool
+	CommitInterval   time.Duration
+	CommitEvery      int  // also commit after this many offsets finished; 0: the interval alone
+	AsyncCommits     bool // periodic commits do not wait for the last one's result
+	OnCommit         OnCommit
+	MapMaxBytes      int  // the offset map's limit in the commit metadata; 0: no map
+	HardStop         bool // the shutdown mode
+	ShutdownTimeout  time.Duration
+	RevokeTimeout    time.Duration
+	Logger           *slog.Logger
+	ErrorPolicy      pipeline.ErrorPolicy
+	Hooks            Hooks
+	Pause            *atomic.Bool // set by Parallafka.Pause, cleared by Resume
 }
 
 // ErrShutdownTimeout is the cause of the handlers' cancellation when a
@@ -117,18 +124,19 @@ type flow[K, V any] struct {
 // order of the flow:
 //
 //	poll ─polled─▶ coordinator ─dispatch─▶ handler pool ─▶ ack collector ─released─▶ coordinator
-//	  │  ◀──room──┘   ▲  ▲ offsets/final          (with user stages: poll ─▶ AfterPoll ─routable─▶ coordinator,
+//	  │  ◀──room──┘   ▲  ▲ offsets/final/commitNow (with user stages: poll ─▶ AfterPoll ─routable─▶ coordinator,
 //	  └─rebalances────┘  └────────── committer     handler pool ─▶ AfterHandle ─▶ ack collector, handlerEnd)
 func newFlow[K, V any](cfg *Config[K, V], stats *Stats, life *lifecycle) *flow[K, V] {
 	var (
-		polled     = make(chan []*pipeline.Message[K, V], 4)
-		room       = make(chan int, 1)
+		polled     = make(chan pollCycle[K, V], 4)
+		room       = make(chan room, 1)
 		dispatch   = make(chan job[K, V], 2*cfg.Concurrency)
 		released   = make(chan completion[K, V], 2*cfg.Concurrency)
 		rebalances = make(chan rebalanceRequest)
 		offsets    = make(chan chan<- []claimOffset)
 		final      = make(chan []claimOffset, 1)
 		commits    = make(chan commitRequest)
+		commitNow  = make(chan struct{}, 1)
 		queries    = make(chan revokedQuery)
 		coordDone  = make(chan struct{})
 		commitDone = make(chan struct{})
@@ -139,7 +147,7 @@ func newFlow[K, V any](cfg *Config[K, V], stats *Stats, life *lifecycle) *flow[K
 			polled: polled, room: room, rebalances: rebalances, commits: commits,
 			coordDone: coordDone, commitDone: commitDone, draining: life.draining,
 		},
-		source: cfg.Source, log: cfg.Logger, stats: stats, maxInFlight: cfg.MaxInFlight,
+		source: cfg.Source, log: cfg.Logger, stats: stats, maxInFlight: cfg.MaxInFlight, maxBytes: cfg.MaxInFlightBytes,
 		pollTimeout: pollTimeout, pauseAfter: pauseAfter, revokeTimeout: cfg.RevokeTimeout,
 		hooks: cfg.Hooks, userPause: cfg.Pause,
 	}
@@ -147,9 +155,10 @@ func newFlow[K, V any](cfg *Config[K, V], stats *Stats, life *lifecycle) *flow[K
 		coordinatorEdges: coordinatorEdges[K, V]{
 			polled: polled, dispatch: dispatch, released: released, room: room,
 			rebalances: rebalances, offsets: offsets, final: final, queries: queries,
-			drainingCh: life.draining,
+			commitNow: commitNow, drainingCh: life.draining,
 		},
-		ordering: cfg.Ordering, orderNilKeys: cfg.OrderNilKeys, concurrency: cfg.Concurrency,
+		commitEvery: cfg.CommitEvery,
+		ordering:    cfg.Ordering, orderNilKeys: cfg.OrderNilKeys, concurrency: cfg.Concurrency,
 		stats: stats, log: cfg.Logger, claims: make(map[pipeline.TopicPartition]*claim[K, V]), seed: maphash.MakeSeed(),
 	}
 	f.collector = &collector[K, V]{policy: cfg.ErrorPolicy, stop: life.stop, stats: stats, log: cfg.Logger}
@@ -160,7 +169,8 @@ func newFlow[K, V any](cfg *Config[K, V], stats *Stats, life *lifecycle) *flow[K
 	f.committer = &committer[K, V]{
 		source: cfg.Source, log: cfg.Logger, stats: stats,
 		interval: cfg.CommitInterval, timeout: cfg.RevokeTimeout,
-		offsets: offsets, final: final, commits: commits, coordDone: coordDone,
+		async: cfg.AsyncCommits, mapMaxBytes: cfg.MapMaxBytes, onCommit: cfg.OnCommit,
+		offsets: offsets, final: final, commits: commits, commitNow: commitNow, coordDone: coordDone,
 		shutdownDeadline: life.shutdownDeadline,
 	}
 	life.revoked = func(topic string, partition int32) <-chan struct{} {
@@ -389,10 +399,23 @@ type (
 		committed  []pipeline.Offset // assign: the committed offsets and metadata, as the source read them
 		reply      chan []claimOffset
 	}
+	// pollCycle is one poll cycle's messages, with their sizes as the
+	// poller counted them against the byte window.
+	pollCycle[K, V any] struct {
+		msgs  []*pipeline.Message[K, V]
+		sizes []int32
+	}
+	// room is what the coordinator freed of the in-flight window since it
+	// last told the poller.
+	room struct {
+		msgs  int
+		bytes int64
+	}
 	// claimOffset is a committable offset and the claim it belongs to.
 	claimOffset struct {
 		pipeline.Offset
 		claim uint64
+		runs  []offsetmap.Run // the offset map: finished offsets above Offset, which the committer encodes into Metadata
 	}
 	// commitRequest asks the committer to commit a revoke's final offsets.
 	commitRequest struct {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"maps"
+	"math"
 	"slices"
 	"sync/atomic"
 	"time"
@@ -32,11 +33,13 @@ type poller[K, V any] struct {
 	log           *slog.Logger
 	stats         *Stats
 	maxInFlight   int
+	maxBytes      int64         // bounds the bytes in flight; 0: no bound
 	pollTimeout   time.Duration // bounds one Poll, and so how long a stop waits to be noticed
 	pauseAfter    time.Duration
 	revokeTimeout time.Duration
 
-	credit   int
+	credit   int   // in-flight messages the poller may still poll
+	bytes    int64 // and bytes: a message is polled while both are positive
 	assigned map[pipeline.TopicPartition]bool
 	paused   bool // by back-pressure
 	holding  bool // by the user (Parallafka.Pause): dispatching stops too
@@ -45,19 +48,20 @@ type poller[K, V any] struct {
 	// reads it every cycle (an atomic owned by nobody's partition state).
 	userPause *atomic.Bool
 	batch     []*pipeline.Message[K, V] // this poll cycle's messages
+	sizes     []int32                   // and their sizes
 	held      []*pipeline.Message[K, V] // polled without credit (a consumer's prefetch), in poll order
 	ended     bool                      // the flow ended: rebalances from Close have nothing to do
 }
 
 // pollerEdges are the poller's channels.
 type pollerEdges[K, V any] struct {
-	polled     chan<- []*pipeline.Message[K, V] // to the coordinator
-	staged     chan<- *pipeline.Message[K, V]   // into the AfterPoll stages; nil without them
-	room       <-chan int                       // from the coordinator: slots freed
-	rebalances chan<- rebalanceRequest          // to the coordinator
-	commits    chan<- commitRequest             // to the committer: a revoke's final offsets
-	coordDone  <-chan struct{}                  // closed when the coordinator returned
-	commitDone <-chan struct{}                  // closed when the committer returned
+	polled     chan<- pollCycle[K, V]         // to the coordinator
+	staged     chan<- *pipeline.Message[K, V] // into the AfterPoll stages; nil without them
+	room       <-chan room                    // from the coordinator: slots and bytes freed
+	rebalances chan<- rebalanceRequest        // to the coordinator
+	commits    chan<- commitRequest           // to the committer: a revoke's final offsets
+	coordDone  <-chan struct{}                // closed when the coordinator returned
+	commitDone <-chan struct{}                // closed when the committer returned
 	draining   <-chan struct{}
 }
 
@@ -74,10 +78,13 @@ func (p *poller[K, V]) run(ctx context.Context) error {
 	if p.staged != nil {
 		defer close(p.staged)
 	}
-	p.credit = p.maxInFlight
+	p.credit, p.bytes = p.maxInFlight, p.maxBytes
+	if p.maxBytes <= 0 {
+		p.bytes = math.MaxInt64
+	}
 	for !p.stopping(ctx) {
 		p.takeRoom()
-		if p.credit <= 0 && !p.paused && p.awaitRoom(ctx) {
+		if !p.hasCredit() && !p.paused && p.awaitRoom(ctx) {
 			continue
 		}
 		if err := p.applyUserPause(); err != nil {
@@ -120,9 +127,8 @@ func (p *poller[K, V]) pollCycle(timeout time.Duration) error {
 		if err != nil || msg == nil {
 			return err
 		}
-		if p.credit > 0 && len(p.held) == 0 {
-			p.batch = append(p.batch, msg)
-			p.credit--
+		if p.hasCredit() && len(p.held) == 0 {
+			p.spend(msg)
 		} else {
 			// Behind the held ones, even if room freed meanwhile: sent
 			// first, it would overtake earlier offsets of its partition.
@@ -141,10 +147,12 @@ func (p *poller[K, V]) flush(ctx context.Context) bool {
 		return true
 	}
 	batch := p.batch
-	p.batch = make([]*pipeline.Message[K, V], 0, min(maxBatch, max(p.credit, 16)))
+	size := min(maxBatch, max(p.credit, 16))
+	cycle := pollCycle[K, V]{msgs: batch, sizes: p.sizes}
+	p.batch, p.sizes = make([]*pipeline.Message[K, V], 0, size), make([]int32, 0, size)
 	p.stats.Polled.Add(int64(len(batch)))
 	select {
-	case p.polled <- batch:
+	case p.polled <- cycle:
 	case <-p.coordDone:
 		return false
 	}
@@ -164,10 +172,34 @@ func (p *poller[K, V]) flush(ctx context.Context) bool {
 // takeRoom adds the slots the coordinator freed since the last look.
 func (p *poller[K, V]) takeRoom() {
 	select {
-	case n := <-p.room:
-		p.credit += n
+	case r := <-p.room:
+		p.credit += r.msgs
+		p.bytes += r.bytes
 	default:
 	}
+}
+
+// hasCredit reports whether the poller may take another message: the
+// window has a free slot and bytes left (the last message may take it past
+// its byte bound: a message larger than the bound still gets through).
+func (p *poller[K, V]) hasCredit() bool { return p.credit > 0 && p.bytes > 0 }
+
+// spend adds msg to the cycle's batch, paying for it.
+func (p *poller[K, V]) spend(msg *pipeline.Message[K, V]) {
+	size := messageBytes(msg)
+	p.batch, p.sizes = append(p.batch, msg), append(p.sizes, size)
+	p.credit--
+	p.bytes -= int64(size)
+}
+
+// messageBytes is what a message counts in the byte window: its key, value
+// and headers as received.
+func messageBytes[K, V any](msg *pipeline.Message[K, V]) int32 {
+	n := len(msg.RawKey) + len(msg.RawValue)
+	for _, h := range msg.Headers {
+		n += len(h.Key) + len(h.Value)
+	}
+	return int32(min(n, math.MaxInt32))
 }
 
 // awaitRoom waits up to pauseAfter for a free slot. It reports whether one
@@ -175,10 +207,11 @@ func (p *poller[K, V]) takeRoom() {
 func (p *poller[K, V]) awaitRoom(ctx context.Context) bool {
 	timer := time.NewTimer(p.pauseAfter)
 	defer timer.Stop()
-	for p.credit <= 0 {
+	for !p.hasCredit() {
 		select {
-		case n := <-p.room:
-			p.credit += n
+		case r := <-p.room:
+			p.credit += r.msgs
+			p.bytes += r.bytes
 		case <-timer.C:
 			return false
 		case <-p.draining:
@@ -193,9 +226,8 @@ func (p *poller[K, V]) awaitRoom(ctx context.Context) bool {
 // takeHeld moves held messages into the cycle's batch while there is credit.
 func (p *poller[K, V]) takeHeld() {
 	n := 0
-	for n < len(p.held) && p.credit > 0 && len(p.batch) < maxBatch {
-		p.batch = append(p.batch, p.held[n])
-		p.credit--
+	for n < len(p.held) && p.hasCredit() && len(p.batch) < maxBatch {
+		p.spend(p.held[n])
 		n++
 	}
 	if n > 0 {
@@ -204,15 +236,23 @@ func (p *poller[K, V]) takeHeld() {
 	}
 }
 
+func (p *poller[K, V]) heldBytes() int64 {
+	var n int64
+	for _, msg := range p.held {
+		n += int64(messageBytes(msg))
+	}
+	return n
+}
+
 func (p *poller[K, V]) applyBackPressure() error {
 	switch {
-	case !p.paused && p.credit <= 0:
+	case !p.paused && !p.hasCredit():
 		p.paused = true
 		p.stats.Pauses.Add(1)
 		if !p.holding {
 			return p.setPaused(p.partitions(), true)
 		}
-	case p.paused && p.credit-len(p.held) >= p.maxInFlight/4:
+	case p.paused && p.credit-len(p.held) >= p.maxInFlight/4 && p.bytes-p.heldBytes() >= p.maxBytes/4:
 		p.paused = false
 		if !p.holding {
 			return p.setPaused(p.partitions(), false)

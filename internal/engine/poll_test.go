@@ -20,8 +20,8 @@ type pollHarness struct {
 	src        *memsource.Source[string, string]
 	p          *poller[string, string]
 	stats      *Stats
-	polled     chan []*pipeline.Message[string, string]
-	room       chan int
+	polled     chan pollCycle[string, string]
+	room       chan room
 	rebalances chan rebalanceRequest
 	commits    chan commitRequest
 	coordDone  chan struct{}
@@ -34,7 +34,7 @@ type pollHarness struct {
 func newPollHarness(t *testing.T, maxInFlight, messages int) *pollHarness {
 	h := &pollHarness{
 		t: t, src: memsource.New[string, string](), stats: &Stats{},
-		polled: make(chan []*pipeline.Message[string, string], 4), room: make(chan int, 1),
+		polled: make(chan pollCycle[string, string], 4), room: make(chan room, 1),
 		rebalances: make(chan rebalanceRequest), commits: make(chan commitRequest),
 		coordDone: make(chan struct{}), commitDone: make(chan struct{}), draining: make(chan struct{}),
 		done: make(chan error, 1),
@@ -82,10 +82,10 @@ func (h *pollHarness) take(d time.Duration) []int64 {
 	for {
 		select {
 		case batch := <-h.polled:
-			for _, m := range batch {
+			for _, m := range batch.msgs {
 				offs = append(offs, m.Offset)
 			}
-			h.got = append(h.got, batch...)
+			h.got = append(h.got, batch.msgs...)
 		default:
 			return offs
 		}
@@ -150,14 +150,14 @@ func TestPollerBackPressure(t *testing.T) {
 		if got := h.take(time.Second); len(got) != 0 {
 			t.Fatalf("polled %v while paused", got)
 		}
-		h.room <- 1 // the held message (polled past the limit) goes first
+		h.room <- room{msgs: 1} // the held message (polled past the limit) goes first
 		if got := h.take(50 * time.Millisecond); !equalInt64s(got, []int64{limit}) {
 			t.Fatalf("polled %v; want the held %d", got, limit)
 		}
 		if !h.src.Paused(tp0) {
 			t.Fatal("resumed with less than a quarter free")
 		}
-		h.room <- limit / 4
+		h.room <- room{msgs: limit / 4}
 		got := h.take(50 * time.Millisecond)
 		if h.src.Paused(tp0) {
 			t.Fatal("still paused with a quarter free")
@@ -165,7 +165,7 @@ func TestPollerBackPressure(t *testing.T) {
 		if !equalInt64s(got, span(limit+1, limit+1+limit/4)) {
 			t.Fatalf("polled %v after the resume", got)
 		}
-		h.room <- 100
+		h.room <- room{msgs: 100}
 		h.take(time.Second)
 		var all []int64
 		for _, m := range h.got {

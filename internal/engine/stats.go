@@ -13,18 +13,21 @@ import (
 // goroutine named beside it, and is read by Parallafka.Stats from any
 // goroutine; the counters outlive a Consume call.
 type Stats struct {
-	Polled       atomic.Int64 // poller
-	Handled      atomic.Int64 // collector: finished successfully
-	Failed       atomic.Int64 // collector: attempts that ended in an error or panic
-	Skipped      atomic.Int64 // collector: failed messages the error policy skipped
-	Dropped      atomic.Int64 // collector: messages a stage dropped
-	Retried      atomic.Int64 // coordinator: attempts dispatched again at a stage's request
-	InFlight     atomic.Int64 // coordinator: polled, not yet finished or abandoned
-	Queued       atomic.Int64 // coordinator: waiting behind a busy key
-	Pauses       atomic.Int64 // poller: times back-pressure paused the partitions
-	Commits      atomic.Int64 // committer: successful commit requests
-	CommitErrors atomic.Int64 // committer: failed commit requests
-	UserPaused   atomic.Bool  // poller: Parallafka.Pause is in force
+	Polled         atomic.Int64 // poller
+	Handled        atomic.Int64 // collector: finished successfully
+	Failed         atomic.Int64 // collector: attempts that ended in an error or panic
+	Skipped        atomic.Int64 // collector: failed messages the error policy skipped
+	Dropped        atomic.Int64 // collector: messages a stage dropped
+	Retried        atomic.Int64 // coordinator: attempts dispatched again at a stage's request
+	InFlight       atomic.Int64 // coordinator: polled, not yet finished or abandoned
+	InFlightBytes  atomic.Int64 // coordinator: the bytes of those (key, value and headers as received)
+	FinishedBefore atomic.Int64 // coordinator: polled messages skipped as an earlier owner's offset map marked them finished
+	MapTruncated   atomic.Int64 // committer: commits whose offset map did not fit the metadata limit and was cut to a prefix
+	Queued         atomic.Int64 // coordinator: waiting behind a busy key
+	Pauses         atomic.Int64 // poller: times back-pressure paused the partitions
+	Commits        atomic.Int64 // committer: successful commit requests
+	CommitErrors   atomic.Int64 // committer: failed commit requests
+	UserPaused     atomic.Bool  // poller: Parallafka.Pause is in force
 
 	mu        sync.Mutex
 	committed map[pipeline.TopicPartition]int64 // committer

@@ -3,6 +3,7 @@ package engine
 import (
 	"sort"
 
+	"github.com/parallafka/parallafka/internal/offsetmap"
 	"github.com/parallafka/parallafka/pipeline"
 )
 
@@ -22,6 +23,7 @@ type slot[K, V any] struct {
 	offset int64
 	msg    *pipeline.Message[K, V]
 	seq    uint64 // poll order, for oldest-first dispatch (set when routed)
+	size   int32  // bytes, as the poller counted them
 	state  slotState
 }
 
@@ -111,4 +113,27 @@ func (w *window[K, V]) each(fn func(*slot[K, V])) {
 	for i := w.head; i < len(w.slots); i++ {
 		fn(&w.slots[i])
 	}
+}
+
+// finishedRuns appends to runs the offsets above the committable one that
+// finished, as runs in offset order. A run spans the offsets the source
+// skipped between two of its slots (compacted, transaction markers): they
+// are never delivered, so they are as good as finished. It costs O(slots).
+func (w *window[K, V]) finishedRuns(runs []offsetmap.Run) []offsetmap.Run {
+	open := false
+	for i := w.head + 1; i < len(w.slots); i++ {
+		s := &w.slots[i]
+		switch finished := s.state == slotFinished; {
+		case finished && !open:
+			runs = append(runs, offsetmap.Run{From: s.offset})
+			open = true
+		case !finished && open:
+			runs[len(runs)-1].To = s.offset
+			open = false
+		}
+	}
+	if open {
+		runs[len(runs)-1].To = w.next
+	}
+	return runs
 }

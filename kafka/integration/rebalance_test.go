@@ -99,9 +99,9 @@ func testRebalance(t *testing.T, strategy string) {
 			leaves = append(leaves, h)
 		}
 	}
-	// Handlers finish well within the revoke timeout, and a revoke handles
-	// the gap fillers below the highest offset a handler took before it
-	// commits: the next owner starts exactly after the last message finished.
+	// Handlers finish well within the revoke timeout, and a revoke commits
+	// the offset with its offset map: the next owner skips everything the
+	// last one finished.
 	assert.Zero(t, res.duplicates, "records handled again after a hand-over")
 	t.Logf("rebalance (%s) on the %s: %d messages in %v; handled by A %d, B %d, C %d; redone: %d (finished past the owner's commit on revoke; %d hand-overs held back by a dispatchable message that was overtaken)",
 		strategy, brokerKind(c), total, elapsed.Round(time.Millisecond),

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/parallafka/parallafka"
+	"github.com/parallafka/parallafka/internal/offsetmap"
 	"github.com/parallafka/parallafka/kafka/kafkatest"
 	"github.com/parallafka/parallafka/pipeline"
 )
@@ -104,6 +105,7 @@ type run struct {
 	revokeEnd   time.Time // zero while owned
 	lost        bool
 	committed   int64     // highest offset this run committed; -1 if none
+	metadata    string    // the offset map of its latest commit of that offset
 	firstPoll   time.Time // the first message of the run was polled
 	firstStart  time.Time // a handler started on the first message
 	handled     []int64
@@ -161,7 +163,9 @@ func (r *recorder) committed(member string, offsets []pipeline.Offset) {
 			r.problem("%s: committed %s without owning it", member, off.TopicPartition)
 			continue
 		}
-		ru.committed = max(ru.committed, off.Offset)
+		if off.Offset >= ru.committed {
+			ru.committed, ru.metadata = off.Offset, off.Metadata
+		}
 	}
 }
 
@@ -397,7 +401,20 @@ func (r *recorder) check(t testing.TB, produced []kafkatest.Record) result {
 	}
 	for p, runs := range byPartition {
 		sort.Slice(runs, func(i, j int) bool { return runs[i].assigned.Before(runs[j].assigned) })
-		position := r.base[p] // the group's committed offset
+		position := r.base[p]     // the group's committed offset
+		var inMap []offsetmap.Run // and its offset map: finished above it
+		finished := map[int64]bool{}
+		covered := func(o int64) bool {
+			if o < position {
+				return true
+			}
+			for _, run := range inMap {
+				if run.From <= o && o < run.To {
+					return true
+				}
+			}
+			return false
+		}
 		var prev *run
 		for _, ru := range runs {
 			h := map[int64]bool{}
@@ -407,6 +424,7 @@ func (r *recorder) check(t testing.TB, produced []kafkatest.Record) result {
 					t.Errorf("%s handled %d@%d twice in one run", ru.member, p, o)
 				}
 				h[o] = true
+				finished[o] = true
 				if lo < 0 || o < lo {
 					lo = o
 				}
@@ -419,20 +437,34 @@ func (r *recorder) check(t testing.TB, produced []kafkatest.Record) result {
 					t.Errorf("partition %d: %s committed %d in a run it lost", p, ru.member, ru.committed)
 				}
 				for o := position; o < ru.committed; o++ {
-					if !h[o] {
-						t.Errorf("partition %d: %s committed %d without finishing %d", p, ru.member, ru.committed, o)
+					if !finished[o] {
+						t.Errorf("partition %d: %s committed %d though nobody finished %d", p, ru.member, ru.committed, o)
 						break
+					}
+				}
+				runs, err := offsetmap.Decode(ru.committed, ru.metadata)
+				if err != nil {
+					t.Errorf("partition %d: %s committed %d with metadata that is not an offset map: %v", p, ru.member, ru.committed, err)
+				}
+				for _, run := range runs {
+					for o := run.From; o < run.To; o++ {
+						if !finished[o] {
+							t.Errorf("partition %d: %s's offset map marks %d finished, which nobody finished", p, ru.member, o)
+							break
+						}
 					}
 				}
 				if h[ru.committed] && !ru.revokeEnd.IsZero() {
 					t.Errorf("partition %d: %s finished %d but gave the partition up having committed only up to it",
 						p, ru.member, ru.committed)
 				}
-				position = max(position, ru.committed)
+				if ru.committed >= position {
+					position, inMap = ru.committed, runs
+				}
 			}
 			past := 0
 			for o := range h {
-				if o >= position {
+				if !covered(o) {
 					past++
 				}
 			}
@@ -460,7 +492,7 @@ func (r *recorder) check(t testing.TB, produced []kafkatest.Record) result {
 		// The last run's finishes past its commit are redone by nobody.
 		if last := runs[len(runs)-1]; last != nil {
 			for _, o := range last.handled {
-				if o >= position {
+				if !covered(o) {
 					res.beyondCommit--
 				}
 			}

@@ -39,6 +39,10 @@ type Record[K, V any] struct {
 	// Err, if set, makes the record a poison pill: it is delivered with
 	// Message.Err set, as a source does for a record it cannot deserialize.
 	Err error
+	// RawValue is the value as a broker would store it, delivered as
+	// Message.RawValue (what the in-flight byte bound counts). Left nil, it
+	// is the value itself when V is []byte.
+	RawValue []byte
 
 	rawKey []byte // the encoded key, made once when produced
 }
@@ -141,6 +145,9 @@ func (s *Source[K, V]) ProduceRecord(r Record[K, V]) int64 {
 	if !r.NoKey {
 		r.rawKey = s.encodeKey(r.Key)
 	}
+	if b, ok := any(r.Value).([]byte); ok && r.RawValue == nil {
+		r.RawValue = b
+	}
 	s.logs[tp] = append(log, r)
 	s.signal()
 	return int64(len(log))
@@ -211,7 +218,7 @@ func (s *Source[K, V]) nextMessage() *pipeline.Message[K, V] {
 			Key: r.Key, Value: r.Value, Headers: r.Headers, Timestamp: time.Now(),
 			Err: r.Err,
 		}
-		msg.RawKey = r.rawKey
+		msg.RawKey, msg.RawValue = r.rawKey, r.RawValue
 		return msg
 	}
 	return nil
