@@ -765,7 +765,7 @@ func TestCoordinatorLost(t *testing.T) {
 		h.expectDispatched(0, 1)
 		newZero := h.get(0, 0)
 		h.finish(0, 1)
-		h.complete(oldZero, verdictFinish) // the lost claim's: ignored
+		h.complete(oldZero, verdictFinish)               // the lost claim's: ignored
 		h.expectCommittable(map[int32]int64{0: 0, 1: 1}) // 0 at its start, 1 in its map
 		h.expectDispatched()
 		if n := h.stats.InFlight.Load(); n != 1 {
