@@ -270,6 +270,9 @@ func (s *Source[K, V]) runCommit(f *commitFlight) {
 		case notOwned(perr):
 			res.NotOwned = append(res.NotOwned, off)
 			res.Causes[off.TopicPartition] = fmt.Errorf("%w: %w", ErrNotOwned, perr)
+		case metadataTooLarge(perr):
+			res.Failed = append(res.Failed, off)
+			res.Causes[off.TopicPartition] = fmt.Errorf("%w (%d bytes): %w", pipeline.ErrMetadataTooLarge, len(off.Metadata), perr)
 		default:
 			res.Failed = append(res.Failed, off)
 			res.Causes[off.TopicPartition] = perr
@@ -405,6 +408,11 @@ func (s *Source[K, V]) awaitCommits(deadline time.Time) bool {
 
 // notOwned tells the commit errors that mean this member cannot commit the
 // partition, from those worth retrying.
+func metadataTooLarge(err error) bool {
+	var kerr ckafka.Error
+	return errors.As(err, &kerr) && kerr.Code() == ckafka.ErrOffsetMetadataTooLarge
+}
+
 func notOwned(err error) bool {
 	var kerr ckafka.Error
 	if !errors.As(err, &kerr) {

@@ -13,6 +13,12 @@ import (
 // committed.
 var ErrNotOwned = errors.New("partitions not owned by this member")
 
+// ErrMetadataTooLarge is matched (errors.Is) by a Source's commit error when
+// the broker refused an offset's metadata as too large (Kafka's
+// offset.metadata.max.bytes is lower than the pipeline's offset map limit).
+// The committer then halves the offset map's limit and retries.
+var ErrMetadataTooLarge = errors.New("commit metadata larger than the broker accepts")
+
 // Source is a one-message-at-a-time Kafka consumer, as the pipeline drives it.
 // The Kafka adapter (package kafka) wraps confluent-kafka-go's consumer; the
 // in-memory source (package memsource) serves tests.

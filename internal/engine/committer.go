@@ -163,6 +163,7 @@ func (c *committer[K, V]) asyncEnded(res asyncResult) {
 	c.inFlight = nil
 	c.report(res.sent, false, res.start, res.err)
 	c.recorded(res.offsets, res.sent, res.err)
+	c.shrinkMap(res.err)
 	switch {
 	case res.err == nil:
 	case errors.Is(res.err, pipeline.ErrNotOwned):
@@ -238,7 +239,22 @@ func (c *committer[K, V]) commit(ctx context.Context, offsets []claimOffset, fin
 	err := c.source.Commit(ctx, send)
 	c.report(send, final, start, err)
 	c.recorded(offsets, send, err)
+	c.shrinkMap(err)
 	return err
+}
+
+// shrinkMap halves the offset map's limit when the broker refused a map as
+// too large, so that the retry fits (down to no map at all).
+func (c *committer[K, V]) shrinkMap(err error) {
+	if err == nil || c.mapMaxBytes == 0 || !errors.Is(err, pipeline.ErrMetadataTooLarge) {
+		return
+	}
+	c.mapMaxBytes /= 2
+	if c.mapMaxBytes < 64 {
+		c.mapMaxBytes = 0
+	}
+	c.log.Warn("parallafka: the broker refused the offset map as too large (offset.metadata.max.bytes); halving its limit",
+		"limit", c.mapMaxBytes, "error", err)
 }
 
 // prepare encodes the offsets' maps into their metadata and returns those
@@ -248,6 +264,7 @@ func (c *committer[K, V]) prepare(offsets []claimOffset) []pipeline.Offset {
 	send := make([]pipeline.Offset, 0, len(offsets))
 	for i := range offsets {
 		off := &offsets[i]
+		off.Metadata = ""
 		if c.mapMaxBytes > 0 && len(off.runs) > 0 {
 			var kept int
 			off.Metadata, kept = offsetmap.Encode(off.Offset.Offset, off.runs, c.mapMaxBytes)
@@ -257,7 +274,6 @@ func (c *committer[K, V]) prepare(offsets []claimOffset) []pipeline.Offset {
 					"partition", off.TopicPartition, "offset", off.Offset.Offset, "runs", len(off.runs), "kept", kept, "limit", c.mapMaxBytes)
 			}
 		}
-		off.runs = nil
 		last, ok := c.last[off.TopicPartition]
 		if ok && last.claim == off.claim && (last.Offset.Offset > off.Offset.Offset || last.Offset == off.Offset) {
 			continue

@@ -10,6 +10,7 @@ import (
 	"testing/synctest"
 	"time"
 
+	"github.com/parallafka/parallafka/internal/offsetmap"
 	"github.com/parallafka/parallafka/pipeline"
 	"github.com/parallafka/parallafka/pipeline/memsource"
 )
@@ -268,5 +269,64 @@ func TestCommitterCoordinatorFailed(t *testing.T) {
 			t.Fatalf("run: %v", err)
 		}
 		h.expectCommits()
+	})
+}
+
+// TestCommitterOffsetMap: the offsets' maps go into the commit metadata;
+// a commit of the same offset with a grown map is sent again; a broker
+// refusing the metadata as too large makes the committer halve the map's
+// limit until it fits.
+func TestCommitterOffsetMap(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		h := newCommitterHarness(t)
+		h.c.mapMaxBytes = 4096
+		var runs []offsetmap.Run
+		for i := int64(0); i < 300; i++ {
+			from := 10 + i*10 + i%7 // irregular gaps: little to compress
+			runs = append(runs, offsetmap.Run{From: from, To: from + 1 + i%3})
+		}
+		withRuns := func(offset int64, runs []offsetmap.Run) claimOffset {
+			o := off(0, offset, 1)
+			o.runs = runs
+			return o
+		}
+		h.answer(withRuns(5, runs[:1]))
+		got, err := offsetmap.Decode(5, h.src.Metadata(tp(0)))
+		if err != nil || !slices.Equal(got, runs[:1]) {
+			t.Fatalf("metadata decodes to %v, %v; want %v", got, err, runs[:1])
+		}
+		h.answer(withRuns(5, runs[:2])) // same offset, the map grew: sent
+		if n := len(h.src.Commits()); n != 2 {
+			t.Fatalf("%d commits; want 2", n)
+		}
+		h.answer(withRuns(5, runs[:2])) // nothing changed: not sent
+		if n := len(h.src.Commits()); n != 2 {
+			t.Fatalf("%d commits; want 2 (unchanged map)", n)
+		}
+		const brokerLimit = 200
+		h.src.SetCommitHook(func(offs []pipeline.Offset) error {
+			for _, o := range offs {
+				if len(o.Metadata) > brokerLimit {
+					return fmt.Errorf("%w: %d bytes", pipeline.ErrMetadataTooLarge, len(o.Metadata))
+				}
+			}
+			return nil
+		})
+		for range 8 {
+			h.answer(withRuns(5, runs))
+		}
+		md := h.src.Metadata(tp(0))
+		if len(md) > brokerLimit || len(md) == 0 {
+			t.Fatalf("metadata of %d bytes committed; want within the broker's %d", len(md), brokerLimit)
+		}
+		if h.c.mapMaxBytes >= 4096 {
+			t.Fatalf("map limit %d; want halved", h.c.mapMaxBytes)
+		}
+		if got, err := offsetmap.Decode(5, md); err != nil || len(got) == 0 || !slices.Equal(got, runs[:len(got)]) {
+			t.Fatalf("committed map %v, %v; want a prefix of the runs", got, err)
+		}
+		if err := h.end(); err != nil {
+			t.Fatal(err)
+		}
 	})
 }
