@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/parallafka/parallafka"
 	"github.com/parallafka/parallafka/kafka/kafkatest"
 )
 
@@ -64,7 +65,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.StringVar(&handler, "handler", "noop", "handler model: noop, sleep:1ms, sleep:0ms-5ms (uniform random), cpu:N (N rounds of integer hashing)")
 	fs.StringVar(&modes, "mode", "key", "ordering: key, partition or unordered (a list to sweep)")
 	fs.StringVar(&conc, "concurrency", "16", "handler concurrency (a list to sweep, e.g. 1,16,100)")
-	fs.IntVar(&c.maxInFlight, "max-in-flight", 0, "WithMaxInFlight; 0 keeps the library default (max(1000, 2×concurrency))")
+	fs.IntVar(&c.maxInFlight, "max-in-flight", 0, "WithMaxInFlight; 0 keeps the library default (max(20000, 2×concurrency))")
 	fs.BoolVar(&c.serial, "serial", true, "measure the serial baseline (one classic loop per partition); when false it is estimated from measured handler time")
 	fs.BoolVar(&c.raw, "raw", true, "measure the raw confluent-kafka-go consume loop (sources embedded and kafka)")
 	fs.BoolVar(&c.json, "json", false, "print one JSON object per run on stdout instead of a table")
@@ -167,7 +168,7 @@ func (c *config) inFlightLimit(n int) int {
 	if c.maxInFlight > 0 {
 		return c.maxInFlight
 	}
-	return max(1000, 2*n)
+	return max(parallafka.DefaultMaxInFlight, 2*n)
 }
 
 func parseList(s string) []string {
