@@ -41,8 +41,11 @@ type recorder struct {
 	current  map[string]map[int32]*run // member → partition → its latest run
 	handled  map[string]int            // member → messages handled
 	problems []string
-	// base is the group's committed offsets before the first run.
-	base map[int32]int64
+	// base is the group's committed offsets before the first run, and
+	// baseMaps their offset maps (the offsets above base that an earlier
+	// owner, outside the recorder, had finished).
+	base     map[int32]int64
+	baseMaps map[int32][]offsetmap.Run
 	// resumes[member] holds, for each resume after a back-pressure pause,
 	// how long the next message took to arrive (-1: none yet).
 	resumes map[string][]time.Duration
@@ -115,7 +118,7 @@ func newRecorder() *recorder {
 	return &recorder{
 		count: map[po]int{}, busy: map[string]string{},
 		current: map[string]map[int32]*run{}, handled: map[string]int{},
-		base: map[int32]int64{}, resumes: map[string][]time.Duration{}, resumed: map[string]time.Time{},
+		base: map[int32]int64{}, baseMaps: map[int32][]offsetmap.Run{}, resumes: map[string][]time.Duration{}, resumed: map[string]time.Time{},
 	}
 }
 
@@ -401,9 +404,14 @@ func (r *recorder) check(t testing.TB, produced []kafkatest.Record) result {
 	}
 	for p, runs := range byPartition {
 		sort.Slice(runs, func(i, j int) bool { return runs[i].assigned.Before(runs[j].assigned) })
-		position := r.base[p]     // the group's committed offset
-		var inMap []offsetmap.Run // and its offset map: finished above it
+		position := r.base[p]  // the group's committed offset
+		inMap := r.baseMaps[p] // and its offset map: finished above it
 		finished := map[int64]bool{}
+		for _, run := range inMap { // by an owner before the recorder's runs
+			for o := run.From; o < run.To; o++ {
+				finished[o] = true
+			}
+		}
 		covered := func(o int64) bool {
 			if o < position {
 				return true
