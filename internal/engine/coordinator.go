@@ -24,6 +24,9 @@ type claim[K, V any] struct {
 	outstanding int  // dispatched, not yet back
 	stopping    bool // revoked, lost or draining: nothing starts any more
 	revoked     chan struct{}
+	readyN      int  // its messages in the ready set
+	queuedN     int  // its messages queued behind busy keys
+	surplus     bool // its ready messages are more than the handlers need: the poller may pause it
 	// inherited are the offsets an earlier owner finished past the
 	// committed offset (its offset map), from the first not yet polled on:
 	// polled, they count as finished at once.
@@ -77,16 +80,21 @@ type coordinator[K, V any] struct {
 	freed         room  // what was freed of the window since the poller was last told
 	// orphans are the sizes of dispatched messages whose claim ended: they
 	// stay in the window's count until they come back.
-	orphans     map[*pipeline.Message[K, V]]int32
-	commitEvery int // ask the committer to commit after this many offsets finished; 0: the interval alone
-	sinceCommit int
-	queued      int
-	quick       int  // handlers in a row that took less than quickHandler, up to quickRun
-	holding     bool // the user paused the pipeline: nothing is dispatched
-	draining    bool
-	hardStop    bool
-	revokes     []*revokeWait[K, V]
-	revokesDue  bool // a claim being revoked may have nothing in flight now
+	orphans      map[*pipeline.Message[K, V]]int32
+	commitEvery  int // ask the committer to commit after this many offsets finished; 0: the interval alone
+	sinceCommit  int
+	maxInFlight  int
+	surplusAt    int          // a claim with this many ready messages, most of them not behind a key, is surplus; 0: never
+	surplusDirty bool         // a claim's surplus, or the critical claim, changed since the poller was last told
+	critical     *claim[K, V] // the claim with the most messages queued behind keys
+	queueChanges int          // since critical was last found
+	queued       int
+	quick        int  // handlers in a row that took less than quickHandler, up to quickRun
+	holding      bool // the user paused the pipeline: nothing is dispatched
+	draining     bool
+	hardStop     bool
+	revokes      []*revokeWait[K, V]
+	revokesDue   bool // a claim being revoked may have nothing in flight now
 }
 
 // coordinatorEdges are the coordinator's channels, in the order of the flow.
@@ -98,6 +106,7 @@ type coordinatorEdges[K, V any] struct {
 	released   <-chan completion[K, V]        // from the ack collector: the key-released edge
 	room       chan<- room                    // to the poller: in-flight slots and bytes freed
 	commitNow  chan<- struct{}                // to the committer: commitEvery offsets finished
+	steer      chan<- steering                // to the poller: the partitions with surplus ready work, and the critical one
 	rebalances <-chan rebalanceRequest        // from the poller's rebalance listener
 	offsets    <-chan chan<- []claimOffset    // from the committer: what is committable now?
 	final      chan<- []claimOffset           // to the committer, once, as the coordinator ends
@@ -232,6 +241,25 @@ func (c *coordinator[K, V]) publish() {
 	c.stats.InFlight.Store(int64(c.inFlight))
 	c.stats.InFlightBytes.Store(c.inFlightBytes)
 	c.stats.Queued.Store(int64(c.queued))
+	if c.queueChanges >= 256 {
+		c.findCritical()
+	}
+	if c.surplusDirty && c.steer != nil {
+		var s steering
+		for tp, cl := range c.claims {
+			if cl.surplus {
+				s.surplus = append(s.surplus, tp)
+			}
+		}
+		if c.critical != nil {
+			s.critical = []pipeline.TopicPartition{c.critical.tp}
+		}
+		select {
+		case c.steer <- s:
+			c.surplusDirty = false
+		default: // the poller has not read the last set yet
+		}
+	}
 	if c.freed != (room{}) {
 		select {
 		case c.room <- c.freed:
@@ -247,6 +275,7 @@ func (c *coordinator[K, V]) publish() {
 func (c *coordinator[K, V]) dispatchReady() {
 	for c.handling < c.dispatchLimit() && c.ready.len() > 0 {
 		e := c.ready.pop()
+		c.readied(e.claim, -1)
 		s := e.claim.window.find(e.msg)
 		s.state = slotDispatched
 		e.claim.outstanding++
@@ -336,15 +365,82 @@ func (c *coordinator[K, V]) route(cl *claim[K, V], s *slot[K, V]) {
 	key, ordered := c.routingKey(s.msg)
 	if !ordered {
 		c.ready.pushFresh(e)
+		c.readied(cl, 1)
 		return
 	}
 	if queue, busy := cl.keys[key]; busy {
 		cl.keys[key] = append(queue, e)
 		c.queued++
+		c.queuedOn(cl, 1)
 		return
 	}
 	cl.keys[key] = nil // busy, nothing queued
 	c.ready.pushFresh(e)
+	c.readied(cl, 1)
+}
+
+// readied and queuedOn count a claim's messages in the ready set and
+// behind busy keys, and keep its surplus state: a claim is surplus once it
+// has surplusAt ready messages and fewer queued behind keys than that (its
+// handlers' work is buffered, and no key chain of it waits for more
+// messages), and stops being surplus below half of it or once its queues
+// outgrow its ready messages. The poller pauses surplus partitions, so
+// that the window fills with the partitions whose hot keys need their next
+// messages polled, not with cold work that waits for a handler anyway.
+func (c *coordinator[K, V]) readied(cl *claim[K, V], n int) {
+	cl.readyN += n
+	c.checkSurplus(cl)
+}
+
+func (c *coordinator[K, V]) queuedOn(cl *claim[K, V], n int) {
+	cl.queuedN += n
+	c.queueChanges++
+	c.checkSurplus(cl)
+}
+
+// findCritical finds the claim with the most messages queued behind its
+// keys: the one whose key chains are the longest, which the poller keeps
+// reading when the window is nearly full (see poller.applyBackPressure).
+// It is looked for again every 256 queue changes.
+func (c *coordinator[K, V]) findCritical() {
+	c.queueChanges = 0
+	var best *claim[K, V]
+	for _, cl := range c.claims {
+		if !cl.stopping && cl.queuedN > 0 && (best == nil || cl.queuedN > best.queuedN) {
+			best = cl
+		}
+	}
+	if best != c.critical {
+		c.critical, c.surplusDirty = best, true
+	}
+}
+
+// sizeSurplus sets surplusAt for the partitions assigned now: enough ready
+// messages to keep every handler busy twice over, and no fewer than a
+// quarter of the window shared evenly, so that at most a quarter of the
+// window holds work that waits only for a handler and the rest is free for
+// the partitions whose keys have chains to feed.
+func (c *coordinator[K, V]) sizeSurplus() {
+	if c.maxInFlight <= 0 {
+		return
+	}
+	c.surplusAt = max(2*c.concurrency, c.maxInFlight/(4*max(1, len(c.claims))))
+}
+
+func (c *coordinator[K, V]) checkSurplus(cl *claim[K, V]) {
+	if c.surplusAt <= 0 {
+		return
+	}
+	want := cl.surplus
+	switch {
+	case cl.stopping || cl.queuedN >= cl.readyN || cl.readyN < c.surplusAt/2:
+		want = false
+	case cl.readyN >= c.surplusAt:
+		want = true
+	}
+	if want != cl.surplus {
+		cl.surplus, c.surplusDirty = want, true
+	}
 }
 
 // routingKey returns the queue a message keeps its order in. Keys are
@@ -397,6 +493,7 @@ func (c *coordinator[K, V]) complete(done completion[K, V]) {
 			e.backlog = len(cl.keys[key])
 		}
 		c.ready.pushLater(e)
+		c.readied(cl, 1)
 	case verdictFinish:
 		c.settle(cl, s, slotFinished)
 		c.releaseKey(cl, done.msg)
@@ -468,6 +565,8 @@ func (c *coordinator[K, V]) releaseKey(cl *claim[K, V], msg *pipeline.Message[K,
 	c.queued--
 	next.backlog = len(queue) - 1
 	c.ready.pushLater(next)
+	cl.queuedN--
+	c.readied(cl, 1)
 }
 
 // abandonKey drops the messages queued behind msg's key, which msg held,
@@ -483,6 +582,7 @@ func (c *coordinator[K, V]) abandonKey(cl *claim[K, V], msg *pipeline.Message[K,
 	}
 	delete(cl.keys, key)
 	c.queued -= len(queue)
+	c.queuedOn(cl, -len(queue))
 	for _, e := range queue {
 		c.abandonEntry(e)
 	}
@@ -525,6 +625,8 @@ func (c *coordinator[K, V]) stop(cl *claim[K, V]) {
 		}
 		delete(cl.keys, key)
 	}
+	cl.readyN, cl.queuedN = 0, 0
+	c.checkSurplus(cl)
 	cl.window.each(func(s *slot[K, V]) {
 		if s.state == slotPolled {
 			c.settle(cl, s, slotAbandoned) // still in the AfterPoll stages
@@ -546,6 +648,10 @@ func (c *coordinator[K, V]) end(cl *claim[K, V]) {
 			"partition", cl.tp, "handlers", cl.outstanding)
 	}
 	cl.cancel()
+	c.sizeSurplus()
+	if c.critical == cl {
+		c.critical, c.surplusDirty = nil, true
+	}
 	c.ready.filter(func(e entry[K, V]) bool { return e.claim != cl })
 	for _, queue := range cl.keys {
 		c.queued -= len(queue)
@@ -587,6 +693,7 @@ func (c *coordinator[K, V]) rebalance(req rebalanceRequest) {
 			}
 			c.claims[tp] = cl
 		}
+		c.sizeSurplus()
 		req.reply <- nil
 	case rebalanceRevoke:
 		w := &revokeWait[K, V]{reply: req.reply}

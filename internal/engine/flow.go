@@ -137,6 +137,7 @@ func newFlow[K, V any](cfg *Config[K, V], stats *Stats, life *lifecycle) *flow[K
 		final      = make(chan []claimOffset, 1)
 		commits    = make(chan commitRequest)
 		commitNow  = make(chan struct{}, 1)
+		steer      = make(chan steering, 1)
 		queries    = make(chan revokedQuery)
 		coordDone  = make(chan struct{})
 		commitDone = make(chan struct{})
@@ -144,7 +145,7 @@ func newFlow[K, V any](cfg *Config[K, V], stats *Stats, life *lifecycle) *flow[K
 	f := &flow[K, V]{cfg: cfg, life: life}
 	f.poller = &poller[K, V]{
 		pollerEdges: pollerEdges[K, V]{
-			polled: polled, room: room, rebalances: rebalances, commits: commits,
+			polled: polled, room: room, steer: steer, rebalances: rebalances, commits: commits,
 			coordDone: coordDone, commitDone: commitDone, draining: life.draining,
 		},
 		source: cfg.Source, log: cfg.Logger, stats: stats, maxInFlight: cfg.MaxInFlight, maxBytes: cfg.MaxInFlightBytes,
@@ -155,8 +156,9 @@ func newFlow[K, V any](cfg *Config[K, V], stats *Stats, life *lifecycle) *flow[K
 		coordinatorEdges: coordinatorEdges[K, V]{
 			polled: polled, dispatch: dispatch, released: released, room: room,
 			rebalances: rebalances, offsets: offsets, final: final, queries: queries,
-			commitNow: commitNow, drainingCh: life.draining,
+			commitNow: commitNow, steer: steer, drainingCh: life.draining,
 		},
+		maxInFlight: cfg.MaxInFlight,
 		commitEvery: cfg.CommitEvery,
 		ordering:    cfg.Ordering, orderNilKeys: cfg.OrderNilKeys, concurrency: cfg.Concurrency,
 		stats: stats, log: cfg.Logger, claims: make(map[pipeline.TopicPartition]*claim[K, V]), seed: maphash.MakeSeed(),
@@ -404,6 +406,12 @@ type (
 	pollCycle[K, V any] struct {
 		msgs  []*pipeline.Message[K, V]
 		sizes []int32
+	}
+	// steering tells the poller which partitions to read less (surplus:
+	// ready work enough for the handlers) and which to read more (critical:
+	// the longest key chains).
+	steering struct {
+		surplus, critical []pipeline.TopicPartition
 	}
 	// room is what the coordinator freed of the in-flight window since it
 	// last told the poller.

@@ -41,9 +41,18 @@ type poller[K, V any] struct {
 	credit   int   // in-flight messages the poller may still poll
 	bytes    int64 // and bytes: a message is polled while both are positive
 	assigned map[pipeline.TopicPartition]bool
-	paused   bool // by back-pressure
-	holding  bool // by the user (Parallafka.Pause): dispatching stops too
-	hooks    Hooks
+	paused   bool                             // by back-pressure
+	surplus  map[pipeline.TopicPartition]bool // partitions the coordinator has ready work enough for
+	critical map[pipeline.TopicPartition]bool // partitions whose key chains are the longest
+	// reserving: the window is nearly full; its last quarter is kept for
+	// the critical partitions, the others are paused.
+	reserving bool
+	// sourcePaused is what the source was told: reconcile brings it to
+	// what paused, holding and surplus ask for.
+	sourcePaused map[pipeline.TopicPartition]bool
+	pauseDirty   bool // paused, holding, surplus or the assignment changed since the last reconcile
+	holding      bool // by the user (Parallafka.Pause): dispatching stops too
+	hooks        Hooks
 	// userPause is what Parallafka.Pause and Resume ask for; the poller
 	// reads it every cycle (an atomic owned by nobody's partition state).
 	userPause *atomic.Bool
@@ -58,6 +67,7 @@ type pollerEdges[K, V any] struct {
 	polled     chan<- pollCycle[K, V]         // to the coordinator
 	staged     chan<- *pipeline.Message[K, V] // into the AfterPoll stages; nil without them
 	room       <-chan room                    // from the coordinator: slots and bytes freed
+	steer      <-chan steering                // from the coordinator: partitions to read less, and more
 	rebalances chan<- rebalanceRequest        // to the coordinator
 	commits    chan<- commitRequest           // to the committer: a revoke's final offsets
 	coordDone  <-chan struct{}                // closed when the coordinator returned
@@ -169,12 +179,26 @@ func (p *poller[K, V]) flush(ctx context.Context) bool {
 	return true
 }
 
-// takeRoom adds the slots the coordinator freed since the last look.
+// takeRoom adds the slots the coordinator freed since the last look, and
+// takes its latest set of surplus partitions.
 func (p *poller[K, V]) takeRoom() {
 	select {
 	case r := <-p.room:
 		p.credit += r.msgs
 		p.bytes += r.bytes
+	default:
+	}
+	select {
+	case s := <-p.steer:
+		p.surplus = make(map[pipeline.TopicPartition]bool, len(s.surplus))
+		for _, tp := range s.surplus {
+			p.surplus[tp] = true
+		}
+		p.critical = make(map[pipeline.TopicPartition]bool, len(s.critical))
+		for _, tp := range s.critical {
+			p.critical[tp] = true
+		}
+		p.pauseDirty = true
 	default:
 	}
 }
@@ -247,18 +271,22 @@ func (p *poller[K, V]) heldBytes() int64 {
 func (p *poller[K, V]) applyBackPressure() error {
 	switch {
 	case !p.paused && !p.hasCredit():
-		p.paused = true
+		p.paused, p.pauseDirty = true, true
 		p.stats.Pauses.Add(1)
-		if !p.holding {
-			return p.setPaused(p.partitions(), true)
-		}
 	case p.paused && p.credit-len(p.held) >= p.maxInFlight/4 && p.bytes-p.heldBytes() >= p.maxBytes/4:
-		p.paused = false
-		if !p.holding {
-			return p.setPaused(p.partitions(), false)
-		}
+		p.paused, p.pauseDirty = false, true
 	}
-	return nil
+	// The window's last quarter is for the partitions with the longest key
+	// chains: once it is reached, the others pause, so that a hot key's next
+	// messages are polled instead of cold work that waits for a handler.
+	reserve := p.maxInFlight / 4
+	switch {
+	case !p.reserving && p.credit <= reserve && len(p.critical) > 0:
+		p.reserving, p.pauseDirty = true, true
+	case p.reserving && (p.credit > reserve+p.maxInFlight/8 || len(p.critical) == 0):
+		p.reserving, p.pauseDirty = false, true
+	}
+	return p.reconcile()
 }
 
 // applyUserPause carries out Parallafka.Pause and Resume: fetching stops
@@ -269,32 +297,58 @@ func (p *poller[K, V]) applyUserPause() error {
 	if want == p.holding {
 		return nil
 	}
-	p.holding = want
+	p.holding, p.pauseDirty = want, true
 	kind := rebalanceHold
 	if !want {
 		kind = rebalanceUnhold
 	}
 	p.request(rebalanceRequest{kind: kind})
 	p.stats.UserPaused.Store(want)
-	if !p.paused {
-		return p.setPaused(p.partitions(), want)
-	}
-	return nil
+	return p.reconcile()
 }
 
-func (p *poller[K, V]) setPaused(tps []pipeline.TopicPartition, paused bool) error {
-	if p.paused || p.holding {
-		p.stats.setPaused(p.partitions())
-	} else {
-		p.stats.setPaused(nil)
-	}
-	if len(tps) == 0 {
+// reconcile pauses and resumes partitions so that the source's state is
+// what back-pressure, the user and the coordinator's surplus ask for.
+func (p *poller[K, V]) reconcile() error {
+	if !p.pauseDirty {
 		return nil
 	}
-	if paused {
-		return p.source.Pause(tps)
+	p.pauseDirty = false
+	if p.sourcePaused == nil {
+		p.sourcePaused = make(map[pipeline.TopicPartition]bool)
 	}
-	return p.source.Resume(tps)
+	var pause, resume, paused []pipeline.TopicPartition
+	for tp := range p.assigned {
+		want := p.paused || p.holding || p.surplus[tp] || p.reserving && !p.critical[tp]
+		if want {
+			paused = append(paused, tp)
+		}
+		if want != p.sourcePaused[tp] {
+			if want {
+				pause = append(pause, tp)
+			} else {
+				resume = append(resume, tp)
+			}
+		}
+	}
+	p.stats.setPaused(paused)
+	if len(pause) > 0 {
+		if err := p.source.Pause(pause); err != nil {
+			return err
+		}
+		for _, tp := range pause {
+			p.sourcePaused[tp] = true
+		}
+	}
+	if len(resume) > 0 {
+		if err := p.source.Resume(resume); err != nil {
+			return err
+		}
+		for _, tp := range resume {
+			p.sourcePaused[tp] = false
+		}
+	}
+	return nil
 }
 
 func (p *poller[K, V]) partitions() []pipeline.TopicPartition {
@@ -321,10 +375,15 @@ func (p *poller[K, V]) PartitionsAssigned(committed []pipeline.Offset) {
 	}
 	p.log.Info("parallafka: partitions assigned", "partitions", tps)
 	p.hooks.call(p.log, "OnAssigned", p.hooks.OnAssigned, tps)
-	if p.paused || p.holding {
-		if err := p.setPaused(tps, true); err != nil {
-			p.log.Warn("parallafka: pausing new partitions failed", "error", err)
-		}
+	if p.sourcePaused == nil {
+		p.sourcePaused = make(map[pipeline.TopicPartition]bool)
+	}
+	for _, tp := range tps {
+		p.sourcePaused[tp] = false // a source starts new partitions unpaused
+	}
+	p.pauseDirty = true
+	if err := p.reconcile(); err != nil {
+		p.log.Warn("parallafka: pausing new partitions failed", "error", err)
 	}
 }
 
@@ -423,6 +482,10 @@ func (p *poller[K, V]) forget(tps []pipeline.TopicPartition) {
 	}
 	clear(p.held[len(kept):])
 	p.held = kept
+	for _, tp := range tps {
+		delete(p.sourcePaused, tp)
+		delete(p.surplus, tp)
+	}
 	if p.paused || p.holding {
 		p.stats.setPaused(p.partitions())
 	}
