@@ -32,7 +32,9 @@ type Stats struct {
 	// partition this Parallafka committed, including partitions since
 	// revoked.
 	Committed map[TopicPartition]int64
-	// Paused lists the partitions paused by back-pressure or by Pause.
+	// Paused lists the partitions paused now: by back-pressure, by Pause,
+	// or by poll steering (surplus ready work, or the window's last quarter
+	// kept for the partition with the longest key chains).
 	Paused []TopicPartition
 	// UserPaused reports that Pause is in force (Resume ends it).
 	UserPaused bool

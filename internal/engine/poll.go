@@ -27,6 +27,14 @@ import (
 // are served; it resumes them once a quarter of the window is free again.
 // (Pausing is a last resort: librdkafka drops what it prefetched for a
 // paused partition and fetches it again after Resume.)
+//
+// It also steers what is read, from the coordinator's steering edge: a
+// partition with more ready work than the handlers need (surplus) is
+// paused until its work drains to half of that, and once the window's
+// last quarter is reached only the critical partition, the one with the
+// longest key chains, goes on being read. On a skewed workload the hot
+// key's next messages are then polled while its chain runs, instead of
+// cold work from every partition filling the window first.
 type poller[K, V any] struct {
 	pollerEdges[K, V]
 	source        pipeline.Source[K, V]

@@ -111,6 +111,7 @@ type run struct {
 	metadata    string    // the offset map of its latest commit of that offset
 	firstPoll   time.Time // the first message of the run was polled
 	firstStart  time.Time // a handler started on the first message
+	lowest      int64     // the lowest offset a handler started on; -1 before
 	handled     []int64
 }
 
@@ -138,7 +139,7 @@ func (r *recorder) assigned(member string, parts []pipeline.TopicPartition) {
 		if old := r.current[member][tp.Partition]; old != nil && old.revokeEnd.IsZero() {
 			r.problem("%s: partition %d assigned again while owned", member, tp.Partition)
 		}
-		ru := &run{id: len(r.runs), member: member, partition: tp.Partition, assigned: time.Now(), committed: -1}
+		ru := &run{id: len(r.runs), member: member, partition: tp.Partition, assigned: time.Now(), committed: -1, lowest: -1}
 		r.runs = append(r.runs, ru)
 		r.current[member][tp.Partition] = ru
 	}
@@ -193,6 +194,9 @@ func (r *recorder) handler(member string, w work) parallafka.Handler[string, []b
 		case ru.firstStart.IsZero():
 			ru.firstStart = ev.start
 		}
+		if ru != nil && (ru.lowest < 0 || msg.Offset < ru.lowest) {
+			ru.lowest = msg.Offset
+		}
 		ev.run = ru
 		if other, ok := r.busy[key]; ok {
 			r.problem("%s: key %s handled by %s and %s at once (%s)", member, key, other, member, msg)
@@ -224,6 +228,13 @@ func (r *recorder) distinct() int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return len(r.count)
+}
+
+// counts returns how many times each record was handled.
+func (r *recorder) counts() map[po]int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return maps.Clone(r.count)
 }
 
 // handledBy returns how many messages member handled.
@@ -300,9 +311,11 @@ type result struct {
 //   - each run started exactly at the offset the group had committed when
 //     it began, handled everything below what it committed, and committed
 //     as far as it had finished (the offset it committed last is one it had
-//     not finished), unless it lost the partition;
+//     not finished), unless it lost the partition; the offset map of its
+//     commit marks only offsets finished (by a run, or before the first run
+//     as r.baseMaps says);
 //   - every duplicate is a record that an earlier run finished at or past
-//     its last commit.
+//     its last commit and that the commit's offset map did not mark.
 func (r *recorder) check(t testing.TB, produced []kafkatest.Record) result {
 	t.Helper()
 	r.mu.Lock()
@@ -436,6 +449,9 @@ func (r *recorder) check(t testing.TB, produced []kafkatest.Record) result {
 				if lo < 0 || o < lo {
 					lo = o
 				}
+			}
+			if ru.lowest >= 0 && (lo < 0 || ru.lowest < lo) {
+				lo = ru.lowest // a message it started and did not finish
 			}
 			if lo >= 0 && lo != position {
 				t.Errorf("partition %d: run of %s started at offset %d, the group had committed %d", p, ru.member, lo, position)
