@@ -54,8 +54,7 @@ func (c *claim[K, V]) finishedBefore(offset int64) bool {
 //
 // It dispatches a message when no earlier message with the same key is in
 // flight, and queues it behind that message otherwise; of the dispatchable
-// messages the critical path (the longest key backlog) goes first, then
-// the oldest (see ready). It hands the pool no more messages than there
+// messages the oldest goes first (see ready). It hands the pool no more messages than there
 // are handlers (see dispatchLimit for when it queues
 // more), so a message that becomes ready (a busy key's next one) does not
 // wait behind messages handed out earlier, and its sends to the pool never
@@ -269,7 +268,7 @@ func (c *coordinator[K, V]) publish() {
 	}
 }
 
-// dispatchReady hands ready messages to free handlers, critical path first. The
+// dispatchReady hands ready messages to free handlers, oldest first. The
 // sends never block: the hand-off channel holds as many messages as there
 // are handlers, and no more than that are ever out.
 func (c *coordinator[K, V]) dispatchReady() {
@@ -488,11 +487,7 @@ func (c *coordinator[K, V]) complete(done completion[K, V]) {
 		}
 		c.stats.Retried.Add(1)
 		s.state = slotWaiting
-		e := entry[K, V]{seq: s.seq, claim: cl, msg: done.msg} // its key still held
-		if key, ordered := c.routingKey(done.msg); ordered {
-			e.backlog = len(cl.keys[key])
-		}
-		c.ready.pushLater(e)
+		c.ready.pushLater(entry[K, V]{seq: s.seq, claim: cl, msg: done.msg}) // its key still held
 		c.readied(cl, 1)
 	case verdictFinish:
 		c.settle(cl, s, slotFinished)
@@ -563,7 +558,6 @@ func (c *coordinator[K, V]) releaseKey(cl *claim[K, V], msg *pipeline.Message[K,
 	queue[0] = entry[K, V]{}
 	cl.keys[key] = queue[1:]
 	c.queued--
-	next.backlog = len(queue) - 1
 	c.ready.pushLater(next)
 	cl.queuedN--
 	c.readied(cl, 1)

@@ -2,17 +2,21 @@ package engine
 
 import "github.com/parallafka/parallafka/pipeline"
 
-// ready is the coordinator's set of dispatchable messages, critical path
-// first: the message of the key with the longest backlog (messages queued
-// behind it) goes out first, then the oldest (lowest seq). A busy (hot)
-// key's chain of messages is what bounds a skewed workload, so it runs back
-// to back instead of waiting behind cold keys; among keys with no backlog,
-// dispatch follows poll order.
+// ready is the coordinator's set of dispatchable messages, oldest first:
+// the one polled first (lowest seq) goes out first. A key's next message,
+// queued while the key was busy, is older than everything polled since, so
+// a busy (hot) key runs back to back instead of queueing behind the whole
+// set for each of its messages; and dispatch stays close to poll order, so
+// no key or partition waits behind others that keep going. (Longest backlog
+// first was tried: keys that never started, whose backlog grows while their
+// first message waits, starved behind running ones, and with them their
+// partitions' commits. The critical path is served by the poll steering
+// instead: see poller.)
 //
-// Fresh messages arrive in poll order with no backlog, so they wait in a
-// FIFO (O(1)); only messages that become ready later (a released key's
-// next one, a retry) go into a binary heap. The front is the later heap's
-// if its message has a backlog or is older than the FIFO's front.
+// Fresh messages arrive in poll order, so they wait in a FIFO (O(1));
+// only messages that become ready later (a released key's next one, a
+// retry) go into a binary min-heap. The front is the older of the two
+// fronts.
 type ready[K, V any] struct {
 	fresh     []entry[K, V] // fresh[freshHead:], in seq order
 	freshHead int
@@ -22,15 +26,9 @@ type ready[K, V any] struct {
 // entry is a dispatchable message with what the coordinator needs to
 // dispatch it.
 type entry[K, V any] struct {
-	seq     uint64
-	backlog int // messages queued behind it on its key, when it became ready
-	claim   *claim[K, V]
-	msg     *pipeline.Message[K, V]
-}
-
-// before orders the later heap: longest backlog first, then oldest.
-func (e *entry[K, V]) before(o *entry[K, V]) bool {
-	return e.backlog > o.backlog || e.backlog == o.backlog && e.seq < o.seq
+	seq   uint64
+	claim *claim[K, V]
+	msg   *pipeline.Message[K, V]
 }
 
 func (r *ready[K, V]) len() int { return len(r.fresh) - r.freshHead + len(r.later) }
@@ -44,9 +42,9 @@ func (r *ready[K, V]) pushLater(e entry[K, V]) {
 	r.up(len(r.later) - 1)
 }
 
-// pop removes and returns the front message; the set must not be empty.
+// pop removes and returns the oldest message; the set must not be empty.
 func (r *ready[K, V]) pop() entry[K, V] {
-	if len(r.later) == 0 || (r.freshHead < len(r.fresh) && r.later[0].backlog == 0 && r.fresh[r.freshHead].seq < r.later[0].seq) {
+	if len(r.later) == 0 || (r.freshHead < len(r.fresh) && r.fresh[r.freshHead].seq < r.later[0].seq) {
 		e := r.fresh[r.freshHead]
 		r.fresh[r.freshHead] = entry[K, V]{}
 		r.freshHead++
@@ -95,7 +93,7 @@ func (r *ready[K, V]) filter(keep func(entry[K, V]) bool) {
 func (r *ready[K, V]) up(i int) {
 	for i > 0 {
 		parent := (i - 1) / 2
-		if !r.later[i].before(&r.later[parent]) {
+		if r.later[parent].seq <= r.later[i].seq {
 			return
 		}
 		r.later[i], r.later[parent] = r.later[parent], r.later[i]
@@ -106,10 +104,10 @@ func (r *ready[K, V]) up(i int) {
 func (r *ready[K, V]) down(i int) {
 	for {
 		least, left, right := i, 2*i+1, 2*i+2
-		if left < len(r.later) && r.later[left].before(&r.later[least]) {
+		if left < len(r.later) && r.later[left].seq < r.later[least].seq {
 			least = left
 		}
-		if right < len(r.later) && r.later[right].before(&r.later[least]) {
+		if right < len(r.later) && r.later[right].seq < r.later[least].seq {
 			least = right
 		}
 		if least == i {
