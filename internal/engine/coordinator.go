@@ -54,7 +54,8 @@ func (c *claim[K, V]) finishedBefore(offset int64) bool {
 //
 // It dispatches a message when no earlier message with the same key is in
 // flight, and queues it behind that message otherwise; of the dispatchable
-// messages the oldest goes first (see ready). It hands the pool no more messages than there
+// messages the one whose key has the longest backlog goes first, then the
+// oldest (see ready). It hands the pool no more messages than there
 // are handlers (see dispatchLimit for when it queues
 // more), so a message that becomes ready (a busy key's next one) does not
 // wait behind messages handed out earlier, and its sends to the pool never
@@ -268,12 +269,13 @@ func (c *coordinator[K, V]) publish() {
 	}
 }
 
-// dispatchReady hands ready messages to free handlers, oldest first. The
+// dispatchReady hands ready messages to free handlers, longest key
+// backlog first. The
 // sends never block: the hand-off channel holds as many messages as there
 // are handlers, and no more than that are ever out.
 func (c *coordinator[K, V]) dispatchReady() {
 	for c.handling < c.dispatchLimit() && c.ready.len() > 0 {
-		e := c.ready.pop()
+		e := c.ready.pop(c.backlog)
 		c.readied(e.claim, -1)
 		s := e.claim.window.find(e.msg)
 		s.state = slotDispatched
@@ -442,6 +444,15 @@ func (c *coordinator[K, V]) checkSurplus(cl *claim[K, V]) {
 	}
 }
 
+// backlog returns how many messages wait behind e's key now.
+func (c *coordinator[K, V]) backlog(e *entry[K, V]) int {
+	key, ordered := c.routingKey(e.msg)
+	if !ordered {
+		return 0
+	}
+	return len(e.claim.keys[key])
+}
+
 // routingKey returns the queue a message keeps its order in. Keys are
 // hashed: two keys with the same 64-bit hash share a queue, which only adds
 // order between them.
@@ -487,7 +498,9 @@ func (c *coordinator[K, V]) complete(done completion[K, V]) {
 		}
 		c.stats.Retried.Add(1)
 		s.state = slotWaiting
-		c.ready.pushLater(entry[K, V]{seq: s.seq, claim: cl, msg: done.msg}) // its key still held
+		e := entry[K, V]{seq: s.seq, claim: cl, msg: done.msg} // its key still held
+		e.backlog = c.backlog(&e)
+		c.ready.pushLater(e)
 		c.readied(cl, 1)
 	case verdictFinish:
 		c.settle(cl, s, slotFinished)
@@ -558,6 +571,7 @@ func (c *coordinator[K, V]) releaseKey(cl *claim[K, V], msg *pipeline.Message[K,
 	queue[0] = entry[K, V]{}
 	cl.keys[key] = queue[1:]
 	c.queued--
+	next.backlog = len(queue) - 1
 	c.ready.pushLater(next)
 	cl.queuedN--
 	c.readied(cl, 1)

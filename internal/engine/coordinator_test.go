@@ -948,3 +948,25 @@ func cycleOf(msgs []*pipeline.Message[string, string]) pollCycle[string, string]
 	}
 	return pollCycle[string, string]{msgs: msgs, sizes: sizes}
 }
+
+// TestCoordinatorLongestBacklogFirst: of the ready messages, the one whose
+// key has more messages queued behind it now goes first, a key that has not
+// started included (its backlog grew while its first message waited), so
+// no key starves behind keys that keep going; equal backlogs go oldest
+// first.
+func TestCoordinatorLongestBacklogFirst(t *testing.T) {
+	coordTest(t, coordOptions{concurrency: 1}, func(h *coordHarness) {
+		h.assign(0)
+		h.poll(0, 0, "a", 1, "b", 2, "a", 3, "b", 4, "b", 5, "c")
+		h.expectDispatched(0)
+		h.finish(0, 0) // a's next (2, nothing behind it) against b (1, two behind it)
+		h.expectDispatched(1)
+		h.finish(0, 1) // b's next (3, one behind) against a's 2 and c's 5 (none behind)
+		h.expectDispatched(3)
+		h.finish(0, 3) // nothing queued any more: equal backlogs go oldest first (two out: nothing waits behind a key)
+		h.expectDispatched(2, 4)
+		h.finish(0, 2)
+		h.finish(0, 4)
+		h.expectDispatched(5)
+	})
+}

@@ -2,21 +2,19 @@ package engine
 
 import "github.com/parallafka/parallafka/pipeline"
 
-// ready is the coordinator's set of dispatchable messages, oldest first:
-// the one polled first (lowest seq) goes out first. A key's next message,
-// queued while the key was busy, is older than everything polled since, so
-// a busy (hot) key runs back to back instead of queueing behind the whole
-// set for each of its messages; and dispatch stays close to poll order, so
-// no key or partition waits behind others that keep going. (Longest backlog
-// first was tried: keys that never started, whose backlog grows while their
-// first message waits, starved behind running ones, and with them their
-// partitions' commits. The critical path is served by the poll steering
-// instead: see poller.)
+// ready is the coordinator's set of dispatchable messages, critical path
+// first: the message of the key with the longest backlog (messages queued
+// behind it) goes out first, then the oldest (lowest seq). A busy (hot)
+// key's chain of messages is what bounds a skewed workload, so it runs back
+// to back instead of waiting behind cold keys; among keys with no backlog,
+// dispatch follows poll order.
 //
-// Fresh messages arrive in poll order, so they wait in a FIFO (O(1));
-// only messages that become ready later (a released key's next one, a
-// retry) go into a binary min-heap. The front is the older of the two
-// fronts.
+// Fresh messages arrive in poll order, so they wait in a FIFO (O(1)); only
+// messages that become ready later (a released key's next one, a retry) go
+// into a binary heap, ordered by their backlog when they became ready. The
+// two fronts are compared by their keys' backlogs now (a fresh message's
+// key may have queued many since it arrived: a key that never started is
+// not starved by keys that keep going), then by age.
 type ready[K, V any] struct {
 	fresh     []entry[K, V] // fresh[freshHead:], in seq order
 	freshHead int
@@ -26,9 +24,15 @@ type ready[K, V any] struct {
 // entry is a dispatchable message with what the coordinator needs to
 // dispatch it.
 type entry[K, V any] struct {
-	seq   uint64
-	claim *claim[K, V]
-	msg   *pipeline.Message[K, V]
+	seq     uint64
+	backlog int // messages queued behind it on its key, when it became ready
+	claim   *claim[K, V]
+	msg     *pipeline.Message[K, V]
+}
+
+// before orders the later heap: longest backlog first, then oldest.
+func (e *entry[K, V]) before(o *entry[K, V]) bool {
+	return e.backlog > o.backlog || e.backlog == o.backlog && e.seq < o.seq
 }
 
 func (r *ready[K, V]) len() int { return len(r.fresh) - r.freshHead + len(r.later) }
@@ -42,9 +46,16 @@ func (r *ready[K, V]) pushLater(e entry[K, V]) {
 	r.up(len(r.later) - 1)
 }
 
-// pop removes and returns the oldest message; the set must not be empty.
-func (r *ready[K, V]) pop() entry[K, V] {
-	if len(r.later) == 0 || (r.freshHead < len(r.fresh) && r.fresh[r.freshHead].seq < r.later[0].seq) {
+// pop removes and returns the front message; the set must not be empty.
+// backlog returns the number of messages queued behind an entry's key now.
+func (r *ready[K, V]) pop(backlog func(*entry[K, V]) int) entry[K, V] {
+	takeFresh := len(r.later) == 0
+	if !takeFresh && r.freshHead < len(r.fresh) {
+		f, l := &r.fresh[r.freshHead], &r.later[0]
+		bf, bl := backlog(f), backlog(l)
+		takeFresh = bf > bl || bf == bl && f.seq < l.seq
+	}
+	if takeFresh {
 		e := r.fresh[r.freshHead]
 		r.fresh[r.freshHead] = entry[K, V]{}
 		r.freshHead++
@@ -93,7 +104,7 @@ func (r *ready[K, V]) filter(keep func(entry[K, V]) bool) {
 func (r *ready[K, V]) up(i int) {
 	for i > 0 {
 		parent := (i - 1) / 2
-		if r.later[parent].seq <= r.later[i].seq {
+		if !r.later[i].before(&r.later[parent]) {
 			return
 		}
 		r.later[i], r.later[parent] = r.later[parent], r.later[i]
@@ -104,10 +115,10 @@ func (r *ready[K, V]) up(i int) {
 func (r *ready[K, V]) down(i int) {
 	for {
 		least, left, right := i, 2*i+1, 2*i+2
-		if left < len(r.later) && r.later[left].seq < r.later[least].seq {
+		if left < len(r.later) && r.later[left].before(&r.later[least]) {
 			least = left
 		}
-		if right < len(r.later) && r.later[right].seq < r.later[least].seq {
+		if right < len(r.later) && r.later[right].before(&r.later[least]) {
 			least = right
 		}
 		if least == i {

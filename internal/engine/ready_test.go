@@ -9,7 +9,7 @@ import (
 func popAll(r *ready[string, string]) []uint64 {
 	var seqs []uint64
 	for r.len() > 0 {
-		seqs = append(seqs, r.pop().seq)
+		seqs = append(seqs, r.pop(noBacklog).seq)
 	}
 	return seqs
 }
@@ -93,7 +93,7 @@ func TestReadyRandom(t *testing.T) {
 					want = s
 				}
 			}
-			if got := r.pop().seq; got != want {
+			if got := r.pop(noBacklog).seq; got != want {
 				t.Fatalf("step %d: pop() = %d; want %d", step, got, want)
 			}
 			delete(in, want)
@@ -115,7 +115,7 @@ func TestReadyFilter(t *testing.T) {
 	for s := uint64(1); s <= 40; s += 2 {
 		r.pushFresh(entry[string, string]{seq: s})
 	}
-	r.pop() // the FIFO's head moved: filter must start from it
+	r.pop(noBacklog) // the FIFO's head moved: filter must start from it
 	for _, s := range []uint64{30, 2, 18, 6, 40, 14, 10, 22, 26, 38, 34} {
 		r.pushLater(entry[string, string]{seq: s})
 	}
@@ -138,3 +138,5 @@ func TestReadyFilter(t *testing.T) {
 		t.Fatalf("popped %v; want %v", got, want)
 	}
 }
+
+func noBacklog(*entry[string, string]) int { return 0 }
