@@ -33,6 +33,7 @@ type coordHarness struct {
 	final      chan []claimOffset
 	queries    chan revokedQuery
 	draining   chan struct{}
+	steer      chan steering // with coordOptions.maxInFlight
 
 	cancel         context.CancelFunc
 	done           chan struct{}
@@ -45,6 +46,7 @@ type coordOptions struct {
 	concurrency  int
 	ordering     Ordering
 	orderNilKeys bool
+	maxInFlight  int // > 0: a window, and poll steering on h.steer
 }
 
 // newCoordHarness must be called inside synctest.Test. The coordinator's
@@ -74,6 +76,10 @@ func newCoordHarness(t *testing.T, o coordOptions) *coordHarness {
 		ordering: o.ordering, orderNilKeys: o.orderNilKeys, concurrency: o.concurrency,
 		stats: h.stats, log: slog.New(slog.DiscardHandler),
 		claims: make(map[pipeline.TopicPartition]*claim[string, string]), seed: maphash.MakeSeed(),
+	}
+	if o.maxInFlight > 0 {
+		h.steer = make(chan steering, 1)
+		h.c.steer, h.c.maxInFlight = h.steer, o.maxInFlight
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	h.cancel = cancel
