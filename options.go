@@ -69,6 +69,7 @@ const (
 	DefaultOffsetMapMaxBytes = 4096
 	DefaultShutdownTimeout   = 30 * time.Second
 	DefaultRevokeTimeout     = 10 * time.Second
+	DefaultStallTimeout      = time.Minute
 )
 
 type config struct {
@@ -89,6 +90,8 @@ type config struct {
 	loggerSet        bool // WithLogger was given: the logger reaches the source too
 	errorPolicy      ErrorPolicy
 	hooks            engine.Hooks
+	observer         Observer
+	stallTimeout     time.Duration
 	middleware       []any // Middleware[K, V], checked against K and V by New
 	stages           []stageSpec
 	errs             []error
@@ -112,6 +115,7 @@ func defaultConfig() config {
 		revokeTimeout:    DefaultRevokeTimeout,
 		logger:           slog.Default(),
 		errorPolicy:      StopOnError,
+		stallTimeout:     DefaultStallTimeout,
 	}
 }
 
@@ -281,6 +285,29 @@ func WithRebalanceHooks(h RebalanceHooks) Option {
 	})
 }
 
+// WithObserver has the pipeline tell o of its events: messages polled,
+// each handling attempt's start (with its wait behind its key) and end,
+// what became of each message, commits, pauses, rebalances, concurrency
+// limit changes and stalls. It is the hook tracing and metrics build on
+// (the contrib/otelparallafka module implements it for OpenTelemetry);
+// see Observer for its contract. Default: none, at no cost.
+func WithObserver(o Observer) Option {
+	return optionFunc(func(c *config) { c.observer = o })
+}
+
+// WithStallTimeout sets when a partition counts as stalled: it has
+// unfinished work and its committable offset has not moved for d (a
+// handler that hangs, a message retried over and over). A stall is logged
+// (Warn, naming the blocking message: topic, partition, offset, key, and
+// how long its handler has run or why it waits), counted in
+// Stats.Stalls, listed in Stats.StalledPartitions, told to the observer
+// and reported by Health, until the offset moves. It is found within d
+// plus a quarter of d (at most 5 s more). Default 1 minute; 0 turns stall
+// detection off.
+func WithStallTimeout(d time.Duration) Option {
+	return optionFunc(func(c *config) { c.stallTimeout = d })
+}
+
 // StopOnError is the default error policy: every failure stops the pipeline.
 func StopOnError(error) ErrorAction { return Stop }
 
@@ -354,6 +381,9 @@ func (c *config) validate() error {
 	}
 	if c.errorPolicy == nil {
 		bad("nil error policy")
+	}
+	if c.stallTimeout < 0 {
+		bad("stall timeout must not be negative, got %v", c.stallTimeout)
 	}
 	for _, s := range c.stages {
 		if s.point != AfterPoll && s.point != AfterHandle {

@@ -73,12 +73,36 @@ type (
 	MessageError = pipeline.MessageError
 	// PanicError is the error of a message whose handler panicked.
 	PanicError = pipeline.PanicError
+	// Observer is told of the pipeline's events (WithObserver).
+	Observer = pipeline.Observer
+	// NopObserver does nothing: embed it to implement some of Observer.
+	NopObserver = pipeline.NopObserver
+	// MessageInfo is what an Observer learns of a message.
+	MessageInfo = pipeline.MessageInfo
+	// Wait is how long a message waited before its handler started.
+	Wait = pipeline.Wait
+	// Outcome is what became of a message after a handling attempt.
+	Outcome = pipeline.Outcome
+	// CommitInfo is one commit request, as an Observer is told of it.
+	CommitInfo = pipeline.CommitInfo
+	// Stall describes a stalled partition and the message that blocks it.
+	Stall = pipeline.Stall
 )
 
 // Error actions, re-exported from package pipeline.
 const (
 	Stop = pipeline.Stop
 	Skip = pipeline.Skip
+)
+
+// Outcomes, re-exported from package pipeline (see Observer).
+const (
+	OutcomeHandled   = pipeline.OutcomeHandled
+	OutcomeDropped   = pipeline.OutcomeDropped
+	OutcomeSkipped   = pipeline.OutcomeSkipped
+	OutcomeRetried   = pipeline.OutcomeRetried
+	OutcomeFailed    = pipeline.OutcomeFailed
+	OutcomeAbandoned = pipeline.OutcomeAbandoned
 )
 
 var (
@@ -103,6 +127,7 @@ type Parallafka[K, V any] struct {
 	stats    engine.Stats
 	consumed atomic.Bool
 	paused   atomic.Bool // Pause and Resume; the poll stage acts on it
+	ended    atomic.Bool // Consume returned
 }
 
 // New returns a Parallafka that will consume source. It returns an error if
@@ -190,6 +215,7 @@ func (p *Parallafka[K, V]) Consume(ctx context.Context, handler Handler[K, V]) e
 		handler = p.mw[i](handler)
 	}
 	c := p.cfg
+	defer p.ended.Store(true)
 	return engine.Run(ctx, &engine.Config[K, V]{
 		Source: p.source, Handler: handler, AfterPoll: p.before, AfterHandle: p.after,
 		Concurrency: c.maxConcurrency, MaxInFlight: c.maxInFlight, MaxInFlightBytes: c.maxInFlightBytes,
@@ -198,6 +224,7 @@ func (p *Parallafka[K, V]) Consume(ctx context.Context, handler Handler[K, V]) e
 		OnCommit: onCommit(c.onCommit), MapMaxBytes: c.mapMaxBytes, HardStop: c.shutdownMode == HardStop,
 		ShutdownTimeout: c.shutdownTimeout, RevokeTimeout: c.revokeTimeout,
 		Logger: c.logger, ErrorPolicy: c.errorPolicy, Hooks: c.hooks, Pause: &p.paused,
+		Observer: c.observer, StallTimeout: c.stallTimeout,
 	}, &p.stats)
 }
 

@@ -38,6 +38,14 @@ type Stats struct {
 	Paused []TopicPartition
 	// UserPaused reports that Pause is in force (Resume ends it).
 	UserPaused bool
+	// Assigned is the number of partitions assigned now.
+	Assigned int64
+	// Stalled is the number of partitions stalled now (WithStallTimeout);
+	// StalledPartitions says what blocks each.
+	Stalled           int64
+	StalledPartitions []Stall
+	// Stalls counts the times a partition was found stalled.
+	Stalls int64
 }
 
 // Stats returns a snapshot of the counters. It is safe to call at any time,
@@ -52,5 +60,7 @@ func (p *Parallafka[K, V]) Stats() Stats {
 		FinishedBefore: s.FinishedBefore.Load(), MapTruncated: s.MapTruncated.Load(),
 		Pauses: s.Pauses.Load(), Commits: s.Commits.Load(), CommitErrors: s.CommitErrors.Load(),
 		Committed: s.Committed(), Paused: s.Paused(), UserPaused: s.UserPaused.Load(),
+		Assigned: s.Assigned.Load(), Stalled: s.Stalled.Load(), StalledPartitions: s.StalledPartitions(),
+		Stalls: s.Stalls.Load(),
 	}
 }

@@ -44,7 +44,10 @@ type Source[K, V any] struct {
 	failure    error // a rebalance that went wrong, returned by the next Poll
 
 	startup startup // fail-fast detection until a broker answered
-	errLog  repeats // rate limit of repeated client errors
+	// down is librdkafka's "all brokers down" error, until a message or an
+	// assignment shows a broker reachable again (Unreachable).
+	down   atomic.Pointer[error]
+	errLog repeats // rate limit of repeated client errors
 
 	mu            sync.Mutex
 	idle          chan struct{} // closed when commits drops to 0, if someone waits
@@ -222,6 +225,9 @@ func (s *Source[K, V]) Poll(timeout time.Duration) (*pipeline.Message[K, V], err
 		case *ckafka.Message:
 			if e.TopicPartition.Error == nil {
 				s.startup.answered = true
+				if s.down.Load() != nil {
+					s.down.Store(nil)
+				}
 				return s.message(e), nil
 			}
 			if err := s.consumerError(e.TopicPartition.Error, e.TopicPartition); err != nil {
@@ -282,6 +288,9 @@ func (s *Source[K, V]) consumerError(err error, tp ckafka.TopicPartition) error 
 	}
 	var kerr ckafka.Error
 	if errors.As(err, &kerr) {
+		if kerr.Code() == ckafka.ErrAllBrokersDown {
+			s.down.Store(&err)
+		}
 		attrs = append(attrs, "code", kerr.Code().String())
 		if kerr.IsFatal() {
 			s.logger().Error("kafka: fatal consumer error", attrs...)
@@ -365,6 +374,7 @@ func (s *Source[K, V]) assign(c *ckafka.Consumer, parts []ckafka.TopicPartition)
 	}
 	tps := toPipeline(parts)
 	s.startup.answered = true
+	s.down.Store(nil)
 	if err != nil {
 		s.fail(fmt.Errorf("kafka: assign %v: %w", tps, err))
 		return
@@ -543,6 +553,19 @@ func (s *Source[K, V]) Resume(partitions []pipeline.TopicPartition) error {
 	}
 	return nil
 }
+
+// Unreachable returns librdkafka's "all brokers down" error from the time
+// the consumer reported it until a message arrives or a rebalance assigns
+// partitions (a broker answered); nil otherwise. It is safe to call from
+// any goroutine (Parallafka's Health does).
+func (s *Source[K, V]) Unreachable() error {
+	if err := s.down.Load(); err != nil {
+		return fmt.Errorf("kafka: no broker reachable: %w", *err)
+	}
+	return nil
+}
+
+var _ pipeline.ConnectivitySource = (*Source[int, int])(nil)
 
 // Watermarks returns the partition's low and high watermarks as the
 // consumer last heard them in a fetch response (librdkafka's cached

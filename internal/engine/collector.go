@@ -19,6 +19,7 @@ type collector[K, V any] struct {
 	stop   func(error) // begins a graceful shutdown that ends in the error
 	stats  *Stats
 	log    *slog.Logger
+	obs    observer
 }
 
 // run collects the messages leaving the AfterHandle stages until in is
@@ -36,29 +37,37 @@ func (c *collector[K, V]) run(ctx context.Context, in <-chan *pipeline.Message[K
 }
 
 func (c *collector[K, V]) verdict(ctx context.Context, msg *pipeline.Message[K, V]) completion[K, V] {
+	done, outcome := c.decide(ctx, msg)
+	if c.obs.on() {
+		c.obs.settled(pipeline.Info(msg), outcome)
+	}
+	return done
+}
+
+func (c *collector[K, V]) decide(ctx context.Context, msg *pipeline.Message[K, V]) (completion[K, V], pipeline.Outcome) {
 	switch {
 	case msg.RetryRequested():
 		// The coordinator dispatches it again (and counts it as retried),
 		// or abandons it if its partition is stopping.
-		return completion[K, V]{msg: msg, verdict: verdictRetry}
+		return completion[K, V]{msg: msg, verdict: verdictRetry}, pipeline.OutcomeRetried
 	case msg.Dropped():
 		c.stats.Dropped.Add(1)
-		return completion[K, V]{msg: msg, verdict: verdictFinish}
+		return completion[K, V]{msg: msg, verdict: verdictFinish}, pipeline.OutcomeDropped
 	case msg.Err == nil:
 		c.stats.Handled.Add(1)
-		return completion[K, V]{msg: msg, verdict: verdictFinish}
+		return completion[K, V]{msg: msg, verdict: verdictFinish}, pipeline.OutcomeHandled
 	case ctx.Err() != nil:
 		// A hard stop cancelled the handler: not a failure to act on.
-		return completion[K, V]{msg: msg, verdict: verdictAbandon}
+		return completion[K, V]{msg: msg, verdict: verdictAbandon}, pipeline.OutcomeAbandoned
 	}
 	c.stats.Failed.Add(1)
 	err := &pipeline.MessageError{Topic: msg.Topic, Partition: msg.Partition, Offset: msg.Offset, Attempt: msg.Attempt, Err: msg.Err}
 	if c.policy(err) == pipeline.Skip {
 		c.stats.Skipped.Add(1)
 		c.log.Warn("parallafka: skipping failed message", "error", err)
-		return completion[K, V]{msg: msg, verdict: verdictFinish}
+		return completion[K, V]{msg: msg, verdict: verdictFinish}, pipeline.OutcomeSkipped
 	}
 	c.log.Error("parallafka: message failed; stopping", "error", err)
 	c.stop(err) // before the key is released: nothing later with its key starts
-	return completion[K, V]{msg: msg, verdict: verdictAbandon}
+	return completion[K, V]{msg: msg, verdict: verdictAbandon}, pipeline.OutcomeFailed
 }

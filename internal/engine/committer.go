@@ -37,6 +37,7 @@ type committer[K, V any] struct {
 	async       bool
 	mapMaxBytes int // the offset map's limit in the commit metadata; 0: no map
 	onCommit    OnCommit
+	obs         observer
 
 	offsets   chan<- chan<- []claimOffset // to the coordinator
 	final     <-chan []claimOffset        // from the coordinator, as it ends
@@ -298,6 +299,9 @@ func (c *committer[K, V]) recorded(offsets []claimOffset, send []pipeline.Offset
 
 // report tells the user's OnCommit, recovering a panic.
 func (c *committer[K, V]) report(send []pipeline.Offset, final bool, start time.Time, err error) {
+	if c.obs.on() {
+		c.obs.committed(pipeline.CommitInfo{Offsets: slices.Clone(send), Final: final, Took: time.Since(start), Err: err})
+	}
 	if c.onCommit == nil {
 		return
 	}

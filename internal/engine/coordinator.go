@@ -45,6 +45,11 @@ type claim[K, V any] struct {
 	// committed offset (its offset map), from the first not yet polled on:
 	// polled, they count as finished at once.
 	inherited []offsetmap.Run
+	// Stall detection (stall.go): the committable offset last seen, when
+	// it was seen to move, and the stall found, if any.
+	progressOff int64
+	progressAt  time.Duration
+	stall       *pipeline.Stall
 	// ctx is its handlers' context: cancelled when the claim ends with
 	// handlers still running (a revoke timeout, a lost assignment), since
 	// the next owner may be handling the same messages by then.
@@ -114,6 +119,11 @@ type coordinator[K, V any] struct {
 	hardStop    bool
 	revokes     []*revokeWait[K, V]
 	revokesDue  bool // a claim being revoked may have nothing in flight now
+
+	obs          observer
+	epoch        time.Time     // the clock's zero: when run began
+	coarse       time.Duration // the clock at the last stall check
+	stallTimeout time.Duration // 0: no stall detection
 }
 
 // coordinatorEdges are the coordinator's channels, in the order of the flow.
@@ -144,6 +154,14 @@ type revokeWait[K, V any] struct {
 // offsets to the committer.
 func (c *coordinator[K, V]) run(ctx context.Context) error {
 	c.ctx = ctx
+	c.epoch = time.Now()
+	c.obs.limitChanged(c.concurrency)
+	var stallTick <-chan time.Time
+	if c.stallTimeout > 0 {
+		t := time.NewTicker(stallCheckEvery(c.stallTimeout))
+		defer t.Stop()
+		stallTick = t.C
+	}
 	defer func() {
 		for _, cl := range c.claims {
 			cl.cancel()
@@ -211,6 +229,8 @@ func (c *coordinator[K, V]) run(ctx context.Context) error {
 			reply <- c.committable(false)
 		case q := <-c.queries:
 			q.reply <- c.revokedChannel(q.tp)
+		case <-stallTick:
+			c.checkStalls()
 		case <-draining:
 			draining = nil
 			c.drain()
@@ -303,7 +323,15 @@ func (c *coordinator[K, V]) dispatchReady() {
 		s.state = slotDispatched
 		e.claim.outstanding++
 		c.handling++
-		c.dispatch <- job[K, V]{msg: e.msg, ctx: e.claim.ctx}
+		j := job[K, V]{msg: e.msg, ctx: e.claim.ctx}
+		if c.obs.on() {
+			now := c.clock()
+			j.waited = pipeline.Wait{BehindKey: s.ready - s.routed, ForHandler: now - s.ready}
+			s.routed = now
+		} else {
+			s.routed = c.coarse // for the stall check: about when its handler started
+		}
+		c.dispatch <- j
 	}
 }
 
@@ -385,6 +413,10 @@ func (c *coordinator[K, V]) route(cl *claim[K, V], s *slot[K, V]) {
 	}
 	c.seq++
 	s.seq, s.state = c.seq, slotWaiting
+	if c.obs.on() {
+		s.routed = c.clock()
+		s.ready = s.routed // until it turns out to be queued
+	}
 	e := entry[K, V]{seq: s.seq, claim: cl, msg: s.msg}
 	key, ordered := c.routingKey(s.msg)
 	if !ordered {
@@ -393,6 +425,7 @@ func (c *coordinator[K, V]) route(cl *claim[K, V], s *slot[K, V]) {
 		return
 	}
 	if queue, busy := cl.keys[key]; busy {
+		s.ready = -1 // queued: set when its key is released
 		cl.keys[key] = append(queue, e)
 		c.queued++
 		c.chainGrew(cl, key, len(queue)+1)
@@ -533,6 +566,10 @@ func (c *coordinator[K, V]) complete(done completion[K, V]) {
 		}
 		c.stats.Retried.Add(1)
 		s.state = slotWaiting
+		if c.obs.on() {
+			s.routed = c.clock()
+			s.ready = s.routed
+		}
 		e := entry[K, V]{seq: s.seq, claim: cl, msg: done.msg} // its key still held
 		e.backlog = c.backlog(&e)
 		c.ready.pushLater(e)
@@ -610,6 +647,11 @@ func (c *coordinator[K, V]) releaseKey(cl *claim[K, V], msg *pipeline.Message[K,
 	c.queued--
 	c.chainShrank(cl, key, len(queue)-1, false)
 	next.backlog = len(queue) - 1
+	if c.obs.on() {
+		if s := cl.window.find(next.msg); s != nil {
+			s.ready = c.clock()
+		}
+	}
 	c.ready.pushLater(next)
 	cl.queuedN--
 	c.readied(cl, 1)
@@ -691,6 +733,7 @@ func (c *coordinator[K, V]) end(cl *claim[K, V]) {
 	}
 	c.stop(cl)
 	delete(c.claims, cl.tp)
+	c.unstall(cl)
 	if cl.outstanding > 0 {
 		c.log.Warn("parallafka: cancelling the handlers of a partition given up; their messages are redelivered to the next owner",
 			"partition", cl.tp, "handlers", cl.outstanding)
@@ -729,7 +772,7 @@ func (c *coordinator[K, V]) rebalance(req rebalanceRequest) {
 			c.claimIDs++
 			cl := &claim[K, V]{
 				tp: tp, id: c.claimIDs, keys: make(map[uint64][]entry[K, V]),
-				start: -1, revoked: make(chan struct{}),
+				start: -1, revoked: make(chan struct{}), progressOff: -1, progressAt: c.coarse,
 			}
 			cl.inherited = c.inheritedMap(req.committed, tp)
 			cl.ctx, cl.cancel = context.WithCancel(c.ctx)

@@ -59,7 +59,9 @@ type Config[K, V any] struct {
 	Logger           *slog.Logger
 	ErrorPolicy      pipeline.ErrorPolicy
 	Hooks            Hooks
-	Pause            *atomic.Bool // set by Parallafka.Pause, cleared by Resume
+	Pause            *atomic.Bool      // set by Parallafka.Pause, cleared by Resume
+	Observer         pipeline.Observer // nil: none
+	StallTimeout     time.Duration     // 0: no stall detection
 }
 
 // ErrShutdownTimeout is the cause of the handlers' cancellation when a
@@ -85,7 +87,7 @@ const (
 // otherwise the error. Every goroutine it starts has returned when it
 // returns.
 func Run[K, V any](ctx context.Context, cfg *Config[K, V], stats *Stats) error {
-	life := newLifecycle(ctx, cfg.HardStop, cfg.ShutdownTimeout)
+	life := newLifecycle(ctx, cfg.HardStop, cfg.ShutdownTimeout, stats)
 	if in, ok := cfg.Source.(interface{ Interrupt() }); ok {
 		life.interrupt = in.Interrupt
 	}
@@ -143,6 +145,7 @@ func newFlow[K, V any](cfg *Config[K, V], stats *Stats, life *lifecycle) *flow[K
 		commitDone = make(chan struct{})
 	)
 	f := &flow[K, V]{cfg: cfg, life: life}
+	obs := observer{o: cfg.Observer, log: cfg.Logger}
 	f.poller = &poller[K, V]{
 		pollerEdges: pollerEdges[K, V]{
 			polled: polled, room: room, steer: steer, rebalances: rebalances, commits: commits,
@@ -150,7 +153,7 @@ func newFlow[K, V any](cfg *Config[K, V], stats *Stats, life *lifecycle) *flow[K
 		},
 		source: cfg.Source, log: cfg.Logger, stats: stats, maxInFlight: cfg.MaxInFlight, maxBytes: cfg.MaxInFlightBytes,
 		pollTimeout: pollTimeout, pauseAfter: pauseAfter, revokeTimeout: cfg.RevokeTimeout,
-		hooks: cfg.Hooks, userPause: cfg.Pause,
+		hooks: cfg.Hooks, userPause: cfg.Pause, obs: obs,
 	}
 	f.coordinator = &coordinator[K, V]{
 		coordinatorEdges: coordinatorEdges[K, V]{
@@ -162,10 +165,11 @@ func newFlow[K, V any](cfg *Config[K, V], stats *Stats, life *lifecycle) *flow[K
 		commitEvery: cfg.CommitEvery,
 		ordering:    cfg.Ordering, orderNilKeys: cfg.OrderNilKeys, concurrency: cfg.Concurrency,
 		stats: stats, log: cfg.Logger, claims: make(map[pipeline.TopicPartition]*claim[K, V]), seed: maphash.MakeSeed(),
+		obs: obs, stallTimeout: cfg.StallTimeout,
 	}
-	f.collector = &collector[K, V]{policy: cfg.ErrorPolicy, stop: life.stop, stats: stats, log: cfg.Logger}
+	f.collector = &collector[K, V]{policy: cfg.ErrorPolicy, stop: life.stop, stats: stats, log: cfg.Logger, obs: obs}
 	f.pool = &handlerPool[K, V]{
-		concurrency: cfg.Concurrency, handler: cfg.Handler, log: cfg.Logger, collector: f.collector,
+		concurrency: cfg.Concurrency, handler: cfg.Handler, log: cfg.Logger, collector: f.collector, obs: obs,
 		dispatch: dispatch, released: released, coordDone: coordDone,
 	}
 	f.committer = &committer[K, V]{
@@ -173,7 +177,7 @@ func newFlow[K, V any](cfg *Config[K, V], stats *Stats, life *lifecycle) *flow[K
 		interval: cfg.CommitInterval, timeout: cfg.RevokeTimeout,
 		async: cfg.AsyncCommits, mapMaxBytes: cfg.MapMaxBytes, onCommit: cfg.OnCommit,
 		offsets: offsets, final: final, commits: commits, commitNow: commitNow, coordDone: coordDone,
-		shutdownDeadline: life.shutdownDeadline,
+		shutdownDeadline: life.shutdownDeadline, obs: obs,
 	}
 	life.revoked = func(topic string, partition int32) <-chan struct{} {
 		q := revokedQuery{tp: pipeline.TopicPartition{Topic: topic, Partition: partition}, reply: make(chan (<-chan struct{}), 1)}
@@ -284,6 +288,7 @@ type lifecycle struct {
 	hardStop bool
 	timeout  time.Duration
 	revoked  signal.Revoked
+	stats    *Stats // its Stopping is set when the shutdown begins
 
 	// interrupt, if set, cuts short a source's blocking calls (kafka.Source's
 	// Interrupt) when the shutdown timeout passes.
@@ -305,8 +310,8 @@ func (l *lifecycle) shutdownDeadline() time.Time {
 
 var errHardStop = errors.New("parallafka: hard stop")
 
-func newLifecycle(parent context.Context, hardStop bool, timeout time.Duration) *lifecycle {
-	l := &lifecycle{draining: make(chan struct{}), hardStop: hardStop, timeout: timeout}
+func newLifecycle(parent context.Context, hardStop bool, timeout time.Duration, stats *Stats) *lifecycle {
+	l := &lifecycle{draining: make(chan struct{}), hardStop: hardStop, timeout: timeout, stats: stats}
 	// The stages outlive the caller's cancellation (that is what a graceful
 	// stop is), so their context keeps its values but not its cancellation.
 	base := context.WithValue(context.WithoutCancel(parent), signal.DrainingKey{}, (<-chan struct{})(l.draining))
@@ -327,6 +332,7 @@ func (l *lifecycle) stop(err error) {
 	}
 	l.mu.Unlock()
 	l.stopOnce.Do(func() {
+		l.stats.Stopping.Store(true)
 		close(l.draining)
 		if l.hardStop {
 			l.mu.Lock()
@@ -381,10 +387,12 @@ type (
 		verdict verdict
 		quick   bool // the handler took less than quickHandler (see dispatchLimit)
 	}
-	// job is a dispatched message and its handler's context (its claim's).
+	// job is a dispatched message and its handler's context (its
+	// claim's), with how long it waited (with an observer only).
 	job[K, V any] struct {
-		msg *pipeline.Message[K, V]
-		ctx context.Context
+		msg    *pipeline.Message[K, V]
+		ctx    context.Context
+		waited pipeline.Wait
 	}
 	// handlerEnded tells the coordinator that a handler is free again, with
 	// AfterHandle stages; cancelled is the message if its claim's context

@@ -63,6 +63,7 @@ type poller[K, V any] struct {
 	pauseDirty   bool // paused, holding, steered or the assignment changed since the last reconcile
 	holding      bool // by the user (Parallafka.Pause): dispatching stops too
 	hooks        Hooks
+	obs          observer
 	// userPause is what Parallafka.Pause and Resume ask for; the poller
 	// reads it every cycle (an atomic owned by nobody's partition state).
 	userPause *atomic.Bool
@@ -174,6 +175,11 @@ func (p *poller[K, V]) flush(ctx context.Context) bool {
 	cycle := pollCycle[K, V]{msgs: batch, sizes: p.sizes}
 	p.batch, p.sizes = make([]*pipeline.Message[K, V], 0, size), make([]int32, 0, size)
 	p.stats.Polled.Add(int64(len(batch)))
+	if p.obs.on() {
+		for _, msg := range batch {
+			p.obs.polled(pipeline.Info(msg))
+		}
+	}
 	select {
 	case p.polled <- cycle:
 	case <-p.coordDone:
@@ -384,6 +390,7 @@ func (p *poller[K, V]) reconcile() error {
 		for _, tp := range pause {
 			p.sourcePaused[tp] = true
 		}
+		p.obs.partitions("PartitionsPaused", pause)
 	}
 	if len(resume) > 0 {
 		if err := p.source.Resume(resume); err != nil {
@@ -392,6 +399,7 @@ func (p *poller[K, V]) reconcile() error {
 		for _, tp := range resume {
 			p.sourcePaused[tp] = false
 		}
+		p.obs.partitions("PartitionsResumed", resume)
 	}
 	return nil
 }
@@ -422,6 +430,8 @@ func (p *poller[K, V]) PartitionsAssigned(committed []pipeline.Offset) {
 		p.assigned[tp] = true
 	}
 	p.log.Info("parallafka: partitions assigned", "partitions", tps)
+	p.stats.Assigned.Store(int64(len(p.assigned)))
+	p.obs.partitions("PartitionsAssigned", tps)
 	p.hooks.call(p.log, "OnAssigned", p.hooks.OnAssigned, tps)
 	if p.sourcePaused == nil {
 		p.sourcePaused = make(map[pipeline.TopicPartition]bool)
@@ -441,6 +451,7 @@ func (p *poller[K, V]) PartitionsAssigned(committed []pipeline.Offset) {
 // right after the last message this member finished.
 func (p *poller[K, V]) PartitionsRevoked(tps []pipeline.TopicPartition) {
 	if p.ended { // inside the source's Close: the final offsets are committed
+		p.obs.partitions("PartitionsRevoked", tps)
 		p.hooks.call(p.log, "OnRevoked", p.hooks.OnRevoked, tps)
 		return
 	}
@@ -472,6 +483,7 @@ func (p *poller[K, V]) PartitionsRevoked(tps []pipeline.TopicPartition) {
 		p.log.Warn("parallafka: revoke timeout: handlers still running were cancelled; their messages will be redelivered to the next owner",
 			"timeout", p.revokeTimeout)
 	}
+	p.obs.partitions("PartitionsRevoked", tps)
 	p.hooks.call(p.log, "OnRevoked", p.hooks.OnRevoked, tps)
 }
 
@@ -479,12 +491,14 @@ func (p *poller[K, V]) PartitionsRevoked(tps []pipeline.TopicPartition) {
 // member may own them already.
 func (p *poller[K, V]) PartitionsLost(tps []pipeline.TopicPartition) {
 	if p.ended {
+		p.obs.partitions("PartitionsLost", tps)
 		p.hooks.call(p.log, "OnLost", p.hooks.OnLost, tps)
 		return
 	}
 	p.forget(tps)
 	p.request(rebalanceRequest{kind: rebalanceLost, partitions: tps})
 	p.log.Warn("parallafka: partitions lost", "partitions", tps)
+	p.obs.partitions("PartitionsLost", tps)
 	p.hooks.call(p.log, "OnLost", p.hooks.OnLost, tps)
 }
 
@@ -537,6 +551,7 @@ func (p *poller[K, V]) forget(tps []pipeline.TopicPartition) {
 		delete(p.low, tp)
 		delete(p.next, tp)
 	}
+	p.stats.Assigned.Store(int64(len(p.assigned)))
 	if p.paused || p.holding {
 		p.stats.setPaused(p.partitions())
 	}

@@ -26,6 +26,7 @@ type handlerPool[K, V any] struct {
 	handler     pipeline.Handler[K, V]
 	log         *slog.Logger
 	collector   *collector[K, V] // applied by the workers when inline is true
+	obs         observer
 
 	dispatch   <-chan job[K, V]               // from the coordinator
 	handled    chan<- *pipeline.Message[K, V] // into the AfterHandle stages (nil when inline)
@@ -62,9 +63,17 @@ func (p *handlerPool[K, V]) work(ctx context.Context) {
 		quick := true
 		if !stopped && p.shouldHandle(msg) {
 			msg.Attempt++
+			hctx := job.ctx
+			if p.obs.on() {
+				hctx = p.obs.handlerStarted(hctx, pipeline.Info(msg), job.waited)
+			}
 			began := time.Now()
-			msg.Err = p.handle(job.ctx, msg)
-			quick = time.Since(began) < quickHandler
+			msg.Err = p.handle(hctx, msg)
+			took := time.Since(began)
+			quick = took < quickHandler
+			if p.obs.on() {
+				p.obs.handlerEnded(hctx, pipeline.Info(msg), msg.Err, took)
+			}
 			stopped = job.ctx.Err() != nil && msg.Err != nil
 		}
 		if p.inline() {

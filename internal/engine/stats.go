@@ -28,10 +28,28 @@ type Stats struct {
 	Commits        atomic.Int64 // committer: successful commit requests
 	CommitErrors   atomic.Int64 // committer: failed commit requests
 	UserPaused     atomic.Bool  // poller: Parallafka.Pause is in force
+	Assigned       atomic.Int64 // poller: partitions assigned now
+	Stalled        atomic.Int64 // coordinator: partitions stalled now
+	Stalls         atomic.Int64 // coordinator: times a partition was found stalled
+	Stopping       atomic.Bool  // lifecycle: a shutdown began
 
 	mu        sync.Mutex
 	committed map[pipeline.TopicPartition]int64 // committer
 	paused    []pipeline.TopicPartition         // poller
+	stalls    []pipeline.Stall                  // coordinator
+}
+
+// StalledPartitions returns the partitions stalled now, with what blocks them.
+func (s *Stats) StalledPartitions() []pipeline.Stall {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.stalls)
+}
+
+func (s *Stats) setStalls(stalls []pipeline.Stall) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.stalls = stalls
 }
 
 // Committed returns the last offset committed for every partition ever

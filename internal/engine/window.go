@@ -2,6 +2,7 @@ package engine
 
 import (
 	"sort"
+	"time"
 
 	"github.com/parallafka/parallafka/internal/offsetmap"
 	"github.com/parallafka/parallafka/pipeline"
@@ -25,13 +26,18 @@ type slot[K, V any] struct {
 	seq    uint64 // poll order, for oldest-first dispatch (set when routed)
 	size   int32  // bytes, as the poller counted them
 	state  slotState
+	// Clock readings (the coordinator's, see coordinator.clock): routed
+	// is when it was routed, then when it was dispatched; ready is when
+	// it became ready (with an observer only). The stall check reads
+	// routed of the message that blocks a partition.
+	routed, ready time.Duration
 }
 
 // window holds the offsets of one partition that were polled and are not
 // yet committable, and answers the committer's question: what is the
 // offset after the longest finished prefix? Offsets are added in
 // increasing order (gaps, as compaction and transaction markers leave
-// them, are fine) and finish in any order. It costs one 32-byte slot per
+// them, are fine) and finish in any order. It costs one 48-byte slot per
 // offset from the lowest unfinished one to the newest, and looking a slot
 // up is O(1) while offsets are contiguous (O(log n) across gaps).
 //

@@ -1,0 +1,318 @@
+package parallafka_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/parallafka/parallafka"
+	"github.com/parallafka/parallafka/pipeline/memsource"
+)
+
+// obsRecorder is an Observer that records what it is told.
+type obsRecorder struct {
+	parallafka.NopObserver
+	mu        sync.Mutex
+	polled    int
+	started   int
+	ended     int
+	failed    int
+	outcomes  map[parallafka.Outcome]int
+	waits     map[string]time.Duration // the longest wait behind the key, per key
+	commits   int
+	assigned  int
+	limit     int
+	stalls    []parallafka.Stall
+	unstalled int
+}
+
+type ctxKey struct{}
+
+func newObsRecorder() *obsRecorder {
+	return &obsRecorder{outcomes: map[parallafka.Outcome]int{}, waits: map[string]time.Duration{}}
+}
+
+func (r *obsRecorder) MessagePolled(parallafka.MessageInfo) { r.mu.Lock(); r.polled++; r.mu.Unlock() }
+func (r *obsRecorder) HandlerStarted(ctx context.Context, m parallafka.MessageInfo, w parallafka.Wait) context.Context {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.started++
+	r.waits[string(m.Key)] = max(r.waits[string(m.Key)], w.BehindKey)
+	return context.WithValue(ctx, ctxKey{}, m.Offset)
+}
+func (r *obsRecorder) HandlerEnded(ctx context.Context, m parallafka.MessageInfo, err error, _ time.Duration) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if ctx.Value(ctxKey{}) != m.Offset {
+		panic("HandlerEnded without HandlerStarted's context")
+	}
+	r.ended++
+	if err != nil {
+		r.failed++
+	}
+}
+func (r *obsRecorder) MessageSettled(_ parallafka.MessageInfo, o parallafka.Outcome) {
+	r.mu.Lock()
+	r.outcomes[o]++
+	r.mu.Unlock()
+}
+func (r *obsRecorder) Committed(c parallafka.CommitInfo) {
+	r.mu.Lock()
+	if c.Err == nil {
+		r.commits++
+	}
+	r.mu.Unlock()
+}
+func (r *obsRecorder) PartitionsAssigned(tps []parallafka.TopicPartition) {
+	r.mu.Lock()
+	r.assigned += len(tps)
+	r.mu.Unlock()
+}
+func (r *obsRecorder) ConcurrencyLimitChanged(n int) { r.mu.Lock(); r.limit = n; r.mu.Unlock() }
+func (r *obsRecorder) PartitionStalled(s parallafka.Stall) {
+	r.mu.Lock()
+	r.stalls = append(r.stalls, s)
+	r.mu.Unlock()
+}
+func (r *obsRecorder) PartitionUnstalled(parallafka.TopicPartition, time.Duration) {
+	r.mu.Lock()
+	r.unstalled++
+	r.mu.Unlock()
+}
+
+// The observer hears every message polled, every attempt's start and end
+// (its context reaching the handler), every outcome, the commits, the
+// assignment and the concurrency limit, matching Stats.
+func TestObserverSeesWhatStatsCount(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		src := memsource.New[string, int]()
+		produce(src, 2, 100, func(i int) int { return i % 10 })
+		rec := newObsRecorder()
+		p, err := parallafka.New(src, parallafka.WithLogger(quiet), parallafka.WithObserver(rec),
+			parallafka.WithErrorPolicy(parallafka.SkipOnError), parallafka.WithMaxConcurrency(4))
+		require.NoError(t, err)
+		var handled atomic.Int64
+		stop, _ := start(p, func(ctx context.Context, m *parallafka.Message[string, int]) error {
+			if ctx.Value(ctxKey{}) != m.Offset {
+				return errors.New("the handler did not get the observer's context")
+			}
+			time.Sleep(time.Millisecond)
+			handled.Add(1)
+			if m.Value%7 == 0 {
+				return fmt.Errorf("value %d fails", m.Value)
+			}
+			return nil
+		})
+		for i := 0; handled.Load() < 100; i++ {
+			require.Less(t, i, 1000, "handled %d, stats %+v", handled.Load(), p.Stats())
+			time.Sleep(10 * time.Millisecond)
+		}
+		time.Sleep(2 * time.Second) // a commit
+		err, _ = stop()
+		require.NoError(t, err)
+		st := p.Stats()
+		rec.mu.Lock()
+		defer rec.mu.Unlock()
+		assert.EqualValues(t, 100, st.Polled)
+		assert.EqualValues(t, st.Polled, rec.polled)
+		assert.Equal(t, 100, rec.started)
+		assert.Equal(t, rec.started, rec.ended)
+		assert.EqualValues(t, st.Failed, rec.failed)
+		assert.EqualValues(t, st.Skipped, rec.outcomes[parallafka.OutcomeSkipped])
+		assert.EqualValues(t, st.Handled-st.Skipped-st.Dropped, rec.outcomes[parallafka.OutcomeHandled])
+		assert.NotZero(t, rec.outcomes[parallafka.OutcomeSkipped])
+		assert.EqualValues(t, st.Commits, rec.commits)
+		assert.Equal(t, 2, rec.assigned)
+		assert.Equal(t, 4, rec.limit)
+		// 10 keys of 5 messages per partition, 1 ms each: a key's later
+		// messages waited behind it.
+		assert.Greater(t, rec.waits["k3"], time.Millisecond)
+	})
+}
+
+// panicky panics in every method.
+type panicky struct{}
+
+func (panicky) MessagePolled(parallafka.MessageInfo) { panic("polled") }
+func (panicky) HandlerStarted(context.Context, parallafka.MessageInfo, parallafka.Wait) context.Context {
+	panic("started")
+}
+func (panicky) HandlerEnded(context.Context, parallafka.MessageInfo, error, time.Duration) {
+	panic("ended")
+}
+func (panicky) MessageSettled(parallafka.MessageInfo, parallafka.Outcome)   { panic("settled") }
+func (panicky) Committed(parallafka.CommitInfo)                             { panic("committed") }
+func (panicky) PartitionsPaused([]parallafka.TopicPartition)                { panic("paused") }
+func (panicky) PartitionsResumed([]parallafka.TopicPartition)               { panic("resumed") }
+func (panicky) PartitionsAssigned([]parallafka.TopicPartition)              { panic("assigned") }
+func (panicky) PartitionsRevoked([]parallafka.TopicPartition)               { panic("revoked") }
+func (panicky) PartitionsLost([]parallafka.TopicPartition)                  { panic("lost") }
+func (panicky) ConcurrencyLimitChanged(int)                                 { panic("limit") }
+func (panicky) PartitionStalled(parallafka.Stall)                           { panic("stalled") }
+func (panicky) PartitionUnstalled(parallafka.TopicPartition, time.Duration) { panic("unstalled") }
+
+// An observer's panics are logged and recovered: the pipeline goes on.
+func TestObserverPanicsDoNotStopThePipeline(t *testing.T) {
+	src := memsource.New[string, int]()
+	produce(src, 2, 50, func(i int) int { return i })
+	p, err := parallafka.New(src, parallafka.WithLogger(quiet), parallafka.WithObserver(panicky{}),
+		parallafka.WithCommitInterval(5*time.Millisecond))
+	require.NoError(t, err)
+	var handled atomic.Int64
+	stop, _ := start(p, func(ctx context.Context, m *parallafka.Message[string, int]) error {
+		handled.Add(1)
+		return nil
+	})
+	eventually(t, func() bool { return src.Committed(tp(0)) == 25 && src.Committed(tp(1)) == 25 })
+	err, _ = stop()
+	require.NoError(t, err)
+	assert.EqualValues(t, 50, handled.Load())
+}
+
+// A partition whose first unfinished message hangs is reported stalled
+// within the stall timeout plus one check, with the message named, in
+// Stats, Health and the observer; it clears once the message finishes.
+// Other partitions are not stalled.
+func TestStallDetectedAndCleared(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const timeout = 4 * time.Second
+		src := memsource.New[string, int]()
+		produce(src, 2, 20, func(i int) int { return i % 4 })
+		rec := newObsRecorder()
+		p, err := parallafka.New(src, parallafka.WithLogger(quiet), parallafka.WithObserver(rec),
+			parallafka.WithStallTimeout(timeout))
+		require.NoError(t, err)
+		require.ErrorAs(t, p.Health(t.Context()), new(*parallafka.HealthError))
+		assert.Equal(t, parallafka.HealthNotStarted, p.HealthState())
+		release := make(chan struct{})
+		stop, _ := start(p, func(ctx context.Context, m *parallafka.Message[string, int]) error {
+			if m.Partition == 0 && m.Offset == 2 {
+				select {
+				case <-release:
+				case <-ctx.Done():
+					return ctx.Err()
+				}
+			}
+			return nil
+		})
+		time.Sleep(100 * time.Millisecond)
+		synctest.Wait()
+		require.NoError(t, p.Health(t.Context()), "consuming")
+		time.Sleep(timeout - 200*time.Millisecond)
+		synctest.Wait()
+		assert.Zero(t, p.Stats().Stalled, "not before the timeout")
+		time.Sleep(200*time.Millisecond + timeout/4)
+		synctest.Wait()
+		st := p.Stats()
+		require.EqualValues(t, 1, st.Stalled, "within the timeout plus one check")
+		assert.EqualValues(t, 1, st.Stalls)
+		require.Len(t, st.StalledPartitions, 1)
+		stall := st.StalledPartitions[0]
+		assert.Equal(t, tp(0), stall.TopicPartition)
+		assert.EqualValues(t, 2, stall.Offset)
+		assert.Equal(t, "k0", string(stall.Key))
+		assert.Equal(t, "handling", stall.State)
+		assert.GreaterOrEqual(t, stall.Running, timeout-timeout/4)
+		var herr *parallafka.HealthError
+		require.ErrorAs(t, p.Health(t.Context()), &herr)
+		assert.Equal(t, parallafka.HealthStalled, herr.State)
+		assert.Contains(t, herr.Error(), "offset 2")
+		rec.mu.Lock()
+		assert.Len(t, rec.stalls, 1)
+		rec.mu.Unlock()
+		time.Sleep(3 * timeout) // still stalled: counted once
+		synctest.Wait()
+		assert.EqualValues(t, 1, p.Stats().Stalls)
+
+		close(release)
+		time.Sleep(timeout / 4)
+		synctest.Wait()
+		assert.Zero(t, p.Stats().Stalled, "cleared within one check")
+		require.NoError(t, p.Health(t.Context()))
+		rec.mu.Lock()
+		assert.Equal(t, 1, rec.unstalled)
+		rec.mu.Unlock()
+		err, _ = stop()
+		require.NoError(t, err)
+		assert.Equal(t, parallafka.HealthStopped, p.HealthState())
+	})
+}
+
+// A stall timeout of 0 turns stall detection off.
+func TestStallTimeoutZeroIsOff(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		src := memsource.New[string, int]()
+		produce(src, 1, 3, func(i int) int { return 0 })
+		p, err := parallafka.New(src, parallafka.WithLogger(quiet), parallafka.WithStallTimeout(0))
+		require.NoError(t, err)
+		release := make(chan struct{})
+		stop, _ := start(p, func(ctx context.Context, m *parallafka.Message[string, int]) error {
+			select {
+			case <-release:
+			case <-ctx.Done():
+			}
+			return nil
+		})
+		time.Sleep(10 * time.Minute)
+		synctest.Wait()
+		assert.Zero(t, p.Stats().Stalled)
+		require.NoError(t, p.Health(t.Context()))
+		close(release)
+		err, _ = stop()
+		require.NoError(t, err)
+	})
+}
+
+func TestNewRejectsANegativeStallTimeout(t *testing.T) {
+	_, err := parallafka.New(memsource.New[string, int](), parallafka.WithStallTimeout(-time.Second))
+	require.ErrorContains(t, err, "stall timeout")
+}
+
+// BenchmarkObserver measures what the hooks cost per message: no observer,
+// and an observer that does nothing (every hook called, each guarded by a
+// recover). contrib/otelparallafka benchmarks its OpenTelemetry observer
+// the same way.
+func BenchmarkObserver(b *testing.B) {
+	for _, bc := range []struct {
+		name string
+		obs  parallafka.Observer
+	}{{"unused", nil}, {"nop", parallafka.NopObserver{}}} {
+		b.Run(bc.name, func(b *testing.B) {
+			src := memsource.New[string, int]()
+			src.AddTopic(topic, 4)
+			for i := range b.N {
+				src.Produce(topic, int32(i%4), fmt.Sprintf("k%d", i%1000), i)
+			}
+			var handled atomic.Int64
+			opts := []parallafka.Option{parallafka.WithLogger(quiet)}
+			if bc.obs != nil {
+				opts = append(opts, parallafka.WithObserver(bc.obs))
+			}
+			p, err := parallafka.New(src, opts...)
+			if err != nil {
+				b.Fatal(err)
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			b.ReportAllocs()
+			b.ResetTimer()
+			err = p.Consume(ctx, func(context.Context, *parallafka.Message[string, int]) error {
+				if handled.Add(1) == int64(b.N) {
+					cancel()
+				}
+				return nil
+			})
+			if err != nil {
+				b.Fatal(err)
+			}
+		})
+	}
+}

@@ -1,0 +1,167 @@
+package pipeline
+
+import (
+	"context"
+	"time"
+)
+
+// Observer is told of the pipeline's events, for tracing and metrics
+// (package parallafka's WithObserver). Its methods are called on the
+// goroutine where the event happens, several at once: they must be safe
+// for concurrent use, return quickly and never block (record, count, hand
+// off); a panic is recovered and logged, and the pipeline goes on. Slices
+// it is given are its own to keep. Embed NopObserver to implement only
+// some methods.
+type Observer interface {
+	// MessagePolled: a message was polled and handed to the pipeline.
+	MessagePolled(m MessageInfo)
+	// HandlerStarted: a handling attempt begins (m.Attempt is its number,
+	// from 1). waited is how long the message waited since it was routed:
+	// behind an earlier message of its key, then for a free handler. The
+	// context it returns is the handler's (a span's, for a tracer).
+	HandlerStarted(ctx context.Context, m MessageInfo, waited Wait) context.Context
+	// HandlerEnded: the attempt ended with err (nil: success), after took;
+	// ctx is the one HandlerStarted returned.
+	HandlerEnded(ctx context.Context, m MessageInfo, err error, took time.Duration)
+	// MessageSettled: the ack collector decided what becomes of a message
+	// after an attempt (and the stages after the handler).
+	MessageSettled(m MessageInfo, outcome Outcome)
+	// Committed: the committer made a commit request.
+	Committed(c CommitInfo)
+	// PartitionsPaused and PartitionsResumed: fetching stopped or went on
+	// for these partitions (back-pressure, Pause, poll steering).
+	PartitionsPaused(partitions []TopicPartition)
+	PartitionsResumed(partitions []TopicPartition)
+	// PartitionsAssigned, PartitionsRevoked and PartitionsLost: a
+	// rebalance, after the pipeline acted on it.
+	PartitionsAssigned(partitions []TopicPartition)
+	PartitionsRevoked(partitions []TopicPartition)
+	PartitionsLost(partitions []TopicPartition)
+	// ConcurrencyLimitChanged: the number of handlers allowed to run at
+	// once changed (reported once at the start).
+	ConcurrencyLimitChanged(limit int)
+	// PartitionStalled: a partition's committable offset has not moved
+	// for the stall timeout while it had unfinished work.
+	PartitionStalled(s Stall)
+	// PartitionUnstalled: a stalled partition's committable offset moved
+	// (or its unfinished work went, on a revoke).
+	PartitionUnstalled(tp TopicPartition, stalledFor time.Duration)
+}
+
+// MessageInfo is what an Observer learns of a message: its place, raw key,
+// headers, timestamp and attempt number.
+type MessageInfo struct {
+	Topic     string
+	Partition int32
+	Offset    int64
+	Key       []byte // raw; nil for a record without a key
+	Headers   []Header
+	Timestamp time.Time
+	Attempt   int // the handling attempt, from 1; 0 before the first
+}
+
+// TopicPartition returns the partition the message was read from.
+func (m MessageInfo) TopicPartition() TopicPartition {
+	return TopicPartition{Topic: m.Topic, Partition: m.Partition}
+}
+
+// Info returns what an Observer learns of m.
+func Info[K, V any](m *Message[K, V]) MessageInfo {
+	return MessageInfo{
+		Topic: m.Topic, Partition: m.Partition, Offset: m.Offset, Key: m.RawKey,
+		Headers: m.Headers, Timestamp: m.Timestamp, Attempt: m.Attempt,
+	}
+}
+
+// Wait is how long a message waited between being routed and its
+// handler's start.
+type Wait struct {
+	BehindKey  time.Duration // queued behind an earlier message with its key
+	ForHandler time.Duration // ready, waiting for a free handler
+}
+
+// Total returns the whole wait.
+func (w Wait) Total() time.Duration { return w.BehindKey + w.ForHandler }
+
+// Outcome is what became of a message after a handling attempt.
+type Outcome uint8
+
+const (
+	OutcomeHandled   Outcome = iota // succeeded: finished
+	OutcomeDropped                  // a stage dropped it (a dead letter written, a duplicate): finished
+	OutcomeSkipped                  // failed, and the error policy skipped it: finished
+	OutcomeRetried                  // a stage asked for another attempt
+	OutcomeFailed                   // failed, and the error policy stops the pipeline: never committed here
+	OutcomeAbandoned                // cancelled by a stop or revoke: delivered again
+)
+
+func (o Outcome) String() string {
+	switch o {
+	case OutcomeHandled:
+		return "handled"
+	case OutcomeDropped:
+		return "dropped"
+	case OutcomeSkipped:
+		return "skipped"
+	case OutcomeRetried:
+		return "retried"
+	case OutcomeFailed:
+		return "failed"
+	case OutcomeAbandoned:
+		return "abandoned"
+	}
+	return "unknown"
+}
+
+// CommitInfo is one commit request.
+type CommitInfo struct {
+	Offsets []Offset // each the next offset to read, with its metadata
+	Final   bool     // a revoke's or the shutdown's commit
+	Took    time.Duration
+	Err     error
+}
+
+// Stall describes a stalled partition: its committable offset has not
+// moved for Since while it had unfinished work, held back by the message
+// at Offset (its first unfinished one).
+type Stall struct {
+	TopicPartition
+	Offset int64
+	Key    []byte        // the blocking message's raw key
+	Since  time.Duration // how long the committable offset has not moved
+	// State says what the blocking message is doing: "handling" (its
+	// handler has run for Running), "waiting behind its key", "waiting
+	// for a handler", "in the AfterPoll stages" or "paused".
+	State   string
+	Running time.Duration
+}
+
+// NopObserver is an Observer that does nothing: embed it to implement only
+// some methods.
+type NopObserver struct{}
+
+func (NopObserver) MessagePolled(MessageInfo) {}
+func (NopObserver) HandlerStarted(ctx context.Context, _ MessageInfo, _ Wait) context.Context {
+	return ctx
+}
+func (NopObserver) HandlerEnded(context.Context, MessageInfo, error, time.Duration) {}
+func (NopObserver) MessageSettled(MessageInfo, Outcome)                             {}
+func (NopObserver) Committed(CommitInfo)                                            {}
+func (NopObserver) PartitionsPaused([]TopicPartition)                               {}
+func (NopObserver) PartitionsResumed([]TopicPartition)                              {}
+func (NopObserver) PartitionsAssigned([]TopicPartition)                             {}
+func (NopObserver) PartitionsRevoked([]TopicPartition)                              {}
+func (NopObserver) PartitionsLost([]TopicPartition)                                 {}
+func (NopObserver) ConcurrencyLimitChanged(int)                                     {}
+func (NopObserver) PartitionStalled(Stall)                                          {}
+func (NopObserver) PartitionUnstalled(TopicPartition, time.Duration)                {}
+
+// ConnectivitySource is implemented by sources that know whether they
+// reach their brokers (package kafka's Source). Parallafka's Health reports
+// a source that does not as unreachable.
+type ConnectivitySource interface {
+	// Unreachable returns an error while no broker has been reachable
+	// since the client last said so, nil otherwise. It is safe to call
+	// from any goroutine.
+	Unreachable() error
+}
