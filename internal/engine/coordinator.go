@@ -18,6 +18,7 @@ type claim[K, V any] struct {
 	id      uint64 // unique per assignment: tells a commit of this claim from one of an earlier claim of the partition
 	window  window[K, V]
 	keys    map[uint64][]entry[K, V] // busy keys → the messages queued behind the one in flight
+	out     map[uint64]int           // batch mode: busy keys → their messages out in batches (or waiting for a retry)
 	tracked int                      // in the window, not yet finished or abandoned
 	start   int64                    // first offset tracked, -1 before: nothing to commit until the window passes it
 
@@ -95,6 +96,11 @@ type coordinator[K, V any] struct {
 	hardStop     bool
 	revokes      []*revokeWait[K, V]
 	revokesDue   bool // a claim being revoked may have nothing in flight now
+
+	batch       BatchLimits // batch mode when MaxMessages > 0 (see batch.go)
+	lingerFrom  time.Time   // when the partial batch began to linger; zero: none lingers
+	lingerTimer *time.Timer
+	lingerC     <-chan time.Time // the linger timer's channel while it is armed
 }
 
 // coordinatorEdges are the coordinator's channels, in the order of the flow.
@@ -129,6 +135,9 @@ func (c *coordinator[K, V]) run(ctx context.Context) error {
 		for _, cl := range c.claims {
 			cl.cancel()
 		}
+		if c.lingerTimer != nil {
+			c.lingerTimer.Stop()
+		}
 	}()
 	polled, routable, released, handlerEnd := c.polled, c.routable, c.released, c.handlerEnd
 	draining, done := c.drainingCh, ctx.Done()
@@ -144,7 +153,11 @@ func (c *coordinator[K, V]) run(ctx context.Context) error {
 			close(c.dispatch) // the pool ends once its handlers returned
 		}
 		if dispatching && !c.holding {
-			c.dispatchReady()
+			if c.batching() {
+				c.dispatchBatches()
+			} else {
+				c.dispatchReady()
+			}
 		}
 		if c.revokesDue {
 			c.answerRevokes()
@@ -172,6 +185,9 @@ func (c *coordinator[K, V]) run(ctx context.Context) error {
 				released = nil
 				continue
 			}
+			if c.batching() {
+				c.takeHandlerEnds() // the batch's requeued messages first
+			}
 			if c.handlerEnd == nil {
 				c.handling--
 			}
@@ -181,11 +197,9 @@ func (c *coordinator[K, V]) run(ctx context.Context) error {
 				handlerEnd = nil
 				continue
 			}
-			c.handling--
-			c.handlerTook(ended.quick)
-			if ended.cancelled != nil { // its claim ended: it does not go through the stages
-				c.complete(completion[K, V]{msg: ended.cancelled, verdict: verdictAbandon, quick: ended.quick})
-			}
+			c.handlerEnded(ended)
+		case <-c.lingerC:
+			c.lingerC = nil // a partial batch lingered long enough: dispatched above
 		case req := <-c.rebalances:
 			c.rebalance(req)
 		case reply := <-c.offsets:
@@ -211,6 +225,9 @@ func (c *coordinator[K, V]) run(ctx context.Context) error {
 // turns around. It reports whether it took any.
 func (c *coordinator[K, V]) takeReleased(released <-chan completion[K, V]) bool {
 	n := len(released) // only this goroutine receives: n are there to take
+	if n > 0 && c.batching() {
+		c.takeHandlerEnds() // the batches' requeued messages first
+	}
 	for range n {
 		done := <-released
 		if c.handlerEnd == nil {
@@ -425,7 +442,7 @@ func (c *coordinator[K, V]) sizeSurplus() {
 	if c.maxInFlight <= 0 {
 		return
 	}
-	c.surplusAt = max(2*c.concurrency, c.maxInFlight/(4*max(1, len(c.claims))))
+	c.surplusAt = max(2*c.handlerCapacity(), c.maxInFlight/(4*max(1, len(c.claims))))
 }
 
 func (c *coordinator[K, V]) checkSurplus(cl *claim[K, V]) {
@@ -472,6 +489,10 @@ func (c *coordinator[K, V]) routingKey(msg *pipeline.Message[K, V]) (key uint64,
 // frees its key for the next queued message; a retry goes out again with
 // its key still held; an abandoned one takes its key's queue with it.
 func (c *coordinator[K, V]) complete(done completion[K, V]) {
+	if c.batching() {
+		c.completeBatched(done)
+		return
+	}
 	cl := c.claims[done.msg.TopicPartition()]
 	var s *slot[K, V]
 	if cl != nil {

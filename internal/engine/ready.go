@@ -78,6 +78,21 @@ func (r *ready[K, V]) pop(backlog func(*entry[K, V]) int) entry[K, V] {
 	return e
 }
 
+// each calls fn for the messages in the set, fresh ones first, until fn
+// returns false.
+func (r *ready[K, V]) each(fn func(*entry[K, V]) bool) {
+	for i := r.freshHead; i < len(r.fresh); i++ {
+		if !fn(&r.fresh[i]) {
+			return
+		}
+	}
+	for i := range r.later {
+		if !fn(&r.later[i]) {
+			return
+		}
+	}
+}
+
 // filter keeps the messages for which keep returns true.
 func (r *ready[K, V]) filter(keep func(entry[K, V]) bool) {
 	fresh := r.fresh[:0]

@@ -1,0 +1,289 @@
+package parallafka_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/parallafka/parallafka"
+	"github.com/parallafka/parallafka/pipeline/memsource"
+	"github.com/parallafka/parallafka/stages"
+)
+
+// batchChecker plays a batch handler and an AfterHandle stage that records
+// every message that finishes, and checks the batch properties as it goes.
+type batchChecker struct {
+	t          *testing.T
+	ordering   parallafka.Ordering
+	maxBatch   int
+	chains     map[string][]int64 // partition/key (or partition) → its offsets, in order
+	mu         sync.Mutex
+	finished   map[string]int // partition/key → messages of it finished
+	finishedAt map[int32]map[int64]int
+	active     map[string]bool
+	errs       []string
+	running    atomic.Int64
+	maxRunning atomic.Int64
+	batches    atomic.Int64
+	done       atomic.Int64
+}
+
+func newBatchChecker(t *testing.T, ordering parallafka.Ordering, maxBatch int) *batchChecker {
+	c := &batchChecker{t: t, ordering: ordering, maxBatch: maxBatch, chains: map[string][]int64{},
+		finished: map[string]int{}, finishedAt: map[int32]map[int64]int{}, active: map[string]bool{}}
+	return c
+}
+
+func (c *batchChecker) chain(msg *parallafka.Message[string, int]) string {
+	if c.ordering == parallafka.OrderByPartition {
+		return fmt.Sprintf("%d", msg.Partition)
+	}
+	return fmt.Sprintf("%d/%s", msg.Partition, msg.Key)
+}
+
+func (c *batchChecker) produced(partition int32, key string, offset int64) {
+	k := fmt.Sprintf("%d/%s", partition, key)
+	if c.ordering == parallafka.OrderByPartition {
+		k = fmt.Sprintf("%d", partition)
+	}
+	c.chains[k] = append(c.chains[k], offset)
+}
+
+func (c *batchChecker) fail(format string, args ...any) {
+	c.errs = append(c.errs, fmt.Sprintf(format, args...))
+}
+
+// begin checks a batch as its handler starts: within limits, each chain's
+// messages consecutive and the next unfinished ones, no chain in another
+// running batch.
+func (c *batchChecker) begin(batch []*parallafka.Message[string, int]) []string {
+	n := c.running.Add(1)
+	for m := c.maxRunning.Load(); n > m && !c.maxRunning.CompareAndSwap(m, n); m = c.maxRunning.Load() {
+	}
+	c.batches.Add(1)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(batch) == 0 || len(batch) > c.maxBatch {
+		c.fail("batch of %d messages (max %d)", len(batch), c.maxBatch)
+	}
+	if c.ordering == parallafka.Unordered {
+		return nil
+	}
+	pos := map[string]int{}
+	var chains []string
+	for _, msg := range batch {
+		k := c.chain(msg)
+		i, seen := pos[k]
+		if !seen {
+			if c.active[k] {
+				c.fail("%s in two running batches", k)
+			}
+			c.active[k] = true
+			chains = append(chains, k)
+			i = c.finished[k]
+		}
+		if want := c.chains[k]; i >= len(want) || want[i] != msg.Offset {
+			c.fail("%s: offset %d handled out of order (finished %d of %d)", k, msg.Offset, c.finished[k], len(want))
+		}
+		pos[k] = i + 1
+	}
+	return chains
+}
+
+func (c *batchChecker) end(chains []string) {
+	c.running.Add(-1)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, k := range chains {
+		c.active[k] = false
+	}
+}
+
+// record is an AfterHandle stage: a message that leaves it neither failed
+// nor marked for retry finishes.
+func (c *batchChecker) record(ctx context.Context, in <-chan *parallafka.Message[string, int], out chan<- *parallafka.Message[string, int]) error {
+	for msg := range in {
+		if msg.Err == nil && !msg.RetryRequested() {
+			c.mu.Lock()
+			k := c.chain(msg)
+			if c.ordering != parallafka.Unordered {
+				if i := c.finished[k]; i >= len(c.chains[k]) || c.chains[k][i] != msg.Offset {
+					c.fail("%s: offset %d finished out of order", k, msg.Offset)
+				}
+				c.finished[k]++
+			}
+			if c.finishedAt[msg.Partition] == nil {
+				c.finishedAt[msg.Partition] = map[int64]int{}
+			}
+			c.finishedAt[msg.Partition][msg.Offset]++
+			if c.finishedAt[msg.Partition][msg.Offset] > 1 {
+				c.fail("%s finished twice", msg)
+			}
+			c.mu.Unlock()
+			c.done.Add(1)
+		}
+		select {
+		case out <- msg:
+		case <-ctx.Done():
+			return nil
+		}
+	}
+	return nil
+}
+
+// commitHook fails a commit past an unfinished message.
+func (c *batchChecker) commitHook(offsets []parallafka.Offset) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, off := range offsets {
+		for o := int64(0); o < off.Offset; o++ {
+			if c.finishedAt[off.Partition][o] == 0 {
+				c.fail("commit of %v@%d past unfinished offset %d", off.TopicPartition, off.Offset, o)
+				break
+			}
+		}
+	}
+	return nil
+}
+
+// TestBatchProperties runs ConsumeBatch over random workloads: keys uniform
+// and skewed, every ordering mode, random batch handler delays and partial
+// failures (retried until they succeed). Every message finishes exactly
+// once; per key (per partition in partition mode) messages are handled in
+// offset order, across batches and retries; no key is in two running
+// batches; commits never pass an unfinished message; batches, batches in
+// flight and messages in flight stay within their limits.
+func TestBatchProperties(t *testing.T) {
+	type workload struct {
+		name        string
+		ordering    parallafka.Ordering
+		concurrency int
+		maxBatch    int
+		maxInFlight int
+		linger      time.Duration
+		failures    bool
+		keys        func(r *rand.Rand) int
+	}
+	uniform := func(r *rand.Rand) int { return r.IntN(200) }
+	zipf := func(r *rand.Rand) int { return zipfKey(r, 1.1, 500) }
+	var cases []workload
+	for _, failures := range []bool{false, true} {
+		cases = append(cases,
+			workload{"key/uniform/c4/b50", parallafka.OrderByKey, 4, 50, 0, time.Millisecond, failures, uniform},
+			workload{"key/zipf/c8/b100", parallafka.OrderByKey, 8, 100, 400, 0, failures, zipf},
+			workload{"key/zipf/c2/b7", parallafka.OrderByKey, 2, 7, 30, 2 * time.Millisecond, failures, zipf},
+			workload{"key/one-key/c4/b20", parallafka.OrderByKey, 4, 20, 0, 0, failures, func(*rand.Rand) int { return 7 }},
+			workload{"partition/c4/b30", parallafka.OrderByPartition, 4, 30, 100, time.Millisecond, failures, zipf},
+			workload{"unordered/c8/b25", parallafka.Unordered, 8, 25, 100, 0, failures, zipf},
+		)
+	}
+	for _, w := range cases {
+		name := w.name
+		if w.failures {
+			name += "/failures"
+		}
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			seed := rand.Uint64()
+			r := rand.New(rand.NewPCG(seed, 0))
+			t.Logf("seed %d", seed)
+			const n, partitions = 3000, 3
+			src := memsource.New[string, int]()
+			c := newBatchChecker(t, w.ordering, w.maxBatch)
+			src.AddTopic(topic, partitions)
+			for i := range n {
+				k := w.keys(r)
+				part := int32(k % partitions)
+				key := fmt.Sprintf("k%d", k)
+				c.produced(part, key, src.Produce(topic, part, key, i))
+			}
+			src.SetCommitHook(c.commitHook)
+			limit := parallafka.DefaultMaxInFlight
+			opts := []parallafka.Option{
+				parallafka.WithMaxConcurrency(w.concurrency), parallafka.WithOrdering(w.ordering),
+				parallafka.WithMaxBatchMessages(w.maxBatch), parallafka.WithBatchLinger(w.linger),
+				parallafka.WithLogger(quiet), parallafka.WithCommitInterval(5 * time.Millisecond),
+				parallafka.WithStage(parallafka.AfterHandle, "retry", stages.Retry[string, int](stages.RetryConfig{
+					MaxAttempts: 1000, InitialBackoff: 100 * time.Microsecond, MaxBackoff: time.Millisecond,
+				})),
+				parallafka.WithStage(parallafka.AfterHandle, "record", c.record),
+			}
+			if w.maxInFlight > 0 {
+				limit = w.maxInFlight
+				opts = append(opts, parallafka.WithMaxInFlight(w.maxInFlight))
+			}
+			p, err := parallafka.New(src, opts...)
+			require.NoError(t, err)
+			var overLimit atomic.Int64
+			var hmu sync.Mutex
+			hr := rand.New(rand.NewPCG(seed, 1))
+			handler := func(ctx context.Context, batch []*parallafka.Message[string, int]) error {
+				chains := c.begin(batch)
+				defer c.end(chains)
+				if in := p.Stats().InFlight; in > int64(limit) {
+					overLimit.Store(in)
+				}
+				hmu.Lock()
+				delay := time.Duration(hr.IntN(300)) * time.Microsecond
+				dice := hr.Float64()
+				var failed parallafka.BatchError[string, int]
+				if w.failures {
+					for _, msg := range batch {
+						if hr.Float64() < 0.05 {
+							failed.Fail(msg, errors.New("flaky row"))
+						}
+					}
+				}
+				hmu.Unlock()
+				time.Sleep(delay)
+				switch {
+				case w.failures && dice < 0.02:
+					return errors.New("the whole batch failed")
+				case w.failures && dice < 0.03:
+					panic("batch handler panicked")
+				}
+				return failed.Err()
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			done := make(chan error, 1)
+			go func() { done <- p.ConsumeBatch(ctx, handler) }()
+			deadline := time.After(60 * time.Second)
+		wait:
+			for c.done.Load() < n {
+				select {
+				case err := <-done:
+					t.Fatalf("ConsumeBatch returned early: %v", err)
+				case <-deadline:
+					break wait
+				case <-time.After(2 * time.Millisecond):
+				}
+			}
+			cancel()
+			require.NoError(t, <-done)
+			assert.EqualValues(t, n, c.done.Load(), "finished")
+			c.mu.Lock()
+			assert.Empty(t, c.errs)
+			c.mu.Unlock()
+			assert.Zero(t, overLimit.Load(), "in flight above the limit")
+			assert.LessOrEqual(t, c.maxRunning.Load(), int64(w.concurrency), "batches in flight")
+			for _, part := range src.Partitions() {
+				if src.Len(part) > 0 {
+					assert.Equal(t, src.Len(part), src.Committed(part), "final commit of %v", part)
+				}
+			}
+			st := p.Stats()
+			assert.Equal(t, c.batches.Load(), st.Batches)
+			assert.Greater(t, st.MeanBatchSize, 1.0)
+			t.Logf("%d batches, mean %.1f messages, %d retried, %d failed attempts", st.Batches, st.MeanBatchSize, st.Retried, st.Failed)
+		})
+	}
+}
