@@ -287,3 +287,192 @@ func TestBatchProperties(t *testing.T) {
 		})
 	}
 }
+
+// countingBatch counts every message handled, and how often.
+func countingBatch(seen *sync.Map, total *atomic.Int64, delay time.Duration) parallafka.BatchHandler[string, int] {
+	return func(ctx context.Context, batch []*parallafka.Message[string, int]) error {
+		time.Sleep(delay)
+		for _, msg := range batch {
+			n, _ := seen.LoadOrStore(msg.String(), new(atomic.Int64))
+			if n.(*atomic.Int64).Add(1) == 1 {
+				total.Add(1)
+			}
+		}
+		return nil
+	}
+}
+
+func startBatch(p *parallafka.Parallafka[string, int], h parallafka.BatchHandler[string, int]) (stop func() error) {
+	ctx, cancel := context.WithCancel(context.Background())
+	ch := make(chan error, 1)
+	go func() { ch <- p.ConsumeBatch(ctx, h) }()
+	return func() error { cancel(); return <-ch }
+}
+
+func timesHandledTwice(seen *sync.Map) (dups int) {
+	seen.Range(func(_, v any) bool {
+		if v.(*atomic.Int64).Load() > 1 {
+			dups++
+		}
+		return true
+	})
+	return dups
+}
+
+// Revokes while batches run hand partitions over without duplicates: the
+// revoke waits for the running batches, commits, and the next owner (the
+// same member, assigned again) goes on from there.
+func TestBatchRevokeHandsOverWithoutDuplicates(t *testing.T) {
+	src := memsource.New[string, int]()
+	const n = 6000
+	r := rand.New(rand.NewPCG(3, 4))
+	produce(src, 3, n, func(int) int { return zipfKey(r, 1.2, 100) })
+	var seen sync.Map
+	var total atomic.Int64
+	p, err := parallafka.New(src, parallafka.WithLogger(quiet), parallafka.WithMaxConcurrency(4),
+		parallafka.WithMaxBatchMessages(50), parallafka.WithMaxInFlight(400))
+	require.NoError(t, err)
+	stop := startBatch(p, countingBatch(&seen, &total, 2*time.Millisecond))
+	for round := int64(1); total.Load() < n; round++ {
+		target := min(int64(n), round*700)
+		eventually(t, func() bool { return total.Load() >= target })
+		part := tp(int32(round % 3))
+		src.Revoke(part)
+		src.Assign(part)
+	}
+	require.NoError(t, stop())
+	assert.Zero(t, timesHandledTwice(&seen), "redone after a revoke")
+	for _, part := range src.Partitions() {
+		assert.Equal(t, src.Len(part), src.Committed(part))
+	}
+	assert.Greater(t, p.Stats().MeanBatchSize, 1.0)
+}
+
+// A revoke gives a batch that outlives the revoke timeout up: its context
+// is cancelled, what finished is committed, and a batch spanning the
+// revoked partition and another one hands the other one's messages back
+// to be handled again (nothing of it is lost).
+func TestBatchRevokeTimeoutCancelsTheBatch(t *testing.T) {
+	src := memsource.New[string, int]()
+	src.AddTopic(topic, 2)
+	for i := range 20 {
+		src.Produce(topic, int32(i%2), fmt.Sprintf("k%d", i), i)
+	}
+	var cancelled atomic.Int64
+	var handled sync.Map
+	var total atomic.Int64
+	first := make(chan struct{})
+	var once sync.Once
+	p, err := parallafka.New(src, parallafka.WithLogger(quiet), parallafka.WithMaxConcurrency(1),
+		parallafka.WithMaxBatchMessages(100), parallafka.WithBatchLinger(20*time.Millisecond),
+		parallafka.WithRevokeTimeout(50*time.Millisecond))
+	require.NoError(t, err)
+	stop := startBatch(p, func(ctx context.Context, batch []*parallafka.Message[string, int]) error {
+		hangs := false
+		once.Do(func() { hangs = true; close(first) })
+		if hangs {
+			<-ctx.Done() // the first batch, of both partitions, hangs until cancelled
+			cancelled.Add(1)
+			return ctx.Err()
+		}
+		for _, msg := range batch {
+			if _, dup := handled.LoadOrStore(msg.String(), true); !dup {
+				total.Add(1)
+			}
+		}
+		return nil
+	})
+	<-first
+	src.Revoke(tp(0))
+	assert.EqualValues(t, 1, cancelled.Load(), "the batch was cancelled")
+	assert.EqualValues(t, -1, src.Committed(tp(0)), "nothing of p0 finished")
+	eventually(t, func() bool { return total.Load() == 10 && src.Committed(tp(1)) == 10 })
+	require.NoError(t, stop())
+}
+
+// The error policy sees each failed message of a batch; Stop leaves it
+// uncommitted, and the later messages of its key do not finish.
+func TestBatchErrorPolicyStop(t *testing.T) {
+	src := memsource.New[string, int]()
+	produce(src, 1, 30, func(i int) int { return i % 3 })
+	p, err := parallafka.New(src, parallafka.WithLogger(quiet), parallafka.WithMaxConcurrency(1), parallafka.WithBatchLinger(0))
+	require.NoError(t, err)
+	err = p.ConsumeBatch(context.Background(), func(ctx context.Context, batch []*parallafka.Message[string, int]) error {
+		var failed parallafka.BatchError[string, int]
+		for _, msg := range batch {
+			if msg.Offset == 4 {
+				failed.Fail(msg, errors.New("constraint violated"))
+			}
+		}
+		return failed.Err()
+	})
+	var me *parallafka.MessageError
+	require.ErrorAs(t, err, &me)
+	assert.EqualValues(t, 4, me.Offset)
+	assert.EqualValues(t, 4, src.Committed(tp(0)), "stops just before the failed message")
+}
+
+func TestConsumeBatchMisuse(t *testing.T) {
+	ok := func(context.Context, []*parallafka.Message[string, int]) error { return nil }
+	p, err := parallafka.New(memsource.New[string, int](), parallafka.WithLogger(quiet))
+	require.NoError(t, err)
+	require.ErrorIs(t, p.ConsumeBatch(context.Background(), nil), parallafka.ErrNilHandler)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	require.ErrorIs(t, p.ConsumeBatch(ctx, ok), context.Canceled)
+	require.ErrorIs(t, p.ConsumeBatch(context.Background(), ok), parallafka.ErrConsumed)
+
+	p, err = parallafka.New(memsource.New[string, int](), parallafka.WithLogger(quiet),
+		parallafka.WithMiddleware(func(h parallafka.Handler[string, int]) parallafka.Handler[string, int] { return h }))
+	require.NoError(t, err)
+	require.ErrorIs(t, p.ConsumeBatch(context.Background(), ok), parallafka.ErrMessageMiddleware)
+
+	p, err = parallafka.New(memsource.New[string, int](), parallafka.WithLogger(quiet),
+		parallafka.WithBatchMiddleware(func(h parallafka.BatchHandler[string, int]) parallafka.BatchHandler[string, int] { return h }))
+	require.NoError(t, err)
+	require.ErrorIs(t, p.Consume(context.Background(), func(context.Context, *parallafka.Message[string, int]) error { return nil }), parallafka.ErrBatchMiddleware)
+
+	for name, opt := range map[string]parallafka.Option{
+		"zero batch":                parallafka.WithMaxBatchMessages(0),
+		"zero batch bytes":          parallafka.WithMaxBatchBytes(0),
+		"negative linger":           parallafka.WithBatchLinger(-time.Millisecond),
+		"nil batch middleware":      parallafka.WithBatchMiddleware[string, int](nil),
+		"batch middleware of types": parallafka.WithBatchMiddleware(func(h parallafka.BatchHandler[int, int]) parallafka.BatchHandler[int, int] { return h }),
+	} {
+		_, err := parallafka.New(memsource.New[string, int](), opt)
+		assert.Error(t, err, name)
+	}
+}
+
+// Batch middleware wraps the handler, first given outermost.
+func TestBatchMiddlewareOrder(t *testing.T) {
+	src := memsource.New[string, int]()
+	produce(src, 1, 5, func(i int) int { return i })
+	var mu sync.Mutex
+	var order []string
+	mw := func(name string) parallafka.BatchMiddleware[string, int] {
+		return func(next parallafka.BatchHandler[string, int]) parallafka.BatchHandler[string, int] {
+			return func(ctx context.Context, batch []*parallafka.Message[string, int]) error {
+				mu.Lock()
+				order = append(order, name)
+				mu.Unlock()
+				return next(ctx, batch)
+			}
+		}
+	}
+	p, err := parallafka.New(src, parallafka.WithLogger(quiet), parallafka.WithMaxConcurrency(1), parallafka.WithBatchMiddleware(mw("outer"), mw("inner")))
+	require.NoError(t, err)
+	var total atomic.Int64
+	stop := startBatch(p, func(ctx context.Context, batch []*parallafka.Message[string, int]) error {
+		mu.Lock()
+		order = append(order, "handler")
+		mu.Unlock()
+		total.Add(int64(len(batch)))
+		return nil
+	})
+	eventually(t, func() bool { return total.Load() == 5 })
+	require.NoError(t, stop())
+	mu.Lock()
+	defer mu.Unlock()
+	assert.Equal(t, []string{"outer", "inner", "handler"}, order[:3])
+}

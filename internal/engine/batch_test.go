@@ -89,7 +89,7 @@ func TestBatchKeyHeldUntilAllLeave(t *testing.T) {
 		h.expectBatches() // a's second message is still out
 		h.poll(0, 4, "c")
 		h.expectBatches([]int64{4}) // other keys go meanwhile
-		h.finish(0, 1) // through the stages: the key's last message out
+		h.finish(0, 1)              // through the stages: the key's last message out
 		h.expectBatches([]int64{2})
 	})
 }
@@ -212,7 +212,7 @@ func TestBatchPoolOutcomes(t *testing.T) {
 		var batches, batched atomic.Int64
 		p := &batchPool[string, string]{concurrency: 1, handler: handler, log: slog.New(slog.DiscardHandler),
 			collector: &collector[string, string]{policy: func(error) pipeline.ErrorAction { return pipeline.Skip }, stop: func(error) {}, stats: &Stats{}, log: slog.New(slog.DiscardHandler)},
-			batches: &batches, batched: &batched, dispatch: dispatch, handlerEnd: ends}
+			batches:   &batches, batched: &batched, dispatch: dispatch, handlerEnd: ends}
 		ctxs := make([]context.Context, len(msgs))
 		for i := range ctxs {
 			ctxs[i] = context.Background()
