@@ -69,11 +69,13 @@ func (p *batchPool[K, V]) handleBatch(ctx context.Context, job job[K, V]) {
 	// The messages the handler gets: not those a stage dropped, nor those
 	// that could not be deserialized, nor those whose claim ended already.
 	call := make([]*pipeline.Message[K, V], 0, len(msgs))
+	called := make([]bool, len(msgs))
 	if job.ctx.Err() == nil {
-		for _, msg := range msgs {
+		for i, msg := range msgs {
 			if toHandle(msg) {
 				msg.Attempt++
 				call = append(call, msg)
+				called[i] = true
 			}
 		}
 	}
@@ -93,14 +95,14 @@ func (p *batchPool[K, V]) handleBatch(ctx context.Context, job job[K, V]) {
 	ended := handlerEnded[K, V]{settled: make([]completion[K, V], 0, len(msgs))}
 	blocked := make([]bool, len(msgs))
 	onward := make([]bool, len(msgs)) // into the stages, or to the collector's verdict
-	inCall := make(map[*pipeline.Message[K, V]]bool, len(call))
-	for _, msg := range call {
-		inCall[msg] = true
-	}
+	batchDone := job.ctx.Err() != nil
+	var lastCtx context.Context // the claims' contexts come in runs: ask each run once
+	claimDone := false
 	for i, msg := range msgs {
-		claimDone := b.claimCtx[i].Err() != nil
-		batchDone := job.ctx.Err() != nil
-		wasCalled := inCall[msg]
+		if ctx := b.claimCtx[i]; ctx != lastCtx {
+			lastCtx, claimDone = ctx, ctx.Err() != nil
+		}
+		wasCalled := called[i]
 		failed := wasCalled && msg.Err != nil || !wasCalled && !msg.Dropped() && (msg.Err != nil || batchDone)
 		switch {
 		case b.prev[i] >= 0 && blocked[b.prev[i]]:
