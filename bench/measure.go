@@ -34,6 +34,8 @@ type recorder struct {
 	violations atomic.Int64
 	busy       atomic.Int64                  // handlers running now
 	calls      atomic.Int64                  // batch handler calls (-batch)
+	hotPolled  atomic.Int64                  // messages of the hottest key (rank 0) polled, for -trace
+	hotHandled atomic.Int64                  // and handled
 	gate       atomic.Pointer[chan struct{}] // when set, handlers wait for it to close
 	checkOrder bool
 	lastSeq    []int32 // per key; touched only while the key's message is in a handler
@@ -58,12 +60,25 @@ func newRecorder(w *workload, spec handlerSpec, target int, checkOrder bool) *re
 	return r
 }
 
+// hotPartition returns the partition of the hottest key (rank 0).
+func (r *recorder) hotPartition() int32 {
+	for i, k := range r.w.keyOf {
+		if k == 0 {
+			return r.w.partOf[i]
+		}
+	}
+	return -1
+}
+
 func (r *recorder) now() int64 { return int64(time.Since(r.base)) + 1 }
 
 // polled records the poll of the message at (partition, offset).
 func (r *recorder) polled(p int32, offset int64) {
 	if i := r.w.index(p, offset); i >= 0 && r.pollAt[i] == 0 {
 		r.pollAt[i] = r.now()
+		if r.w.keyOf[i] == 0 {
+			r.hotPolled.Add(1)
+		}
 	}
 }
 
@@ -98,6 +113,9 @@ func (r *recorder) finish(i int32, t0, t1 int64) {
 		return
 	}
 	r.startAt[i], r.endAt[i] = t0, t1
+	if r.w.keyOf[i] == 0 {
+		r.hotHandled.Add(1)
+	}
 	if r.checkOrder {
 		k := r.w.keyOf[i]
 		if r.lastSeq[k]+1 != r.w.seq[i] {

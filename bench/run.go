@@ -197,8 +197,14 @@ func startTrace(path, label string, p *parallafka.Parallafka[string, []byte], re
 			case <-t.C:
 			}
 			st := p.Stats()
-			fmt.Fprintf(w, "%s,%.3f,%d,%d,%d,%d,%d\n", label, float64(rec.now())/1e9, rec.handled.Load(),
-				st.InFlight, st.Queued, rec.busy.Load(), len(st.Paused))
+			hotPaused := 0
+			for _, tp := range st.Paused {
+				if tp.Partition == rec.hotPartition() {
+					hotPaused = 1
+				}
+			}
+			fmt.Fprintf(w, "%s,%.3f,%d,%d,%d,%d,%d,%d,%d,%d\n", label, float64(rec.now())/1e9, rec.handled.Load(),
+				st.InFlight, st.Queued, rec.busy.Load(), len(st.Paused), rec.hotPolled.Load(), rec.hotHandled.Load(), hotPaused)
 		}
 	}()
 	var once sync.Once

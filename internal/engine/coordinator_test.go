@@ -34,6 +34,7 @@ type coordHarness struct {
 	final      chan []claimOffset
 	queries    chan revokedQuery
 	draining   chan struct{}
+	steer      chan steering // with coordOptions.maxInFlight
 
 	cancel         context.CancelFunc
 	done           chan struct{}
@@ -47,6 +48,7 @@ type coordOptions struct {
 	ordering     Ordering
 	orderNilKeys bool
 	batch        BatchLimits // batch mode (see batch_test.go)
+	maxInFlight  int         // > 0: a window, and poll steering on h.steer
 }
 
 // newCoordHarness must be called inside synctest.Test. The coordinator's
@@ -80,6 +82,10 @@ func newCoordHarness(t *testing.T, o coordOptions) *coordHarness {
 	if o.batch.MaxMessages > 0 {
 		h.handlerEnd = make(chan handlerEnded[string, string], 2*o.concurrency)
 		h.c.handlerEnd = h.handlerEnd
+	}
+	if o.maxInFlight > 0 {
+		h.steer = make(chan steering, 1)
+		h.c.steer, h.c.maxInFlight = h.steer, o.maxInFlight
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	h.cancel = cancel

@@ -455,11 +455,12 @@ type (
 		msgs  []*pipeline.Message[K, V]
 		sizes []int32
 	}
-	// steering tells the poller which partitions to read less (surplus:
-	// ready work enough for the handlers) and which to read more (critical:
-	// the longest key chains).
+	// steering tells the poller which partitions to pause (see steer.go).
 	steering struct {
-		surplus, critical []pipeline.TopicPartition
+		pause    []pipeline.TopicPartition // pause these
+		over     []pipeline.TopicPartition // pause these while a low one has messages to read
+		low      []pipeline.TopicPartition // below a quarter of their share of the window
+		starving bool                      // the pause is for a key chain short of messages
 	}
 	// room is what the coordinator freed of the in-flight window since it
 	// last told the poller.
