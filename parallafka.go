@@ -20,6 +20,10 @@
 //		return nil
 //	})
 //
+// ConsumeBatch hands a handler many messages per call instead (a sink's
+// transaction per batch), with per-key order kept inside and across
+// batches and an outcome per message (BatchError).
+//
 // Guarantees: at-least-once delivery (a message is committed only after it
 // and every message before it in its partition finished); per-key FIFO (at
 // most one message per partition and key in a handler at a time, in offset

@@ -139,6 +139,13 @@ type flow[K, V any] struct {
 //	poll ─polled─▶ coordinator ─dispatch─▶ handler pool ─▶ ack collector ─released─▶ coordinator
 //	  │  ◀──room──┘   ▲  ▲ offsets/final/commitNow (with user stages: poll ─▶ AfterPoll ─routable─▶ coordinator,
 //	  └─rebalances────┘  └────────── committer     handler pool ─▶ AfterHandle ─▶ ack collector, handlerEnd)
+//
+// In batch mode (cfg.BatchHandler) the coordinator dispatches batches to
+// the batch pool, which always tells it on handlerEnd that a batch ended,
+// with the messages that skip the stages (without stages, all of them):
+//
+//	coordinator ─dispatch (batches)─▶ batch pool ─handlerEnd─▶ coordinator
+//	                                      └─▶ AfterHandle ─▶ ack collector ─released─▶ coordinator
 func newFlow[K, V any](cfg *Config[K, V], stats *Stats, life *lifecycle) *flow[K, V] {
 	var (
 		polled     = make(chan pollCycle[K, V], 4)
