@@ -168,6 +168,7 @@ func (c *coordinator[K, V]) assembleBatch() (*batch[K, V], context.Context) {
 			clear(queue[:taken])
 			cl.keys[key] = queue[taken:]
 			c.queued -= taken
+			c.chainShrank(cl, key, len(queue)-taken, false)
 			c.queuedOn(cl, -taken)
 		}
 	}
@@ -243,6 +244,7 @@ func (c *coordinator[K, V]) completeBatched(done completion[K, V]) {
 		i := sort.Search(len(queue), func(i int) bool { return queue[i].msg.Offset > done.msg.Offset })
 		cl.keys[key] = slices.Insert(queue, i, e)
 		c.queued++
+		c.chainGrew(cl, key, len(queue)+1)
 		c.queuedOn(cl, 1)
 		c.keyLeft(cl, held, done.msg, key, ordered, false)
 	default:
@@ -263,6 +265,7 @@ func (c *coordinator[K, V]) keyLeft(cl *claim[K, V], held bool, msg *pipeline.Me
 		if queue := cl.keys[key]; len(queue) > 0 {
 			cl.keys[key] = nil // still held while others of the batch are out
 			c.queued -= len(queue)
+			c.chainShrank(cl, key, 0, false)
 			c.queuedOn(cl, -len(queue))
 			for _, e := range queue {
 				c.abandonEntry(e)
