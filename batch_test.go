@@ -482,3 +482,42 @@ func TestBatchMiddlewareOrder(t *testing.T) {
 	defer mu.Unlock()
 	assert.Equal(t, []string{"outer", "inner", "handler"}, order[:3])
 }
+
+// Shutdowns with batches running: a graceful stop lets the running batch
+// finish and commits it; a hard stop cancels it and commits only what
+// finished before.
+func TestBatchShutdowns(t *testing.T) {
+	for name, mode := range map[string]parallafka.ShutdownMode{"graceful": parallafka.Graceful, "hard": parallafka.HardStop} {
+		t.Run(name, func(t *testing.T) {
+			src := memsource.New[string, int]()
+			produce(src, 1, 100, func(i int) int { return i }) // distinct keys: batches in offset order
+			started := make(chan struct{})
+			var once sync.Once
+			var finished atomic.Int64
+			p, err := parallafka.New(src, parallafka.WithLogger(quiet), parallafka.WithMaxConcurrency(1),
+				parallafka.WithMaxBatchMessages(30), parallafka.WithShutdownMode(mode))
+			require.NoError(t, err)
+			stop := startBatch(p, func(ctx context.Context, batch []*parallafka.Message[string, int]) error {
+				if finished.Load() >= 30 { // the second batch runs during the stop
+					once.Do(func() { close(started) })
+					select {
+					case <-time.After(100 * time.Millisecond):
+					case <-ctx.Done():
+						return ctx.Err()
+					}
+				}
+				finished.Add(int64(len(batch)))
+				return nil
+			})
+			<-started
+			require.NoError(t, stop())
+			if mode == parallafka.Graceful {
+				assert.EqualValues(t, 60, finished.Load(), "the running batch finished")
+				assert.EqualValues(t, 60, src.Committed(tp(0)), "and was committed")
+			} else {
+				assert.EqualValues(t, 30, finished.Load(), "the running batch was cancelled")
+				assert.EqualValues(t, 30, src.Committed(tp(0)), "only what finished is committed")
+			}
+		})
+	}
+}
