@@ -333,7 +333,8 @@ func StopOnError(error) ErrorAction { return Stop }
 func SkipOnError(error) ErrorAction { return Skip }
 
 // WithMiddleware wraps the handler in the given middleware; the first one
-// given is the outermost.
+// given is the outermost. It wraps Consume's handler of one message:
+// ConsumeBatch refuses it (use WithBatchMiddleware).
 func WithMiddleware[K, V any](mw ...Middleware[K, V]) Option {
 	return optionFunc(func(c *config) {
 		for _, m := range mw {
