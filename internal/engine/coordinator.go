@@ -106,6 +106,7 @@ type coordinator[K, V any] struct {
 	// only them (and the partitions below their share of the window).
 	lowWater    int // a critical chain with fewer messages queued is short
 	shortChains int
+	criticals   int // claims that are critical
 	starving    bool
 	loops       int // coordinator turns, to look at the clock now and then
 	queued      int
@@ -131,7 +132,7 @@ type coordinatorEdges[K, V any] struct {
 	released   <-chan completion[K, V]        // from the ack collector: the key-released edge
 	room       chan<- room                    // to the poller: in-flight slots and bytes freed
 	commitNow  chan<- struct{}                // to the committer: commitEvery offsets finished
-	steer      chan<- steering                // to the poller: the partitions with surplus ready work, and the critical one
+	steer      chan<- steering                // to the poller: the partitions to pause, and those over and below their share
 	rebalances <-chan rebalanceRequest        // from the poller's rebalance listener
 	offsets    <-chan chan<- []claimOffset    // from the committer: what is committable now?
 	final      chan<- []claimOffset           // to the committer, once, as the coordinator ends
@@ -282,7 +283,10 @@ func (c *coordinator[K, V]) publish() {
 		var s steering
 		quick := c.quick >= quickRun
 		for tp, cl := range c.claims {
-			if cl.surplus || c.starving && !cl.critical && !cl.low {
+			// Surplus ready work is paused only for a chain's sake: with
+			// no critical claim nobody needs the window it would free, and
+			// a resumed partition may take a while to be fetched again.
+			if cl.surplus && c.criticals > 0 || c.starving && !cl.critical && !cl.low {
 				s.pause = append(s.pause, tp)
 			}
 			if cl.over && !cl.critical && !quick {
