@@ -32,6 +32,8 @@ type obsRecorder struct {
 	limit     int
 	stalls    []parallafka.Stall
 	unstalled int
+	batches   int
+	batched   int
 }
 
 type ctxKey struct{}
@@ -58,6 +60,13 @@ func (r *obsRecorder) HandlerEnded(ctx context.Context, m parallafka.MessageInfo
 	if err != nil {
 		r.failed++
 	}
+}
+func (r *obsRecorder) BatchStarted(ctx context.Context, msgs []parallafka.MessageInfo) context.Context {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.batches++
+	r.batched += len(msgs)
+	return context.WithValue(ctx, ctxKey{}, len(msgs))
 }
 func (r *obsRecorder) MessageSettled(_ parallafka.MessageInfo, o parallafka.Outcome) {
 	r.mu.Lock()
@@ -138,6 +147,39 @@ func TestObserverSeesWhatStatsCount(t *testing.T) {
 	})
 }
 
+// In batch mode the observer hears every batch call, and its context
+// reaches the batch handler.
+func TestObserverSeesBatches(t *testing.T) {
+	src := memsource.New[string, int]()
+	produce(src, 2, 200, func(i int) int { return i % 13 })
+	rec := newObsRecorder()
+	p, err := parallafka.New(src, parallafka.WithLogger(quiet), parallafka.WithObserver(rec), parallafka.WithMaxBatchMessages(10))
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	var handled, wrongCtx atomic.Int64
+	done := make(chan error, 1)
+	go func() {
+		done <- p.ConsumeBatch(ctx, func(ctx context.Context, msgs []*parallafka.Message[string, int]) error {
+			if ctx.Value(ctxKey{}) != len(msgs) {
+				wrongCtx.Add(1)
+			}
+			handled.Add(int64(len(msgs)))
+			return nil
+		})
+	}()
+	eventually(t, func() bool { return handled.Load() == 200 })
+	cancel()
+	require.NoError(t, <-done)
+	st := p.Stats()
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	assert.Zero(t, wrongCtx.Load())
+	assert.EqualValues(t, st.Batches, rec.batches)
+	assert.Equal(t, 200, rec.batched)
+	assert.Equal(t, 200, rec.outcomes[parallafka.OutcomeHandled])
+	assert.Zero(t, rec.started, "no per-message handler calls in batch mode")
+}
+
 // panicky panics in every method.
 type panicky struct{}
 
@@ -147,6 +189,12 @@ func (panicky) HandlerStarted(context.Context, parallafka.MessageInfo, parallafk
 }
 func (panicky) HandlerEnded(context.Context, parallafka.MessageInfo, error, time.Duration) {
 	panic("ended")
+}
+func (panicky) BatchStarted(context.Context, []parallafka.MessageInfo) context.Context {
+	panic("batch started")
+}
+func (panicky) BatchEnded(context.Context, []parallafka.MessageInfo, error, time.Duration) {
+	panic("batch ended")
 }
 func (panicky) MessageSettled(parallafka.MessageInfo, parallafka.Outcome)   { panic("settled") }
 func (panicky) Committed(parallafka.CommitInfo)                             { panic("committed") }

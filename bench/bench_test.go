@@ -140,3 +140,61 @@ func BenchmarkPipelineMem(b *testing.B) {
 		})
 	}
 }
+
+// TestHarnessBatch runs the harness with a batch handler and the sink
+// model: every message handled once and in key order, the batch fields
+// filled in, the bound computed from the fewest calls.
+func TestHarnessBatch(t *testing.T) {
+	c, err := parseFlags([]string{
+		"-source", "mem", "-messages", "3000", "-partitions", "3", "-keys", "100", "-dist", "zipf",
+		"-handler", "sink:1ms+5us", "-mode", "key,partition", "-concurrency", "4", "-batch", "200", "-linger", "1ms",
+		"-json", "-progress=false", "-serial=false",
+	}, os.Stderr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stdout, stderr bytes.Buffer
+	if err := run(c, &stdout, &stderr); err != nil {
+		t.Fatalf("%v\n%s", err, stderr.String())
+	}
+	sc := bufio.NewScanner(&stdout)
+	n := 0
+	for sc.Scan() {
+		var r result
+		if err := json.Unmarshal(sc.Bytes(), &r); err != nil {
+			t.Fatalf("line %q: %v", sc.Text(), err)
+		}
+		n++
+		switch {
+		case r.Messages != 3000 || r.Committed != 3000 || r.OrderViolations != 0 || r.Duplicates != 0:
+			t.Errorf("%+v: handled, committed, order or duplicates wrong", r)
+		case r.Batch != 200 || r.LingerMs != 1 || r.Batches < 15 || r.MeanBatchSize <= 1:
+			t.Errorf("%+v: batch fields", r)
+		case r.Efficiency <= 0 || r.Efficiency > 1.05:
+			t.Errorf("%+v: efficiency %.3f out of range", r, r.Efficiency)
+		}
+	}
+	if n != 2 {
+		t.Errorf("%d results, want 2:\n%s", n, stdout.String())
+	}
+}
+
+// TestSinkBound checks the sink model's bound: the fewest calls over the
+// workers, or the longest chain's calls one after another.
+func TestSinkBound(t *testing.T) {
+	h, err := parseHandler("sink:2ms+10us")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// 1,000 messages, batches of 100: 10 calls of 2 ms + 10 ms of messages, over 4.
+	if b := h.sinkBound(1000, 4, 100, 10); b.limit != "work" || b.seconds < 0.00749 || b.seconds > 0.00751 {
+		t.Errorf("work bound %+v, want 7.5 ms", b)
+	}
+	// One key of 1,000: 10 calls one after another: 30 ms.
+	if b := h.sinkBound(1000, 4, 100, 1000); b.limit != "chain" || b.seconds < 0.0299 || b.seconds > 0.0301 {
+		t.Errorf("chain bound %+v, want 30 ms", b)
+	}
+	if _, err := parseHandler("sink:2ms"); err == nil {
+		t.Error("sink:2ms accepted")
+	}
+}

@@ -33,6 +33,7 @@ type recorder struct {
 	unknown    atomic.Int64
 	violations atomic.Int64
 	busy       atomic.Int64                  // handlers running now
+	calls      atomic.Int64                  // batch handler calls (-batch)
 	hotPolled  atomic.Int64                  // messages of the hottest key (rank 0) polled, for -trace
 	hotHandled atomic.Int64                  // and handled
 	gate       atomic.Pointer[chan struct{}] // when set, handlers wait for it to close
@@ -131,6 +132,60 @@ func (r *recorder) finish(i int32, t0, t1 int64) {
 func (r *recorder) handler(_ context.Context, msg *pipeline.Message[string, []byte]) error {
 	r.handle(msg.Partition, msg.Offset)
 	return nil
+}
+
+// batchHandler is the batch handler of a run (-batch): a sink model sleeps
+// once for the batch (F + n×P), and its messages share the call's start
+// and end; the other models do each message's work in turn.
+func (r *recorder) batchHandler(_ context.Context, batch []*pipeline.Message[string, []byte]) error {
+	r.calls.Add(1)
+	if r.spec.kind != "sink" {
+		for _, msg := range batch {
+			r.handle(msg.Partition, msg.Offset)
+		}
+		return nil
+	}
+	if g := r.gate.Load(); g != nil {
+		<-*g
+	}
+	t0 := r.now()
+	r.busy.Add(1)
+	time.Sleep(r.spec.fixed + time.Duration(len(batch))*r.spec.perMsg)
+	r.busy.Add(-1)
+	t1 := r.now()
+	for _, msg := range batch {
+		if i := r.w.index(msg.Partition, msg.Offset); i >= 0 {
+			r.finish(i, t0, t1)
+		} else {
+			r.unknown.Add(1)
+		}
+	}
+	return nil
+}
+
+// longestChain returns the most messages handled that must run one after
+// another in mode: a key's, a partition's, or 1 (unordered).
+func (r *recorder) longestChain(mode string) int {
+	var counts []int
+	switch mode {
+	case "key":
+		counts = make([]int, r.w.keys)
+	case "partition":
+		counts = make([]int, r.w.partitions)
+	default:
+		return 1
+	}
+	for i, end := range r.endAt {
+		if end == 0 {
+			continue
+		}
+		if mode == "key" {
+			counts[r.w.keyOf[i]]++
+		} else {
+			counts[r.w.partOf[i]]++
+		}
+	}
+	return slices.Max(counts)
 }
 
 // span returns the measured time from the first poll (or handler start,

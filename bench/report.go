@@ -88,6 +88,14 @@ type result struct {
 	HotKeyStarvedSeconds  float64 `json:"hot_key_starved_seconds"`
 	HotKeyDispatchSeconds float64 `json:"hot_key_dispatch_seconds"`
 
+	// With -batch: the largest batch, the linger, the batch handler calls
+	// and the mean messages per call. The bound (IdealSeconds) of a sink
+	// model counts the fewest calls a scheduler could make.
+	Batch         int     `json:"batch,omitempty"`
+	LingerMs      float64 `json:"linger_ms,omitempty"`
+	Batches       int64   `json:"batches,omitempty"`
+	MeanBatchSize float64 `json:"mean_batch_size,omitempty"`
+
 	Pauses          int64 `json:"pauses"`           // back-pressure pauses
 	Committed       int64 `json:"committed"`        // messages covered by the committed offsets
 	OrderViolations int64 `json:"order_violations"` // per-key order broken (key and partition modes)
@@ -122,7 +130,7 @@ func newTable(w io.Writer) *table {
 
 func (t *table) add(r *result) {
 	if !t.header {
-		fmt.Fprintln(t.tw, "dist\tkeys\tmode\tconc\tseconds\tmsg/s\tideal s\teff\tserial s\tspeedup\tp50 ms\tp99 ms\tcpu µs/msg\tpeak heap MB\theap growth MB\tvs raw\thot starved s\thot dispatch s\tviolations\t")
+		fmt.Fprintln(t.tw, "dist\tkeys\tmode\tconc\tseconds\tmsg/s\tideal s\teff\tserial s\tspeedup\tp50 ms\tp99 ms\tcpu µs/msg\tpeak heap MB\theap growth MB\tvs raw\thot starved s\thot dispatch s\tviolations\tbatch (max/mean)\t")
 		t.header = true
 	}
 	serial := fmt.Sprintf("%.3f", r.SerialSeconds)
@@ -133,10 +141,14 @@ func (t *table) add(r *result) {
 	if r.VsRaw > 0 {
 		vsRaw = fmt.Sprintf("%.2f", r.VsRaw)
 	}
-	fmt.Fprintf(t.tw, "%s\t%d\t%s\t%d\t%.3f\t%.0f\t%.3f\t%.3f\t%s\t%.1f\t%.2f\t%.2f\t%.2f\t%.1f\t%.1f\t%s\t%.3f\t%.3f\t%d\t\n",
+	batch := "-"
+	if r.Batch > 0 {
+		batch = fmt.Sprintf("%d/%.1f", r.Batch, r.MeanBatchSize)
+	}
+	fmt.Fprintf(t.tw, "%s\t%d\t%s\t%d\t%.3f\t%.0f\t%.3f\t%.3f\t%s\t%.1f\t%.2f\t%.2f\t%.2f\t%.1f\t%.1f\t%s\t%.3f\t%.3f\t%d\t%s\t\n",
 		r.Dist, r.Keys, r.Mode, r.Concurrency, r.Seconds, r.MsgsPerSec, r.IdealSeconds, r.Efficiency,
 		serial, r.SpeedupVsSerial, r.P50LatencyMs, r.P99LatencyMs, r.CPUMicrosPerMsg,
-		mb(r.PeakHeapBytes), mb(r.HeapGrowthBytes), vsRaw, r.HotKeyStarvedSeconds, r.HotKeyDispatchSeconds, r.OrderViolations)
+		mb(r.PeakHeapBytes), mb(r.HeapGrowthBytes), vsRaw, r.HotKeyStarvedSeconds, r.HotKeyDispatchSeconds, r.OrderViolations, batch)
 }
 
 func (t *table) flush() { t.tw.Flush() }

@@ -51,6 +51,9 @@ func runPipeline(c *config, w *workload, b *broker, topic, mode string, concurre
 	if c.maxInFlight > 0 {
 		opts = append(opts, parallafka.WithMaxInFlight(c.maxInFlight))
 	}
+	if c.batch > 0 {
+		opts = append(opts, parallafka.WithMaxBatchMessages(c.batch), parallafka.WithBatchLinger(c.linger))
+	}
 	p, err := parallafka.New[string, []byte](&timedSource[string, []byte]{Source: src, rec: rec}, opts...)
 	if err != nil {
 		_ = src.Close()
@@ -69,7 +72,13 @@ func runPipeline(c *config, w *workload, b *broker, topic, mode string, concurre
 
 	cpu0, start := cpuTime(), time.Now()
 	consumed := make(chan error, 1)
-	go func() { consumed <- p.Consume(ctx, rec.handler) }()
+	go func() {
+		if c.batch > 0 {
+			consumed <- p.ConsumeBatch(ctx, rec.batchHandler)
+		} else {
+			consumed <- p.Consume(ctx, rec.handler)
+		}
+	}()
 	stopTrace := startTrace(c.trace, label, p, rec)
 	defer stopTrace()
 	retained := make(chan retainedHeap, 1)
@@ -96,6 +105,9 @@ func runPipeline(c *config, w *workload, b *broker, topic, mode string, concurre
 	n := rec.handled.Load()
 	span := rec.span()
 	bound := rec.ideal(mode, concurrency)
+	if c.handler.kind == "sink" {
+		bound = c.handler.sinkBound(int(n), concurrency, max(1, c.batch), rec.longestChain(mode))
+	}
 	p50, p99, pmax := rec.latencies()
 	starved, dispatch := rec.hotKeyGaps()
 	r := &result{
@@ -112,6 +124,10 @@ func runPipeline(c *config, w *workload, b *broker, topic, mode string, concurre
 		Unknown: rec.unknown.Load(), partitionSeconds: bound.partitionSeconds,
 		HotKeyStarvedSeconds: starved, HotKeyDispatchSeconds: dispatch,
 		RetainedHeapBytes: kept.bytes, RetainedInFlight: kept.inFlight,
+		Batch: c.batch, Batches: stats.Batches, MeanBatchSize: stats.MeanBatchSize,
+	}
+	if c.batch > 0 {
+		r.LingerMs = ms(c.linger)
 	}
 	if w.dist == "zipf" {
 		r.ZipfS = w.zipfS

@@ -23,6 +23,16 @@ type Observer interface {
 	// HandlerEnded: the attempt ended with err (nil: success), after took;
 	// ctx is the one HandlerStarted returned.
 	HandlerEnded(ctx context.Context, m MessageInfo, err error, took time.Duration)
+	// BatchStarted: a batch handler call begins (ConsumeBatch) with these
+	// messages (their Attempt counts this one). The context it returns is
+	// the batch handler's. Each message's outcome follows through
+	// MessageSettled; HandlerStarted and HandlerEnded are not called in
+	// batch mode.
+	BatchStarted(ctx context.Context, msgs []MessageInfo) context.Context
+	// BatchEnded: the batch handler returned err (a *BatchError names the
+	// messages that failed) after took; ctx is the one BatchStarted
+	// returned.
+	BatchEnded(ctx context.Context, msgs []MessageInfo, err error, took time.Duration)
 	// MessageSettled: the ack collector decided what becomes of a message
 	// after an attempt (and the stages after the handler).
 	MessageSettled(m MessageInfo, outcome Outcome)
@@ -144,17 +154,19 @@ func (NopObserver) MessagePolled(MessageInfo) {}
 func (NopObserver) HandlerStarted(ctx context.Context, _ MessageInfo, _ Wait) context.Context {
 	return ctx
 }
-func (NopObserver) HandlerEnded(context.Context, MessageInfo, error, time.Duration) {}
-func (NopObserver) MessageSettled(MessageInfo, Outcome)                             {}
-func (NopObserver) Committed(CommitInfo)                                            {}
-func (NopObserver) PartitionsPaused([]TopicPartition)                               {}
-func (NopObserver) PartitionsResumed([]TopicPartition)                              {}
-func (NopObserver) PartitionsAssigned([]TopicPartition)                             {}
-func (NopObserver) PartitionsRevoked([]TopicPartition)                              {}
-func (NopObserver) PartitionsLost([]TopicPartition)                                 {}
-func (NopObserver) ConcurrencyLimitChanged(int)                                     {}
-func (NopObserver) PartitionStalled(Stall)                                          {}
-func (NopObserver) PartitionUnstalled(TopicPartition, time.Duration)                {}
+func (NopObserver) HandlerEnded(context.Context, MessageInfo, error, time.Duration)   {}
+func (NopObserver) BatchStarted(ctx context.Context, _ []MessageInfo) context.Context { return ctx }
+func (NopObserver) BatchEnded(context.Context, []MessageInfo, error, time.Duration)   {}
+func (NopObserver) MessageSettled(MessageInfo, Outcome)                               {}
+func (NopObserver) Committed(CommitInfo)                                              {}
+func (NopObserver) PartitionsPaused([]TopicPartition)                                 {}
+func (NopObserver) PartitionsResumed([]TopicPartition)                                {}
+func (NopObserver) PartitionsAssigned([]TopicPartition)                               {}
+func (NopObserver) PartitionsRevoked([]TopicPartition)                                {}
+func (NopObserver) PartitionsLost([]TopicPartition)                                   {}
+func (NopObserver) ConcurrencyLimitChanged(int)                                       {}
+func (NopObserver) PartitionStalled(Stall)                                            {}
+func (NopObserver) PartitionUnstalled(TopicPartition, time.Duration)                  {}
 
 // ConnectivitySource is implemented by sources that know whether they
 // reach their brokers (package kafka's Source). Parallafka's Health reports

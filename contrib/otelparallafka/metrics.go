@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 
+	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
 
 	"github.com/parallafka/parallafka"
@@ -25,6 +26,7 @@ const (
 	MetricHandlerWait     = "parallafka.message.wait.for_handler"    // histogram s: ready, waiting for a free handler
 	MetricEndToEnd        = "parallafka.message.end_to_end.duration" // histogram s: record timestamp to handler end
 	MetricCommitDuration  = "parallafka.commit.duration"             // histogram s
+	MetricBatchDuration   = "parallafka.batch.duration"              // histogram s, per batch handler call (ConsumeBatch), with parallafka.outcome
 	MetricCommits         = "parallafka.commits"                     // counter {commit}
 	MetricCommitErrors    = "parallafka.commit.errors"               // counter {commit}
 	MetricStalls          = "parallafka.partition.stalls"            // counter {stall}, per partition
@@ -34,7 +36,7 @@ const (
 	MetricPaused          = "parallafka.partitions.paused"           // gauge {partition}
 	MetricStalled         = "parallafka.partitions.stalled"          // gauge {partition}
 	MetricAssigned        = "parallafka.partitions.assigned"         // gauge {partition}
-	MetricLag             = "parallafka.consumer.lag"                // gauge {message}, per partition: high watermark - committed offset
+	MetricLag             = "parallafka.consumer.lag"                // gauge {message}, per partition: high watermark - committed offset (before this member's first commit: - the first offset it read)
 	MetricUnread          = "parallafka.consumer.unread"             // gauge {message}, per partition: high watermark - next offset to read
 	MetricLimit           = "parallafka.concurrency.limit"           // gauge {handler}
 )
@@ -43,14 +45,15 @@ type instruments struct {
 	polled, handled, failed, skipped, retried, dropped metric.Int64Counter
 	commits, commitErrors, stalls                      metric.Int64Counter
 	handlerDuration, keyWait, handlerWait, endToEnd    metric.Float64Histogram
-	commitDuration                                     metric.Float64Histogram
+	commitDuration, batchDuration                      metric.Float64Histogram
+	batchOK, batchErr                                  metric.MeasurementOption
 	meter                                              metric.Meter
 }
 
 // durationBuckets are the histograms' bounds in seconds: 100 µs to 5 min.
 var durationBuckets = []float64{0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300}
 
-func newInstruments(m metric.Meter) (instruments, error) {
+func newInstruments(m metric.Meter, base []attribute.KeyValue) (instruments, error) {
 	var errs []error
 	counter := func(name, unit, desc string) metric.Int64Counter {
 		c, err := m.Int64Counter(name, metric.WithUnit(unit), metric.WithDescription(desc))
@@ -79,7 +82,10 @@ func newInstruments(m metric.Meter) (instruments, error) {
 		handlerWait:     histogram(MetricHandlerWait, "Time a ready message waited for a free handler."),
 		endToEnd:        histogram(MetricEndToEnd, "Time from the record's timestamp to its handler's end."),
 		commitDuration:  histogram(MetricCommitDuration, "Duration of commit requests."),
+		batchDuration:   histogram(MetricBatchDuration, "Duration of each batch handler call."),
 	}
+	in.batchOK = metric.WithAttributes(append(append([]attribute.KeyValue(nil), base...), outcomeOK)...)
+	in.batchErr = metric.WithAttributes(append(append([]attribute.KeyValue(nil), base...), outcomeError)...)
 	return in, errors.Join(errs...)
 }
 

@@ -139,7 +139,7 @@ func New(opts ...Option) (*Observer, error) {
 		o.base = append(o.base, attrGroup(c.group))
 	}
 	var err error
-	o.m, err = newInstruments(c.meterProvider.Meter(instrumentationName))
+	o.m, err = newInstruments(c.meterProvider.Meter(instrumentationName), o.base)
 	if err != nil {
 		return nil, err
 	}

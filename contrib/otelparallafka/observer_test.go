@@ -411,3 +411,56 @@ func TestPrometheusMeterProvider(t *testing.T) {
 func promHandler(reg *prometheus.Registry) http.Handler {
 	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
 }
+
+// In batch mode each batch call is one consumer span with a link to each
+// message's producer context, and the batch handler's context carries it.
+func TestBatchSpanLinksEveryMessage(t *testing.T) {
+	tel := newTelemetry(t)
+	src := memsource.New[string, int]()
+	src.AddTopic(topic, 1)
+	producers := map[trace.SpanID]bool{}
+	for i := range 6 {
+		ctx, span := tel.tp.Tracer("producer").Start(context.Background(), "send orders")
+		producers[span.SpanContext().SpanID()] = true
+		src.ProduceRecord(memsource.Record[string, int]{Topic: topic, Key: fmt.Sprint("k", i), Value: i, Headers: tel.obs.Inject(ctx, nil)})
+		span.End()
+	}
+	p, err := parallafka.New(src, parallafka.WithLogger(quiet), parallafka.WithObserver(tel.obs),
+		parallafka.WithMaxBatchMessages(100), parallafka.WithBatchLinger(50*time.Millisecond))
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	var handled atomic.Int64
+	var noSpan atomic.Bool
+	done := make(chan error, 1)
+	go func() {
+		done <- p.ConsumeBatch(ctx, func(ctx context.Context, msgs []*parallafka.Message[string, int]) error {
+			if !trace.SpanContextFromContext(ctx).IsValid() {
+				noSpan.Store(true)
+			}
+			if handled.Add(int64(len(msgs))) == 6 {
+				cancel()
+			}
+			return nil
+		})
+	}()
+	require.NoError(t, <-done)
+	assert.False(t, noSpan.Load(), "the batch handler's context carries the batch span")
+	linked := 0
+	var batches int64
+	for _, s := range tel.spans.Ended() {
+		if s.Name() != "process orders" {
+			continue
+		}
+		batches++
+		assert.Equal(t, trace.SpanKindConsumer, s.SpanKind())
+		assert.False(t, s.Parent().IsValid())
+		a := attrs(s)
+		assert.EqualValues(t, len(s.Links()), a["messaging.batch.message_count"].AsInt64())
+		for _, l := range s.Links() {
+			assert.True(t, producers[l.SpanContext.SpanID()])
+			linked++
+		}
+	}
+	assert.Equal(t, 6, linked, "every message linked once")
+	assert.Equal(t, p.Stats().Batches, batches)
+}

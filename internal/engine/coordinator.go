@@ -18,6 +18,7 @@ type claim[K, V any] struct {
 	id      uint64 // unique per assignment: tells a commit of this claim from one of an earlier claim of the partition
 	window  window[K, V]
 	keys    map[uint64][]entry[K, V] // busy keys → the messages queued behind the one in flight
+	out     map[uint64]int           // batch mode: busy keys → their messages out in batches (or waiting for a retry)
 	tracked int                      // in the window, not yet finished or abandoned
 	start   int64                    // first offset tracked, -1 before: nothing to commit until the window passes it
 
@@ -110,6 +111,7 @@ type coordinator[K, V any] struct {
 	// only them (and the partitions below their share of the window).
 	lowWater    int // a critical chain with fewer messages queued is short
 	shortChains int
+	criticals   int // claims that are critical
 	starving    bool
 	loops       int // coordinator turns, to look at the clock now and then
 	queued      int
@@ -124,6 +126,10 @@ type coordinator[K, V any] struct {
 	epoch        time.Time     // the clock's zero: when run began
 	coarse       time.Duration // the clock at the last stall check
 	stallTimeout time.Duration // 0: no stall detection
+	batch        BatchLimits   // batch mode when MaxMessages > 0 (see batch.go)
+	lingerFrom   time.Time     // when the partial batch began to linger; zero: none lingers
+	lingerTimer  *time.Timer
+	lingerC      <-chan time.Time // the linger timer's channel while it is armed
 }
 
 // coordinatorEdges are the coordinator's channels, in the order of the flow.
@@ -135,7 +141,7 @@ type coordinatorEdges[K, V any] struct {
 	released   <-chan completion[K, V]        // from the ack collector: the key-released edge
 	room       chan<- room                    // to the poller: in-flight slots and bytes freed
 	commitNow  chan<- struct{}                // to the committer: commitEvery offsets finished
-	steer      chan<- steering                // to the poller: the partitions with surplus ready work, and the critical one
+	steer      chan<- steering                // to the poller: the partitions to pause, and those over and below their share
 	rebalances <-chan rebalanceRequest        // from the poller's rebalance listener
 	offsets    <-chan chan<- []claimOffset    // from the committer: what is committable now?
 	final      chan<- []claimOffset           // to the committer, once, as the coordinator ends
@@ -166,6 +172,9 @@ func (c *coordinator[K, V]) run(ctx context.Context) error {
 		for _, cl := range c.claims {
 			cl.cancel()
 		}
+		if c.lingerTimer != nil {
+			c.lingerTimer.Stop()
+		}
 	}()
 	polled, routable, released, handlerEnd := c.polled, c.routable, c.released, c.handlerEnd
 	draining, done := c.drainingCh, ctx.Done()
@@ -181,7 +190,11 @@ func (c *coordinator[K, V]) run(ctx context.Context) error {
 			close(c.dispatch) // the pool ends once its handlers returned
 		}
 		if dispatching && !c.holding {
-			c.dispatchReady()
+			if c.batching() {
+				c.dispatchBatches()
+			} else {
+				c.dispatchReady()
+			}
 		}
 		if c.revokesDue {
 			c.answerRevokes()
@@ -209,6 +222,9 @@ func (c *coordinator[K, V]) run(ctx context.Context) error {
 				released = nil
 				continue
 			}
+			if c.batching() {
+				c.takeHandlerEnds() // the batch's requeued messages first
+			}
 			if c.handlerEnd == nil {
 				c.handling--
 			}
@@ -218,11 +234,9 @@ func (c *coordinator[K, V]) run(ctx context.Context) error {
 				handlerEnd = nil
 				continue
 			}
-			c.handling--
-			c.handlerTook(ended.quick)
-			if ended.cancelled != nil { // its claim ended: it does not go through the stages
-				c.complete(completion[K, V]{msg: ended.cancelled, verdict: verdictAbandon, quick: ended.quick})
-			}
+			c.handlerEnded(ended)
+		case <-c.lingerC:
+			c.lingerC = nil // a partial batch lingered long enough: dispatched above
 		case req := <-c.rebalances:
 			c.rebalance(req)
 		case reply := <-c.offsets:
@@ -250,6 +264,9 @@ func (c *coordinator[K, V]) run(ctx context.Context) error {
 // turns around. It reports whether it took any.
 func (c *coordinator[K, V]) takeReleased(released <-chan completion[K, V]) bool {
 	n := len(released) // only this goroutine receives: n are there to take
+	if n > 0 && c.batching() {
+		c.takeHandlerEnds() // the batches' requeued messages first
+	}
 	for range n {
 		done := <-released
 		if c.handlerEnd == nil {
@@ -285,7 +302,10 @@ func (c *coordinator[K, V]) publish() {
 		var s steering
 		quick := c.quick >= quickRun
 		for tp, cl := range c.claims {
-			if cl.surplus || c.starving && !cl.critical && !cl.low {
+			// Surplus ready work is paused only for a chain's sake: with
+			// no critical claim nobody needs the window it would free, and
+			// a resumed partition may take a while to be fetched again.
+			if cl.surplus && c.criticals > 0 || c.starving && !cl.critical && !cl.low {
 				s.pause = append(s.pause, tp)
 			}
 			if cl.over && !cl.critical && !quick {
@@ -482,7 +502,7 @@ func (c *coordinator[K, V]) sizeSurplus() {
 	if c.maxInFlight <= 0 {
 		return
 	}
-	c.surplusAt = max(2*c.concurrency, c.maxInFlight/(4*max(1, len(c.claims))))
+	c.surplusAt = max(2*c.handlerCapacity(), c.maxInFlight/(4*max(1, len(c.claims))))
 	c.lowWater = max(2*c.concurrency, c.maxInFlight/16)
 	for _, cl := range c.claims {
 		c.checkLow(cl)
@@ -540,6 +560,10 @@ func (c *coordinator[K, V]) routingKey(msg *pipeline.Message[K, V]) (key uint64,
 // frees its key for the next queued message; a retry goes out again with
 // its key still held; an abandoned one takes its key's queue with it.
 func (c *coordinator[K, V]) complete(done completion[K, V]) {
+	if c.batching() {
+		c.completeBatched(done)
+		return
+	}
 	cl := c.claims[done.msg.TopicPartition()]
 	var s *slot[K, V]
 	if cl != nil {

@@ -47,6 +47,22 @@ func (o observer) handlerEnded(ctx context.Context, m pipeline.MessageInfo, err 
 	o.o.HandlerEnded(ctx, m, err, took)
 }
 
+// batchStarted returns the batch handler's context: ctx if the observer
+// panicked or returned nil.
+func (o observer) batchStarted(ctx context.Context, msgs []pipeline.MessageInfo) (out context.Context) {
+	out = ctx
+	defer o.recover("BatchStarted")
+	if got := o.o.BatchStarted(ctx, msgs); got != nil {
+		out = got
+	}
+	return out
+}
+
+func (o observer) batchEnded(ctx context.Context, msgs []pipeline.MessageInfo, err error, took time.Duration) {
+	defer o.recover("BatchEnded")
+	o.o.BatchEnded(ctx, msgs, err, took)
+}
+
 func (o observer) settled(m pipeline.MessageInfo, outcome pipeline.Outcome) {
 	defer o.recover("MessageSettled")
 	o.o.MessageSettled(m, outcome)

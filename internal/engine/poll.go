@@ -118,8 +118,11 @@ func (p *poller[K, V]) run(ctx context.Context) error {
 		}
 		p.takeHeld()
 		timeout := p.pollTimeout
-		if p.paused || p.holding || len(p.batch) > 0 {
-			timeout = min(timeout, 10*time.Millisecond) // notice freed room promptly
+		if p.paused || p.holding || len(p.steered) > 0 || p.hungry || len(p.batch) > 0 {
+			// Notice freed room and steering promptly: batch handlers can
+			// drain the window within one poll timeout while partitions
+			// are paused.
+			timeout = min(timeout, 10*time.Millisecond)
 		}
 		if err := p.pollCycle(timeout); err != nil {
 			return err

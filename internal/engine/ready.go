@@ -78,6 +78,21 @@ func (r *ready[K, V]) pop(backlog func(*entry[K, V]) int) entry[K, V] {
 	return e
 }
 
+// each calls fn for the messages in the set, fresh ones first, until fn
+// returns false.
+func (r *ready[K, V]) each(fn func(*entry[K, V]) bool) {
+	for i := r.freshHead; i < len(r.fresh); i++ {
+		if !fn(&r.fresh[i]) {
+			return
+		}
+	}
+	for i := range r.later {
+		if !fn(&r.later[i]) {
+			return
+		}
+	}
+}
+
 // promote moves the oldest fresh message for which match returns true
 // into the later heap with the given backlog, so that it is compared by
 // its backlog rather than waiting for the older fresh messages to go

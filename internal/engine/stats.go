@@ -32,6 +32,8 @@ type Stats struct {
 	Stalled        atomic.Int64 // coordinator: partitions stalled now
 	Stalls         atomic.Int64 // coordinator: times a partition was found stalled
 	Stopping       atomic.Bool  // lifecycle: a shutdown began
+	Batches        atomic.Int64 // handler pool (batch mode): batch handler calls
+	Batched        atomic.Int64 // handler pool (batch mode): the messages given to those calls
 
 	mu        sync.Mutex
 	committed map[pipeline.TopicPartition]int64 // committer

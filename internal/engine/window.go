@@ -31,6 +31,7 @@ type slot[K, V any] struct {
 	// it became ready (with an observer only). The stall check reads
 	// routed of the message that blocks a partition.
 	routed, ready time.Duration
+	held          bool // batch mode: counted in its key's messages out (claim.out), from its batch's dispatch until it leaves for good or is requeued
 }
 
 // window holds the offsets of one partition that were polled and are not
