@@ -22,6 +22,7 @@ package otelparallafka
 
 import (
 	"context"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -96,12 +97,16 @@ type Observer struct {
 // partition is what the Observer keeps per partition: its metric
 // attributes, made once, and the next offset to read.
 type partition struct {
-	attrs    metric.MeasurementOption
-	ok, err  metric.MeasurementOption // attrs with parallafka.outcome
-	set      attribute.Set
-	next     atomic.Int64 // the offset after the last one polled; 0 before
-	first    atomic.Int64 // the first offset polled in this assignment, plus 1; 0 before
-	assigned atomic.Bool
+	attrs   metric.MeasurementOption
+	ok, err metric.MeasurementOption // attrs with parallafka.outcome
+	set     attribute.Set
+	// A consumer span's name and the attributes it shares with every
+	// span of the partition.
+	spanName  string
+	spanAttrs trace.SpanStartEventOption
+	next      atomic.Int64 // the offset after the last one polled; 0 before
+	first     atomic.Int64 // the first offset polled in this assignment, plus 1; 0 before
+	assigned  atomic.Bool
 }
 
 // place names one message.
@@ -159,10 +164,13 @@ func (o *Observer) partition(tp pipeline.TopicPartition) *partition {
 	if p = o.partitions[tp]; p == nil {
 		kvs := append(append([]attribute.KeyValue(nil), o.base...),
 			attrDestination(tp.Topic), attrPartition(tp.Partition))
-		p = &partition{set: attribute.NewSet(kvs...)}
+		p = &partition{set: attribute.NewSet(slices.Clone(kvs)...)}
 		p.attrs = metric.WithAttributeSet(p.set)
-		p.ok = metric.WithAttributeSet(attribute.NewSet(append(kvs, outcomeOK)...))
-		p.err = metric.WithAttributeSet(attribute.NewSet(append(kvs, outcomeError)...))
+		// NewSet sorts what it is given in place: each set gets a copy.
+		p.ok = metric.WithAttributeSet(attribute.NewSet(append(slices.Clone(kvs), outcomeOK)...))
+		p.err = metric.WithAttributeSet(attribute.NewSet(append(slices.Clone(kvs), outcomeError)...))
+		p.spanName = "process " + tp.Topic
+		p.spanAttrs = trace.WithAttributes(append(slices.Clone(kvs), attrOperationProcess, attrOperationNameProcess)...)
 		o.partitions[tp] = p
 	}
 	return p
@@ -191,26 +199,23 @@ func (o *Observer) HandlerStarted(ctx context.Context, m pipeline.MessageInfo, w
 	// child of whatever span the context given to Consume held).
 	extracted := o.prop.Extract(ctx, headerCarrier{headers: &m.Headers})
 	producer := trace.SpanContextFromContext(extracted)
-	attrs := make([]attribute.KeyValue, 0, 12)
-	attrs = append(attrs, o.base...)
-	attrs = append(attrs,
-		attrOperationProcess, attrOperationNameProcess,
-		attrDestination(m.Topic), attrPartition(m.Partition), attrOffset(m.Offset),
-		attribute.Int(AttemptKey, m.Attempt),
-		attribute.Float64(WaitBehindKeyKey, w.BehindKey.Seconds()),
-		attribute.Float64(WaitForHandlerKey, w.ForHandler.Seconds()),
-	)
-	if m.Key != nil {
-		attrs = append(attrs, attrKey(m.Key))
-	}
-	opts := []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindConsumer), trace.WithAttributes(attrs...)}
+	opts := []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindConsumer), p.spanAttrs}
 	if producer.IsValid() && producer.IsRemote() {
 		ctx = extracted
 		opts = append(opts, trace.WithLinks(trace.Link{SpanContext: producer}))
 	} else {
 		opts = append(opts, trace.WithNewRoot())
 	}
-	ctx, _ = o.tracer.Start(ctx, "process "+m.Topic, opts...)
+	ctx, span := o.tracer.Start(ctx, p.spanName, opts...)
+	if span.IsRecording() { // the message's own attributes, only for a span kept
+		span.SetAttributes(attrOffset(m.Offset),
+			attribute.Int(AttemptKey, m.Attempt),
+			attribute.Float64(WaitBehindKeyKey, w.BehindKey.Seconds()),
+			attribute.Float64(WaitForHandlerKey, w.ForHandler.Seconds()))
+		if m.Key != nil {
+			span.SetAttributes(attrKey(m.Key))
+		}
+	}
 	return ctx
 }
 
