@@ -225,6 +225,7 @@ func (p *Parallafka[K, V]) Consume(ctx context.Context, handler Handler[K, V]) e
 	if !p.consumed.CompareAndSwap(false, true) {
 		return ErrConsumed
 	}
+	defer p.ended.Store(true)
 	if err := ctx.Err(); err != nil {
 		// Closed like on every other return: the source serves one Consume.
 		return errors.Join(fmt.Errorf("parallafka: Consume: %w", err), p.closeSource())
@@ -268,6 +269,7 @@ func (p *Parallafka[K, V]) ConsumeBatch(ctx context.Context, handler BatchHandle
 	if !p.consumed.CompareAndSwap(false, true) {
 		return ErrConsumed
 	}
+	defer p.ended.Store(true)
 	if err := ctx.Err(); err != nil {
 		return errors.Join(fmt.Errorf("parallafka: ConsumeBatch: %w", err), p.closeSource())
 	}
@@ -281,7 +283,6 @@ func (p *Parallafka[K, V]) ConsumeBatch(ctx context.Context, handler BatchHandle
 }
 
 func (p *Parallafka[K, V]) run(ctx context.Context, cfg *engine.Config[K, V]) error {
-	defer p.ended.Store(true)
 	return engine.Run(ctx, cfg, &p.stats)
 }
 

@@ -75,6 +75,9 @@ func (tel *telemetry) metrics(t *testing.T) (totals map[string]float64, partitio
 	totals, partitions = map[string]float64{}, map[string]map[string]float64{}
 	add := func(name string, attrs attribute.Set, v float64) {
 		totals[name] += v
+		if o, ok := attrs.Value(otelparallafka.OutcomeKey); ok {
+			totals[name+"|"+o.AsString()] += v
+		}
 		if p, ok := attrs.Value("messaging.destination.partition.id"); ok {
 			if partitions[name] == nil {
 				partitions[name] = map[string]float64{}
@@ -299,6 +302,8 @@ func TestMetricsMatchStats(t *testing.T) {
 	assert.EqualValues(t, st.Skipped, totals[otelparallafka.MetricSkipped])
 	assert.EqualValues(t, n/10, totals[otelparallafka.MetricSkipped])
 	assert.EqualValues(t, n, totals[otelparallafka.MetricHandlerDuration], "one attempt each")
+	assert.EqualValues(t, n/10, totals[otelparallafka.MetricHandlerDuration+"|error"])
+	assert.EqualValues(t, n-n/10, totals[otelparallafka.MetricHandlerDuration+"|ok"])
 	assert.EqualValues(t, n, totals[otelparallafka.MetricKeyWait])
 	assert.EqualValues(t, n, totals[otelparallafka.MetricEndToEnd])
 	assert.EqualValues(t, st.Commits, totals[otelparallafka.MetricCommits])
