@@ -192,7 +192,7 @@ func (p *Parallafka[K, V]) Consume(ctx context.Context, handler Handler[K, V]) e
 	c := p.cfg
 	return engine.Run(ctx, &engine.Config[K, V]{
 		Source: p.source, Handler: handler, AfterPoll: p.before, AfterHandle: p.after,
-		Concurrency: c.maxConcurrency, MaxInFlight: c.maxInFlight, MaxInFlightBytes: c.maxInFlightBytes,
+		Concurrency: c.maxConcurrency, MinConcurrency: c.adaptiveMin(), OnLimit: c.onLimit, MaxInFlight: c.maxInFlight, MaxInFlightBytes: c.maxInFlightBytes,
 		Ordering: engine.Ordering(c.ordering), OrderNilKeys: c.orderNilKeys,
 		CommitInterval: c.commitInterval, CommitEvery: c.commitEvery, AsyncCommits: c.asyncCommits,
 		OnCommit: onCommit(c.onCommit), MapMaxBytes: c.mapMaxBytes, HardStop: c.shutdownMode == HardStop,

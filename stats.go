@@ -38,6 +38,10 @@ type Stats struct {
 	Paused []TopicPartition
 	// UserPaused reports that Pause is in force (Resume ends it).
 	UserPaused bool
+	// ConcurrencyLimit is the number of handlers allowed to run now: the
+	// fixed concurrency (WithMaxConcurrency), or the adaptive limit
+	// (WithAdaptiveConcurrency); 0 before Consume starts.
+	ConcurrencyLimit int
 }
 
 // Stats returns a snapshot of the counters. It is safe to call at any time,
@@ -52,5 +56,6 @@ func (p *Parallafka[K, V]) Stats() Stats {
 		FinishedBefore: s.FinishedBefore.Load(), MapTruncated: s.MapTruncated.Load(),
 		Pauses: s.Pauses.Load(), Commits: s.Commits.Load(), CommitErrors: s.CommitErrors.Load(),
 		Committed: s.Committed(), Paused: s.Paused(), UserPaused: s.UserPaused.Load(),
+		ConcurrencyLimit: int(s.ConcurrencyLimit.Load()),
 	}
 }

@@ -89,7 +89,9 @@ type coordinator[K, V any] struct {
 	critical     *claim[K, V] // the claim with the most messages queued behind keys
 	queueChanges int          // since critical was last found
 	queued       int
-	quick        int  // handlers in a row that took less than quickHandler, up to quickRun
+	quick        int      // handlers in a row that took less than quickHandler, up to quickRun
+	limiter      *limiter // adaptive concurrency; nil: concurrency handlers, fixed
+	onLimit      func(limit int)
 	holding      bool // the user paused the pipeline: nothing is dispatched
 	draining     bool
 	hardStop     bool
@@ -125,6 +127,7 @@ type revokeWait[K, V any] struct {
 // offsets to the committer.
 func (c *coordinator[K, V]) run(ctx context.Context) error {
 	c.ctx = ctx
+	c.publishLimit()
 	defer func() {
 		for _, cl := range c.claims {
 			cl.cancel()
@@ -173,7 +176,7 @@ func (c *coordinator[K, V]) run(ctx context.Context) error {
 				continue
 			}
 			if c.handlerEnd == nil {
-				c.handling--
+				c.handlerReturned(done.call)
 			}
 			c.complete(done)
 		case ended, ok := <-handlerEnd:
@@ -181,7 +184,7 @@ func (c *coordinator[K, V]) run(ctx context.Context) error {
 				handlerEnd = nil
 				continue
 			}
-			c.handling--
+			c.handlerReturned(ended.call)
 			c.handlerTook(ended.quick)
 			if ended.cancelled != nil { // its claim ended: it does not go through the stages
 				c.complete(completion[K, V]{msg: ended.cancelled, verdict: verdictAbandon, quick: ended.quick})
@@ -214,7 +217,7 @@ func (c *coordinator[K, V]) takeReleased(released <-chan completion[K, V]) bool 
 	for range n {
 		done := <-released
 		if c.handlerEnd == nil {
-			c.handling--
+			c.handlerReturned(done.call)
 		}
 		c.complete(done)
 	}
@@ -295,7 +298,13 @@ func (c *coordinator[K, V]) dispatchReady() {
 // one round of quick handlers). Otherwise dispatch is one message per free
 // handler, so that a key's next message, usually the oldest ready one,
 // never waits behind messages handed out earlier.
+//
+// With adaptive concurrency the pool has a handler for every message the
+// limit may allow, so every message out is running: the limit alone.
 func (c *coordinator[K, V]) dispatchLimit() int {
+	if c.limiter != nil {
+		return c.limiter.current()
+	}
 	if c.queued == 0 || c.quick >= quickRun {
 		return 2 * c.concurrency
 	}
@@ -508,6 +517,35 @@ func (c *coordinator[K, V]) complete(done completion[K, V]) {
 	default:
 		c.settle(cl, s, slotAbandoned)
 		c.abandonKey(cl, done.msg)
+	}
+}
+
+// handlerReturned counts a handler out and gives the adaptive limit its
+// sample.
+func (c *coordinator[K, V]) handlerReturned(call handlerCall) {
+	if c.limiter != nil && call.ran && c.limiter.sample(call.took, call.failed, c.handling) {
+		c.limitChanged()
+	}
+	c.handling--
+}
+
+// limitChanged logs a new adaptive limit and publishes it.
+func (c *coordinator[K, V]) limitChanged() {
+	c.log.Debug("parallafka: concurrency limit changed", "limit", c.limiter.current(),
+		"latency", c.limiter.lastRTT, "lowest_latency", c.limiter.lowestLatency())
+	c.publishLimit()
+}
+
+// publishLimit makes the concurrency limit visible: to Stats and to the
+// user's callback (called on this goroutine: it must be quick).
+func (c *coordinator[K, V]) publishLimit() {
+	limit := c.concurrency
+	if c.limiter != nil {
+		limit = c.limiter.current()
+	}
+	c.stats.ConcurrencyLimit.Store(int64(limit))
+	if c.onLimit != nil {
+		c.onLimit(limit)
 	}
 }
 

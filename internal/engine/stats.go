@@ -28,6 +28,9 @@ type Stats struct {
 	Commits        atomic.Int64 // committer: successful commit requests
 	CommitErrors   atomic.Int64 // committer: failed commit requests
 	UserPaused     atomic.Bool  // poller: Parallafka.Pause is in force
+	// ConcurrencyLimit is the number of handlers allowed to run now
+	// (coordinator): the fixed concurrency, or the adaptive limit.
+	ConcurrencyLimit atomic.Int64
 
 	mu        sync.Mutex
 	committed map[pipeline.TopicPartition]int64 // committer
