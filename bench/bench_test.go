@@ -130,7 +130,7 @@ func BenchmarkPipelineMem(b *testing.B) {
 			w := newWorkload(c, "uniform", 1000)
 			b.ReportAllocs()
 			b.ResetTimer()
-			r, err := runPipeline(c, w, nil, "", mode, 16, &bytes.Buffer{})
+			r, err := runPipeline(c, w, nil, "", mode, concSpec{n: 16}, &bytes.Buffer{})
 			b.StopTimer()
 			if err != nil {
 				b.Fatal(err)

@@ -18,11 +18,17 @@ import (
 //     per message when the workload is generated, so that the serial
 //     baseline and every run sleep the same durations.
 //   - cpu:N: N rounds of integer hashing, a fixed amount of CPU work.
+//   - downstream:cap=C,base=D[,fail=F]: a call to one simulated service
+//     that all handlers share, serving C calls at a time in D each (see
+//     downstream); with fail=F, a call that finds more than F×C calls in
+//     it fails at once, and the handler returns the error.
 type handlerSpec struct {
 	text     string
-	kind     string // noop, sleep, cpu
-	min, max time.Duration
+	kind     string        // noop, sleep, cpu, downstream
+	min, max time.Duration // downstream: min is the base time
 	rounds   int
+	capacity int     // downstream
+	fail     float64 // downstream; 0: never fails
 }
 
 func parseHandler(s string) (handlerSpec, error) {
@@ -55,8 +61,12 @@ func parseHandler(s string) (handlerSpec, error) {
 			return h, fmt.Errorf("cpu: want cpu:N with N >= 0 rounds, got %q", arg)
 		}
 		h.rounds = n
+	case "downstream":
+		if err := parseDownstream(&h, arg); err != nil {
+			return h, err
+		}
 	default:
-		return h, fmt.Errorf("want noop, sleep:D, sleep:A-B or cpu:N, got %q", s)
+		return h, fmt.Errorf("want noop, sleep:D, sleep:A-B, cpu:N or downstream:cap=C,base=D[,fail=F], got %q", s)
 	}
 	return h, nil
 }

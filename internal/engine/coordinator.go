@@ -523,7 +523,7 @@ func (c *coordinator[K, V]) complete(done completion[K, V]) {
 // handlerReturned counts a handler out and gives the adaptive limit its
 // sample.
 func (c *coordinator[K, V]) handlerReturned(call handlerCall) {
-	if c.limiter != nil && call.ran && c.limiter.sample(call.took, call.failed, c.handling) {
+	if c.limiter != nil && call.ran && c.limiter.sample(call.ended, call.took, call.failed, c.handling) {
 		c.limitChanged()
 	}
 	c.handling--

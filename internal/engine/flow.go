@@ -405,6 +405,7 @@ type (
 	// how long it took and whether it failed. One call, one sample,
 	// whatever it handled.
 	handlerCall struct {
+		ended  time.Time
 		took   time.Duration
 		failed bool
 		ran    bool // the handler was called and its context not cancelled: a sample

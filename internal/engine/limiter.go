@@ -2,64 +2,87 @@ package engine
 
 import (
 	"math"
+	"slices"
 	"time"
 )
 
 // limiter adapts how many handlers may run at the same time, between min
 // and max, from what the handlers show: their latency, against the lowest
-// latency seen, and their failures. It is the gradient algorithm of
-// Netflix's concurrency-limits (GradientLimit: the gradient of the minimum
-// RTT against the current one, plus a queue allowance of √limit; see
-// github.com/Netflix/concurrency-limits, limit/GradientLimit.java and the
-// TCP Vegas reasoning in VegasLimit.java), with its windowing
-// (WindowedLimit) and AIMD's multiplicative decrease on a drop
-// (AIMDLimit), fitted to a pipeline whose one owner, the coordinator,
-// calls it: no locks, no clock (each sample carries its own latency).
+// latency seen lately, and their failures. It follows Netflix's
+// concurrency-limits (github.com/Netflix/concurrency-limits): the gradient
+// of GradientLimit (the no-load latency over the current one, kept in
+// [0.5, 1], scales the limit; its increase of √limit while latency is
+// flat), the time windows of WindowedLimit (one update per window, not
+// per call), the tolerance of Gradient2Limit (latency a little above the
+// lowest is not yet queueing), the "app limited" rule of Gradient2Limit
+// and VegasLimit (no growth while under half of the limit is in use) and
+// AIMDLimit's multiplicative decrease on a drop. It has one owner, the
+// coordinator: no locks, and no clock of its own (each sample says when it
+// ended), so that tests drive it with made-up times.
 //
-// Samples are gathered into windows of at least one round (as many
-// handler calls as the limit allows at once, and at least minWindow); at
-// the end of each window:
+// Samples are gathered into windows of at least minWindowTime and
+// minWindow calls. At the end of a window, with rtt its median latency of
+// successful calls and noLoad the lowest such median of the last
+// noLoadEpoch to 2×noLoadEpoch windows:
 //
-//   - if a call in it failed (an error, a panic, a timeout that the
-//     handler returned as an error), the limit is multiplied by backoff:
-//     a failing downstream is an overloaded one until it says otherwise;
-//   - otherwise, with rtt the window's mean latency of successful calls and
-//     noLoad the lowest mean latency of a window seen lately, the limit
-//     becomes limit × gradient + √limit / 2, where gradient is noLoad/rtt
-//     kept in [0.5, 1]. While latency is flat the limit grows by √limit/2
-//     a window; once calls queue downstream, latency grows with the excess
-//     and the gradient takes it away (with a service of capacity C, the
-//     limit settles near C + √C/2, where the queue just pays for the
-//     allowance). The limit does not grow in a window where fewer than
-//     half of it were in use (the handlers, not the limit, were the
-//     bound: key order, or too few messages).
+//   - gradient = tolerance × noLoad / rtt, kept in [0.5, 1]. Below 1,
+//     calls queue downstream (latency grows with the excess): the limit
+//     shrinks by smoothing × (1 − gradient), so at most by a quarter a
+//     window. At 1 it grows: while rtt is within 5 % of noLoad (no queue)
+//     it doubles until the first window that queued or failed (TCP's slow
+//     start), then grows by √limit/2; above 5 % by 1 (Vegas's cautious
+//     increase near the knee); and not at all while fewer than half of the allowed handlers
+//     were busy (key order or the backlog, not the limit, bounded them: no
+//     evidence that more would help).
+//   - if a call in the window failed (an error or a panic, a timeout
+//     returned as an error, a downstream shedding load), the limit is at
+//     most backoff × limit: a failing downstream counts as overloaded.
 //
-// Failed calls count as failures only: their latency (a downstream that
-// sheds load answers at once) would make the lowest latency meaningless.
-// The lowest latency is forgotten slowly (it is the lowest over the last
-// noLoadEpoch to 2×noLoadEpoch windows), so a downstream that became
-// slower for good is learnt as its new normal instead of being taken for
-// overload for ever.
+// Every noLoadEpoch windows (about 2.5 s) a probe window runs at half the
+// limit: its median is the latency without a queue, which starts the next
+// epoch's lowest (BBR's ProbeRTT, as in TCP BBR). So a downstream or a
+// machine that became slower for good is learnt as the new normal within
+// two epochs instead of being taken for overload for ever, and a limit
+// that sits a little above the capacity (within the tolerance) cannot
+// creep up by learning its own queue as normal. A probe costs about 2 %
+// of the throughput.
+//
+// The median, over a window of a tenth of a second, keeps the short
+// pauses of a busy machine (or a GC) from reading as queueing; failed
+// calls' latencies are left out (a downstream that sheds answers at once,
+// which would make the lowest latency meaningless).
 type limiter struct {
 	min, max int
 	limit    float64
 
 	// The window being gathered.
-	calls, failures int
-	sum             time.Duration // latency of the successful calls
-	busiest         int           // most handlers running when one of its calls ended
+	began     time.Time // its first call's end; zero before it
+	calls     int
+	failures  int
+	latencies []time.Duration // of its successful calls (a sample of them past maxSamples)
+	busiest   int             // most handlers running when one of its calls ended
+	seen      uint64          // successful calls, for the reservoir sample
 
-	// The lowest window mean latency: over this epoch and the last one.
+	// The lowest window median latency: in this epoch, and the last one.
+	// Each epoch begins with a probe: a window at half the limit, which
+	// measures the latency without a queue.
 	noLoad, noLoadPrev time.Duration
-	windows            int
-	lastRTT            time.Duration // the last window's mean latency, for the log
+	windows            int           // in this epoch
+	probing            bool          // this window is a probe
+	congested          bool          // a window queued or failed once: slow start is over
+	lastRTT            time.Duration // the last window's median, for the log
 }
 
 const (
-	minWindow   = 10   // calls per window, at least
-	backoff     = 0.9  // the limit's factor after a window with failures (AIMDLimit's default)
-	minGradient = 0.5  // the most one window may take away for latency (GradientLimit's clamp)
-	noLoadEpoch = 1000 // windows
+	minWindowTime = 100 * time.Millisecond
+	minWindow     = 10   // calls per window, at least
+	maxSamples    = 1024 // latencies kept per window: a uniform sample of them beyond
+	backoff       = 0.9  // the limit's factor, at most, after a window with failures (AIMDLimit's default)
+	minGradient   = 0.5  // GradientLimit's clamp
+	tolerance     = 1.2  // a median latency up to tolerance × the lowest is not queueing
+	flat          = 1.05 // a median latency up to flat × the lowest: no queue, grow fast
+	smoothing     = 0.5  // the share of a latency decrease applied per window
+	noLoadEpoch   = 25   // windows
 )
 
 // newLimiter returns a limiter that starts at min.
@@ -69,60 +92,98 @@ func newLimiter(min, max int) *limiter {
 
 // current returns the number of handlers allowed to run now.
 func (l *limiter) current() int {
-	return min(l.max, max(l.min, int(l.limit)))
+	limit := l.limit
+	if l.probing {
+		limit /= 2
+	}
+	return min(l.max, max(l.min, int(limit)))
 }
 
-// sample records one handler call that ended after took, failed or not,
-// with running handlers running when it ended (itself included). It
-// reports whether the limit changed.
-func (l *limiter) sample(took time.Duration, failed bool, running int) bool {
+// sample records one handler call that ended at ended after took, failed
+// or not, with running handlers running when it ended (itself included).
+// It reports whether the limit changed.
+func (l *limiter) sample(ended time.Time, took time.Duration, failed bool, running int) bool {
+	if l.began.IsZero() {
+		l.began = ended
+	}
 	l.calls++
 	l.busiest = max(l.busiest, running)
 	if failed {
 		l.failures++
 	} else {
-		l.sum += took
+		l.keep(took)
 	}
-	if l.calls < max(minWindow, l.current()) {
+	if l.calls < minWindow || ended.Sub(l.began) < minWindowTime {
 		return false
 	}
 	before := l.current()
 	l.update()
-	l.calls, l.failures, l.sum, l.busiest = 0, 0, 0, 0
+	l.began, l.calls, l.failures, l.latencies, l.busiest, l.seen = time.Time{}, 0, 0, l.latencies[:0], 0, 0
 	return l.current() != before
+}
+
+// keep adds a latency to the window's sample: every one up to maxSamples,
+// then a uniform sample of them (reservoir sampling), so that a window of
+// a fast pipeline costs no more than a slow one's.
+func (l *limiter) keep(took time.Duration) {
+	l.seen++
+	if len(l.latencies) < maxSamples {
+		l.latencies = append(l.latencies, took)
+		return
+	}
+	// splitmix64 of the count: cheap, and deterministic for tests.
+	z := l.seen * 0x9e3779b97f4a7c15
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9
+	z = (z ^ (z >> 27)) * 0x94d049bb133111eb
+	if i := (z ^ (z >> 31)) % l.seen; i < maxSamples {
+		l.latencies[i] = took
+	}
 }
 
 // update ends a window.
 func (l *limiter) update() {
 	limit := l.limit
-	ok := l.calls - l.failures
-	switch {
-	case l.failures > 0:
-		limit *= backoff
-	case ok > 0:
-		rtt := max(l.sum/time.Duration(ok), 1)
+	if len(l.latencies) > 0 {
+		slices.Sort(l.latencies)
+		rtt := max(l.latencies[len(l.latencies)/2], 1)
 		l.lastRTT = rtt
-		l.windows++
-		if l.windows >= noLoadEpoch {
-			l.windows, l.noLoadPrev, l.noLoad = 0, l.noLoad, 0
+		switch {
+		case l.probing:
+			// A new epoch: the probe's latency, without a queue, and the
+			// lowest of the last epoch are what it goes by.
+			l.probing, l.windows, l.noLoadPrev, l.noLoad = false, 0, l.noLoad, rtt
+		default:
+			l.noLoad = min(l.noLoad, rtt)
+			if l.noLoad == 0 {
+				l.noLoad = rtt
+			}
+			ratio := float64(rtt) / float64(l.lowestLatency())
+			gradient := max(minGradient, min(1, tolerance/ratio))
+			switch {
+			case gradient < 1:
+				l.congested = true
+				limit *= 1 - smoothing*(1-gradient)
+			case l.failures > 0 || 2*l.busiest < l.current():
+			case ratio <= flat && !l.congested:
+				limit *= 2 // slow start, as TCP's: until the first sign of a queue
+			case ratio <= flat:
+				limit += math.Sqrt(limit) / 2
+			default: // a little queueing, within the tolerance: creep
+				limit++
+			}
+			if l.windows++; l.windows >= noLoadEpoch {
+				l.probing = true
+			}
 		}
-		if l.noLoad == 0 || rtt < l.noLoad {
-			l.noLoad = rtt
-		}
-		noLoad := l.noLoad
-		if l.noLoadPrev > 0 {
-			noLoad = min(noLoad, l.noLoadPrev)
-		}
-		gradient := max(minGradient, min(1, float64(noLoad)/float64(rtt)))
-		limit = limit*gradient + math.Sqrt(limit)/2
-		if limit > l.limit && 2*l.busiest < l.current() {
-			limit = l.limit // not limited by the limit: no evidence it could be higher
-		}
+	}
+	if l.failures > 0 {
+		l.probing, l.congested = false, true
+		limit = min(limit, l.limit*backoff)
 	}
 	l.limit = max(float64(l.min), min(float64(l.max), limit))
 }
 
-// lowestLatency returns the lowest window mean latency it goes by.
+// lowestLatency returns the lowest window median latency it goes by.
 func (l *limiter) lowestLatency() time.Duration {
 	if l.noLoadPrev > 0 && (l.noLoad == 0 || l.noLoadPrev < l.noLoad) {
 		return l.noLoadPrev

@@ -8,25 +8,34 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// callWindow feeds the limiter one full window of calls that took took each,
-// with all of the limit busy, failed of them failing; it returns the limit
-// after it.
+// testClock is the made-up time of the calls fed to a limiter.
+var testClock = time.Date(2026, 12, 2, 0, 0, 0, 0, time.UTC)
+
+// callWindow feeds the limiter one full window of calls that took took
+// each, with all of the limit busy, the first failed of them failing; it
+// returns the limit after it.
 func callWindow(l *limiter, took time.Duration, failed int) int {
-	n := max(minWindow, l.current())
-	for i := range n {
-		l.sample(took, i < failed, l.current())
+	for i := 0; ; i++ {
+		testClock = testClock.Add(minWindowTime / minWindow)
+		d := took
+		if i < failed {
+			d = time.Microsecond // a downstream that sheds answers at once
+		}
+		l.sample(testClock, d, i < failed, l.current())
+		if l.calls == 0 {
+			return l.current()
+		}
 	}
-	return l.current()
 }
 
 func TestLimiterStartsAtMinAndGrowsWhileLatencyIsFlat(t *testing.T) {
 	l := newLimiter(3, 40)
 	assert.Equal(t, 3, l.current())
-	prev := l.current()
+	prev := l.limit
 	for range 100 {
-		next := callWindow(l, 2*time.Millisecond, 0)
-		assert.GreaterOrEqual(t, next, prev, "flat latency never lowers the limit")
-		prev = next
+		callWindow(l, 2*time.Millisecond, 0)
+		assert.GreaterOrEqual(t, l.limit, prev, "flat latency never lowers the limit")
+		prev = l.limit
 	}
 	assert.Equal(t, 40, l.current(), "grows to max and stays there")
 }
@@ -40,10 +49,13 @@ func TestLimiterDecreasesOnRisingLatency(t *testing.T) {
 	next := callWindow(l, 4*time.Millisecond, 0)
 	assert.Less(t, next, prev, "latency doubled: the limit comes down")
 	assert.GreaterOrEqual(t, float64(next), 0.5*float64(prev), "by at most half a window")
-	for range 100 {
+	for range 20 {
+		before, probe := l.limit, l.probing
 		callWindow(l, 20*time.Millisecond, 0)
+		if l.limit > 1 && !probe {
+			assert.Less(t, l.limit, before, "still queueing: still coming down")
+		}
 	}
-	// limit·0.5 + √limit/2 = limit settles at 1; the floor is min.
 	assert.LessOrEqual(t, l.current(), 2)
 }
 
@@ -84,7 +96,7 @@ func TestLimiterIgnoresFailedCallsLatency(t *testing.T) {
 	// A downstream shedding load answers at once: those calls must not
 	// make 2 ms look slow.
 	for range 3 {
-		callWindow(l, time.Microsecond, 5)
+		callWindow(l, 2*time.Millisecond, 5)
 	}
 	assert.Equal(t, 2*time.Millisecond, l.lowestLatency())
 }
@@ -92,8 +104,9 @@ func TestLimiterIgnoresFailedCallsLatency(t *testing.T) {
 func TestLimiterDoesNotGrowWhenHandlersAreIdle(t *testing.T) {
 	l := newLimiter(10, 100)
 	for range 50 {
-		for range max(minWindow, l.current()) {
-			l.sample(time.Millisecond, false, 4) // key order allows 4: under half of 10
+		for range 2 * minWindow {
+			testClock = testClock.Add(minWindowTime / minWindow)
+			l.sample(testClock, time.Millisecond, false, 4) // key order allows 4: under half of 10
 		}
 	}
 	assert.Equal(t, 10, l.current())
@@ -116,8 +129,11 @@ func TestLimiterFindsAndFollowsTheCapacity(t *testing.T) {
 		}
 		for range 200 {
 			callWindow(l, downstreamLatency(l.current(), capacity, base), 0)
+			if l.probing {
+				continue // the next window runs at half the limit, on purpose
+			}
 			require.GreaterOrEqual(t, l.current(), capacity, "capacity %d: throughput lost", capacity)
-			require.LessOrEqual(t, float64(l.current()), 1.25*float64(capacity), "capacity %d: latency over 1.25× base", capacity)
+			require.LessOrEqual(t, float64(l.current()), 1.3*float64(capacity), "capacity %d: latency over 1.3× base", capacity)
 		}
 	}
 	settle(32)

@@ -65,7 +65,8 @@ func (p *handlerPool[K, V]) work(ctx context.Context) {
 			msg.Attempt++
 			began := time.Now()
 			msg.Err = p.handle(job.ctx, msg)
-			call.took = time.Since(began)
+			call.ended = time.Now()
+			call.took = call.ended.Sub(began)
 			quick = call.took < quickHandler
 			stopped = job.ctx.Err() != nil && msg.Err != nil
 			// A call cut short by a cancelled context (a hard stop, a
