@@ -34,7 +34,7 @@ type config struct {
 	timeline    string          // CSV of every run's timeline (downstream model)
 	timelinePNG string          // chart of it
 	debugLog    string          // the pipeline's log at Debug level
-	maxInFlight int // 0: the library's default
+	maxInFlight int             // 0: the library's default
 	serial      bool
 	raw         bool
 	json        bool

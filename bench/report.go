@@ -23,8 +23,8 @@ type result struct {
 	Concurrency int     `json:"concurrency"` // fixed, or the adaptive max
 	// ConcurrencySpec is the -concurrency value: "16" or "adaptive:1-512".
 	ConcurrencySpec string `json:"concurrency_spec"`
-	MaxInFlight int     `json:"max_in_flight"`
-	GOMAXPROCS  int     `json:"gomaxprocs"`
+	MaxInFlight     int    `json:"max_in_flight"`
+	GOMAXPROCS      int    `json:"gomaxprocs"`
 
 	// Seconds runs from the first poll to the last handler end;
 	// TotalSeconds from the Consume call to its return (group join,
@@ -94,17 +94,17 @@ type result struct {
 	// that failed (shed), the latency of the calls that succeeded (queue
 	// wait and service), the concurrency limit (mean and last, from 100 ms
 	// samples), and with -downstream-change what the timeline showed.
-	Calls            int64        `json:"calls,omitempty"`
-	Failures         int64        `json:"failures,omitempty"`
-	FailureRate      float64      `json:"failure_rate,omitempty"`
-	HandlerP50Ms     float64      `json:"handler_p50_ms,omitempty"`
-	HandlerP99Ms     float64      `json:"handler_p99_ms,omitempty"`
+	Calls        int64   `json:"calls,omitempty"`
+	Failures     int64   `json:"failures,omitempty"`
+	FailureRate  float64 `json:"failure_rate,omitempty"`
+	HandlerP50Ms float64 `json:"handler_p50_ms,omitempty"`
+	HandlerP99Ms float64 `json:"handler_p99_ms,omitempty"`
 	// ModelP50Ms and ModelP99Ms are the latency the downstream imposed
 	// (the wait for a server plus the base time): the handler latency
 	// without the machine's timer overshoot, which on a shared VM adds
 	// milliseconds to a 2 ms sleep at the 99th percentile.
-	ModelP50Ms float64 `json:"model_p50_ms,omitempty"`
-	ModelP99Ms float64 `json:"model_p99_ms,omitempty"`
+	ModelP50Ms       float64      `json:"model_p50_ms,omitempty"`
+	ModelP99Ms       float64      `json:"model_p99_ms,omitempty"`
 	MeanLimit        float64      `json:"mean_limit,omitempty"`
 	LastLimit        int          `json:"last_limit,omitempty"`
 	Change           *changeStats `json:"change,omitempty"`
