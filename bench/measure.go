@@ -148,12 +148,13 @@ func (r *recorder) callDownstream(p int32, offset int64) error {
 }
 
 // modelLatencies returns the 50th and 99th percentiles of the latency the
-// downstream imposed on the messages that finished: the wait for a server
-// plus the base time, without the machine's timer overshoot.
-func (r *recorder) modelLatencies() (p50, p99 time.Duration) {
+// downstream imposed on the messages that finished within [from, to) ns
+// of the recorder's clock (to 0: no end): the wait for a server plus the
+// base time, without the machine's timer overshoot.
+func (r *recorder) modelLatencies(from, to int64) (p50, p99 time.Duration) {
 	var lat []int64
 	for i, end := range r.endAt {
-		if end != 0 {
+		if end != 0 && end >= from && (to == 0 || end < to) {
 			lat = append(lat, r.imposed[i])
 		}
 	}

@@ -6,6 +6,7 @@ import (
 	"io"
 	"math"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -44,6 +45,7 @@ type tick struct {
 	MsgsPerSec  float64
 	FailPerSec  float64
 	HandlerP99  float64 // ms, of the calls that succeeded in the interval
+	ModelP99    float64 // ms, the latency the downstream imposed on them
 	Busy        int64   // handlers in a call
 	startOffset int64   // recorder clock at T, ns
 }
@@ -99,7 +101,9 @@ type changeStats struct {
 	NewCapacity int     `json:"new_capacity"`
 	// LimitSettleSeconds: from the change until the limit is within
 	// 0.75×–1.5× of the new capacity (the new optimum) for the rest of
-	// the run; -1 if it never is.
+	// the run, the limit taken as the median of the last half second's
+	// samples (so that a probe window, 100 ms at half the limit every
+	// 2.5 s, does not count as leaving the band); -1 if it never is.
 	LimitSettleSeconds float64 `json:"limit_settle_seconds"`
 	// Over the second before the change, and from 2 s after it to 1 s
 	// before the run's last tick (the backlog's tail excluded).
@@ -107,6 +111,8 @@ type changeStats struct {
 	MsgsPerSecAfter  float64 `json:"msgs_per_sec_after"`
 	P99MsBefore      float64 `json:"handler_p99_ms_before"`
 	P99MsAfter       float64 `json:"handler_p99_ms_after"`
+	ModelP99MsBefore float64 `json:"model_p99_ms_before"`
+	ModelP99MsAfter  float64 `json:"model_p99_ms_after"`
 	// RecoverySeconds: from the change until the throughput over the next
 	// second is at least 0.9 of the best fixed concurrency's
 	// MsgsPerSecAfter in the same invocation; -1 if never.
@@ -121,7 +127,7 @@ func (tl *timeline) summarize(r *result, rec *recorder, change *capacityChange) 
 	}
 	p50, p99 := rec.handlerLatencies(0, 0)
 	r.HandlerP50Ms, r.HandlerP99Ms = ms(p50), ms(p99)
-	p50, p99 = rec.modelLatencies()
+	p50, p99 = rec.modelLatencies(0, 0)
 	r.ModelP50Ms, r.ModelP99Ms = ms(p50), ms(p99)
 	prev := tick{startOffset: tl.start}
 	sum := 0.0
@@ -132,6 +138,8 @@ func (tl *timeline) summarize(r *result, rec *recorder, change *capacityChange) 
 		t.FailPerSec = float64(t.Failures-prev.Failures) / dt
 		_, p := rec.handlerLatencies(prev.startOffset, t.startOffset)
 		t.HandlerP99 = ms(p)
+		_, p = rec.modelLatencies(prev.startOffset, t.startOffset)
+		t.ModelP99 = ms(p)
 		sum += float64(t.Limit)
 		prev = *t
 	}
@@ -146,10 +154,15 @@ func (tl *timeline) summarize(r *result, rec *recorder, change *capacityChange) 
 	cs := &changeStats{At: at, NewCapacity: change.capacity, LimitSettleSeconds: -1, RecoverySeconds: -1}
 	lo, hi := 0.75*float64(change.capacity), 1.5*float64(change.capacity)
 	for i := len(tl.ticks) - 1; i >= 0 && tl.ticks[i].T > at; i-- {
-		if l := float64(tl.ticks[i].Limit); l < lo || l > hi {
+		var recent []int
+		for j := i; j >= 0 && tl.ticks[j].T > tl.ticks[i].T-0.5; j-- {
+			recent = append(recent, tl.ticks[j].Limit)
+		}
+		slices.Sort(recent)
+		if l := float64(recent[len(recent)/2]); l < lo || l > hi {
 			break
 		}
-		cs.LimitSettleSeconds = tl.ticks[i].T - tickEvery.Seconds() - at
+		cs.LimitSettleSeconds = max(0, tl.ticks[i].T-at)
 	}
 	end := tl.ticks[len(tl.ticks)-1].T - 1
 	cs.MsgsPerSecBefore, _ = tl.rate(at-1, at)
@@ -158,6 +171,10 @@ func (tl *timeline) summarize(r *result, rec *recorder, change *capacityChange) 
 	cs.P99MsBefore = ms(p)
 	_, p = rec.handlerLatencies(tl.at(at+2), tl.at(end))
 	cs.P99MsAfter = ms(p)
+	_, p = rec.modelLatencies(tl.at(at-1), tl.at(at))
+	cs.ModelP99MsBefore = ms(p)
+	_, p = rec.modelLatencies(tl.at(at+2), tl.at(end))
+	cs.ModelP99MsAfter = ms(p)
 	r.Change = cs
 	r.timelineChangeAt = at
 }
@@ -218,14 +235,14 @@ func reportTimelines(c *config, results []*result, stderr io.Writer) error {
 					continue
 				}
 				if rate, ok := tl.rate(t.T, t.T+1); ok && rate >= 0.9*best {
-					cs.RecoverySeconds = t.T - tickEvery.Seconds() - cs.At
+					cs.RecoverySeconds = max(0, t.T-cs.At)
 					break
 				}
 			}
 		}
-		fmt.Fprintf(stderr, "# %s: capacity → %d at %.1fs: limit settled in 0.75-1.5× after %.1fs; msg/s %.0f → %.0f (≥0.9 of best fixed %.0f after %.1fs); handler p99 %.2f → %.2f ms\n",
-			r.ConcurrencySpec, cs.NewCapacity, cs.At, cs.LimitSettleSeconds, cs.MsgsPerSecBefore, cs.MsgsPerSecAfter,
-			best, cs.RecoverySeconds, cs.P99MsBefore, cs.P99MsAfter)
+		fmt.Fprintf(stderr, "# %s: capacity → %d at %.1fs: limit in 0.75-1.5× of it from %s after; msg/s %.0f → %.0f (≥ 0.9 of the best fixed run's %.0f from %s after); handler p99 %.2f → %.2f ms, downstream-imposed p99 %.2f → %.2f ms\n",
+			r.ConcurrencySpec, cs.NewCapacity, cs.At, seconds(cs.LimitSettleSeconds), cs.MsgsPerSecBefore, cs.MsgsPerSecAfter,
+			best, seconds(cs.RecoverySeconds), cs.P99MsBefore, cs.P99MsAfter, cs.ModelP99MsBefore, cs.ModelP99MsAfter)
 	}
 	if c.timeline != "" && len(withTimeline) > 0 {
 		if err := writeTimelineCSV(c.timeline, withTimeline); err != nil {
@@ -241,16 +258,24 @@ func reportTimelines(c *config, results []*result, stderr io.Writer) error {
 	return nil
 }
 
+// seconds formats a delay, -1 as never.
+func seconds(s float64) string {
+	if s < 0 {
+		return "never"
+	}
+	return fmt.Sprintf("%.1fs", s)
+}
+
 func writeTimelineCSV(path string, results []*result) error {
 	f, err := os.Create(path)
 	if err != nil {
 		return err
 	}
 	w := bufio.NewWriter(f)
-	fmt.Fprintln(w, "handler,concurrency,seconds,limit,msgs_per_sec,handler_p99_ms,failures_per_sec,busy")
+	fmt.Fprintln(w, "handler,concurrency,seconds,limit,msgs_per_sec,handler_p99_ms,model_p99_ms,failures_per_sec,busy")
 	for _, r := range results {
 		for _, t := range r.timelineSamples {
-			fmt.Fprintf(w, "%s,%s,%.2f,%d,%.0f,%.3f,%.0f,%d\n", r.Handler, r.ConcurrencySpec, t.T, t.Limit, t.MsgsPerSec, t.HandlerP99, t.FailPerSec, t.Busy)
+			fmt.Fprintf(w, "%q,%s,%.2f,%d,%.0f,%.3f,%.3f,%.0f,%d\n", r.Handler, r.ConcurrencySpec, t.T, t.Limit, t.MsgsPerSec, t.HandlerP99, t.ModelP99, t.FailPerSec, t.Busy)
 		}
 	}
 	if err := w.Flush(); err != nil {
@@ -261,8 +286,9 @@ func writeTimelineCSV(path string, results []*result) error {
 }
 
 // writeTimelinePlot charts, one above the other, the concurrency limit,
-// the throughput and the handler p99 over time, one line per run, with the
-// capacity change marked.
+// the throughput, the handler p99 (wall time) and the p99 of the latency
+// the downstream imposed over time, one line per run, with the capacity
+// change marked.
 func writeTimelinePlot(path string, results []*result) error {
 	type panel struct {
 		title string
@@ -273,6 +299,7 @@ func writeTimelinePlot(path string, results []*result) error {
 		{"concurrency limit", func(t tick) float64 { return float64(t.Limit) }, true},
 		{"messages per second", func(t tick) float64 { return t.MsgsPerSec }, false},
 		{"handler p99 (ms)", func(t tick) float64 { return t.HandlerP99 }, true},
+		{"downstream-imposed p99 (ms)", func(t tick) float64 { return t.ModelP99 }, true},
 	}
 	first := results[0]
 	plots := make([][]*plot.Plot, len(panels))
@@ -332,7 +359,7 @@ func writeTimelinePlot(path string, results []*result) error {
 		p.Legend.Top, p.Legend.Left = true, false
 		plots[i] = []*plot.Plot{p}
 	}
-	img := vgimg.New(11*vg.Inch, 9*vg.Inch)
+	img := vgimg.New(11*vg.Inch, 11*vg.Inch)
 	dc := draw.New(img)
 	canvases := plot.Align(plots, draw.Tiles{Rows: len(panels), Cols: 1, PadY: vg.Points(6), PadTop: vg.Points(4), PadBottom: vg.Points(4), PadLeft: vg.Points(4), PadRight: vg.Points(8)}, dc)
 	for i := range plots {
