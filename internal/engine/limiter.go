@@ -22,8 +22,8 @@ import (
 //
 // Samples are gathered into windows of at least minWindowTime and
 // minWindow calls. At the end of a window, with rtt its median latency of
-// successful calls and noLoad the lowest such median of the last
-// noLoadEpoch to 2×noLoadEpoch windows:
+// successful calls and noLoad the lowest such median of this epoch and
+// the last (see the probe below):
 //
 //   - gradient = tolerance × noLoad / rtt, kept in [0.5, 1]. Below 1,
 //     calls queue downstream (latency grows with the excess): the limit
@@ -31,16 +31,16 @@ import (
 //     window. At 1 it grows: while rtt is within 5 % of noLoad (no queue)
 //     it doubles until the first window that queued or failed (TCP's slow
 //     start), then grows by √limit/2; above 5 % by 1 (Vegas's cautious
-//     increase near the knee); and not at all while fewer than half of the allowed handlers
-//     were busy (key order or the backlog, not the limit, bounded them: no
-//     evidence that more would help).
+//     increase near the knee); and not at all while fewer than half of
+//     the allowed handlers were busy (key order or the backlog, not the
+//     limit, bounded them: no evidence that more would help).
 //   - if a call in the window failed (an error or a panic, a timeout
 //     returned as an error, a downstream shedding load), the limit is at
 //     most backoff × limit: a failing downstream counts as overloaded.
 //
 // Every noLoadEpoch windows (about 2.5 s) a probe window runs at half the
 // limit: its median is the latency without a queue, which starts the next
-// epoch's lowest (BBR's ProbeRTT, as in TCP BBR). So a downstream or a
+// epoch's lowest (as TCP BBR's ProbeRTT state does). So a downstream or a
 // machine that became slower for good is learnt as the new normal within
 // two epochs instead of being taken for overload for ever, and a limit
 // that sits a little above the capacity (within the tolerance) cannot
