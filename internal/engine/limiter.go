@@ -35,8 +35,11 @@ import (
 //     the allowed handlers were busy (key order or the backlog, not the
 //     limit, bounded them: no evidence that more would help).
 //   - if a call in the window failed (an error or a panic, a timeout
-//     returned as an error, a downstream shedding load), the limit is at
-//     most backoff × limit: a failing downstream counts as overloaded.
+//     returned as an error, a downstream shedding load), the limit is cut
+//     by a tenth, or by the share of the window's calls that failed if
+//     that is more, up to half: a failing downstream counts as overloaded.
+//     A window ends early once a round of calls (the limit, at least
+//     minWindow) failed: shed calls come back fast, as retries.
 //
 // Every noLoadEpoch windows (about 2.5 s) a probe window runs at half the
 // limit: its median is the latency without a queue, which starts the next
@@ -113,7 +116,10 @@ func (l *limiter) sample(ended time.Time, took time.Duration, failed bool, runni
 	} else {
 		l.keep(took)
 	}
-	if l.calls < minWindow || ended.Sub(l.began) < minWindowTime {
+	// A window ends after minWindowTime, or at once when a round of calls
+	// failed: a downstream shedding load fails calls faster than it
+	// serves them, and every one of them is a retry to come.
+	if l.calls < minWindow || ended.Sub(l.began) < minWindowTime && l.failures < max(minWindow, l.current()) {
 		return false
 	}
 	before := l.current()
@@ -177,8 +183,11 @@ func (l *limiter) update() {
 		}
 	}
 	if l.failures > 0 {
+		// At least a tenth off, and as much as the share of calls that
+		// failed, up to half.
 		l.probing, l.congested = false, true
-		limit = min(limit, l.limit*backoff)
+		cut := max(minGradient, min(backoff, 1-float64(l.failures)/float64(l.calls)))
+		limit = min(limit, l.limit*cut)
 	}
 	l.limit = max(float64(l.min), min(float64(l.max), limit))
 }

@@ -84,8 +84,13 @@ func TestLimiterFailureIsMultiplicativeDecrease(t *testing.T) {
 	callWindow(l, time.Millisecond, 1)
 	assert.InDelta(t, before*backoff, l.limit, 1e-9, "one failed call in a window: ×0.9")
 	before = l.limit
-	callWindow(l, time.Millisecond, l.current())
-	assert.InDelta(t, before*backoff, l.limit, 1e-9, "a window of failures: ×0.9 once")
+	calls := 0
+	for l.calls > 0 || calls == 0 { // every call fails: the window ends after one round
+		calls++
+		l.sample(testClock, time.Microsecond, true, l.current())
+	}
+	assert.Equal(t, max(minWindow, int(before)), calls, "a round of failures ends the window")
+	assert.InDelta(t, before*minGradient, l.limit, 1e-9, "every call failed: ×0.5 once")
 }
 
 func TestLimiterIgnoresFailedCallsLatency(t *testing.T) {
