@@ -129,31 +129,33 @@ func WithMaxConcurrency(n int) Option {
 // WithAdaptiveConcurrency makes the number of handlers allowed to run at
 // the same time adapt, between min and max, to what the handlers show, for
 // handlers that call a shared downstream (a database, a service) whose
-// capacity is unknown or changes. It starts at min. At the end of every
-// window of handler calls (as many as the limit allows at once, and at
-// least 10):
+// capacity is unknown or changes. It starts at min. Every window of 100 ms
+// (and at least 10 handler calls) it compares the window's median handler
+// latency with the lowest seen lately:
 //
-//   - if a call failed (returned an error or panicked: a timeout given as
-//     an error, the downstream shedding load), the limit is cut by 10 %;
-//   - otherwise it becomes limit × gradient + √limit/2, where the gradient
-//     is the lowest mean latency of a window seen lately over this
-//     window's, between 0.5 and 1: while latency stays flat the limit
-//     grows; once calls queue in the downstream, latency rises with the
-//     excess and the limit comes down to about the downstream's capacity.
+//   - flat latency: the limit grows (doubling until the first sign of a
+//     queue, then by √limit/2 a window);
+//   - latency more than 30 % above the lowest: calls queue downstream, and
+//     the limit shrinks in proportion (at most by a quarter a window);
+//   - a failed call (an error or a panic: a timeout returned as an error, a
+//     downstream shedding load) counts as overload: the limit is cut by
+//     10 %, or by the share of the window's calls that failed, up to half.
 //
 // The limit does not grow while fewer than half of the allowed handlers
 // are busy (key order or the backlog, not the limit, is the bound then).
-// A retried attempt is a call like any other; a call cut short by a hard
-// stop or a revoke timeout is no sample. Errors that do not come from
-// load (a message the handler refuses) lower the limit too, so the
-// limit suits handlers whose errors are mostly the downstream's. The
-// algorithm is Netflix concurrency-limits' gradient limit (see the
-// README); Stats().ConcurrencyLimit reports the limit, the logger logs its
-// changes at Debug level, and WithOnConcurrencyLimit exports it.
+// Every 2.5 s a 100 ms window runs at half the limit to measure the
+// latency without a queue afresh. A retried attempt is a call like any
+// other; a call cut short by a hard stop or a revoke timeout is no sample.
+// Errors that do not come from load (a message the handler refuses) lower
+// the limit too, and so does latency the handler has for reasons of its
+// own. The algorithm is Netflix concurrency-limits' gradient limit (see
+// the README); Stats().ConcurrencyLimit reports the limit, the logger logs
+// its changes at Debug level, and WithOnConcurrencyLimit exports it.
 //
 // min must be at least 1 and max at least min; the in-flight window
-// (WithMaxInFlight) must hold max messages. It cannot be combined with
-// WithMaxConcurrency. Off by default: WithMaxConcurrency's fixed count.
+// (WithMaxInFlight) must hold max messages; the pool keeps max handler
+// goroutines. It cannot be combined with WithMaxConcurrency. Off by
+// default: WithMaxConcurrency's fixed count.
 func WithAdaptiveConcurrency(min, max int) Option {
 	return optionFunc(func(c *config) { c.adaptive, c.minConcurrency, c.adaptiveMax = true, min, max })
 }
