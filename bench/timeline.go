@@ -115,8 +115,10 @@ type changeStats struct {
 	ModelP99MsAfter  float64 `json:"model_p99_ms_after"`
 	// RecoverySeconds: from the change until the throughput over the next
 	// second is at least 0.9 of the best fixed concurrency's
-	// MsgsPerSecAfter in the same invocation; -1 if never.
-	RecoverySeconds float64 `json:"recovery_seconds"`
+	// MsgsPerSecAfter in the same invocation; -1 if never. It needs every
+	// run of the invocation, so it is in the summary on stderr, not in the
+	// JSON line (written as the run ends).
+	RecoverySeconds float64 `json:"-"`
 }
 
 // summarize fills the run's downstream measurements from its timeline.
