@@ -300,8 +300,8 @@ func writeTimelinePlot(path string, results []*result) error {
 	panels := []panel{
 		{"concurrency limit", func(t tick) float64 { return float64(t.Limit) }, true},
 		{"messages per second", func(t tick) float64 { return t.MsgsPerSec }, false},
-		{"handler p99 (ms)", func(t tick) float64 { return t.HandlerP99 }, true},
-		{"downstream-imposed p99 (ms)", func(t tick) float64 { return t.ModelP99 }, true},
+		{"handler p99 (ms)", func(t tick) float64 { return t.HandlerP99 }, false},
+		{"downstream-imposed p99 (ms)", func(t tick) float64 { return t.ModelP99 }, false},
 	}
 	first := results[0]
 	plots := make([][]*plot.Plot, len(panels))
