@@ -2,7 +2,9 @@ package parallafka_test
 
 import (
 	"context"
+	"fmt"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -52,4 +54,66 @@ func BenchmarkPipelineNoop(b *testing.B) {
 			_ = time.Second
 		})
 	}
+}
+
+// BenchmarkPipelineBatchNoop is BenchmarkPipelineNoop with ConsumeBatch
+// (batches of up to 100, no linger) in key mode, beside the single-message
+// pipeline on the same workload: ns/op is per message, and cpu-µs/msg the
+// process's CPU per message.
+func BenchmarkPipelineBatchNoop(b *testing.B) {
+	for _, batch := range []int{0, 100} {
+		name := "single"
+		if batch > 0 {
+			name = "batch100"
+		}
+		b.Run(name, func(b *testing.B) {
+			src := memsource.New[string, int]()
+			src.AddTopic(topic, 4)
+			for i := range b.N {
+				src.Produce(topic, int32(i%4), fmt.Sprintf("k%d", i%1000), i)
+			}
+			var handled atomic.Int64
+			opts := []parallafka.Option{parallafka.WithLogger(quiet)}
+			if batch > 0 {
+				opts = append(opts, parallafka.WithMaxBatchMessages(batch), parallafka.WithBatchLinger(0))
+			}
+			p, err := parallafka.New(src, opts...)
+			if err != nil {
+				b.Fatal(err)
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			b.ReportAllocs()
+			cpu0 := processCPU()
+			b.ResetTimer()
+			if batch > 0 {
+				err = p.ConsumeBatch(ctx, func(_ context.Context, msgs []*parallafka.Message[string, int]) error {
+					if handled.Add(int64(len(msgs))) == int64(b.N) {
+						cancel()
+					}
+					return nil
+				})
+			} else {
+				err = p.Consume(ctx, func(context.Context, *parallafka.Message[string, int]) error {
+					if handled.Add(1) == int64(b.N) {
+						cancel()
+					}
+					return nil
+				})
+			}
+			b.StopTimer()
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.ReportMetric(float64((processCPU()-cpu0).Microseconds())/float64(b.N), "cpu-µs/msg")
+		})
+	}
+}
+
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

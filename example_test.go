@@ -78,3 +78,35 @@ func ExampleWithStage() {
 	fmt.Println(err)
 	// Output: <nil>
 }
+
+// ConsumeBatch hands the handler many messages per call, a key's in offset
+// order; a BatchError fails only the messages it names (with a retry stage
+// they are handled again, the later messages of their key after them).
+func ExampleParallafka_ConsumeBatch() {
+	src := memsource.New[string, string]()
+	src.AddTopic("orders", 1)
+	for _, ev := range []struct{ order, status string }{
+		{"o-1", "created"}, {"o-2", "created"}, {"o-1", "paid"}, {"o-2", "paid"}, {"o-1", "shipped"},
+	} {
+		src.Produce("orders", 0, ev.order, ev.status)
+	}
+	p, err := parallafka.New(src, parallafka.WithMaxConcurrency(1), parallafka.WithMaxBatchMessages(100),
+		parallafka.WithLogger(slog.New(slog.DiscardHandler)))
+	if err != nil {
+		panic(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	table := map[string]string{} // a sink: order → latest status
+	var written int
+	err = p.ConsumeBatch(ctx, func(ctx context.Context, batch []*parallafka.Message[string, string]) error {
+		for _, msg := range batch { // in a transaction, in a real sink
+			table[msg.Key] = msg.Value
+		}
+		if written += len(batch); written == 5 {
+			cancel()
+		}
+		return nil
+	})
+	fmt.Println("error:", err, "table:", table, "mean batch:", p.Stats().MeanBatchSize)
+	// Output: error: <nil> table: map[o-1:shipped o-2:paid] mean batch: 5
+}

@@ -69,6 +69,9 @@ const (
 	DefaultOffsetMapMaxBytes = 4096
 	DefaultShutdownTimeout   = 30 * time.Second
 	DefaultRevokeTimeout     = 10 * time.Second
+	DefaultMaxBatchMessages  = 500
+	DefaultMaxBatchBytes     = 4 << 20
+	DefaultBatchLinger       = 5 * time.Millisecond
 )
 
 type config struct {
@@ -94,7 +97,11 @@ type config struct {
 	loggerSet        bool // WithLogger was given: the logger reaches the source too
 	errorPolicy      ErrorPolicy
 	hooks            engine.Hooks
+	maxBatchMessages int
+	maxBatchBytes    int64
+	batchLinger      time.Duration
 	middleware       []any // Middleware[K, V], checked against K and V by New
+	batchMiddleware  []any // BatchMiddleware[K, V], checked likewise
 	stages           []stageSpec
 	errs             []error
 }
@@ -117,7 +124,45 @@ func defaultConfig() config {
 		revokeTimeout:    DefaultRevokeTimeout,
 		logger:           slog.Default(),
 		errorPolicy:      StopOnError,
+		maxBatchMessages: DefaultMaxBatchMessages,
+		maxBatchBytes:    DefaultMaxBatchBytes,
+		batchLinger:      DefaultBatchLinger,
 	}
+}
+
+// WithMaxBatchMessages bounds the messages of one batch (ConsumeBatch).
+// Default 500.
+func WithMaxBatchMessages(n int) Option {
+	return optionFunc(func(c *config) { c.maxBatchMessages = n })
+}
+
+// WithMaxBatchBytes bounds the bytes of one batch (key, value and headers
+// as received; ConsumeBatch): a message that would take the batch past it
+// waits for the next, unless it is the batch's first. Default 4 MiB.
+func WithMaxBatchBytes(n int64) Option {
+	return optionFunc(func(c *config) { c.maxBatchBytes = n })
+}
+
+// WithBatchLinger sets how long a partial batch waits for more messages
+// before a free handler takes it (ConsumeBatch): a little latency for
+// fuller batches when messages trickle in. A full batch goes at once. 0
+// hands a free handler whatever is ready. Default 5 ms.
+func WithBatchLinger(d time.Duration) Option {
+	return optionFunc(func(c *config) { c.batchLinger = d })
+}
+
+// WithBatchMiddleware wraps the batch handler of ConsumeBatch in the given
+// middleware; the first one given is the outermost. Consume refuses it.
+func WithBatchMiddleware[K, V any](mw ...BatchMiddleware[K, V]) Option {
+	return optionFunc(func(c *config) {
+		for _, m := range mw {
+			if m == nil {
+				c.errs = append(c.errs, errors.New("parallafka: WithBatchMiddleware: nil middleware"))
+				continue
+			}
+			c.batchMiddleware = append(c.batchMiddleware, m)
+		}
+	})
 }
 
 // WithMaxConcurrency sets how many handlers run at the same time. Default
@@ -337,7 +382,8 @@ func StopOnError(error) ErrorAction { return Stop }
 func SkipOnError(error) ErrorAction { return Skip }
 
 // WithMiddleware wraps the handler in the given middleware; the first one
-// given is the outermost.
+// given is the outermost. It wraps Consume's handler of one message:
+// ConsumeBatch refuses it (use WithBatchMiddleware).
 func WithMiddleware[K, V any](mw ...Middleware[K, V]) Option {
 	return optionFunc(func(c *config) {
 		for _, m := range mw {
@@ -423,6 +469,15 @@ func (c *config) validate() error {
 	if c.errorPolicy == nil {
 		bad("nil error policy")
 	}
+	if c.maxBatchMessages < 1 {
+		bad("max batch messages must be at least 1, got %d", c.maxBatchMessages)
+	}
+	if c.maxBatchBytes < 1 {
+		bad("max batch bytes must be positive, got %d", c.maxBatchBytes)
+	}
+	if c.batchLinger < 0 {
+		bad("batch linger must not be negative, got %v", c.batchLinger)
+	}
 	for _, s := range c.stages {
 		if s.point != AfterPoll && s.point != AfterHandle {
 			bad("stage %q: unknown stage point %v", s.name, s.point)
@@ -432,8 +487,16 @@ func (c *config) validate() error {
 }
 
 // typed checks that the middleware and stages match the message type.
-func typed[K, V any](c *config) (mw []Middleware[K, V], before, after []engine.NamedStage[K, V], err error) {
+func typed[K, V any](c *config) (mw []Middleware[K, V], batchMW []BatchMiddleware[K, V], before, after []engine.NamedStage[K, V], err error) {
 	var errs []error
+	for _, m := range c.batchMiddleware {
+		typed, ok := m.(BatchMiddleware[K, V])
+		if !ok {
+			errs = append(errs, fmt.Errorf("parallafka: batch middleware of type %T does not match messages of type %T", m, (*Message[K, V])(nil)))
+			continue
+		}
+		batchMW = append(batchMW, typed)
+	}
 	for _, m := range c.middleware {
 		typed, ok := m.(Middleware[K, V])
 		if !ok {
@@ -454,7 +517,7 @@ func typed[K, V any](c *config) (mw []Middleware[K, V], before, after []engine.N
 			after = append(after, engine.NamedStage[K, V]{Name: s.name, Run: typed})
 		}
 	}
-	return mw, before, after, errors.Join(errs...)
+	return mw, batchMW, before, after, errors.Join(errs...)
 }
 
 // Ordering says which messages keep FIFO order.

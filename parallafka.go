@@ -20,6 +20,10 @@
 //		return nil
 //	})
 //
+// ConsumeBatch hands a handler many messages per call instead (a sink's
+// transaction per batch), with per-key order kept inside and across
+// batches and an outcome per message (BatchError).
+//
 // Guarantees: at-least-once delivery (a message is committed only after it
 // and every message before it in its partition finished); per-key FIFO (at
 // most one message per partition and key in a handler at a time, in offset
@@ -73,6 +77,12 @@ type (
 	MessageError = pipeline.MessageError
 	// PanicError is the error of a message whose handler panicked.
 	PanicError = pipeline.PanicError
+	// BatchHandler handles a batch of messages in one call (ConsumeBatch).
+	BatchHandler[K, V any] = pipeline.BatchHandler[K, V]
+	// BatchMiddleware wraps a BatchHandler: func(next BatchHandler) BatchHandler.
+	BatchMiddleware[K, V any] = pipeline.BatchMiddleware[K, V]
+	// BatchError fails the messages of a batch it names; the others finish.
+	BatchError[K, V any] = pipeline.BatchError[K, V]
 )
 
 // Error actions, re-exported from package pipeline.
@@ -90,6 +100,13 @@ var (
 	// ErrShutdownTimeout is returned (joined with any other error) when a
 	// graceful shutdown had to cancel handlers that outlived its timeout.
 	ErrShutdownTimeout = engine.ErrShutdownTimeout
+	// ErrBatchMiddleware is returned by Consume when WithBatchMiddleware
+	// was given: batch middleware wraps a batch handler (ConsumeBatch).
+	ErrBatchMiddleware = errors.New("parallafka: WithBatchMiddleware wraps a batch handler: use ConsumeBatch, or WithMiddleware with Consume")
+	// ErrMessageMiddleware is returned by ConsumeBatch when WithMiddleware
+	// was given: it wraps a single-message handler. Use WithBatchMiddleware
+	// (package stages has TimeoutBatch and DedupeBatch).
+	ErrMessageMiddleware = errors.New("parallafka: WithMiddleware wraps a single-message handler: use WithBatchMiddleware with ConsumeBatch (stages.TimeoutBatch, stages.DedupeBatch)")
 )
 
 // Parallafka consumes a Source with many concurrent handlers. Make one with
@@ -98,6 +115,7 @@ type Parallafka[K, V any] struct {
 	source   Source[K, V]
 	cfg      config
 	mw       []Middleware[K, V]
+	batchMW  []BatchMiddleware[K, V]
 	before   []engine.NamedStage[K, V]
 	after    []engine.NamedStage[K, V]
 	stats    engine.Stats
@@ -133,14 +151,14 @@ func New[K, V any](source Source[K, V], opts ...Option) (*Parallafka[K, V], erro
 				cfg.revokeTimeout, revokeMargin, limit))
 		}
 	}
-	mw, before, after, err := typed[K, V](&cfg)
+	mw, batchMW, before, after, err := typed[K, V](&cfg)
 	if err := errors.Join(append(errs, err)...); err != nil {
 		return nil, err
 	}
 	if s, ok := source.(logInheritor); ok && cfg.loggerSet {
 		s.InheritLogger(cfg.logger)
 	}
-	return &Parallafka[K, V]{source: source, cfg: cfg, mw: mw, before: before, after: after}, nil
+	return &Parallafka[K, V]{source: source, cfg: cfg, mw: mw, batchMW: batchMW, before: before, after: after}, nil
 }
 
 // maxPollIntervaler is implemented by sources whose consumer leaves its
@@ -186,19 +204,74 @@ func (p *Parallafka[K, V]) Consume(ctx context.Context, handler Handler[K, V]) e
 		// Closed like on every other return: the source serves one Consume.
 		return errors.Join(fmt.Errorf("parallafka: Consume: %w", err), p.closeSource())
 	}
+	if len(p.batchMW) > 0 {
+		return errors.Join(ErrBatchMiddleware, p.closeSource())
+	}
 	for i := len(p.mw) - 1; i >= 0; i-- {
 		handler = p.mw[i](handler)
 	}
+	return p.run(ctx, p.engineConfig(handler, nil))
+}
+
+// ConsumeBatch is Consume with a handler of batches: it handles messages
+// with handler, many per call, until ctx is cancelled or a message fails
+// under the error policy, then shuts down as configured, closes the source
+// and returns, as Consume does. WithMaxConcurrency bounds the batches in
+// flight; WithMaxBatchMessages, WithMaxBatchBytes and WithBatchLinger shape
+// them; WithBatchMiddleware wraps handler.
+//
+// In key mode a batch holds the messages of free keys: several of one key
+// in offset order, and a key in at most one batch in flight; a batch never
+// waits for a key that is busy elsewhere. In partition mode a partition is
+// in at most one batch in flight; unordered, anything goes together.
+//
+// Returning nil finishes every message; an error, or a panic, fails every
+// message; a *BatchError fails only the messages it names. A failed message
+// goes through the AfterHandle stages (retry, dead-letter) and the error
+// policy like a failed message of Consume, and the later messages of its
+// key in the batch are handled again after it, so per-key order holds.
+// Commits, revokes and shutdowns behave as with Consume: a revoke waits for
+// the running batches (within the revoke timeout, then cancels them).
+//
+// Per-message middleware (WithMiddleware) wraps a single-message handler:
+// ConsumeBatch refuses it (ErrMessageMiddleware); package stages has batch
+// versions of its middleware.
+func (p *Parallafka[K, V]) ConsumeBatch(ctx context.Context, handler BatchHandler[K, V]) error {
+	if handler == nil {
+		return ErrNilHandler
+	}
+	if !p.consumed.CompareAndSwap(false, true) {
+		return ErrConsumed
+	}
+	if err := ctx.Err(); err != nil {
+		return errors.Join(fmt.Errorf("parallafka: ConsumeBatch: %w", err), p.closeSource())
+	}
+	if len(p.mw) > 0 {
+		return errors.Join(ErrMessageMiddleware, p.closeSource())
+	}
+	for i := len(p.batchMW) - 1; i >= 0; i-- {
+		handler = p.batchMW[i](handler)
+	}
+	return p.run(ctx, p.engineConfig(nil, handler))
+}
+
+func (p *Parallafka[K, V]) run(ctx context.Context, cfg *engine.Config[K, V]) error {
+	return engine.Run(ctx, cfg, &p.stats)
+}
+
+func (p *Parallafka[K, V]) engineConfig(handler Handler[K, V], batchHandler BatchHandler[K, V]) *engine.Config[K, V] {
 	c := p.cfg
-	return engine.Run(ctx, &engine.Config[K, V]{
-		Source: p.source, Handler: handler, AfterPoll: p.before, AfterHandle: p.after,
+	return &engine.Config[K, V]{
+		Source: p.source, Handler: handler, BatchHandler: batchHandler,
+		Batch:     engine.BatchLimits{MaxMessages: c.maxBatchMessages, MaxBytes: c.maxBatchBytes, Linger: c.batchLinger},
+		AfterPoll: p.before, AfterHandle: p.after,
 		Concurrency: c.maxConcurrency, MinConcurrency: c.adaptiveMin(), OnLimit: c.onLimit, MaxInFlight: c.maxInFlight, MaxInFlightBytes: c.maxInFlightBytes,
 		Ordering: engine.Ordering(c.ordering), OrderNilKeys: c.orderNilKeys,
 		CommitInterval: c.commitInterval, CommitEvery: c.commitEvery, AsyncCommits: c.asyncCommits,
 		OnCommit: onCommit(c.onCommit), MapMaxBytes: c.mapMaxBytes, HardStop: c.shutdownMode == HardStop,
 		ShutdownTimeout: c.shutdownTimeout, RevokeTimeout: c.revokeTimeout,
 		Logger: c.logger, ErrorPolicy: c.errorPolicy, Hooks: c.hooks, Pause: &p.paused,
-	}, &p.stats)
+	}
 }
 
 // Pause stops consumption without leaving the group: nothing more is

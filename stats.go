@@ -38,6 +38,10 @@ type Stats struct {
 	Paused []TopicPartition
 	// UserPaused reports that Pause is in force (Resume ends it).
 	UserPaused bool
+	// Batches counts batch handler calls (ConsumeBatch), and MeanBatchSize
+	// is the mean number of messages they were given (0 before the first).
+	Batches       int64
+	MeanBatchSize float64
 	// ConcurrencyLimit is the number of handlers allowed to run now: the
 	// fixed concurrency (WithMaxConcurrency), or the adaptive limit
 	// (WithAdaptiveConcurrency); 0 before Consume starts.
@@ -49,7 +53,13 @@ type Stats struct {
 func (p *Parallafka[K, V]) Stats() Stats {
 	s := &p.stats
 	handled, dropped, skipped := s.Handled.Load(), s.Dropped.Load(), s.Skipped.Load()
+	batches, batched := s.Batches.Load(), s.Batched.Load()
+	mean := 0.0
+	if batches > 0 {
+		mean = float64(batched) / float64(batches)
+	}
 	return Stats{
+		Batches: batches, MeanBatchSize: mean,
 		Polled: s.Polled.Load(), Handled: handled + dropped + skipped,
 		Failed: s.Failed.Load(), Skipped: skipped, Dropped: dropped, Retried: s.Retried.Load(),
 		InFlight: s.InFlight.Load(), InFlightBytes: s.InFlightBytes.Load(), Queued: s.Queued.Load(),

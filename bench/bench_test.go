@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"go.uber.org/goleak"
@@ -142,6 +143,64 @@ func BenchmarkPipelineMem(b *testing.B) {
 	}
 }
 
+// TestHarnessBatch runs the harness with a batch handler and the sink
+// model: every message handled once and in key order, the batch fields
+// filled in, the bound computed from the fewest calls.
+func TestHarnessBatch(t *testing.T) {
+	c, err := parseFlags([]string{
+		"-source", "mem", "-messages", "3000", "-partitions", "3", "-keys", "100", "-dist", "zipf",
+		"-handler", "sink:1ms+5us", "-mode", "key,partition", "-concurrency", "4", "-batch", "200", "-linger", "1ms",
+		"-json", "-progress=false", "-serial=false",
+	}, os.Stderr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stdout, stderr bytes.Buffer
+	if err := run(c, &stdout, &stderr); err != nil {
+		t.Fatalf("%v\n%s", err, stderr.String())
+	}
+	sc := bufio.NewScanner(&stdout)
+	n := 0
+	for sc.Scan() {
+		var r result
+		if err := json.Unmarshal(sc.Bytes(), &r); err != nil {
+			t.Fatalf("line %q: %v", sc.Text(), err)
+		}
+		n++
+		switch {
+		case r.Messages != 3000 || r.Committed != 3000 || r.OrderViolations != 0 || r.Duplicates != 0:
+			t.Errorf("%+v: handled, committed, order or duplicates wrong", r)
+		case r.Batch != 200 || r.LingerMs != 1 || r.Batches < 15 || r.MeanBatchSize <= 1:
+			t.Errorf("%+v: batch fields", r)
+		case r.Efficiency <= 0 || r.Efficiency > 1.05:
+			t.Errorf("%+v: efficiency %.3f out of range", r, r.Efficiency)
+		}
+	}
+	if n != 2 {
+		t.Errorf("%d results, want 2:\n%s", n, stdout.String())
+	}
+}
+
+// TestSinkBound checks the sink model's bound: the fewest calls over the
+// workers, or the longest chain's calls one after another.
+func TestSinkBound(t *testing.T) {
+	h, err := parseHandler("sink:2ms+10us")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// 1,000 messages, batches of 100: 10 calls of 2 ms + 10 ms of messages, over 4.
+	if b := h.sinkBound(1000, 4, 100, 10); b.limit != "work" || b.seconds < 0.00749 || b.seconds > 0.00751 {
+		t.Errorf("work bound %+v, want 7.5 ms", b)
+	}
+	// One key of 1,000: 10 calls one after another: 30 ms.
+	if b := h.sinkBound(1000, 4, 100, 1000); b.limit != "chain" || b.seconds < 0.0299 || b.seconds > 0.0301 {
+		t.Errorf("chain bound %+v, want 30 ms", b)
+	}
+	if _, err := parseHandler("sink:2ms"); err == nil {
+		t.Error("sink:2ms accepted")
+	}
+}
+
 // TestDownstreamModel: the service serves capacity calls at a time, the
 // rest wait their turn, and with a fail factor it sheds calls beyond it.
 func TestDownstreamModel(t *testing.T) {
@@ -149,34 +208,34 @@ func TestDownstreamModel(t *testing.T) {
 	if err != nil || h.capacity != 2 || h.min != 20*time.Millisecond || h.fail != 2 {
 		t.Fatalf("parsed %+v, %v", h, err)
 	}
-	d := newDownstream(h)
-	imposed := make(chan time.Duration, 6)
-	for range 6 {
-		go func() {
-			lat, err := d.call()
-			if err != nil {
-				lat = -1
-			}
-			imposed <- lat
-		}()
-		time.Sleep(time.Millisecond) // arrive in order
-	}
-	var got []time.Duration
-	for range 6 {
-		got = append(got, <-imposed)
-	}
-	slices.Sort(got)
-	// The sixth call finds 5 in the service, more than 2 × 2: shed. Of the
-	// others, two are served at once, two wait one turn, one two turns.
-	if got[0] != -1 || got[1] == -1 {
-		t.Fatalf("want exactly one call shed: %v", got)
-	}
-	for i, lat := range got[1:] {
-		turn := time.Duration(i/2+1) * 20 * time.Millisecond
-		if lat < turn-5*time.Millisecond || lat > turn {
-			t.Errorf("call %d: imposed %v, want about %v (all: %v)", i, lat, turn, got)
+	// In a synctest bubble the calls arrive at 0, 1, ... 5 ms exactly.
+	synctest.Test(t, func(t *testing.T) {
+		d := newDownstream(h)
+		imposed := make(chan time.Duration, 6)
+		for range 6 {
+			go func() {
+				lat, err := d.call()
+				if err != nil {
+					lat = -1
+				}
+				imposed <- lat
+			}()
+			time.Sleep(time.Millisecond)
 		}
-	}
+		var got []time.Duration
+		for range 6 {
+			got = append(got, <-imposed)
+		}
+		slices.Sort(got)
+		// Two served at once (20 ms); the third and fourth start as those
+		// end (at 20 and 21 ms, having arrived at 2 and 3: 38 ms); the
+		// fifth, arrived at 4 ms with 4 calls in the service (not more
+		// than 2 × 2), starts at 40 (56 ms); the sixth finds 5: shed.
+		ms := time.Millisecond
+		if want := []time.Duration{-1, 20 * ms, 20 * ms, 38 * ms, 38 * ms, 56 * ms}; !slices.Equal(got, want) {
+			t.Errorf("imposed %v, want %v", got, want)
+		}
+	})
 	for _, bad := range []string{"downstream:cap=0,base=1ms", "downstream:base=1ms", "downstream:cap=2,base=1ms,fail=0.5", "downstream:cap=2,base=1ms,x=1"} {
 		if _, err := parseHandler(bad); err == nil {
 			t.Errorf("%s: no error", bad)

@@ -46,6 +46,8 @@ type config struct {
 	gogc        int
 	cpuProfile  string
 	retained    bool
+	batch       int           // ConsumeBatch with batches of at most this many messages; 0: Consume
+	linger      time.Duration // WithBatchLinger, with batch
 }
 
 // parseFlags parses the command line into a config. Usage and errors go to
@@ -67,7 +69,9 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.StringVar(&dists, "dist", "uniform", "key distribution: uniform or zipf (a list to sweep)")
 	fs.Float64Var(&c.zipfS, "zipf-s", 1.1, "exponent of the zipf distribution: key of rank r has weight 1/r^s")
 	fs.IntVar(&c.valueSize, "value-size", 100, "bytes per message value")
-	fs.StringVar(&handler, "handler", "noop", "handler model: noop, sleep:1ms, sleep:0ms-5ms (uniform random), cpu:N (N rounds of integer hashing), downstream:cap=C,base=D[,fail=F] (one shared service: C calls at a time, D each, the rest queue; with fail=F a call finding more than F×C calls in it fails at once and is retried)")
+	fs.StringVar(&handler, "handler", "noop", "handler model: noop, sleep:1ms, sleep:0ms-5ms (uniform random), cpu:N (N rounds of integer hashing), sink:2ms+10us (a fixed round trip per call plus a cost per message), downstream:cap=C,base=D[,fail=F] (one shared service: C calls at a time, D each, the rest queue; with fail=F a call finding more than F×C calls in it fails at once and is retried)")
+	fs.IntVar(&c.batch, "batch", 0, "consume with a batch handler (ConsumeBatch), batches of at most N messages; 0: one message per call (Consume)")
+	fs.DurationVar(&c.linger, "linger", parallafka.DefaultBatchLinger, "with -batch: how long a partial batch waits for more (WithBatchLinger)")
 	fs.StringVar(&modes, "mode", "key", "ordering: key, partition or unordered (a list to sweep)")
 	fs.StringVar(&conc, "concurrency", "16", "handler concurrency (a list to sweep, e.g. 1,16,100); adaptive:MIN-MAX for WithAdaptiveConcurrency(MIN, MAX)")
 	fs.StringVar(&change, "downstream-change", "", "T:cap=C: the downstream's capacity becomes C at T into each run (handler downstream)")
@@ -170,6 +174,12 @@ func (c *config) validate() error {
 	}
 	if c.maxInFlight < 0 {
 		bad("-max-in-flight must not be negative")
+	}
+	if c.batch < 0 {
+		bad("-batch must not be negative")
+	}
+	if c.linger < 0 {
+		bad("-linger must not be negative")
 	}
 	if len(c.keys) == 0 || len(c.dists) == 0 || len(c.modes) == 0 || len(c.concurrency) == 0 {
 		bad("-keys, -dist, -mode and -concurrency need at least one value each")

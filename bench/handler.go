@@ -18,17 +18,22 @@ import (
 //     per message when the workload is generated, so that the serial
 //     baseline and every run sleep the same durations.
 //   - cpu:N: N rounds of integer hashing, a fixed amount of CPU work.
+//   - sink:F+P: a sink (a database, a bulk API): a fixed round trip F per
+//     call plus P per message, slept. One message costs F+P; a batch of n
+//     (with -batch) F+n×P.
 //   - downstream:cap=C,base=D[,fail=F]: a call to one simulated service
 //     that all handlers share, serving C calls at a time in D each (see
 //     downstream); with fail=F, a call that finds more than F×C calls in
 //     it fails at once, and the handler returns the error.
 type handlerSpec struct {
 	text     string
-	kind     string        // noop, sleep, cpu, downstream
+	kind     string        // noop, sleep, cpu, sink, downstream
 	min, max time.Duration // downstream: min is the base time
 	rounds   int
-	capacity int     // downstream
-	fail     float64 // downstream; 0: never fails
+	fixed    time.Duration // sink: per call
+	perMsg   time.Duration // sink: per message
+	capacity int           // downstream
+	fail     float64       // downstream; 0: never fails
 }
 
 func parseHandler(s string) (handlerSpec, error) {
@@ -55,6 +60,14 @@ func parseHandler(s string) (handlerSpec, error) {
 		if h.min < 0 || h.max < h.min {
 			return h, fmt.Errorf("sleep: want 0 <= A <= B in sleep:A-B, got %q", arg)
 		}
+	case "sink":
+		f, per, ok := strings.Cut(arg, "+")
+		var err1, err2 error
+		h.fixed, err1 = time.ParseDuration(f)
+		h.perMsg, err2 = time.ParseDuration(per)
+		if !ok || err1 != nil || err2 != nil || h.fixed < 0 || h.perMsg < 0 {
+			return h, fmt.Errorf("sink: want sink:F+P with durations F, P >= 0 (e.g. sink:2ms+10us), got %q", arg)
+		}
 	case "cpu":
 		n, err := strconv.Atoi(arg)
 		if err != nil || n < 0 {
@@ -66,7 +79,7 @@ func parseHandler(s string) (handlerSpec, error) {
 			return h, err
 		}
 	default:
-		return h, fmt.Errorf("want noop, sleep:D, sleep:A-B, cpu:N or downstream:cap=C,base=D[,fail=F], got %q", s)
+		return h, fmt.Errorf("want noop, sleep:D, sleep:A-B, cpu:N, sink:F+P or downstream:cap=C,base=D[,fail=F], got %q", s)
 	}
 	return h, nil
 }
@@ -106,7 +119,26 @@ func (h handlerSpec) run(w *workload, i int32) {
 		}
 	case "cpu":
 		sink.Add(spin(uint64(i), h.rounds))
+	case "sink":
+		time.Sleep(h.fixed + h.perMsg)
 	}
+}
+
+// sinkBound is the lower bound of a sink model's run on n messages with c
+// calls at a time, at most batch messages per call (1 without -batch), from
+// the model's nominal durations: the larger of the work (the fewest calls,
+// ⌈n/batch⌉, each costing F, plus n×P, over c) and the longest chain (its
+// k messages in ⌈k/batch⌉ calls one after another: ⌈k/batch⌉×F + k×P).
+func (h handlerSpec) sinkBound(n, c, batch int, longestChain int) idealBound {
+	calls := func(k int) int { return (k + batch - 1) / batch }
+	cost := func(k int) float64 {
+		return (float64(calls(k))*float64(h.fixed) + float64(k)*float64(h.perMsg)) / 1e9
+	}
+	b := idealBound{seconds: cost(n) / float64(c), limit: "work", handlerSeconds: cost(n)}
+	if chain := cost(longestChain); chain > b.seconds {
+		b.seconds, b.limit = chain, "chain"
+	}
+	return b
 }
 
 // spin does n rounds of splitmix64, a fixed amount of CPU work.

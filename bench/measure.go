@@ -33,6 +33,9 @@ type recorder struct {
 	unknown    atomic.Int64
 	violations atomic.Int64
 	busy       atomic.Int64                  // handlers running now
+	calls      atomic.Int64                  // handler calls: batch calls (-batch), downstream calls (attempts)
+	hotPolled  atomic.Int64                  // messages of the hottest key (rank 0) polled, for -trace
+	hotHandled atomic.Int64                  // and handled
 	gate       atomic.Pointer[chan struct{}] // when set, handlers wait for it to close
 	checkOrder bool
 	lastSeq    []int32 // per key; touched only while the key's message is in a handler
@@ -42,7 +45,6 @@ type recorder struct {
 
 	ds       *downstream // the downstream handler model; nil for the others
 	imposed  []int64     // downstream: the latency the service imposed on each message, ns
-	calls    atomic.Int64
 	failures atomic.Int64
 }
 
@@ -62,12 +64,25 @@ func newRecorder(w *workload, spec handlerSpec, target int, checkOrder bool) *re
 	return r
 }
 
+// hotPartition returns the partition of the hottest key (rank 0).
+func (r *recorder) hotPartition() int32 {
+	for i, k := range r.w.keyOf {
+		if k == 0 {
+			return r.w.partOf[i]
+		}
+	}
+	return -1
+}
+
 func (r *recorder) now() int64 { return int64(time.Since(r.base)) + 1 }
 
 // polled records the poll of the message at (partition, offset).
 func (r *recorder) polled(p int32, offset int64) {
 	if i := r.w.index(p, offset); i >= 0 && r.pollAt[i] == 0 {
 		r.pollAt[i] = r.now()
+		if r.w.keyOf[i] == 0 {
+			r.hotPolled.Add(1)
+		}
 	}
 }
 
@@ -102,6 +117,9 @@ func (r *recorder) finish(i int32, t0, t1 int64) {
 		return
 	}
 	r.startAt[i], r.endAt[i] = t0, t1
+	if r.w.keyOf[i] == 0 {
+		r.hotHandled.Add(1)
+	}
 	if r.checkOrder {
 		k := r.w.keyOf[i]
 		if r.lastSeq[k]+1 != r.w.seq[i] {
@@ -181,6 +199,60 @@ func (r *recorder) handlerLatencies(from, to int64) (p50, p99 time.Duration) {
 	slices.Sort(lat)
 	q := func(f float64) time.Duration { return time.Duration(lat[min(len(lat)-1, int(f*float64(len(lat))))]) }
 	return q(0.50), q(0.99)
+}
+
+// batchHandler is the batch handler of a run (-batch): a sink model sleeps
+// once for the batch (F + n×P), and its messages share the call's start
+// and end; the other models do each message's work in turn.
+func (r *recorder) batchHandler(_ context.Context, batch []*pipeline.Message[string, []byte]) error {
+	r.calls.Add(1)
+	if r.spec.kind != "sink" {
+		for _, msg := range batch {
+			r.handle(msg.Partition, msg.Offset)
+		}
+		return nil
+	}
+	if g := r.gate.Load(); g != nil {
+		<-*g
+	}
+	t0 := r.now()
+	r.busy.Add(1)
+	time.Sleep(r.spec.fixed + time.Duration(len(batch))*r.spec.perMsg)
+	r.busy.Add(-1)
+	t1 := r.now()
+	for _, msg := range batch {
+		if i := r.w.index(msg.Partition, msg.Offset); i >= 0 {
+			r.finish(i, t0, t1)
+		} else {
+			r.unknown.Add(1)
+		}
+	}
+	return nil
+}
+
+// longestChain returns the most messages handled that must run one after
+// another in mode: a key's, a partition's, or 1 (unordered).
+func (r *recorder) longestChain(mode string) int {
+	var counts []int
+	switch mode {
+	case "key":
+		counts = make([]int, r.w.keys)
+	case "partition":
+		counts = make([]int, r.w.partitions)
+	default:
+		return 1
+	}
+	for i, end := range r.endAt {
+		if end == 0 {
+			continue
+		}
+		if mode == "key" {
+			counts[r.w.keyOf[i]]++
+		} else {
+			counts[r.w.partOf[i]]++
+		}
+	}
+	return slices.Max(counts)
 }
 
 // span returns the measured time from the first poll (or handler start,

@@ -110,6 +110,13 @@ type result struct {
 	Change           *changeStats `json:"change,omitempty"`
 	timelineSamples  []tick
 	timelineChangeAt float64
+	// With -batch: the largest batch, the linger, the batch handler calls
+	// and the mean messages per call. The bound (IdealSeconds) of a sink
+	// model counts the fewest calls a scheduler could make.
+	Batch         int     `json:"batch,omitempty"`
+	LingerMs      float64 `json:"linger_ms,omitempty"`
+	Batches       int64   `json:"batches,omitempty"`
+	MeanBatchSize float64 `json:"mean_batch_size,omitempty"`
 
 	Pauses          int64 `json:"pauses"`           // back-pressure pauses
 	Committed       int64 `json:"committed"`        // messages covered by the committed offsets
@@ -145,7 +152,7 @@ func newTable(w io.Writer) *table {
 
 func (t *table) add(r *result) {
 	if !t.header {
-		fmt.Fprintln(t.tw, "dist\tkeys\tmode\tconc\tlimit\th p50 ms\th p99 ms\tmodel p99 ms\tfail %\tseconds\tmsg/s\tideal s\teff\tserial s\tspeedup\tp50 ms\tp99 ms\tcpu µs/msg\tpeak heap MB\theap growth MB\tvs raw\thot starved s\thot dispatch s\tviolations\t")
+		fmt.Fprintln(t.tw, "dist\tkeys\tmode\tconc\tlimit\th p50 ms\th p99 ms\tmodel p99 ms\tfail %\tseconds\tmsg/s\tideal s\teff\tserial s\tspeedup\tp50 ms\tp99 ms\tcpu µs/msg\tpeak heap MB\theap growth MB\tvs raw\thot starved s\thot dispatch s\tviolations\tbatch (max/mean)\t")
 		t.header = true
 	}
 	serial := fmt.Sprintf("%.3f", r.SerialSeconds)
@@ -157,14 +164,18 @@ func (t *table) add(r *result) {
 		vsRaw = fmt.Sprintf("%.2f", r.VsRaw)
 	}
 	limit, hp50, hp99, mp99, fail := "-", "-", "-", "-", "-"
-	if r.Calls > 0 {
+	if r.Handler != "" && r.MeanLimit > 0 {
 		limit, fail = fmt.Sprintf("%.1f", r.MeanLimit), fmt.Sprintf("%.3f", 100*r.FailureRate)
 		hp50, hp99, mp99 = fmt.Sprintf("%.2f", r.HandlerP50Ms), fmt.Sprintf("%.2f", r.HandlerP99Ms), fmt.Sprintf("%.2f", r.ModelP99Ms)
 	}
-	fmt.Fprintf(t.tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%.3f\t%.0f\t%.3f\t%.3f\t%s\t%.1f\t%.2f\t%.2f\t%.2f\t%.1f\t%.1f\t%s\t%.3f\t%.3f\t%d\t\n",
+	batch := "-"
+	if r.Batch > 0 {
+		batch = fmt.Sprintf("%d/%.1f", r.Batch, r.MeanBatchSize)
+	}
+	fmt.Fprintf(t.tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%.3f\t%.0f\t%.3f\t%.3f\t%s\t%.1f\t%.2f\t%.2f\t%.2f\t%.1f\t%.1f\t%s\t%.3f\t%.3f\t%d\t%s\t\n",
 		r.Dist, r.Keys, r.Mode, r.ConcurrencySpec, limit, hp50, hp99, mp99, fail, r.Seconds, r.MsgsPerSec, r.IdealSeconds, r.Efficiency,
 		serial, r.SpeedupVsSerial, r.P50LatencyMs, r.P99LatencyMs, r.CPUMicrosPerMsg,
-		mb(r.PeakHeapBytes), mb(r.HeapGrowthBytes), vsRaw, r.HotKeyStarvedSeconds, r.HotKeyDispatchSeconds, r.OrderViolations)
+		mb(r.PeakHeapBytes), mb(r.HeapGrowthBytes), vsRaw, r.HotKeyStarvedSeconds, r.HotKeyDispatchSeconds, r.OrderViolations, batch)
 }
 
 func (t *table) flush() { t.tw.Flush() }

@@ -72,6 +72,9 @@ func runPipeline(c *config, w *workload, b *broker, topic, mode string, conc con
 	if c.maxInFlight > 0 {
 		opts = append(opts, parallafka.WithMaxInFlight(c.maxInFlight))
 	}
+	if c.batch > 0 {
+		opts = append(opts, parallafka.WithMaxBatchMessages(c.batch), parallafka.WithBatchLinger(c.linger))
+	}
 	p, err := parallafka.New[string, []byte](&timedSource[string, []byte]{Source: src, rec: rec}, opts...)
 	if err != nil {
 		_ = src.Close()
@@ -90,7 +93,13 @@ func runPipeline(c *config, w *workload, b *broker, topic, mode string, conc con
 
 	cpu0, start := cpuTime(), time.Now()
 	consumed := make(chan error, 1)
-	go func() { consumed <- p.Consume(ctx, rec.handler) }()
+	go func() {
+		if c.batch > 0 {
+			consumed <- p.ConsumeBatch(ctx, rec.batchHandler)
+		} else {
+			consumed <- p.Consume(ctx, rec.handler)
+		}
+	}()
 	var tl *timeline
 	if rec.ds != nil {
 		tl = startTimeline(p, rec, rec.ds, c.change)
@@ -124,6 +133,9 @@ func runPipeline(c *config, w *workload, b *broker, topic, mode string, conc con
 	n := rec.handled.Load()
 	span := rec.span()
 	bound := rec.ideal(mode, concurrency)
+	if c.handler.kind == "sink" {
+		bound = c.handler.sinkBound(int(n), concurrency, max(1, c.batch), rec.longestChain(mode))
+	}
 	p50, p99, pmax := rec.latencies()
 	starved, dispatch := rec.hotKeyGaps()
 	r := &result{
@@ -140,6 +152,10 @@ func runPipeline(c *config, w *workload, b *broker, topic, mode string, conc con
 		Unknown: rec.unknown.Load(), partitionSeconds: bound.partitionSeconds,
 		HotKeyStarvedSeconds: starved, HotKeyDispatchSeconds: dispatch,
 		RetainedHeapBytes: kept.bytes, RetainedInFlight: kept.inFlight,
+		Batch: c.batch, Batches: stats.Batches, MeanBatchSize: stats.MeanBatchSize,
+	}
+	if c.batch > 0 {
+		r.LingerMs = ms(c.linger)
 	}
 	if w.dist == "zipf" {
 		r.ZipfS = w.zipfS
@@ -212,8 +228,14 @@ func startTrace(path, label string, p *parallafka.Parallafka[string, []byte], re
 			case <-t.C:
 			}
 			st := p.Stats()
-			fmt.Fprintf(w, "%s,%.3f,%d,%d,%d,%d,%d\n", label, float64(rec.now())/1e9, rec.handled.Load(),
-				st.InFlight, st.Queued, rec.busy.Load(), len(st.Paused))
+			hotPaused := 0
+			for _, tp := range st.Paused {
+				if tp.Partition == rec.hotPartition() {
+					hotPaused = 1
+				}
+			}
+			fmt.Fprintf(w, "%s,%.3f,%d,%d,%d,%d,%d,%d,%d,%d\n", label, float64(rec.now())/1e9, rec.handled.Load(),
+				st.InFlight, st.Queued, rec.busy.Load(), len(st.Paused), rec.hotPolled.Load(), rec.hotHandled.Load(), hotPaused)
 		}
 	}()
 	var once sync.Once

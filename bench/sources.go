@@ -36,6 +36,15 @@ func (s *timedSource[K, V]) Poll(timeout time.Duration) (*pipeline.Message[K, V]
 	return msg, err
 }
 
+// Watermarks passes the source's watermarks on: the pipeline's poll
+// steering uses them (see pipeline.WatermarkSource).
+func (s *timedSource[K, V]) Watermarks(tp pipeline.TopicPartition) (low, high int64, ok bool) {
+	if w, is := s.Source.(pipeline.WatermarkSource); is {
+		return w.Watermarks(tp)
+	}
+	return 0, 0, false
+}
+
 // memSource returns an in-memory source holding the workload: one topic,
 // the workload's partitions, each message's key, and the shared value.
 func memSource(w *workload) *memsource.Source[string, []byte] {

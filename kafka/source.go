@@ -544,6 +544,21 @@ func (s *Source[K, V]) Resume(partitions []pipeline.TopicPartition) error {
 	return nil
 }
 
+// Watermarks returns the partition's low and high watermarks as the
+// consumer last heard them in a fetch response (librdkafka's cached
+// watermarks: no request to the broker); ok is false before the first
+// fetch response for the partition, or once the Source is closed.
+func (s *Source[K, V]) Watermarks(tp pipeline.TopicPartition) (low, high int64, ok bool) {
+	if s.isClosed() {
+		return 0, 0, false
+	}
+	low, high, err := s.consumer.GetWatermarkOffsets(tp.Topic, tp.Partition)
+	if err != nil || high < 0 || low < 0 {
+		return 0, 0, false
+	}
+	return low, high, true
+}
+
 // Close leaves the consumer group and closes the consumer. If partitions
 // are assigned, the rebalance callback runs once more inside Close, so the
 // listener receives PartitionsRevoked (and may Commit) before Close returns.
@@ -652,3 +667,5 @@ func toKafka(tps []pipeline.TopicPartition) []ckafka.TopicPartition {
 	}
 	return parts
 }
+
+var _ pipeline.WatermarkSource = (*Source[string, string])(nil)

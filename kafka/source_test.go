@@ -708,3 +708,43 @@ func TestLostAssignmentIsReportedAndNotCommitted(t *testing.T) {
 	})
 	require.NoError(t, src.Close())
 }
+
+// TestWatermarksFromFetches: the Source reports a partition's watermarks
+// as librdkafka cached them from its fetch responses (no request), after
+// the first fetch; not before the consumer heard of the partition.
+func TestWatermarksFromFetches(t *testing.T) {
+	c := newTestCluster(t)
+	topic := c.topic(t, 2)
+	var recs []*kgo.Record
+	for i := range 30 {
+		recs = append(recs, record(topic, 0, "k", fmt.Sprint(i)))
+	}
+	c.produce(t, recs...)
+
+	src := newStringSource(t, c.config(groupName(t), "range"), topic)
+	p0, p1 := tps(topic, 0)[0], tps(topic, 1)[0]
+	_, _, ok := src.Watermarks(p0)
+	require.False(t, ok, "watermarks before Subscribe")
+	l := newListener(src)
+	require.NoError(t, src.Subscribe(l))
+	pollN(t, src, l, 30, 30*time.Second)
+	low, high, ok := src.Watermarks(p0)
+	require.True(t, ok)
+	assert.Equal(t, int64(0), low)
+	assert.Equal(t, int64(30), high)
+	// The empty partition, once fetched: low == high.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		low, high, ok = src.Watermarks(p1)
+		if ok || time.Now().After(deadline) {
+			break
+		}
+		_, err := src.Poll(20 * time.Millisecond)
+		require.NoError(t, err)
+	}
+	require.True(t, ok, "no watermarks for the empty partition")
+	assert.Equal(t, low, high)
+	require.NoError(t, src.Close())
+	_, _, ok = src.Watermarks(p0)
+	assert.False(t, ok, "watermarks after Close")
+}

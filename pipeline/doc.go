@@ -1,6 +1,7 @@
 // Package pipeline holds the types that Parallafka's sources, stages and
 // handlers share: [Message], [Handler], [Middleware], [Stage], [Source] and
-// [RebalanceListener], with [TopicPartition], [Offset], [Header],
+// [RebalanceListener], the batch handler's [BatchHandler],
+// [BatchMiddleware] and [BatchError], with [TopicPartition], [Offset], [Header],
 // [DeadLetter] and the errors of a failed message ([MessageError],
 // [PanicError]). It imports nothing of the engine's: package parallafka
 // runs the pipeline, package kafka and package memsource are sources,

@@ -49,6 +49,18 @@ type Source[K, V any] interface {
 	Close() error
 }
 
+// WatermarkSource is implemented by sources that know a partition's
+// watermarks without a request to the broker (a Kafka client caches them
+// from its fetch responses). The pipeline asks for them once per poll
+// cycle at most, to tell a partition with messages left to read from one
+// that has none; a source without them is read as if every partition had.
+type WatermarkSource interface {
+	// Watermarks returns the partition's low watermark (its first offset)
+	// and high watermark (the offset of the next message produced to it),
+	// as last heard; ok is false while nothing has been heard of it.
+	Watermarks(tp TopicPartition) (low, high int64, ok bool)
+}
+
 // RebalanceListener receives a Source's rebalance notifications. Its methods
 // block until the pipeline has acted on the notification; for a revoke that
 // includes committing the partitions' final offsets.

@@ -18,6 +18,7 @@ type claim[K, V any] struct {
 	id      uint64 // unique per assignment: tells a commit of this claim from one of an earlier claim of the partition
 	window  window[K, V]
 	keys    map[uint64][]entry[K, V] // busy keys → the messages queued behind the one in flight
+	out     map[uint64]int           // batch mode: busy keys → their messages out in batches (or waiting for a retry)
 	tracked int                      // in the window, not yet finished or abandoned
 	start   int64                    // first offset tracked, -1 before: nothing to commit until the window passes it
 
@@ -27,6 +28,20 @@ type claim[K, V any] struct {
 	readyN      int  // its messages in the ready set
 	queuedN     int  // its messages queued behind busy keys
 	surplus     bool // its ready messages are more than the handlers need: the poller may pause it
+	// low: it holds less than its share of the window (with hysteresis,
+	// see checkLow): steering never pauses it, so that a partition whose
+	// messages were not polled yet (a hot key nobody has seen) is read.
+	low  bool
+	over bool // it holds its share of the window or more (until half of it)
+	// Its key chain (steer.go): the key with the longest queue seen, and
+	// whether the claim is critical (a chain of it held a large share of
+	// the queued messages) and short of polled messages.
+	chainKey   uint64
+	chainN     int // messages queued behind chainKey now
+	hasChain   bool
+	critical   bool
+	short      bool
+	chainDryAt time.Time // when chainKey's queue last ran out; zero while it has messages
 	// inherited are the offsets an earlier owner finished past the
 	// committed offset (its offset map), from the first not yet polled on:
 	// polled, they count as finished at once.
@@ -84,19 +99,30 @@ type coordinator[K, V any] struct {
 	commitEvery  int // ask the committer to commit after this many offsets finished; 0: the interval alone
 	sinceCommit  int
 	maxInFlight  int
-	surplusAt    int          // a claim with this many ready messages, most of them not behind a key, is surplus; 0: never
-	surplusDirty bool         // a claim's surplus, or the critical claim, changed since the poller was last told
-	critical     *claim[K, V] // the claim with the most messages queued behind keys
-	queueChanges int          // since critical was last found
-	queued       int
-	quick        int      // handlers in a row that took less than quickHandler, up to quickRun
-	limiter      *limiter // adaptive concurrency; nil: concurrency handlers, fixed
-	onLimit      func(limit int)
-	holding      bool // the user paused the pipeline: nothing is dispatched
-	draining     bool
-	hardStop     bool
-	revokes      []*revokeWait[K, V]
-	revokesDue   bool // a claim being revoked may have nothing in flight now
+	surplusAt    int  // a claim with this many ready messages, most of them not behind a key, is surplus; 0: never
+	surplusDirty bool // what the poller is to pause changed since it was last told
+	// Poll steering (steer.go): claims with a critical key chain, how
+	// many of them are short of messages, and whether the poller reads
+	// only them (and the partitions below their share of the window).
+	lowWater    int // a critical chain with fewer messages queued is short
+	shortChains int
+	criticals   int // claims that are critical
+	starving    bool
+	loops       int // coordinator turns, to look at the clock now and then
+	queued      int
+	quick       int      // handlers in a row that took less than quickHandler, up to quickRun
+	limiter     *limiter // adaptive concurrency; nil: concurrency handlers, fixed
+	onLimit     func(limit int)
+	holding     bool // the user paused the pipeline: nothing is dispatched
+	draining    bool
+	hardStop    bool
+	revokes     []*revokeWait[K, V]
+	revokesDue  bool // a claim being revoked may have nothing in flight now
+
+	batch       BatchLimits // batch mode when MaxMessages > 0 (see batch.go)
+	lingerFrom  time.Time   // when the partial batch began to linger; zero: none lingers
+	lingerTimer *time.Timer
+	lingerC     <-chan time.Time // the linger timer's channel while it is armed
 }
 
 // coordinatorEdges are the coordinator's channels, in the order of the flow.
@@ -108,7 +134,7 @@ type coordinatorEdges[K, V any] struct {
 	released   <-chan completion[K, V]        // from the ack collector: the key-released edge
 	room       chan<- room                    // to the poller: in-flight slots and bytes freed
 	commitNow  chan<- struct{}                // to the committer: commitEvery offsets finished
-	steer      chan<- steering                // to the poller: the partitions with surplus ready work, and the critical one
+	steer      chan<- steering                // to the poller: the partitions to pause, and those over and below their share
 	rebalances <-chan rebalanceRequest        // from the poller's rebalance listener
 	offsets    <-chan chan<- []claimOffset    // from the committer: what is committable now?
 	final      chan<- []claimOffset           // to the committer, once, as the coordinator ends
@@ -132,6 +158,9 @@ func (c *coordinator[K, V]) run(ctx context.Context) error {
 		for _, cl := range c.claims {
 			cl.cancel()
 		}
+		if c.lingerTimer != nil {
+			c.lingerTimer.Stop()
+		}
 	}()
 	polled, routable, released, handlerEnd := c.polled, c.routable, c.released, c.handlerEnd
 	draining, done := c.drainingCh, ctx.Done()
@@ -147,7 +176,11 @@ func (c *coordinator[K, V]) run(ctx context.Context) error {
 			close(c.dispatch) // the pool ends once its handlers returned
 		}
 		if dispatching && !c.holding {
-			c.dispatchReady()
+			if c.batching() {
+				c.dispatchBatches()
+			} else {
+				c.dispatchReady()
+			}
 		}
 		if c.revokesDue {
 			c.answerRevokes()
@@ -175,6 +208,9 @@ func (c *coordinator[K, V]) run(ctx context.Context) error {
 				released = nil
 				continue
 			}
+			if c.batching() {
+				c.takeHandlerEnds() // the batch's requeued messages first
+			}
 			if c.handlerEnd == nil {
 				c.handlerReturned(done.call)
 			}
@@ -184,11 +220,9 @@ func (c *coordinator[K, V]) run(ctx context.Context) error {
 				handlerEnd = nil
 				continue
 			}
-			c.handlerReturned(ended.call)
-			c.handlerTook(ended.quick)
-			if ended.cancelled != nil { // its claim ended: it does not go through the stages
-				c.complete(completion[K, V]{msg: ended.cancelled, verdict: verdictAbandon, quick: ended.quick})
-			}
+			c.handlerEnded(ended)
+		case <-c.lingerC:
+			c.lingerC = nil // a partial batch lingered long enough: dispatched above
 		case req := <-c.rebalances:
 			c.rebalance(req)
 		case reply := <-c.offsets:
@@ -214,6 +248,9 @@ func (c *coordinator[K, V]) run(ctx context.Context) error {
 // turns around. It reports whether it took any.
 func (c *coordinator[K, V]) takeReleased(released <-chan completion[K, V]) bool {
 	n := len(released) // only this goroutine receives: n are there to take
+	if n > 0 && c.batching() {
+		c.takeHandlerEnds() // the batches' requeued messages first
+	}
 	for range n {
 		done := <-released
 		if c.handlerEnd == nil {
@@ -244,19 +281,25 @@ func (c *coordinator[K, V]) publish() {
 	c.stats.InFlight.Store(int64(c.inFlight))
 	c.stats.InFlightBytes.Store(c.inFlightBytes)
 	c.stats.Queued.Store(int64(c.queued))
-	if c.queueChanges >= 256 {
-		c.findCritical()
-	}
+	c.checkStarving()
 	if c.surplusDirty && c.steer != nil {
 		var s steering
+		quick := c.quick >= quickRun
 		for tp, cl := range c.claims {
-			if cl.surplus {
-				s.surplus = append(s.surplus, tp)
+			// Surplus ready work is paused only for a chain's sake: with
+			// no critical claim nobody needs the window it would free, and
+			// a resumed partition may take a while to be fetched again.
+			if cl.surplus && c.criticals > 0 || c.starving && !cl.critical && !cl.low {
+				s.pause = append(s.pause, tp)
+			}
+			if cl.over && !cl.critical && !quick {
+				s.over = append(s.over, tp)
+			}
+			if cl.low {
+				s.low = append(s.low, tp)
 			}
 		}
-		if c.critical != nil {
-			s.critical = []pipeline.TopicPartition{c.critical.tp}
-		}
+		s.starving = c.starving
 		select {
 		case c.steer <- s:
 			c.surplusDirty = false
@@ -303,7 +346,7 @@ func (c *coordinator[K, V]) dispatchReady() {
 // limit may allow, so every message out is running: the limit alone.
 func (c *coordinator[K, V]) dispatchLimit() int {
 	if c.limiter != nil {
-		return c.limiter.current()
+		return c.handlerLimit()
 	}
 	if c.queued == 0 || c.quick >= quickRun {
 		return 2 * c.concurrency
@@ -331,6 +374,7 @@ func (c *coordinator[K, V]) track(cycle pollCycle[K, V], route bool) {
 		}
 		cl.window.slots[len(cl.window.slots)-1].size = size
 		cl.tracked++
+		c.checkLow(cl)
 		c.inFlight++
 		c.inFlightBytes += int64(size)
 		if cl.start < 0 {
@@ -381,12 +425,31 @@ func (c *coordinator[K, V]) route(cl *claim[K, V], s *slot[K, V]) {
 	if queue, busy := cl.keys[key]; busy {
 		cl.keys[key] = append(queue, e)
 		c.queued++
+		c.chainGrew(cl, key, len(queue)+1)
+		if len(queue)+1 == minChain && c.quick < quickRun {
+			c.promote(cl, key)
+		}
 		c.queuedOn(cl, 1)
 		return
 	}
 	cl.keys[key] = nil // busy, nothing queued
 	c.ready.pushFresh(e)
 	c.readied(cl, 1)
+}
+
+// promote has key's ready message, if it waits among the fresh ones,
+// compared by its backlog from now on: a key that queued minChain messages
+// behind its first one is a chain, and its first message must not wait for
+// every message polled before it (thousands, when a hot key's partition
+// was read late).
+func (c *coordinator[K, V]) promote(cl *claim[K, V], key uint64) {
+	c.ready.promote(func(e *entry[K, V]) bool {
+		if e.claim != cl {
+			return false
+		}
+		k, _ := c.routingKey(e.msg)
+		return k == key
+	}, minChain)
 }
 
 // readied and queuedOn count a claim's messages in the ready set and
@@ -404,25 +467,7 @@ func (c *coordinator[K, V]) readied(cl *claim[K, V], n int) {
 
 func (c *coordinator[K, V]) queuedOn(cl *claim[K, V], n int) {
 	cl.queuedN += n
-	c.queueChanges++
 	c.checkSurplus(cl)
-}
-
-// findCritical finds the claim with the most messages queued behind its
-// keys: the one whose key chains are the longest, which the poller keeps
-// reading when the window is nearly full (see poller.applyBackPressure).
-// It is looked for again every 256 queue changes.
-func (c *coordinator[K, V]) findCritical() {
-	c.queueChanges = 0
-	var best *claim[K, V]
-	for _, cl := range c.claims {
-		if !cl.stopping && cl.queuedN > 0 && (best == nil || cl.queuedN > best.queuedN) {
-			best = cl
-		}
-	}
-	if best != c.critical {
-		c.critical, c.surplusDirty = best, true
-	}
 }
 
 // sizeSurplus sets surplusAt for the partitions assigned now: enough ready
@@ -434,7 +479,11 @@ func (c *coordinator[K, V]) sizeSurplus() {
 	if c.maxInFlight <= 0 {
 		return
 	}
-	c.surplusAt = max(2*c.concurrency, c.maxInFlight/(4*max(1, len(c.claims))))
+	c.surplusAt = max(2*c.handlerCapacity(), c.maxInFlight/(4*max(1, len(c.claims))))
+	c.lowWater = max(2*c.concurrency, c.maxInFlight/16)
+	for _, cl := range c.claims {
+		c.checkLow(cl)
+	}
 }
 
 func (c *coordinator[K, V]) checkSurplus(cl *claim[K, V]) {
@@ -443,7 +492,14 @@ func (c *coordinator[K, V]) checkSurplus(cl *claim[K, V]) {
 	}
 	want := cl.surplus
 	switch {
-	case cl.stopping || cl.queuedN >= cl.readyN || cl.readyN < c.surplusAt/2:
+	case cl.stopping:
+		want = false
+	case cl.critical && cl.chainN >= c.maxInFlight/2:
+		// Its chain has work for a long while: the rest of the window is
+		// for the other partitions, whose handlers need ready work.
+		want = true
+	case cl.critical && cl.chainN >= c.maxInFlight/4 && cl.surplus:
+	case cl.queuedN >= cl.readyN || cl.readyN < c.surplusAt/2:
 		want = false
 	case cl.readyN >= c.surplusAt:
 		want = true
@@ -481,6 +537,10 @@ func (c *coordinator[K, V]) routingKey(msg *pipeline.Message[K, V]) (key uint64,
 // frees its key for the next queued message; a retry goes out again with
 // its key still held; an abandoned one takes its key's queue with it.
 func (c *coordinator[K, V]) complete(done completion[K, V]) {
+	if c.batching() {
+		c.completeBatched(done)
+		return
+	}
 	cl := c.claims[done.msg.TopicPartition()]
 	var s *slot[K, V]
 	if cl != nil {
@@ -536,13 +596,19 @@ func (c *coordinator[K, V]) limitChanged() {
 	c.publishLimit()
 }
 
+// handlerLimit is how many handlers may run now: the adaptive limit, or
+// the fixed concurrency.
+func (c *coordinator[K, V]) handlerLimit() int {
+	if c.limiter != nil {
+		return c.limiter.current()
+	}
+	return c.concurrency
+}
+
 // publishLimit makes the concurrency limit visible: to Stats and to the
 // user's callback (called on this goroutine: it must be quick).
 func (c *coordinator[K, V]) publishLimit() {
-	limit := c.concurrency
-	if c.limiter != nil {
-		limit = c.limiter.current()
-	}
+	limit := c.handlerLimit()
 	c.stats.ConcurrencyLimit.Store(int64(limit))
 	if c.onLimit != nil {
 		c.onLimit(limit)
@@ -570,6 +636,7 @@ func (c *coordinator[K, V]) handlerTook(quick bool) {
 func (c *coordinator[K, V]) settle(cl *claim[K, V], s *slot[K, V], state slotState) {
 	cl.window.settle(s, state)
 	cl.tracked--
+	c.checkLow(cl)
 	c.inFlight--
 	c.inFlightBytes -= int64(s.size)
 	c.free(s.size)
@@ -603,12 +670,14 @@ func (c *coordinator[K, V]) releaseKey(cl *claim[K, V], msg *pipeline.Message[K,
 	queue := cl.keys[key]
 	if len(queue) == 0 {
 		delete(cl.keys, key)
+		c.chainShrank(cl, key, 0, true)
 		return
 	}
 	next := queue[0]
 	queue[0] = entry[K, V]{}
 	cl.keys[key] = queue[1:]
 	c.queued--
+	c.chainShrank(cl, key, len(queue)-1, false)
 	next.backlog = len(queue) - 1
 	c.ready.pushLater(next)
 	cl.queuedN--
@@ -628,6 +697,7 @@ func (c *coordinator[K, V]) abandonKey(cl *claim[K, V], msg *pipeline.Message[K,
 	}
 	delete(cl.keys, key)
 	c.queued -= len(queue)
+	c.chainShrank(cl, key, 0, true)
 	c.queuedOn(cl, -len(queue))
 	for _, e := range queue {
 		c.abandonEntry(e)
@@ -672,6 +742,7 @@ func (c *coordinator[K, V]) stop(cl *claim[K, V]) {
 		delete(cl.keys, key)
 	}
 	cl.readyN, cl.queuedN = 0, 0
+	c.forgetChain(cl)
 	c.checkSurplus(cl)
 	cl.window.each(func(s *slot[K, V]) {
 		if s.state == slotPolled {
@@ -695,9 +766,7 @@ func (c *coordinator[K, V]) end(cl *claim[K, V]) {
 	}
 	cl.cancel()
 	c.sizeSurplus()
-	if c.critical == cl {
-		c.critical, c.surplusDirty = nil, true
-	}
+	c.surplusDirty = true
 	c.ready.filter(func(e entry[K, V]) bool { return e.claim != cl })
 	for _, queue := range cl.keys {
 		c.queued -= len(queue)

@@ -28,12 +28,14 @@ type coordHarness struct {
 	polled     chan pollCycle[string, string]
 	dispatch   chan job[string, string]
 	released   chan completion[string, string]
+	handlerEnd chan handlerEnded[string, string] // batch mode
 	room       chan room
 	rebalances chan rebalanceRequest
 	offsets    chan chan<- []claimOffset
 	final      chan []claimOffset
 	queries    chan revokedQuery
 	draining   chan struct{}
+	steer      chan steering // with coordOptions.maxInFlight
 
 	cancel         context.CancelFunc
 	done           chan struct{}
@@ -47,6 +49,8 @@ type coordOptions struct {
 	adaptiveMin  int // adaptive concurrency between adaptiveMin and concurrency; 0: fixed
 	ordering     Ordering
 	orderNilKeys bool
+	batch        BatchLimits // batch mode (see batch_test.go)
+	maxInFlight  int         // > 0: a window, and poll steering on h.steer
 }
 
 // newCoordHarness must be called inside synctest.Test. The coordinator's
@@ -73,12 +77,20 @@ func newCoordHarness(t *testing.T, o coordOptions) *coordHarness {
 			rebalances: h.rebalances, offsets: h.offsets, final: h.final, queries: h.queries,
 			drainingCh: h.draining,
 		},
-		ordering: o.ordering, orderNilKeys: o.orderNilKeys, concurrency: o.concurrency,
+		ordering: o.ordering, orderNilKeys: o.orderNilKeys, concurrency: o.concurrency, batch: o.batch,
 		stats: h.stats, log: slog.New(slog.DiscardHandler),
 		claims: make(map[pipeline.TopicPartition]*claim[string, string]), seed: maphash.MakeSeed(),
 	}
 	if o.adaptiveMin > 0 {
 		h.c.limiter = newLimiter(o.adaptiveMin, o.concurrency)
+	}
+	if o.batch.MaxMessages > 0 {
+		h.handlerEnd = make(chan handlerEnded[string, string], 2*o.concurrency)
+		h.c.handlerEnd = h.handlerEnd
+	}
+	if o.maxInFlight > 0 {
+		h.steer = make(chan steering, 1)
+		h.c.steer, h.c.maxInFlight = h.steer, o.maxInFlight
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	h.cancel = cancel
@@ -284,6 +296,19 @@ func isClosed(ch <-chan struct{}) bool {
 func (h *coordHarness) stop() map[int32]int64 {
 	h.cancel()
 	synctest.Wait()
+	if h.handlerEnd != nil { // batch mode: the pool ends each batch
+		for _, b := range h.batches() {
+			ended := handlerEnded[string, string]{}
+			for _, m := range b {
+				ended.settled = append(ended.settled, completion[string, string]{msg: m, verdict: verdictAbandon})
+			}
+			h.handlerEnd <- ended
+		}
+		close(h.handlerEnd)
+		h.closeReleased()
+		<-h.done
+		return offsetMap(<-h.final)
+	}
 	for _, m := range h.dispatched() {
 		h.released <- completion[string, string]{msg: m, verdict: verdictAbandon}
 	}

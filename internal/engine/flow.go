@@ -62,6 +62,18 @@ type Config[K, V any] struct {
 	ErrorPolicy      pipeline.ErrorPolicy
 	Hooks            Hooks
 	Pause            *atomic.Bool // set by Parallafka.Pause, cleared by Resume
+
+	// BatchHandler, if set, replaces Handler: the pool hands it batches
+	// (middleware applied) that the coordinator assembles as Batch says.
+	BatchHandler pipeline.BatchHandler[K, V]
+	Batch        BatchLimits
+}
+
+// BatchLimits bound the batches of a batch handler.
+type BatchLimits struct {
+	MaxMessages int           // at least 1
+	MaxBytes    int64         // at least 1; the first message of a batch may be larger
+	Linger      time.Duration // how long a partial batch waits for more; 0: whatever is ready goes
 }
 
 // ErrShutdownTimeout is the cause of the handlers' cancellation when a
@@ -116,6 +128,7 @@ type flow[K, V any] struct {
 	poller      *poller[K, V]
 	coordinator *coordinator[K, V]
 	pool        *handlerPool[K, V]
+	batchPool   *batchPool[K, V] // instead of pool, in batch mode
 	collector   *collector[K, V]
 	committer   *committer[K, V]
 
@@ -128,6 +141,13 @@ type flow[K, V any] struct {
 //	poll ─polled─▶ coordinator ─dispatch─▶ handler pool ─▶ ack collector ─released─▶ coordinator
 //	  │  ◀──room──┘   ▲  ▲ offsets/final/commitNow (with user stages: poll ─▶ AfterPoll ─routable─▶ coordinator,
 //	  └─rebalances────┘  └────────── committer     handler pool ─▶ AfterHandle ─▶ ack collector, handlerEnd)
+//
+// In batch mode (cfg.BatchHandler) the coordinator dispatches batches to
+// the batch pool, which always tells it on handlerEnd that a batch ended,
+// with the messages that skip the stages (without stages, all of them):
+//
+//	coordinator ─dispatch (batches)─▶ batch pool ─handlerEnd─▶ coordinator
+//	                                      └─▶ AfterHandle ─▶ ack collector ─released─▶ coordinator
 func newFlow[K, V any](cfg *Config[K, V], stats *Stats, life *lifecycle) *flow[K, V] {
 	var (
 		polled     = make(chan pollCycle[K, V], 4)
@@ -161,8 +181,8 @@ func newFlow[K, V any](cfg *Config[K, V], stats *Stats, life *lifecycle) *flow[K
 			commitNow: commitNow, steer: steer, drainingCh: life.draining,
 		},
 		maxInFlight: cfg.MaxInFlight,
-		commitEvery: cfg.CommitEvery,
-		ordering:    cfg.Ordering, orderNilKeys: cfg.OrderNilKeys, concurrency: cfg.Concurrency,
+		commitEvery: cfg.CommitEvery, batch: cfg.Batch,
+		ordering: cfg.Ordering, orderNilKeys: cfg.OrderNilKeys, concurrency: cfg.Concurrency,
 		onLimit: cfg.OnLimit,
 		stats:   stats, log: cfg.Logger, claims: make(map[pipeline.TopicPartition]*claim[K, V]), seed: maphash.MakeSeed(),
 	}
@@ -173,6 +193,21 @@ func newFlow[K, V any](cfg *Config[K, V], stats *Stats, life *lifecycle) *flow[K
 	f.pool = &handlerPool[K, V]{
 		concurrency: cfg.Concurrency, handler: cfg.Handler, log: cfg.Logger, collector: f.collector,
 		dispatch: dispatch, released: released, coordDone: coordDone,
+	}
+	if cfg.BatchHandler != nil {
+		// Batch mode: the pool says when each batch ended, with the
+		// messages that skip the stages (without stages: all of them).
+		handlerEnd := make(chan handlerEnded[K, V], 2*cfg.Concurrency)
+		f.batchPool = &batchPool[K, V]{
+			concurrency: cfg.Concurrency, handler: cfg.BatchHandler, log: cfg.Logger, collector: f.collector,
+			batches: &stats.Batches, batched: &stats.Batched,
+			dispatch: dispatch, handlerEnd: handlerEnd,
+		}
+		f.pool = nil
+		f.coordinator.handlerEnd = handlerEnd
+		f.coordinator.released = nil // the stages' collector's, if there are stages
+	} else {
+		f.coordinator.batch = BatchLimits{}
 	}
 	f.committer = &committer[K, V]{
 		source: cfg.Source, log: cfg.Logger, stats: stats,
@@ -202,7 +237,18 @@ func (f *flow[K, V]) run() error {
 		f.poller.staged = staged
 		f.coordinator.routable = chain(g, f.cfg.AfterPoll, staged)
 	}
-	if len(f.cfg.AfterHandle) > 0 {
+	switch {
+	case f.batchPool != nil && len(f.cfg.AfterHandle) > 0:
+		// batch pool ─handled─▶ AfterHandle ─▶ ack collector ─released─▶ coordinator
+		handled := make(chan *pipeline.Message[K, V], channelSize)
+		released := make(chan completion[K, V], 2*f.cfg.Concurrency)
+		f.batchPool.handled, f.coordinator.released = handled, released
+		collectable := chain(g, f.cfg.AfterHandle, handled)
+		g.Go("ack collector", func(ctx context.Context) error {
+			return f.collector.run(ctx, collectable, released, f.coordDoneCh)
+		})
+	case f.batchPool != nil: // batch pool ─handlerEnd (every message settled)─▶ coordinator
+	case len(f.cfg.AfterHandle) > 0:
 		handled := make(chan *pipeline.Message[K, V], channelSize)
 		handlerEnd := make(chan handlerEnded[K, V], 2*f.cfg.Concurrency)
 		released := f.pool.released
@@ -218,7 +264,11 @@ func (f *flow[K, V]) run() error {
 		defer close(f.coordDoneCh)
 		return f.coordinator.run(ctx)
 	})
-	g.Go("handler pool", f.pool.run)
+	if f.batchPool != nil {
+		g.Go("handler pool", f.batchPool.run)
+	} else {
+		g.Go("handler pool", f.pool.run)
+	}
 	g.Go("committer", func(ctx context.Context) error {
 		defer close(f.commitDoneCh)
 		return f.committer.run(ctx)
@@ -390,8 +440,9 @@ type (
 	}
 	// job is a dispatched message and its handler's context (its claim's).
 	job[K, V any] struct {
-		msg *pipeline.Message[K, V]
-		ctx context.Context
+		msg   *pipeline.Message[K, V]
+		ctx   context.Context
+		batch *batch[K, V] // in batch mode, instead of msg (ctx is the batch's)
 	}
 	// handlerEnded tells the coordinator that a handler is free again, with
 	// AfterHandle stages; cancelled is the message if its claim's context
@@ -400,6 +451,10 @@ type (
 		quick     bool
 		call      handlerCall
 		cancelled *pipeline.Message[K, V]
+		// settled are a batch's messages that skip the AfterHandle stages
+		// (all of them without stages), with their verdicts; the
+		// coordinator takes them before any completion the stages send on.
+		settled []completion[K, V]
 	}
 	// handlerCall is what a handler call showed, for the adaptive limit:
 	// how long it took and whether it failed. One call, one sample,
@@ -424,11 +479,12 @@ type (
 		msgs  []*pipeline.Message[K, V]
 		sizes []int32
 	}
-	// steering tells the poller which partitions to read less (surplus:
-	// ready work enough for the handlers) and which to read more (critical:
-	// the longest key chains).
+	// steering tells the poller which partitions to pause (see steer.go).
 	steering struct {
-		surplus, critical []pipeline.TopicPartition
+		pause    []pipeline.TopicPartition // pause these
+		over     []pipeline.TopicPartition // pause these while a low one has messages to read
+		low      []pipeline.TopicPartition // below a quarter of their share of the window
+		starving bool                      // the pause is for a key chain short of messages
 	}
 	// room is what the coordinator freed of the in-flight window since it
 	// last told the poller.
@@ -460,6 +516,7 @@ const (
 	verdictFinish  verdict = iota // finished: committable; the key is free
 	verdictRetry                  // handle again, keeping the key
 	verdictAbandon                // never committed in this assignment; its key's queue goes too
+	verdictRequeue                // batch mode: not handled after all (an earlier message of its key failed, or another partition's end cancelled its batch): it waits again, in order
 )
 
 type rebalanceKind uint8

@@ -28,13 +28,12 @@ import (
 // (Pausing is a last resort: librdkafka drops what it prefetched for a
 // paused partition and fetches it again after Resume.)
 //
-// It also steers what is read, from the coordinator's steering edge: a
-// partition with more ready work than the handlers need (surplus) is
-// paused until its work drains to half of that, and once the window's
-// last quarter is reached only the critical partition, the one with the
-// longest key chains, goes on being read. On a skewed workload the hot
-// key's next messages are then polled while its chain runs, instead of
-// cold work from every partition filling the window first.
+// It also pauses the partitions the coordinator's steering edge names
+// (see steer.go): those with more ready work than the handlers need, and,
+// while a hot key's chain is short of polled messages, every partition but
+// the chain's and those below their share of the window. On a skewed
+// workload the hot key's next messages are then polled while its chain
+// runs, instead of cold work from every partition filling the window.
 type poller[K, V any] struct {
 	pollerEdges[K, V]
 	source        pipeline.Source[K, V]
@@ -50,15 +49,18 @@ type poller[K, V any] struct {
 	bytes    int64 // and bytes: a message is polled while both are positive
 	assigned map[pipeline.TopicPartition]bool
 	paused   bool                             // by back-pressure
-	surplus  map[pipeline.TopicPartition]bool // partitions the coordinator has ready work enough for
-	critical map[pipeline.TopicPartition]bool // partitions whose key chains are the longest
-	// reserving: the window is nearly full; its last quarter is kept for
-	// the critical partitions, the others are paused.
-	reserving bool
+	steered  map[pipeline.TopicPartition]bool // partitions the coordinator's steering pauses
+	// over holds the partitions with their share of the window or more,
+	// paused while one of the low ones (below a quarter of their share)
+	// has messages left to read (hungry): see steer.go.
+	over, low  map[pipeline.TopicPartition]bool
+	hungry     bool
+	watermarks pipeline.WatermarkSource          // nil: the source does not know them, and no partition is hungry
+	next       map[pipeline.TopicPartition]int64 // the offset after the last one polled
 	// sourcePaused is what the source was told: reconcile brings it to
-	// what paused, holding and surplus ask for.
+	// what paused, holding and steered ask for.
 	sourcePaused map[pipeline.TopicPartition]bool
-	pauseDirty   bool // paused, holding, surplus or the assignment changed since the last reconcile
+	pauseDirty   bool // paused, holding, steered or the assignment changed since the last reconcile
 	holding      bool // by the user (Parallafka.Pause): dispatching stops too
 	hooks        Hooks
 	// userPause is what Parallafka.Pause and Resume ask for; the poller
@@ -75,7 +77,7 @@ type pollerEdges[K, V any] struct {
 	polled     chan<- pollCycle[K, V]         // to the coordinator
 	staged     chan<- *pipeline.Message[K, V] // into the AfterPoll stages; nil without them
 	room       <-chan room                    // from the coordinator: slots and bytes freed
-	steer      <-chan steering                // from the coordinator: partitions to read less, and more
+	steer      <-chan steering                // from the coordinator: partitions to pause
 	rebalances chan<- rebalanceRequest        // to the coordinator
 	commits    chan<- commitRequest           // to the committer: a revoke's final offsets
 	coordDone  <-chan struct{}                // closed when the coordinator returned
@@ -97,6 +99,7 @@ func (p *poller[K, V]) run(ctx context.Context) error {
 		defer close(p.staged)
 	}
 	p.credit, p.bytes = p.maxInFlight, p.maxBytes
+	p.watermarks, _ = p.source.(pipeline.WatermarkSource)
 	if p.maxBytes <= 0 {
 		p.bytes = math.MaxInt64
 	}
@@ -108,13 +111,17 @@ func (p *poller[K, V]) run(ctx context.Context) error {
 		if err := p.applyUserPause(); err != nil {
 			return err
 		}
+		p.checkHungry()
 		if err := p.applyBackPressure(); err != nil {
 			return err
 		}
 		p.takeHeld()
 		timeout := p.pollTimeout
-		if p.paused || p.holding || len(p.batch) > 0 {
-			timeout = min(timeout, 10*time.Millisecond) // notice freed room promptly
+		if p.paused || p.holding || len(p.steered) > 0 || p.hungry || len(p.batch) > 0 {
+			// Notice freed room and steering promptly: batch handlers can
+			// drain the window within one poll timeout while partitions
+			// are paused.
+			timeout = min(timeout, 10*time.Millisecond)
 		}
 		if err := p.pollCycle(timeout); err != nil {
 			return err
@@ -145,6 +152,7 @@ func (p *poller[K, V]) pollCycle(timeout time.Duration) error {
 		if err != nil || msg == nil {
 			return err
 		}
+		p.setNext(msg.TopicPartition(), msg.Offset+1)
 		if p.hasCredit() && len(p.held) == 0 {
 			p.spend(msg)
 		} else {
@@ -188,7 +196,7 @@ func (p *poller[K, V]) flush(ctx context.Context) bool {
 }
 
 // takeRoom adds the slots the coordinator freed since the last look, and
-// takes its latest set of surplus partitions.
+// takes its latest set of partitions to pause.
 func (p *poller[K, V]) takeRoom() {
 	select {
 	case r := <-p.room:
@@ -198,17 +206,59 @@ func (p *poller[K, V]) takeRoom() {
 	}
 	select {
 	case s := <-p.steer:
-		p.surplus = make(map[pipeline.TopicPartition]bool, len(s.surplus))
-		for _, tp := range s.surplus {
-			p.surplus[tp] = true
-		}
-		p.critical = make(map[pipeline.TopicPartition]bool, len(s.critical))
-		for _, tp := range s.critical {
-			p.critical[tp] = true
-		}
+		p.steered, p.over, p.low = setOf(s.pause), setOf(s.over), setOf(s.low)
 		p.pauseDirty = true
 	default:
 	}
+}
+
+func setOf(tps []pipeline.TopicPartition) map[pipeline.TopicPartition]bool {
+	set := make(map[pipeline.TopicPartition]bool, len(tps))
+	for _, tp := range tps {
+		set[tp] = true
+	}
+	return set
+}
+
+// checkHungry decides whether a low partition has messages left to read,
+// by the source's watermarks: the partitions over their share then pause,
+// so that librdkafka's queue, which may hold thousands of their prefetched
+// messages ahead of the low one's, does not keep the low one unread.
+func (p *poller[K, V]) checkHungry() {
+	hungry := false
+	if p.watermarks != nil && len(p.over) > 0 {
+		for tp := range p.low {
+			if p.hasMore(tp) {
+				hungry = true
+				break
+			}
+		}
+	}
+	if hungry != p.hungry {
+		p.hungry, p.pauseDirty = hungry, true
+	}
+
+}
+
+func (p *poller[K, V]) setNext(tp pipeline.TopicPartition, next int64) {
+	if p.next == nil {
+		p.next = make(map[pipeline.TopicPartition]int64)
+	}
+	p.next[tp] = next
+}
+
+// hasMore reports whether tp has messages past the last one polled, as
+// far as the source heard.
+func (p *poller[K, V]) hasMore(tp pipeline.TopicPartition) bool {
+	low, high, ok := p.watermarks.Watermarks(tp)
+	if !ok {
+		return p.assigned[tp] // not fetched yet: it may have
+	}
+	next, polled := p.next[tp]
+	if !polled {
+		next = low
+	}
+	return high > next
 }
 
 // hasCredit reports whether the poller may take another message: the
@@ -284,16 +334,6 @@ func (p *poller[K, V]) applyBackPressure() error {
 	case p.paused && p.credit-len(p.held) >= p.maxInFlight/4 && p.bytes-p.heldBytes() >= p.maxBytes/4:
 		p.paused, p.pauseDirty = false, true
 	}
-	// The window's last quarter is for the partitions with the longest key
-	// chains: once it is reached, the others pause, so that a hot key's next
-	// messages are polled instead of cold work that waits for a handler.
-	reserve := p.maxInFlight / 4
-	switch {
-	case !p.reserving && p.credit <= reserve && len(p.critical) > 0:
-		p.reserving, p.pauseDirty = true, true
-	case p.reserving && (p.credit > reserve+p.maxInFlight/8 || len(p.critical) == 0):
-		p.reserving, p.pauseDirty = false, true
-	}
 	return p.reconcile()
 }
 
@@ -316,7 +356,7 @@ func (p *poller[K, V]) applyUserPause() error {
 }
 
 // reconcile pauses and resumes partitions so that the source's state is
-// what back-pressure, the user and the coordinator's surplus ask for.
+// what back-pressure, the user and the coordinator's steering ask for.
 func (p *poller[K, V]) reconcile() error {
 	if !p.pauseDirty {
 		return nil
@@ -327,7 +367,7 @@ func (p *poller[K, V]) reconcile() error {
 	}
 	var pause, resume, paused []pipeline.TopicPartition
 	for tp := range p.assigned {
-		want := p.paused || p.holding || p.surplus[tp] || p.reserving && !p.critical[tp]
+		want := p.paused || p.holding || p.steered[tp] || p.hungry && p.over[tp]
 		if want {
 			paused = append(paused, tp)
 		}
@@ -372,6 +412,9 @@ func (p *poller[K, V]) PartitionsAssigned(committed []pipeline.Offset) {
 	tps := make([]pipeline.TopicPartition, len(committed))
 	for i, off := range committed {
 		tps[i] = off.TopicPartition
+		if off.Offset >= 0 {
+			p.setNext(off.TopicPartition, off.Offset)
+		}
 	}
 	p.flushForRebalance()
 	p.request(rebalanceRequest{kind: rebalanceAssign, partitions: tps, committed: committed})
@@ -492,7 +535,10 @@ func (p *poller[K, V]) forget(tps []pipeline.TopicPartition) {
 	p.held = kept
 	for _, tp := range tps {
 		delete(p.sourcePaused, tp)
-		delete(p.surplus, tp)
+		delete(p.steered, tp)
+		delete(p.over, tp)
+		delete(p.low, tp)
+		delete(p.next, tp)
 	}
 	if p.paused || p.holding {
 		p.stats.setPaused(p.partitions())

@@ -78,6 +78,42 @@ func (r *ready[K, V]) pop(backlog func(*entry[K, V]) int) entry[K, V] {
 	return e
 }
 
+// each calls fn for the messages in the set, fresh ones first, until fn
+// returns false.
+func (r *ready[K, V]) each(fn func(*entry[K, V]) bool) {
+	for i := r.freshHead; i < len(r.fresh); i++ {
+		if !fn(&r.fresh[i]) {
+			return
+		}
+	}
+	for i := range r.later {
+		if !fn(&r.later[i]) {
+			return
+		}
+	}
+}
+
+// promote moves the oldest fresh message for which match returns true
+// into the later heap with the given backlog, so that it is compared by
+// its backlog rather than waiting for the older fresh messages to go
+// first. It reports whether one was found. It costs a scan of the fresh
+// messages, which hold one message per busy key at most.
+func (r *ready[K, V]) promote(match func(*entry[K, V]) bool, backlog int) bool {
+	for i := r.freshHead; i < len(r.fresh); i++ {
+		if !match(&r.fresh[i]) {
+			continue
+		}
+		e := r.fresh[i]
+		e.backlog = backlog
+		copy(r.fresh[i:], r.fresh[i+1:])
+		r.fresh[len(r.fresh)-1] = entry[K, V]{}
+		r.fresh = r.fresh[:len(r.fresh)-1]
+		r.pushLater(e)
+		return true
+	}
+	return false
+}
+
 // filter keeps the messages for which keep returns true.
 func (r *ready[K, V]) filter(keep func(entry[K, V]) bool) {
 	fresh := r.fresh[:0]

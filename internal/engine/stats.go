@@ -28,6 +28,8 @@ type Stats struct {
 	Commits        atomic.Int64 // committer: successful commit requests
 	CommitErrors   atomic.Int64 // committer: failed commit requests
 	UserPaused     atomic.Bool  // poller: Parallafka.Pause is in force
+	Batches        atomic.Int64 // handler pool (batch mode): batch handler calls
+	Batched        atomic.Int64 // handler pool (batch mode): the messages given to those calls
 	// ConcurrencyLimit is the number of handlers allowed to run now
 	// (coordinator): the fixed concurrency, or the adaptive limit.
 	ConcurrencyLimit atomic.Int64

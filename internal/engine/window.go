@@ -25,6 +25,7 @@ type slot[K, V any] struct {
 	seq    uint64 // poll order, for oldest-first dispatch (set when routed)
 	size   int32  // bytes, as the poller counted them
 	state  slotState
+	held   bool // batch mode: counted in its key's messages out (claim.out), from its batch's dispatch until it leaves for good or is requeued
 }
 
 // window holds the offsets of one partition that were polled and are not

@@ -449,6 +449,15 @@ func (s *Source[K, V]) Len(tp pipeline.TopicPartition) int64 {
 	return int64(len(s.logs[tp]))
 }
 
+// Watermarks returns 0 and the partition's end offset, as Kafka's low and
+// high watermarks; ok is false for a partition that does not exist.
+func (s *Source[K, V]) Watermarks(tp pipeline.TopicPartition) (low, high int64, ok bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	log, ok := s.logs[tp]
+	return 0, int64(len(log)), ok
+}
+
 // Partitions returns every partition, ordered by topic and partition.
 func (s *Source[K, V]) Partitions() []pipeline.TopicPartition {
 	s.mu.Lock()
@@ -456,4 +465,7 @@ func (s *Source[K, V]) Partitions() []pipeline.TopicPartition {
 	return s.sortedPartitions()
 }
 
-var _ pipeline.Source[string, string] = (*Source[string, string])(nil)
+var (
+	_ pipeline.Source[string, string] = (*Source[string, string])(nil)
+	_ pipeline.WatermarkSource        = (*Source[string, string])(nil)
+)

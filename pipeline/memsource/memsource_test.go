@@ -541,3 +541,24 @@ func TestCloseReleasesPendingNotifications(t *testing.T) {
 	require.Equal(t, "revoke", ev[0].kind)
 	require.Equal(t, []pipeline.TopicPartition{tp("t", 0), tp("t", 1)}, ev[0].partitions)
 }
+
+func TestWatermarks(t *testing.T) {
+	s := memsource.New[string, string]()
+	s.AddTopic("t", 2)
+	s.Produce("t", 1, "k", "a")
+	s.Produce("t", 1, "k", "b")
+	for _, c := range []struct {
+		tp        pipeline.TopicPartition
+		high      int64
+		wantKnown bool
+	}{
+		{pipeline.TopicPartition{Topic: "t", Partition: 0}, 0, true},
+		{pipeline.TopicPartition{Topic: "t", Partition: 1}, 2, true},
+		{pipeline.TopicPartition{Topic: "t", Partition: 2}, 0, false},
+	} {
+		low, high, ok := s.Watermarks(c.tp)
+		if low != 0 || high != c.high || ok != c.wantKnown {
+			t.Errorf("Watermarks(%v) = %d, %d, %v; want 0, %d, %v", c.tp, low, high, ok, c.high, c.wantKnown)
+		}
+	}
+}

@@ -1,0 +1,162 @@
+package integration_test
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/parallafka/parallafka"
+	"github.com/parallafka/parallafka/kafka"
+	"github.com/parallafka/parallafka/kafka/kafkatest"
+)
+
+// batchHandler is handler for batches: at a batch's start it checks that
+// none of its keys is in a handler elsewhere (any member), holds them for
+// the batch, waits delay (lo to hi), then records every message as
+// handled, in batch order (a key's messages come in offset order).
+func (r *recorder) batchHandler(member string, lo, hi time.Duration) parallafka.BatchHandler[string, []byte] {
+	return func(ctx context.Context, batch []*parallafka.Message[string, []byte]) error {
+		start := time.Now()
+		evs := make([]event, 0, len(batch))
+		r.mu.Lock()
+		mine := map[string]bool{}
+		for _, msg := range batch {
+			key, seq, perr := kafkatest.ParseKeyedValue(msg.Value)
+			if perr != nil || key != msg.Key {
+				r.problem("%s: message %s: key %q, value %q", member, msg, msg.Key, msg.Value)
+			}
+			ru := r.current[member][msg.Partition]
+			switch {
+			case ru == nil:
+				r.problem("%s: handling %s of a partition never assigned", member, msg)
+			case !ru.revokeEnd.IsZero():
+				r.problem("%s: handling %s after its partition was revoked", member, msg)
+			case ru.firstStart.IsZero():
+				ru.firstStart = start
+			}
+			if ru != nil && (ru.lowest < 0 || msg.Offset < ru.lowest) {
+				ru.lowest = msg.Offset
+			}
+			if other, ok := r.busy[key]; ok && !mine[key] {
+				r.problem("%s: key %s in a batch of %s and one of %s at once (%s)", member, key, other, member, msg)
+			}
+			r.busy[key], mine[key] = member, true
+			evs = append(evs, event{member: member, po: po{msg.Partition, msg.Offset}, key: key, seq: seq, start: start, run: ru})
+		}
+		r.mu.Unlock()
+
+		time.Sleep(lo + randDuration(hi-lo))
+
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		end := time.Now()
+		for key := range mine {
+			delete(r.busy, key)
+		}
+		for _, ev := range evs {
+			r.stamp++
+			ev.stamp, ev.end = r.stamp, end
+			r.events = append(r.events, ev)
+			r.count[ev.po]++
+			r.handled[member]++
+			if ev.run != nil {
+				ev.run.handled = append(ev.run.handled, ev.po.o)
+			}
+		}
+		return nil
+	}
+}
+
+// startBatchMember is startMember with ConsumeBatch: batches take lo to hi.
+func startBatchMember(t testing.TB, c *kafkatest.Cluster, s memberSpec, lo, hi time.Duration) *member {
+	t.Helper()
+	log := testLogger(t).With("member", s.name)
+	cfg := c.ConsumerConfig(s.group)
+	for k, v := range s.config {
+		require.NoError(t, cfg.SetKey(k, v))
+	}
+	consumer, err := kafka.NewConsumer(cfg, kafka.WithLogger(log))
+	require.NoError(t, err)
+	src, err := kafka.NewSource(consumer, []string{s.topic}, kafka.String, kafka.Bytes, kafka.WithLogger(log))
+	if err != nil {
+		consumer.Close()
+		require.NoError(t, err)
+	}
+	obs := &observedSource{Source: src, member: s.name, rec: s.observer}
+	p, err := parallafka.New(obs, append([]parallafka.Option{parallafka.WithLogger(log)}, s.options...)...)
+	if err != nil {
+		_ = src.Close()
+		require.NoError(t, err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	m := &member{name: s.name, p: p, cancel: cancel, done: make(chan struct{})}
+	handler := s.observer.batchHandler(s.name, lo, hi)
+	go func() {
+		defer close(m.done)
+		m.err = p.ConsumeBatch(ctx, handler)
+	}()
+	t.Cleanup(func() {
+		if m.stopped.IsZero() {
+			m.stop(t)
+		}
+	})
+	return m
+}
+
+// TestBatchRebalance runs ConsumeBatch members of one group while messages
+// keep coming: A starts alone, B joins, B leaves gracefully, A goes on to
+// the end. Batches (2 to 6 ms) finish well within the revoke timeout, so
+// nothing is handled twice; nothing is lost, no key is in two batches at
+// once (in any member), keys keep their order, and every partition's next
+// owner starts at the offset its previous owner committed.
+func TestBatchRebalance(t *testing.T) {
+	for _, strategy := range []string{"range", "cooperative-sticky"} {
+		t.Run(strategy, func(t *testing.T) { testBatchRebalance(t, strategy) })
+	}
+}
+
+func testBatchRebalance(t *testing.T, strategy string) {
+	const partitions, keys, backlog = 6, 60, 3000
+	c := kafkatest.New(t)
+	topic := newTopic(t, c, partitions)
+	group := groupFor(t)
+	ctx := context.Background()
+
+	prod := newProducer(c, topic, keys)
+	require.NoError(t, prod.produce(ctx, backlog))
+	stopProducing := sync.OnceValue(prod.produceFor(ctx, 20, 20*time.Millisecond)) // 1,000 msg/s meanwhile
+	t.Cleanup(func() { _ = stopProducing() })
+
+	rec := newRecorder()
+	spec := func(name string) memberSpec {
+		return memberSpec{
+			name: name, group: group, topic: topic, observer: rec,
+			config: map[string]any{"partition.assignment.strategy": strategy},
+			options: []parallafka.Option{parallafka.WithMaxConcurrency(3), parallafka.WithMaxBatchMessages(40),
+				parallafka.WithMaxInFlight(500)},
+		}
+	}
+	a := startBatchMember(t, c, spec("A"), 2*time.Millisecond, 6*time.Millisecond)
+	waitFor(t, waitTimeout, "A to handle 1,000 messages", func() bool { return rec.handledBy("A") >= 1000 })
+	b := startBatchMember(t, c, spec("B"), 2*time.Millisecond, 6*time.Millisecond)
+	waitFor(t, waitTimeout, "B to take partitions and handle 300 messages", func() bool {
+		return len(rec.owned("B")) > 0 && rec.handledBy("B") >= 300
+	})
+	require.NoError(t, b.stop(t))
+	require.NoError(t, stopProducing())
+	total := prod.count()
+	waitFor(t, waitTimeout, "every message handled", func() bool { return rec.distinct() == total })
+	stopAll(t, a)
+
+	res := rec.check(t, prod.produced())
+	checkCommittedToEnd(t, c, group, topic)
+	assert.Zero(t, res.duplicates, "records handled again after a hand-over")
+	st := a.p.Stats()
+	assert.Greater(t, st.MeanBatchSize, 1.0)
+	t.Logf("batch rebalance (%s) on the %s: %d messages; A %d (%d batches, mean %.1f), B %d; redone %d",
+		strategy, brokerKind(c), total, rec.handledBy("A"), st.Batches, st.MeanBatchSize, rec.handledBy("B"), res.duplicates)
+}
