@@ -203,3 +203,67 @@ func TestConcurrencyLimitReportedWhenFixed(t *testing.T) {
 	assert.EqualValues(t, 7, reported.Load())
 	assert.Equal(t, 7, p.Stats().ConcurrencyLimit)
 }
+
+// TestAdaptiveConcurrencyWithBatches: with ConsumeBatch the limit counts
+// batch calls; each call is one sample, whatever its size. Batches never
+// run above the limit in force, the limit moves, and every message is
+// handled once, in key order, and committed.
+func TestAdaptiveConcurrencyWithBatches(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const n, partitions = 4000, 2
+		src := memsource.New[string, int]()
+		produce(src, partitions, n, func(int) int { return rand.N(400) })
+		ds := &fakeDownstream{base: 10 * time.Millisecond}
+		ds.capacity.Store(6)
+		limits := &limitLog{}
+		p, err := parallafka.New(src,
+			parallafka.WithAdaptiveConcurrency(1, 32), parallafka.WithMaxBatchMessages(20),
+			parallafka.WithOnConcurrencyLimit(limits.record),
+			parallafka.WithStage(parallafka.AfterHandle, "retry", stages.Retry[string, int](stages.RetryConfig{
+				MaxAttempts: 1000, InitialBackoff: time.Millisecond, MaxBackoff: 20 * time.Millisecond,
+			})),
+			parallafka.WithLogger(quiet), parallafka.WithCommitInterval(50*time.Millisecond))
+		require.NoError(t, err)
+
+		rec := newRecorder(0)
+		var running, overLimit atomic.Int64
+		handler := func(ctx context.Context, batch []*parallafka.Message[string, int]) error {
+			r := running.Add(1)
+			defer running.Add(-1)
+			if r > int64(limits.inForce(time.Now())) {
+				overLimit.Add(1)
+			}
+			if err := ds.call(); err != nil {
+				return err // the whole batch fails, and is retried
+			}
+			for _, msg := range batch {
+				if err := rec.handle(ctx, msg); err != nil {
+					return err
+				}
+			}
+			return nil
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- p.ConsumeBatch(ctx, handler) }()
+		start := time.Now()
+		for rec.count() < n {
+			time.Sleep(50 * time.Millisecond)
+			require.Less(t, time.Since(start), 10*time.Minute, "handled %d of %d", rec.count(), n)
+		}
+		cancel()
+		require.NoError(t, <-done)
+
+		assert.Zero(t, overLimit.Load(), "batches started above the limit in force")
+		assert.Empty(t, rec.errs, "key order")
+		assert.Len(t, rec.handled, n)
+		for _, part := range src.Partitions() {
+			assert.Equal(t, src.Len(part), src.Committed(part), "final commit of %v", part)
+		}
+		limits.mu.Lock()
+		defer limits.mu.Unlock()
+		assert.Equal(t, 1, limits.limits[0], "starts at min")
+		assert.Greater(t, slices.Max(limits.limits), 1, "the limit grew")
+		assert.LessOrEqual(t, slices.Max(limits.limits), 32)
+	})
+}
