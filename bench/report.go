@@ -103,13 +103,12 @@ type result struct {
 	// (the wait for a server plus the base time): the handler latency
 	// without the machine's timer overshoot, which on a shared VM adds
 	// milliseconds to a 2 ms sleep at the 99th percentile.
-	ModelP50Ms       float64      `json:"model_p50_ms,omitempty"`
-	ModelP99Ms       float64      `json:"model_p99_ms,omitempty"`
-	MeanLimit        float64      `json:"mean_limit,omitempty"`
-	LastLimit        int          `json:"last_limit,omitempty"`
-	Change           *changeStats `json:"change,omitempty"`
-	timelineSamples  []tick
-	timelineChangeAt float64
+	ModelP50Ms      float64      `json:"model_p50_ms,omitempty"`
+	ModelP99Ms      float64      `json:"model_p99_ms,omitempty"`
+	MeanLimit       float64      `json:"mean_limit,omitempty"`
+	LastLimit       int          `json:"last_limit,omitempty"`
+	Change          *changeStats `json:"change,omitempty"`
+	timelineSamples []tick
 	// With -batch: the largest batch, the linger, the batch handler calls
 	// and the mean messages per call. The bound (IdealSeconds) of a sink
 	// model counts the fewest calls a scheduler could make.

@@ -178,7 +178,6 @@ func (tl *timeline) summarize(r *result, rec *recorder, change *capacityChange) 
 	_, p = rec.modelLatencies(tl.at(at+2), tl.at(end))
 	cs.ModelP99MsAfter = ms(p)
 	r.Change = cs
-	r.timelineChangeAt = at
 }
 
 // rate returns the messages handled per second over [from, to] (seconds
