@@ -181,6 +181,30 @@ func TestObserverSeesBatches(t *testing.T) {
 	assert.Zero(t, rec.started, "no per-message handler calls in batch mode")
 }
 
+// With adaptive concurrency the observer hears the limit as it changes:
+// the last one it heard is the one Stats reports.
+func TestObserverHearsTheAdaptiveLimit(t *testing.T) {
+	src := memsource.New[string, int]()
+	produce(src, 2, 2000, func(i int) int { return i % 100 })
+	rec := newObsRecorder()
+	p, err := parallafka.New(src, parallafka.WithLogger(quiet), parallafka.WithObserver(rec),
+		parallafka.WithAdaptiveConcurrency(2, 16))
+	require.NoError(t, err)
+	var handled atomic.Int64
+	stop, _ := start(p, func(context.Context, *parallafka.Message[string, int]) error {
+		time.Sleep(100 * time.Microsecond)
+		handled.Add(1)
+		return nil
+	})
+	eventually(t, func() bool { return handled.Load() == 2000 })
+	err, _ = stop()
+	require.NoError(t, err)
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	assert.GreaterOrEqual(t, rec.limit, 2)
+	assert.Equal(t, p.Stats().ConcurrencyLimit, rec.limit)
+}
+
 // panicky panics in every method.
 type panicky struct{}
 

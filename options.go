@@ -77,6 +77,11 @@ const (
 
 type config struct {
 	maxConcurrency   int
+	concurrencySet   bool // WithMaxConcurrency was given
+	adaptive         bool // WithAdaptiveConcurrency was given: maxConcurrency is its max
+	minConcurrency   int
+	adaptiveMax      int
+	onLimit          func(int)
 	maxInFlight      int // 0: the default, max(DefaultMaxInFlight, 2*maxConcurrency)
 	maxInFlightBytes int64
 	ordering         Ordering
@@ -164,9 +169,53 @@ func WithBatchMiddleware[K, V any](mw ...BatchMiddleware[K, V]) Option {
 	})
 }
 
-// WithMaxConcurrency sets how many handlers run at the same time. Default 16.
+// WithMaxConcurrency sets how many handlers run at the same time. Default
+// 16. It cannot be combined with WithAdaptiveConcurrency.
 func WithMaxConcurrency(n int) Option {
-	return optionFunc(func(c *config) { c.maxConcurrency = n })
+	return optionFunc(func(c *config) { c.maxConcurrency, c.concurrencySet = n, true })
+}
+
+// WithAdaptiveConcurrency makes the number of handlers allowed to run at
+// the same time adapt, between min and max, to what the handlers show, for
+// handlers that call a shared downstream (a database, a service) whose
+// capacity is unknown or changes. It starts at min. Every window of 100 ms
+// (and at least 10 handler calls) it compares the window's median handler
+// latency with the lowest seen lately:
+//
+//   - flat latency: the limit grows (doubling until the first sign of a
+//     queue, then by √limit/2 a window);
+//   - latency more than 30 % above the lowest: calls queue downstream, and
+//     the limit shrinks in proportion (at most by a quarter a window);
+//   - a failed call (an error or a panic: a timeout returned as an error, a
+//     downstream shedding load) counts as overload: the limit is cut by
+//     10 %, or by the share of the window's calls that failed, up to half.
+//
+// The limit does not grow while fewer than half of the allowed handlers
+// are busy (key order or the backlog, not the limit, is the bound then).
+// Every 2.5 s a 100 ms window runs at half the limit to measure the
+// latency without a queue afresh. A retried attempt is a call like any
+// other; a call cut short by a hard stop or a revoke timeout is no sample.
+// Errors that do not come from load (a message the handler refuses) lower
+// the limit too, and so does latency the handler has for reasons of its
+// own. The algorithm is Netflix concurrency-limits' gradient limit (see
+// the README); Stats().ConcurrencyLimit reports the limit, the logger logs
+// its changes at Debug level, and WithOnConcurrencyLimit exports it.
+//
+// min must be at least 1 and max at least min; the in-flight window
+// (WithMaxInFlight) must hold max messages; the pool keeps max handler
+// goroutines. It cannot be combined with WithMaxConcurrency. Off by
+// default: WithMaxConcurrency's fixed count.
+func WithAdaptiveConcurrency(min, max int) Option {
+	return optionFunc(func(c *config) { c.adaptive, c.minConcurrency, c.adaptiveMax = true, min, max })
+}
+
+// WithOnConcurrencyLimit calls fn with the number of handlers allowed to
+// run: once when Consume starts, and with every change of the adaptive
+// limit (WithAdaptiveConcurrency), to export it as a metric. fn runs on the
+// goroutine that dispatches messages to handlers: it must return quickly
+// and must not call back into the Parallafka. Default: none.
+func WithOnConcurrencyLimit(fn func(limit int)) Option {
+	return optionFunc(func(c *config) { c.onLimit = fn })
 }
 
 // WithMaxInFlight bounds the messages polled and not yet finished: the
@@ -387,12 +436,31 @@ func WithStage[K, V any](point StagePoint, name string, stage Stage[K, V]) Optio
 	})
 }
 
+// adaptiveMin is the adaptive limit's floor, 0 for a fixed concurrency.
+func (c *config) adaptiveMin() int {
+	if c.adaptive {
+		return c.minConcurrency
+	}
+	return 0
+}
+
 func (c *config) validate() error {
 	errs := append([]error(nil), c.errs...)
 	bad := func(format string, args ...any) {
 		errs = append(errs, fmt.Errorf("parallafka: "+format, args...))
 	}
-	if c.maxConcurrency < 1 {
+	if c.adaptive {
+		switch {
+		case c.concurrencySet:
+			bad("WithAdaptiveConcurrency and WithMaxConcurrency cannot be combined: the adaptive limit's max is the handlers' count")
+		case c.minConcurrency < 1:
+			bad("adaptive concurrency: min must be at least 1, got %d", c.minConcurrency)
+		case c.adaptiveMax < c.minConcurrency:
+			bad("adaptive concurrency: max (%d) must be at least min (%d)", c.adaptiveMax, c.minConcurrency)
+		default:
+			c.maxConcurrency = c.adaptiveMax
+		}
+	} else if c.maxConcurrency < 1 {
 		bad("max concurrency must be at least 1, got %d", c.maxConcurrency)
 	}
 	if c.maxInFlight == 0 {

@@ -292,7 +292,7 @@ func (p *Parallafka[K, V]) engineConfig(handler Handler[K, V], batchHandler Batc
 		Source: p.source, Handler: handler, BatchHandler: batchHandler,
 		Batch:     engine.BatchLimits{MaxMessages: c.maxBatchMessages, MaxBytes: c.maxBatchBytes, Linger: c.batchLinger},
 		AfterPoll: p.before, AfterHandle: p.after,
-		Concurrency: c.maxConcurrency, MaxInFlight: c.maxInFlight, MaxInFlightBytes: c.maxInFlightBytes,
+		Concurrency: c.maxConcurrency, MinConcurrency: c.adaptiveMin(), OnLimit: c.onLimit, MaxInFlight: c.maxInFlight, MaxInFlightBytes: c.maxInFlightBytes,
 		Ordering: engine.Ordering(c.ordering), OrderNilKeys: c.orderNilKeys,
 		CommitInterval: c.commitInterval, CommitEvery: c.commitEvery, AsyncCommits: c.asyncCommits,
 		OnCommit: onCommit(c.onCommit), MapMaxBytes: c.mapMaxBytes, HardStop: c.shutdownMode == HardStop,

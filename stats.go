@@ -50,6 +50,10 @@ type Stats struct {
 	// is the mean number of messages they were given (0 before the first).
 	Batches       int64
 	MeanBatchSize float64
+	// ConcurrencyLimit is the number of handlers allowed to run now: the
+	// fixed concurrency (WithMaxConcurrency), or the adaptive limit
+	// (WithAdaptiveConcurrency); 0 before Consume starts.
+	ConcurrencyLimit int
 }
 
 // Stats returns a snapshot of the counters. It is safe to call at any time,
@@ -71,6 +75,7 @@ func (p *Parallafka[K, V]) Stats() Stats {
 		Pauses: s.Pauses.Load(), Commits: s.Commits.Load(), CommitErrors: s.CommitErrors.Load(),
 		Committed: s.Committed(), Paused: s.Paused(), UserPaused: s.UserPaused.Load(),
 		Assigned: s.Assigned.Load(), Stalled: s.Stalled.Load(), StalledPartitions: s.StalledPartitions(),
-		Stalls: s.Stalls.Load(),
+		Stalls:           s.Stalls.Load(),
+		ConcurrencyLimit: int(s.ConcurrencyLimit.Load()),
 	}
 }

@@ -6,8 +6,10 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"go.uber.org/goleak"
@@ -130,7 +132,7 @@ func BenchmarkPipelineMem(b *testing.B) {
 			w := newWorkload(c, "uniform", 1000)
 			b.ReportAllocs()
 			b.ResetTimer()
-			r, err := runPipeline(c, w, nil, "", mode, 16, &bytes.Buffer{})
+			r, err := runPipeline(c, w, nil, "", mode, concSpec{n: 16}, &bytes.Buffer{})
 			b.StopTimer()
 			if err != nil {
 				b.Fatal(err)
@@ -196,5 +198,94 @@ func TestSinkBound(t *testing.T) {
 	}
 	if _, err := parseHandler("sink:2ms"); err == nil {
 		t.Error("sink:2ms accepted")
+	}
+}
+
+// TestDownstreamModel: the service serves capacity calls at a time, the
+// rest wait their turn, and with a fail factor it sheds calls beyond it.
+func TestDownstreamModel(t *testing.T) {
+	h, err := parseHandler("downstream:cap=2,base=20ms,fail=2")
+	if err != nil || h.capacity != 2 || h.min != 20*time.Millisecond || h.fail != 2 {
+		t.Fatalf("parsed %+v, %v", h, err)
+	}
+	// In a synctest bubble the calls arrive at 0, 1, ... 5 ms exactly.
+	synctest.Test(t, func(t *testing.T) {
+		d := newDownstream(h)
+		imposed := make(chan time.Duration, 6)
+		for range 6 {
+			go func() {
+				lat, err := d.call()
+				if err != nil {
+					lat = -1
+				}
+				imposed <- lat
+			}()
+			time.Sleep(time.Millisecond)
+		}
+		var got []time.Duration
+		for range 6 {
+			got = append(got, <-imposed)
+		}
+		slices.Sort(got)
+		// Two served at once (20 ms); the third and fourth start as those
+		// end (at 20 and 21 ms, having arrived at 2 and 3: 38 ms); the
+		// fifth, arrived at 4 ms with 4 calls in the service (not more
+		// than 2 × 2), starts at 40 (56 ms); the sixth finds 5: shed.
+		ms := time.Millisecond
+		if want := []time.Duration{-1, 20 * ms, 20 * ms, 38 * ms, 38 * ms, 56 * ms}; !slices.Equal(got, want) {
+			t.Errorf("imposed %v, want %v", got, want)
+		}
+	})
+	for _, bad := range []string{"downstream:cap=0,base=1ms", "downstream:base=1ms", "downstream:cap=2,base=1ms,fail=0.5", "downstream:cap=2,base=1ms,x=1"} {
+		if _, err := parseHandler(bad); err == nil {
+			t.Errorf("%s: no error", bad)
+		}
+	}
+	if _, err := parseConcurrency("adaptive:8-4"); err == nil {
+		t.Error("adaptive:8-4: no error")
+	}
+	if c, err := parseCapacityChange("2s:cap=8"); err != nil || c.at != 2*time.Second || c.capacity != 8 {
+		t.Errorf("change: %+v, %v", c, err)
+	}
+}
+
+// TestHarnessDownstream runs the downstream model with a fixed and an
+// adaptive concurrency and a capacity change, and writes the timeline and
+// its chart.
+func TestHarnessDownstream(t *testing.T) {
+	dir := t.TempDir()
+	c, err := parseFlags([]string{
+		"-source", "mem", "-messages", "3000", "-keys", "100", "-handler", "downstream:cap=8,base=1ms,fail=2",
+		"-downstream-change", "200ms:cap=4", "-concurrency", "4,adaptive:1-64", "-serial=false",
+		"-json", "-progress=false", "-timeline", filepath.Join(dir, "t.csv"), "-timeline-plot", filepath.Join(dir, "t.png"),
+	}, os.Stderr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stdout, stderr bytes.Buffer
+	if err := run(c, &stdout, &stderr); err != nil {
+		t.Fatalf("%v\n%s", err, stderr.String())
+	}
+	var results []result
+	sc := bufio.NewScanner(&stdout)
+	for sc.Scan() {
+		var r result
+		if err := json.Unmarshal(sc.Bytes(), &r); err != nil {
+			t.Fatal(err)
+		}
+		results = append(results, r)
+	}
+	if len(results) != 2 || results[1].ConcurrencySpec != "adaptive:1-64" {
+		t.Fatalf("results: %+v", results)
+	}
+	for _, r := range results {
+		if r.Messages != 3000 || r.OrderViolations != 0 || r.Duplicates != 0 || r.Calls < 3000 || r.Change == nil || r.MeanLimit <= 0 || r.ModelP99Ms < 1 {
+			t.Errorf("%+v", r)
+		}
+	}
+	for _, f := range []string{"t.csv", "t.png"} {
+		if fi, err := os.Stat(filepath.Join(dir, f)); err != nil || fi.Size() == 0 {
+			t.Errorf("%s: %v", f, err)
+		}
 	}
 }

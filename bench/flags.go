@@ -29,8 +29,12 @@ type config struct {
 	valueSize   int
 	handler     handlerSpec
 	modes       []string
-	concurrency []int
-	maxInFlight int // 0: the library's default
+	concurrency []concSpec
+	change      *capacityChange // -downstream-change
+	timeline    string          // CSV of every run's timeline (downstream model)
+	timelinePNG string          // chart of it
+	debugLog    string          // the pipeline's log at Debug level
+	maxInFlight int             // 0: the library's default
 	serial      bool
 	raw         bool
 	json        bool
@@ -54,6 +58,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	var (
 		c                                 config
 		keys, dists, modes, conc, handler string
+		change                            string
 	)
 	fs.StringVar(&c.source, "source", "mem", "mem (in-memory source), embedded (in-process Kafka broker) or kafka (the broker given by -brokers)")
 	fs.StringVar(&c.brokers, "brokers", os.Getenv(kafkatest.BrokersEnv), "bootstrap servers for -source kafka (env "+kafkatest.BrokersEnv+")")
@@ -64,11 +69,15 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.StringVar(&dists, "dist", "uniform", "key distribution: uniform or zipf (a list to sweep)")
 	fs.Float64Var(&c.zipfS, "zipf-s", 1.1, "exponent of the zipf distribution: key of rank r has weight 1/r^s")
 	fs.IntVar(&c.valueSize, "value-size", 100, "bytes per message value")
-	fs.StringVar(&handler, "handler", "noop", "handler model: noop, sleep:1ms, sleep:0ms-5ms (uniform random), cpu:N (N rounds of integer hashing), sink:2ms+10us (a fixed round trip per call plus a cost per message)")
+	fs.StringVar(&handler, "handler", "noop", "handler model: noop, sleep:1ms, sleep:0ms-5ms (uniform random), cpu:N (N rounds of integer hashing), sink:2ms+10us (a fixed round trip per call plus a cost per message), downstream:cap=C,base=D[,fail=F] (one shared service: C calls at a time, D each, the rest queue; with fail=F a call finding more than F×C calls in it fails at once and is retried)")
 	fs.IntVar(&c.batch, "batch", 0, "consume with a batch handler (ConsumeBatch), batches of at most N messages; 0: one message per call (Consume)")
 	fs.DurationVar(&c.linger, "linger", parallafka.DefaultBatchLinger, "with -batch: how long a partial batch waits for more (WithBatchLinger)")
 	fs.StringVar(&modes, "mode", "key", "ordering: key, partition or unordered (a list to sweep)")
-	fs.StringVar(&conc, "concurrency", "16", "handler concurrency (a list to sweep, e.g. 1,16,100)")
+	fs.StringVar(&conc, "concurrency", "16", "handler concurrency (a list to sweep, e.g. 1,16,100); adaptive:MIN-MAX for WithAdaptiveConcurrency(MIN, MAX)")
+	fs.StringVar(&change, "downstream-change", "", "T:cap=C: the downstream's capacity becomes C at T into each run (handler downstream)")
+	fs.StringVar(&c.debugLog, "debug-log", "", "append the pipeline's log, at Debug level (concurrency limit changes, ...), to this file")
+	fs.StringVar(&c.timeline, "timeline", "", "write every run's timeline (every 100 ms: concurrency limit, throughput, handler p99, failures) as CSV to this file (handler downstream)")
+	fs.StringVar(&c.timelinePNG, "timeline-plot", "", "chart the timelines (limit, throughput and handler p99 over time) into this file, .png or .svg (handler downstream)")
 	fs.IntVar(&c.maxInFlight, "max-in-flight", 0, "WithMaxInFlight; 0 keeps the library default (max(20000, 2×concurrency))")
 	fs.BoolVar(&c.serial, "serial", true, "measure the serial baseline (one classic loop per partition); when false it is estimated from measured handler time")
 	fs.BoolVar(&c.raw, "raw", true, "measure the raw confluent-kafka-go consume loop (sources embedded and kafka)")
@@ -92,7 +101,10 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	if c.keys, err = parseInts(keys); err != nil {
 		errs = append(errs, fmt.Errorf("-keys: %w", err))
 	}
-	if c.concurrency, err = parseInts(conc); err != nil {
+	if c.change, err = parseCapacityChange(change); err != nil {
+		errs = append(errs, fmt.Errorf("-downstream-change: %w", err))
+	}
+	if c.concurrency, err = parseConcurrency(conc); err != nil {
 		errs = append(errs, fmt.Errorf("-concurrency: %w", err))
 	}
 	c.dists = parseList(dists)
@@ -153,9 +165,12 @@ func (c *config) validate() error {
 		}
 	}
 	for _, n := range c.concurrency {
-		if n < 1 {
-			bad("-concurrency must be positive, got %d", n)
+		if n.n < 1 {
+			bad("-concurrency must be positive, got %d", n.n)
 		}
+	}
+	if (c.change != nil || c.timeline != "" || c.timelinePNG != "") && c.handler.kind != "downstream" {
+		bad("-downstream-change, -timeline and -timeline-plot need -handler downstream:...")
 	}
 	if c.maxInFlight < 0 {
 		bad("-max-in-flight must not be negative")

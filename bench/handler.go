@@ -21,13 +21,19 @@ import (
 //   - sink:F+P: a sink (a database, a bulk API): a fixed round trip F per
 //     call plus P per message, slept. One message costs F+P; a batch of n
 //     (with -batch) F+n×P.
+//   - downstream:cap=C,base=D[,fail=F]: a call to one simulated service
+//     that all handlers share, serving C calls at a time in D each (see
+//     downstream); with fail=F, a call that finds more than F×C calls in
+//     it fails at once, and the handler returns the error.
 type handlerSpec struct {
 	text     string
-	kind     string // noop, sleep, cpu, sink
-	min, max time.Duration
+	kind     string        // noop, sleep, cpu, sink, downstream
+	min, max time.Duration // downstream: min is the base time
 	rounds   int
 	fixed    time.Duration // sink: per call
 	perMsg   time.Duration // sink: per message
+	capacity int           // downstream
+	fail     float64       // downstream; 0: never fails
 }
 
 func parseHandler(s string) (handlerSpec, error) {
@@ -68,8 +74,12 @@ func parseHandler(s string) (handlerSpec, error) {
 			return h, fmt.Errorf("cpu: want cpu:N with N >= 0 rounds, got %q", arg)
 		}
 		h.rounds = n
+	case "downstream":
+		if err := parseDownstream(&h, arg); err != nil {
+			return h, err
+		}
 	default:
-		return h, fmt.Errorf("want noop, sleep:D, sleep:A-B, cpu:N or sink:F+P, got %q", s)
+		return h, fmt.Errorf("want noop, sleep:D, sleep:A-B, cpu:N, sink:F+P or downstream:cap=C,base=D[,fail=F], got %q", s)
 	}
 	return h, nil
 }

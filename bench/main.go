@@ -83,6 +83,9 @@ func run(c *config, stdout, stderr io.Writer) error {
 			}
 		}
 	}
+	if err := reportTimelines(c, results, stderr); err != nil {
+		return err
+	}
 	if c.plot != "" && len(results) > 0 {
 		if err := writePlot(c.plot, results); err != nil {
 			return fmt.Errorf("plot: %w", err)

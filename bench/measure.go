@@ -33,7 +33,7 @@ type recorder struct {
 	unknown    atomic.Int64
 	violations atomic.Int64
 	busy       atomic.Int64                  // handlers running now
-	calls      atomic.Int64                  // batch handler calls (-batch)
+	calls      atomic.Int64                  // handler calls: batch calls (-batch), downstream calls (attempts)
 	hotPolled  atomic.Int64                  // messages of the hottest key (rank 0) polled, for -trace
 	hotHandled atomic.Int64                  // and handled
 	gate       atomic.Pointer[chan struct{}] // when set, handlers wait for it to close
@@ -42,6 +42,10 @@ type recorder struct {
 
 	done     chan struct{}
 	doneOnce sync.Once
+
+	ds       *downstream // the downstream handler model; nil for the others
+	imposed  []int64     // downstream: the latency the service imposed on each message, ns
+	failures atomic.Int64
 }
 
 func newRecorder(w *workload, spec handlerSpec, target int, checkOrder bool) *recorder {
@@ -130,8 +134,71 @@ func (r *recorder) finish(i int32, t0, t1 int64) {
 
 // handler is the pipeline handler of a run.
 func (r *recorder) handler(_ context.Context, msg *pipeline.Message[string, []byte]) error {
+	if r.ds != nil {
+		return r.callDownstream(msg.Partition, msg.Offset)
+	}
 	r.handle(msg.Partition, msg.Offset)
 	return nil
+}
+
+// callDownstream is the downstream model's handler: one call to the
+// shared service; a shed call is a failed attempt (retried), not recorded
+// as handled.
+func (r *recorder) callDownstream(p int32, offset int64) error {
+	i := r.w.index(p, offset)
+	if i < 0 {
+		r.unknown.Add(1)
+		return nil
+	}
+	t0 := r.now()
+	r.busy.Add(1)
+	imposed, err := r.ds.call()
+	r.busy.Add(-1)
+	t1 := r.now()
+	r.calls.Add(1)
+	if err != nil {
+		r.failures.Add(1)
+		return err
+	}
+	r.imposed[i] = int64(imposed)
+	r.finish(i, t0, t1)
+	return nil
+}
+
+// modelLatencies returns the 50th and 99th percentiles of the latency the
+// downstream imposed on the messages that finished within [from, to) ns
+// of the recorder's clock (to 0: no end): the wait for a server plus the
+// base time, without the machine's timer overshoot.
+func (r *recorder) modelLatencies(from, to int64) (p50, p99 time.Duration) {
+	var lat []int64
+	for i, end := range r.endAt {
+		if end != 0 && end >= from && (to == 0 || end < to) {
+			lat = append(lat, r.imposed[i])
+		}
+	}
+	if len(lat) == 0 {
+		return 0, 0
+	}
+	slices.Sort(lat)
+	return time.Duration(lat[len(lat)/2]), time.Duration(lat[min(len(lat)-1, len(lat)*99/100)])
+}
+
+// handlerLatencies returns the 50th and 99th percentiles of the handler
+// time (start to end) of the messages that finished within [from, to) ns
+// of the recorder's clock (to 0: no end).
+func (r *recorder) handlerLatencies(from, to int64) (p50, p99 time.Duration) {
+	var lat []int64
+	for i, end := range r.endAt {
+		if end != 0 && end >= from && (to == 0 || end < to) {
+			lat = append(lat, end-r.startAt[i])
+		}
+	}
+	if len(lat) == 0 {
+		return 0, 0
+	}
+	slices.Sort(lat)
+	q := func(f float64) time.Duration { return time.Duration(lat[min(len(lat)-1, int(f*float64(len(lat))))]) }
+	return q(0.50), q(0.99)
 }
 
 // batchHandler is the batch handler of a run (-batch): a sink model sleeps

@@ -27,6 +27,9 @@ func writePlot(path string, results []*result) error {
 	byLabel := map[string]*series{}
 	concs := map[int]bool{}
 	for _, r := range results {
+		if r.ConcurrencySpec != strconv.Itoa(r.Concurrency) {
+			continue // adaptive: no one concurrency to put it at
+		}
 		label := fmt.Sprintf("%s, %d keys, %s", r.Dist, r.Keys, r.Mode)
 		if r.Dist == "zipf" {
 			label = fmt.Sprintf("zipf s=%g, %d keys, %s", r.ZipfS, r.Keys, r.Mode)

@@ -20,9 +20,11 @@ type result struct {
 	ValueSize   int     `json:"value_size"`
 	Handler     string  `json:"handler"`
 	Mode        string  `json:"mode"`
-	Concurrency int     `json:"concurrency"`
-	MaxInFlight int     `json:"max_in_flight"`
-	GOMAXPROCS  int     `json:"gomaxprocs"`
+	Concurrency int     `json:"concurrency"` // fixed, or the adaptive max
+	// ConcurrencySpec is the -concurrency value: "16" or "adaptive:1-512".
+	ConcurrencySpec string `json:"concurrency_spec"`
+	MaxInFlight     int    `json:"max_in_flight"`
+	GOMAXPROCS      int    `json:"gomaxprocs"`
 
 	// Seconds runs from the first poll to the last handler end;
 	// TotalSeconds from the Consume call to its return (group join,
@@ -88,6 +90,25 @@ type result struct {
 	HotKeyStarvedSeconds  float64 `json:"hot_key_starved_seconds"`
 	HotKeyDispatchSeconds float64 `json:"hot_key_dispatch_seconds"`
 
+	// The downstream handler model: handler calls (attempts) and those
+	// that failed (shed), the latency of the calls that succeeded (queue
+	// wait and service), the concurrency limit (mean and last, from 100 ms
+	// samples), and with -downstream-change what the timeline showed.
+	Calls        int64   `json:"calls,omitempty"`
+	Failures     int64   `json:"failures,omitempty"`
+	FailureRate  float64 `json:"failure_rate,omitempty"`
+	HandlerP50Ms float64 `json:"handler_p50_ms,omitempty"`
+	HandlerP99Ms float64 `json:"handler_p99_ms,omitempty"`
+	// ModelP50Ms and ModelP99Ms are the latency the downstream imposed
+	// (the wait for a server plus the base time): the handler latency
+	// without the machine's timer overshoot, which on a shared VM adds
+	// milliseconds to a 2 ms sleep at the 99th percentile.
+	ModelP50Ms      float64      `json:"model_p50_ms,omitempty"`
+	ModelP99Ms      float64      `json:"model_p99_ms,omitempty"`
+	MeanLimit       float64      `json:"mean_limit,omitempty"`
+	LastLimit       int          `json:"last_limit,omitempty"`
+	Change          *changeStats `json:"change,omitempty"`
+	timelineSamples []tick
 	// With -batch: the largest batch, the linger, the batch handler calls
 	// and the mean messages per call. The bound (IdealSeconds) of a sink
 	// model counts the fewest calls a scheduler could make.
@@ -130,7 +151,7 @@ func newTable(w io.Writer) *table {
 
 func (t *table) add(r *result) {
 	if !t.header {
-		fmt.Fprintln(t.tw, "dist\tkeys\tmode\tconc\tseconds\tmsg/s\tideal s\teff\tserial s\tspeedup\tp50 ms\tp99 ms\tcpu µs/msg\tpeak heap MB\theap growth MB\tvs raw\thot starved s\thot dispatch s\tviolations\tbatch (max/mean)\t")
+		fmt.Fprintln(t.tw, "dist\tkeys\tmode\tconc\tlimit\th p50 ms\th p99 ms\tmodel p99 ms\tfail %\tseconds\tmsg/s\tideal s\teff\tserial s\tspeedup\tp50 ms\tp99 ms\tcpu µs/msg\tpeak heap MB\theap growth MB\tvs raw\thot starved s\thot dispatch s\tviolations\tbatch (max/mean)\t")
 		t.header = true
 	}
 	serial := fmt.Sprintf("%.3f", r.SerialSeconds)
@@ -141,12 +162,17 @@ func (t *table) add(r *result) {
 	if r.VsRaw > 0 {
 		vsRaw = fmt.Sprintf("%.2f", r.VsRaw)
 	}
+	limit, hp50, hp99, mp99, fail := "-", "-", "-", "-", "-"
+	if r.Handler != "" && r.MeanLimit > 0 {
+		limit, fail = fmt.Sprintf("%.1f", r.MeanLimit), fmt.Sprintf("%.3f", 100*r.FailureRate)
+		hp50, hp99, mp99 = fmt.Sprintf("%.2f", r.HandlerP50Ms), fmt.Sprintf("%.2f", r.HandlerP99Ms), fmt.Sprintf("%.2f", r.ModelP99Ms)
+	}
 	batch := "-"
 	if r.Batch > 0 {
 		batch = fmt.Sprintf("%d/%.1f", r.Batch, r.MeanBatchSize)
 	}
-	fmt.Fprintf(t.tw, "%s\t%d\t%s\t%d\t%.3f\t%.0f\t%.3f\t%.3f\t%s\t%.1f\t%.2f\t%.2f\t%.2f\t%.1f\t%.1f\t%s\t%.3f\t%.3f\t%d\t%s\t\n",
-		r.Dist, r.Keys, r.Mode, r.Concurrency, r.Seconds, r.MsgsPerSec, r.IdealSeconds, r.Efficiency,
+	fmt.Fprintf(t.tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%.3f\t%.0f\t%.3f\t%.3f\t%s\t%.1f\t%.2f\t%.2f\t%.2f\t%.1f\t%.1f\t%s\t%.3f\t%.3f\t%d\t%s\t\n",
+		r.Dist, r.Keys, r.Mode, r.ConcurrencySpec, limit, hp50, hp99, mp99, fail, r.Seconds, r.MsgsPerSec, r.IdealSeconds, r.Efficiency,
 		serial, r.SpeedupVsSerial, r.P50LatencyMs, r.P99LatencyMs, r.CPUMicrosPerMsg,
 		mb(r.PeakHeapBytes), mb(r.HeapGrowthBytes), vsRaw, r.HotKeyStarvedSeconds, r.HotKeyDispatchSeconds, r.OrderViolations, batch)
 }

@@ -3,7 +3,8 @@
 # JSON line per run to bench/results/<name>.jsonl (stderr, with the machine
 # and the exact command, to <name>.log), the chart to bench/throughput.png,
 # and the testing.B micro-benchmarks to bench/results/microbench.txt.
-# Run it on a quiet machine: it takes about 25 minutes on 2 cores.
+# Run it on a quiet machine: it takes about 50 minutes on 2 cores (the
+# adaptive-concurrency sweep alone about 20).
 #
 #	bash bench/run-all.sh            # everything
 #	bash bench/run-all.sh w2 w3-mem  # only the named runs
@@ -64,6 +65,16 @@ run w4-backlog-1m $w4 -backlog 1000000
 run w4-backlog-200k $w4 -backlog 200000
 run w4-backlog-1m-inflight-100 $w4 -backlog 1000000 -max-in-flight 100
 run w4-backlog-1m-inflight-10k $w4 -backlog 1000000 -max-in-flight 10000
+
+# 5. Adaptive concurrency (issue #13): a simulated downstream of 32 calls
+# at a time, 2 ms each, shedding beyond 64; a sweep of fixed concurrencies
+# and WithAdaptiveConcurrency(1, 512), the same on the embedded broker, and
+# capacity changes with their timelines charted (bench/adaptive-*.png).
+ds="-keys 1000 -handler downstream:cap=32,base=2ms,fail=2 -serial=false"
+run adaptive-sweep-mem -source mem -messages 200000 $ds -concurrency 1,2,4,8,16,32,64,128,256,512,adaptive:1-512
+run adaptive-embedded -source embedded -messages 200000 $ds -raw=false -concurrency 32,64,adaptive:1-512
+run adaptive-32to8 -source mem -messages 80000 $ds -downstream-change 3s:cap=8 -concurrency 8,12,32,adaptive:1-512 -timeline "$out/adaptive-32to8.csv" -timeline-plot bench/adaptive-32to8.png
+run adaptive-8to32 -source mem -messages 80000 -keys 1000 -handler downstream:cap=8,base=2ms,fail=2 -serial=false -downstream-change 3s:cap=32 -concurrency 32,64,adaptive:1-512 -timeline "$out/adaptive-8to32.csv" -timeline-plot bench/adaptive-8to32.png
 
 name=microbench
 if want "${only[@]}"; then

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"runtime"
 	"sync"
@@ -29,8 +30,13 @@ func ordering(mode string) (parallafka.Ordering, error) {
 
 // runPipeline consumes the workload once with Parallafka and measures it.
 // topic is the loaded topic for the Kafka sources.
-func runPipeline(c *config, w *workload, b *broker, topic, mode string, concurrency int, stderr io.Writer) (*result, error) {
+func runPipeline(c *config, w *workload, b *broker, topic, mode string, conc concSpec, stderr io.Writer) (*result, error) {
+	concurrency := conc.n
 	rec := newRecorder(w, c.handler, c.messages, mode != "unordered")
+	if c.handler.kind == "downstream" {
+		rec.ds = newDownstream(c.handler)
+		rec.imposed = make([]int64, w.n)
+	}
 	var src pipeline.Source[string, []byte]
 	if c.source == "mem" {
 		src = memSource(w)
@@ -45,8 +51,23 @@ func runPipeline(c *config, w *workload, b *broker, topic, mode string, concurre
 	if err != nil {
 		return nil, err
 	}
-	opts := []parallafka.Option{
-		parallafka.WithMaxConcurrency(concurrency), parallafka.WithOrdering(ord), parallafka.WithLogger(quiet),
+	logger := quiet
+	if c.debugLog != "" {
+		f, err := os.OpenFile(c.debugLog, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+		if err != nil {
+			return nil, err
+		}
+		defer f.Close()
+		logger = slog.New(slog.NewTextHandler(f, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	opts := []parallafka.Option{parallafka.WithOrdering(ord), parallafka.WithLogger(logger)}
+	if conc.adaptive() {
+		opts = append(opts, parallafka.WithAdaptiveConcurrency(conc.min, conc.n))
+	} else {
+		opts = append(opts, parallafka.WithMaxConcurrency(concurrency))
+	}
+	if rec.ds != nil {
+		opts = append(opts, downstreamRetry)
 	}
 	if c.maxInFlight > 0 {
 		opts = append(opts, parallafka.WithMaxInFlight(c.maxInFlight))
@@ -65,7 +86,7 @@ func runPipeline(c *config, w *workload, b *broker, topic, mode string, concurre
 	_, baseLive := readHeap()
 	baseRSS := rss()
 	heap := startHeapSampler(10 * time.Millisecond)
-	label := fmt.Sprintf("%s %s c=%d", w.dist, mode, concurrency)
+	label := fmt.Sprintf("%s %s c=%s", w.dist, mode, conc)
 	bar := startProgress(stderr, c.progress, label, rec.handled.Load, int64(c.messages))
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -79,6 +100,10 @@ func runPipeline(c *config, w *workload, b *broker, topic, mode string, concurre
 			consumed <- p.Consume(ctx, rec.handler)
 		}
 	}()
+	var tl *timeline
+	if rec.ds != nil {
+		tl = startTimeline(p, rec, rec.ds, c.change)
+	}
 	stopTrace := startTrace(c.trace, label, p, rec)
 	defer stopTrace()
 	retained := make(chan retainedHeap, 1)
@@ -93,6 +118,9 @@ func runPipeline(c *config, w *workload, b *broker, topic, mode string, concurre
 		consumeErr = <-consumed
 	}
 	total, cpu := time.Since(start), cpuTime()-cpu0
+	if tl != nil {
+		tl.stop()
+	}
 	stopTrace()
 	bar.Stop()
 	peakHeap, peakLive, peakRSS := heap.Stop()
@@ -112,7 +140,7 @@ func runPipeline(c *config, w *workload, b *broker, topic, mode string, concurre
 	starved, dispatch := rec.hotKeyGaps()
 	r := &result{
 		Source: c.source, Messages: int(n), Backlog: w.n, Partitions: w.partitions, Keys: w.keys, Dist: w.dist,
-		ValueSize: c.valueSize, Handler: c.handler.String(), Mode: mode, Concurrency: concurrency,
+		ValueSize: c.valueSize, Handler: c.handler.String(), Mode: mode, Concurrency: concurrency, ConcurrencySpec: conc.String(),
 		MaxInFlight: c.inFlightLimit(concurrency), GOMAXPROCS: runtime.GOMAXPROCS(0),
 		Seconds: span.Seconds(), TotalSeconds: total.Seconds(),
 		IdealSeconds: bound.seconds, IdealLimit: bound.limit, HandlerSeconds: bound.handlerSeconds,
@@ -140,6 +168,9 @@ func runPipeline(c *config, w *workload, b *broker, topic, mode string, concurre
 	}
 	if r.Seconds > 0 && r.IdealSeconds > 0 {
 		r.Efficiency = r.IdealSeconds / r.Seconds
+	}
+	if tl != nil {
+		tl.summarize(r, rec, c.change)
 	}
 	for tp, off := range stats.Committed {
 		r.Committed += off - w.base[tp.Partition]

@@ -46,7 +46,7 @@ func (c *coordinator[K, V]) handlerCapacity() int {
 // partial one once it lingered. The sends never block: no more batches
 // than handlers are ever out.
 func (c *coordinator[K, V]) dispatchBatches() {
-	for c.handling < c.concurrency && c.ready.len() > 0 {
+	for c.handling < c.handlerLimit() && c.ready.len() > 0 {
 		if !c.batchDue() {
 			return
 		}
@@ -307,7 +307,7 @@ func (c *coordinator[K, V]) takeHandlerEnds() {
 // handlerEnded takes a handler's end: it is free again, and the messages
 // it settled come back.
 func (c *coordinator[K, V]) handlerEnded(ended handlerEnded[K, V]) {
-	c.handling--
+	c.handlerReturned(ended.call)
 	c.handlerTook(ended.quick)
 	if ended.cancelled != nil { // its claim ended: it does not go through the stages
 		c.complete(completion[K, V]{msg: ended.cancelled, verdict: verdictAbandon, quick: ended.quick})

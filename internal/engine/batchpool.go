@@ -82,6 +82,7 @@ func (p *batchPool[K, V]) handleBatch(ctx context.Context, job job[K, V]) {
 		}
 	}
 	var err error
+	var sample handlerCall // one call, one sample for the adaptive limit, whatever its size
 	if len(call) > 0 {
 		p.batches.Add(1)
 		p.batched.Add(int64(len(call)))
@@ -96,8 +97,11 @@ func (p *batchPool[K, V]) handleBatch(ctx context.Context, job job[K, V]) {
 		}
 		began := time.Now()
 		err = p.handle(hctx, call)
+		sample.ended = time.Now()
+		sample.took = sample.ended.Sub(began)
+		sample.ran, sample.failed = job.ctx.Err() == nil, err != nil
 		if p.obs.on() {
-			p.obs.batchEnded(hctx, infos, err, time.Since(began))
+			p.obs.batchEnded(hctx, infos, err, sample.took)
 		}
 		for _, msg := range call {
 			msg.Err = pipeline.BatchOutcome(err, msg)
@@ -107,7 +111,7 @@ func (p *batchPool[K, V]) handleBatch(ctx context.Context, job job[K, V]) {
 	// does not finish in this attempt: then the later messages of its key
 	// in the batch are requeued behind it, whatever the handler said of
 	// them.
-	ended := handlerEnded[K, V]{settled: make([]completion[K, V], 0, len(msgs))}
+	ended := handlerEnded[K, V]{call: sample, settled: make([]completion[K, V], 0, len(msgs))}
 	blocked := make([]bool, len(msgs))
 	onward := make([]bool, len(msgs)) // into the stages, or to the collector's verdict
 	batchDone := job.ctx.Err() != nil

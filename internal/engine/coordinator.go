@@ -115,7 +115,9 @@ type coordinator[K, V any] struct {
 	starving    bool
 	loops       int // coordinator turns, to look at the clock now and then
 	queued      int
-	quick       int  // handlers in a row that took less than quickHandler, up to quickRun
+	quick       int      // handlers in a row that took less than quickHandler, up to quickRun
+	limiter     *limiter // adaptive concurrency; nil: concurrency handlers, fixed
+	onLimit     func(limit int)
 	holding     bool // the user paused the pipeline: nothing is dispatched
 	draining    bool
 	hardStop    bool
@@ -161,13 +163,13 @@ type revokeWait[K, V any] struct {
 func (c *coordinator[K, V]) run(ctx context.Context) error {
 	c.ctx = ctx
 	c.epoch = time.Now()
-	c.obs.limitChanged(c.concurrency)
 	var stallTick <-chan time.Time
 	if c.stallTimeout > 0 {
 		t := time.NewTicker(stallCheckEvery(c.stallTimeout))
 		defer t.Stop()
 		stallTick = t.C
 	}
+	c.publishLimit()
 	defer func() {
 		for _, cl := range c.claims {
 			cl.cancel()
@@ -226,7 +228,7 @@ func (c *coordinator[K, V]) run(ctx context.Context) error {
 				c.takeHandlerEnds() // the batch's requeued messages first
 			}
 			if c.handlerEnd == nil {
-				c.handling--
+				c.handlerReturned(done.call)
 			}
 			c.complete(done)
 		case ended, ok := <-handlerEnd:
@@ -270,7 +272,7 @@ func (c *coordinator[K, V]) takeReleased(released <-chan completion[K, V]) bool 
 	for range n {
 		done := <-released
 		if c.handlerEnd == nil {
-			c.handling--
+			c.handlerReturned(done.call)
 		}
 		c.complete(done)
 	}
@@ -365,7 +367,13 @@ func (c *coordinator[K, V]) dispatchReady() {
 // one round of quick handlers). Otherwise dispatch is one message per free
 // handler, so that a key's next message, usually the oldest ready one,
 // never waits behind messages handed out earlier.
+//
+// With adaptive concurrency the pool has a handler for every message the
+// limit may allow, so every message out is running: the limit alone.
 func (c *coordinator[K, V]) dispatchLimit() int {
+	if c.limiter != nil {
+		return c.handlerLimit()
+	}
 	if c.queued == 0 || c.quick >= quickRun {
 		return 2 * c.concurrency
 	}
@@ -604,6 +612,42 @@ func (c *coordinator[K, V]) complete(done completion[K, V]) {
 	default:
 		c.settle(cl, s, slotAbandoned)
 		c.abandonKey(cl, done.msg)
+	}
+}
+
+// handlerReturned counts a handler out and gives the adaptive limit its
+// sample.
+func (c *coordinator[K, V]) handlerReturned(call handlerCall) {
+	if c.limiter != nil && call.ran && c.limiter.sample(call.ended, call.took, call.failed, c.handling) {
+		c.limitChanged()
+	}
+	c.handling--
+}
+
+// limitChanged logs a new adaptive limit and publishes it.
+func (c *coordinator[K, V]) limitChanged() {
+	c.log.Debug("parallafka: concurrency limit changed", "limit", c.limiter.current(),
+		"latency", c.limiter.lastRTT, "lowest_latency", c.limiter.lowestLatency())
+	c.publishLimit()
+}
+
+// handlerLimit is how many handlers may run now: the adaptive limit, or
+// the fixed concurrency.
+func (c *coordinator[K, V]) handlerLimit() int {
+	if c.limiter != nil {
+		return c.limiter.current()
+	}
+	return c.concurrency
+}
+
+// publishLimit makes the concurrency limit visible: to Stats and to the
+// user's callback (called on this goroutine: it must be quick).
+func (c *coordinator[K, V]) publishLimit() {
+	limit := c.handlerLimit()
+	c.stats.ConcurrencyLimit.Store(int64(limit))
+	c.obs.limitChanged(limit)
+	if c.onLimit != nil {
+		c.onLimit(limit)
 	}
 }
 

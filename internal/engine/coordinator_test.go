@@ -8,6 +8,7 @@ import (
 	"slices"
 	"testing"
 	"testing/synctest"
+	"time"
 
 	"github.com/parallafka/parallafka/internal/offsetmap"
 	"github.com/parallafka/parallafka/pipeline"
@@ -45,6 +46,7 @@ type coordHarness struct {
 
 type coordOptions struct {
 	concurrency  int
+	adaptiveMin  int // adaptive concurrency between adaptiveMin and concurrency; 0: fixed
 	ordering     Ordering
 	orderNilKeys bool
 	batch        BatchLimits // batch mode (see batch_test.go)
@@ -78,6 +80,9 @@ func newCoordHarness(t *testing.T, o coordOptions) *coordHarness {
 		ordering: o.ordering, orderNilKeys: o.orderNilKeys, concurrency: o.concurrency, batch: o.batch,
 		stats: h.stats, log: slog.New(slog.DiscardHandler),
 		claims: make(map[pipeline.TopicPartition]*claim[string, string]), seed: maphash.MakeSeed(),
+	}
+	if o.adaptiveMin > 0 {
+		h.c.limiter = newLimiter(o.adaptiveMin, o.concurrency)
 	}
 	if o.batch.MaxMessages > 0 {
 		h.handlerEnd = make(chan handlerEnded[string, string], 2*o.concurrency)
@@ -409,6 +414,56 @@ func TestCoordinatorDispatchLimit(t *testing.T) {
 			h.finish(0, 2)
 			h.expectDispatched(6)
 		})
+	})
+}
+
+// TestCoordinatorAdaptiveLimit: with adaptive concurrency the coordinator
+// hands out no more messages than the limit allows (no second round, even
+// with nothing waiting behind a key), and follows the limit as handler
+// calls move it: up after a window of flat latency, down after one with a
+// failure.
+func TestCoordinatorAdaptiveLimit(t *testing.T) {
+	coordTest(t, coordOptions{concurrency: 8, adaptiveMin: 2}, func(h *coordHarness) {
+		h.assign(0)
+		var offKeys []any
+		for i := range 100 {
+			offKeys = append(offKeys, i, fmt.Sprintf("k%d", i))
+		}
+		h.poll(0, offKeys...)
+		out := h.dispatched()
+		if len(out) != 2 || h.stats.ConcurrencyLimit.Load() != 2 {
+			h.t.Fatalf("dispatched %d at limit %d; want 2 at 2", len(out), h.stats.ConcurrencyLimit.Load())
+		}
+		clock := time.Now()
+		// finish completes the oldest message out with a call of 1 ms.
+		finish := func(failed bool) {
+			m := out[0]
+			out = out[1:]
+			clock = clock.Add(minWindowTime / minWindow)
+			h.released <- completion[string, string]{msg: m, verdict: verdictFinish,
+				call: handlerCall{ended: clock, took: time.Millisecond, failed: failed, ran: true}}
+			synctest.Wait()
+			out = append(out, h.dispatched()...)
+		}
+		for range minWindow + 1 { // one window of flat latency: slow start doubles
+			finish(false)
+		}
+		if len(out) != 4 || h.stats.ConcurrencyLimit.Load() != 4 {
+			h.t.Fatalf("%d out at limit %d; want 4 at 4", len(out), h.stats.ConcurrencyLimit.Load())
+		}
+		for i := range minWindow + 1 { // a window with a failed call: ×0.9, 3
+			finish(i == 0)
+		}
+		if h.stats.ConcurrencyLimit.Load() != 3 {
+			h.t.Fatalf("limit %d after a failure; want 3", h.stats.ConcurrencyLimit.Load())
+		}
+		if len(out) != 3 {
+			h.t.Fatalf("%d out: the window's last call came back and none replaced it; want 3", len(out))
+		}
+		finish(false) // one back, one out
+		if len(out) != 3 {
+			h.t.Fatalf("%d out at limit 3", len(out))
+		}
 	})
 }
 

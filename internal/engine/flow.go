@@ -43,7 +43,9 @@ type Config[K, V any] struct {
 	Handler          pipeline.Handler[K, V] // middleware applied
 	AfterPoll        []NamedStage[K, V]
 	AfterHandle      []NamedStage[K, V]
-	Concurrency      int
+	Concurrency      int // handlers; with MinConcurrency, the most the adaptive limit may allow
+	MinConcurrency   int // adaptive concurrency: the limit's floor and start; 0: Concurrency handlers, fixed
+	OnLimit          func(limit int)
 	MaxInFlight      int
 	MaxInFlightBytes int64 // 0: no bound
 	Ordering         Ordering
@@ -184,8 +186,11 @@ func newFlow[K, V any](cfg *Config[K, V], stats *Stats, life *lifecycle) *flow[K
 		maxInFlight: cfg.MaxInFlight,
 		commitEvery: cfg.CommitEvery, batch: cfg.Batch,
 		ordering: cfg.Ordering, orderNilKeys: cfg.OrderNilKeys, concurrency: cfg.Concurrency,
+		onLimit: cfg.OnLimit, obs: obs, stallTimeout: cfg.StallTimeout,
 		stats: stats, log: cfg.Logger, claims: make(map[pipeline.TopicPartition]*claim[K, V]), seed: maphash.MakeSeed(),
-		obs: obs, stallTimeout: cfg.StallTimeout,
+	}
+	if cfg.MinConcurrency > 0 {
+		f.coordinator.limiter = newLimiter(cfg.MinConcurrency, cfg.Concurrency)
 	}
 	f.collector = &collector[K, V]{policy: cfg.ErrorPolicy, stop: life.stop, stats: stats, log: cfg.Logger, obs: obs}
 	f.pool = &handlerPool[K, V]{
@@ -436,6 +441,7 @@ type (
 		msg     *pipeline.Message[K, V]
 		verdict verdict
 		quick   bool // the handler took less than quickHandler (see dispatchLimit)
+		call    handlerCall
 	}
 	// job is a dispatched message and its handler's context (its
 	// claim's), with how long it waited (with an observer only).
@@ -450,11 +456,21 @@ type (
 	// was cancelled (it ended): it skips the stages.
 	handlerEnded[K, V any] struct {
 		quick     bool
+		call      handlerCall
 		cancelled *pipeline.Message[K, V]
 		// settled are a batch's messages that skip the AfterHandle stages
 		// (all of them without stages), with their verdicts; the
 		// coordinator takes them before any completion the stages send on.
 		settled []completion[K, V]
+	}
+	// handlerCall is what a handler call showed, for the adaptive limit:
+	// how long it took and whether it failed. One call, one sample,
+	// whatever it handled.
+	handlerCall struct {
+		ended  time.Time
+		took   time.Duration
+		failed bool
+		ran    bool // the handler was called and its context not cancelled: a sample
 	}
 	// rebalanceRequest asks the coordinator to act on a rebalance; it
 	// replies on reply (final offsets, for a revoke).

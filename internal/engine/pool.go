@@ -61,6 +61,7 @@ func (p *handlerPool[K, V]) work(ctx context.Context) {
 		// handled stays uncommitted.
 		stopped := job.ctx.Err() != nil
 		quick := true
+		var call handlerCall
 		if !stopped && p.shouldHandle(msg) {
 			msg.Attempt++
 			hctx := job.ctx
@@ -69,25 +70,29 @@ func (p *handlerPool[K, V]) work(ctx context.Context) {
 			}
 			began := time.Now()
 			msg.Err = p.handle(hctx, msg)
-			took := time.Since(began)
-			quick = took < quickHandler
+			call.ended = time.Now()
+			call.took = call.ended.Sub(began)
+			quick = call.took < quickHandler
 			if p.obs.on() {
-				p.obs.handlerEnded(hctx, pipeline.Info(msg), msg.Err, took)
+				p.obs.handlerEnded(hctx, pipeline.Info(msg), msg.Err, call.took)
 			}
 			stopped = job.ctx.Err() != nil && msg.Err != nil
+			// A call cut short by a cancelled context (a hard stop, a
+			// revoke timeout) says nothing about the downstream.
+			call.ran, call.failed = !stopped, msg.Err != nil
 		}
 		if p.inline() {
-			done := completion[K, V]{msg: msg, verdict: verdictAbandon, quick: quick}
+			done := completion[K, V]{msg: msg, verdict: verdictAbandon, quick: quick, call: call}
 			if !stopped {
 				done = p.collector.verdict(job.ctx, msg)
-				done.quick = quick
+				done.quick, done.call = quick, call
 			}
 			// Never blocks: the coordinator reads released until it is
 			// closed, and it has room for every message out.
 			p.released <- done
 			continue
 		}
-		ended := handlerEnded[K, V]{quick: quick}
+		ended := handlerEnded[K, V]{quick: quick, call: call}
 		if stopped && ctx.Err() == nil {
 			ended.cancelled = msg // its claim ended: no stage may retry or dead-letter it
 		}

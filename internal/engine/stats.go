@@ -34,6 +34,9 @@ type Stats struct {
 	Stopping       atomic.Bool  // lifecycle: a shutdown began
 	Batches        atomic.Int64 // handler pool (batch mode): batch handler calls
 	Batched        atomic.Int64 // handler pool (batch mode): the messages given to those calls
+	// ConcurrencyLimit is the number of handlers allowed to run now
+	// (coordinator): the fixed concurrency, or the adaptive limit.
+	ConcurrencyLimit atomic.Int64
 
 	mu        sync.Mutex
 	committed map[pipeline.TopicPartition]int64 // committer

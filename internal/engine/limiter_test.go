@@ -1,0 +1,165 @@
+package engine
+
+import (
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// testClock is the made-up time of the calls fed to a limiter.
+var testClock = time.Date(2026, 12, 2, 0, 0, 0, 0, time.UTC)
+
+// callWindow feeds the limiter one full window of calls that took took
+// each, with all of the limit busy, the first failed of them failing; it
+// returns the limit after it.
+func callWindow(l *limiter, took time.Duration, failed int) int {
+	for i := 0; ; i++ {
+		testClock = testClock.Add(minWindowTime / minWindow)
+		d := took
+		if i < failed {
+			d = time.Microsecond // a downstream that sheds answers at once
+		}
+		l.sample(testClock, d, i < failed, l.current())
+		if l.calls == 0 {
+			return l.current()
+		}
+	}
+}
+
+func TestLimiterStartsAtMinAndGrowsWhileLatencyIsFlat(t *testing.T) {
+	l := newLimiter(3, 40)
+	assert.Equal(t, 3, l.current())
+	prev := l.limit
+	for range 100 {
+		callWindow(l, 2*time.Millisecond, 0)
+		assert.GreaterOrEqual(t, l.limit, prev, "flat latency never lowers the limit")
+		prev = l.limit
+	}
+	assert.Equal(t, 40, l.current(), "grows to max and stays there")
+}
+
+func TestLimiterDecreasesOnRisingLatency(t *testing.T) {
+	l := newLimiter(1, 200)
+	for l.current() < 100 {
+		callWindow(l, 2*time.Millisecond, 0)
+	}
+	prev := l.current()
+	next := callWindow(l, 4*time.Millisecond, 0)
+	assert.Less(t, next, prev, "latency doubled: the limit comes down")
+	assert.GreaterOrEqual(t, float64(next), 0.5*float64(prev), "by at most half a window")
+	for range 20 {
+		before, probe := l.limit, l.probing
+		callWindow(l, 20*time.Millisecond, 0)
+		if l.limit > 1 && !probe {
+			assert.Less(t, l.limit, before, "still queueing: still coming down")
+		}
+	}
+	assert.LessOrEqual(t, l.current(), 2)
+}
+
+func TestLimiterRespectsMin(t *testing.T) {
+	l := newLimiter(8, 64)
+	for range 50 {
+		callWindow(l, time.Millisecond, 0)
+	}
+	for range 100 {
+		callWindow(l, time.Second, 0)
+		assert.GreaterOrEqual(t, l.current(), 8)
+	}
+	for range 100 {
+		callWindow(l, time.Second, 5)
+		assert.GreaterOrEqual(t, l.current(), 8)
+	}
+	assert.Equal(t, 8, l.current())
+}
+
+func TestLimiterFailureIsMultiplicativeDecrease(t *testing.T) {
+	l := newLimiter(1, 1000)
+	for l.current() < 100 {
+		callWindow(l, time.Millisecond, 0)
+	}
+	before := l.limit
+	callWindow(l, time.Millisecond, 1)
+	assert.InDelta(t, before*backoff, l.limit, 1e-9, "one failed call in a window: ×0.9")
+	before = l.limit
+	calls := 0
+	for l.calls > 0 || calls == 0 { // every call fails: the window ends after one round
+		calls++
+		l.sample(testClock, time.Microsecond, true, l.current())
+	}
+	assert.Equal(t, max(minWindow, int(before)), calls, "a round of failures ends the window")
+	assert.InDelta(t, before*minGradient, l.limit, 1e-9, "every call failed: ×0.5 once")
+}
+
+func TestLimiterIgnoresFailedCallsLatency(t *testing.T) {
+	l := newLimiter(1, 1000)
+	for l.current() < 50 {
+		callWindow(l, 2*time.Millisecond, 0)
+	}
+	// A downstream shedding load answers at once: those calls must not
+	// make 2 ms look slow.
+	for range 3 {
+		callWindow(l, 2*time.Millisecond, 5)
+	}
+	assert.Equal(t, 2*time.Millisecond, l.lowestLatency())
+}
+
+func TestLimiterDoesNotGrowWhenHandlersAreIdle(t *testing.T) {
+	l := newLimiter(10, 100)
+	for range 50 {
+		for range 2 * minWindow {
+			testClock = testClock.Add(minWindowTime / minWindow)
+			l.sample(testClock, time.Millisecond, false, 4) // key order allows 4: under half of 10
+		}
+	}
+	assert.Equal(t, 10, l.current())
+}
+
+// downstream is a service that serves capacity calls at once in base
+// each; calls beyond it queue. With limit handlers always busy, a call
+// takes base × limit/capacity.
+func downstreamLatency(limit, capacity int, base time.Duration) time.Duration {
+	return time.Duration(float64(base) * max(1, float64(limit)/float64(capacity)))
+}
+
+func TestLimiterFindsAndFollowsTheCapacity(t *testing.T) {
+	const base = 2 * time.Millisecond
+	l := newLimiter(1, 512)
+	settle := func(capacity int) {
+		t.Helper()
+		for range 200 {
+			callWindow(l, downstreamLatency(l.current(), capacity, base), 0)
+		}
+		for range 200 {
+			callWindow(l, downstreamLatency(l.current(), capacity, base), 0)
+			if l.probing {
+				continue // the next window runs at half the limit, on purpose
+			}
+			require.GreaterOrEqual(t, l.current(), capacity, "capacity %d: throughput lost", capacity)
+			require.LessOrEqual(t, float64(l.current()), 1.45*float64(capacity), "capacity %d: latency over 1.45× base", capacity)
+		}
+	}
+	settle(32)
+	settle(8)
+	settle(32)
+	settle(200)
+}
+
+func TestLimiterForgetsAnOldLowestLatency(t *testing.T) {
+	l := newLimiter(1, 64)
+	for range 100 {
+		callWindow(l, time.Millisecond, 0)
+	}
+	// The downstream became slower for good (not loaded): within two
+	// epochs its new latency is the normal one, and the limit grows again.
+	for range 2 * noLoadEpoch {
+		callWindow(l, 10*time.Millisecond, 0)
+	}
+	assert.Equal(t, 10*time.Millisecond, l.lowestLatency())
+	for range 100 {
+		callWindow(l, 10*time.Millisecond, 0)
+	}
+	assert.Equal(t, 64, l.current())
+}
