@@ -110,3 +110,18 @@ func ExampleParallafka_ConsumeBatch() {
 	fmt.Println("error:", err, "table:", table, "mean batch:", p.Stats().MeanBatchSize)
 	// Output: error: <nil> table: map[o-1:shipped o-2:paid] mean batch: 5
 }
+
+// Health reports where a Parallafka stands, for liveness and readiness
+// probes: nil while it consumes, a *HealthError naming its state otherwise.
+func ExampleParallafka_Health() {
+	src := memsource.New[string, int]()
+	p, err := parallafka.New(src, parallafka.WithStallTimeout(30*time.Second))
+	if err != nil {
+		panic(err)
+	}
+	fmt.Println(p.Health(context.Background()))
+	fmt.Println(p.HealthState())
+	// Output:
+	// parallafka: not started
+	// not started
+}

@@ -3,6 +3,7 @@ package parallafka
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"github.com/parallafka/parallafka/pipeline"
 )
@@ -104,7 +105,11 @@ func (p *Parallafka[K, V]) health() (HealthState, string) {
 		reason := ""
 		if stalls := s.StalledPartitions(); len(stalls) > 0 {
 			st := stalls[0]
-			reason = fmt.Sprintf("%s offset %d (key %q) %s for %v", st.TopicPartition, st.Offset, st.Key, st.State, st.Since.Round(1e6))
+			reason = fmt.Sprintf("%s offset %d (key %q) %s", st.TopicPartition, st.Offset, st.Key, st.State)
+			if st.Running > 0 {
+				reason += fmt.Sprintf(" for %v", st.Running.Round(time.Millisecond))
+			}
+			reason += fmt.Sprintf("; no commit progress for %v", st.Since.Round(time.Millisecond))
 			if len(stalls) > 1 {
 				reason += fmt.Sprintf(", and %d more partitions", len(stalls)-1)
 			}

@@ -96,6 +96,7 @@ func (w Wait) Total() time.Duration { return w.BehindKey + w.ForHandler }
 // Outcome is what became of a message after a handling attempt.
 type Outcome uint8
 
+// Outcomes, as MessageSettled tells them.
 const (
 	OutcomeHandled   Outcome = iota // succeeded: finished
 	OutcomeDropped                  // a stage dropped it (a dead letter written, a duplicate): finished
@@ -139,9 +140,10 @@ type Stall struct {
 	Offset int64
 	Key    []byte        // the blocking message's raw key
 	Since  time.Duration // how long the committable offset has not moved
-	// State says what the blocking message is doing: "handling" (its
-	// handler has run for Running), "waiting behind its key", "waiting
-	// for a handler", "in the AfterPoll stages" or "paused".
+	// State says what the blocking message is doing: "handling" (handed
+	// to the handler pool Running ago: its handler has run for about that
+	// long), "waiting behind its key", "waiting for a handler" or "in the
+	// AfterPoll stages".
 	State   string
 	Running time.Duration
 }
