@@ -319,6 +319,53 @@ func TestStallDetectedAndCleared(t *testing.T) {
 	})
 }
 
+// A stalled partition that is revoked is no longer stalled; with one
+// handler, a partition whose first message waits for it is stalled too
+// and says it waits behind busy handlers.
+func TestStallBehindBusyHandlersAndClearedByARevoke(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const timeout = 2 * time.Second
+		src := memsource.New[string, int]()
+		produce(src, 2, 4, func(i int) int { return i })
+		rec := newObsRecorder()
+		p, err := parallafka.New(src, parallafka.WithLogger(quiet), parallafka.WithObserver(rec),
+			parallafka.WithStallTimeout(timeout), parallafka.WithMaxConcurrency(1),
+			parallafka.WithRevokeTimeout(time.Second))
+		require.NoError(t, err)
+		stop, _ := start(p, func(ctx context.Context, m *parallafka.Message[string, int]) error {
+			if m.Partition == 0 {
+				<-ctx.Done() // hangs until its claim ends
+				return ctx.Err()
+			}
+			return nil
+		})
+		time.Sleep(timeout + timeout/4 + 10*time.Millisecond)
+		synctest.Wait()
+		st := p.Stats()
+		require.EqualValues(t, 2, st.Stalled, "%+v", st.StalledPartitions)
+		states := map[int32]string{}
+		for _, s := range st.StalledPartitions {
+			states[s.Partition] = s.State
+		}
+		// One handler, two messages out: the coordinator cannot tell
+		// which one runs, and says so.
+		assert.Equal(t, "handling, or handed to the pool behind busy handlers", states[0])
+		assert.Equal(t, "handling, or handed to the pool behind busy handlers", states[1])
+
+		src.Revoke(tp(0))
+		time.Sleep(2 * time.Second) // the revoke times out and cancels the hung handler
+		synctest.Wait()
+		time.Sleep(timeout / 4)
+		synctest.Wait()
+		assert.Zero(t, p.Stats().Stalled, "the revoked partition's stall went with it, and partition 1 moved")
+		rec.mu.Lock()
+		assert.Equal(t, 2, rec.unstalled)
+		rec.mu.Unlock()
+		err, _ = stop()
+		require.NoError(t, err)
+	})
+}
+
 // A stall timeout of 0 turns stall detection off.
 func TestStallTimeoutZeroIsOff(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {

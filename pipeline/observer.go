@@ -142,8 +142,9 @@ type Stall struct {
 	Since  time.Duration // how long the committable offset has not moved
 	// State says what the blocking message is doing: "handling" (handed
 	// to the handler pool Running ago: its handler has run for about that
-	// long), "waiting behind its key", "waiting for a handler" or "in the
-	// AfterPoll stages".
+	// long; "handling, or handed to the pool behind busy handlers" while
+	// more messages are out than handlers), "waiting behind its key",
+	// "waiting for a handler" or "in the AfterPoll stages".
 	State   string
 	Running time.Duration
 }

@@ -72,6 +72,11 @@ func (c *coordinator[K, V]) describeStall(cl *claim[K, V], now time.Duration) (p
 		st.State = "in the AfterPoll stages"
 	case slotDispatched:
 		st.State, st.Running = "handling", max(0, now-s.routed)
+		if c.handling > c.concurrency {
+			// More out than handlers: some wait in the hand-off to the
+			// pool, and the coordinator cannot tell which.
+			st.State = "handling, or handed to the pool behind busy handlers"
+		}
 	case slotWaiting:
 		st.State = "waiting for a handler"
 		key, ordered := c.routingKey(s.msg)
