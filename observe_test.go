@@ -35,12 +35,16 @@ type obsRecorder struct {
 	unstalled int
 	batches   int
 	batched   int
+	paused    map[parallafka.TopicPartition]bool
+	revoked   int
+	lost      int
 }
 
 type ctxKey struct{}
 
 func newObsRecorder() *obsRecorder {
-	return &obsRecorder{outcomes: map[parallafka.Outcome]int{}, waits: map[string]time.Duration{}}
+	return &obsRecorder{outcomes: map[parallafka.Outcome]int{}, waits: map[string]time.Duration{},
+		paused: map[parallafka.TopicPartition]bool{}}
 }
 
 func (r *obsRecorder) MessagePolled(parallafka.MessageInfo) { r.mu.Lock(); r.polled++; r.mu.Unlock() }
@@ -84,6 +88,30 @@ func (r *obsRecorder) Committed(c parallafka.CommitInfo) {
 func (r *obsRecorder) PartitionsAssigned(tps []parallafka.TopicPartition) {
 	r.mu.Lock()
 	r.assigned += len(tps)
+	r.mu.Unlock()
+}
+func (r *obsRecorder) PartitionsPaused(tps []parallafka.TopicPartition) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, tp := range tps {
+		r.paused[tp] = true
+	}
+}
+func (r *obsRecorder) PartitionsResumed(tps []parallafka.TopicPartition) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, tp := range tps {
+		delete(r.paused, tp)
+	}
+}
+func (r *obsRecorder) PartitionsRevoked(tps []parallafka.TopicPartition) {
+	r.mu.Lock()
+	r.revoked += len(tps)
+	r.mu.Unlock()
+}
+func (r *obsRecorder) PartitionsLost(tps []parallafka.TopicPartition) {
+	r.mu.Lock()
+	r.lost += len(tps)
 	r.mu.Unlock()
 }
 func (r *obsRecorder) ConcurrencyLimitChanged(n int) { r.mu.Lock(); r.limit = n; r.mu.Unlock() }
@@ -203,6 +231,29 @@ func TestObserverHearsTheAdaptiveLimit(t *testing.T) {
 	defer rec.mu.Unlock()
 	assert.GreaterOrEqual(t, rec.limit, 2)
 	assert.Equal(t, p.Stats().ConcurrencyLimit, rec.limit)
+}
+
+// The observer hears pauses and resumes (here Pause and Resume's), revokes
+// and losses.
+func TestObserverHearsPausesAndRebalances(t *testing.T) {
+	src := memsource.New[string, int]()
+	produce(src, 3, 30, func(i int) int { return i })
+	rec := newObsRecorder()
+	p, err := parallafka.New(src, parallafka.WithLogger(quiet), parallafka.WithObserver(rec))
+	require.NoError(t, err)
+	stop, _ := start(p, func(context.Context, *parallafka.Message[string, int]) error { return nil })
+	eventually(t, func() bool { return p.Stats().Handled == 30 })
+	pausedN := func() int { rec.mu.Lock(); defer rec.mu.Unlock(); return len(rec.paused) }
+	p.Pause()
+	eventually(t, func() bool { return pausedN() == 3 })
+	p.Resume()
+	eventually(t, func() bool { return pausedN() == 0 })
+	src.Revoke(tp(0))
+	src.Lose(tp(1))
+	eventually(t, func() bool { rec.mu.Lock(); defer rec.mu.Unlock(); return rec.revoked == 1 && rec.lost == 1 })
+	eventually(t, func() bool { return p.Stats().Assigned == 1 })
+	err, _ = stop()
+	require.NoError(t, err)
 }
 
 // panicky panics in every method.
