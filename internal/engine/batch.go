@@ -217,12 +217,7 @@ func (c *coordinator[K, V]) completeBatched(done completion[K, V]) {
 			c.keyLeft(cl, held, done.msg, key, ordered, true)
 			return
 		}
-		c.stats.Retried.Add(1)
-		s.state = slotWaiting
-		e := entry[K, V]{seq: s.seq, claim: cl, msg: done.msg} // its key still held
-		e.backlog = c.backlog(&e)
-		c.ready.pushLater(e)
-		c.readied(cl, 1)
+		c.readyAgain(cl, s, done.msg)
 	case verdictFinish:
 		c.settle(cl, s, slotFinished)
 		c.keyLeft(cl, held, done.msg, key, ordered, false)

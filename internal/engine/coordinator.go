@@ -596,16 +596,7 @@ func (c *coordinator[K, V]) complete(done completion[K, V]) {
 			c.abandonKey(cl, done.msg)
 			return
 		}
-		c.stats.Retried.Add(1)
-		s.state = slotWaiting
-		if c.obs.on() {
-			s.routed = c.clock()
-			s.ready = s.routed
-		}
-		e := entry[K, V]{seq: s.seq, claim: cl, msg: done.msg} // its key still held
-		e.backlog = c.backlog(&e)
-		c.ready.pushLater(e)
-		c.readied(cl, 1)
+		c.readyAgain(cl, s, done.msg)
 	case verdictFinish:
 		c.settle(cl, s, slotFinished)
 		c.releaseKey(cl, done.msg)
@@ -694,6 +685,21 @@ func (c *coordinator[K, V]) settle(cl *claim[K, V], s *slot[K, V], state slotSta
 func (c *coordinator[K, V]) free(size int32) {
 	c.freed.msgs++
 	c.freed.bytes += int64(size)
+}
+
+// readyAgain makes a message whose handler asked for a retry dispatchable
+// again, its key still held: the later messages of its key keep waiting.
+func (c *coordinator[K, V]) readyAgain(cl *claim[K, V], s *slot[K, V], msg *pipeline.Message[K, V]) {
+	c.stats.Retried.Add(1)
+	s.state = slotWaiting
+	if c.obs.on() {
+		s.routed = c.clock()
+		s.ready = s.routed
+	}
+	e := entry[K, V]{seq: s.seq, claim: cl, msg: msg}
+	e.backlog = c.backlog(&e)
+	c.ready.pushLater(e)
+	c.readied(cl, 1)
 }
 
 // releaseKey frees msg's key and makes the next message queued behind it
