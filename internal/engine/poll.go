@@ -55,6 +55,7 @@ type poller[K, V any] struct {
 	// has messages left to read (hungry): see steer.go.
 	over, low  map[pipeline.TopicPartition]bool
 	hungry     bool
+	starving   bool // a key chain is short: the coordinator pauses all but its partitions (logged at Debug)
 	watermarks pipeline.WatermarkSource          // nil: the source does not know them, and no partition is hungry
 	next       map[pipeline.TopicPartition]int64 // the offset after the last one polled
 	// sourcePaused is what the source was told: reconcile brings it to
@@ -214,6 +215,10 @@ func (p *poller[K, V]) takeRoom() {
 	case s := <-p.steer:
 		p.steered, p.over, p.low = setOf(s.pause), setOf(s.over), setOf(s.low)
 		p.pauseDirty = true
+		if s.starving != p.starving {
+			p.starving = s.starving
+			p.log.Debug("parallafka: poll steering", "reading_only_key_chains", s.starving, "paused", s.pause)
+		}
 	default:
 	}
 }
