@@ -55,7 +55,7 @@ type poller[K, V any] struct {
 	// has messages left to read (hungry): see steer.go.
 	over, low  map[pipeline.TopicPartition]bool
 	hungry     bool
-	starving   bool // a key chain is short: the coordinator pauses all but its partitions (logged at Debug)
+	starving   bool                              // a key chain is short: the coordinator pauses all but its partitions (logged at Debug)
 	watermarks pipeline.WatermarkSource          // nil: the source does not know them, and no partition is hungry
 	next       map[pipeline.TopicPartition]int64 // the offset after the last one polled
 	// sourcePaused is what the source was told: reconcile brings it to
