@@ -6,8 +6,10 @@ type Stats struct {
 	// Handled counts messages finished: handled successfully, dropped by a
 	// stage, or failed and skipped by the error policy.
 	Handled int64
-	// Failed counts handling attempts that failed (error or panic): a
-	// message retried three times that failed each time counts 3.
+	// Failed counts messages whose failure (error or panic) reached the
+	// error policy: skipped, or stopping the pipeline. A failed attempt that
+	// a stage retries counts in Retried instead (stages.Retry), and one
+	// that a dead-letter stage takes over is not a failure here.
 	Failed   int64
 	Skipped  int64 // failed messages skipped by the error policy
 	Dropped  int64 // messages a stage dropped

@@ -15,7 +15,7 @@ import (
 type Stats struct {
 	Polled         atomic.Int64 // poller
 	Handled        atomic.Int64 // collector: finished successfully
-	Failed         atomic.Int64 // collector: attempts that ended in an error or panic
+	Failed         atomic.Int64 // collector: failures that reached the error policy
 	Skipped        atomic.Int64 // collector: failed messages the error policy skipped
 	Dropped        atomic.Int64 // collector: messages a stage dropped
 	Retried        atomic.Int64 // coordinator: attempts dispatched again at a stage's request
