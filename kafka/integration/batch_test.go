@@ -10,7 +10,6 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/parallafka/parallafka"
-	"github.com/parallafka/parallafka/kafka"
 	"github.com/parallafka/parallafka/kafka/kafkatest"
 )
 
@@ -74,37 +73,10 @@ func (r *recorder) batchHandler(member string, lo, hi time.Duration) parallafka.
 // startBatchMember is startMember with ConsumeBatch: batches take lo to hi.
 func startBatchMember(t testing.TB, c *kafkatest.Cluster, s memberSpec, lo, hi time.Duration) *member {
 	t.Helper()
-	log := testLogger(t).With("member", s.name)
-	cfg := c.ConsumerConfig(s.group)
-	for k, v := range s.config {
-		require.NoError(t, cfg.SetKey(k, v))
-	}
-	consumer, err := kafka.NewConsumer(cfg, kafka.WithLogger(log))
-	require.NoError(t, err)
-	src, err := kafka.NewSource(consumer, []string{s.topic}, kafka.String, kafka.Bytes, kafka.WithLogger(log))
-	if err != nil {
-		consumer.Close()
-		require.NoError(t, err)
-	}
-	obs := &observedSource{Source: src, member: s.name, rec: s.observer}
-	p, err := parallafka.New(obs, append([]parallafka.Option{parallafka.WithLogger(log)}, s.options...)...)
-	if err != nil {
-		_ = src.Close()
-		require.NoError(t, err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	m := &member{name: s.name, p: p, cancel: cancel, done: make(chan struct{})}
 	handler := s.observer.batchHandler(s.name, lo, hi)
-	go func() {
-		defer close(m.done)
-		m.err = p.ConsumeBatch(ctx, handler)
-	}()
-	t.Cleanup(func() {
-		if m.stopped.IsZero() {
-			m.stop(t)
-		}
+	return runMember(t, c, s, func(ctx context.Context, p *parallafka.Parallafka[string, []byte]) error {
+		return p.ConsumeBatch(ctx, handler)
 	})
-	return m
 }
 
 // TestBatchRebalance runs ConsumeBatch members of one group while messages

@@ -199,6 +199,17 @@ type memberSpec struct {
 // until stop. A test cleanup stops it if the test did not.
 func startMember(t testing.TB, c *kafkatest.Cluster, s memberSpec) *member {
 	t.Helper()
+	handler := s.observer.handler(s.name, s.work)
+	return runMember(t, c, s, func(ctx context.Context, p *parallafka.Parallafka[string, []byte]) error {
+		return p.Consume(ctx, handler)
+	})
+}
+
+// runMember is startMember with the consume call given: Consume or
+// ConsumeBatch.
+func runMember(t testing.TB, c *kafkatest.Cluster, s memberSpec,
+	consume func(context.Context, *parallafka.Parallafka[string, []byte]) error) *member {
+	t.Helper()
 	log := testLogger(t).With("member", s.name)
 	cfg := c.ConsumerConfig(s.group)
 	for k, v := range s.config {
@@ -219,10 +230,9 @@ func startMember(t testing.TB, c *kafkatest.Cluster, s memberSpec) *member {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	m := &member{name: s.name, p: p, cancel: cancel, done: make(chan struct{})}
-	handler := s.observer.handler(s.name, s.work)
 	go func() {
 		defer close(m.done)
-		m.err = p.Consume(ctx, handler)
+		m.err = consume(ctx, p)
 	}()
 	t.Cleanup(func() {
 		if m.stopped.IsZero() {
