@@ -28,6 +28,9 @@ func TestChecker(t *testing.T) {
 	line := func(kind, run string, p, o, k, seq, ms int) string {
 		return fmt.Sprintf("%s %s m %s %d %d %s %d %d\n", kind, run, topic, p, o, kafkatest.KeyedKey(k), seq, at(ms))
 	}
+	lost := func(run string, p, ms int) string {
+		return fmt.Sprintf("R %s m lost %s %d %d\n", run, topic, p, at(ms))
+	}
 	clean := line("S", "r1", 0, 0, 0, 0, 0) + line("E", "r1", 0, 0, 0, 0, 10) +
 		line("S", "r1", 0, 1, 0, 1, 10) + line("E", "r1", 0, 1, 0, 1, 20) +
 		line("S", "r1", 1, 0, 1, 0, 10) + line("E", "r1", 1, 0, 1, 0, 15) +
@@ -60,6 +63,11 @@ func TestChecker(t *testing.T) {
 		{name: "two members at once", runs: []runSpec{{"r1", clean, false},
 			{"r2", line("S", "r2", 0, 2, 0, 2, 25) + line("E", "r2", 0, 2, 0, 2, 35), false}},
 			want: []string{"key in two handlers at once", "duplicate after a graceful stop"}},
+		{name: "zombie overlap", runs: []runSpec{{"r1", clean + lost("r1", 0, 28), false},
+			{"r2", line("S", "r2", 0, 2, 0, 2, 25) + line("E", "r2", 0, 2, 0, 2, 35), false}}},
+		{name: "overlap long before the loss", runs: []runSpec{{"r1", clean + lost("r1", 0, 5000), false},
+			{"r2", line("S", "r2", 0, 2, 0, 2, 25) + line("E", "r2", 0, 2, 0, 2, 35), false}},
+			want: []string{"key in two handlers at once"}},
 		{name: "commit past unfinished", runs: []runSpec{{"r1", clean, false}},
 			samples: []sample{{at: base.Add(12 * time.Millisecond), offsets: map[int32]int64{0: 2}}},
 			want:    []string{"commit past an unfinished message: partition 0 committed at 2"}},
@@ -99,6 +107,9 @@ func TestChecker(t *testing.T) {
 				if !strings.Contains(got, w) {
 					t.Errorf("no violation %q among:\n%s", w, got)
 				}
+			}
+			if tc.name == "zombie overlap" && (r.fig.overlapLost != 1 || r.fig.dupLost != 1) {
+				t.Errorf("figures %+v, want 1 overlap and 1 duplicate after a loss", r.fig)
 			}
 			if tc.name == "redo after a kill" && (r.fig.dupKill != 1 || r.fig.maxRedo != 1 || r.fig.maxUncommitted != 3) {
 				t.Errorf("figures %+v, want 1 duplicate by kill, max redo 1, max uncommitted 3", r.fig)
