@@ -221,3 +221,53 @@ type closeCounting struct {
 }
 
 func (s *closeCounting) Close() error { s.closed.Add(1); return s.Source.Close() }
+
+// doubtingSource is an in-memory source whose membership can be put in
+// doubt, as package kafka's Source does after every broker was down.
+type doubtingSource struct {
+	*memsource.Source[string, int]
+	doubt atomic.Bool
+}
+
+func (s *doubtingSource) Unreachable() error      { return nil }
+func (s *doubtingSource) MembershipInDoubt() bool { return s.doubt.Load() }
+
+// While the source's membership is in doubt no handler starts (the group
+// may have given the partitions to another member); the handlers running
+// finish, and dispatching goes on once the doubt ends. Parallafka.Pause
+// is not touched by it.
+func TestMembershipInDoubtHoldsDispatch(t *testing.T) {
+	src := &doubtingSource{Source: memsource.New[string, int]()}
+	produce(src.Source, 2, 200, func(i int) int { return i % 7 })
+	p, err := parallafka.New[string, int](src, parallafka.WithLogger(quiet), parallafka.WithMaxInFlight(20))
+	require.NoError(t, err)
+	var handled atomic.Int64
+	gate := make(chan struct{}, 1000)
+	stop, _ := start(p, func(ctx context.Context, m *parallafka.Message[string, int]) error {
+		<-gate
+		handled.Add(1)
+		return nil
+	})
+	for range 50 {
+		gate <- struct{}{}
+	}
+	eventually(t, func() bool { return handled.Load() == 50 })
+	src.doubt.Store(true)
+	eventually(t, func() bool { return src.Paused(tp(0)) && src.Paused(tp(1)) })
+	for range 150 {
+		gate <- struct{}{}
+	}
+	time.Sleep(100 * time.Millisecond)
+	atDoubt := handled.Load()
+	time.Sleep(200 * time.Millisecond)
+	assert.Equal(t, atDoubt, handled.Load(), "nothing dispatched while the membership is in doubt")
+	assert.Less(t, atDoubt, int64(200))
+	assert.False(t, p.Stats().UserPaused, "not a user pause")
+	src.doubt.Store(false)
+	eventually(t, func() bool { return handled.Load() == 200 })
+	assert.False(t, src.Paused(tp(0)))
+	err, _ = stop()
+	require.NoError(t, err)
+	assert.Equal(t, src.Len(tp(0)), src.Committed(tp(0)))
+	assert.Equal(t, src.Len(tp(1)), src.Committed(tp(1)))
+}

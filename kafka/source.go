@@ -47,6 +47,13 @@ type Source[K, V any] struct {
 	// down is librdkafka's "all brokers down" error, until a message or an
 	// assignment shows a broker reachable again (Unreachable).
 	down   atomic.Pointer[error]
+	// doubt: this member's assignment is in doubt since every broker was
+	// down (see membership.go); probing, probeDone and nextProbe are
+	// owned by Poll's goroutine.
+	doubt     atomic.Bool
+	probing   bool
+	probeDone chan struct{}
+	nextProbe time.Time
 	errLog repeats // rate limit of repeated client errors
 
 	mu            sync.Mutex
@@ -216,6 +223,11 @@ func (s *Source[K, V]) Poll(timeout time.Duration) (*pipeline.Message[K, V], err
 	}
 	deadline := time.Now().Add(timeout)
 	for {
+		if s.probing || s.doubt.Load() {
+			now := time.Now()
+			s.probeEnded(now)
+			s.maybeProbe(now)
+		}
 		ev := s.consumer.Poll(millis(time.Until(deadline)))
 		if err := s.failure; err != nil {
 			return nil, err
@@ -290,6 +302,7 @@ func (s *Source[K, V]) consumerError(err error, tp ckafka.TopicPartition) error 
 	if errors.As(err, &kerr) {
 		if kerr.Code() == ckafka.ErrAllBrokersDown {
 			s.down.Store(&err)
+			s.suspect()
 		}
 		attrs = append(attrs, "code", kerr.Code().String())
 		if kerr.IsFatal() {
@@ -375,6 +388,7 @@ func (s *Source[K, V]) assign(c *ckafka.Consumer, parts []ckafka.TopicPartition)
 	tps := toPipeline(parts)
 	s.startup.answered = true
 	s.down.Store(nil)
+	s.confirm("a rebalance (partitions assigned)")
 	if err != nil {
 		s.fail(fmt.Errorf("kafka: assign %v: %w", tps, err))
 		return
@@ -491,6 +505,12 @@ func (s *Source[K, V]) revoke(c *ckafka.Consumer, parts []ckafka.TopicPartition)
 	}
 	if err != nil {
 		s.fail(fmt.Errorf("kafka: unassign %v: %w", tps, err))
+	}
+	s.mu.Lock()
+	left := len(s.assigned)
+	s.mu.Unlock()
+	if !lost || left == 0 {
+		s.confirm("a rebalance (partitions revoked or lost)")
 	}
 }
 

@@ -173,10 +173,19 @@ func (NopObserver) PartitionUnstalled(TopicPartition, time.Duration)            
 
 // ConnectivitySource is implemented by sources that know whether they
 // reach their brokers (package kafka's Source). Parallafka's Health reports
-// a source that does not as unreachable.
+// a source that does not as unreachable, and the pipeline starts no handler
+// while its membership is in doubt.
 type ConnectivitySource interface {
 	// Unreachable returns an error while no broker has been reachable
 	// since the client last said so, nil otherwise. It is safe to call
 	// from any goroutine.
 	Unreachable() error
+	// MembershipInDoubt reports whether the source cannot tell if its
+	// group still assigns it its partitions: from the time no broker was
+	// reachable while it had partitions until the group coordinator
+	// answered it again. The broker may have expired the member's session
+	// and given its partitions to another member meanwhile, and a member
+	// hears of that only when it reaches the coordinator. It is safe to
+	// call from any goroutine.
+	MembershipInDoubt() bool
 }

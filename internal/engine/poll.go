@@ -62,7 +62,9 @@ type poller[K, V any] struct {
 	// what paused, holding and steered ask for.
 	sourcePaused map[pipeline.TopicPartition]bool
 	pauseDirty   bool // paused, holding, steered or the assignment changed since the last reconcile
-	holding      bool // by the user (Parallafka.Pause): dispatching stops too
+	holding      bool // by the user (Parallafka.Pause) or while the source's membership is in doubt: dispatching stops too
+	inDoubt      bool // the source cannot tell whether the group still assigns it its partitions
+	membership   pipeline.ConnectivitySource // nil: the source does not know
 	hooks        Hooks
 	obs          observer
 	// userPause is what Parallafka.Pause and Resume ask for; the poller
@@ -102,6 +104,7 @@ func (p *poller[K, V]) run(ctx context.Context) error {
 	}
 	p.credit, p.bytes = p.maxInFlight, p.maxBytes
 	p.watermarks, _ = p.source.(pipeline.WatermarkSource)
+	p.membership, _ = p.source.(pipeline.ConnectivitySource)
 	if p.maxBytes <= 0 {
 		p.bytes = math.MaxInt64
 	}
@@ -350,9 +353,22 @@ func (p *poller[K, V]) applyBackPressure() error {
 
 // applyUserPause carries out Parallafka.Pause and Resume: fetching stops
 // (or goes on) for every assigned partition, and so does dispatching,
-// while polling goes on, so that the member stays in its group.
+// while polling goes on, so that the member stays in its group. It holds
+// the same way while the source's membership is in doubt (a member the
+// broker fenced while it was cut off must not start handlers on
+// partitions the group may have given to another member).
 func (p *poller[K, V]) applyUserPause() error {
-	want := p.userPause != nil && p.userPause.Load()
+	user := p.userPause != nil && p.userPause.Load()
+	p.stats.UserPaused.Store(user)
+	if doubt := p.membership != nil && p.membership.MembershipInDoubt(); doubt != p.inDoubt {
+		p.inDoubt = doubt
+		if doubt {
+			p.log.Warn("parallafka: no handler starts until the group coordinator confirms this member's assignment: the brokers were unreachable, and the group may have given the partitions to another member meanwhile")
+		} else {
+			p.log.Info("parallafka: the group coordinator confirmed this member's assignment; handlers start again")
+		}
+	}
+	want := user || p.inDoubt
 	if want == p.holding {
 		return nil
 	}
@@ -362,7 +378,6 @@ func (p *poller[K, V]) applyUserPause() error {
 		kind = rebalanceUnhold
 	}
 	p.request(rebalanceRequest{kind: kind})
-	p.stats.UserPaused.Store(want)
 	return p.reconcile()
 }
 

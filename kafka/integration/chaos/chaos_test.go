@@ -71,7 +71,8 @@ type figures struct {
 	protocol                     string
 	messages, handled            int
 	dupKill, dupLost, dupGrace   int
-	overlapLost                  int // key on two members at once, one of them fenced without knowing yet
+	overlapLost                  int // key on two members at once, one of them fenced without knowing it yet
+	doubts                       int // member runs whose assignment was in doubt (every broker down), from their logs
 	kills, terms, joins, restart int
 	maxRedo                      int // most messages redone after one kill
 	maxUncommitted               int // most finished-but-uncommitted messages of a killed member
@@ -145,18 +146,19 @@ func TestChaos(t *testing.T) {
 func printFigures(t *testing.T, all []figures) {
 	var sb strings.Builder
 	fmt.Fprintf(&sb, "\nchaos figures (%d partitions, %d keys, commit interval %v)\n", partitions, keys, commitInterval)
-	fmt.Fprintf(&sb, "%-19s %8s %8s %9s %9s %9s %9s %5s %5s %5s %8s %9s %12s %10s %10s %8s\n",
-		"protocol", "messages", "handled", "dup:kill", "dup:lost", "dup:grace", "ovl:lost", "kills", "terms", "joins", "restarts",
+	fmt.Fprintf(&sb, "%-19s %8s %8s %9s %9s %9s %9s %6s %5s %5s %5s %8s %9s %12s %10s %10s %8s\n",
+		"protocol", "messages", "handled", "dup:kill", "dup:lost", "dup:grace", "ovl:lost", "doubts", "kills", "terms", "joins", "restarts",
 		"max redo", "max uncommit", "broker down", "violations", "elapsed")
 	for _, f := range all {
-		fmt.Fprintf(&sb, "%-19s %8d %8d %9d %9d %9d %9d %5d %5d %5d %8d %9d %12d %10v %10d %8v\n",
-			f.protocol, f.messages, f.handled, f.dupKill, f.dupLost, f.dupGrace, f.overlapLost, f.kills, f.terms, f.joins, f.restart,
+		fmt.Fprintf(&sb, "%-19s %8d %8d %9d %9d %9d %9d %6d %5d %5d %5d %8d %9d %12d %10v %10d %8v\n",
+			f.protocol, f.messages, f.handled, f.dupKill, f.dupLost, f.dupGrace, f.overlapLost, f.doubts, f.kills, f.terms, f.joins, f.restart,
 			f.maxRedo, f.maxUncommitted, f.brokerDown.Round(100*time.Millisecond), f.violations, f.elapsed.Round(time.Second))
 	}
 	sb.WriteString("dup:kill = redone after the member that had handled it was SIGKILLed; dup:lost = after its member lost the partition\n" +
 		"(broker restart); dup:grace = after a graceful stop or an orderly rebalance (must be 0); max redo = most messages\n" +
 		"redone after one SIGKILL; max uncommit = most messages a killed member had finished past the committed offsets;\n" +
-		"ovl:lost = a key in handlers on two members at once, one of them fenced by the broker without knowing it yet\n")
+		"ovl:lost = a key in handlers on two members at once, one of them fenced by the broker without knowing it yet;\n" +
+		"doubts = member runs that held their handlers while every broker was down, until the coordinator confirmed them\n")
 	t.Log(sb.String())
 	fmt.Print(sb.String())
 }
@@ -286,6 +288,11 @@ func (r *chaosRun) run() figures {
 		}
 	}
 	r.check()
+	for _, m := range r.order {
+		if data, err := os.ReadFile(m.stderr); err == nil && bytes.Contains(data, []byte("assignment is in doubt")) {
+			r.fig.doubts++
+		}
+	}
 	r.fig.elapsed = time.Since(start)
 	r.fig.violations = len(r.violations)
 	for i, v := range r.violations {
