@@ -46,7 +46,7 @@ type Source[K, V any] struct {
 	startup startup // fail-fast detection until a broker answered
 	// down is librdkafka's "all brokers down" error, until a message or an
 	// assignment shows a broker reachable again (Unreachable).
-	down   atomic.Pointer[error]
+	down atomic.Pointer[error]
 	// doubt: this member's assignment is in doubt since every broker was
 	// down (see membership.go); probing, probeDone and nextProbe are
 	// owned by Poll's goroutine.
@@ -54,7 +54,7 @@ type Source[K, V any] struct {
 	probing   bool
 	probeDone chan struct{}
 	nextProbe time.Time
-	errLog repeats // rate limit of repeated client errors
+	errLog    repeats // rate limit of repeated client errors
 
 	mu            sync.Mutex
 	idle          chan struct{} // closed when commits drops to 0, if someone waits

@@ -61,9 +61,9 @@ type poller[K, V any] struct {
 	// sourcePaused is what the source was told: reconcile brings it to
 	// what paused, holding and steered ask for.
 	sourcePaused map[pipeline.TopicPartition]bool
-	pauseDirty   bool // paused, holding, steered or the assignment changed since the last reconcile
-	holding      bool // by the user (Parallafka.Pause) or while the source's membership is in doubt: dispatching stops too
-	inDoubt      bool // the source cannot tell whether the group still assigns it its partitions
+	pauseDirty   bool                        // paused, holding, steered or the assignment changed since the last reconcile
+	holding      bool                        // by the user (Parallafka.Pause) or while the source's membership is in doubt: dispatching stops too
+	inDoubt      bool                        // the source cannot tell whether the group still assigns it its partitions
 	membership   pipeline.ConnectivitySource // nil: the source does not know
 	hooks        Hooks
 	obs          observer
