@@ -24,7 +24,9 @@ const (
 	HealthStalled
 	// HealthBrokerUnreachable: the source reaches no broker (package
 	// kafka's Source says so after librdkafka reported all brokers down,
-	// until it hears from one again).
+	// until it hears from one again, and while partitions were assigned,
+	// until the group coordinator confirmed them: no handler starts
+	// meanwhile).
 	HealthBrokerUnreachable
 	// HealthStopping: a shutdown began.
 	HealthStopping

@@ -45,7 +45,8 @@ type Source[K, V any] struct {
 
 	startup startup // fail-fast detection until a broker answered
 	// down is librdkafka's "all brokers down" error, until a message or an
-	// assignment shows a broker reachable again (Unreachable).
+	// assignment shows a broker reachable again, or the doubt it started
+	// ends (Unreachable).
 	down atomic.Pointer[error]
 	// doubt: this member's assignment is in doubt since every broker was
 	// down (see membership.go); probing, probeDone and nextProbe are
@@ -237,8 +238,8 @@ func (s *Source[K, V]) Poll(timeout time.Duration) (*pipeline.Message[K, V], err
 		case *ckafka.Message:
 			if e.TopicPartition.Error == nil {
 				s.startup.answered = true
-				if s.down.Load() != nil {
-					s.down.Store(nil)
+				if s.down.Load() != nil && !s.doubt.Load() {
+					s.down.Store(nil) // else confirm clears it
 				}
 				return s.message(e), nil
 			}
@@ -576,7 +577,9 @@ func (s *Source[K, V]) Resume(partitions []pipeline.TopicPartition) error {
 
 // Unreachable returns librdkafka's "all brokers down" error from the time
 // the consumer reported it until a message arrives or a rebalance assigns
-// partitions (a broker answered); nil otherwise. It is safe to call from
+// partitions (a broker answered), or, if partitions were assigned, until
+// the group coordinator confirmed the assignment (see MembershipInDoubt);
+// nil otherwise. It is safe to call from
 // any goroutine (Parallafka's Health does).
 func (s *Source[K, V]) Unreachable() error {
 	if err := s.down.Load(); err != nil {
