@@ -100,48 +100,6 @@ func TestNoCommitBeforeAnythingFinished(t *testing.T) {
 	require.NoError(t, err)
 }
 
-// Pause stops dispatching and fetching while polling goes on; Resume goes on
-// where it stopped. Stats show it.
-func TestPauseAndResume(t *testing.T) {
-	src := memsource.New[string, int]()
-	produce(src, 2, 200, func(i int) int { return i % 7 })
-	p, err := parallafka.New(src, parallafka.WithLogger(quiet), parallafka.WithMaxInFlight(20))
-	require.NoError(t, err)
-	var handled atomic.Int64
-	gate := make(chan struct{}, 1000)
-	stop, _ := start(p, func(ctx context.Context, m *parallafka.Message[string, int]) error {
-		<-gate
-		handled.Add(1)
-		return nil
-	})
-	for range 50 {
-		gate <- struct{}{}
-	}
-	eventually(t, func() bool { return handled.Load() == 50 })
-	p.Pause()
-	eventually(t, func() bool {
-		s := p.Stats()
-		return s.UserPaused && len(s.Paused) == 2 && src.Paused(tp(0)) && src.Paused(tp(1))
-	})
-	for range 150 {
-		gate <- struct{}{}
-	}
-	// What was dispatched before the pause may finish; nothing more starts.
-	time.Sleep(100 * time.Millisecond)
-	atPause := handled.Load()
-	time.Sleep(200 * time.Millisecond)
-	assert.Equal(t, atPause, handled.Load(), "nothing dispatched while paused")
-	assert.Less(t, atPause, int64(200))
-	p.Resume()
-	eventually(t, func() bool { return handled.Load() == 200 })
-	assert.False(t, p.Stats().UserPaused)
-	assert.False(t, src.Paused(tp(0)))
-	err, _ = stop()
-	require.NoError(t, err)
-	assert.Equal(t, src.Len(tp(0)), src.Committed(tp(0)))
-	assert.Equal(t, src.Len(tp(1)), src.Committed(tp(1)))
-}
-
 // The rebalance hooks run after the pipeline acted: OnRevoked sees the
 // revoked partition's final offset committed already.
 func TestRebalanceHooks(t *testing.T) {
@@ -232,42 +190,59 @@ type doubtingSource struct {
 func (s *doubtingSource) Unreachable() error      { return nil }
 func (s *doubtingSource) MembershipInDoubt() bool { return s.doubt.Load() }
 
-// While the source's membership is in doubt no handler starts (the group
-// may have given the partitions to another member); the handlers running
-// finish, and dispatching goes on once the doubt ends. Parallafka.Pause
-// is not touched by it.
-func TestMembershipInDoubtHoldsDispatch(t *testing.T) {
-	src := &doubtingSource{Source: memsource.New[string, int]()}
-	produce(src.Source, 2, 200, func(i int) int { return i % 7 })
-	p, err := parallafka.New[string, int](src, parallafka.WithLogger(quiet), parallafka.WithMaxInFlight(20))
-	require.NoError(t, err)
-	var handled atomic.Int64
-	gate := make(chan struct{}, 1000)
-	stop, _ := start(p, func(ctx context.Context, m *parallafka.Message[string, int]) error {
-		<-gate
-		handled.Add(1)
-		return nil
-	})
-	for range 50 {
-		gate <- struct{}{}
+// Pause stops dispatching and fetching while polling goes on; Resume goes on
+// where it stopped. Stats show it. A source whose membership is in doubt
+// (the group may have given its partitions to another member) holds the
+// same way until the doubt ends, without touching Pause.
+func TestPauseAndResume(t *testing.T) {
+	for _, hold := range []string{"Pause", "membership in doubt"} {
+		t.Run(hold, func(t *testing.T) {
+			src := &doubtingSource{Source: memsource.New[string, int]()}
+			produce(src.Source, 2, 200, func(i int) int { return i % 7 })
+			p, err := parallafka.New[string, int](src, parallafka.WithLogger(quiet), parallafka.WithMaxInFlight(20))
+			require.NoError(t, err)
+			var handled atomic.Int64
+			gate := make(chan struct{}, 1000)
+			stop, _ := start(p, func(ctx context.Context, m *parallafka.Message[string, int]) error {
+				<-gate
+				handled.Add(1)
+				return nil
+			})
+			for range 50 {
+				gate <- struct{}{}
+			}
+			eventually(t, func() bool { return handled.Load() == 50 })
+			byUser := hold == "Pause"
+			if byUser {
+				p.Pause()
+			} else {
+				src.doubt.Store(true)
+			}
+			eventually(t, func() bool {
+				s := p.Stats()
+				return s.UserPaused == byUser && len(s.Paused) == 2 && src.Paused(tp(0)) && src.Paused(tp(1))
+			})
+			for range 150 {
+				gate <- struct{}{}
+			}
+			// What was dispatched before the hold may finish; nothing more starts.
+			time.Sleep(100 * time.Millisecond)
+			atHold := handled.Load()
+			time.Sleep(200 * time.Millisecond)
+			assert.Equal(t, atHold, handled.Load(), "nothing dispatched while held")
+			assert.Less(t, atHold, int64(200))
+			if byUser {
+				p.Resume()
+			} else {
+				src.doubt.Store(false)
+			}
+			eventually(t, func() bool { return handled.Load() == 200 })
+			assert.False(t, p.Stats().UserPaused)
+			assert.False(t, src.Paused(tp(0)))
+			err, _ = stop()
+			require.NoError(t, err)
+			assert.Equal(t, src.Len(tp(0)), src.Committed(tp(0)))
+			assert.Equal(t, src.Len(tp(1)), src.Committed(tp(1)))
+		})
 	}
-	eventually(t, func() bool { return handled.Load() == 50 })
-	src.doubt.Store(true)
-	eventually(t, func() bool { return src.Paused(tp(0)) && src.Paused(tp(1)) })
-	for range 150 {
-		gate <- struct{}{}
-	}
-	time.Sleep(100 * time.Millisecond)
-	atDoubt := handled.Load()
-	time.Sleep(200 * time.Millisecond)
-	assert.Equal(t, atDoubt, handled.Load(), "nothing dispatched while the membership is in doubt")
-	assert.Less(t, atDoubt, int64(200))
-	assert.False(t, p.Stats().UserPaused, "not a user pause")
-	src.doubt.Store(false)
-	eventually(t, func() bool { return handled.Load() == 200 })
-	assert.False(t, src.Paused(tp(0)))
-	err, _ = stop()
-	require.NoError(t, err)
-	assert.Equal(t, src.Len(tp(0)), src.Committed(tp(0)))
-	assert.Equal(t, src.Len(tp(1)), src.Committed(tp(1)))
 }

@@ -182,12 +182,7 @@ func (s *Source[K, V]) Commit(ctx context.Context, offsets []pipeline.Offset) er
 		}
 	}
 	if len(send) > 0 {
-		// Registered under the lock that disown takes, so that a lost
-		// assignment either sees this flight or its partitions are not
-		// assigned any more here.
-		f = &commitFlight{done: make(chan struct{}), sent: send}
-		s.flight = f
-		s.flights.Add(1)
+		f = s.takeOff(send)
 	}
 	s.mu.Unlock()
 	if f == nil {
@@ -229,6 +224,17 @@ type commitFlight struct {
 	sent []pipeline.Offset
 	done chan struct{} // closed when res is set
 	res  CommitError
+}
+
+// takeOff registers the commit of send as the one in flight, under s.mu
+// (the lock that disown takes, so that a lost assignment either sees the
+// flight or its partitions are not assigned any more here). The caller
+// holds the commit slot and starts runCommit.
+func (s *Source[K, V]) takeOff(send []pipeline.Offset) *commitFlight {
+	f := &commitFlight{done: make(chan struct{}), sent: send}
+	s.flight = f
+	s.flights.Add(1)
+	return f
 }
 
 // runCommit carries f out, on a goroutine of its own so that Commit can

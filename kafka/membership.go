@@ -130,11 +130,7 @@ func (s *Source[K, V]) probe() {
 	}
 	var f *commitFlight
 	if len(send) > 0 {
-		// A commit in flight like any other: a lost assignment waits
-		// for it (see Commit).
-		f = &commitFlight{done: make(chan struct{}), sent: send}
-		s.flight = f
-		s.flights.Add(1)
+		f = s.takeOff(send) // a lost assignment waits for it (see Commit)
 	}
 	s.mu.Unlock()
 	if f == nil {
