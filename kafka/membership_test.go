@@ -48,25 +48,34 @@ func cutOff(c *testCluster, group string, down, fenced *atomic.Bool, commits *at
 	})
 }
 
+// committedMember starts a member of a new group on a one-partition topic
+// of two records, with a session long enough to outlast the tests' cut-offs,
+// and commits offset 1 with metadata.
+func committedMember(t *testing.T, metadata string) (c *testCluster, m *member, topic, group string) {
+	t.Helper()
+	c = newTestCluster(t)
+	topic = c.topic(t, 1)
+	c.produce(t, record(topic, 0, "k", "v"), record(topic, 0, "k", "w"))
+	group = groupName(t)
+	cfg := c.config(group, "range")
+	_ = cfg.SetKey("session.timeout.ms", 30000)
+	_ = cfg.SetKey("reconnect.backoff.max.ms", 200)
+	m = startMember(t, "m1", cfg, topic)
+	waitFor(t, 30*time.Second, "the messages", func() bool { return m.count(nil) == 2 })
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	off := pipeline.Offset{TopicPartition: pipeline.TopicPartition{Topic: topic, Partition: 0}, Offset: 1, Metadata: metadata}
+	require.NoError(t, m.src.Commit(ctx, []pipeline.Offset{off}))
+	return c, m, topic, group
+}
+
 // When librdkafka reports every broker down while partitions are assigned,
 // the Source's membership is in doubt; once the brokers are back, its probe
 // commits the group's committed offset again, unchanged, and the
 // coordinator's accepting it ends the doubt (before the session timed out,
 // so no rebalance ends it).
 func TestMembershipInDoubtUntilACommitIsAccepted(t *testing.T) {
-	c := newTestCluster(t)
-	topic := c.topic(t, 1)
-	c.produce(t, record(topic, 0, "k", "v"), record(topic, 0, "k", "w"))
-	group := groupName(t)
-	cfg := c.config(group, "range")
-	_ = cfg.SetKey("session.timeout.ms", 30000)
-	_ = cfg.SetKey("reconnect.backoff.max.ms", 200)
-	m := startMember(t, "m1", cfg, topic)
-	waitFor(t, 30*time.Second, "the messages", func() bool { return m.count(nil) == 2 })
-	off := pipeline.Offset{TopicPartition: pipeline.TopicPartition{Topic: topic, Partition: 0}, Offset: 1, Metadata: "kept"}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	require.NoError(t, m.src.Commit(ctx, []pipeline.Offset{off}))
+	c, m, topic, group := committedMember(t, "kept")
 	require.False(t, m.src.MembershipInDoubt())
 
 	var down, fenced atomic.Bool
@@ -96,18 +105,7 @@ func TestMembershipInDoubtUntilACommitIsAccepted(t *testing.T) {
 // cut off) does not end the doubt by itself: librdkafka then gives the
 // partitions up as lost, and that ends it, with nothing assigned.
 func TestMembershipProbeRefusedEndsInALostAssignment(t *testing.T) {
-	c := newTestCluster(t)
-	topic := c.topic(t, 1)
-	c.produce(t, record(topic, 0, "k", "v"))
-	group := groupName(t)
-	cfg := c.config(group, "range")
-	_ = cfg.SetKey("session.timeout.ms", 30000)
-	_ = cfg.SetKey("reconnect.backoff.max.ms", 200)
-	m := startMember(t, "m1", cfg, topic)
-	waitFor(t, 30*time.Second, "the message", func() bool { return m.count(nil) == 1 })
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	require.NoError(t, m.src.Commit(ctx, []pipeline.Offset{{TopicPartition: pipeline.TopicPartition{Topic: topic, Partition: 0}, Offset: 1}}))
+	c, m, topic, group := committedMember(t, "")
 
 	var down, fenced atomic.Bool
 	var commits atomic.Int32
