@@ -580,6 +580,47 @@ func TestBackPressureWithFastHandlersBoundsInFlight(t *testing.T) {
 	t.Logf("pauses with fast handlers: %d", p.Stats().Pauses)
 }
 
+// While the handlers are quick the poller keeps the window small (4,096
+// messages with 4 handlers, not the 20,000 allowed); slow handlers get the
+// whole window back.
+func TestQuickHandlersKeepTheWindowSmall(t *testing.T) {
+	src := memsource.New[string, int]()
+	const n = 80000
+	produce(src, 4, n, func(i int) int { return i % 500 })
+	var peak, handled atomic.Int64
+	var slow atomic.Bool
+	p, err := parallafka.New(src, parallafka.WithLogger(quiet), parallafka.WithMaxConcurrency(4))
+	require.NoError(t, err)
+	h := func(ctx context.Context, m *parallafka.Message[string, int]) error {
+		// The first fill of the window comes before any handler ran; count
+		// from the second one on.
+		if handled.Add(1) > 30000 && !slow.Load() {
+			if in := p.Stats().InFlight; in > peak.Load() {
+				peak.Store(in)
+			}
+		}
+		if handled.Load() == 50000 {
+			slow.Store(true)
+		}
+		if slow.Load() {
+			time.Sleep(50 * time.Microsecond)
+		}
+		return nil
+	}
+	var slowPeak atomic.Int64
+	require.NoError(t, consumeUntil(t, p, h, func() bool {
+		if slow.Load() {
+			if in := p.Stats().InFlight; in > slowPeak.Load() {
+				slowPeak.Store(in)
+			}
+		}
+		return handled.Load() == n
+	}))
+	assert.LessOrEqual(t, peak.Load(), int64(4096), "quick handlers: the window stays at 4,096")
+	assert.Greater(t, slowPeak.Load(), int64(4096), "slow handlers: the whole window")
+	t.Logf("peak in flight: %d with quick handlers, %d with slow ones", peak.Load(), slowPeak.Load())
+}
+
 func TestFailingCommitsAreRetriedWithoutBlockingHandling(t *testing.T) {
 	src := memsource.New[string, int]()
 	produce(src, 1, 100, func(i int) int { return i })

@@ -116,6 +116,8 @@ type coordinator[K, V any] struct {
 	loops       int // coordinator turns, to look at the clock now and then
 	queued      int
 	quick       int      // handlers in a row that took less than quickHandler, up to quickRun
+	slow        int      // and that took longer, up to quickRun
+	quickWindow bool     // the poller keeps a small window (quickRun quick handlers in a row, until quickRun slow ones)
 	limiter     *limiter // adaptive concurrency; nil: concurrency handlers, fixed
 	onLimit     func(limit int)
 	holding     bool // the user paused the pipeline: nothing is dispatched
@@ -317,7 +319,7 @@ func (c *coordinator[K, V]) publish() {
 				s.low = append(s.low, tp)
 			}
 		}
-		s.starving = c.starving
+		s.starving, s.quick = c.starving, c.quickWindow && c.criticals == 0
 		select {
 		case c.steer <- s:
 			c.surplusDirty = false
@@ -654,8 +656,17 @@ const (
 func (c *coordinator[K, V]) handlerTook(quick bool) {
 	if !quick {
 		c.quick = 0
-	} else if c.quick < quickRun {
-		c.quick++
+		c.slow = min(c.slow+1, quickRun)
+	} else {
+		c.quick = min(c.quick+1, quickRun)
+		c.slow = 0
+	}
+	// The poller's window follows (steering.quick), with hysteresis: one
+	// slow call (a GC pause, a busy machine) does not give back the whole
+	// window, a run of them does.
+	if c.quickWindow && c.slow >= quickRun || !c.quickWindow && c.quick >= quickRun {
+		c.quickWindow = !c.quickWindow
+		c.surplusDirty = true
 	}
 }
 

@@ -212,6 +212,9 @@ func newFlow[K, V any](cfg *Config[K, V], stats *Stats, life *lifecycle) *flow[K
 	} else {
 		f.coordinator.batch = BatchLimits{}
 	}
+	if cfg.Ordering == OrderByKey && !f.coordinator.batching() {
+		f.poller.quickWindow = min(cfg.MaxInFlight, max(minQuickWindow, quickWindowPerHandler*cfg.Concurrency))
+	}
 	f.committer = &committer[K, V]{
 		source: cfg.Source, log: cfg.Logger, stats: stats,
 		interval: cfg.CommitInterval, timeout: cfg.RevokeTimeout,
@@ -492,6 +495,7 @@ type (
 		over     []pipeline.TopicPartition // pause these while a low one has messages to read
 		low      []pipeline.TopicPartition // below a quarter of their share of the window
 		starving bool                      // the pause is for a key chain short of messages
+		quick    bool                      // the handlers are quick: the poller keeps the window to quickWindow
 	}
 	// room is what the coordinator freed of the in-flight window since it
 	// last told the poller.

@@ -43,7 +43,8 @@ import "time"
 //
 // Quick handlers (see handlerTook) turn starving off: their chains drain
 // in microseconds and the consumer is bound by polling, which pausing
-// would slow down.
+// would slow down. In key order they also shrink the poller's window
+// (steering.quick, see minQuickWindow) while no claim is critical.
 
 const (
 	minChain = 16          // a shorter queue is no chain worth steering for
