@@ -139,6 +139,7 @@ type coordinator[K, V any] struct {
 // coordinatorEdges are the coordinator's channels, in the order of the flow.
 type coordinatorEdges[K, V any] struct {
 	polled     <-chan pollCycle[K, V]         // from the poller: every poll cycle's messages
+	spent      chan<- pollCycle[K, V]         // to the poller: cycles tracked, their slices for the next ones
 	routable   <-chan *pipeline.Message[K, V] // from the AfterPoll stages; nil without them: polled messages are routed at once
 	dispatch   chan<- job[K, V]               // to the handler pool
 	handlerEnd <-chan handlerEnded[K, V]      // from the handler pool, once per handler that ended; nil without AfterHandle stages (released tells)
@@ -214,6 +215,9 @@ func (c *coordinator[K, V]) run(ctx context.Context) error {
 				continue
 			}
 			c.track(cycle, routable == nil)
+			if routable == nil { // with AfterPoll stages the poller still reads the cycle
+				c.recycle(cycle)
+			}
 		case msg, ok := <-routable:
 			if !ok {
 				routable = nil
@@ -380,6 +384,19 @@ func (c *coordinator[K, V]) dispatchLimit() int {
 		return 2 * c.concurrency
 	}
 	return c.concurrency
+}
+
+// recycle hands a tracked cycle's slices back to the poller, emptied, so
+// that a poll cycle allocates nothing in steady state.
+func (c *coordinator[K, V]) recycle(cycle pollCycle[K, V]) {
+	if c.spent == nil {
+		return
+	}
+	clear(cycle.msgs)
+	select {
+	case c.spent <- pollCycle[K, V]{msgs: cycle.msgs[:0], sizes: cycle.sizes[:0]}:
+	default: // the poller has enough
+	}
 }
 
 // track adds a poll cycle's messages to their claims' windows: from now on

@@ -141,7 +141,7 @@ type flow[K, V any] struct {
 // order of the flow:
 //
 //	poll ─polled─▶ coordinator ─dispatch─▶ handler pool ─▶ ack collector ─released─▶ coordinator
-//	  │  ◀──room──┘   ▲  ▲ offsets/final/commitNow (with user stages: poll ─▶ AfterPoll ─routable─▶ coordinator,
+//	  │  ◀─room, spent─┘ ▲ offsets/final/commitNow (with user stages: poll ─▶ AfterPoll ─routable─▶ coordinator,
 //	  └─rebalances────┘  └────────── committer     handler pool ─▶ AfterHandle ─▶ ack collector, handlerEnd)
 //
 // In batch mode (cfg.BatchHandler) the coordinator dispatches batches to
@@ -153,6 +153,7 @@ type flow[K, V any] struct {
 func newFlow[K, V any](cfg *Config[K, V], stats *Stats, life *lifecycle) *flow[K, V] {
 	var (
 		polled     = make(chan pollCycle[K, V], 4)
+		spent      = make(chan pollCycle[K, V], 4)
 		room       = make(chan room, 1)
 		dispatch   = make(chan job[K, V], 2*cfg.Concurrency)
 		released   = make(chan completion[K, V], 2*cfg.Concurrency)
@@ -170,7 +171,7 @@ func newFlow[K, V any](cfg *Config[K, V], stats *Stats, life *lifecycle) *flow[K
 	obs := observer{o: cfg.Observer, log: cfg.Logger}
 	f.poller = &poller[K, V]{
 		pollerEdges: pollerEdges[K, V]{
-			polled: polled, room: room, steer: steer, rebalances: rebalances, commits: commits,
+			polled: polled, spent: spent, room: room, steer: steer, rebalances: rebalances, commits: commits,
 			coordDone: coordDone, commitDone: commitDone, draining: life.draining,
 		},
 		source: cfg.Source, log: cfg.Logger, stats: stats, maxInFlight: cfg.MaxInFlight, maxBytes: cfg.MaxInFlightBytes,
@@ -179,7 +180,7 @@ func newFlow[K, V any](cfg *Config[K, V], stats *Stats, life *lifecycle) *flow[K
 	}
 	f.coordinator = &coordinator[K, V]{
 		coordinatorEdges: coordinatorEdges[K, V]{
-			polled: polled, dispatch: dispatch, released: released, room: room,
+			polled: polled, spent: spent, dispatch: dispatch, released: released, room: room,
 			rebalances: rebalances, offsets: offsets, final: final, queries: queries,
 			commitNow: commitNow, steer: steer, drainingCh: life.draining,
 		},

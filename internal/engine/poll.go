@@ -81,6 +81,7 @@ type poller[K, V any] struct {
 // pollerEdges are the poller's channels.
 type pollerEdges[K, V any] struct {
 	polled     chan<- pollCycle[K, V]         // to the coordinator
+	spent      <-chan pollCycle[K, V]         // from the coordinator: tracked cycles, their slices empty, for reuse
 	staged     chan<- *pipeline.Message[K, V] // into the AfterPoll stages; nil without them
 	room       <-chan room                    // from the coordinator: slots and bytes freed
 	steer      <-chan steering                // from the coordinator: partitions to pause
@@ -180,9 +181,14 @@ func (p *poller[K, V]) flush(ctx context.Context) bool {
 		return true
 	}
 	batch := p.batch
-	size := min(maxBatch, max(p.credit, 16))
 	cycle := pollCycle[K, V]{msgs: batch, sizes: p.sizes}
-	p.batch, p.sizes = make([]*pipeline.Message[K, V], 0, size), make([]int32, 0, size)
+	select {
+	case reuse := <-p.spent:
+		p.batch, p.sizes = reuse.msgs, reuse.sizes
+	default:
+		size := min(maxBatch, max(p.credit, 16))
+		p.batch, p.sizes = make([]*pipeline.Message[K, V], 0, size), make([]int32, 0, size)
+	}
 	p.stats.Polled.Add(int64(len(batch)))
 	if p.obs.on() {
 		for _, msg := range batch {
