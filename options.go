@@ -179,12 +179,12 @@ func WithMaxConcurrency(n int) Option {
 // the same time adapt, between min and max, to what the handlers show, for
 // handlers that call a shared downstream (a database, a service) whose
 // capacity is unknown or changes. It starts at min. Every window of 100 ms
-// (and at least 10 handler calls) it compares the window's median handler
-// latency with the lowest seen lately:
+// (and at least 10 handler calls) it compares the window's 95th percentile
+// handler latency with the lowest seen lately:
 //
 //   - flat latency: the limit grows (doubling until the first sign of a
 //     queue, then by √limit/2 a window);
-//   - latency more than 30 % above the lowest: calls queue downstream, and
+//   - latency more than 20 % above the lowest: calls queue downstream, and
 //     the limit shrinks in proportion (at most by a quarter a window);
 //   - a failed call (an error or a panic: a timeout returned as an error, a
 //     downstream shedding load) counts as overload: the limit is cut by
@@ -192,8 +192,8 @@ func WithMaxConcurrency(n int) Option {
 //
 // The limit does not grow while fewer than half of the allowed handlers
 // are busy (key order or the backlog, not the limit, is the bound then).
-// Every 2.5 s a 100 ms window runs at half the limit to measure the
-// latency without a queue afresh. A retried attempt is a call like any
+// Every 2.5 s a 100 ms window runs at three quarters of the limit to
+// measure the latency without a queue afresh. A retried attempt is a call like any
 // other; a call cut short by a hard stop or a revoke timeout is no sample.
 // Errors that do not come from load (a message the handler refuses) lower
 // the limit too, and so does latency the handler has for reasons of its

@@ -204,11 +204,12 @@ func TestSinkBound(t *testing.T) {
 // TestDownstreamModel: the service serves capacity calls at a time, the
 // rest wait their turn, and with a fail factor it sheds calls beyond it.
 func TestDownstreamModel(t *testing.T) {
-	h, err := parseHandler("downstream:cap=2,base=20ms,fail=2")
-	if err != nil || h.capacity != 2 || h.min != 20*time.Millisecond || h.fail != 2 {
+	h, err := parseHandler("downstream:cap=2,base=20ms,fail=2,wait=timer")
+	if err != nil || h.capacity != 2 || h.min != 20*time.Millisecond || h.fail != 2 || !h.timer {
 		t.Fatalf("parsed %+v, %v", h, err)
 	}
-	// In a synctest bubble the calls arrive at 0, 1, ... 5 ms exactly.
+	// In a synctest bubble the calls arrive at 0, 1, ... 5 ms exactly (the
+	// handlers sleep: a timerfd's kernel timer is outside the bubble).
 	synctest.Test(t, func(t *testing.T) {
 		d := newDownstream(h)
 		imposed := make(chan time.Duration, 6)
@@ -236,7 +237,7 @@ func TestDownstreamModel(t *testing.T) {
 			t.Errorf("imposed %v, want %v", got, want)
 		}
 	})
-	for _, bad := range []string{"downstream:cap=0,base=1ms", "downstream:base=1ms", "downstream:cap=2,base=1ms,fail=0.5", "downstream:cap=2,base=1ms,x=1"} {
+	for _, bad := range []string{"downstream:cap=0,base=1ms", "downstream:base=1ms", "downstream:cap=2,base=1ms,fail=0.5", "downstream:cap=2,base=1ms,x=1", "downstream:cap=2,base=1ms,wait=poll"} {
 		if _, err := parseHandler(bad); err == nil {
 			t.Errorf("%s: no error", bad)
 		}
@@ -288,4 +289,27 @@ func TestHarnessDownstream(t *testing.T) {
 			t.Errorf("%s: %v", f, err)
 		}
 	}
+}
+
+// By default a handler waits for its call's end on a timerfd (fdWait):
+// never before the end, and woken soon after it (the bound is generous:
+// the machine may be busy).
+func TestDownstreamWaitsOnATimerfd(t *testing.T) {
+	h, err := parseHandler("downstream:cap=4,base=3ms")
+	if err != nil || h.timer {
+		t.Fatalf("parsed %+v, %v", h, err)
+	}
+	d := newDownstream(h)
+	for range 20 {
+		start := time.Now()
+		lat, err := d.call()
+		took := time.Since(start)
+		if err != nil || lat != 3*time.Millisecond {
+			t.Fatalf("call: %v, %v", lat, err)
+		}
+		if took < 3*time.Millisecond || took > time.Second {
+			t.Fatalf("the call took %v, want 3 ms or a little more", took)
+		}
+	}
+	fdWait(time.Now().Add(-time.Millisecond)) // an end past: at once
 }

@@ -6,6 +6,7 @@ require (
 	github.com/confluentinc/confluent-kafka-go/v2 v2.11.1
 	github.com/parallafka/parallafka v0.0.0
 	go.uber.org/goleak v1.3.0
+	golang.org/x/sys v0.25.0
 	gonum.org/v1/plot v0.17.0
 )
 

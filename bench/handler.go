@@ -34,6 +34,7 @@ type handlerSpec struct {
 	perMsg   time.Duration // sink: per message
 	capacity int           // downstream
 	fail     float64       // downstream; 0: never fails
+	timer    bool          // downstream: handlers wait with time.Sleep, not on a timerfd
 }
 
 func parseHandler(s string) (handlerSpec, error) {

@@ -13,7 +13,8 @@ import (
 // of GradientLimit (the no-load latency over the current one, kept in
 // [0.5, 1], scales the limit; its increase of √limit while latency is
 // flat), the time windows of WindowedLimit (one update per window, not
-// per call), the tolerance of Gradient2Limit (latency a little above the
+// per call) read at a percentile as its PercentileSampleWindow does, the
+// tolerance of Gradient2Limit (latency a little above the
 // lowest is not yet queueing), the "app limited" rule of Gradient2Limit
 // and VegasLimit (no growth while under half of the limit is in use) and
 // AIMDLimit's multiplicative decrease on a drop. It has one owner, the
@@ -21,16 +22,18 @@ import (
 // ended), so that tests drive it with made-up times.
 //
 // Samples are gathered into windows of at least minWindowTime and
-// minWindow calls. At the end of a window, with rtt its median latency of
-// successful calls and noLoad the lowest such median of this epoch and
-// the last (see the probe below):
+// minWindow calls. At the end of a window, with rtt its 95th percentile
+// latency of successful calls (latencyQuantile) and noLoad the lowest such
+// percentile of this epoch and the last (see the probe below):
 //
 //   - gradient = tolerance × noLoad / rtt, kept in [0.5, 1]. Below 1,
 //     calls queue downstream (latency grows with the excess): the limit
 //     shrinks by smoothing × (1 − gradient), so at most by a quarter a
 //     window. At 1 it grows: while rtt is within 5 % of noLoad (no queue)
 //     it doubles until the first window that queued or failed (TCP's slow
-//     start), then grows by √limit/2; above 5 % by 1 (Vegas's cautious
+//     start, with windows of two rounds of calls: that window takes the
+//     limit back by a quarter, at least to the last one that did not
+//     queue), then grows by √limit/2; above 5 % by 1 (Vegas's cautious
 //     increase near the knee); and not at all while fewer than half of
 //     the allowed handlers were busy (key order or the backlog, not the
 //     limit, bounded them: no evidence that more would help).
@@ -41,19 +44,25 @@ import (
 //     A window ends early once a round of calls (the limit, at least
 //     minWindow) failed: shed calls come back fast, as retries.
 //
-// Every noLoadEpoch windows (about 2.5 s) a probe window runs at half the
-// limit: its median is the latency without a queue, which starts the next
+// Every noLoadEpoch windows (about 2.5 s) a probe window runs at
+// probeFactor of the limit: its latency is the one without a queue, which starts the next
 // epoch's lowest (as TCP BBR's ProbeRTT state does). So a downstream or a
 // machine that became slower for good is learnt as the new normal within
 // two epochs instead of being taken for overload for ever, and a limit
 // that sits a little above the capacity (within the tolerance) cannot
-// creep up by learning its own queue as normal. A probe costs about 2 %
+// creep up by learning its own queue as normal. A probe costs about 1 %
 // of the throughput.
 //
-// The median, over a window of a tenth of a second, keeps the short
-// pauses of a busy machine (or a GC) from reading as queueing; failed
-// calls' latencies are left out (a downstream that sheds answers at once,
-// which would make the lowest latency meaningless).
+// The 95th percentile is what the limit keeps low: a queue in the
+// downstream shows in the slowest calls first (the median moves only once
+// most calls wait, when the tail is long already), and the tail is what a
+// user bounds. Measured in bench/README.md: going by the median the limit
+// sat well above the capacity (handler p99 1.9-2.0 × the no-load
+// latency); by the 99th percentile it kept the p99 lower but read every
+// hiccup of a busy process (a GC, librdkafka's threads) as a queue and
+// lost up to 29 % of the throughput on Apache Kafka. Failed calls'
+// latencies are left out (a downstream that sheds answers at once, which
+// would make the lowest latency meaningless).
 type limiter struct {
 	min, max int
 	limit    float64
@@ -66,14 +75,15 @@ type limiter struct {
 	busiest   int             // most handlers running when one of its calls ended
 	seen      uint64          // successful calls, for the reservoir sample
 
-	// The lowest window median latency: in this epoch, and the last one.
-	// Each epoch begins with a probe: a window at half the limit, which
+	// The lowest window latency (at latencyQuantile): in this epoch, and the last one.
+	// Each epoch begins with a probe: a window at probeFactor of the limit, which
 	// measures the latency without a queue.
 	noLoad, noLoadPrev time.Duration
 	windows            int           // in this epoch
 	probing            bool          // this window is a probe
 	congested          bool          // a window queued or failed once: slow start is over
-	lastRTT            time.Duration // the last window's median, for the log
+	lastFlat           float64       // slow start: the limit of the last window without a queue
+	lastRTT            time.Duration // the last window's latency (at latencyQuantile), for the log
 }
 
 const (
@@ -82,15 +92,20 @@ const (
 	maxSamples    = 1024 // latencies kept per window: a uniform sample of them beyond
 	backoff       = 0.9  // the limit's factor, at most, after a window with failures (AIMDLimit's default)
 	minGradient   = 0.5  // GradientLimit's clamp
-	// tolerance: a median latency up to tolerance × the lowest is not yet
-	// queueing. Part of a handler's latency is its own wake-up and the
-	// pipeline's hand-off, during which the downstream has nothing to do:
-	// a small queue there keeps it busy (measured in bench/README.md: 1.2
-	// kept throughput under 0.9 of the best fixed concurrency).
-	tolerance   = 1.3
-	flat        = 1.05 // a median latency up to flat × the lowest: no queue, grow fast
+	// latencyQuantile is the percentile of a window's latencies the limit
+	// goes by.
+	latencyQuantile = 0.95
+	// tolerance: a latency up to tolerance × the lowest is not yet
+	// queueing: a window's slowest calls vary with the machine's load (a
+	// handler's wake-up, a GC) without any queue (bench/README.md).
+	tolerance   = 1.2
+	flat        = 1.05 // a latency up to flat × the lowest: no queue, grow fast
 	smoothing   = 0.5  // the share of a latency decrease applied per window
 	noLoadEpoch = 25   // windows
+	// probeFactor is the share of the limit a probe window runs at: below
+	// the capacity even when the limit sits at the tolerance above it
+	// (0.75 × 1.2 < 1), so its latency is the no-load one.
+	probeFactor = 0.75
 )
 
 // newLimiter returns a limiter that starts at min.
@@ -102,7 +117,7 @@ func newLimiter(min, max int) *limiter {
 func (l *limiter) current() int {
 	limit := l.limit
 	if l.probing {
-		limit /= 2
+		limit *= probeFactor
 	}
 	return min(l.max, max(l.min, int(limit)))
 }
@@ -123,8 +138,12 @@ func (l *limiter) sample(ended time.Time, took time.Duration, failed bool, runni
 	}
 	// A window ends after minWindowTime, or at once when a round of calls
 	// failed: a downstream shedding load fails calls faster than it
-	// serves them, and every one of them is a retry to come.
-	if l.calls < minWindow || ended.Sub(l.began) < minWindowTime && l.failures < max(minWindow, l.current()) {
+	// serves them, and every one of them is a retry to come. During slow
+	// start it ends after two rounds of calls, as TCP's slow start grows
+	// per round trip: from min to a capacity of tens in milliseconds, not
+	// in tenths of a second.
+	round := max(minWindow, l.current())
+	if l.calls < minWindow || ended.Sub(l.began) < minWindowTime && l.failures < round && (l.congested || l.calls < 2*round) {
 		return false
 	}
 	before := l.current()
@@ -156,7 +175,7 @@ func (l *limiter) update() {
 	limit := l.limit
 	if len(l.latencies) > 0 {
 		slices.Sort(l.latencies)
-		rtt := max(l.latencies[len(l.latencies)/2], 1)
+		rtt := max(l.latencies[min(len(l.latencies)-1, int(float64(len(l.latencies))*latencyQuantile))], 1)
 		l.lastRTT = rtt
 		switch {
 		case l.probing:
@@ -171,11 +190,18 @@ func (l *limiter) update() {
 			ratio := float64(rtt) / float64(l.lowestLatency())
 			gradient := max(minGradient, min(1, tolerance/ratio))
 			switch {
+			case gradient < 1 && !l.congested && l.lastFlat > 0:
+				// The first queue: slow start doubled past the capacity,
+				// at most twice it. Three quarters of it is within a
+				// quarter of the capacity; the gradient takes it from there.
+				l.congested = true
+				limit = max(l.lastFlat, 0.75*limit)
 			case gradient < 1:
 				l.congested = true
 				limit *= 1 - smoothing*(1-gradient)
 			case l.failures > 0 || 2*l.busiest < l.current():
 			case ratio <= flat && !l.congested:
+				l.lastFlat = limit
 				limit *= 2 // slow start, as TCP's: until the first sign of a queue
 			case ratio <= flat:
 				limit += math.Sqrt(limit) / 2
@@ -197,7 +223,7 @@ func (l *limiter) update() {
 	l.limit = max(float64(l.min), min(float64(l.max), limit))
 }
 
-// lowestLatency returns the lowest window median latency it goes by.
+// lowestLatency returns the lowest window latency it goes by.
 func (l *limiter) lowestLatency() time.Duration {
 	if l.noLoadPrev > 0 && (l.noLoad == 0 || l.noLoadPrev < l.noLoad) {
 		return l.noLoadPrev

@@ -163,3 +163,43 @@ func TestLimiterForgetsAnOldLowestLatency(t *testing.T) {
 	}
 	assert.Equal(t, 64, l.current())
 }
+
+// The limit goes by a window's slowest calls: a queue that makes 10 % of
+// the calls slow brings it down while the median is still flat.
+func TestLimiterGoesByTheSlowestCalls(t *testing.T) {
+	l := newLimiter(1, 200)
+	for l.current() < 64 {
+		callWindow(l, 2*time.Millisecond, 0)
+	}
+	before := l.current()
+	for i := 0; ; i++ {
+		testClock = testClock.Add(minWindowTime / minWindow)
+		took := 2 * time.Millisecond
+		if i%10 == 0 {
+			took = 4 * time.Millisecond
+		}
+		l.sample(testClock, took, false, l.current())
+		if l.calls == 0 {
+			break
+		}
+	}
+	assert.Less(t, l.current(), before)
+}
+
+// Slow start grows per two rounds of calls, not per minWindowTime, and its
+// first queue takes the limit back by a quarter (not below the last limit
+// that did not queue).
+func TestLimiterSlowStartIsQuickAndEndsAQuarterBack(t *testing.T) {
+	const base = 2 * time.Millisecond
+	l := newLimiter(1, 512)
+	began := testClock
+	for !l.congested {
+		limit := l.current()
+		for range 2 * max(minWindow, limit) {
+			testClock = testClock.Add(base / time.Duration(limit)) // limit calls per base
+			l.sample(testClock, downstreamLatency(limit, 32, base), false, limit)
+		}
+	}
+	assert.Less(t, testClock.Sub(began), minWindowTime, "slow start within a window's time")
+	assert.Equal(t, 48, l.current(), "64 queued: back by a quarter")
+}
