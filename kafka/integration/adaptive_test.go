@@ -1,13 +1,9 @@
 package integration_test
 
 import (
-	"context"
-	"sync"
 	"testing"
-	"time"
 
 	"github.com/stretchr/testify/assert"
-	"github.com/stretchr/testify/require"
 
 	"github.com/parallafka/parallafka"
 	"github.com/parallafka/parallafka/kafka/kafkatest"
@@ -27,47 +23,13 @@ func TestAdaptiveRebalance(t *testing.T) {
 }
 
 func testAdaptiveRebalance(t *testing.T, strategy string) {
-	const partitions, keys, backlog, max = 6, 60, 3000, 16
-	c := kafkatest.New(t)
-	topic := newTopic(t, c, partitions)
-	group := groupFor(t)
-	ctx := context.Background()
-
-	prod := newProducer(c, topic, keys)
-	require.NoError(t, prod.produce(ctx, backlog))
-	stopProducing := sync.OnceValue(prod.produceFor(ctx, 20, 20*time.Millisecond)) // 1,000 msg/s meanwhile
-	t.Cleanup(func() { _ = stopProducing() })
-
-	rec := newRecorder()
-	spec := func(name string) memberSpec {
-		return memberSpec{
-			name: name, group: group, topic: topic, observer: rec,
-			config:  map[string]any{"partition.assignment.strategy": strategy},
-			work:    sleepBetween(time.Millisecond, 3*time.Millisecond),
-			options: []parallafka.Option{parallafka.WithAdaptiveConcurrency(1, max), parallafka.WithMaxInFlight(500)},
-		}
-	}
-	a := startMember(t, c, spec("A"))
-	waitFor(t, waitTimeout, "A to handle 1,000 messages", func() bool { return rec.handledBy("A") >= 1000 })
-	b := startMember(t, c, spec("B"))
-	waitFor(t, waitTimeout, "B to take partitions and handle 300 messages", func() bool {
-		return len(rec.owned("B")) > 0 && rec.handledBy("B") >= 300
-	})
-	bLimit := b.p.Stats().ConcurrencyLimit
-	require.NoError(t, b.stop(t))
-	require.NoError(t, stopProducing())
-	total := prod.count()
-	waitFor(t, waitTimeout, "every message handled", func() bool { return rec.distinct() == total })
-	aLimit := a.p.Stats().ConcurrencyLimit
-	stopAll(t, a)
-
-	res := rec.check(t, prod.produced())
-	checkCommittedToEnd(t, c, group, topic)
-	assert.Zero(t, res.duplicates, "records handled again after a hand-over")
-	for _, limit := range []int{aLimit, bLimit} {
+	const max = 16
+	h := handOver(t, strategy, []parallafka.Option{parallafka.WithAdaptiveConcurrency(1, max), parallafka.WithMaxInFlight(500)},
+		func(c *kafkatest.Cluster, s memberSpec) *member { return startMember(t, c, s) })
+	for _, limit := range []int{h.aStats.ConcurrencyLimit, h.bStats.ConcurrencyLimit} {
 		assert.GreaterOrEqual(t, limit, 1)
 		assert.LessOrEqual(t, limit, max)
 	}
 	t.Logf("adaptive rebalance (%s) on the %s: %d messages; A %d (limit %d at the end), B %d (limit %d when it left); redone %d",
-		strategy, brokerKind(c), total, rec.handledBy("A"), aLimit, rec.handledBy("B"), bLimit, res.duplicates)
+		strategy, h.broker, h.total, h.rec.handledBy("A"), h.aStats.ConcurrencyLimit, h.rec.handledBy("B"), h.bStats.ConcurrencyLimit, h.redone)
 }

@@ -92,6 +92,25 @@ func TestBatchRebalance(t *testing.T) {
 }
 
 func testBatchRebalance(t *testing.T, strategy string) {
+	h := handOver(t, strategy, []parallafka.Option{parallafka.WithMaxConcurrency(3), parallafka.WithMaxBatchMessages(40),
+		parallafka.WithMaxInFlight(500)}, func(c *kafkatest.Cluster, s memberSpec) *member {
+		return startBatchMember(t, c, s, 2*time.Millisecond, 6*time.Millisecond)
+	})
+	st := h.a.p.Stats()
+	assert.Greater(t, st.MeanBatchSize, 1.0)
+	t.Logf("batch rebalance (%s) on the %s: %d messages; A %d (%d batches, mean %.1f), B %d; redone %d",
+		strategy, h.broker, h.total, h.rec.handledBy("A"), st.Batches, st.MeanBatchSize, h.rec.handledBy("B"), h.redone)
+}
+
+// handOver is the hand-over scenario of the batch and adaptive rebalance
+// tests: a topic of 6 partitions and 60 keys with a backlog of 3,000 and
+// 1,000 msg/s more while it runs; member A starts alone, B joins and
+// handles 300 messages, B leaves gracefully, A goes on to the end. It
+// checks that nothing was lost or handled twice, keys kept their order and
+// every partition was committed to its end, and returns the run.
+func handOver(t *testing.T, strategy string, options []parallafka.Option,
+	start func(*kafkatest.Cluster, memberSpec) *member) handOverRun {
+	t.Helper()
 	const partitions, keys, backlog = 6, 60, 3000
 	c := kafkatest.New(t)
 	topic := newTopic(t, c, partitions)
@@ -103,32 +122,42 @@ func testBatchRebalance(t *testing.T, strategy string) {
 	stopProducing := sync.OnceValue(prod.produceFor(ctx, 20, 20*time.Millisecond)) // 1,000 msg/s meanwhile
 	t.Cleanup(func() { _ = stopProducing() })
 
-	rec := newRecorder()
+	h := handOverRun{rec: newRecorder(), broker: brokerKind(c)}
 	spec := func(name string) memberSpec {
 		return memberSpec{
-			name: name, group: group, topic: topic, observer: rec,
-			config: map[string]any{"partition.assignment.strategy": strategy},
-			options: []parallafka.Option{parallafka.WithMaxConcurrency(3), parallafka.WithMaxBatchMessages(40),
-				parallafka.WithMaxInFlight(500)},
+			name: name, group: group, topic: topic, observer: h.rec,
+			config:  map[string]any{"partition.assignment.strategy": strategy},
+			work:    sleepBetween(time.Millisecond, 3*time.Millisecond),
+			options: options,
 		}
 	}
-	a := startBatchMember(t, c, spec("A"), 2*time.Millisecond, 6*time.Millisecond)
-	waitFor(t, waitTimeout, "A to handle 1,000 messages", func() bool { return rec.handledBy("A") >= 1000 })
-	b := startBatchMember(t, c, spec("B"), 2*time.Millisecond, 6*time.Millisecond)
+	h.a = start(c, spec("A"))
+	waitFor(t, waitTimeout, "A to handle 1,000 messages", func() bool { return h.rec.handledBy("A") >= 1000 })
+	h.b = start(c, spec("B"))
 	waitFor(t, waitTimeout, "B to take partitions and handle 300 messages", func() bool {
-		return len(rec.owned("B")) > 0 && rec.handledBy("B") >= 300
+		return len(h.rec.owned("B")) > 0 && h.rec.handledBy("B") >= 300
 	})
-	require.NoError(t, b.stop(t))
+	h.bStats = h.b.p.Stats()
+	require.NoError(t, h.b.stop(t))
 	require.NoError(t, stopProducing())
-	total := prod.count()
-	waitFor(t, waitTimeout, "every message handled", func() bool { return rec.distinct() == total })
-	stopAll(t, a)
+	h.total = prod.count()
+	waitFor(t, waitTimeout, "every message handled", func() bool { return h.rec.distinct() == h.total })
+	h.aStats = h.a.p.Stats()
+	stopAll(t, h.a)
 
-	res := rec.check(t, prod.produced())
+	res := h.rec.check(t, prod.produced())
 	checkCommittedToEnd(t, c, group, topic)
 	assert.Zero(t, res.duplicates, "records handled again after a hand-over")
-	st := a.p.Stats()
-	assert.Greater(t, st.MeanBatchSize, 1.0)
-	t.Logf("batch rebalance (%s) on the %s: %d messages; A %d (%d batches, mean %.1f), B %d; redone %d",
-		strategy, brokerKind(c), total, rec.handledBy("A"), st.Batches, st.MeanBatchSize, rec.handledBy("B"), res.duplicates)
+	h.redone = res.duplicates
+	return h
+}
+
+// handOverRun is what handOver ran: its members, their Stats as they
+// stopped, and the counts.
+type handOverRun struct {
+	rec            *recorder
+	a, b           *member
+	aStats, bStats parallafka.Stats
+	broker         string
+	total, redone  int
 }
