@@ -14,8 +14,8 @@ import (
 // [0.5, 1], scales the limit; its increase of √limit while latency is
 // flat), the time windows of WindowedLimit (one update per window, not
 // per call) read at a percentile as its PercentileSampleWindow does, the
-// tolerance of Gradient2Limit (latency a little above the
-// lowest is not yet queueing), the "app limited" rule of Gradient2Limit
+// tolerance of Gradient2Limit (latency a little above the lowest is not
+// yet queueing), the "app limited" rule of Gradient2Limit
 // and VegasLimit (no growth while under half of the limit is in use) and
 // AIMDLimit's multiplicative decrease on a drop. It has one owner, the
 // coordinator: no locks, and no clock of its own (each sample says when it
@@ -45,8 +45,8 @@ import (
 //     minWindow) failed: shed calls come back fast, as retries.
 //
 // Every noLoadEpoch windows (about 2.5 s) a probe window runs at
-// probeFactor of the limit: its latency is the one without a queue, which starts the next
-// epoch's lowest (as TCP BBR's ProbeRTT state does). So a downstream or a
+// probeFactor of the limit: its latency is the one without a queue, which
+// starts the next epoch's lowest (as TCP BBR's ProbeRTT state does). So a downstream or a
 // machine that became slower for good is learnt as the new normal within
 // two epochs instead of being taken for overload for ever, and a limit
 // that sits a little above the capacity (within the tolerance) cannot
@@ -75,9 +75,9 @@ type limiter struct {
 	busiest   int             // most handlers running when one of its calls ended
 	seen      uint64          // successful calls, for the reservoir sample
 
-	// The lowest window latency (at latencyQuantile): in this epoch, and the last one.
-	// Each epoch begins with a probe: a window at probeFactor of the limit, which
-	// measures the latency without a queue.
+	// The lowest window latency (at latencyQuantile): in this epoch, and
+	// the last one. Each epoch begins with a probe: a window at probeFactor
+	// of the limit, which measures the latency without a queue.
 	noLoad, noLoadPrev time.Duration
 	windows            int           // in this epoch
 	probing            bool          // this window is a probe
