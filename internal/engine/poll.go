@@ -301,10 +301,9 @@ func (p *poller[K, V]) slack() int { return p.credit - (p.maxInFlight - p.window
 // update) and no key chain is critical (steer.go: a hot key needs the
 // whole window to run back to back), the window is kept to
 // quickWindowPerHandler messages per handler, at least minQuickWindow:
-// the handlers drain any backlog at
-// once, so a larger window only lengthens the keys' queues and the ready
-// set the coordinator orders by backlog, and keeps more messages cold in
-// memory (a no-op pipeline in key mode, in memory: 2.0 µs of CPU per
+// the handlers drain any backlog at once, so a larger window only
+// lengthens the keys' queues and the ready set the coordinator orders by
+// backlog, and keeps more messages cold in memory (a no-op pipeline in key mode, in memory: 2.0 µs of CPU per
 // message with a window of 1,000 or 4,000, 2.4-2.9 with the 20,000 of the
 // default). Not smaller: with 1,024 the poller on Apache Kafka waited for
 // room while librdkafka held prefetched messages (bench/README.md, "The
