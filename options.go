@@ -179,27 +179,33 @@ func WithMaxConcurrency(n int) Option {
 // the same time adapt, between min and max, to what the handlers show, for
 // handlers that call a shared downstream (a database, a service) whose
 // capacity is unknown or changes. It starts at min. Every window of 100 ms
-// (and at least 10 handler calls) it compares the window's 95th percentile
-// handler latency with the lowest seen lately:
+// (and at least 10 handler calls) it compares the window's 90th percentile
+// handler latency with the latency without a queue, and keeps the limit
+// within a call or two of what the downstream takes:
 //
-//   - flat latency: the limit grows (doubling until the first sign of a
-//     queue, then by √limit/2 a window);
-//   - latency more than 20 % above the lowest: calls queue downstream, and
-//     the limit shrinks in proportion (at most by a quarter a window);
+//   - up to 2 % above it, no queue: the limit grows (doubling until the
+//     first sign of a queue, then by one a window, faster after several
+//     windows in a row that grew);
+//   - 2-3 % above: a queue of a call or two, or none: it holds;
+//   - more than 3 % above: calls queue downstream, and the limit shrinks in
+//     proportion (one call for a single slow window, which may be a
+//     hiccup of the machine; at most a quarter a window);
 //   - a failed call (an error or a panic: a timeout returned as an error, a
 //     downstream shedding load) counts as overload: the limit is cut by
 //     10 %, or by the share of the window's calls that failed, up to half.
 //
 // The limit does not grow while fewer than half of the allowed handlers
 // are busy (key order or the backlog, not the limit, is the bound then).
-// Every 2.5 s a 100 ms window runs at three quarters of the limit to
-// measure the latency without a queue afresh. A retried attempt is a call like any
-// other; a call cut short by a hard stop or a revoke timeout is no sample.
-// Errors that do not come from load (a message the handler refuses) lower
-// the limit too, and so does latency the handler has for reasons of its
-// own. The algorithm is Netflix concurrency-limits' gradient limit (see
-// the README); Stats().ConcurrencyLimit reports the limit, the logger logs
-// its changes at Debug level, and WithOnConcurrencyLimit exports it.
+// Every 2.5 s two 100 ms windows run at 0.9 of the limit to measure the
+// latency without a queue afresh, and how much it varies by itself: the
+// 2 % and 3 % widen with that noise (up to 25 %). A retried attempt is a
+// call like any other; a call cut short by a hard stop or a revoke timeout
+// is no sample. Errors that do not come from load (a message the handler
+// refuses) lower the limit too, and so does latency the handler has for
+// reasons of its own. The algorithm is Netflix concurrency-limits'
+// gradient and Vegas limits (see the README); Stats().ConcurrencyLimit
+// reports the limit, the logger logs its changes at Debug level, and
+// WithOnConcurrencyLimit exports it.
 //
 // min must be at least 1 and max at least min; the in-flight window
 // (WithMaxInFlight) must hold max messages; the pool keeps max handler

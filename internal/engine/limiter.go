@@ -56,7 +56,7 @@ import (
 //     minWindow) failed: shed calls come back fast, as retries.
 //
 // Every noLoadEpoch windows (about 2.5 s), and at once when the limit
-// holds a quarter above the last probe's, a probe runs two windows at
+// holds a tenth above the last probe's, a probe runs two windows at
 // probeFactor of the limit, under the capacity: their latency is the one
 // without a queue at about this load (as TCP BBR's ProbeRTT state
 // measures it), and the difference between the two, which ran alike, is
@@ -114,6 +114,8 @@ type limiter struct {
 	knee    float64 // the limit it last came down from
 	falling bool    // the last window lowered the limit
 	growing int     // windows in a row that raised it
+	calm    int     // windows since it last came down
+	again   bool    // it came down from the same knee twice in a row
 	// noise is the standard deviation of a window's latency, relative,
 	// from the probes' pairs of windows (an exponentially weighted average).
 	noise float64
@@ -142,6 +144,8 @@ const (
 	// past the capacity shows far more than that.
 	slowStartExit = 1.25
 	// nearKnee: under this share of the knee, growth returns to it fast.
+	// plateau: windows it waits before it tries the knee again.
+	plateau     = 4
 	nearKnee    = 0.85
 	smoothing   = 0.5 // the share of a latency decrease applied per window
 	noLoadEpoch = 25  // windows
@@ -150,7 +154,7 @@ const (
 	// over it), yet about as busy a machine.
 	probeFactor = 0.9
 	// reprobe: a limit this much over the last probe's probes again.
-	reprobe = 1.25
+	reprobe = 1.1
 )
 
 // newLimiter returns a limiter that starts at min.
@@ -265,7 +269,8 @@ func (l *limiter) update() {
 				// One window over: one off. A machine's hiccup (a GC, a
 				// stalled core) slows a window's calls as much as a queue
 				// does, but not two windows in a row.
-				l.knee, l.congested, falling = limit, true, true
+				l.comeDown(limit)
+				falling = true
 				limit--
 			case ratio > hold:
 				l.congested, falling = true, true
@@ -277,13 +282,19 @@ func (l *limiter) update() {
 				limit *= 2 // slow start, as TCP's: until the first sign of a queue
 			case ratio > grow:
 				// A queue of a call or two, or none: hold. But if the
-				// limit grew by a quarter since the last probe, its
+				// limit grew by a tenth since the last probe, its
 				// latency is that of a lighter load (a busier machine
 				// runs each call a little slower): probe now.
 				l.probing = l.probed && limit > reprobe*l.probedAt
 			case limit < nearKnee*l.knee:
 				limit += max(1, (nearKnee*l.knee-limit)/2)
 				growing = true
+			case l.again && math.Floor(limit)+1 >= math.Floor(l.knee) && l.calm < plateau:
+				// Back under the limit it came down from twice in a row:
+				// it tries that again after plateau windows, not at once
+				// (as TCP CUBIC's plateau): a limit one over the
+				// capacity, every other window, would make a call in
+				// every round wait. (Once is what a hiccup does.)
 			default:
 				// By one, doubling per three windows in a row that grew
 				// (up to √limit): where a queue stops it, it rarely grows
@@ -301,17 +312,33 @@ func (l *limiter) update() {
 		// At least a tenth off, and as much as the share of calls that
 		// failed, up to half.
 		if !l.falling {
-			l.knee = l.limit
+			l.comeDown(l.limit)
 		}
-		l.probing, l.probeRTT, l.congested, falling = false, 0, true, true
+		l.probing, l.probeRTT, falling = false, 0, true
 		cut := max(minGradient, min(backoff, 1-float64(l.failures)/float64(l.calls)))
 		limit = min(limit, l.limit*cut)
 	}
+	if l.falling && !falling && limit < l.knee/2 {
+		// It came down to under half of where it began to: the
+		// capacity fell, that knee is gone.
+		l.knee = limit
+	}
 	l.falling = falling
+	if l.calm++; falling {
+		l.calm = 0
+	}
 	if l.growing++; !growing {
 		l.growing = 0
 	}
 	l.limit = max(float64(l.min), min(float64(l.max), limit))
+}
+
+// comeDown records that the limit comes down from limit, with a queue
+// or failures: the knee, and whether it is the one it came down from
+// last time.
+func (l *limiter) comeDown(limit float64) {
+	l.again = math.Floor(limit) == math.Floor(l.knee)
+	l.knee, l.congested = limit, true
 }
 
 // bands returns the ratios up to which the limit grows, and up to which it

@@ -246,3 +246,41 @@ func TestLimiterWidensItsBandsOnANoisyDownstream(t *testing.T) {
 	}
 	assert.Less(t, low, 20, "the limit stays near max: %v", limits[200:])
 }
+
+// When the capacity rises, the limit follows within about a second of
+// windows: its growth doubles per three windows in a row that grew.
+func TestLimiterFollowsARisingCapacityQuickly(t *testing.T) {
+	const base = 2 * time.Millisecond
+	l := newLimiter(1, 512)
+	for range 100 {
+		callWindow(l, downstreamLatency(l.current(), 8, base), 0)
+	}
+	require.InDelta(t, 8, l.current(), 1)
+	windows := 0
+	for l.current() < 32 {
+		callWindow(l, downstreamLatency(l.current(), 32, base), 0)
+		windows++
+	}
+	assert.LessOrEqual(t, windows, 20, "by one a window, it would take 24 and more")
+}
+
+// A machine runs each call a little slower as it gets busier, without any
+// queue. After the capacity rose, the latency of the last probe (at a
+// lighter load) would hold the limit far under the new capacity until the
+// next epoch: once the limit holds a tenth above the last probe's, it
+// probes again.
+func TestLimiterProbesAgainWhenTheLimitGrewByATenth(t *testing.T) {
+	const base = 2 * time.Millisecond
+	busier := func(limit, capacity int) time.Duration { // 10 % slower at 64 handlers
+		return time.Duration(float64(downstreamLatency(limit, capacity, base)) * (1 + 0.1*float64(limit)/64))
+	}
+	l := newLimiter(1, 512)
+	for range 100 {
+		callWindow(l, busier(l.current(), 16), 0)
+	}
+	require.InDelta(t, 16, l.current(), 1)
+	for range 2 * noLoadEpoch {
+		callWindow(l, busier(l.current(), 64), 0)
+	}
+	assert.GreaterOrEqual(t, l.current(), 56, "within two epochs of the capacity's rise")
+}
