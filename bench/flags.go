@@ -76,7 +76,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.StringVar(&conc, "concurrency", "16", "handler concurrency (a list to sweep, e.g. 1,16,100); adaptive:MIN-MAX for WithAdaptiveConcurrency(MIN, MAX)")
 	fs.StringVar(&change, "downstream-change", "", "T:cap=C: the downstream's capacity becomes C at T into each run (handler downstream)")
 	fs.StringVar(&c.debugLog, "debug-log", "", "append the pipeline's log, at Debug level (concurrency limit changes, ...), to this file")
-	fs.StringVar(&c.timeline, "timeline", "", "write every run's timeline (every 100 ms: concurrency limit, throughput, handler p99, failures) as CSV to this file (handler downstream)")
+	fs.StringVar(&c.timeline, "timeline", "", "write every run's timeline (every 100 ms: concurrency limit, throughput, handler p99 and p90, failures) as CSV to this file (handler downstream)")
 	fs.StringVar(&c.timelinePNG, "timeline-plot", "", "chart the timelines (limit, throughput and handler p99 over time) into this file, .png or .svg (handler downstream)")
 	fs.IntVar(&c.maxInFlight, "max-in-flight", 0, "WithMaxInFlight; 0 keeps the library default (max(20000, 2×concurrency))")
 	fs.BoolVar(&c.serial, "serial", true, "measure the serial baseline (one classic loop per partition); when false it is estimated from measured handler time")

@@ -183,10 +183,10 @@ func (r *recorder) modelLatencies(from, to int64) (p50, p99 time.Duration) {
 	return time.Duration(lat[len(lat)/2]), time.Duration(lat[min(len(lat)-1, len(lat)*99/100)])
 }
 
-// handlerLatencies returns the 50th and 99th percentiles of the handler
-// time (start to end) of the messages that finished within [from, to) ns
-// of the recorder's clock (to 0: no end).
-func (r *recorder) handlerLatencies(from, to int64) (p50, p99 time.Duration) {
+// handlerLatencies returns the 50th, 90th and 99th percentiles of the
+// handler time (start to end) of the messages that finished within
+// [from, to) ns of the recorder's clock (to 0: no end).
+func (r *recorder) handlerLatencies(from, to int64) (p50, p90, p99 time.Duration) {
 	var lat []int64
 	for i, end := range r.endAt {
 		if end != 0 && end >= from && (to == 0 || end < to) {
@@ -194,11 +194,11 @@ func (r *recorder) handlerLatencies(from, to int64) (p50, p99 time.Duration) {
 		}
 	}
 	if len(lat) == 0 {
-		return 0, 0
+		return 0, 0, 0
 	}
 	slices.Sort(lat)
 	q := func(f float64) time.Duration { return time.Duration(lat[min(len(lat)-1, int(f*float64(len(lat))))]) }
-	return q(0.50), q(0.99)
+	return q(0.50), q(0.90), q(0.99)
 }
 
 // batchHandler is the batch handler of a run (-batch): a sink model sleeps

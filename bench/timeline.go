@@ -45,6 +45,7 @@ type tick struct {
 	MsgsPerSec  float64
 	FailPerSec  float64
 	HandlerP99  float64 // ms, of the calls that succeeded in the interval
+	HandlerP90  float64 // ms, the same calls' 90th percentile (what the adaptive limit goes by)
 	ModelP99    float64 // ms, the latency the downstream imposed on them
 	Busy        int64   // handlers in a call
 	startOffset int64   // recorder clock at T, ns
@@ -127,7 +128,7 @@ func (tl *timeline) summarize(r *result, rec *recorder, change *capacityChange) 
 	if r.Calls > 0 {
 		r.FailureRate = float64(r.Failures) / float64(r.Calls)
 	}
-	p50, p99 := rec.handlerLatencies(0, 0)
+	p50, _, p99 := rec.handlerLatencies(0, 0)
 	r.HandlerP50Ms, r.HandlerP99Ms = ms(p50), ms(p99)
 	p50, p99 = rec.modelLatencies(0, 0)
 	r.ModelP50Ms, r.ModelP99Ms = ms(p50), ms(p99)
@@ -138,10 +139,10 @@ func (tl *timeline) summarize(r *result, rec *recorder, change *capacityChange) 
 		dt := t.T - prev.T
 		t.MsgsPerSec = float64(t.Handled-prev.Handled) / dt
 		t.FailPerSec = float64(t.Failures-prev.Failures) / dt
-		_, p := rec.handlerLatencies(prev.startOffset, t.startOffset)
-		t.HandlerP99 = ms(p)
-		_, p = rec.modelLatencies(prev.startOffset, t.startOffset)
-		t.ModelP99 = ms(p)
+		_, p90, p99 := rec.handlerLatencies(prev.startOffset, t.startOffset)
+		t.HandlerP90, t.HandlerP99 = ms(p90), ms(p99)
+		_, mp99 := rec.modelLatencies(prev.startOffset, t.startOffset)
+		t.ModelP99 = ms(mp99)
 		sum += float64(t.Limit)
 		prev = *t
 	}
@@ -169,9 +170,9 @@ func (tl *timeline) summarize(r *result, rec *recorder, change *capacityChange) 
 	end := tl.ticks[len(tl.ticks)-1].T - 1
 	cs.MsgsPerSecBefore, _ = tl.rate(at-1, at)
 	cs.MsgsPerSecAfter, _ = tl.rate(at+2, end)
-	_, p := rec.handlerLatencies(tl.at(at-1), tl.at(at))
+	_, _, p := rec.handlerLatencies(tl.at(at-1), tl.at(at))
 	cs.P99MsBefore = ms(p)
-	_, p = rec.handlerLatencies(tl.at(at+2), tl.at(end))
+	_, _, p = rec.handlerLatencies(tl.at(at+2), tl.at(end))
 	cs.P99MsAfter = ms(p)
 	_, p = rec.modelLatencies(tl.at(at-1), tl.at(at))
 	cs.ModelP99MsBefore = ms(p)
@@ -273,10 +274,10 @@ func writeTimelineCSV(path string, results []*result) error {
 		return err
 	}
 	w := bufio.NewWriter(f)
-	fmt.Fprintln(w, "handler,concurrency,seconds,limit,msgs_per_sec,handler_p99_ms,model_p99_ms,failures_per_sec,busy")
+	fmt.Fprintln(w, "handler,concurrency,seconds,limit,msgs_per_sec,handler_p99_ms,model_p99_ms,failures_per_sec,busy,handler_p90_ms")
 	for _, r := range results {
 		for _, t := range r.timelineSamples {
-			fmt.Fprintf(w, "%q,%s,%.2f,%d,%.0f,%.3f,%.3f,%.0f,%d\n", r.Handler, r.ConcurrencySpec, t.T, t.Limit, t.MsgsPerSec, t.HandlerP99, t.ModelP99, t.FailPerSec, t.Busy)
+			fmt.Fprintf(w, "%q,%s,%.2f,%d,%.0f,%.3f,%.3f,%.0f,%d,%.3f\n", r.Handler, r.ConcurrencySpec, t.T, t.Limit, t.MsgsPerSec, t.HandlerP99, t.ModelP99, t.FailPerSec, t.Busy, t.HandlerP90)
 		}
 	}
 	if err := w.Flush(); err != nil {
