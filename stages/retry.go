@@ -295,7 +295,12 @@ func (r *retrier[K, V]) arm() {
 	r.wakeAt = next
 }
 
+// send passes msg on, unless the pipeline stopped hard: then it reports
+// false, also when out has room (a select would pick either at random).
 func (r *retrier[K, V]) send(ctx context.Context, msg *pipeline.Message[K, V]) bool {
+	if ctx.Err() != nil {
+		return false
+	}
 	select {
 	case r.out <- msg:
 		return true
