@@ -4,7 +4,9 @@
 // SIGTERM, starts new ones, and crashes and restarts the broker once; then a
 // checker reads the members' histories and the committed offsets sampled
 // along the way. It runs for the cooperative-sticky and range assignors and
-// for the KIP-848 consumer protocol, and prints its figures.
+// for the KIP-848 consumer protocol, and prints its figures. The member
+// runs take turns at consuming one message per call with a fixed
+// concurrency, with an adaptive concurrency, and in batches.
 //
 // It runs only with KAFKA_BROKERS set and CHAOS=1 (.ci/run sets both), on a
 // broker that .ci/kafka.sh manages (for the restart; without it the broker
@@ -65,6 +67,10 @@ const (
 )
 
 var allProtocols = []string{"cooperative-sticky", "range", "consumer"}
+
+// memberModes are how the member runs consume, in turn: Consume with a
+// fixed concurrency, with an adaptive one, and ConsumeBatch (see ./member).
+var memberModes = []string{"single", "adaptive", "batch"}
 
 // figures are what one protocol's run printed.
 type figures struct {
@@ -195,7 +201,8 @@ type memberRun struct {
 	history       string
 	stderr        string
 	exited        chan struct{}
-	err           error // from Wait, once exited is closed
+	err           error  // from Wait, once exited is closed
+	mode          string // how it consumes: one of memberModes
 	exitAt        time.Time
 	killed        bool // SIGKILLed
 	killAt        time.Time
@@ -402,9 +409,10 @@ func (r *chaosRun) start() *memberRun {
 	r.mu.Lock()
 	r.nextRun++
 	id := fmt.Sprintf("r%02d", r.nextRun)
+	mode := memberModes[r.nextRun%len(memberModes)]
 	r.mu.Unlock()
 	m := &memberRun{
-		id: id, member: "m" + id[1:],
+		id: id, member: "m" + id[1:], mode: mode,
 		history: filepath.Join(r.dir, "history-"+id),
 		stderr:  filepath.Join(r.dir, "stderr-"+id),
 		exited:  make(chan struct{}),
@@ -416,7 +424,7 @@ func (r *chaosRun) start() *memberRun {
 	defer errf.Close()
 	m.cmd = exec.Command(r.bin, "-brokers", r.c.Bootstrap(), "-topic", r.topic, "-group", r.group,
 		"-protocol", r.protocol, "-run", m.id, "-member", m.member, "-history", m.history,
-		"-commit-interval", commitInterval.String(), "-work", handlerWork.String())
+		"-commit-interval", commitInterval.String(), "-work", handlerWork.String(), "-mode", mode)
 	m.cmd.Stdout, m.cmd.Stderr = errf, errf
 	if err := m.cmd.Start(); err != nil {
 		r.t.Fatalf("starting a member: %v", err)
@@ -460,7 +468,7 @@ func (r *chaosRun) kill(m *memberRun) {
 	<-m.exited
 	m.killAt = time.Now()
 	r.fig.kills++
-	r.t.Logf("%s: SIGKILL %s", r.protocol, m.id)
+	r.t.Logf("%s: SIGKILL %s (%s)", r.protocol, m.id, m.mode)
 }
 
 // term stops m with SIGTERM and waits for it to exit.
@@ -480,7 +488,7 @@ func (r *chaosRun) term(m *memberRun, chaos bool) {
 	}
 	if chaos {
 		r.fig.terms++
-		r.t.Logf("%s: SIGTERM %s, exited after %v", r.protocol, m.id, time.Since(t0).Round(time.Millisecond))
+		r.t.Logf("%s: SIGTERM %s (%s), exited after %v", r.protocol, m.id, m.mode, time.Since(t0).Round(time.Millisecond))
 	}
 }
 
@@ -527,7 +535,7 @@ func (r *chaosRun) chaos() {
 		case "join":
 			m := r.start()
 			r.fig.joins++
-			r.t.Logf("%s: join %s", r.protocol, m.id)
+			r.t.Logf("%s: join %s (%s)", r.protocol, m.id, m.mode)
 		case "kill":
 			r.kill(alive[rand.N(len(alive))])
 		case "term":

@@ -5,6 +5,11 @@
 // O_APPEND, made before the handler returns, so the history survives a
 // SIGKILL. SIGTERM or SIGINT stops it gracefully.
 //
+// -mode picks how it consumes: single (Consume, a fixed concurrency),
+// adaptive (Consume with WithAdaptiveConcurrency(1, 2 × concurrency)) or
+// batch (ConsumeBatch, batches of up to 16 messages whose messages are
+// handled one after the other, each with its own start and end line).
+//
 // History lines, space-separated:
 //
 //	B run member pid ns                                   the process started
@@ -47,18 +52,27 @@ func main() {
 	concurrency := flag.Int("concurrency", 8, "concurrent handlers")
 	maxWork := flag.Duration("work", 4*time.Millisecond, "each handler sleeps up to this long")
 	commitInterval := flag.Duration("commit-interval", 500*time.Millisecond, "commit interval")
+	mode := flag.String("mode", "single", "single, adaptive or batch")
 	flag.Parse()
 	if *topic == "" || *group == "" || *run == "" || *history == "" || *brokers == "" {
 		fmt.Fprintln(os.Stderr, "member: -brokers, -topic, -group, -run and -history are required")
 		os.Exit(2)
 	}
-	if err := consume(*brokers, *topic, *group, *protocol, *run, *member, *history, *concurrency, *maxWork, *commitInterval); err != nil {
+	if err := consume(*brokers, *topic, *group, *protocol, *mode, *run, *member, *history, *concurrency, *maxWork, *commitInterval); err != nil {
 		fmt.Fprintf(os.Stderr, "member %s: %v\n", *run, err)
 		os.Exit(1)
 	}
 }
 
-func consume(brokers, topic, group, protocol, run, member, history string, concurrency int, maxWork, commitInterval time.Duration) error {
+func consume(brokers, topic, group, protocol, mode, run, member, history string, concurrency int, maxWork, commitInterval time.Duration) error {
+	handlers := parallafka.WithMaxConcurrency(concurrency)
+	switch mode {
+	case "single", "batch":
+	case "adaptive":
+		handlers = parallafka.WithAdaptiveConcurrency(1, 2*concurrency)
+	default:
+		return fmt.Errorf("unknown mode %q", mode)
+	}
 	f, err := os.OpenFile(history, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
 	if err != nil {
 		return err
@@ -129,7 +143,8 @@ func consume(brokers, topic, group, protocol, run, member, history string, concu
 		}
 	}
 	p, err := parallafka.New(src,
-		parallafka.WithMaxConcurrency(concurrency),
+		handlers,
+		parallafka.WithMaxBatchMessages(16),
 		parallafka.WithCommitInterval(commitInterval),
 		parallafka.WithRevokeTimeout(10*time.Second),
 		parallafka.WithShutdownTimeout(15*time.Second),
@@ -144,7 +159,7 @@ func consume(brokers, topic, group, protocol, run, member, history string, concu
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
-	err = p.Consume(ctx, func(_ context.Context, msg *parallafka.Message[string, string]) error {
+	handle := func(msg *parallafka.Message[string, string], work time.Duration) error {
 		key, seq, err := kafkatest.ParseKeyedValue([]byte(msg.Value))
 		if err != nil {
 			return err
@@ -152,13 +167,27 @@ func consume(brokers, topic, group, protocol, run, member, history string, concu
 		write("S %s %s %s %d %d %s %d %d\n", run, member, msg.Topic, msg.Partition, msg.Offset, key, seq, time.Now().UnixNano())
 		// A few milliseconds of work; short enough to finish whatever the
 		// context says, so a handling that started also ends.
-		time.Sleep(rand.N(maxWork + 1))
+		time.Sleep(rand.N(work + 1))
 		write("E %s %s %s %d %d %s %d %d\n", run, member, msg.Topic, msg.Partition, msg.Offset, key, seq, time.Now().UnixNano())
 		return nil
-	})
+	}
+	if mode == "batch" {
+		err = p.ConsumeBatch(ctx, func(_ context.Context, batch []*parallafka.Message[string, string]) error {
+			for _, msg := range batch {
+				if err := handle(msg, maxWork/4); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+	} else {
+		err = p.Consume(ctx, func(_ context.Context, msg *parallafka.Message[string, string]) error {
+			return handle(msg, maxWork)
+		})
+	}
 	st := p.Stats()
 	write("X %s %s %d %q\n", run, member, time.Now().UnixNano(), fmt.Sprint(err))
-	fmt.Fprintf(os.Stderr, "member %s: Consume returned %v; stats %+v\n", run, err, st)
+	fmt.Fprintf(os.Stderr, "member %s (%s): Consume returned %v; stats %+v\n", run, mode, err, st)
 	if closeTimeoutOnly(err) {
 		// The final commit was made; librdkafka went on leaving the group
 		// in the background past kafka.WithCloseTimeout (seen when a member
