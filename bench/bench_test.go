@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -237,7 +238,7 @@ func TestDownstreamModel(t *testing.T) {
 			t.Errorf("imposed %v, want %v", got, want)
 		}
 	})
-	for _, bad := range []string{"downstream:cap=0,base=1ms", "downstream:base=1ms", "downstream:cap=2,base=1ms,fail=0.5", "downstream:cap=2,base=1ms,x=1", "downstream:cap=2,base=1ms,wait=poll"} {
+	for _, bad := range []string{"downstream:cap=0,base=1ms", "downstream:base=1ms", "downstream:cap=2,base=1ms,fail=0.5", "downstream:cap=2,base=1ms,x=1", "downstream:cap=2,base=1ms,wait=poll", "downstream:cap=2,base=1ms,jitter=1"} {
 		if _, err := parseHandler(bad); err == nil {
 			t.Errorf("%s: no error", bad)
 		}
@@ -248,6 +249,50 @@ func TestDownstreamModel(t *testing.T) {
 	if c, err := parseCapacityChange("2s:cap=8"); err != nil || c.at != 2*time.Second || c.capacity != 8 {
 		t.Errorf("change: %+v, %v", c, err)
 	}
+}
+
+// TestDownstreamJitter: with jitter, calls take base × (1 ± jitter) and are
+// still served in arrival order: with one server, each starts when the
+// call ahead of it ends.
+func TestDownstreamJitter(t *testing.T) {
+	h, err := parseHandler("downstream:cap=1,base=20ms,jitter=0.5,wait=timer")
+	if err != nil || h.jitter != 0.5 {
+		t.Fatalf("parsed %+v, %v", h, err)
+	}
+	synctest.Test(t, func(t *testing.T) {
+		d := newDownstream(h)
+		const calls = 8
+		ends := make([]time.Duration, calls)
+		var wg sync.WaitGroup
+		began := time.Now()
+		for i := range calls {
+			wg.Go(func() {
+				lat, err := d.call()
+				if err != nil {
+					t.Error(err)
+				}
+				ends[i] = time.Duration(i)*time.Millisecond + lat // arrived at i ms
+			})
+			time.Sleep(time.Millisecond)
+		}
+		wg.Wait()
+		prev := time.Duration(0)
+		distinct := map[time.Duration]bool{}
+		for i, end := range ends {
+			took := end - max(prev, time.Duration(i)*time.Millisecond)
+			if took < 10*time.Millisecond || took > 30*time.Millisecond {
+				t.Errorf("call %d took %v, want 10-30 ms (ends %v)", i, took, ends)
+			}
+			distinct[took] = true
+			prev = end
+		}
+		if len(distinct) < calls/2 {
+			t.Errorf("calls took %d distinct times: no jitter (ends %v)", len(distinct), ends)
+		}
+		if time.Since(began) != ends[calls-1] {
+			t.Errorf("the last call ended at %v, the clock says %v", ends[calls-1], time.Since(began))
+		}
+	})
 }
 
 // TestHarnessDownstream runs the downstream model with a fixed and an

@@ -3,6 +3,8 @@ package main
 import (
 	"errors"
 	"fmt"
+	"math/rand/v2"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -24,26 +26,35 @@ import (
 // delays that handler, not the calls behind it. The latency the service
 // imposed (end − arrival) is recorded apart from the handler's wall time.
 //
+// With jitter J, each call takes base × (1 + J × u), u uniform in [-1, 1]
+// (a real service's calls vary), still in arrival order: a call starts
+// when capacity calls or fewer of those ahead of it are still in the
+// service, and not before the call ahead of it started.
+//
 // A handler waits for its call's end as for a reply on a socket: on a
 // timerfd, woken by Go's network poller when the kernel's timer fires
 // (fdWait). With wait=timer it sleeps (time.Sleep), which on this VM wakes
 // 0.1-0.3 ms later, time during which the service idles as it would not for
 // a client woken by a reply.
 type downstream struct {
-	base time.Duration
-	fail float64 // 0: never fails
-	wait func(end time.Time)
+	base   time.Duration
+	fail   float64 // 0: never fails
+	jitter float64
+	wait   func(end time.Time)
 
-	mu       sync.Mutex
-	capacity int
-	ends     []time.Time // the calls in the service: when each ends, in order (ascending)
+	mu        sync.Mutex
+	capacity  int
+	ends      []time.Time // the calls in the service: when each ends (ascending)
+	lastStart time.Time   // when the last call to arrive starts
+	rng       *rand.Rand  // for jitter
 }
 
 // errShed is a call the downstream refused: too many calls in it.
 var errShed = errors.New("downstream overloaded: call shed")
 
 func newDownstream(h handlerSpec) *downstream {
-	d := &downstream{base: h.min, fail: h.fail, capacity: h.capacity, wait: fdWait}
+	d := &downstream{base: h.min, fail: h.fail, jitter: h.jitter, capacity: h.capacity, wait: fdWait,
+		rng: rand.New(rand.NewPCG(1, 2))}
 	if h.timer {
 		d.wait = func(end time.Time) { time.Sleep(time.Until(end)) }
 	}
@@ -65,14 +76,21 @@ func (d *downstream) call() (latency time.Duration, err error) {
 		d.mu.Unlock()
 		return 0, errShed
 	}
-	start := now
+	start := later(now, d.lastStart)
 	if n := len(d.ends); n >= d.capacity {
-		// The call capacity places ahead ends last of the busy servers'
-		// current calls: this one takes its server.
-		start = later(now, d.ends[n-d.capacity])
+		// When the call capacity places from the last ends, capacity − 1
+		// calls are left in the service: this one takes the server that
+		// freed.
+		start = later(start, d.ends[n-d.capacity])
 	}
-	end := start.Add(d.base)
-	d.ends = append(d.ends, end)
+	took := d.base
+	if d.jitter > 0 {
+		took = time.Duration(float64(d.base) * (1 + d.jitter*(2*d.rng.Float64()-1)))
+	}
+	end := start.Add(took)
+	i, _ := slices.BinarySearchFunc(d.ends, end, time.Time.Compare)
+	d.ends = slices.Insert(d.ends, i, end)
+	d.lastStart = start
 	d.mu.Unlock()
 	d.wait(end)
 	return end.Sub(now), nil
@@ -94,7 +112,7 @@ func (d *downstream) setCapacity(c int) {
 }
 
 // parseDownstream parses the arguments of
-// downstream:cap=C,base=D[,fail=F][,wait=fd|timer].
+// downstream:cap=C,base=D[,fail=F][,jitter=J][,wait=fd|timer].
 func parseDownstream(h *handlerSpec, arg string) error {
 	for _, kv := range parseList(arg) {
 		k, v, _ := strings.Cut(kv, "=")
@@ -116,6 +134,11 @@ func parseDownstream(h *handlerSpec, arg string) error {
 			if err == nil && h.fail < 1 {
 				err = fmt.Errorf("must be at least 1 (calls beyond fail × cap are shed)")
 			}
+		case "jitter":
+			h.jitter, err = strconv.ParseFloat(v, 64)
+			if err == nil && (h.jitter < 0 || h.jitter >= 1) {
+				err = fmt.Errorf("must be at least 0 and under 1 (calls take base × (1 ± jitter))")
+			}
 		case "wait":
 			switch v {
 			case "fd":
@@ -126,14 +149,14 @@ func parseDownstream(h *handlerSpec, arg string) error {
 				err = fmt.Errorf("want fd or timer")
 			}
 		default:
-			err = fmt.Errorf("unknown parameter (want cap, base, fail, wait)")
+			err = fmt.Errorf("unknown parameter (want cap, base, fail, jitter, wait)")
 		}
 		if err != nil {
 			return fmt.Errorf("downstream: %s: %w", kv, err)
 		}
 	}
 	if h.capacity == 0 || h.min == 0 {
-		return fmt.Errorf("downstream: want downstream:cap=C,base=D[,fail=F][,wait=fd|timer], got %q", arg)
+		return fmt.Errorf("downstream: want downstream:cap=C,base=D[,fail=F][,jitter=J][,wait=fd|timer], got %q", arg)
 	}
 	return nil
 }

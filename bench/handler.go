@@ -35,6 +35,7 @@ type handlerSpec struct {
 	capacity int           // downstream
 	fail     float64       // downstream; 0: never fails
 	timer    bool          // downstream: handlers wait with time.Sleep, not on a timerfd
+	jitter   float64       // downstream: each call takes base × (1 ± jitter), uniform
 }
 
 func parseHandler(s string) (handlerSpec, error) {
