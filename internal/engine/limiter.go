@@ -235,7 +235,7 @@ func (l *limiter) update() {
 			// last epoch's are what it goes by. Its two windows ran alike:
 			// what tells them apart is noise.
 			a, b := float64(l.probeRTT), float64(rtt)
-			sd := math.Abs(a-b) / (a + b) * 2 * math.Sqrt(math.Pi) / 2 // E|a−b| = 2σ/√π
+			sd := math.Abs(a-b) / ((a + b) / 2) * math.Sqrt(math.Pi) / 2 // relative: E|a−b| = 2σ/√π
 			if !l.probed {
 				l.noise = sd
 			}
@@ -311,7 +311,7 @@ func (l *limiter) update() {
 	if l.failures > 0 {
 		// At least a tenth off, and as much as the share of calls that
 		// failed, up to half.
-		if !l.falling {
+		if !l.falling && !falling {
 			l.comeDown(l.limit)
 		}
 		l.probing, l.probeRTT, falling = false, 0, true
@@ -347,7 +347,9 @@ func (l *limiter) bands() (grow, hold float64) {
 	return max(growBelow, 1+1.5*l.noise), min(maxTolerance, max(tolerance, 1+3*l.noise))
 }
 
-// lowestLatency returns the lowest window latency it goes by.
+// lowestLatency returns the latency without a queue it goes by: the lower
+// of the last two probes' (before the first probe, the lowest window
+// latency since slow start).
 func (l *limiter) lowestLatency() time.Duration {
 	if l.noLoadPrev > 0 && (l.noLoad == 0 || l.noLoadPrev < l.noLoad) {
 		return l.noLoadPrev
