@@ -46,13 +46,14 @@ func adaptive(src parallafka.Source[string, Price]) (*parallafka.Parallafka[stri
 
 // timeoutMiddleware: docs/stages.md.
 func timeoutMiddleware() parallafka.Option {
-	return parallafka.WithMiddleware(func(next parallafka.Handler[string, Price]) parallafka.Handler[string, Price] {
+	timeout := parallafka.WithMiddleware(func(next parallafka.Handler[string, Price]) parallafka.Handler[string, Price] {
 		return func(ctx context.Context, msg *parallafka.Message[string, Price]) error {
 			ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 			defer cancel()
 			return next(ctx, msg)
 		}
 	})
+	return timeout
 }
 
 // skipTombstones: docs/stages.md.
