@@ -303,11 +303,11 @@ func (p *poller[K, V]) slack() int { return p.credit - (p.maxInFlight - p.window
 // quickWindowPerHandler messages per handler, at least minQuickWindow:
 // the handlers drain any backlog at once, so a larger window only
 // lengthens the keys' queues and the ready set the coordinator orders by
-// backlog, and keeps more messages cold in memory (a no-op pipeline in key mode, in memory: 2.0 µs of CPU per
-// message with a window of 1,000 or 4,000, 2.4-2.9 with the 20,000 of the
-// default). Not smaller: with 1,024 the poller on Apache Kafka waited for
-// room while librdkafka held prefetched messages (bench/README.md, "The
-// window for quick handlers"). Partition order and unordered gain nothing
+// backlog, and keeps more messages cold in memory: the CPU per message of a
+// no-op pipeline grows with the window. Not much smaller: a window of about
+// a thousand made the poller on a real broker wait for room while
+// librdkafka held prefetched messages (bench/README.md, "The window for
+// quick handlers"). Partition order and unordered gain nothing
 // from it (partition order loses: more poller round trips for the same
 // few queues). Slow handlers, for which steering needs the whole window,
 // get it back after a run of slow calls.

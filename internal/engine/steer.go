@@ -9,9 +9,10 @@ import "time"
 // run one at a time, so it must never wait for its next message to be
 // polled, while the window must not fill with cold work that only waits for
 // a handler. librdkafka reads every partition at about the same rate, so
-// without steering the hot key's partition is read too slowly (measured:
-// efficiency 0.50 with a 1,000-message window, 0.73-0.99 from one run to the
-// next with a 20,000-message window and steering on window occupancy).
+// without steering the hot key's partition is read too slowly: the hot
+// key's handler idles while the window is full of other partitions' work,
+// and a larger window alone only makes that vary from run to run
+// (bench/README.md).
 //
 // The rules, all decided here, on the coordinator's own state:
 //   - A claim is critical once one of its keys has at least minChain
@@ -31,7 +32,7 @@ import "time"
 //     holds half the window: the rest is for the other partitions'
 //     handlers. With no critical claim nobody needs the window a pause
 //     would free, and a resumed partition can take a while to be fetched
-//     again (0.65 s measured on the embedded broker).
+//     again (librdkafka drops what it prefetched for it).
 //   - A claim below a quarter of its share of the window is low (until
 //     half of it); one at its share or above is over (until below half).
 //     While a low partition has messages left to read (the source's
