@@ -191,70 +191,32 @@ func (c *coordinator[K, V]) assembleBatch() (*batch[K, V], context.Context) {
 	return b, ctx
 }
 
-// completeBatched takes back a message of a batch (see complete).
-func (c *coordinator[K, V]) completeBatched(done completion[K, V]) {
-	cl := c.claims[done.msg.TopicPartition()]
-	var s *slot[K, V]
-	if cl != nil {
-		s = cl.window.find(done.msg)
-	}
-	if s == nil || s.state != slotDispatched {
-		c.orphaned(done.msg)
+// requeue puts a message of a batch that was not handled after all back
+// into its key's queue, in offset order: behind the message of its key
+// that failed, ahead of those polled after it.
+func (c *coordinator[K, V]) requeue(cl *claim[K, V], s *slot[K, V], msg *pipeline.Message[K, V], key uint64, ordered bool) {
+	s.state = slotWaiting
+	e := entry[K, V]{seq: s.seq, claim: cl, msg: msg}
+	if !ordered {
+		c.ready.pushLater(e)
+		c.readied(cl, 1)
 		return
 	}
-	cl.outstanding--
-	key, ordered := c.routingKey(done.msg)
-	// Taken before settle, which may move the window's slots.
-	// A retry keeps holding its key (unless its claim is stopping).
-	held := s.held
-	if done.verdict != verdictRetry || cl.stopping {
-		s.held = false
-	}
-	switch done.verdict {
-	case verdictRetry:
-		if cl.stopping {
-			c.settle(cl, s, slotAbandoned)
-			c.keyLeft(cl, held, done.msg, key, ordered, true)
-			return
-		}
-		c.readyAgain(cl, s, done.msg)
-	case verdictFinish:
-		c.settle(cl, s, slotFinished)
-		c.keyLeft(cl, held, done.msg, key, ordered, false)
-	case verdictRequeue:
-		if cl.stopping {
-			c.settle(cl, s, slotAbandoned)
-			c.keyLeft(cl, held, done.msg, key, ordered, true)
-			return
-		}
-		s.state = slotWaiting
-		e := entry[K, V]{seq: s.seq, claim: cl, msg: done.msg}
-		if !ordered {
-			c.ready.pushLater(e)
-			c.readied(cl, 1)
-			return
-		}
-		// Back into its key's queue, in offset order: behind the message
-		// of its key that failed, ahead of those polled after it.
-		queue := cl.keys[key]
-		i := sort.Search(len(queue), func(i int) bool { return queue[i].msg.Offset > done.msg.Offset })
-		cl.keys[key] = slices.Insert(queue, i, e)
-		c.queued++
-		c.chainGrew(cl, key, len(queue)+1)
-		c.queuedOn(cl, 1)
-		c.keyLeft(cl, held, done.msg, key, ordered, false)
-	default:
-		c.settle(cl, s, slotAbandoned)
-		c.keyLeft(cl, held, done.msg, key, ordered, true)
-	}
+	queue := cl.keys[key]
+	i := sort.Search(len(queue), func(i int) bool { return queue[i].msg.Offset > msg.Offset })
+	cl.keys[key] = slices.Insert(queue, i, e)
+	c.queued++
+	c.chainGrew(cl, key, len(queue)+1)
+	c.queuedOn(cl, 1)
 }
 
-// keyLeft counts a message of a batch out of its key's messages out; the
-// last one out frees the key: the next message queued behind it becomes
-// ready. An abandoned message (abandon) takes the key's queue with it: none
-// of it may run before Kafka delivers the message again.
+// keyLeft counts a message out of its key's messages out (in batch mode,
+// several of a key may be out together; each holds it); the last one out
+// frees the key: the next message queued behind it becomes ready. An
+// abandoned message (abandon) takes the key's queue with it: none of it
+// may run before Kafka delivers the message again.
 func (c *coordinator[K, V]) keyLeft(cl *claim[K, V], held bool, msg *pipeline.Message[K, V], key uint64, ordered, abandon bool) {
-	if !ordered || !held {
+	if !ordered || c.batching() && !held {
 		return
 	}
 	if abandon {
@@ -268,11 +230,13 @@ func (c *coordinator[K, V]) keyLeft(cl *claim[K, V], held bool, msg *pipeline.Me
 			}
 		}
 	}
-	if n := cl.out[key] - 1; n > 0 {
-		cl.out[key] = n
-		return
+	if c.batching() {
+		if n := cl.out[key] - 1; n > 0 {
+			cl.out[key] = n
+			return
+		}
+		delete(cl.out, key)
 	}
-	delete(cl.out, key)
 	c.releaseKey(cl, msg)
 }
 
@@ -286,17 +250,16 @@ func (c *coordinator[K, V]) orphaned(msg *pipeline.Message[K, V]) {
 	c.free(size)
 }
 
-// takeHandlerEnds takes the batch ends waiting already: a batch's settled
-// messages (its requeued ones, above all) must be taken before the
-// completions of its failed messages that the stages send on.
-func (c *coordinator[K, V]) takeHandlerEnds() {
-	for range len(c.handlerEnd) { // only this goroutine receives
-		ended, ok := <-c.handlerEnd
-		if !ok {
-			return
-		}
-		c.handlerEnded(ended)
+// takeHandlerEnds takes the handler ends waiting already, and reports how
+// many it took: a batch's settled messages (its requeued ones, above all)
+// must be taken before the completions of its failed messages that the
+// stages send on.
+func (c *coordinator[K, V]) takeHandlerEnds() int {
+	n := len(c.handlerEnd) // only this goroutine receives
+	for range n {
+		c.handlerEnded(<-c.handlerEnd)
 	}
+	return n
 }
 
 // handlerEnded takes a handler's end: it is free again, and the messages
@@ -304,8 +267,8 @@ func (c *coordinator[K, V]) takeHandlerEnds() {
 func (c *coordinator[K, V]) handlerEnded(ended handlerEnded[K, V]) {
 	c.handlerReturned(ended.call)
 	c.handlerTook(ended.quick)
-	if ended.cancelled != nil { // its claim ended: it does not go through the stages
-		c.complete(completion[K, V]{msg: ended.cancelled, verdict: verdictAbandon, quick: ended.quick})
+	if ended.done.msg != nil {
+		c.complete(ended.done)
 	}
 	for _, done := range ended.settled {
 		c.complete(done)

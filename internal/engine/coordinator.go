@@ -205,7 +205,7 @@ func (c *coordinator[K, V]) run(ctx context.Context) error {
 			c.answerRevokes()
 		}
 		c.publish()
-		if c.takeReleased(released) {
+		if c.takeEnded() {
 			continue // dispatch what they freed before looking further
 		}
 		select {
@@ -230,12 +230,7 @@ func (c *coordinator[K, V]) run(ctx context.Context) error {
 				released = nil
 				continue
 			}
-			if c.batching() {
-				c.takeHandlerEnds() // the batch's requeued messages first
-			}
-			if c.handlerEnd == nil {
-				c.handlerReturned(done.call)
-			}
+			c.takeHandlerEnds() // a batch's requeued messages first
 			c.complete(done)
 		case ended, ok := <-handlerEnd:
 			if !ok {
@@ -267,22 +262,16 @@ func (c *coordinator[K, V]) run(ctx context.Context) error {
 	return nil
 }
 
-// takeReleased takes back the completions that wait already, in one go:
-// no select per message while handlers finish faster than the coordinator
-// turns around. It reports whether it took any.
-func (c *coordinator[K, V]) takeReleased(released <-chan completion[K, V]) bool {
-	n := len(released) // only this goroutine receives: n are there to take
-	if n > 0 && c.batching() {
-		c.takeHandlerEnds() // the batches' requeued messages first
+// takeEnded takes back the handler ends and completions that wait
+// already, in one go: no select per message while handlers finish faster
+// than the coordinator turns around. It reports whether it took any.
+func (c *coordinator[K, V]) takeEnded() bool {
+	n := c.takeHandlerEnds()
+	m := len(c.released) // only this goroutine receives: m are there to take
+	for range m {
+		c.complete(<-c.released)
 	}
-	for range n {
-		done := <-released
-		if c.handlerEnd == nil {
-			c.handlerReturned(done.call)
-		}
-		c.complete(done)
-	}
-	return n > 0
+	return n+m > 0
 }
 
 // trackPending tracks the poll cycles already sent, before a message that
@@ -583,46 +572,45 @@ func (c *coordinator[K, V]) routingKey(msg *pipeline.Message[K, V]) (key uint64,
 	return maphash.Bytes(c.seed, msg.RawKey) | 1, true // never 0, the keyless queue
 }
 
-// complete takes back a message from the ack collector: a finished one
-// frees its key for the next queued message; a retry goes out again with
-// its key still held; an abandoned one takes its key's queue with it.
+// complete takes back a message from a handler, or from the ack collector
+// past the AfterHandle stages: a finished one frees its key for the next
+// queued message; a retry goes out again with its key still held; an
+// abandoned one takes its key's queue with it; a requeued one (batch mode)
+// waits again in its key's queue.
 func (c *coordinator[K, V]) complete(done completion[K, V]) {
-	if c.batching() {
-		c.completeBatched(done)
-		return
-	}
 	cl := c.claims[done.msg.TopicPartition()]
 	var s *slot[K, V]
 	if cl != nil {
 		s = cl.window.find(done.msg)
 	}
 	if s == nil || s.state != slotDispatched {
-		// Its claim ended (revoke timeout, lost) while it was out: it was
-		// still counted in flight until now; it commits nothing.
-		size := c.orphans[done.msg]
-		delete(c.orphans, done.msg)
-		c.inFlight--
-		c.inFlightBytes -= int64(size)
-		c.free(size)
+		c.orphaned(done.msg)
 		return
 	}
 	cl.outstanding--
-	c.handlerTook(done.quick)
-	switch done.verdict {
+	key, ordered := c.routingKey(done.msg)
+	verdict := done.verdict
+	if cl.stopping && (verdict == verdictRetry || verdict == verdictRequeue) {
+		verdict = verdictAbandon // never skipped: Kafka delivers it again
+	}
+	// Taken before settle, which may move the window's slots. A retry
+	// keeps holding its key.
+	held := s.held
+	if verdict != verdictRetry {
+		s.held = false
+	}
+	switch verdict {
 	case verdictRetry:
-		if cl.stopping {
-			c.settle(cl, s, slotAbandoned) // never skipped: Kafka delivers it again
-			c.abandonKey(cl, done.msg)
-			return
-		}
 		c.readyAgain(cl, s, done.msg)
+		return
+	case verdictRequeue:
+		c.requeue(cl, s, done.msg, key, ordered)
 	case verdictFinish:
 		c.settle(cl, s, slotFinished)
-		c.releaseKey(cl, done.msg)
 	default:
 		c.settle(cl, s, slotAbandoned)
-		c.abandonKey(cl, done.msg)
 	}
+	c.keyLeft(cl, held, done.msg, key, ordered, verdict == verdictAbandon)
 }
 
 // handlerReturned counts a handler out and gives the adaptive limit its
@@ -757,26 +745,6 @@ func (c *coordinator[K, V]) releaseKey(cl *claim[K, V], msg *pipeline.Message[K,
 	c.ready.pushLater(next)
 	cl.queuedN--
 	c.readied(cl, 1)
-}
-
-// abandonKey drops the messages queued behind msg's key, which msg held,
-// and frees the key: none of them may run before Kafka delivers msg again.
-func (c *coordinator[K, V]) abandonKey(cl *claim[K, V], msg *pipeline.Message[K, V]) {
-	key, ordered := c.routingKey(msg)
-	if !ordered {
-		return
-	}
-	queue, busy := cl.keys[key]
-	if !busy {
-		return
-	}
-	delete(cl.keys, key)
-	c.queued -= len(queue)
-	c.chainShrank(cl, key, 0, true)
-	c.queuedOn(cl, -len(queue))
-	for _, e := range queue {
-		c.abandonEntry(e)
-	}
 }
 
 // abandonEntry abandons a message that waits, queued or ready.

@@ -130,7 +130,6 @@ type flow[K, V any] struct {
 	poller      *poller[K, V]
 	coordinator *coordinator[K, V]
 	pool        *handlerPool[K, V]
-	batchPool   *batchPool[K, V] // instead of pool, in batch mode
 	collector   *collector[K, V]
 	committer   *committer[K, V]
 
@@ -156,7 +155,6 @@ func newFlow[K, V any](cfg *Config[K, V], stats *Stats, life *lifecycle) *flow[K
 		spent      = make(chan pollCycle[K, V], 4)
 		room       = make(chan room, 1)
 		dispatch   = make(chan job[K, V], 2*cfg.Concurrency)
-		released   = make(chan completion[K, V], 2*cfg.Concurrency)
 		rebalances = make(chan rebalanceRequest)
 		offsets    = make(chan chan<- []claimOffset)
 		final      = make(chan []claimOffset, 1)
@@ -180,7 +178,7 @@ func newFlow[K, V any](cfg *Config[K, V], stats *Stats, life *lifecycle) *flow[K
 	}
 	f.coordinator = &coordinator[K, V]{
 		coordinatorEdges: coordinatorEdges[K, V]{
-			polled: polled, spent: spent, dispatch: dispatch, released: released, room: room,
+			polled: polled, spent: spent, dispatch: dispatch, room: room,
 			rebalances: rebalances, offsets: offsets, final: final, queries: queries,
 			commitNow: commitNow, steer: steer, drainingCh: life.draining,
 		},
@@ -194,23 +192,13 @@ func newFlow[K, V any](cfg *Config[K, V], stats *Stats, life *lifecycle) *flow[K
 		f.coordinator.limiter = newLimiter(cfg.MinConcurrency, cfg.Concurrency)
 	}
 	f.collector = &collector[K, V]{policy: cfg.ErrorPolicy, stop: life.stop, stats: stats, log: cfg.Logger, obs: obs}
+	handlerEnd := make(chan handlerEnded[K, V], 2*cfg.Concurrency)
+	f.coordinator.handlerEnd = handlerEnd
 	f.pool = &handlerPool[K, V]{
-		concurrency: cfg.Concurrency, handler: cfg.Handler, log: cfg.Logger, collector: f.collector, obs: obs,
-		dispatch: dispatch, released: released, coordDone: coordDone,
+		concurrency: cfg.Concurrency, handler: cfg.Handler, batchHandler: cfg.BatchHandler, log: cfg.Logger,
+		collector: f.collector, stats: stats, obs: obs, dispatch: dispatch, handlerEnd: handlerEnd,
 	}
-	if cfg.BatchHandler != nil {
-		// Batch mode: the pool says when each batch ended, with the
-		// messages that skip the stages (without stages: all of them).
-		handlerEnd := make(chan handlerEnded[K, V], 2*cfg.Concurrency)
-		f.batchPool = &batchPool[K, V]{
-			concurrency: cfg.Concurrency, handler: cfg.BatchHandler, log: cfg.Logger, collector: f.collector,
-			batches: &stats.Batches, batched: &stats.Batched, obs: obs,
-			dispatch: dispatch, handlerEnd: handlerEnd,
-		}
-		f.pool = nil
-		f.coordinator.handlerEnd = handlerEnd
-		f.coordinator.released = nil // the stages' collector's, if there are stages
-	} else {
+	if cfg.BatchHandler == nil {
 		f.coordinator.batch = BatchLimits{}
 	}
 	if cfg.Ordering == OrderByKey && !f.coordinator.batching() {
@@ -244,39 +232,23 @@ func (f *flow[K, V]) run() error {
 		f.poller.staged = staged
 		f.coordinator.routable = chain(g, f.cfg.AfterPoll, staged)
 	}
-	switch {
-	case f.batchPool != nil && len(f.cfg.AfterHandle) > 0:
-		// batch pool ─handled─▶ AfterHandle ─▶ ack collector ─released─▶ coordinator
+	if len(f.cfg.AfterHandle) > 0 {
+		// handler pool ─handled─▶ AfterHandle ─▶ ack collector ─released─▶ coordinator
 		handled := make(chan *pipeline.Message[K, V], channelSize)
 		released := make(chan completion[K, V], 2*f.cfg.Concurrency)
-		f.batchPool.handled, f.coordinator.released = handled, released
+		f.pool.handled, f.coordinator.released = handled, released
 		collectable := chain(g, f.cfg.AfterHandle, handled)
-		g.Go("ack collector", func(ctx context.Context) error {
-			return f.collector.run(ctx, collectable, released, f.coordDoneCh)
-		})
-	case f.batchPool != nil: // batch pool ─handlerEnd (every message settled)─▶ coordinator
-	case len(f.cfg.AfterHandle) > 0:
-		handled := make(chan *pipeline.Message[K, V], channelSize)
-		handlerEnd := make(chan handlerEnded[K, V], 2*f.cfg.Concurrency)
-		released := f.pool.released
-		f.pool.handled, f.pool.handlerEnd, f.pool.released = handled, handlerEnd, nil
-		f.coordinator.handlerEnd = handlerEnd
-		collectable := chain(g, f.cfg.AfterHandle, handled)
-		g.Go("ack collector", func(ctx context.Context) error {
+		g.Go("", abortOnError, func(ctx context.Context) error {
 			return f.collector.run(ctx, collectable, released, f.coordDoneCh)
 		})
 	}
-	g.Go("poll", f.poller.run)
-	g.Go("coordinator", func(ctx context.Context) error {
+	g.Go("", drainOnError, f.poller.run)
+	g.Go("", abortOnError, func(ctx context.Context) error {
 		defer close(f.coordDoneCh)
 		return f.coordinator.run(ctx)
 	})
-	if f.batchPool != nil {
-		g.Go("handler pool", f.batchPool.run)
-	} else {
-		g.Go("handler pool", f.pool.run)
-	}
-	g.Go("committer", func(ctx context.Context) error {
+	g.Go("", abortOnError, f.pool.run)
+	g.Go("", abortOnError, func(ctx context.Context) error {
 		defer close(f.commitDoneCh)
 		return f.committer.run(ctx)
 	})
@@ -288,7 +260,7 @@ func (f *flow[K, V]) run() error {
 func chain[K, V any](g *group, stages []NamedStage[K, V], in <-chan *pipeline.Message[K, V]) <-chan *pipeline.Message[K, V] {
 	for _, s := range stages {
 		from, out := in, make(chan *pipeline.Message[K, V], channelSize)
-		g.Go("stage "+s.Name, func(ctx context.Context) error {
+		g.Go("stage "+s.Name, abortOnError, func(ctx context.Context) error {
 			defer close(out)
 			return s.Run(ctx, from, out)
 		})
@@ -297,10 +269,23 @@ func chain[K, V any](g *group, stages []NamedStage[K, V], in <-chan *pipeline.Me
 	return in
 }
 
-// group runs the stages. A stage's error or panic never dies silently: the
-// poll stage's error stops the pipeline gracefully (handlers finish); any
-// other stage's stops it hard, since the flow is broken. Wait returns them
-// all.
+// onError is a goroutine's stop policy: what its error or panic does to
+// the flow.
+type onError uint8
+
+const (
+	// drainOnError: the source failed; the flow is whole, so it stops
+	// gracefully (handlers finish, their offsets are committed).
+	drainOnError onError = iota
+	// abortOnError: the flow is broken; it stops hard (handlers are
+	// cancelled).
+	abortOnError
+)
+
+// group runs the flow's goroutines. An error or panic never dies
+// silently: it stops the flow as the goroutine's policy says, and Wait
+// returns them all, in the user's words: a user stage's under its name
+// (what), the engine's without the names of its parts (what is "").
 type group struct {
 	life *lifecycle
 	wg   sync.WaitGroup
@@ -310,7 +295,7 @@ type group struct {
 
 func newGroup(life *lifecycle) *group { return &group{life: life} }
 
-func (g *group) Go(name string, run func(context.Context) error) {
+func (g *group) Go(what string, policy onError, run func(context.Context) error) {
 	g.wg.Go(func() {
 		var err error
 		if r := panics.Try(func() { err = run(g.life.ctx) }); r != nil {
@@ -319,13 +304,16 @@ func (g *group) Go(name string, run func(context.Context) error) {
 		if err == nil {
 			return
 		}
-		err = fmt.Errorf("parallafka: stage %s: %w", name, err)
 		g.mu.Lock()
-		g.errs = append(g.errs, err)
+		if what != "" {
+			err = fmt.Errorf("%s: %w", what, err)
+		}
+		g.errs = append(g.errs, fmt.Errorf("parallafka: %w", err))
 		g.mu.Unlock()
-		if name == "poll" {
+		switch policy {
+		case drainOnError:
 			g.life.stop(nil)
-		} else {
+		case abortOnError:
 			g.life.abort()
 		}
 	})
@@ -444,8 +432,6 @@ type (
 	completion[K, V any] struct {
 		msg     *pipeline.Message[K, V]
 		verdict verdict
-		quick   bool // the handler took less than quickHandler (see dispatchLimit)
-		call    handlerCall
 	}
 	// job is a dispatched message and its handler's context (its
 	// claim's), with how long it waited (with an observer only).
@@ -455,17 +441,17 @@ type (
 		batch  *batch[K, V]  // in batch mode, instead of msg (ctx is the batch's)
 		waited pipeline.Wait // with an observer (not in batch mode)
 	}
-	// handlerEnded tells the coordinator that a handler is free again, with
-	// AfterHandle stages; cancelled is the message if its claim's context
-	// was cancelled (it ended): it skips the stages.
+	// handlerEnded tells the coordinator that a handler is free again,
+	// with the messages it settled: those that skip the AfterHandle
+	// stages (all of them without stages), with their verdicts. The
+	// coordinator takes them before any completion the stages send on
+	// (a batch's requeued messages must be back before the verdict of
+	// the message that failed ahead of them).
 	handlerEnded[K, V any] struct {
-		quick     bool
-		call      handlerCall
-		cancelled *pipeline.Message[K, V]
-		// settled are a batch's messages that skip the AfterHandle stages
-		// (all of them without stages), with their verdicts; the
-		// coordinator takes them before any completion the stages send on.
-		settled []completion[K, V]
+		quick   bool // the handler took less than quickHandler (see dispatchLimit)
+		call    handlerCall
+		done    completion[K, V]   // single-message mode: the message, if it skips the stages (done.msg != nil)
+		settled []completion[K, V] // batch mode
 	}
 	// handlerCall is what a handler call showed, for the adaptive limit:
 	// how long it took and whether it failed. One call, one sample,
