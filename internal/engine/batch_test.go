@@ -209,7 +209,7 @@ func TestBatchPoolOutcomes(t *testing.T) {
 		dispatch := make(chan job[string, string], 1)
 		ends := make(chan handlerEnded[string, string], 1)
 		p := &handlerPool[string, string]{concurrency: 1, batchHandler: handler, log: slog.New(slog.DiscardHandler),
-			collector: &collector[string, string]{policy: func(error) pipeline.ErrorAction { return pipeline.Skip }, stop: func(error) {}, stats: &Stats{}, log: slog.New(slog.DiscardHandler)},
+			collector: &collector[string, string]{policy: func(error) pipeline.ErrorAction { return pipeline.Skip }, failed: make(chan error, 1), stats: &Stats{}, log: slog.New(slog.DiscardHandler)},
 			stats:     &Stats{}, dispatch: dispatch, handlerEnd: ends}
 		ctxs := make([]context.Context, len(msgs))
 		for i := range ctxs {

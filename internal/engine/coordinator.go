@@ -124,7 +124,8 @@ type coordinator[K, V any] struct {
 	draining    bool
 	hardStop    bool
 	revokes     []*revokeWait[K, V]
-	revokesDue  bool // a claim being revoked may have nothing in flight now
+	toStage     []*pipeline.Message[K, V] // tracked, waiting to go into the AfterPoll stages, in poll order
+	revokesDue  bool                      // a claim being revoked may have nothing in flight now
 
 	obs          observer
 	epoch        time.Time     // the clock's zero: when run began
@@ -140,7 +141,8 @@ type coordinator[K, V any] struct {
 type coordinatorEdges[K, V any] struct {
 	polled     <-chan pollCycle[K, V]         // from the poller: every poll cycle's messages
 	spent      chan<- pollCycle[K, V]         // to the poller: cycles tracked, their slices for the next ones
-	routable   <-chan *pipeline.Message[K, V] // from the AfterPoll stages; nil without them: polled messages are routed at once
+	staged     chan<- *pipeline.Message[K, V] // into the AfterPoll stages, once tracked; nil without them: polled messages are routed at once
+	routable   <-chan *pipeline.Message[K, V] // from the AfterPoll stages
 	dispatch   chan<- job[K, V]               // to the handler pool
 	handlerEnd <-chan handlerEnded[K, V]      // from the handler pool, once per handler that ended; nil without AfterHandle stages (released tells)
 	released   <-chan completion[K, V]        // from the ack collector: the key-released edge
@@ -182,6 +184,11 @@ func (c *coordinator[K, V]) run(ctx context.Context) error {
 		}
 	}()
 	polled, routable, released, handlerEnd := c.polled, c.routable, c.released, c.handlerEnd
+	defer func() {
+		if c.staged != nil {
+			close(c.staged)
+		}
+	}()
 	draining, done := c.drainingCh, ctx.Done()
 	dispatching := true
 	defer func() {
@@ -205,6 +212,15 @@ func (c *coordinator[K, V]) run(ctx context.Context) error {
 			c.answerRevokes()
 		}
 		c.publish()
+		if polled == nil && c.staged != nil && len(c.toStage) == 0 {
+			close(c.staged) // the AfterPoll stages end once they handed on what they hold
+			c.staged = nil
+		}
+		var staged chan<- *pipeline.Message[K, V]
+		var toStage *pipeline.Message[K, V]
+		if len(c.toStage) > 0 {
+			staged, toStage = c.staged, c.toStage[0]
+		}
 		if c.takeEnded() {
 			continue // dispatch what they freed before looking further
 		}
@@ -214,16 +230,16 @@ func (c *coordinator[K, V]) run(ctx context.Context) error {
 				polled = nil
 				continue
 			}
-			c.track(cycle, routable == nil)
-			if routable == nil { // with AfterPoll stages the poller still reads the cycle
-				c.recycle(cycle)
-			}
+			c.track(cycle)
+			c.recycle(cycle)
+		case staged <- toStage:
+			c.toStage[0] = nil
+			c.toStage = c.toStage[1:]
 		case msg, ok := <-routable:
 			if !ok {
 				routable = nil
 				continue
 			}
-			c.trackPending()
 			c.routeTracked(msg)
 		case done, ok := <-released:
 			if !ok {
@@ -272,20 +288,6 @@ func (c *coordinator[K, V]) takeEnded() bool {
 		c.complete(<-c.released)
 	}
 	return n+m > 0
-}
-
-// trackPending tracks the poll cycles already sent, before a message that
-// left the AfterPoll stages is routed: the poller sends a cycle to the
-// coordinator before it sends its messages into the stages, so this is
-// the cycle of msg or a later one.
-func (c *coordinator[K, V]) trackPending() {
-	for n := len(c.polled); n > 0; n-- {
-		cycle, ok := <-c.polled
-		if !ok {
-			return
-		}
-		c.track(cycle, false)
-	}
 }
 
 // publish makes the coordinator's state visible: to Stats, and to the
@@ -378,9 +380,6 @@ func (c *coordinator[K, V]) dispatchLimit() int {
 // recycle hands a tracked cycle's slices back to the poller, emptied, so
 // that a poll cycle allocates nothing in steady state.
 func (c *coordinator[K, V]) recycle(cycle pollCycle[K, V]) {
-	if c.spent == nil {
-		return
-	}
 	clear(cycle.msgs)
 	select {
 	case c.spent <- pollCycle[K, V]{msgs: cycle.msgs[:0], sizes: cycle.sizes[:0]}:
@@ -390,8 +389,9 @@ func (c *coordinator[K, V]) recycle(cycle pollCycle[K, V]) {
 
 // track adds a poll cycle's messages to their claims' windows: from now on
 // they are in flight and hold back their partitions' commits until they
-// finish. With route, they are routed at once (no AfterPoll stage).
-func (c *coordinator[K, V]) track(cycle pollCycle[K, V], route bool) {
+// finish. They are routed at once, or, with AfterPoll stages, sent into
+// the stages first.
+func (c *coordinator[K, V]) track(cycle pollCycle[K, V]) {
 	for i, msg := range cycle.msgs {
 		size := cycle.sizes[i]
 		cl := c.claims[msg.TopicPartition()]
@@ -419,9 +419,11 @@ func (c *coordinator[K, V]) track(cycle pollCycle[K, V], route bool) {
 			c.settle(cl, &cl.window.slots[len(cl.window.slots)-1], slotFinished)
 			continue
 		}
-		if route {
-			c.route(cl, &cl.window.slots[len(cl.window.slots)-1])
+		if c.staged != nil {
+			c.toStage = append(c.toStage, msg)
+			continue
 		}
+		c.route(cl, &cl.window.slots[len(cl.window.slots)-1])
 	}
 }
 

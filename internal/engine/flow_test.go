@@ -59,7 +59,7 @@ func TestHandlerPanicStackLogged(t *testing.T) {
 	p := &handlerPool[string, string]{
 		concurrency: 1, log: log, stats: &Stats{}, dispatch: dispatch, handlerEnd: ends,
 		handler: func(context.Context, *pipeline.Message[string, string]) error { panic("bug") },
-		collector: &collector[string, string]{policy: func(error) pipeline.ErrorAction { return pipeline.Skip }, stop: func(error) {},
+		collector: &collector[string, string]{policy: func(error) pipeline.ErrorAction { return pipeline.Skip }, failed: make(chan error, 1),
 			stats: &Stats{}, log: slog.New(slog.DiscardHandler)},
 	}
 	dispatch <- job[string, string]{ctx: context.Background(), msg: &pipeline.Message[string, string]{Topic: "t"}}

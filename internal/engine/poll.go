@@ -6,7 +6,6 @@ import (
 	"maps"
 	"math"
 	"slices"
-	"sync/atomic"
 	"time"
 
 	"github.com/parallafka/parallafka/pipeline"
@@ -69,26 +68,26 @@ type poller[K, V any] struct {
 	membership   pipeline.ConnectivitySource // nil: the source does not know
 	hooks        Hooks
 	obs          observer
-	// userPause is what Parallafka.Pause and Resume ask for; the poller
-	// reads it every cycle (an atomic owned by nobody's partition state).
-	userPause *atomic.Bool
-	batch     []*pipeline.Message[K, V] // this poll cycle's messages
-	sizes     []int32                   // and their sizes
-	held      []*pipeline.Message[K, V] // polled without credit (a consumer's prefetch), in poll order
-	ended     bool                      // the flow ended: rebalances from Close have nothing to do
+	userPaused   bool                      // the user's last wish, from the userPause edge
+	batch        []*pipeline.Message[K, V] // this poll cycle's messages
+	sizes        []int32                   // and their sizes
+	held         []*pipeline.Message[K, V] // polled without credit (a consumer's prefetch), in poll order
 }
 
 // pollerEdges are the poller's channels.
 type pollerEdges[K, V any] struct {
-	polled     chan<- pollCycle[K, V]         // to the coordinator
-	spent      <-chan pollCycle[K, V]         // from the coordinator: tracked cycles, their slices empty, for reuse
-	staged     chan<- *pipeline.Message[K, V] // into the AfterPoll stages; nil without them
-	room       <-chan room                    // from the coordinator: slots and bytes freed
-	steer      <-chan steering                // from the coordinator: partitions to pause
-	rebalances chan<- rebalanceRequest        // to the coordinator
-	commits    chan<- commitRequest           // to the committer: a revoke's final offsets
-	coordDone  <-chan struct{}                // closed when the coordinator returned
-	commitDone <-chan struct{}                // closed when the committer returned
+	polled     chan<- pollCycle[K, V]  // to the coordinator
+	spent      <-chan pollCycle[K, V]  // from the coordinator: tracked cycles, their slices empty, for reuse
+	room       <-chan room             // from the coordinator: slots and bytes freed
+	steer      <-chan steering         // from the coordinator: partitions to pause
+	rebalances chan<- rebalanceRequest // to the coordinator
+	commits    chan<- commitRequest    // to the committer: a revoke's final offsets
+	userPause  <-chan bool             // from Parallafka.Pause and Resume: the user's latest wish; nil: none
+	// coordDone is closed when the coordinator returned: the final offsets
+	// are handed over, so a rebalance from then on (the source's Close
+	// delivers one) has nothing to wait for or to commit.
+	coordDone  <-chan struct{}
+	commitDone <-chan struct{} // closed when the committer returned
 	draining   <-chan struct{}
 }
 
@@ -102,9 +101,6 @@ var _ pipeline.RebalanceListener = (*poller[int, int])(nil)
 // returned: the pipeline stops.
 func (p *poller[K, V]) run(ctx context.Context) error {
 	defer close(p.polled)
-	if p.staged != nil {
-		defer close(p.staged)
-	}
 	p.credit, p.bytes, p.window = p.maxInFlight, p.maxBytes, p.maxInFlight
 	p.watermarks, _ = p.source.(pipeline.WatermarkSource)
 	p.membership, _ = p.source.(pipeline.ConnectivitySource)
@@ -134,7 +130,7 @@ func (p *poller[K, V]) run(ctx context.Context) error {
 		if err := p.pollCycle(timeout); err != nil {
 			return err
 		}
-		if !p.flush(ctx) {
+		if !p.flush() {
 			return nil
 		}
 	}
@@ -174,9 +170,9 @@ func (p *poller[K, V]) pollCycle(timeout time.Duration) error {
 	return nil
 }
 
-// flush hands the cycle's messages to the coordinator (and into the
-// AfterPoll stages). It reports false when the pipeline stopped first.
-func (p *poller[K, V]) flush(ctx context.Context) bool {
+// flush hands the cycle's messages to the coordinator. It reports false
+// when the coordinator returned first.
+func (p *poller[K, V]) flush() bool {
 	if len(p.batch) == 0 {
 		return true
 	}
@@ -197,20 +193,10 @@ func (p *poller[K, V]) flush(ctx context.Context) bool {
 	}
 	select {
 	case p.polled <- cycle:
+		return true
 	case <-p.coordDone:
 		return false
 	}
-	for _, msg := range batch {
-		if p.staged == nil {
-			break
-		}
-		select {
-		case p.staged <- msg:
-		case <-ctx.Done():
-			return false
-		}
-	}
-	return true
 }
 
 // takeRoom adds the slots the coordinator freed since the last look, and
@@ -394,7 +380,11 @@ func (p *poller[K, V]) applyBackPressure() error {
 // broker fenced while it was cut off must not start handlers on
 // partitions the group may have given to another member).
 func (p *poller[K, V]) applyUserPause() error {
-	user := p.userPause != nil && p.userPause.Load()
+	select {
+	case p.userPaused = <-p.userPause:
+	default:
+	}
+	user := p.userPaused
 	p.stats.UserPaused.Store(user)
 	if doubt := p.membership != nil && p.membership.MembershipInDoubt(); doubt != p.inDoubt {
 		p.inDoubt = doubt
@@ -470,7 +460,7 @@ func (p *poller[K, V]) partitions() []pipeline.TopicPartition {
 // PartitionsAssigned starts a fresh claim for each partition. While the
 // pipeline is at its in-flight limit, new partitions start paused too.
 func (p *poller[K, V]) PartitionsAssigned(committed []pipeline.Offset) {
-	if p.ended {
+	if p.flowEnded() {
 		return
 	}
 	tps := make([]pipeline.TopicPartition, len(committed))
@@ -509,7 +499,7 @@ func (p *poller[K, V]) PartitionsAssigned(committed []pipeline.Offset) {
 // their final offsets before it returns, so that the next owner starts
 // right after the last message this member finished.
 func (p *poller[K, V]) PartitionsRevoked(tps []pipeline.TopicPartition) {
-	if p.ended { // inside the source's Close: the final offsets are committed
+	if p.flowEnded() { // inside the source's Close: the final offsets are committed
 		p.obs.partitions("PartitionsRevoked", tps)
 		p.hooks.call(p.log, "OnRevoked", p.hooks.OnRevoked, tps)
 		return
@@ -549,7 +539,7 @@ func (p *poller[K, V]) PartitionsRevoked(tps []pipeline.TopicPartition) {
 // PartitionsLost drops the partitions' backlog without committing: another
 // member may own them already.
 func (p *poller[K, V]) PartitionsLost(tps []pipeline.TopicPartition) {
-	if p.ended {
+	if p.flowEnded() {
 		p.obs.partitions("PartitionsLost", tps)
 		p.hooks.call(p.log, "OnLost", p.hooks.OnLost, tps)
 		return
@@ -582,8 +572,16 @@ func (Hooks) call(log *slog.Logger, name string, fn func([]pipeline.TopicPartiti
 
 // flushForRebalance hands over the messages polled so far in this cycle,
 // before a rebalance changes what they belong to.
-func (p *poller[K, V]) flushForRebalance() {
-	p.flush(context.Background())
+func (p *poller[K, V]) flushForRebalance() { p.flush() }
+
+// flowEnded reports whether the coordinator returned (see coordDone).
+func (p *poller[K, V]) flowEnded() bool {
+	select {
+	case <-p.coordDone:
+		return true
+	default:
+		return false
+	}
 }
 
 // forget takes partitions out of the assignment: the cycle's messages go to
