@@ -145,7 +145,7 @@ type Parallafka[K, V any] struct {
 	stats    engine.Stats
 	consumed atomic.Bool
 	paused   engine.UserPause // Pause and Resume; the poll stage acts on it
-	ended    atomic.Bool // Consume returned
+	ended    atomic.Bool      // Consume returned
 }
 
 // New returns a Parallafka that will consume source. It returns an error if
