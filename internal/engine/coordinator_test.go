@@ -3,7 +3,6 @@ package engine
 import (
 	"context"
 	"fmt"
-	"hash/maphash"
 	"log/slog"
 	"slices"
 	"testing"
@@ -70,23 +69,18 @@ func newCoordHarness(t *testing.T, o coordOptions) *coordHarness {
 		msgs:       make(map[pipeline.Offset]*pipeline.Message[string, string]),
 		ctxs:       make(map[*pipeline.Message[string, string]]context.Context),
 	}
-	h.c = &coordinator[string, string]{
-		coordinatorEdges: coordinatorEdges[string, string]{
-			polled: h.polled, dispatch: h.dispatch, handlerEnd: h.handlerEnd, room: h.room,
-			rebalances: h.rebalances, offsets: h.offsets, final: h.final, queries: h.queries,
-			drainingCh: h.draining,
-		},
-		ordering: o.ordering, orderNilKeys: o.orderNilKeys, concurrency: o.concurrency, batch: o.batch,
-		stats: h.stats, log: slog.New(slog.DiscardHandler),
-		claims: make(map[pipeline.TopicPartition]*claim[string, string]), seed: maphash.MakeSeed(),
-	}
-	if o.adaptiveMin > 0 {
-		h.c.limiter = newLimiter(o.adaptiveMin, o.concurrency)
-	}
 	if o.maxInFlight > 0 {
 		h.steer = make(chan steering, 1)
-		h.c.steer, h.c.maxInFlight = h.steer, o.maxInFlight
 	}
+	h.c = newCoordinator(coordinatorConfig{
+		concurrency: o.concurrency, minConcurrency: o.adaptiveMin, maxInFlight: o.maxInFlight,
+		ordering: o.ordering, orderNilKeys: o.orderNilKeys, batch: o.batch,
+		stats: h.stats, log: slog.New(slog.DiscardHandler),
+	}, coordinatorEdges[string, string]{
+		polled: h.polled, dispatch: h.dispatch, handlerEnd: h.handlerEnd, room: h.room, steer: h.steer,
+		rebalances: h.rebalances, offsets: h.offsets, final: h.final, queries: h.queries,
+		drainingCh: h.draining,
+	})
 	ctx, cancel := context.WithCancel(context.Background())
 	h.cancel = cancel
 	go func() {

@@ -8,7 +8,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"hash/maphash"
 	"log/slog"
 	"sync"
 	"time"
@@ -253,20 +252,16 @@ func newFlow[K, V any](cfg *Config[K, V], stats *Stats, life *lifecycle) *flow[K
 		quickWindow: quickWindow, pollTimeout: pollTimeout, pauseAfter: pauseAfter, revokeTimeout: cfg.RevokeTimeout,
 		hooks: cfg.Hooks, obs: obs,
 	}
-	coord := &coordinator[K, V]{
-		coordinatorEdges: coordinatorEdges[K, V]{
-			polled: polled, spent: spent, staged: staged, routable: routable, dispatch: dispatch,
-			handlerEnd: handlerEnd, released: released, room: room, commitNow: commitNow, steer: steer,
-			rebalances: rebalances, offsets: offsets, final: final, queries: queries, drainingCh: life.draining,
-		},
-		maxInFlight: cfg.MaxInFlight, commitEvery: cfg.CommitEvery, batch: batch,
-		ordering: cfg.Ordering, orderNilKeys: cfg.OrderNilKeys, concurrency: cfg.Concurrency,
-		onLimit: cfg.OnLimit, obs: obs, stallTimeout: cfg.StallTimeout,
-		stats: stats, log: cfg.Logger, claims: make(map[pipeline.TopicPartition]*claim[K, V]), seed: maphash.MakeSeed(),
-	}
-	if cfg.MinConcurrency > 0 {
-		coord.limiter = newLimiter(cfg.MinConcurrency, cfg.Concurrency)
-	}
+	coord := newCoordinator(coordinatorConfig{
+		concurrency: cfg.Concurrency, minConcurrency: cfg.MinConcurrency, onLimit: cfg.OnLimit,
+		maxInFlight: cfg.MaxInFlight, commitEvery: cfg.CommitEvery,
+		ordering: cfg.Ordering, orderNilKeys: cfg.OrderNilKeys, batch: batch,
+		stallTimeout: cfg.StallTimeout, stats: stats, log: cfg.Logger, obs: obs,
+	}, coordinatorEdges[K, V]{
+		polled: polled, spent: spent, staged: staged, routable: routable, dispatch: dispatch,
+		handlerEnd: handlerEnd, released: released, room: room, commitNow: commitNow, steer: steer,
+		rebalances: rebalances, offsets: offsets, final: final, queries: queries, drainingCh: life.draining,
+	})
 	collector := &collector[K, V]{policy: cfg.ErrorPolicy, failed: failed, stats: stats, log: cfg.Logger, obs: obs}
 	pool := &handlerPool[K, V]{
 		concurrency: cfg.Concurrency, handler: cfg.Handler, batchHandler: cfg.BatchHandler, log: cfg.Logger,

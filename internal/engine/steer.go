@@ -1,6 +1,10 @@
 package engine
 
-import "time"
+import (
+	"time"
+
+	"github.com/parallafka/parallafka/pipeline"
+)
 
 // Poll steering: the coordinator tells the poller which partitions to
 // pause so that the in-flight window holds what the handlers need next.
@@ -53,7 +57,7 @@ const (
 )
 
 // chainGrew records that key's queue in cl has n messages now.
-func (c *coordinator[K, V]) chainGrew(cl *claim[K, V], key uint64, n int) {
+func (p *dispatchPolicy[K, V]) chainGrew(cl *claim[K, V], key uint64, n int) {
 	switch {
 	case cl.hasChain && cl.chainKey == key:
 	case n > cl.chainN:
@@ -63,15 +67,15 @@ func (c *coordinator[K, V]) chainGrew(cl *claim[K, V], key uint64, n int) {
 	}
 	cl.chainN, cl.chainDryAt = n, time.Time{}
 	if !cl.critical && n >= minChain && 2*n >= cl.tracked {
-		cl.critical, c.surplusDirty = true, true
-		c.criticals++
+		cl.critical, p.surplusDirty = true, true
+		p.criticals++
 	}
-	c.checkShort(cl)
+	p.checkShort(cl)
 }
 
 // chainShrank records that key's queue in cl has n messages left after a
 // dispatch; idle: the key has nothing in flight either.
-func (c *coordinator[K, V]) chainShrank(cl *claim[K, V], key uint64, n int, idle bool) {
+func (p *dispatchPolicy[K, V]) chainShrank(cl *claim[K, V], key uint64, n int, idle bool) {
 	if !cl.hasChain || cl.chainKey != key {
 		return
 	}
@@ -79,50 +83,50 @@ func (c *coordinator[K, V]) chainShrank(cl *claim[K, V], key uint64, n int, idle
 	if idle {
 		cl.chainDryAt = time.Now()
 	}
-	c.checkShort(cl)
+	p.checkShort(cl)
 }
 
 // forgetChain ends cl's chain: the claim is stopping, or its chain ran dry.
-func (c *coordinator[K, V]) forgetChain(cl *claim[K, V]) {
+func (p *dispatchPolicy[K, V]) forgetChain(cl *claim[K, V]) {
 	if cl.critical {
-		c.surplusDirty = true
-		c.criticals--
+		p.surplusDirty = true
+		p.criticals--
 	}
 	cl.hasChain, cl.critical, cl.chainN, cl.chainDryAt = false, false, 0, time.Time{}
-	c.checkShort(cl)
+	p.checkShort(cl)
 }
 
 // checkShort keeps cl.short and the count of short claims.
-func (c *coordinator[K, V]) checkShort(cl *claim[K, V]) {
+func (p *dispatchPolicy[K, V]) checkShort(cl *claim[K, V]) {
 	want := cl.short
 	switch {
 	case !cl.critical || cl.stopping:
 		want = false
-	case cl.chainN < c.lowWater:
+	case cl.chainN < p.lowWater:
 		want = true
-	case cl.chainN >= 2*c.lowWater:
+	case cl.chainN >= 2*p.lowWater:
 		want = false
 	}
 	if want != cl.short {
 		cl.short = want
 		if want {
-			c.shortChains++
+			p.shortChains++
 		} else {
-			c.shortChains--
+			p.shortChains--
 		}
 	}
-	c.checkSurplus(cl)
+	p.checkSurplus(cl)
 }
 
 // checkLow keeps cl.low and cl.over. Below a quarter of its even share of
 // the window (until half of it) a claim is low: steering does not pause
 // it, and while it has messages to read the poller pauses the claims that
 // are over: at their share or above (until below half of it).
-func (c *coordinator[K, V]) checkLow(cl *claim[K, V]) {
-	if c.maxInFlight <= 0 {
+func (p *dispatchPolicy[K, V]) checkLow(cl *claim[K, V], claims int) {
+	if p.maxInFlight <= 0 {
 		return
 	}
-	share := c.maxInFlight / max(1, len(c.claims))
+	share := p.maxInFlight / max(1, claims)
 	low, over := cl.low, cl.over
 	switch {
 	case cl.tracked < share/4:
@@ -137,35 +141,57 @@ func (c *coordinator[K, V]) checkLow(cl *claim[K, V]) {
 		over = false
 	}
 	if low != cl.low || over != cl.over {
-		cl.low, cl.over, c.surplusDirty = low, over, true
+		cl.low, cl.over, p.surplusDirty = low, over, true
 	}
 }
 
 // checkStarving decides, once per coordinator turn, whether the poller
 // reads only the critical partitions (and the low ones).
-func (c *coordinator[K, V]) checkStarving() {
-	c.loops++
-	if c.loops&255 == 0 {
-		c.expireChains(time.Now())
+func (p *dispatchPolicy[K, V]) checkStarving(claims map[pipeline.TopicPartition]*claim[K, V], ready int) {
+	p.loops++
+	if p.loops&255 == 0 {
+		p.expireChains(claims, time.Now())
 	}
-	want := c.starving
+	want := p.starving
 	switch {
-	case c.shortChains == 0 || c.quick >= quickRun || c.ready.len() < c.concurrency:
+	case p.shortChains == 0 || p.quick >= quickRun || ready < p.concurrency:
 		want = false
-	case c.ready.len() >= 2*c.concurrency:
+	case ready >= 2*p.concurrency:
 		want = true
 	}
-	if want != c.starving {
-		c.starving, c.surplusDirty = want, true
+	if want != p.starving {
+		p.starving, p.surplusDirty = want, true
 	}
 }
 
 // expireChains forgets the chains that had nothing queued for chainDry: a
 // hot key that went quiet, or whose partition has nothing more to read.
-func (c *coordinator[K, V]) expireChains(now time.Time) {
-	for _, cl := range c.claims {
+func (p *dispatchPolicy[K, V]) expireChains(claims map[pipeline.TopicPartition]*claim[K, V], now time.Time) {
+	for _, cl := range claims {
 		if cl.hasChain && !cl.chainDryAt.IsZero() && now.Sub(cl.chainDryAt) > chainDry {
-			c.forgetChain(cl)
+			p.forgetChain(cl)
 		}
 	}
+}
+
+// steering is what the poller is to pause now (see the rules above).
+func (p *dispatchPolicy[K, V]) steering(claims map[pipeline.TopicPartition]*claim[K, V]) steering {
+	var s steering
+	quick := p.handlersQuick()
+	for tp, cl := range claims {
+		// Surplus ready work is paused only for a chain's sake: with
+		// no critical claim nobody needs the window it would free, and
+		// a resumed partition may take a while to be fetched again.
+		if cl.surplus && p.criticals > 0 || p.starving && !cl.critical && !cl.low {
+			s.pause = append(s.pause, tp)
+		}
+		if cl.over && !cl.critical && !quick {
+			s.over = append(s.over, tp)
+		}
+		if cl.low {
+			s.low = append(s.low, tp)
+		}
+	}
+	s.starving, s.quick = p.starving, p.quickWindow && p.criticals == 0
+	return s
 }
