@@ -21,11 +21,19 @@ func (p *handlerPool[K, V]) handleBatch(ctx context.Context, job job[K, V]) {
 	if b.release != nil {
 		defer b.release()
 	}
-	msgs := b.msgs
-	// The messages the handler gets: not those a stage dropped, nor those
-	// that could not be deserialized, nor those whose claim ended already.
+	called, sample := p.callBatchHandler(job)
+	p.settleBatch(ctx, job, called, sample)
+}
+
+// callBatchHandler calls the batch handler with the batch's messages that
+// are to be handled: not those a stage dropped, nor those that could not
+// be deserialized, nor any if the batch's claims ended already. It
+// reports which it called it with, and the call's sample for the adaptive
+// limit (one call, one sample, whatever its size).
+func (p *handlerPool[K, V]) callBatchHandler(job job[K, V]) (called []bool, sample handlerCall) {
+	msgs := job.batch.msgs
 	call := make([]*pipeline.Message[K, V], 0, len(msgs))
-	called := make([]bool, len(msgs))
+	called = make([]bool, len(msgs))
 	if job.ctx.Err() == nil {
 		for i, msg := range msgs {
 			if toHandle(msg) {
@@ -35,8 +43,6 @@ func (p *handlerPool[K, V]) handleBatch(ctx context.Context, job job[K, V]) {
 			}
 		}
 	}
-	var err error
-	var sample handlerCall // one call, one sample for the adaptive limit, whatever its size
 	if len(call) > 0 {
 		p.stats.Batches.Add(1)
 		p.stats.Batched.Add(int64(len(call)))
@@ -50,7 +56,7 @@ func (p *handlerPool[K, V]) handleBatch(ctx context.Context, job job[K, V]) {
 			hctx = p.obs.batchStarted(hctx, infos)
 		}
 		began := time.Now()
-		err = callHandler(p.log, p.callBatch, hctx, call, describeBatch[K, V])
+		err := callHandler(p.log, p.callBatch, hctx, call, describeBatch[K, V])
 		sample.ended = time.Now()
 		sample.took = sample.ended.Sub(began)
 		sample.ran, sample.failed = job.ctx.Err() == nil, err != nil
@@ -61,10 +67,18 @@ func (p *handlerPool[K, V]) handleBatch(ctx context.Context, job job[K, V]) {
 			msg.Err = pipeline.BatchOutcome(err, msg)
 		}
 	}
-	// Each message's fate. A message fails (for its key's sake) if it
-	// does not finish in this attempt: then the later messages of its key
-	// in the batch are requeued behind it, whatever the handler said of
-	// them.
+	return called, sample
+}
+
+// settleBatch decides each message's fate after the call. A message fails
+// (for its key's sake) if it does not finish in this attempt: then the
+// later messages of its key in the batch are requeued behind it, whatever
+// the handler said of them. It tells the coordinator that the handler is
+// free, with the messages that skip the AfterHandle stages, and sends the
+// others into the stages.
+func (p *handlerPool[K, V]) settleBatch(ctx context.Context, job job[K, V], called []bool, sample handlerCall) {
+	b := job.batch
+	msgs := b.msgs
 	ended := handlerEnded[K, V]{call: sample, settled: make([]completion[K, V], 0, len(msgs))}
 	blocked := make([]bool, len(msgs))
 	onward := make([]bool, len(msgs)) // into the stages, or to the collector's verdict

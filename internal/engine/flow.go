@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/parallafka/parallafka/internal/signal"
 	"github.com/parallafka/parallafka/pipeline"
 )
 
@@ -82,6 +83,9 @@ type UserPause struct {
 }
 
 func (u *UserPause) edge() chan bool {
+	if u == nil {
+		return nil // never paused
+	}
 	u.once.Do(func() { u.wish = make(chan bool, 1) })
 	return u.wish
 }
@@ -235,21 +239,13 @@ func newFlow[K, V any](cfg *Config[K, V], stats *Stats, life *lifecycle) *flow[K
 	if cfg.BatchHandler == nil {
 		batch = BatchLimits{}
 	}
-	quickWindow := 0
-	if cfg.Ordering == OrderByKey && cfg.BatchHandler == nil {
-		quickWindow = min(cfg.MaxInFlight, max(minQuickWindow, quickWindowPerHandler*cfg.Concurrency))
-	}
-	var userPause <-chan bool
-	if cfg.Pause != nil {
-		userPause = cfg.Pause.edge()
-	}
 	f.poller = &poller[K, V]{
 		pollerEdges: pollerEdges[K, V]{
 			polled: polled, spent: spent, room: room, steer: steer, rebalances: rebalances, commits: commits,
-			userPause: userPause, coordDone: coordDone, commitDone: commitDone, draining: life.draining,
+			userPause: cfg.Pause.edge(), coordDone: coordDone, commitDone: commitDone, draining: life.draining,
 		},
 		source: cfg.Source, log: cfg.Logger, stats: stats, maxInFlight: cfg.MaxInFlight, maxBytes: cfg.MaxInFlightBytes,
-		quickWindow: quickWindow, pollTimeout: pollTimeout, pauseAfter: pauseAfter, revokeTimeout: cfg.RevokeTimeout,
+		quickWindow: cfg.quickWindow(), pollTimeout: pollTimeout, pauseAfter: pauseAfter, revokeTimeout: cfg.RevokeTimeout,
 		hooks: cfg.Hooks, obs: obs,
 	}
 	coord := newCoordinator(coordinatorConfig{
@@ -274,15 +270,7 @@ func newFlow[K, V any](cfg *Config[K, V], stats *Stats, life *lifecycle) *flow[K
 		offsets: offsets, final: final, commits: commits, commitNow: commitNow, coordDone: coordDone,
 		shutdownDeadline: life.shutdownDeadline, obs: obs,
 	}
-	life.revoked = func(topic string, partition int32) <-chan struct{} {
-		q := revokedQuery{tp: pipeline.TopicPartition{Topic: topic, Partition: partition}, reply: make(chan (<-chan struct{}), 1)}
-		select {
-		case queries <- q:
-			return <-q.reply
-		case <-coordDone:
-			return closedChannel
-		}
-	}
+	life.revoked = askRevoked(queries, coordDone)
 
 	// A failing source stops the flow gracefully; anything else failing
 	// breaks it, and stops it hard.
@@ -307,6 +295,29 @@ func newFlow[K, V any](cfg *Config[K, V], stats *Stats, life *lifecycle) *flow[K
 		}})
 	}
 	return f
+}
+
+// quickWindow is the poller's window while the handlers are quick, in key
+// order only (see quickWindowPerHandler); 0: the window never shrinks.
+func (cfg *Config[K, V]) quickWindow() int {
+	if cfg.Ordering != OrderByKey || cfg.BatchHandler != nil {
+		return 0
+	}
+	return min(cfg.MaxInFlight, max(minQuickWindow, quickWindowPerHandler*cfg.Concurrency))
+}
+
+// askRevoked answers pipeline.Revoked by asking the coordinator on
+// queries.
+func askRevoked(queries chan<- revokedQuery, coordDone <-chan struct{}) signal.Revoked {
+	return func(topic string, partition int32) <-chan struct{} {
+		q := revokedQuery{tp: pipeline.TopicPartition{Topic: topic, Partition: partition}, reply: make(chan (<-chan struct{}), 1)}
+		select {
+		case queries <- q:
+			return <-q.reply
+		case <-coordDone:
+			return closedChannel
+		}
+	}
 }
 
 // run starts every goroutine of the flow and waits for all of them.
