@@ -20,26 +20,10 @@ type claim[K, V any] struct {
 	tracked int                      // in the window, not yet finished or abandoned
 	start   int64                    // first offset tracked, -1 before: nothing to commit until the window passes it
 
-	outstanding int  // dispatched, not yet back
-	stopping    bool // revoked, lost or draining: nothing starts any more
-	revoked     chan struct{}
-	readyN      int  // its messages in the ready set
-	queuedN     int  // its messages queued behind busy keys
-	surplus     bool // its ready messages are more than the handlers need: the poller may pause it
-	// low: it holds less than its share of the window (with hysteresis,
-	// see checkLow): steering never pauses it, so that a partition whose
-	// messages were not polled yet (a hot key nobody has seen) is read.
-	low  bool
-	over bool // it holds its share of the window or more (until half of it)
-	// Its key chain (steer.go): the key with the longest queue seen, and
-	// whether the claim is critical (a chain of it held a large share of
-	// the queued messages) and short of polled messages.
-	chainKey   uint64
-	chainN     int // messages queued behind chainKey now
-	hasChain   bool
-	critical   bool
-	short      bool
-	chainDryAt time.Time // when chainKey's queue last ran out; zero while it has messages
+	outstanding   int  // dispatched, not yet back
+	stopping      bool // revoked, lost or draining: nothing starts any more
+	revoked       chan struct{}
+	claimSteering // the dispatch policy's state of it (steer.go)
 	// inherited are the offsets an earlier owner finished past the
 	// committed offset (its offset map), from the first not yet polled on:
 	// polled, they count as finished at once.
@@ -75,45 +59,12 @@ type revokeWait[K, V any] struct {
 func (c *coordinator[K, V]) rebalance(req rebalanceRequest) {
 	switch req.kind {
 	case rebalanceAssign:
-		for _, tp := range req.partitions {
-			if _, ok := c.claims[tp]; ok {
-				continue // still ours (incremental assignment)
-			}
-			c.claimIDs++
-			cl := &claim[K, V]{
-				tp: tp, id: c.claimIDs, keys: make(map[uint64][]entry[K, V]),
-				start: -1, revoked: make(chan struct{}), progressOff: -1, progressAt: c.policy.coarse,
-			}
-			cl.inherited = inheritedMap(c.log, req.committed, tp)
-			cl.ctx, cl.cancel = context.WithCancel(c.ctx)
-			if c.draining {
-				cl.stopping = true
-				close(cl.revoked)
-			}
-			c.claims[tp] = cl
-		}
-		c.policy.sizeSurplus(c.claims, c.handlerCapacity())
+		c.assign(req.partitions, req.committed)
 		req.reply <- nil
 	case rebalanceRevoke:
-		w := &revokeWait[K, V]{reply: req.reply}
-		for _, tp := range req.partitions {
-			if cl := c.claims[tp]; cl != nil {
-				w.claims = append(w.claims, cl)
-			}
-		}
-		c.revokes = append(c.revokes, w)
-		for _, cl := range w.claims {
-			c.stop(cl)
-		}
-		c.revokesDue = true
+		c.revoke(req.partitions, req.reply) // replied once idle
 	case rebalanceGiveUp:
-		for i, w := range c.revokes {
-			if w.reply == req.reply {
-				c.revokes = append(c.revokes[:i], c.revokes[i+1:]...)
-				c.answerRevoke(w)
-				return
-			}
-		}
+		c.giveUp(req.reply)
 	case rebalanceHold, rebalanceUnhold:
 		c.holding = req.kind == rebalanceHold
 		req.reply <- nil
@@ -124,6 +75,57 @@ func (c *coordinator[K, V]) rebalance(req rebalanceRequest) {
 			}
 		}
 		req.reply <- nil
+	}
+}
+
+// assign starts a claim for each partition not claimed yet, with the
+// offset map of its committed offset.
+func (c *coordinator[K, V]) assign(tps []pipeline.TopicPartition, committed []pipeline.Offset) {
+	for _, tp := range tps {
+		if _, ok := c.claims[tp]; ok {
+			continue // still ours (incremental assignment)
+		}
+		c.claimIDs++
+		cl := &claim[K, V]{
+			tp: tp, id: c.claimIDs, keys: make(map[uint64][]entry[K, V]),
+			start: -1, revoked: make(chan struct{}), progressOff: -1, progressAt: c.policy.coarse,
+		}
+		cl.inherited = inheritedMap(c.log, committed, tp)
+		cl.ctx, cl.cancel = context.WithCancel(c.ctx)
+		if c.draining {
+			cl.stopping = true
+			close(cl.revoked)
+		}
+		c.claims[tp] = cl
+	}
+	c.policy.sizeSurplus(c.claims, c.handlerCapacity())
+}
+
+// revoke stops the partitions' claims; reply gets their final offsets
+// once they have nothing in flight (answerRevokes), or when the poller
+// gives up waiting (giveUp).
+func (c *coordinator[K, V]) revoke(tps []pipeline.TopicPartition, reply chan<- []claimOffset) {
+	w := &revokeWait[K, V]{reply: reply}
+	for _, tp := range tps {
+		if cl := c.claims[tp]; cl != nil {
+			w.claims = append(w.claims, cl)
+		}
+	}
+	c.revokes = append(c.revokes, w)
+	for _, cl := range w.claims {
+		c.stop(cl)
+	}
+	c.revokesDue = true
+}
+
+// giveUp answers the revoke waiting on reply now: its timeout passed.
+func (c *coordinator[K, V]) giveUp(reply chan<- []claimOffset) {
+	for i, w := range c.revokes {
+		if w.reply == reply {
+			c.revokes = append(c.revokes[:i], c.revokes[i+1:]...)
+			c.answerRevoke(w)
+			return
+		}
 	}
 }
 
@@ -219,7 +221,7 @@ func (c *coordinator[K, V]) end(cl *claim[K, V]) {
 	}
 	cl.cancel()
 	c.policy.sizeSurplus(c.claims, c.handlerCapacity())
-	c.policy.surplusDirty = true
+	c.policy.steeringChanged = true
 	c.ready.filter(func(e entry[K, V]) bool { return e.claim != cl })
 	for _, queue := range cl.keys {
 		c.routing.queued -= len(queue)

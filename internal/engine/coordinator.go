@@ -344,10 +344,10 @@ func (c *coordinator[K, V]) publish() {
 	c.stats.InFlightBytes.Store(c.inFlight.bytes)
 	c.stats.Queued.Store(int64(c.routing.queued))
 	c.policy.checkStarving(c.claims, c.ready.len())
-	if c.policy.surplusDirty && c.steer != nil {
+	if c.policy.steeringChanged && c.steer != nil {
 		select {
 		case c.steer <- c.policy.steering(c.claims):
-			c.policy.surplusDirty = false
+			c.policy.steeringChanged = false
 		default: // the poller has not read the last set yet
 		}
 	}

@@ -90,3 +90,28 @@ func TestHandlerPanicStackLogged(t *testing.T) {
 		t.Errorf("stack begins %q; want the goroutine line", record.Stack[0])
 	}
 }
+
+// UserPause keeps the user's latest wish for the poller, never blocking.
+func TestUserPauseLatestWish(t *testing.T) {
+	var u UserPause
+	u.Set(true)
+	u.Set(false)
+	u.Set(true)
+	select {
+	case paused := <-u.edge():
+		if !paused {
+			t.Fatal("the poller read resume; want the latest wish, pause")
+		}
+	default:
+		t.Fatal("no wish to read")
+	}
+	select {
+	case paused := <-u.edge():
+		t.Fatalf("a second wish %v; want only the latest", paused)
+	default:
+	}
+	var none *UserPause
+	if none.edge() != nil {
+		t.Fatal("a nil UserPause has an edge; want none (never paused)")
+	}
+}

@@ -32,13 +32,13 @@ type dispatchPolicy[K, V any] struct {
 	// critical key chain, how many of them are short of messages, and
 	// whether the poller reads only them (and the partitions below their
 	// share of the window).
-	surplusAt    int // a claim with this many ready messages, most of them not behind a key, is surplus; 0: never
-	lowWater     int // a critical chain with fewer messages queued is short
-	shortChains  int
-	criticals    int // claims that are critical
-	starving     bool
-	surplusDirty bool // what the poller is to pause changed since it was last told
-	loops        int  // coordinator turns, to look at the clock now and then
+	surplusAt       int // a claim with this many ready messages, most of them not behind a key, is surplus; 0: never
+	lowWater        int // a critical chain with fewer messages queued is short
+	shortChains     int
+	criticals       int // claims that are critical
+	starving        bool
+	steeringChanged bool // what the poller is to pause changed since it was last told
+	loops           int  // coordinator turns, to look at the clock now and then
 
 	epoch  time.Time     // the clock's zero: when the coordinator began
 	coarse time.Duration // the clock at the last stall check
@@ -125,7 +125,7 @@ func (p *dispatchPolicy[K, V]) handlerTook(quick bool) {
 	// window, a run of them does.
 	if p.quickWindow && p.slow >= quickRun || !p.quickWindow && p.quick >= quickRun {
 		p.quickWindow = !p.quickWindow
-		p.surplusDirty = true
+		p.steeringChanged = true
 	}
 }
 
@@ -182,7 +182,7 @@ func (p *dispatchPolicy[K, V]) checkSurplus(cl *claim[K, V]) {
 		want = true
 	}
 	if want != cl.surplus {
-		cl.surplus, p.surplusDirty = want, true
+		cl.surplus, p.steeringChanged = want, true
 	}
 }
 

@@ -51,6 +51,28 @@ import (
 // would slow down. In key order they also shrink the poller's window
 // (steering.quick, see minQuickWindow) while no claim is critical.
 
+// claimSteering is a claim's state for poll steering: its messages ready
+// and queued, whether it is surplus, low or over, and its key chain.
+type claimSteering struct {
+	readyN  int  // its messages in the ready set
+	queuedN int  // its messages queued behind busy keys
+	surplus bool // its ready messages are more than the handlers need: the poller may pause it
+	// low: it holds less than its share of the window (with hysteresis,
+	// see checkLow): steering never pauses it, so that a partition whose
+	// messages were not polled yet (a hot key nobody has seen) is read.
+	low  bool
+	over bool // it holds its share of the window or more (until half of it)
+	// Its key chain: the key with the longest queue seen, and whether the
+	// claim is critical (a chain of it held a large share of the queued
+	// messages) and short of polled messages.
+	chainKey   uint64
+	chainN     int // messages queued behind chainKey now
+	hasChain   bool
+	critical   bool
+	short      bool
+	chainDryAt time.Time // when chainKey's queue last ran out; zero while it has messages
+}
+
 const (
 	minChain = 16          // a shorter queue is no chain worth steering for
 	chainDry = time.Second // a critical claim whose chain had nothing queued this long is critical no more
@@ -67,7 +89,7 @@ func (p *dispatchPolicy[K, V]) chainGrew(cl *claim[K, V], key uint64, n int) {
 	}
 	cl.chainN, cl.chainDryAt = n, time.Time{}
 	if !cl.critical && n >= minChain && 2*n >= cl.tracked {
-		cl.critical, p.surplusDirty = true, true
+		cl.critical, p.steeringChanged = true, true
 		p.criticals++
 	}
 	p.checkShort(cl)
@@ -89,7 +111,7 @@ func (p *dispatchPolicy[K, V]) chainShrank(cl *claim[K, V], key uint64, n int, i
 // forgetChain ends cl's chain: the claim is stopping, or its chain ran dry.
 func (p *dispatchPolicy[K, V]) forgetChain(cl *claim[K, V]) {
 	if cl.critical {
-		p.surplusDirty = true
+		p.steeringChanged = true
 		p.criticals--
 	}
 	cl.hasChain, cl.critical, cl.chainN, cl.chainDryAt = false, false, 0, time.Time{}
@@ -141,7 +163,7 @@ func (p *dispatchPolicy[K, V]) checkLow(cl *claim[K, V], claims int) {
 		over = false
 	}
 	if low != cl.low || over != cl.over {
-		cl.low, cl.over, p.surplusDirty = low, over, true
+		cl.low, cl.over, p.steeringChanged = low, over, true
 	}
 }
 
@@ -160,7 +182,7 @@ func (p *dispatchPolicy[K, V]) checkStarving(claims map[pipeline.TopicPartition]
 		want = true
 	}
 	if want != p.starving {
-		p.starving, p.surplusDirty = want, true
+		p.starving, p.steeringChanged = want, true
 	}
 }
 
