@@ -144,8 +144,8 @@ type Parallafka[K, V any] struct {
 	after    []engine.NamedStage[K, V]
 	stats    engine.Stats
 	consumed atomic.Bool
-	paused   atomic.Bool // Pause and Resume; the poll stage acts on it
-	ended    atomic.Bool // Consume returned
+	paused   engine.UserPause // Pause and Resume; the poll stage acts on it
+	ended    atomic.Bool      // Consume returned
 }
 
 // New returns a Parallafka that will consume source. It returns an error if
@@ -309,10 +309,10 @@ func (p *Parallafka[K, V]) engineConfig(handler Handler[K, V], batchHandler Batc
 // already running finish, and their offsets are committed. Use it as a
 // circuit breaker while a downstream is down. It takes effect within one
 // poll cycle (about 100 ms); calling it before Consume pauses from the start.
-func (p *Parallafka[K, V]) Pause() { p.paused.Store(true) }
+func (p *Parallafka[K, V]) Pause() { p.paused.Set(true) }
 
 // Resume undoes Pause: dispatching and fetching go on.
-func (p *Parallafka[K, V]) Resume() { p.paused.Store(false) }
+func (p *Parallafka[K, V]) Resume() { p.paused.Set(false) }
 
 func (p *Parallafka[K, V]) closeSource() error {
 	if err := p.source.Close(); err != nil {
