@@ -106,6 +106,9 @@ func NewSource[K, V any](consumer *ckafka.Consumer, topics []string,
 		}
 	}
 	o := applyOptions(opts)
+	if o.err != nil {
+		return nil, o.err
+	}
 	info, err := claimConsumer(consumer, o.unchecked)
 	if err != nil {
 		return nil, err

@@ -10,14 +10,11 @@ import (
 	"github.com/parallafka/parallafka/pipeline"
 )
 
-// MessageIDHeader is the record header whose value is a message's dedupe
-// identity by default.
-const MessageIDHeader = "message-id"
-
-// Defaults of the in-memory store that Dedupe uses when given none.
+// The in-memory store that Dedupe uses when given none: 100,000
+// identities kept for an hour.
 const (
-	DefaultDedupeMaxIDs = 100_000
-	DefaultDedupeTTL    = time.Hour
+	defaultDedupeMaxIDs = 100_000
+	defaultDedupeTTL    = time.Hour
 )
 
 // DedupeStore remembers the identities of handled messages for a window.
@@ -32,11 +29,11 @@ type DedupeStore interface {
 // DedupeConfig configures Dedupe. A zero field takes its documented default.
 type DedupeConfig[K, V any] struct {
 	// ID returns a message's dedupe identity, and false for a message that
-	// is not to be deduplicated. Default: the value of the MessageIDHeader
+	// is not to be deduplicated. Default: the value of the HeaderMessageID
 	// header, if the message has one that is not empty.
 	ID func(msg *pipeline.Message[K, V]) (id string, ok bool)
 	// Store remembers the identities. Default: a MemoryDedupeStore of
-	// DefaultDedupeMaxIDs identities kept for DefaultDedupeTTL.
+	// 100,000 identities kept for an hour.
 	Store DedupeStore
 	// OnRecordError is called when the store fails to record a handled
 	// message's identity. The message still succeeds (it was handled);
@@ -65,7 +62,7 @@ func Dedupe[K, V any](cfg DedupeConfig[K, V]) pipeline.Middleware[K, V] {
 		cfg.ID = headerID[K, V]
 	}
 	if cfg.Store == nil {
-		cfg.Store = NewMemoryDedupeStore(DefaultDedupeMaxIDs, DefaultDedupeTTL)
+		cfg.Store = NewMemoryDedupeStore(defaultDedupeMaxIDs, defaultDedupeTTL)
 	}
 	return func(next pipeline.Handler[K, V]) pipeline.Handler[K, V] {
 		return func(ctx context.Context, msg *pipeline.Message[K, V]) error {
@@ -96,7 +93,7 @@ func Dedupe[K, V any](cfg DedupeConfig[K, V]) pipeline.Middleware[K, V] {
 
 func headerID[K, V any](msg *pipeline.Message[K, V]) (string, bool) {
 	for _, h := range msg.Headers {
-		if h.Key == MessageIDHeader && len(h.Value) > 0 {
+		if h.Key == HeaderMessageID && len(h.Value) > 0 {
 			return string(h.Value), true
 		}
 	}

@@ -20,7 +20,7 @@ import (
 )
 
 func withID(id string) []pipeline.Header {
-	return []pipeline.Header{{Key: stages.MessageIDHeader, Value: []byte(id)}}
+	return []pipeline.Header{{Key: stages.HeaderMessageID, Value: []byte(id)}}
 }
 
 // Duplicates (by message-id header) are dropped, counted as dropped and
@@ -72,9 +72,9 @@ func TestDedupeRecordsOnlySuccesses(t *testing.T) {
 	store := stages.NewMemoryDedupeStore(100, time.Hour)
 	p := newPipeline(t, src,
 		parallafka.WithMiddleware(stages.Dedupe(stages.DedupeConfig[string, string]{Store: store})),
-		parallafka.WithStage(parallafka.AfterHandle, "retry", stages.Retry[string, string](stages.RetryConfig{
+		parallafka.WithAfterHandle("retry", must(stages.Retry[string, string](stages.RetryConfig{
 			MaxAttempts: 2, InitialBackoff: time.Millisecond,
-		})),
+		}))),
 		parallafka.WithErrorPolicy(parallafka.SkipOnError))
 	var mu sync.Mutex
 	var calls []string

@@ -5,7 +5,7 @@
 //
 //	p, err := parallafka.New(src,
 //		parallafka.WithMiddleware(stages.Timeout[string, Payment](5*time.Second)),
-//		parallafka.WithStage(parallafka.AfterHandle, "retry", stages.Retry[string, Payment](stages.RetryConfig{MaxAttempts: 5})),
-//		parallafka.WithStage(parallafka.AfterHandle, "dead-letter", stages.DeadLetterQueue[string, Payment](stages.DeadLetterConfig{Writer: dlq})),
+//		parallafka.WithAfterHandle("retry", stages.Retry[string, Payment](stages.RetryConfig{MaxAttempts: 5})),
+//		parallafka.WithAfterHandle("dead-letter", stages.DeadLetterQueue[string, Payment](stages.DeadLetterConfig{Writer: dlq})),
 //	)
 package stages
