@@ -648,12 +648,8 @@ func (s *Source[K, V]) Close() error {
 			}
 			done <- err
 		}()
-		var timeout <-chan time.Time
-		if !deadline.IsZero() {
-			t := time.NewTimer(time.Until(deadline))
-			defer t.Stop()
-			timeout = t.C
-		}
+		timeout, stop := deadlineTimer(deadline)
+		defer stop()
 		select {
 		case err := <-done:
 			switch {

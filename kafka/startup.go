@@ -8,6 +8,8 @@ import (
 	"time"
 
 	ckafka "github.com/confluentinc/confluent-kafka-go/v2/kafka"
+
+	"github.com/parallafka/parallafka/internal/kafkaerr"
 )
 
 // ErrUnreachable is matched by the error of Poll when no broker answered
@@ -18,8 +20,9 @@ var ErrUnreachable = errors.New("kafka: no broker reachable")
 
 // ErrUnknownTopic is matched by the error of Poll when a subscribed topic
 // does not exist on the cluster (and the consumer does not create it:
-// allow.auto.create.topics is off by default).
-var ErrUnknownTopic = errors.New("kafka: unknown topic")
+// allow.auto.create.topics is off by default), and by the errors of
+// package kafkatest's topic helpers for a topic that does not exist.
+var ErrUnknownTopic = kafkaerr.ErrUnknownTopic
 
 // metadataTimeout bounds the metadata request that confirms an
 // unknown-topic error.

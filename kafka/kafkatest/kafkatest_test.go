@@ -17,6 +17,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 	"go.uber.org/goleak"
 
+	pkafka "github.com/parallafka/parallafka/kafka"
 	"github.com/parallafka/parallafka/kafka/kafkatest"
 )
 
@@ -167,11 +168,11 @@ func TestTopicErrors(t *testing.T) {
 	topic := kafkatest.UniqueTopic(t.Name())
 
 	_, err := c.EndOffsets(ctx, topic)
-	check.ErrorIs(t, err, kafkatest.ErrUnknownTopic)
+	check.ErrorIs(t, err, pkafka.ErrUnknownTopic)
 	err = c.Produce(ctx, topic, []kafkatest.Record{{Value: []byte("x")}})
-	check.ErrorIs(t, err, kafkatest.ErrUnknownTopic)
+	check.ErrorIs(t, err, pkafka.ErrUnknownTopic)
 	_, err = c.CommittedOffsets(ctx, "g", topic)
-	check.ErrorIs(t, err, kafkatest.ErrUnknownTopic)
+	check.ErrorIs(t, err, pkafka.ErrUnknownTopic)
 
 	must.NoError(t, c.CreateTopic(ctx, topic, 3))
 	must.NoError(t, c.CreateTopic(ctx, topic, 3), "existing topic, same partitions")
@@ -188,7 +189,7 @@ func TestTopicErrors(t *testing.T) {
 	must.NoError(t, c.DeleteTopic(ctx, topic))
 	eventually(t, "topic deletion", func() error {
 		_, err := c.Partitions(ctx, topic)
-		if errors.Is(err, kafkatest.ErrUnknownTopic) {
+		if errors.Is(err, pkafka.ErrUnknownTopic) {
 			return nil
 		}
 		return fmt.Errorf("still there: %v", err)

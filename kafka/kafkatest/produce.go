@@ -47,7 +47,7 @@ var roundRobin atomic.Uint32
 // acknowledged by all in-sync replicas (acks=all), or the first error. The
 // records are sent in batches by one franz-go client, in order per
 // partition, idempotently. On success Produce sets each record's Partition
-// and Offset. Produce fails with an error wrapping [ErrUnknownTopic] if topic
+// and Offset. Produce fails with an error wrapping kafka.ErrUnknownTopic if topic
 // does not exist (it never creates topics) and rejects a partition that is
 // out of range.
 func (c *Cluster) Produce(ctx context.Context, topic string, records []Record) error {
