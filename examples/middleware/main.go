@@ -204,7 +204,7 @@ func paymentRecords(n int) []kafkatest.Record {
 		}
 		r := kafkatest.Record{
 			Key: []byte(pay.Account), Value: value, Partition: -1,
-			Headers: []kafkatest.Header{{Key: stages.HeaderMessageID, Value: []byte(pay.ID)}},
+			Headers: []pipeline.Header{{Key: stages.HeaderMessageID, Value: []byte(pay.ID)}},
 		}
 		records = append(records, r)
 		if kind == ok && i%8 == 0 {
