@@ -2,7 +2,6 @@ package parallafka_test
 
 import (
 	"context"
-	"fmt"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -66,11 +65,7 @@ func BenchmarkPipelineBatchNoop(b *testing.B) {
 			name = "batch100"
 		}
 		b.Run(name, func(b *testing.B) {
-			src := memsource.New[string, int]()
-			src.AddTopic(topic, 4)
-			for i := range b.N {
-				src.Produce(topic, int32(i%4), fmt.Sprintf("k%d", i%1000), i)
-			}
+			src := benchSource(b.N)
 			var handled atomic.Int64
 			opts := []parallafka.Option{parallafka.WithLogger(quiet)}
 			if batch > 0 {

@@ -1,10 +1,13 @@
 package parallafka_test
 
 import (
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/parallafka/parallafka/pipeline/memsource"
 )
 
 // Helpers shared by the package's tests.
@@ -38,4 +41,15 @@ func must[T any](v T, err error) T {
 		panic(err)
 	}
 	return v
+}
+
+// benchSource is a source of n messages over 1,000 keys on 4 partitions,
+// for the benchmarks.
+func benchSource(n int) *memsource.Source[string, int] {
+	src := memsource.New[string, int]()
+	src.AddTopic(topic, 4)
+	for i := range n {
+		src.Produce(topic, int32(i%4), fmt.Sprintf("k%d", i%1000), i)
+	}
+	return src
 }

@@ -455,11 +455,7 @@ func BenchmarkObserver(b *testing.B) {
 		obs  pipeline.Observer
 	}{{"unused", nil}, {"nop", pipeline.ObserverFuncs{}.Observer()}} {
 		b.Run(bc.name, func(b *testing.B) {
-			src := memsource.New[string, int]()
-			src.AddTopic(topic, 4)
-			for i := range b.N {
-				src.Produce(topic, int32(i%4), fmt.Sprintf("k%d", i%1000), i)
-			}
+			src := benchSource(b.N)
 			var handled atomic.Int64
 			opts := []parallafka.Option{parallafka.WithLogger(quiet)}
 			if bc.obs != nil {

@@ -75,9 +75,6 @@ func (e *CommitError) Unwrap() []error {
 	return errs
 }
 
-// Retriable reports whether some offsets failed for a reason that may pass.
-func (e *CommitError) Retriable() bool { return len(e.Failed) > 0 }
-
 // errNotAssigned is the cause of offsets of partitions the Source does not
 // have in its assignment.
 var errNotAssigned = fmt.Errorf("%w: partition not assigned", pipeline.ErrNotOwned)

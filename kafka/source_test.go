@@ -246,7 +246,7 @@ func TestCommitThenReopenResumesAfterCommittedOffset(t *testing.T) {
 	require.ErrorIs(t, err, pipeline.ErrNotOwned)
 	var ce *CommitError
 	require.ErrorAs(t, err, &ce)
-	assert.False(t, ce.Retriable())
+	assert.Empty(t, ce.Failed, "nothing worth retrying")
 	assert.Equal(t, []pipeline.Offset{{TopicPartition: other, Offset: 1}}, ce.NotOwned)
 
 	// Mixed: the owned partition is committed, the other reported.
@@ -635,7 +635,7 @@ func TestCommitReportsPartitionErrors(t *testing.T) {
 	var ce *CommitError
 	require.ErrorAs(t, err, &ce, "%v", err)
 	t.Log(err)
-	assert.True(t, ce.Retriable())
+	assert.NotEmpty(t, ce.Failed, "something worth retrying")
 	assert.NotErrorIs(t, err, pipeline.ErrNotOwned, "something is worth retrying")
 	assert.Equal(t, []pipeline.Offset{{TopicPartition: p[1], Offset: 2}}, ce.Failed)
 	assert.ElementsMatch(t, []pipeline.Offset{{TopicPartition: p[0], Offset: 2}, {TopicPartition: p[2], Offset: 2}}, ce.Committed)
@@ -653,7 +653,7 @@ func TestCommitReportsPartitionErrors(t *testing.T) {
 	err = src.Commit(ctx, offs(3))
 	require.ErrorIs(t, err, pipeline.ErrNotOwned, "%v", err)
 	require.ErrorAs(t, err, &ce)
-	assert.False(t, ce.Retriable())
+	assert.Empty(t, ce.Failed, "nothing worth retrying")
 	assert.Len(t, ce.NotOwned, 3)
 	require.ErrorAs(t, err, &kafkaErr)
 	assert.Equal(t, ckafka.ErrIllegalGeneration, kafkaErr.Code())

@@ -80,10 +80,10 @@ func (c RetryConfig) withDefaults() RetryConfig {
 	return c
 }
 
-// Backoff returns the wait before attempt+1, after attempt failed attempts,
+// backoff returns the wait before attempt+1, after attempt failed attempts,
 // jitter included: InitialBackoff × Multiplier^(attempt-1), capped at
 // MaxBackoff, spread over ±Jitter of itself, and never above MaxBackoff.
-func (c RetryConfig) Backoff(attempt int) time.Duration {
+func (c RetryConfig) backoff(attempt int) time.Duration {
 	c = c.withDefaults()
 	wait := float64(c.InitialBackoff) * math.Pow(c.Multiplier, float64(max(attempt, 1)-1))
 	wait = min(wait, float64(c.MaxBackoff))
@@ -200,7 +200,7 @@ func (r *retrier[K, V]) receive(ctx context.Context, msg *pipeline.Message[K, V]
 		return r.send(ctx, msg) // the pipeline abandons it uncommitted
 	}
 	r.watch(revoked)
-	due := time.Now().Add(r.cfg.Backoff(msg.Attempt))
+	due := time.Now().Add(r.cfg.backoff(msg.Attempt))
 	r.waiting = append(r.waiting, waitingRetry[K, V]{msg: msg, due: due, revoked: revoked})
 	if r.wakeAt.IsZero() || due.Before(r.wakeAt) {
 		r.arm()

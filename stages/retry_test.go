@@ -293,7 +293,7 @@ func TestRetryBackoffBounds(t *testing.T) {
 		lo, hi := time.Duration(float64(base)*0.8), min(time.Duration(float64(base)*1.2), time.Second)
 		var spread bool
 		for range 1000 {
-			d := cfg.Backoff(attempt)
+			d := stages.Backoff(cfg, attempt)
 			require.GreaterOrEqual(t, d, lo, "attempt %d", attempt)
 			require.LessOrEqual(t, d, hi, "attempt %d", attempt)
 			spread = spread || math.Abs(float64(d-base)) > float64(base)/100
@@ -301,11 +301,11 @@ func TestRetryBackoffBounds(t *testing.T) {
 		assert.True(t, spread, "attempt %d: jitter spreads the waits", attempt)
 	}
 	noJitter := stages.RetryConfig{InitialBackoff: 10 * time.Millisecond, MaxBackoff: 25 * time.Millisecond}
-	assert.Equal(t, 10*time.Millisecond, noJitter.Backoff(1))
-	assert.Equal(t, 20*time.Millisecond, noJitter.Backoff(2))
-	assert.Equal(t, 25*time.Millisecond, noJitter.Backoff(3))
-	assert.Equal(t, 100*time.Millisecond, stages.RetryConfig{}.Backoff(1), "defaults")
-	assert.Equal(t, 10*time.Second, stages.RetryConfig{}.Backoff(100))
+	assert.Equal(t, 10*time.Millisecond, stages.Backoff(noJitter, 1))
+	assert.Equal(t, 20*time.Millisecond, stages.Backoff(noJitter, 2))
+	assert.Equal(t, 25*time.Millisecond, stages.Backoff(noJitter, 3))
+	assert.Equal(t, 100*time.Millisecond, stages.Backoff(stages.RetryConfig{}, 1), "defaults")
+	assert.Equal(t, 10*time.Second, stages.Backoff(stages.RetryConfig{}, 100))
 }
 
 func TestRetryConfigValidate(t *testing.T) {
