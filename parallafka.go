@@ -67,8 +67,9 @@ type (
 	// BatchMiddleware wraps a BatchHandler: func(next BatchHandler) BatchHandler.
 	BatchMiddleware[K, V any] = pipeline.BatchMiddleware[K, V]
 	// BatchError fails the messages of a batch it names; the others
-	// finish. Make one with pipeline.BatchOutcome and fail messages with
-	// its Fail method: `go doc pipeline.BatchError` shows its methods.
+	// finish: `var failed BatchError[K, V]`, failed.Fail(msg, err) for each
+	// message that failed, then `return failed.Err()`. Its methods are
+	// pipeline.BatchError's (`go doc pipeline.BatchError`).
 	BatchError[K, V any] = pipeline.BatchError[K, V]
 )
 
@@ -203,11 +204,11 @@ func (p *Parallafka[K, V]) Consume(ctx context.Context, handler Handler[K, V]) e
 // in at most one batch in flight; unordered, anything goes together.
 //
 // Returning nil finishes every message; an error, or a panic, fails every
-// message; a *BatchError (pipeline.BatchOutcome makes one) fails only the
-// messages it names. A failed message
-// goes through the AfterHandle stages (retry, dead-letter) and the error
-// policy like a failed message of Consume, and the later messages of its
-// key in the batch are handled again after it, so per-key order holds.
+// message; a *BatchError (see BatchError.Fail and Err) fails only the
+// messages it names. A failed message goes through the AfterHandle stages
+// (retry, dead-letter) and the error policy like a failed message of
+// Consume, and the later messages of its key in the batch are handled
+// again after it, so per-key order holds.
 // Commits, revokes and shutdowns behave as with Consume: a revoke waits for
 // the running batches (within the revoke timeout, then cancels them).
 //
