@@ -56,7 +56,7 @@ func TestPipelineProperties(t *testing.T) {
 			rec := newRecorder(500 * time.Microsecond)
 			opts := []parallafka.Option{parallafka.WithMaxConcurrency(w.concurrency), parallafka.WithOrdering(w.ordering),
 				parallafka.WithLogger(quiet), parallafka.WithCommitInterval(5 * time.Millisecond)}
-			limit := parallafka.DefaultMaxInFlight
+			limit := 20_000 /* WithMaxInFlight's default */
 			if w.maxInFlight > 0 {
 				limit = w.maxInFlight
 				opts = append(opts, parallafka.WithMaxInFlight(w.maxInFlight))
@@ -320,11 +320,11 @@ func TestPanicStopsWithErrorAndLosesNothing(t *testing.T) {
 		}
 		return nil
 	})
-	var pe *parallafka.PanicError
+	var pe *pipeline.PanicError
 	require.ErrorAs(t, err, &pe)
 	assert.Equal(t, "boom", pe.Value)
 	assert.NotEmpty(t, pe.Stack)
-	var me *parallafka.MessageError
+	var me *pipeline.MessageError
 	require.ErrorAs(t, err, &me)
 	assert.EqualValues(t, 17, me.Offset)
 	assert.LessOrEqual(t, src.Committed(tp(0)), int64(17), "the failed message is not committed")
@@ -352,7 +352,7 @@ func TestHandlerErrorPolicies(t *testing.T) {
 		produce(src, 1, 50, func(i int) int { return i })
 		p, err := parallafka.New(src, parallafka.WithLogger(quiet), parallafka.WithErrorPolicy(parallafka.SkipOnError))
 		require.NoError(t, err)
-		require.NoError(t, consumeUntil(t, p, failing, func() bool { return p.Stats().Handled == 50 }))
+		require.NoError(t, consumeUntil(t, p, failing, func() bool { return p.Stats().Finished == 50 }))
 		assert.EqualValues(t, 50, src.Committed(tp(0)))
 		assert.EqualValues(t, 5, p.Stats().Skipped)
 	})
@@ -360,11 +360,11 @@ func TestHandlerErrorPolicies(t *testing.T) {
 		src := memsource.New[string, int]()
 		produce(src, 1, 50, func(i int) int { return i })
 		fatal := errors.New("fatal")
-		p, err := parallafka.New(src, parallafka.WithLogger(quiet), parallafka.WithErrorPolicy(func(err error) parallafka.ErrorAction {
+		p, err := parallafka.New(src, parallafka.WithLogger(quiet), parallafka.WithErrorPolicy(func(err error) pipeline.ErrorAction {
 			if errors.Is(err, fatal) {
-				return parallafka.Stop
+				return pipeline.Stop
 			}
-			return parallafka.Skip
+			return pipeline.Skip
 		}))
 		require.NoError(t, err)
 		err = p.Consume(context.Background(), func(ctx context.Context, m *parallafka.Message[string, int]) error {
@@ -651,10 +651,14 @@ func TestConsumeMisuse(t *testing.T) {
 	p, err := parallafka.New(src, parallafka.WithLogger(quiet))
 	require.NoError(t, err)
 	require.ErrorIs(t, p.Consume(context.Background(), nil), parallafka.ErrNilHandler)
+	require.ErrorIs(t, p.Consume(context.Background(), func(context.Context, *parallafka.Message[string, int]) error { return nil }), parallafka.ErrConsumed,
+		"a nil handler consumes the Parallafka too (its source is closed)")
 
+	p, err = parallafka.New(memsource.New[string, int](), parallafka.WithLogger(quiet))
+	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	require.ErrorIs(t, p.Consume(ctx, func(context.Context, *parallafka.Message[string, int]) error { return nil }), context.Canceled)
+	require.NoError(t, p.Consume(ctx, func(context.Context, *parallafka.Message[string, int]) error { return nil }), "a requested stop, before the start")
 	require.ErrorIs(t, p.Consume(context.Background(), func(context.Context, *parallafka.Message[string, int]) error { return nil }), parallafka.ErrConsumed)
 
 	p2, err := parallafka.New(memsource.New[string, int](), parallafka.WithLogger(quiet))
@@ -680,10 +684,9 @@ func TestNewRejectsBadOptions(t *testing.T) {
 		"nil policy":                {parallafka.WithErrorPolicy(nil)},
 		"nil option":                {nil},
 		"nil middleware":            {parallafka.WithMiddleware[string, int](nil)},
-		"nil stage":                 {parallafka.WithStage[string, int](parallafka.AfterPoll, "x", nil)},
-		"bad stage point":           {parallafka.WithStage(parallafka.StagePoint(7), "x", passThrough[string, int])},
+		"nil stage":                 {parallafka.WithAfterPoll[string, int]("x", nil)},
 		"middleware of other types": {parallafka.WithMiddleware(func(h parallafka.Handler[int, int]) parallafka.Handler[int, int] { return h })},
-		"stage of other types":      {parallafka.WithStage(parallafka.AfterHandle, "x", passThrough[int, string])},
+		"stage of other types":      {parallafka.WithAfterHandle("x", passThrough[int, string])},
 	}
 	for name, opts := range cases {
 		t.Run(name, func(t *testing.T) {
@@ -725,7 +728,7 @@ func TestStatsSnapshot(t *testing.T) {
 		func() bool { st := p.Stats(); return st.Committed[tp(0)] == 50 && st.Committed[tp(1)] == 50 }))
 	st := p.Stats()
 	assert.EqualValues(t, 100, st.Polled)
-	assert.EqualValues(t, 100, st.Handled)
+	assert.EqualValues(t, 100, st.Finished)
 	assert.Zero(t, st.Failed)
 	assert.Positive(t, st.Commits)
 }
@@ -748,17 +751,6 @@ func TestStopKeepsTheFailedKeyBlocked(t *testing.T) {
 	require.Error(t, err)
 	assert.EqualValues(t, 3, maxHandled.Load())
 	assert.EqualValues(t, 3, src.Committed(tp(0)))
-}
-
-// handledTwice counts messages handled more than once.
-func handledTwice(seen *sync.Map) (dups int) {
-	seen.Range(func(_, v any) bool {
-		if v.(*atomic.Int64).Load() > 1 {
-			dups++
-		}
-		return true
-	})
-	return dups
 }
 
 func countingHandler(seen *sync.Map, total *atomic.Int64, maxDelay time.Duration) parallafka.Handler[string, int] {
@@ -830,5 +822,58 @@ func TestRevokeHandsOverWithoutDuplicates(t *testing.T) {
 	assert.Zero(t, handledTwice(&seen), "redone after a revoke")
 	for _, part := range src.Partitions() {
 		assert.Equal(t, src.Len(part), src.Committed(part))
+	}
+}
+
+// Issue 26: Consume(ctx, nil) closes the source like every other early
+// return, and marks the Parallafka consumed; so does ConsumeBatch.
+func TestNilHandlerClosesSource(t *testing.T) {
+	for _, batch := range []bool{false, true} {
+		t.Run(fmt.Sprint("batch=", batch), func(t *testing.T) {
+			src := &closeCounting{Source: memsource.New[string, int]()}
+			p, err := parallafka.New[string, int](src, parallafka.WithLogger(quiet))
+			require.NoError(t, err)
+			if batch {
+				require.ErrorIs(t, p.ConsumeBatch(context.Background(), nil), parallafka.ErrNilHandler)
+			} else {
+				require.ErrorIs(t, p.Consume(context.Background(), nil), parallafka.ErrNilHandler)
+			}
+			assert.EqualValues(t, 1, src.closed.Load(), "the source is closed")
+			require.ErrorIs(t, p.Health(t.Context()), parallafka.ErrStopped)
+			require.ErrorIs(t, p.Consume(context.Background(), func(context.Context, *parallafka.Message[string, int]) error { return nil }), parallafka.ErrConsumed)
+			assert.EqualValues(t, 1, src.closed.Load(), "closed once")
+		})
+	}
+}
+
+// Issue 26: a context cancelled just before Consume and one cancelled a
+// moment after give one answer: nil, a requested stop. The source is
+// closed either way.
+func TestCancelledContextOneAnswer(t *testing.T) {
+	handler := func(context.Context, *parallafka.Message[string, int]) error { return nil }
+	batchHandler := func(context.Context, []*parallafka.Message[string, int]) error { return nil }
+	for _, batch := range []bool{false, true} {
+		for _, after := range []time.Duration{-1, 0, time.Millisecond, 20 * time.Millisecond} {
+			t.Run(fmt.Sprintf("batch=%v/cancel-after=%v", batch, after), func(t *testing.T) {
+				src := &closeCounting{Source: memsource.New[string, int]()}
+				produce(src.Source, 1, 10, func(i int) int { return i })
+				p, err := parallafka.New[string, int](src, parallafka.WithLogger(quiet))
+				require.NoError(t, err)
+				ctx, cancel := context.WithCancel(context.Background())
+				if after < 0 {
+					cancel()
+				} else {
+					time.AfterFunc(after, cancel)
+				}
+				defer cancel()
+				if batch {
+					err = p.ConsumeBatch(ctx, batchHandler)
+				} else {
+					err = p.Consume(ctx, handler)
+				}
+				require.NoError(t, err)
+				assert.EqualValues(t, 1, src.closed.Load(), "the source is closed")
+			})
+		}
 	}
 }

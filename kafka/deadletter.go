@@ -62,17 +62,9 @@ type DeadLetterWriter struct {
 // security) is the caller's. Of the options, only WithLogger applies. Close
 // the writer after Consume returned.
 func NewDeadLetterWriter(cfg *ckafka.ConfigMap, opts ...Option) (*DeadLetterWriter, error) {
-	if cfg == nil {
-		return nil, errors.New("kafka: NewDeadLetterWriter: nil ConfigMap")
-	}
-	o := applyOptions(opts)
-	conf, forwardLogs, err := safeProducerConfig(*cfg)
+	p, o, forwardLogs, err := newClient("NewDeadLetterWriter", cfg, opts, safeProducerConfig, ckafka.NewProducer)
 	if err != nil {
 		return nil, err
-	}
-	p, err := ckafka.NewProducer(&conf)
-	if err != nil {
-		return nil, fmt.Errorf("kafka: NewDeadLetterWriter: %w", err)
 	}
 	w := &DeadLetterWriter{producer: p, logger: o.logger, eventsDone: make(chan struct{})}
 	go w.logEvents()
@@ -85,41 +77,38 @@ func NewDeadLetterWriter(cfg *ckafka.ConfigMap, opts ...Option) (*DeadLetterWrit
 	return w, nil
 }
 
+// safeProducerConfig returns a checked copy of cfg, and whether
+// NewDeadLetterWriter should forward librdkafka's logs.
 func safeProducerConfig(cfg ckafka.ConfigMap) (ckafka.ConfigMap, bool, error) {
-	conf := make(ckafka.ConfigMap, len(cfg)+5)
-	for k, v := range cfg {
-		conf[k] = v
-	}
+	return checkedConfig(cfg, checkProducerConfig)
+}
+
+// checkProducerConfig sets or refuses the producer settings a dead letter's
+// durability depends on.
+func checkProducerConfig(conf ckafka.ConfigMap) error {
 	switch acks, set := conf[keyAcks]; {
 	case !set:
 		conf[keyAcks] = "all"
 	case acks == "all" || acks == "-1" || acks == -1:
 	default:
-		return nil, false, fmt.Errorf("%w: dead-letter producer: %s=%v: a dead letter must be stored by every "+
+		return fmt.Errorf("%w: dead-letter producer: %s=%v: a dead letter must be stored by every "+
 			"in-sync replica before its message is committed; set it to all or leave it unset", ErrUnsafeConfig, keyAcks, acks)
 	}
 	if _, set, err := boolSetting(conf, keyIdempotence); err != nil {
-		return nil, false, err
+		return err
 	} else if !set {
 		conf[keyIdempotence] = true
 	}
 	if v, set, err := boolSetting(conf, keyDeliveryReports); err != nil {
-		return nil, false, err
+		return err
 	} else if set && !v {
-		return nil, false, fmt.Errorf("%w: dead-letter producer: %s=false: each write waits for its delivery report",
+		return fmt.Errorf("%w: dead-letter producer: %s=false: each write waits for its delivery report",
 			ErrUnsafeConfig, keyDeliveryReports)
 	}
 	if _, set := conf[keyReportFields]; !set {
 		conf[keyReportFields] = "none"
 	}
-	forwardLogs := false
-	if _, set := conf[keyLogsChannel]; !set {
-		if _, set := conf[keyLogsChannelValue]; !set {
-			conf[keyLogsChannel] = true
-			forwardLogs = true
-		}
-	}
-	return conf, forwardLogs, nil
+	return nil
 }
 
 // WriteDeadLetter produces dl to its topic and waits until the broker

@@ -2,6 +2,7 @@ package stages
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"sync"
@@ -11,33 +12,13 @@ import (
 	"github.com/parallafka/parallafka/pipeline"
 )
 
-// Headers that DeadLetterQueue adds to every dead letter, after the original
-// record's headers (without any earlier headers of these names, which a
-// message dead-lettered before and replayed would carry). Values are text:
-// numbers in decimal.
-const (
-	HeaderOriginalTopic     = "parallafka.original.topic"
-	HeaderOriginalPartition = "parallafka.original.partition"
-	HeaderOriginalOffset    = "parallafka.original.offset"
-	HeaderError             = "parallafka.error"
-	HeaderAttempts          = "parallafka.attempts"
-)
-
-// DefaultDeadLetterConcurrency is the default of DeadLetterConfig.Concurrency.
-const DefaultDeadLetterConcurrency = 16
-
-// DeadLetter is a failed message on its way to a dead-letter topic (defined
-// in package pipeline so that writers, like package kafka's, need not import
-// the stages).
-type DeadLetter = pipeline.DeadLetter
-
 // DeadLetterWriter writes dead letters. WriteDeadLetter must return only once
 // the dead letter is durably stored (for Kafka: acknowledged by the broker,
 // with acks=all), or with an error; it must honour ctx and be safe for
 // concurrent use. Package kafka implements it with confluent-kafka-go's
 // producer (kafka.NewDeadLetterWriter).
 type DeadLetterWriter interface {
-	WriteDeadLetter(ctx context.Context, dl DeadLetter) error
+	WriteDeadLetter(ctx context.Context, dl pipeline.DeadLetter) error
 }
 
 // DeadLetterConfig configures DeadLetterQueue. A zero field takes its
@@ -71,7 +52,8 @@ func (e *DeadLetterError) Unwrap() error { return e.Err }
 // DeadLetterQueue returns an AfterHandle stage that writes every message
 // that failed for good to a dead-letter topic: one whose last attempt
 // failed (put it after Retry) or whose record could not be deserialized.
-// It panics if cfg has no Writer or a negative Concurrency.
+// It returns an error, and never panics, if cfg has no Writer or a
+// negative Concurrency.
 //
 // Only once the writer returned success does the message count as
 // finished, so its offset can be committed; it is then marked with
@@ -86,15 +68,15 @@ func (e *DeadLetterError) Unwrap() error { return e.Err }
 // with the same key). With cfg.Concurrency writes in flight the stage waits
 // for one to end before it reads on. The stage returns only after its
 // writes did.
-func DeadLetterQueue[K, V any](cfg DeadLetterConfig) pipeline.Stage[K, V] {
+func DeadLetterQueue[K, V any](cfg DeadLetterConfig) (pipeline.Stage[K, V], error) {
 	if cfg.Writer == nil {
-		panic("stages: DeadLetterQueue: nil Writer")
+		return nil, errors.New("stages: DeadLetterQueue: nil Writer")
 	}
 	if cfg.Concurrency < 0 {
-		panic(fmt.Sprintf("stages: DeadLetterQueue: negative Concurrency %d", cfg.Concurrency))
+		return nil, fmt.Errorf("stages: DeadLetterQueue: negative Concurrency %d", cfg.Concurrency)
 	}
 	if cfg.Concurrency == 0 {
-		cfg.Concurrency = DefaultDeadLetterConcurrency
+		cfg.Concurrency = 16
 	}
 	return func(ctx context.Context, in <-chan *pipeline.Message[K, V], out chan<- *pipeline.Message[K, V]) error {
 		var writes sync.WaitGroup
@@ -127,7 +109,7 @@ func DeadLetterQueue[K, V any](cfg DeadLetterConfig) pipeline.Stage[K, V] {
 			})
 		}
 		return nil
-	}
+	}, nil
 }
 
 // failedForGood reports whether msg failed with no attempt left. A hard
@@ -155,7 +137,7 @@ func deadLetter[K, V any](ctx context.Context, cfg DeadLetterConfig, msg *pipeli
 	msg.Drop()
 }
 
-func newDeadLetter[K, V any](topic string, msg *pipeline.Message[K, V]) DeadLetter {
+func newDeadLetter[K, V any](topic string, msg *pipeline.Message[K, V]) pipeline.DeadLetter {
 	if topic == "" {
 		topic = msg.Topic + ".dlq"
 	}
@@ -172,7 +154,7 @@ func newDeadLetter[K, V any](topic string, msg *pipeline.Message[K, V]) DeadLett
 		pipeline.Header{Key: HeaderError, Value: []byte(msg.Err.Error())},
 		pipeline.Header{Key: HeaderAttempts, Value: strconv.AppendInt(nil, int64(msg.Attempt), 10)},
 	)
-	return DeadLetter{
+	return pipeline.DeadLetter{
 		Topic: topic, Key: msg.RawKey, Value: msg.RawValue, Headers: headers,
 		Original: msg.TopicPartition(), Offset: msg.Offset, Timestamp: msg.Timestamp,
 		Attempts: msg.Attempt, Err: msg.Err,

@@ -15,7 +15,7 @@
 // group.consumer.session.timeout.ms lowered (KAFKA_EXTRA_PROPERTIES, as
 // .ci/run does), or a SIGKILLed member holds its partitions for 45 s.
 //
-//	CHAOS=1 KAFKA_BROKERS=127.0.0.1:39092 go test -count=1 -v -timeout 8m ./kafka/integration/chaos/
+//	CHAOS=1 KAFKA_BROKERS=127.0.0.1:39092 go test -count=1 -v -timeout 8m ./internal/chaos/
 //
 // Optional: CHAOS_DURATION (chaos phase per protocol, default 55s),
 // CHAOS_MESSAGES (default 30000), CHAOS_PROTOCOLS (comma-separated subset).
@@ -116,7 +116,7 @@ func TestChaos(t *testing.T) {
 	}
 	t.Logf("built the member in %v", time.Since(t0).Round(time.Millisecond))
 
-	kafkaSh, err := filepath.Abs("../../../.ci/kafka.sh")
+	kafkaSh, err := filepath.Abs("../../.ci/kafka.sh")
 	if err == nil {
 		_, err = os.Stat(kafkaSh)
 	}

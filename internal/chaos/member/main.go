@@ -39,6 +39,7 @@ import (
 	"github.com/parallafka/parallafka"
 	"github.com/parallafka/parallafka/kafka"
 	"github.com/parallafka/parallafka/kafka/kafkatest"
+	"github.com/parallafka/parallafka/pipeline"
 )
 
 func main() {
@@ -130,8 +131,8 @@ func consume(brokers, topic, group, protocol, mode, run, member, history string,
 		_ = consumer.Close()
 		return err
 	}
-	event := func(kind string) func([]parallafka.TopicPartition) {
-		return func(tps []parallafka.TopicPartition) {
+	event := func(kind string) func([]pipeline.TopicPartition) {
+		return func(tps []pipeline.TopicPartition) {
 			now := time.Now().UnixNano()
 			var sb strings.Builder
 			for _, tp := range tps {
@@ -149,9 +150,9 @@ func consume(brokers, topic, group, protocol, mode, run, member, history string,
 		parallafka.WithRevokeTimeout(10*time.Second),
 		parallafka.WithShutdownTimeout(15*time.Second),
 		parallafka.WithLogger(log),
-		parallafka.WithRebalanceHooks(parallafka.RebalanceHooks{
-			OnAssigned: event("assigned"), OnRevoked: event("revoked"), OnLost: event("lost"),
-		}))
+		parallafka.WithObserver(pipeline.ObserverFuncs{
+			PartitionsAssigned: event("assigned"), PartitionsRevoked: event("revoked"), PartitionsLost: event("lost"),
+		}.Observer()))
 	if err != nil {
 		_ = src.Close()
 		return err
