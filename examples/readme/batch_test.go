@@ -77,19 +77,23 @@ func TestBatchExampleWritesEachKeyInOrderDespiteFailures(t *testing.T) {
 		// about one version in ten fails at its first write
 		failOnce: func(o Order) bool { return (o.Version*7+len(o.ID)+int(o.ID[len(o.ID)-1]))%10 == 0 },
 	}
+	retry, err := stages.Retry[string, Order](stages.RetryConfig{
+		MaxAttempts: 5, InitialBackoff: time.Millisecond, MaxBackoff: 5 * time.Millisecond,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
 	p, err := parallafka.New(src,
 		parallafka.WithMaxConcurrency(4), parallafka.WithMaxBatchMessages(50),
 		parallafka.WithLogger(slog.New(slog.DiscardHandler)),
-		parallafka.WithStage(parallafka.AfterHandle, "retry", stages.Retry[string, Order](stages.RetryConfig{
-			MaxAttempts: 5, InitialBackoff: time.Millisecond, MaxBackoff: 5 * time.Millisecond,
-		})))
+		parallafka.WithAfterHandle("retry", retry))
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	go func() { // stop once every message finished
-		for ctx.Err() == nil && p.Stats().Handled < orders*versions {
+		for ctx.Err() == nil && p.Stats().Finished < orders*versions {
 			time.Sleep(5 * time.Millisecond)
 		}
 		cancel()
@@ -97,7 +101,7 @@ func TestBatchExampleWritesEachKeyInOrderDespiteFailures(t *testing.T) {
 	if err := p.ConsumeBatch(ctx, writeOrders(db)); err != nil {
 		t.Fatal(err)
 	}
-	if got := p.Stats().Handled; got < orders*versions {
+	if got := p.Stats().Finished; got < orders*versions {
 		t.Fatalf("handled %d of %d messages within a minute", got, orders*versions)
 	}
 	db.mu.Lock()

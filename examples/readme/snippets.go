@@ -16,6 +16,7 @@ import (
 
 	"github.com/parallafka/parallafka"
 	"github.com/parallafka/parallafka/kafka"
+	"github.com/parallafka/parallafka/pipeline"
 	"github.com/parallafka/parallafka/stages"
 )
 
@@ -27,8 +28,12 @@ type (
 
 // consumeOrders: README.md "Batch handlers", docs/batch.md.
 func consumeOrders(ctx context.Context, src parallafka.Source[string, Order], db OrderDB) error {
+	retry, err := stages.Retry[string, Order](stages.RetryConfig{})
+	if err != nil {
+		return err
+	}
 	p, err := parallafka.New(src, parallafka.WithMaxConcurrency(8), parallafka.WithMaxBatchMessages(500),
-		parallafka.WithStage(parallafka.AfterHandle, "retry", stages.Retry[string, Order](stages.RetryConfig{})))
+		parallafka.WithAfterHandle("retry", retry))
 	if err != nil {
 		return err
 	}
@@ -39,7 +44,9 @@ func consumeOrders(ctx context.Context, src parallafka.Source[string, Order], db
 func adaptive(src parallafka.Source[string, Price]) (*parallafka.Parallafka[string, Price], error) {
 	p, err := parallafka.New(src,
 		parallafka.WithAdaptiveConcurrency(1, 256),
-		parallafka.WithOnConcurrencyLimit(func(n int) { slog.Info("handler limit", "limit", n) }),
+		parallafka.WithObserver(pipeline.ObserverFuncs{
+			ConcurrencyLimitChanged: func(n int) { slog.Info("handler limit", "limit", n) },
+		}.Observer()),
 	)
 	return p, err
 }
@@ -72,7 +79,7 @@ func skipTombstones(ctx context.Context, in <-chan *parallafka.Message[string, [
 }
 
 func withSkipTombstones(src parallafka.Source[string, []byte]) (*parallafka.Parallafka[string, []byte], error) {
-	p, err := parallafka.New(src, parallafka.WithStage(parallafka.AfterPoll, "skip-tombstones", skipTombstones))
+	p, err := parallafka.New(src, parallafka.WithAfterPoll("skip-tombstones", skipTombstones))
 	return p, err
 }
 
@@ -83,19 +90,26 @@ func paymentsPipeline(src parallafka.Source[string, Payment], brokers string) er
 		return err
 	}
 	defer dlq.Close()
+	timeout, err := stages.Timeout[string, Payment](5 * time.Second)
+	if err != nil {
+		return err
+	}
+	retry, err := stages.Retry[string, Payment](stages.RetryConfig{
+		MaxAttempts: 5, InitialBackoff: 100 * time.Millisecond, MaxBackoff: 10 * time.Second, Jitter: 0.2,
+	})
+	if err != nil {
+		return err
+	}
+	deadLetter, err := stages.DeadLetterQueue[string, Payment](stages.DeadLetterConfig{Writer: dlq, Topic: "payments.dlq"})
+	if err != nil {
+		return err
+	}
 	p, err := parallafka.New(src,
 		// outermost first: a duplicate is dropped before the clock starts
-		parallafka.WithMiddleware(
-			stages.Dedupe(stages.DedupeConfig[string, Payment]{}),
-			stages.Timeout[string, Payment](5*time.Second),
-		),
+		parallafka.WithMiddleware(stages.Dedupe(stages.DedupeConfig[string, Payment]{}), timeout),
 		// AfterHandle stages run in the order given, after every attempt
-		parallafka.WithStage(parallafka.AfterHandle, "retry", stages.Retry[string, Payment](stages.RetryConfig{
-			MaxAttempts: 5, InitialBackoff: 100 * time.Millisecond, MaxBackoff: 10 * time.Second, Jitter: 0.2,
-		})),
-		parallafka.WithStage(parallafka.AfterHandle, "dead-letter", stages.DeadLetterQueue[string, Payment](stages.DeadLetterConfig{
-			Writer: dlq, Topic: "payments.dlq",
-		})),
+		parallafka.WithAfterHandle("retry", retry),
+		parallafka.WithAfterHandle("dead-letter", deadLetter),
 	)
 	if err != nil {
 		return err
