@@ -5,9 +5,15 @@
 // It polls a topic in order on one goroutine and spreads the messages over
 // many concurrent handlers:
 //
-//	poll ──▶ key-router ──▶ handler pool ──▶ ack collector ──▶ committer
-//	           ▲                                  │
-//	           └──────── key released ────────────┘
+//	poll ──▶ coordinator ──▶ handler pool
+//	           │    ▲               │
+//	           │    └─ handler end ─┘
+//	           ▼
+//	       committer
+//
+// The coordinator owns every partition's state and picks the next message
+// for a handler; a handler's end comes back to it, which releases the key
+// and advances the committable offset; the committer commits that offset.
 //
 // A Source is a one-message-at-a-time consumer: package kafka adapts
 // confluent-kafka-go's, package pipeline/memsource is an in-memory one for
