@@ -98,7 +98,6 @@ type openEdges[K, V any] struct {
 // coordinatorConfig is what the coordinator is configured with.
 type coordinatorConfig struct {
 	concurrency, minConcurrency int
-	onLimit                     func(limit int)
 	maxInFlight, commitEvery    int
 	ordering                    Ordering
 	orderNilKeys                bool
@@ -116,7 +115,7 @@ func newCoordinator[K, V any](cfg coordinatorConfig, edges coordinatorEdges[K, V
 		routing: keyRouting{ordering: cfg.ordering, orderNilKeys: cfg.orderNilKeys, seed: maphash.MakeSeed()},
 		commits: commitCount{every: cfg.commitEvery, now: edges.commitNow},
 		policy: dispatchPolicy[K, V]{
-			concurrency: cfg.concurrency, maxInFlight: cfg.maxInFlight, onLimit: cfg.onLimit,
+			concurrency: cfg.concurrency, maxInFlight: cfg.maxInFlight,
 			stats: cfg.stats, log: cfg.log, obs: cfg.obs,
 		},
 		stallTimeout: cfg.stallTimeout, batch: cfg.batch,

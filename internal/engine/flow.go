@@ -39,7 +39,6 @@ type Config[K, V any] struct {
 	AfterHandle      []NamedStage[K, V]
 	Concurrency      int // handlers; with MinConcurrency, the most the adaptive limit may allow
 	MinConcurrency   int // adaptive concurrency: the limit's floor and start; 0: Concurrency handlers, fixed
-	OnLimit          func(limit int)
 	MaxInFlight      int
 	MaxInFlightBytes int64 // 0: no bound
 	Ordering         Ordering
@@ -47,14 +46,12 @@ type Config[K, V any] struct {
 	CommitInterval   time.Duration
 	CommitEvery      int  // also commit after this many offsets finished; 0: the interval alone
 	AsyncCommits     bool // periodic commits do not wait for the last one's result
-	OnCommit         OnCommit
 	MapMaxBytes      int  // the offset map's limit in the commit metadata; 0: no map
 	HardStop         bool // the shutdown mode
 	ShutdownTimeout  time.Duration
 	RevokeTimeout    time.Duration
 	Logger           *slog.Logger
 	ErrorPolicy      pipeline.ErrorPolicy
-	Hooks            Hooks
 	Pause            *UserPause        // Parallafka.Pause and Resume; nil: never paused
 	Observer         pipeline.Observer // nil: none
 	StallTimeout     time.Duration     // 0: no stall detection
@@ -246,10 +243,10 @@ func newFlow[K, V any](cfg *Config[K, V], stats *Stats, life *lifecycle) *flow[K
 		},
 		source: cfg.Source, log: cfg.Logger, stats: stats, maxInFlight: cfg.MaxInFlight, maxBytes: cfg.MaxInFlightBytes,
 		quickWindow: cfg.quickWindow(), pollTimeout: pollTimeout, pauseAfter: pauseAfter, revokeTimeout: cfg.RevokeTimeout,
-		hooks: cfg.Hooks, obs: obs,
+		obs: obs,
 	}
 	coord := newCoordinator(coordinatorConfig{
-		concurrency: cfg.Concurrency, minConcurrency: cfg.MinConcurrency, onLimit: cfg.OnLimit,
+		concurrency: cfg.Concurrency, minConcurrency: cfg.MinConcurrency,
 		maxInFlight: cfg.MaxInFlight, commitEvery: cfg.CommitEvery,
 		ordering: cfg.Ordering, orderNilKeys: cfg.OrderNilKeys, batch: batch,
 		stallTimeout: cfg.StallTimeout, stats: stats, log: cfg.Logger, obs: obs,
@@ -266,7 +263,7 @@ func newFlow[K, V any](cfg *Config[K, V], stats *Stats, life *lifecycle) *flow[K
 	committer := &committer[K, V]{
 		source: cfg.Source, log: cfg.Logger, stats: stats,
 		interval: cfg.CommitInterval, timeout: cfg.RevokeTimeout,
-		async: cfg.AsyncCommits, mapMaxBytes: cfg.MapMaxBytes, onCommit: cfg.OnCommit,
+		async: cfg.AsyncCommits, mapMaxBytes: cfg.MapMaxBytes,
 		offsets: offsets, final: final, commits: commits, commitNow: commitNow, coordDone: coordDone,
 		shutdownDeadline: life.shutdownDeadline, obs: obs,
 	}

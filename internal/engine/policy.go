@@ -18,7 +18,6 @@ type dispatchPolicy[K, V any] struct {
 	concurrency int
 	maxInFlight int      // the poller's window; 0: no steering
 	limiter     *limiter // adaptive concurrency; nil: concurrency handlers, fixed
-	onLimit     func(limit int)
 	stats       *Stats
 	log         *slog.Logger
 	obs         observer
@@ -102,14 +101,11 @@ func (p *dispatchPolicy[K, V]) handlerLimit() int {
 }
 
 // publishLimit makes the concurrency limit visible: to Stats and to the
-// user's callback (called on this goroutine: it must be quick).
+// observer (called on this goroutine: it must be quick).
 func (p *dispatchPolicy[K, V]) publishLimit() {
 	limit := p.handlerLimit()
 	p.stats.ConcurrencyLimit.Store(int64(limit))
 	p.obs.limitChanged(limit)
-	if p.onLimit != nil {
-		p.onLimit(limit)
-	}
 }
 
 func (p *dispatchPolicy[K, V]) handlerTook(quick bool) {

@@ -66,7 +66,6 @@ type poller[K, V any] struct {
 	holding      bool                        // by the user (Parallafka.Pause) or while the source's membership is in doubt: dispatching stops too
 	inDoubt      bool                        // the source cannot tell whether the group still assigns it its partitions
 	membership   pipeline.ConnectivitySource // nil: the source does not know
-	hooks        Hooks
 	obs          observer
 	userPaused   bool                      // the user's last wish, from the userPause edge
 	batch        []*pipeline.Message[K, V] // this poll cycle's messages

@@ -1,8 +1,6 @@
 package engine
 
 import (
-	"log/slog"
-	"slices"
 	"time"
 
 	"github.com/parallafka/parallafka/pipeline"
@@ -38,7 +36,6 @@ func (p *poller[K, V]) PartitionsAssigned(committed []pipeline.Offset) {
 	p.log.Info("parallafka: partitions assigned", "partitions", tps)
 	p.stats.Assigned.Store(int64(len(p.assigned)))
 	p.obs.partitions("PartitionsAssigned", tps)
-	p.hooks.call(p.log, "OnAssigned", p.hooks.OnAssigned, tps)
 	if p.sourcePaused == nil {
 		p.sourcePaused = make(map[pipeline.TopicPartition]bool)
 	}
@@ -58,7 +55,6 @@ func (p *poller[K, V]) PartitionsAssigned(committed []pipeline.Offset) {
 func (p *poller[K, V]) PartitionsRevoked(tps []pipeline.TopicPartition) {
 	if p.flowEnded() { // inside the source's Close: the final offsets are committed
 		p.obs.partitions("PartitionsRevoked", tps)
-		p.hooks.call(p.log, "OnRevoked", p.hooks.OnRevoked, tps)
 		return
 	}
 	start := time.Now()
@@ -90,7 +86,6 @@ func (p *poller[K, V]) PartitionsRevoked(tps []pipeline.TopicPartition) {
 			"timeout", p.revokeTimeout)
 	}
 	p.obs.partitions("PartitionsRevoked", tps)
-	p.hooks.call(p.log, "OnRevoked", p.hooks.OnRevoked, tps)
 }
 
 // PartitionsLost drops the partitions' backlog without committing: another
@@ -98,33 +93,12 @@ func (p *poller[K, V]) PartitionsRevoked(tps []pipeline.TopicPartition) {
 func (p *poller[K, V]) PartitionsLost(tps []pipeline.TopicPartition) {
 	if p.flowEnded() {
 		p.obs.partitions("PartitionsLost", tps)
-		p.hooks.call(p.log, "OnLost", p.hooks.OnLost, tps)
 		return
 	}
 	p.forget(tps)
 	p.request(rebalanceRequest{kind: rebalanceLost, partitions: tps})
 	p.log.Warn("parallafka: partitions lost", "partitions", tps)
 	p.obs.partitions("PartitionsLost", tps)
-	p.hooks.call(p.log, "OnLost", p.hooks.OnLost, tps)
-}
-
-// Hooks are the user's rebalance callbacks. They run on the poll
-// goroutine, inside the source's Poll, after the pipeline acted on the
-// rebalance; a panic is logged and recovered.
-type Hooks struct {
-	OnAssigned, OnRevoked, OnLost func([]pipeline.TopicPartition)
-}
-
-func (Hooks) call(log *slog.Logger, name string, fn func([]pipeline.TopicPartition), tps []pipeline.TopicPartition) {
-	if fn == nil {
-		return
-	}
-	defer func() {
-		if r := recover(); r != nil {
-			log.Error("parallafka: rebalance hook panicked", "hook", name, "panic", r, "partitions", tps)
-		}
-	}()
-	fn(slices.Clone(tps))
 }
 
 // flushForRebalance hands over the messages polled so far in this cycle,
