@@ -297,9 +297,15 @@ const (
 	// HardStop cancels the handlers' contexts at once, waits for them to
 	// return, and commits only what finished.
 	HardStop
+	// Drain stops polling, then handles everything already polled (the
+	// backlog behind busy keys too) within the shutdown timeout, commits,
+	// and returns. Past the timeout it behaves like Graceful past its
+	// timeout: handlers are cancelled and only what finished is committed.
+	Drain
 )
 
-// WithShutdownMode sets how Consume stops: Graceful (the default) or HardStop.
+// WithShutdownMode sets how Consume stops: Graceful (the default),
+// HardStop, or Drain.
 func WithShutdownMode(m ShutdownMode) Option {
 	return optionFunc(func(c *config) { c.shutdownMode = m })
 }
@@ -484,7 +490,7 @@ func (c *config) validate() error {
 	if c.commitInterval <= 0 {
 		bad("commit interval must be positive, got %v", c.commitInterval)
 	}
-	if c.shutdownMode != Graceful && c.shutdownMode != HardStop {
+	if c.shutdownMode != Graceful && c.shutdownMode != HardStop && c.shutdownMode != Drain {
 		bad("unknown shutdown mode %d", c.shutdownMode)
 	}
 	if c.shutdownTimeout <= 0 {

@@ -259,6 +259,7 @@ func (p *Parallafka[K, V]) engineConfig(handler Handler[K, V], batchHandler Batc
 		Ordering: engine.Ordering(c.ordering), OrderNilKeys: c.orderNilKeys,
 		CommitInterval: c.commitInterval, CommitEvery: c.commitEvery, AsyncCommits: c.asyncCommits,
 		MapMaxBytes: c.mapMaxBytes, HardStop: c.shutdownMode == HardStop,
+		DrainBacklog:    c.shutdownMode == Drain,
 		ShutdownTimeout: c.shutdownTimeout, RevokeTimeout: c.revokeTimeout,
 		Logger: c.logger, ErrorPolicy: c.errorPolicy, Pause: &p.paused,
 		Observer: c.observer, StallTimeout: c.stallTimeout,

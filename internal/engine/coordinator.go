@@ -52,6 +52,10 @@ type coordinator[K, V any] struct {
 	holding    bool                      // the user paused the pipeline: nothing is dispatched
 	draining   bool
 	hardStop   bool
+	// drainBacklog: a graceful stop keeps the claims and dispatches their
+	// backlog (ShutdownMode Drain) until nothing is in flight; the
+	// shutdown timeout (ctx done) still stops it as a graceful one.
+	drainBacklog bool
 
 	stallTimeout time.Duration // 0: no stall detection
 	stallTicker  *time.Ticker
@@ -104,6 +108,7 @@ type coordinatorConfig struct {
 	orderNilKeys                bool
 	batch                       BatchLimits // batch mode when MaxMessages > 0
 	stallTimeout                time.Duration
+	drainBacklog                bool // a graceful stop handles the polled backlog before it ends
 	stats                       *Stats
 	log                         *slog.Logger
 	obs                         observer
@@ -119,7 +124,7 @@ func newCoordinator[K, V any](cfg coordinatorConfig, edges coordinatorEdges[K, V
 			concurrency: cfg.concurrency, maxInFlight: cfg.maxInFlight, onLimit: cfg.onLimit,
 			stats: cfg.stats, log: cfg.log, obs: cfg.obs,
 		},
-		stallTimeout: cfg.stallTimeout, batch: cfg.batch,
+		stallTimeout: cfg.stallTimeout, batch: cfg.batch, drainBacklog: cfg.drainBacklog,
 	}
 	if cfg.minConcurrency > 0 {
 		c.policy.limiter = newLimiter(cfg.minConcurrency, cfg.concurrency)
@@ -292,7 +297,11 @@ func (c *coordinator[K, V]) awaitNext() {
 		c.checkStalls()
 	case <-o.draining:
 		o.draining = nil
-		c.drain()
+		if c.drainBacklog {
+			c.draining = true // the poller stops; the backlog goes on to the handlers
+		} else {
+			c.drain()
+		}
 	case <-o.done:
 		o.done = nil
 		c.hardStop = true

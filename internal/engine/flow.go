@@ -50,6 +50,7 @@ type Config[K, V any] struct {
 	OnCommit         OnCommit
 	MapMaxBytes      int  // the offset map's limit in the commit metadata; 0: no map
 	HardStop         bool // the shutdown mode
+	DrainBacklog     bool // a graceful stop handles the polled backlog first (ShutdownMode Drain)
 	ShutdownTimeout  time.Duration
 	RevokeTimeout    time.Duration
 	Logger           *slog.Logger
@@ -253,6 +254,7 @@ func newFlow[K, V any](cfg *Config[K, V], stats *Stats, life *lifecycle) *flow[K
 		maxInFlight: cfg.MaxInFlight, commitEvery: cfg.CommitEvery,
 		ordering: cfg.Ordering, orderNilKeys: cfg.OrderNilKeys, batch: batch,
 		stallTimeout: cfg.StallTimeout, stats: stats, log: cfg.Logger, obs: obs,
+		drainBacklog: cfg.DrainBacklog,
 	}, coordinatorEdges[K, V]{
 		polled: polled, spent: spent, staged: staged, routable: routable, dispatch: dispatch,
 		handlerEnd: handlerEnd, released: released, room: room, commitNow: commitNow, steer: steer,
