@@ -84,3 +84,98 @@ func TestDrainIsAValidShutdownMode(t *testing.T) {
 	_, err = parallafka.New(memsource.New[string, int](), parallafka.WithShutdownMode(parallafka.Drain))
 	require.NoError(t, err)
 }
+
+// A global limit of 100 records/s holds over 5 s of virtual time.
+func TestRateLimitGlobalHeld(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		src := memsource.New[string, int]()
+		produce(src, 2, 2000, func(i int) int { return i })
+		var handled atomic.Int64
+		p, err := parallafka.New(src, parallafka.WithLogger(quiet), parallafka.WithMaxConcurrency(8),
+			parallafka.WithRateLimit(parallafka.RateLimit{Records: 100}))
+		require.NoError(t, err)
+		stop, _ := start(p, func(ctx context.Context, m *parallafka.Message[string, int]) error {
+			handled.Add(1)
+			return nil
+		})
+		time.Sleep(5 * time.Second)
+		synctest.Wait()
+		n := handled.Load()
+		assert.InDelta(t, 500, n, 15, "100/s over 5 s, plus the burst (10)")
+		assert.Positive(t, p.Stats().Throttled)
+		err, _ = stop()
+		require.NoError(t, err)
+	})
+}
+
+// A key over its per-key limit waits without holding a handler: with 2
+// handlers, the other keys' messages all go through at once.
+func TestRateLimitPerKeyDoesNotSlowOtherKeys(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		src := memsource.New[string, int]()
+		produce(src, 1, 400, func(i int) int {
+			if i%2 == 0 {
+				return 0 // the hot key, k0
+			}
+			return i
+		})
+		var hot, cold atomic.Int64
+		p, err := parallafka.New(src, parallafka.WithLogger(quiet), parallafka.WithMaxConcurrency(2),
+			parallafka.WithRateLimit(parallafka.RateLimit{PerKey: 2}))
+		require.NoError(t, err)
+		stop, _ := start(p, func(ctx context.Context, m *parallafka.Message[string, int]) error {
+			if m.Key == "k0" {
+				hot.Add(1)
+			} else {
+				cold.Add(1)
+			}
+			return nil
+		})
+		time.Sleep(10 * time.Millisecond)
+		synctest.Wait()
+		assert.EqualValues(t, 200, cold.Load(), "the other keys ran at full speed")
+		assert.EqualValues(t, 1, hot.Load())
+		time.Sleep(5 * time.Second)
+		synctest.Wait()
+		assert.InDelta(t, 11, hot.Load(), 1, "2/s on the hot key")
+		err, _ = stop()
+		require.NoError(t, err)
+	})
+}
+
+// SetRateLimit changes the limit while consuming, and the zero RateLimit
+// removes it; invalid limits are refused.
+func TestRateLimitChangedAtRunTime(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		src := memsource.New[string, int]()
+		produce(src, 1, 1000, func(i int) int { return i })
+		var handled atomic.Int64
+		p, err := parallafka.New(src, parallafka.WithLogger(quiet), parallafka.WithMaxConcurrency(4),
+			parallafka.WithRateLimit(parallafka.RateLimit{Records: 10}))
+		require.NoError(t, err)
+		stop, _ := start(p, func(ctx context.Context, m *parallafka.Message[string, int]) error {
+			handled.Add(1)
+			return nil
+		})
+		time.Sleep(2 * time.Second)
+		synctest.Wait()
+		first := handled.Load()
+		assert.InDelta(t, 21, first, 2, "10/s")
+		require.NoError(t, p.SetRateLimit(parallafka.RateLimit{Records: 100}))
+		time.Sleep(2 * time.Second)
+		synctest.Wait()
+		assert.InDelta(t, 200, handled.Load()-first, 15, "100/s")
+		require.Error(t, p.SetRateLimit(parallafka.RateLimit{Records: -1}))
+		require.NoError(t, p.SetRateLimit(parallafka.RateLimit{}))
+		time.Sleep(time.Millisecond)
+		synctest.Wait()
+		assert.EqualValues(t, 1000, handled.Load(), "unlimited")
+		err, _ = stop()
+		require.NoError(t, err)
+	})
+}
+
+func TestRateLimitInvalid(t *testing.T) {
+	_, err := parallafka.New(memsource.New[string, int](), parallafka.WithRateLimit(parallafka.RateLimit{PerKey: -2}))
+	require.Error(t, err)
+}

@@ -65,6 +65,7 @@ type config struct {
 	loggerSet    bool // WithLogger was given: the logger reaches the source too
 	observer     pipeline.Observer
 	stallTimeout time.Duration
+	rateLimit    RateLimit
 
 	errs []error
 }
@@ -501,6 +502,9 @@ func (c *config) validate() error {
 	}
 	if c.errorPolicy == nil {
 		bad("nil error policy")
+	}
+	if err := c.rateLimit.validate(); err != nil {
+		bad("%v", err)
 	}
 	if c.stallTimeout < 0 {
 		bad("stall timeout must not be negative, got %v", c.stallTimeout)

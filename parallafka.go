@@ -103,8 +103,9 @@ type Parallafka[K, V any] struct {
 	after    []engine.NamedStage[K, V]
 	stats    engine.Stats
 	consumed atomic.Bool
-	paused   engine.UserPause // Pause and Resume; the poll stage acts on it
-	ended    atomic.Bool      // Consume returned
+	paused   engine.UserPause   // Pause and Resume; the poll stage acts on it
+	rates    engine.RateControl // SetRateLimit; the coordinator acts on it
+	ended    atomic.Bool        // Consume returned
 }
 
 // New returns a Parallafka that will consume source. It returns an error if
@@ -263,6 +264,7 @@ func (p *Parallafka[K, V]) engineConfig(handler Handler[K, V], batchHandler Batc
 		ShutdownTimeout: c.shutdownTimeout, RevokeTimeout: c.revokeTimeout,
 		Logger: c.logger, ErrorPolicy: c.errorPolicy, Pause: &p.paused,
 		Observer: c.observer, StallTimeout: c.stallTimeout,
+		RateLimit: engine.RateLimit(c.rateLimit), Rates: &p.rates,
 	}
 }
 

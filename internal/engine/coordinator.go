@@ -56,6 +56,7 @@ type coordinator[K, V any] struct {
 	// backlog (ShutdownMode Drain) until nothing is in flight; the
 	// shutdown timeout (ctx done) still stops it as a graceful one.
 	drainBacklog bool
+	rates        *rates[K, V] // nil: no rate limit (no per-message work)
 
 	stallTimeout time.Duration // 0: no stall detection
 	stallTicker  *time.Ticker
@@ -84,6 +85,7 @@ type coordinatorEdges[K, V any] struct {
 	final      chan<- []claimOffset           // to the committer, once, as the coordinator ends
 	queries    <-chan revokedQuery            // from stages: pipeline.Revoked
 	drainingCh <-chan struct{}                // closed when a graceful stop begins
+	rateLimits <-chan RateLimit               // from Parallafka.SetRateLimit; nil: never changed
 }
 
 // openEdges are the inputs the coordinator still reads (nil once closed
@@ -109,6 +111,7 @@ type coordinatorConfig struct {
 	batch                       BatchLimits // batch mode when MaxMessages > 0
 	stallTimeout                time.Duration
 	drainBacklog                bool // a graceful stop handles the polled backlog before it ends
+	rateLimit                   RateLimit
 	stats                       *Stats
 	log                         *slog.Logger
 	obs                         observer
@@ -125,6 +128,7 @@ func newCoordinator[K, V any](cfg coordinatorConfig, edges coordinatorEdges[K, V
 			stats: cfg.stats, log: cfg.log, obs: cfg.obs,
 		},
 		stallTimeout: cfg.stallTimeout, batch: cfg.batch, drainBacklog: cfg.drainBacklog,
+		rates: newRates[K, V](cfg.rateLimit),
 	}
 	if cfg.minConcurrency > 0 {
 		c.policy.limiter = newLimiter(cfg.minConcurrency, cfg.concurrency)
@@ -182,6 +186,7 @@ func (c *coordinator[K, V]) close() {
 	if c.stallTicker != nil {
 		c.stallTicker.Stop()
 	}
+	c.rates.stop()
 	if c.staged != nil {
 		close(c.staged)
 	}
@@ -220,6 +225,15 @@ func (c *coordinator[K, V]) dispatchReadyWork() {
 func (c *coordinator[K, V]) dispatchReady() {
 	for c.policy.handling < c.policy.dispatchLimit(c.routing.queued) && c.ready.len() > 0 {
 		e := c.ready.pop(c.backlog)
+		if c.rates != nil {
+			admitted, more := c.admit(e)
+			if !more {
+				return
+			}
+			if !admitted {
+				continue
+			}
+		}
 		c.policy.readied(e.claim, -1)
 		s := e.claim.window.find(e.msg)
 		s.state = slotDispatched
@@ -255,7 +269,15 @@ func (c *coordinator[K, V]) awaitNext() {
 	if len(c.toStage) > 0 {
 		staged, toStage = c.staged, c.toStage[0]
 	}
+	var rateTick <-chan time.Time
+	if c.rates != nil {
+		rateTick = c.rates.timerC
+	}
 	select {
+	case <-rateTick:
+		c.rates.fired(time.Now(), c.ready.pushLater)
+	case l := <-c.rateLimits:
+		c.setRateLimit(l)
 	case cycle, ok := <-o.polled:
 		if !ok {
 			o.polled = nil
