@@ -11,8 +11,22 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/parallafka/parallafka"
+	"github.com/parallafka/parallafka/pipeline"
 	"github.com/parallafka/parallafka/pipeline/memsource"
 )
+
+type throttleRec struct {
+	pipeline.Observer
+	perKey, global atomic.Int64
+}
+
+func (r *throttleRec) MessageThrottled(m pipeline.MessageInfo, wait time.Duration, perKey bool) {
+	if perKey {
+		r.perKey.Add(1)
+	} else {
+		r.global.Add(1)
+	}
+}
 
 // A draining shutdown handles everything polled, the backlog behind busy
 // keys too, then commits to the end of what was polled; a graceful one
@@ -120,8 +134,9 @@ func TestRateLimitPerKeyDoesNotSlowOtherKeys(t *testing.T) {
 			return i
 		})
 		var hot, cold atomic.Int64
+		obs := &throttleRec{Observer: pipeline.ObserverFuncs{}.Observer()}
 		p, err := parallafka.New(src, parallafka.WithLogger(quiet), parallafka.WithMaxConcurrency(2),
-			parallafka.WithRateLimit(parallafka.RateLimit{PerKey: 2}))
+			parallafka.WithRateLimit(parallafka.RateLimit{PerKey: 2}), parallafka.WithObserver(obs))
 		require.NoError(t, err)
 		stop, _ := start(p, func(ctx context.Context, m *parallafka.Message[string, int]) error {
 			if m.Key == "k0" {
@@ -138,6 +153,9 @@ func TestRateLimitPerKeyDoesNotSlowOtherKeys(t *testing.T) {
 		time.Sleep(5 * time.Second)
 		synctest.Wait()
 		assert.InDelta(t, 11, hot.Load(), 1, "2/s on the hot key")
+		assert.Positive(t, obs.perKey.Load(), "the observer saw the throttling")
+		assert.Zero(t, obs.global.Load())
+		assert.Equal(t, p.Stats().Throttled, obs.perKey.Load())
 		err, _ = stop()
 		require.NoError(t, err)
 	})

@@ -238,6 +238,7 @@ func newFlow[K, V any](cfg *Config[K, V], stats *Stats, life *lifecycle) *flow[K
 	}
 
 	obs := observer{o: cfg.Observer, log: cfg.Logger}
+	obs.throttle, _ = cfg.Observer.(pipeline.ThrottleObserver)
 	batch := cfg.Batch
 	if cfg.BatchHandler == nil {
 		batch = BatchLimits{}

@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"golang.org/x/time/rate"
+
+	"github.com/parallafka/parallafka/pipeline"
 )
 
 // RateLimit is a dispatch rate limit; zero fields are unlimited.
@@ -211,12 +213,18 @@ func (c *coordinator[K, V]) admit(e entry[K, V]) (admitted, more bool) {
 	if d := r.globalDelay(now, 1, size); d > 0 {
 		c.ready.pushLater(e)
 		c.stats.Throttled.Add(1)
+		if c.obs.throttle != nil {
+			c.obs.throttled(pipeline.Info(e.msg), d, false)
+		}
 		r.arm(now, now.Add(d))
 		return false, false
 	}
 	if d := r.keyDelay(now, e.msg.RawKey); d > 0 {
 		r.parked = append(r.parked, parkedEntry[K, V]{e: e, due: now.Add(d)})
 		c.stats.Throttled.Add(1)
+		if c.obs.throttle != nil {
+			c.obs.throttled(pipeline.Info(e.msg), d, true)
+		}
 		r.arm(now, now.Add(d))
 		return false, true
 	}
