@@ -12,6 +12,16 @@ import (
 	"github.com/parallafka/parallafka/pipeline"
 )
 
+// DeadLetterTopicChecker is an optional interface of a DeadLetterWriter:
+// CheckDeadLetterTopic returns an error if topic does not exist (or cannot
+// be written to). DeadLetterQueue calls it as it starts for its Topic (the
+// stage, and so Consume, then fails with the error), and once for each
+// default topic (the original topic with ".dlq") before its first write.
+// kafka.DeadLetterWriter implements it.
+type DeadLetterTopicChecker interface {
+	CheckDeadLetterTopic(ctx context.Context, topic string) error
+}
+
 // DeadLetterWriter writes dead letters. WriteDeadLetter must return only once
 // the dead letter is durably stored (for Kafka: acknowledged by the broker,
 // with acks=all), or with an error; it must honour ctx and be safe for
@@ -78,7 +88,28 @@ func DeadLetterQueue[K, V any](cfg DeadLetterConfig) (pipeline.Stage[K, V], erro
 	if cfg.Concurrency == 0 {
 		cfg.Concurrency = 16
 	}
+	checker, _ := cfg.Writer.(DeadLetterTopicChecker)
+	var checked sync.Map // dead-letter topics found to exist
+	var check func(ctx context.Context, topic string) error
+	if checker != nil {
+		check = func(ctx context.Context, topic string) error {
+			if _, ok := checked.Load(topic); ok {
+				return nil
+			}
+			if err := checker.CheckDeadLetterTopic(ctx, topic); err != nil {
+				return err
+			}
+			checked.Store(topic, true)
+			return nil
+		}
+	}
 	return func(ctx context.Context, in <-chan *pipeline.Message[K, V], out chan<- *pipeline.Message[K, V]) error {
+		if check != nil && cfg.Topic != "" {
+			// A dead-letter topic that does not exist is found at the start.
+			if err := check(ctx, cfg.Topic); err != nil {
+				return fmt.Errorf("stages: DeadLetterQueue: dead-letter topic %s: %w", cfg.Topic, err)
+			}
+		}
 		var writes sync.WaitGroup
 		defer writes.Wait()
 		slots := make(chan struct{}, cfg.Concurrency)
@@ -104,7 +135,7 @@ func DeadLetterQueue[K, V any](cfg DeadLetterConfig) (pipeline.Stage[K, V], erro
 			}
 			writes.Go(func() {
 				defer func() { <-slots }()
-				deadLetter(ctx, cfg, msg)
+				deadLetter(ctx, cfg, check, msg)
 				send(msg)
 			})
 		}
@@ -121,11 +152,16 @@ func failedForGood[K, V any](ctx context.Context, msg *pipeline.Message[K, V]) b
 // deadLetter writes msg to the dead-letter topic and marks it dropped, or
 // replaces its error with a *DeadLetterError. A writer's panic is a failed
 // write.
-func deadLetter[K, V any](ctx context.Context, cfg DeadLetterConfig, msg *pipeline.Message[K, V]) {
+func deadLetter[K, V any](ctx context.Context, cfg DeadLetterConfig, check func(context.Context, string) error, msg *pipeline.Message[K, V]) {
 	dl := newDeadLetter(cfg.Topic, msg)
 	var err error
-	if r := panics.Try(func() { err = cfg.Writer.WriteDeadLetter(ctx, dl) }); r != nil {
-		err = r.AsError()
+	if check != nil {
+		err = check(ctx, dl.Topic) // a missing default topic fails at once, not after the write's timeout
+	}
+	if err == nil {
+		if r := panics.Try(func() { err = cfg.Writer.WriteDeadLetter(ctx, dl) }); r != nil {
+			err = r.AsError()
+		}
 	}
 	if err == nil && ctx.Err() != nil {
 		err = ctx.Err()
