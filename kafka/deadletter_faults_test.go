@@ -84,3 +84,48 @@ func TestDeadLetterWriteTimeoutNamesTopicAndMessage(t *testing.T) {
 	require.ErrorContains(t, err, "orders[3]@77")
 	_ = w.Close()
 }
+
+// A dead-letter flood stops Consume with the flood error, and nothing past
+// the first message not dead-lettered is committed.
+func TestDeadLetterFloodStops(t *testing.T) {
+	cluster := kafkatest.New(t, kafkatest.WithEmbedded())
+	ctx := context.Background()
+	topic, dlqTopic := kafkatest.UniqueTopic("orders"), kafkatest.UniqueTopic("orders-dlq")
+	require.NoError(t, cluster.CreateTopic(ctx, topic, 1))
+	require.NoError(t, cluster.CreateTopic(ctx, dlqTopic, 1))
+	recs := make([]kafkatest.Record, 20)
+	for i := range recs {
+		recs[i] = kafkatest.Record{Partition: 0, Value: []byte("x")}
+	}
+	require.NoError(t, cluster.Produce(ctx, topic, recs))
+	writer := newWriter(t, cluster.ProducerConfig())
+	quiet := slog.New(slog.DiscardHandler)
+	group := kafkatest.UniqueTopic("group")
+	ccfg := cluster.ConsumerConfig(group)
+	delete(*ccfg, "go.logs.channel.enable")
+	consumer, err := kafka.NewConsumer(ccfg, kafka.WithLogger(quiet))
+	require.NoError(t, err)
+	src, err := kafka.NewSource(consumer, []string{topic}, kafka.String, kafka.String, kafka.WithLogger(quiet))
+	require.NoError(t, err)
+	dlq, err := stages.DeadLetterQueue[string, string](stages.DeadLetterConfig{Writer: writer, Topic: dlqTopic,
+		Flood: &stages.FloodGuard{MaxInARow: 3}})
+	require.NoError(t, err)
+	p, err := parallafka.New(src, parallafka.WithLogger(quiet), parallafka.WithMaxConcurrency(1),
+		parallafka.WithAfterHandle("dead-letter", dlq))
+	require.NoError(t, err)
+	cctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	err = p.Consume(cctx, func(context.Context, *pipeline.Message[string, string]) error {
+		return errors.New("upstream broke")
+	})
+	require.ErrorIs(t, err, stages.ErrDeadLetterFlood)
+	var fe *stages.DeadLetterFloodError
+	require.ErrorAs(t, err, &fe)
+	require.EqualValues(t, 3, fe.Message.Offset)
+	committed, err := cluster.CommittedOffsets(ctx, group, topic)
+	require.NoError(t, err)
+	require.EqualValues(t, 3, committed[0], "the 3 dead-lettered, nothing past the first not dead-lettered")
+	end, err := cluster.EndOffsets(ctx, dlqTopic)
+	require.NoError(t, err)
+	require.EqualValues(t, 3, end[0])
+}
