@@ -65,6 +65,7 @@ type config struct {
 	loggerSet    bool // WithLogger was given: the logger reaches the source too
 	observer     pipeline.Observer
 	stallTimeout time.Duration
+	rateLimit    RateLimit
 
 	errs []error
 }
@@ -297,9 +298,15 @@ const (
 	// HardStop cancels the handlers' contexts at once, waits for them to
 	// return, and commits only what finished.
 	HardStop
+	// Drain stops polling, then handles everything already polled (the
+	// backlog behind busy keys too) within the shutdown timeout, commits,
+	// and returns. Past the timeout it behaves like Graceful past its
+	// timeout: handlers are cancelled and only what finished is committed.
+	Drain
 )
 
-// WithShutdownMode sets how Consume stops: Graceful (the default) or HardStop.
+// WithShutdownMode sets how Consume stops: Graceful (the default),
+// HardStop, or Drain.
 func WithShutdownMode(m ShutdownMode) Option {
 	return optionFunc(func(c *config) { c.shutdownMode = m })
 }
@@ -484,7 +491,7 @@ func (c *config) validate() error {
 	if c.commitInterval <= 0 {
 		bad("commit interval must be positive, got %v", c.commitInterval)
 	}
-	if c.shutdownMode != Graceful && c.shutdownMode != HardStop {
+	if c.shutdownMode != Graceful && c.shutdownMode != HardStop && c.shutdownMode != Drain {
 		bad("unknown shutdown mode %d", c.shutdownMode)
 	}
 	if c.shutdownTimeout <= 0 {
@@ -495,6 +502,9 @@ func (c *config) validate() error {
 	}
 	if c.errorPolicy == nil {
 		bad("nil error policy")
+	}
+	if err := c.rateLimit.validate(); err != nil {
+		bad("%v", err)
 	}
 	if c.stallTimeout < 0 {
 		bad("stall timeout must not be negative, got %v", c.stallTimeout)

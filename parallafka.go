@@ -109,8 +109,9 @@ type Parallafka[K, V any] struct {
 	after    []engine.NamedStage[K, V]
 	stats    engine.Stats
 	consumed atomic.Bool
-	paused   engine.UserPause // Pause and Resume; the poll stage acts on it
-	ended    atomic.Bool      // Consume returned
+	paused   engine.UserPause   // Pause and Resume; the poll stage acts on it
+	rates    engine.RateControl // SetRateLimit; the coordinator acts on it
+	ended    atomic.Bool        // Consume returned
 }
 
 // New returns a Parallafka that will consume source. It returns an error if
@@ -265,9 +266,11 @@ func (p *Parallafka[K, V]) engineConfig(handler Handler[K, V], batchHandler Batc
 		Ordering: engine.Ordering(c.ordering), OrderNilKeys: c.orderNilKeys,
 		CommitInterval: c.commitInterval, CommitEvery: c.commitEvery, AsyncCommits: c.asyncCommits,
 		MapMaxBytes: c.mapMaxBytes, HardStop: c.shutdownMode == HardStop,
+		DrainBacklog:    c.shutdownMode == Drain,
 		ShutdownTimeout: c.shutdownTimeout, RevokeTimeout: c.revokeTimeout,
 		Logger: c.logger, ErrorPolicy: c.errorPolicy, Pause: &p.paused,
 		Observer: c.observer, StallTimeout: c.stallTimeout,
+		RateLimit: engine.RateLimit(c.rateLimit), Rates: &p.rates,
 	}
 }
 

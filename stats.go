@@ -53,6 +53,9 @@ type Stats struct {
 	StalledPartitions []pipeline.Stall
 	// Stalls counts the times a partition was found stalled.
 	Stalls int64
+	// Throttled counts the times a ready message was held back by a rate
+	// limit (WithRateLimit): it waited for a token, holding no handler.
+	Throttled int64
 	// Batches counts batch handler calls (ConsumeBatch), and MeanBatchSize
 	// is the mean number of messages they were given (0 before the first).
 	Batches       int64
@@ -83,6 +86,7 @@ func (p *Parallafka[K, V]) Stats() Stats {
 		Committed: s.Committed(), Paused: s.Paused(), UserPaused: s.UserPaused.Load(),
 		Assigned: s.Assigned.Load(), Stalled: s.Stalled.Load(), StalledPartitions: s.StalledPartitions(),
 		Stalls:           s.Stalls.Load(),
+		Throttled:        s.Throttled.Load(),
 		ConcurrencyLimit: int(s.ConcurrencyLimit.Load()),
 	}
 }

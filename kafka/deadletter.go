@@ -138,7 +138,7 @@ func (w *DeadLetterWriter) WriteDeadLetter(ctx context.Context, dl pipeline.Dead
 		}
 		var kerr ckafka.Error
 		if !errors.As(err, &kerr) || kerr.Code() != ckafka.ErrQueueFull {
-			return fmt.Errorf("kafka: producing dead letter to %s: %w", topic, err)
+			return fmt.Errorf("kafka: producing dead letter of %s@%d to %s: %w", dl.Original, dl.Offset, topic, err)
 		}
 		select { // the producer's queue is full: wait for room
 		case <-time.After(10 * time.Millisecond):
@@ -149,14 +149,14 @@ func (w *DeadLetterWriter) WriteDeadLetter(ctx context.Context, dl pipeline.Dead
 	case ev := <-delivered:
 		m, ok := ev.(*ckafka.Message)
 		if !ok {
-			return fmt.Errorf("kafka: dead letter to %s: unexpected delivery event %v", topic, ev)
+			return fmt.Errorf("kafka: dead letter of %s@%d to %s: unexpected delivery event %v", dl.Original, dl.Offset, topic, ev)
 		}
 		if m.TopicPartition.Error != nil {
-			return fmt.Errorf("kafka: dead letter to %s not delivered: %w", topic, m.TopicPartition.Error)
+			return fmt.Errorf("kafka: dead letter of %s@%d to %s not delivered: %w", dl.Original, dl.Offset, topic, m.TopicPartition.Error)
 		}
 		return nil
 	case <-ctx.Done():
-		return fmt.Errorf("kafka: dead letter to %s not acknowledged yet: %w", topic, ctx.Err())
+		return fmt.Errorf("kafka: dead letter of %s@%d to %s not acknowledged yet: %w", dl.Original, dl.Offset, topic, ctx.Err())
 	}
 }
 
@@ -193,4 +193,39 @@ func (w *DeadLetterWriter) Close() error {
 		}
 	})
 	return w.closeErr
+}
+
+// deadLetterCheckTimeout bounds CheckDeadLetterTopic's metadata request
+// when its context has no earlier deadline.
+const deadLetterCheckTimeout = 10 * time.Second
+
+// ErrDeadLetterTopicMissing is returned (wrapped, with the topic's name) by
+// CheckDeadLetterTopic for a dead-letter topic the cluster does not have.
+var ErrDeadLetterTopicMissing = errors.New("kafka: dead-letter topic does not exist")
+
+// CheckDeadLetterTopic asks the cluster for topic's metadata and returns an
+// error naming the topic if it does not exist or cannot be read. It
+// implements stages.DeadLetterTopicChecker: stages.DeadLetterQueue calls it
+// as it starts, so that a missing dead-letter topic stops Consume at once
+// instead of failing the first dead letter after message.timeout.ms.
+func (w *DeadLetterWriter) CheckDeadLetterTopic(ctx context.Context, topic string) error {
+	timeout := deadLetterCheckTimeout
+	if d, ok := ctx.Deadline(); ok {
+		timeout = min(timeout, time.Until(d))
+	}
+	md, err := w.producer.GetMetadata(&topic, false, int(max(timeout, time.Millisecond)/time.Millisecond))
+	if err != nil {
+		return fmt.Errorf("kafka: dead-letter topic %s: metadata: %w", topic, err)
+	}
+	tm, ok := md.Topics[topic]
+	if !ok {
+		return fmt.Errorf("%w: %s", ErrDeadLetterTopicMissing, topic)
+	}
+	if tm.Error.Code() == ckafka.ErrUnknownTopicOrPart || tm.Error.Code() == ckafka.ErrUnknownTopic {
+		return fmt.Errorf("%w: %s", ErrDeadLetterTopicMissing, topic)
+	}
+	if tm.Error.Code() != ckafka.ErrNoError {
+		return fmt.Errorf("kafka: dead-letter topic %s: %w", topic, tm.Error)
+	}
+	return nil
 }

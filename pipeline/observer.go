@@ -130,6 +130,14 @@ type CommitInfo struct {
 	Err     error
 }
 
+// ThrottleObserver is an optional interface of an Observer: a rate limit
+// (WithRateLimit) held back a ready message, for about wait, before it was
+// dispatched. perKey says which limit: its key's, or the global one. It is
+// called on the coordinator's goroutine: keep it quick.
+type ThrottleObserver interface {
+	MessageThrottled(m MessageInfo, wait time.Duration, perKey bool)
+}
+
 // Stall describes a stalled partition: its committable offset has not
 // moved for Since while it had unfinished work, held back by the message
 // at Offset (its first unfinished one).

@@ -1,6 +1,7 @@
 package stages
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -11,6 +12,16 @@ import (
 
 	"github.com/parallafka/parallafka/pipeline"
 )
+
+// DeadLetterTopicChecker is an optional interface of a DeadLetterWriter:
+// CheckDeadLetterTopic returns an error if topic does not exist (or cannot
+// be written to). DeadLetterQueue calls it as it starts for its Topic (the
+// stage, and so Consume, then fails with the error), and once for each
+// default topic (the original topic with ".dlq") before its first write.
+// kafka.DeadLetterWriter implements it.
+type DeadLetterTopicChecker interface {
+	CheckDeadLetterTopic(ctx context.Context, topic string) error
+}
 
 // DeadLetterWriter writes dead letters. WriteDeadLetter must return only once
 // the dead letter is durably stored (for Kafka: acknowledged by the broker,
@@ -31,6 +42,83 @@ type DeadLetterConfig struct {
 	Topic string
 	// Concurrency bounds the writes in flight at a time. Default 16.
 	Concurrency int
+	// Flood, if set, stops the pipeline instead of draining a topic into
+	// the dead-letter topic when too many messages would go there. Default
+	// nil: no guard.
+	Flood *FloodGuard
+}
+
+// FloodGuard is DeadLetterQueue's flood guard. When a message would be
+// dead-lettered past a limit, the stage fails with a *DeadLetterFloodError
+// (Consume returns it): that message is neither written nor handed on, so
+// it and everything after it in its partition stay uncommitted.
+type FloodGuard struct {
+	// MaxShare is the share of messages (0 to 1) that may be dead-lettered
+	// over the last Window messages the stage saw. 0: no share limit.
+	MaxShare float64
+	// Window is the number of messages the share is taken over; the share
+	// is checked only once that many were seen. Default 100 (with MaxShare).
+	Window int
+	// MaxInARow is the number of messages in a row that may be
+	// dead-lettered. 0: no limit.
+	MaxInARow int
+}
+
+// ErrDeadLetterFlood is what a *DeadLetterFloodError matches (errors.Is).
+var ErrDeadLetterFlood = errors.New("stages: dead-letter flood")
+
+// DeadLetterFloodError is the error of a DeadLetterQueue whose FloodGuard
+// tripped: Message would have been dead-lettered past the limit (Reason).
+type DeadLetterFloodError struct {
+	Topic   string // the dead-letter topic
+	Message pipeline.MessageInfo
+	Reason  string
+	Cause   error // the message's error
+}
+
+func (e *DeadLetterFloodError) Error() string {
+	return fmt.Sprintf("stages: dead-letter flood: %s; stopped before dead-lettering %s@%d to %s (message failed with: %v)",
+		e.Reason, e.Message.TopicPartition(), e.Message.Offset, e.Topic, e.Cause)
+}
+
+func (e *DeadLetterFloodError) Is(target error) bool { return target == ErrDeadLetterFlood }
+
+// flood tracks a FloodGuard's sliding window.
+type flood struct {
+	g      FloodGuard
+	window []bool // ring of the last messages: dead-lettered or not
+	next   int
+	seen   int
+	bad    int
+	inARow int
+}
+
+// observe counts a message; it returns the reason to stop if dead
+// (dead-lettering it) trips the guard.
+func (f *flood) observe(dead bool) string {
+	if f.g.MaxShare > 0 {
+		if f.seen == len(f.window) && f.window[f.next] {
+			f.bad--
+		}
+		f.window[f.next] = dead
+		f.next = (f.next + 1) % len(f.window)
+		f.seen = min(f.seen+1, len(f.window))
+		if dead {
+			f.bad++
+		}
+	}
+	if !dead {
+		f.inARow = 0
+		return ""
+	}
+	f.inARow++
+	if f.g.MaxInARow > 0 && f.inARow > f.g.MaxInARow {
+		return fmt.Sprintf("%d messages in a row failed for good (limit %d)", f.inARow, f.g.MaxInARow)
+	}
+	if f.g.MaxShare > 0 && f.seen == len(f.window) && float64(f.bad) > f.g.MaxShare*float64(len(f.window)) {
+		return fmt.Sprintf("%d of the last %d messages failed for good (limit %.3g%%)", f.bad, len(f.window), f.g.MaxShare*100)
+	}
+	return ""
 }
 
 // DeadLetterError is the error of a message that failed and could not be
@@ -78,9 +166,45 @@ func DeadLetterQueue[K, V any](cfg DeadLetterConfig) (pipeline.Stage[K, V], erro
 	if cfg.Concurrency == 0 {
 		cfg.Concurrency = 16
 	}
+	if g := cfg.Flood; g != nil {
+		if g.MaxShare < 0 || g.MaxShare > 1 || g.Window < 0 || g.MaxInARow < 0 {
+			return nil, fmt.Errorf("stages: DeadLetterQueue: invalid FloodGuard %+v (MaxShare in [0, 1], Window and MaxInARow >= 0)", *g)
+		}
+		if g.MaxShare == 0 && g.MaxInARow == 0 {
+			return nil, errors.New("stages: DeadLetterQueue: FloodGuard with neither MaxShare nor MaxInARow")
+		}
+	}
+	checker, _ := cfg.Writer.(DeadLetterTopicChecker)
+	var checked sync.Map // dead-letter topics found to exist
+	var check func(ctx context.Context, topic string) error
+	if checker != nil {
+		check = func(ctx context.Context, topic string) error {
+			if _, ok := checked.Load(topic); ok {
+				return nil
+			}
+			if err := checker.CheckDeadLetterTopic(ctx, topic); err != nil {
+				return err
+			}
+			checked.Store(topic, true)
+			return nil
+		}
+	}
 	return func(ctx context.Context, in <-chan *pipeline.Message[K, V], out chan<- *pipeline.Message[K, V]) error {
+		if check != nil && cfg.Topic != "" {
+			// A dead-letter topic that does not exist is found at the start.
+			if err := check(ctx, cfg.Topic); err != nil {
+				return fmt.Errorf("stages: DeadLetterQueue: dead-letter topic %s: %w", cfg.Topic, err)
+			}
+		}
 		var writes sync.WaitGroup
 		defer writes.Wait()
+		var guard *flood
+		if g := cfg.Flood; g != nil {
+			guard = &flood{g: *g}
+			if g.MaxShare > 0 {
+				guard.window = make([]bool, cmp.Or(g.Window, 100))
+			}
+		}
 		slots := make(chan struct{}, cfg.Concurrency)
 		send := func(msg *pipeline.Message[K, V]) bool {
 			select {
@@ -91,7 +215,14 @@ func DeadLetterQueue[K, V any](cfg DeadLetterConfig) (pipeline.Stage[K, V], erro
 			}
 		}
 		for msg := range in {
-			if !failedForGood(ctx, msg) {
+			dead := failedForGood(ctx, msg)
+			if guard != nil {
+				if reason := guard.observe(dead); reason != "" {
+					return &DeadLetterFloodError{Topic: newDeadLetter(cfg.Topic, msg).Topic,
+						Message: pipeline.Info(msg), Reason: reason, Cause: msg.Err}
+				}
+			}
+			if !dead {
 				if !send(msg) {
 					return nil
 				}
@@ -104,7 +235,7 @@ func DeadLetterQueue[K, V any](cfg DeadLetterConfig) (pipeline.Stage[K, V], erro
 			}
 			writes.Go(func() {
 				defer func() { <-slots }()
-				deadLetter(ctx, cfg, msg)
+				deadLetter(ctx, cfg, check, msg)
 				send(msg)
 			})
 		}
@@ -121,11 +252,16 @@ func failedForGood[K, V any](ctx context.Context, msg *pipeline.Message[K, V]) b
 // deadLetter writes msg to the dead-letter topic and marks it dropped, or
 // replaces its error with a *DeadLetterError. A writer's panic is a failed
 // write.
-func deadLetter[K, V any](ctx context.Context, cfg DeadLetterConfig, msg *pipeline.Message[K, V]) {
+func deadLetter[K, V any](ctx context.Context, cfg DeadLetterConfig, check func(context.Context, string) error, msg *pipeline.Message[K, V]) {
 	dl := newDeadLetter(cfg.Topic, msg)
 	var err error
-	if r := panics.Try(func() { err = cfg.Writer.WriteDeadLetter(ctx, dl) }); r != nil {
-		err = r.AsError()
+	if check != nil {
+		err = check(ctx, dl.Topic) // a missing default topic fails at once, not after the write's timeout
+	}
+	if err == nil {
+		if r := panics.Try(func() { err = cfg.Writer.WriteDeadLetter(ctx, dl) }); r != nil {
+			err = r.AsError()
+		}
 	}
 	if err == nil && ctx.Err() != nil {
 		err = ctx.Err()

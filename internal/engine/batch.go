@@ -49,8 +49,23 @@ func (c *coordinator[K, V]) dispatchBatches() {
 		if !c.batchDue() {
 			return
 		}
+		if c.rates != nil {
+			now := time.Now()
+			if d := c.rates.globalDelay(now, 1, 0); d > 0 {
+				c.stats.Throttled.Add(1)
+				c.rates.arm(now, now.Add(d))
+				return
+			}
+		}
 		c.lingerFrom = time.Time{}
 		b, ctx := c.assembleBatch()
+		if c.rates != nil {
+			size := 0
+			for _, m := range b.msgs {
+				size += len(m.RawKey) + len(m.RawValue)
+			}
+			c.rates.takeGlobal(time.Now(), len(b.msgs), size)
+		}
 		c.policy.handling++
 		c.dispatch <- job[K, V]{ctx: ctx, batch: b}
 	}

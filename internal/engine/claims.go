@@ -195,6 +195,18 @@ func (c *coordinator[K, V]) stop(cl *claim[K, V]) {
 		}
 		delete(cl.keys, key)
 	}
+	if c.rates != nil {
+		kept := c.rates.parked[:0]
+		for _, p := range c.rates.parked {
+			if p.e.claim == cl {
+				c.abandonEntry(p.e)
+				continue
+			}
+			kept = append(kept, p)
+		}
+		clear(c.rates.parked[len(kept):])
+		c.rates.parked = kept
+	}
 	cl.readyN, cl.queuedN = 0, 0
 	c.policy.forgetChain(cl)
 	c.policy.checkSurplus(cl)

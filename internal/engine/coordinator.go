@@ -52,6 +52,11 @@ type coordinator[K, V any] struct {
 	holding    bool                      // the user paused the pipeline: nothing is dispatched
 	draining   bool
 	hardStop   bool
+	// drainBacklog: a graceful stop keeps the claims and dispatches their
+	// backlog (ShutdownMode Drain) until nothing is in flight; the
+	// shutdown timeout (ctx done) still stops it as a graceful one.
+	drainBacklog bool
+	rates        *rates[K, V] // nil: no rate limit (no per-message work)
 
 	stallTimeout time.Duration // 0: no stall detection
 	stallTicker  *time.Ticker
@@ -80,6 +85,7 @@ type coordinatorEdges[K, V any] struct {
 	final      chan<- []claimOffset           // to the committer, once, as the coordinator ends
 	queries    <-chan revokedQuery            // from stages: pipeline.Revoked
 	drainingCh <-chan struct{}                // closed when a graceful stop begins
+	rateLimits <-chan RateLimit               // from Parallafka.SetRateLimit; nil: never changed
 }
 
 // openEdges are the inputs the coordinator still reads (nil once closed
@@ -103,6 +109,8 @@ type coordinatorConfig struct {
 	orderNilKeys                bool
 	batch                       BatchLimits // batch mode when MaxMessages > 0
 	stallTimeout                time.Duration
+	drainBacklog                bool // a graceful stop handles the polled backlog before it ends
+	rateLimit                   RateLimit
 	stats                       *Stats
 	log                         *slog.Logger
 	obs                         observer
@@ -118,7 +126,8 @@ func newCoordinator[K, V any](cfg coordinatorConfig, edges coordinatorEdges[K, V
 			concurrency: cfg.concurrency, maxInFlight: cfg.maxInFlight,
 			stats: cfg.stats, log: cfg.log, obs: cfg.obs,
 		},
-		stallTimeout: cfg.stallTimeout, batch: cfg.batch,
+		stallTimeout: cfg.stallTimeout, batch: cfg.batch, drainBacklog: cfg.drainBacklog,
+		rates: newRates[K, V](cfg.rateLimit),
 	}
 	if cfg.minConcurrency > 0 {
 		c.policy.limiter = newLimiter(cfg.minConcurrency, cfg.concurrency)
@@ -176,6 +185,7 @@ func (c *coordinator[K, V]) close() {
 	if c.stallTicker != nil {
 		c.stallTicker.Stop()
 	}
+	c.rates.stop()
 	if c.staged != nil {
 		close(c.staged)
 	}
@@ -214,6 +224,15 @@ func (c *coordinator[K, V]) dispatchReadyWork() {
 func (c *coordinator[K, V]) dispatchReady() {
 	for c.policy.handling < c.policy.dispatchLimit(c.routing.queued) && c.ready.len() > 0 {
 		e := c.ready.pop(c.backlog)
+		if c.rates != nil {
+			admitted, more := c.admit(e)
+			if !more {
+				return
+			}
+			if !admitted {
+				continue
+			}
+		}
 		c.policy.readied(e.claim, -1)
 		s := e.claim.window.find(e.msg)
 		s.state = slotDispatched
@@ -249,7 +268,15 @@ func (c *coordinator[K, V]) awaitNext() {
 	if len(c.toStage) > 0 {
 		staged, toStage = c.staged, c.toStage[0]
 	}
+	var rateTick <-chan time.Time
+	if c.rates != nil {
+		rateTick = c.rates.timerC
+	}
 	select {
+	case <-rateTick:
+		c.rates.fired(time.Now(), c.ready.pushLater)
+	case l := <-c.rateLimits:
+		c.setRateLimit(l)
 	case cycle, ok := <-o.polled:
 		if !ok {
 			o.polled = nil
@@ -291,7 +318,11 @@ func (c *coordinator[K, V]) awaitNext() {
 		c.checkStalls()
 	case <-o.draining:
 		o.draining = nil
-		c.drain()
+		if c.drainBacklog {
+			c.draining = true // the poller stops; the backlog goes on to the handlers
+		} else {
+			c.drain()
+		}
 	case <-o.done:
 		o.done = nil
 		c.hardStop = true

@@ -44,10 +44,13 @@ type Config[K, V any] struct {
 	Ordering         Ordering
 	OrderNilKeys     bool
 	CommitInterval   time.Duration
-	CommitEvery      int  // also commit after this many offsets finished; 0: the interval alone
-	AsyncCommits     bool // periodic commits do not wait for the last one's result
-	MapMaxBytes      int  // the offset map's limit in the commit metadata; 0: no map
-	HardStop         bool // the shutdown mode
+	CommitEvery      int          // also commit after this many offsets finished; 0: the interval alone
+	AsyncCommits     bool         // periodic commits do not wait for the last one's result
+	MapMaxBytes      int          // the offset map's limit in the commit metadata; 0: no map
+	HardStop         bool         // the shutdown mode
+	DrainBacklog     bool         // a graceful stop handles the polled backlog first (ShutdownMode Drain)
+	RateLimit        RateLimit    // the dispatch rate limit at the start; zero: none
+	Rates            *RateControl // Parallafka.SetRateLimit; nil: never changed
 	ShutdownTimeout  time.Duration
 	RevokeTimeout    time.Duration
 	Logger           *slog.Logger
@@ -232,6 +235,7 @@ func newFlow[K, V any](cfg *Config[K, V], stats *Stats, life *lifecycle) *flow[K
 	}
 
 	obs := observer{o: cfg.Observer, log: cfg.Logger}
+	obs.throttle, _ = cfg.Observer.(pipeline.ThrottleObserver)
 	batch := cfg.Batch
 	if cfg.BatchHandler == nil {
 		batch = BatchLimits{}
@@ -250,10 +254,12 @@ func newFlow[K, V any](cfg *Config[K, V], stats *Stats, life *lifecycle) *flow[K
 		maxInFlight: cfg.MaxInFlight, commitEvery: cfg.CommitEvery,
 		ordering: cfg.Ordering, orderNilKeys: cfg.OrderNilKeys, batch: batch,
 		stallTimeout: cfg.StallTimeout, stats: stats, log: cfg.Logger, obs: obs,
+		drainBacklog: cfg.DrainBacklog, rateLimit: cfg.RateLimit,
 	}, coordinatorEdges[K, V]{
 		polled: polled, spent: spent, staged: staged, routable: routable, dispatch: dispatch,
 		handlerEnd: handlerEnd, released: released, room: room, commitNow: commitNow, steer: steer,
 		rebalances: rebalances, offsets: offsets, final: final, queries: queries, drainingCh: life.draining,
+		rateLimits: cfg.Rates.edge(),
 	})
 	collector := &collector[K, V]{policy: cfg.ErrorPolicy, failed: failed, stats: stats, log: cfg.Logger, obs: obs}
 	pool := &handlerPool[K, V]{
