@@ -218,7 +218,7 @@ func TestAdaptiveConcurrencyWithBatches(t *testing.T) {
 		ds.capacity.Store(6)
 		limits := &limitLog{}
 		p, err := parallafka.New(src,
-			parallafka.WithAdaptiveConcurrency(1, 32), parallafka.WithMaxBatchMessages(20),
+			parallafka.WithAdaptiveConcurrency(1, 32), parallafka.WithMaxBatch(20, 4<<20),
 			parallafka.WithObserver(pipeline.ObserverFuncs{ConcurrencyLimitChanged: limits.record}.Observer()),
 			parallafka.WithAfterHandle("retry", must(stages.Retry[string, int](stages.RetryConfig{
 				MaxAttempts: 1000, InitialBackoff: time.Millisecond, MaxBackoff: 20 * time.Millisecond,

@@ -210,7 +210,7 @@ func TestBatchProperties(t *testing.T) {
 			limit := 20_000 /* WithMaxInFlight's default */
 			opts := []parallafka.Option{
 				parallafka.WithMaxConcurrency(w.concurrency), parallafka.WithOrdering(w.ordering),
-				parallafka.WithMaxBatchMessages(w.maxBatch), parallafka.WithBatchLinger(w.linger),
+				parallafka.WithMaxBatch(w.maxBatch, 4<<20), parallafka.WithBatchLinger(w.linger),
 				parallafka.WithLogger(quiet), parallafka.WithCommitInterval(5 * time.Millisecond),
 				parallafka.WithAfterHandle("retry", must(stages.Retry[string, int](stages.RetryConfig{
 					MaxAttempts: 1000, InitialBackoff: 100 * time.Microsecond, MaxBackoff: time.Millisecond,
@@ -321,7 +321,7 @@ func TestBatchRevokeHandsOverWithoutDuplicates(t *testing.T) {
 	var seen sync.Map
 	var total atomic.Int64
 	p, err := parallafka.New(src, parallafka.WithLogger(quiet), parallafka.WithMaxConcurrency(4),
-		parallafka.WithMaxBatchMessages(50), parallafka.WithMaxInFlight(400))
+		parallafka.WithMaxBatch(50, 4<<20), parallafka.WithMaxInFlight(400))
 	require.NoError(t, err)
 	stop := startBatch(p, countingBatch(&seen, &total, 2*time.Millisecond))
 	for round := int64(1); total.Load() < n; round++ {
@@ -355,7 +355,7 @@ func TestBatchRevokeTimeoutCancelsTheBatch(t *testing.T) {
 	first := make(chan struct{})
 	var once sync.Once
 	p, err := parallafka.New(src, parallafka.WithLogger(quiet), parallafka.WithMaxConcurrency(1),
-		parallafka.WithMaxBatchMessages(100), parallafka.WithBatchLinger(20*time.Millisecond),
+		parallafka.WithMaxBatch(100, 4<<20), parallafka.WithBatchLinger(20*time.Millisecond),
 		parallafka.WithRevokeTimeout(50*time.Millisecond))
 	require.NoError(t, err)
 	stop := startBatch(p, func(ctx context.Context, batch []*parallafka.Message[string, int]) error {
@@ -413,7 +413,7 @@ func TestConsumeBatchMisuse(t *testing.T) {
 	ok := func(context.Context, []*parallafka.Message[string, int]) error { return nil }
 	p, err := parallafka.New(memsource.New[string, int](), parallafka.WithLogger(quiet))
 	require.NoError(t, err)
-	require.ErrorIs(t, p.ConsumeBatch(context.Background(), nil), parallafka.ErrNilHandler)
+	require.ErrorContains(t, p.ConsumeBatch(context.Background(), nil), "nil handler")
 	require.ErrorIs(t, p.ConsumeBatch(context.Background(), ok), parallafka.ErrConsumed, "a nil handler consumes the Parallafka too")
 	p, err = parallafka.New(memsource.New[string, int](), parallafka.WithLogger(quiet))
 	require.NoError(t, err)
@@ -433,8 +433,8 @@ func TestConsumeBatchMisuse(t *testing.T) {
 	require.ErrorContains(t, p.Consume(context.Background(), func(context.Context, *parallafka.Message[string, int]) error { return nil }), "WithBatchMiddleware wraps a batch handler")
 
 	for name, opt := range map[string]parallafka.Option{
-		"zero batch":                parallafka.WithMaxBatchMessages(0),
-		"zero batch bytes":          parallafka.WithMaxBatchBytes(0),
+		"zero batch":                parallafka.WithMaxBatch(0, 4<<20),
+		"zero batch bytes":          parallafka.WithMaxBatch(500, 0),
 		"negative linger":           parallafka.WithBatchLinger(-time.Millisecond),
 		"nil batch middleware":      parallafka.WithBatchMiddleware[string, int](nil),
 		"batch middleware of types": parallafka.WithBatchMiddleware(func(h parallafka.BatchHandler[int, int]) parallafka.BatchHandler[int, int] { return h }),
@@ -450,7 +450,7 @@ func TestBatchMiddlewareOrder(t *testing.T) {
 	produce(src, 1, 5, func(i int) int { return i })
 	var mu sync.Mutex
 	var order []string
-	mw := func(name string) parallafka.BatchMiddleware[string, int] {
+	mw := func(name string) pipeline.BatchMiddleware[string, int] {
 		return func(next parallafka.BatchHandler[string, int]) parallafka.BatchHandler[string, int] {
 			return func(ctx context.Context, batch []*parallafka.Message[string, int]) error {
 				mu.Lock()
@@ -489,7 +489,7 @@ func TestBatchShutdowns(t *testing.T) {
 			var once sync.Once
 			var finished atomic.Int64
 			p, err := parallafka.New(src, parallafka.WithLogger(quiet), parallafka.WithMaxConcurrency(1),
-				parallafka.WithMaxBatchMessages(30), parallafka.WithShutdownMode(mode))
+				parallafka.WithMaxBatch(30, 4<<20), parallafka.WithShutdownMode(mode))
 			require.NoError(t, err)
 			stop := startBatch(p, func(ctx context.Context, batch []*parallafka.Message[string, int]) error {
 				if finished.Load() >= 30 { // the second batch runs during the stop

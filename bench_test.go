@@ -69,7 +69,7 @@ func BenchmarkPipelineBatchNoop(b *testing.B) {
 			var handled atomic.Int64
 			opts := []parallafka.Option{parallafka.WithLogger(quiet)}
 			if batch > 0 {
-				opts = append(opts, parallafka.WithMaxBatchMessages(batch), parallafka.WithBatchLinger(0))
+				opts = append(opts, parallafka.WithMaxBatch(batch, 4<<20), parallafka.WithBatchLinger(0))
 			}
 			p, err := parallafka.New(src, opts...)
 			if err != nil {

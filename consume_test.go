@@ -678,7 +678,7 @@ func TestConsumeMisuse(t *testing.T) {
 	produce(src, 1, 1, func(int) int { return 0 })
 	p, err := parallafka.New(src, parallafka.WithLogger(quiet))
 	require.NoError(t, err)
-	require.ErrorIs(t, p.Consume(context.Background(), nil), parallafka.ErrNilHandler)
+	require.ErrorContains(t, p.Consume(context.Background(), nil), "nil handler")
 	require.ErrorIs(t, p.Consume(context.Background(), func(context.Context, *parallafka.Message[string, int]) error { return nil }), parallafka.ErrConsumed,
 		"a nil handler consumes the Parallafka too (its source is closed)")
 
@@ -862,9 +862,9 @@ func TestNilHandlerClosesSource(t *testing.T) {
 			p, err := parallafka.New[string, int](src, parallafka.WithLogger(quiet))
 			require.NoError(t, err)
 			if batch {
-				require.ErrorIs(t, p.ConsumeBatch(context.Background(), nil), parallafka.ErrNilHandler)
+				require.ErrorContains(t, p.ConsumeBatch(context.Background(), nil), "nil handler")
 			} else {
-				require.ErrorIs(t, p.Consume(context.Background(), nil), parallafka.ErrNilHandler)
+				require.ErrorContains(t, p.Consume(context.Background(), nil), "nil handler")
 			}
 			assert.EqualValues(t, 1, src.closed.Load(), "the source is closed")
 			require.ErrorIs(t, p.Health(t.Context()), parallafka.ErrStopped)

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/parallafka/parallafka"
+	"github.com/parallafka/parallafka/pipeline"
 	"github.com/parallafka/parallafka/pipeline/memsource"
 )
 
@@ -43,7 +44,7 @@ func Example() {
 
 // Middleware wraps every handling attempt, here with a per-attempt deadline.
 func ExampleWithMiddleware() {
-	timeout := func(d time.Duration) parallafka.Middleware[string, string] {
+	timeout := func(d time.Duration) pipeline.Middleware[string, string] {
 		return func(next parallafka.Handler[string, string]) parallafka.Handler[string, string] {
 			return func(ctx context.Context, msg *parallafka.Message[string, string]) error {
 				ctx, cancel := context.WithTimeout(ctx, d)
@@ -91,7 +92,7 @@ func ExampleParallafka_ConsumeBatch() {
 	} {
 		src.Produce("orders", 0, ev.order, ev.status)
 	}
-	p, err := parallafka.New(src, parallafka.WithMaxConcurrency(1), parallafka.WithMaxBatchMessages(100),
+	p, err := parallafka.New(src, parallafka.WithMaxConcurrency(1), parallafka.WithMaxBatch(100, 4<<20),
 		parallafka.WithLogger(slog.New(slog.DiscardHandler)))
 	if err != nil {
 		panic(err)

@@ -154,7 +154,7 @@ func TestMiddlewareWrapsInOrder(t *testing.T) {
 	produce(src, 1, 5, func(i int) int { return i })
 	var mu sync.Mutex
 	var trace []string
-	tag := func(name string) parallafka.Middleware[string, int] {
+	tag := func(name string) pipeline.Middleware[string, int] {
 		return func(next parallafka.Handler[string, int]) parallafka.Handler[string, int] {
 			return func(ctx context.Context, m *parallafka.Message[string, int]) error {
 				mu.Lock()

@@ -26,16 +26,14 @@ var (
 	// hears from one again, and while partitions were assigned, until the
 	// group coordinator confirmed them: no handler starts meanwhile).
 	ErrBrokerUnreachable = errors.New("parallafka: broker unreachable")
-	// ErrStopping: a shutdown began.
-	ErrStopping = errors.New("parallafka: stopping")
-	// ErrStopped: Consume returned.
+	// ErrStopped: a shutdown began, or Consume returned.
 	ErrStopped = errors.New("parallafka: stopped")
 )
 
 // Health returns nil while the Parallafka consumes (partitions assigned,
 // none stalled, brokers reachable), and otherwise ErrNotStarted,
 // ErrJoining, ErrStalled (wrapped with the blocking message),
-// ErrBrokerUnreachable (wrapped with the source's reason), ErrStopping or
+// ErrBrokerUnreachable (wrapped with the source's reason) or
 // ErrStopped. It reads counters the pipeline keeps anyway and asks the
 // broker nothing, so it suits liveness and readiness probes; it is safe to
 // call at any time, from any goroutine. ctx is for sources that may one
@@ -66,7 +64,7 @@ func (p *Parallafka[K, V]) health() (error, string) {
 	case !p.consumed.Load():
 		return ErrNotStarted, ""
 	case s.Stopping.Load():
-		return ErrStopping, ""
+		return ErrStopped, "shutting down"
 	}
 	if cs, ok := p.source.(pipeline.ConnectivitySource); ok {
 		if err := cs.Unreachable(); err != nil {

@@ -182,7 +182,7 @@ func TestObserverSeesBatches(t *testing.T) {
 	src := memsource.New[string, int]()
 	produce(src, 2, 200, func(i int) int { return i % 13 })
 	rec := newObsRecorder()
-	p, err := parallafka.New(src, parallafka.WithLogger(quiet), parallafka.WithObserver(rec), parallafka.WithMaxBatchMessages(10))
+	p, err := parallafka.New(src, parallafka.WithLogger(quiet), parallafka.WithObserver(rec), parallafka.WithMaxBatch(10, 4<<20))
 	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(context.Background())
 	var handled, wrongCtx atomic.Int64

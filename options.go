@@ -14,8 +14,8 @@ import (
 // default; New validates the result and returns a clear error for a bad one.
 //
 // The options, by section: concurrency (WithMaxConcurrency,
-// WithAdaptiveConcurrency, and for ConsumeBatch WithMaxBatchMessages,
-// WithMaxBatchBytes, WithBatchLinger); ordering (WithOrdering,
+// WithAdaptiveConcurrency, and for ConsumeBatch WithMaxBatch,
+// WithBatchLinger); ordering (WithOrdering,
 // WithOrderedNilKeys); windows (WithMaxInFlight, WithMaxInFlightBytes);
 // commits (WithCommitInterval, WithCommitEvery, WithAsyncCommits,
 // WithOffsetMapMaxBytes); shutdown (WithShutdownMode, WithShutdownTimeout,
@@ -56,8 +56,8 @@ type config struct {
 	shutdownTimeout time.Duration
 	revokeTimeout   time.Duration
 	// stages
-	middleware      []any // Middleware[K, V], checked against K and V by New
-	batchMiddleware []any // BatchMiddleware[K, V], checked likewise
+	middleware      []any // pipeline.Middleware[K, V], checked against K and V by New
+	batchMiddleware []any // pipeline.BatchMiddleware[K, V], checked likewise
 	stages          []stageSpec
 	errorPolicy     pipeline.ErrorPolicy
 	// observability
@@ -149,17 +149,13 @@ func WithAdaptiveConcurrency(min, max int) Option {
 	return optionFunc(func(c *config) { c.adaptive, c.minConcurrency, c.adaptiveMax = true, min, max })
 }
 
-// WithMaxBatchMessages bounds the messages of one batch (ConsumeBatch).
-// Default 500.
-func WithMaxBatchMessages(n int) Option {
-	return optionFunc(func(c *config) { c.maxBatchMessages = n })
-}
-
-// WithMaxBatchBytes bounds the bytes of one batch (key, value and headers
-// as received; ConsumeBatch): a message that would take the batch past it
-// waits for the next, unless it is the batch's first. Default 4 MiB.
-func WithMaxBatchBytes(n int64) Option {
-	return optionFunc(func(c *config) { c.maxBatchBytes = n })
+// WithMaxBatch bounds one batch of ConsumeBatch: at most messages
+// messages, and at most bytes bytes (key, value and headers as received; a
+// message that would take the batch past bytes waits for the next batch,
+// unless it is the batch's first). Both must be positive. Default 500
+// messages and 4 MiB.
+func WithMaxBatch(messages int, bytes int64) Option {
+	return optionFunc(func(c *config) { c.maxBatchMessages, c.maxBatchBytes = messages, bytes })
 }
 
 // WithBatchLinger sets how long a partial batch waits for more messages
@@ -331,7 +327,7 @@ func WithRevokeTimeout(d time.Duration) Option {
 // WithMiddleware wraps the handler in the given middleware; the first one
 // given is the outermost. It wraps Consume's handler of one message:
 // ConsumeBatch refuses it (use WithBatchMiddleware).
-func WithMiddleware[K, V any](mw ...Middleware[K, V]) Option {
+func WithMiddleware[K, V any](mw ...pipeline.Middleware[K, V]) Option {
 	return optionFunc(func(c *config) {
 		for _, m := range mw {
 			if m == nil {
@@ -345,7 +341,7 @@ func WithMiddleware[K, V any](mw ...Middleware[K, V]) Option {
 
 // WithBatchMiddleware wraps the batch handler of ConsumeBatch in the given
 // middleware; the first one given is the outermost. Consume refuses it.
-func WithBatchMiddleware[K, V any](mw ...BatchMiddleware[K, V]) Option {
+func WithBatchMiddleware[K, V any](mw ...pipeline.BatchMiddleware[K, V]) Option {
 	return optionFunc(func(c *config) {
 		for _, m := range mw {
 			if m == nil {
@@ -522,10 +518,10 @@ func (c *config) validate() error {
 }
 
 // typed checks that the middleware and stages match the message type.
-func typed[K, V any](c *config) (mw []Middleware[K, V], batchMW []BatchMiddleware[K, V], before, after []engine.NamedStage[K, V], err error) {
+func typed[K, V any](c *config) (mw []pipeline.Middleware[K, V], batchMW []pipeline.BatchMiddleware[K, V], before, after []engine.NamedStage[K, V], err error) {
 	var errs []error
 	for _, m := range c.batchMiddleware {
-		typed, ok := m.(BatchMiddleware[K, V])
+		typed, ok := m.(pipeline.BatchMiddleware[K, V])
 		if !ok {
 			errs = append(errs, fmt.Errorf("parallafka: batch middleware of type %T does not match messages of type %T", m, (*Message[K, V])(nil)))
 			continue
@@ -533,7 +529,7 @@ func typed[K, V any](c *config) (mw []Middleware[K, V], batchMW []BatchMiddlewar
 		batchMW = append(batchMW, typed)
 	}
 	for _, m := range c.middleware {
-		typed, ok := m.(Middleware[K, V])
+		typed, ok := m.(pipeline.Middleware[K, V])
 		if !ok {
 			errs = append(errs, fmt.Errorf("parallafka: middleware of type %T does not match messages of type %T", m, (*Message[K, V])(nil)))
 			continue

@@ -63,15 +63,11 @@ type (
 	Message[K, V any] = pipeline.Message[K, V]
 	// Handler handles one message; an error or a panic fails it.
 	Handler[K, V any] = pipeline.Handler[K, V]
-	// Middleware wraps a Handler: func(next Handler) Handler.
-	Middleware[K, V any] = pipeline.Middleware[K, V]
 	// Source is a one-message-at-a-time consumer: package kafka's, or
 	// package memsource's for tests.
 	Source[K, V any] = pipeline.Source[K, V]
 	// BatchHandler handles a batch of messages in one call (ConsumeBatch).
 	BatchHandler[K, V any] = pipeline.BatchHandler[K, V]
-	// BatchMiddleware wraps a BatchHandler: func(next BatchHandler) BatchHandler.
-	BatchMiddleware[K, V any] = pipeline.BatchMiddleware[K, V]
 	// BatchError fails the messages of a batch it names; the others
 	// finish: `var failed BatchError[K, V]`, failed.Fail(msg, err) for each
 	// message that failed, then `return failed.Err()`. Its methods are
@@ -80,8 +76,6 @@ type (
 )
 
 var (
-	// ErrNilHandler is returned by Consume when the handler is nil.
-	ErrNilHandler = errors.New("parallafka: nil handler")
 	// ErrConsumed is returned by a second call of Consume: a Parallafka
 	// consumes once (its source is closed when Consume returns).
 	ErrConsumed = errors.New("parallafka: Consume was already called")
@@ -89,6 +83,10 @@ var (
 	// graceful shutdown had to cancel handlers that outlived its timeout.
 	ErrShutdownTimeout = engine.ErrShutdownTimeout
 )
+
+// errNilHandler is returned by Consume and ConsumeBatch when the handler is
+// nil (the source is closed all the same).
+var errNilHandler = errors.New("parallafka: nil handler")
 
 // errBatchMiddleware is returned by Consume when WithBatchMiddleware was
 // given: batch middleware wraps a batch handler (ConsumeBatch).
@@ -103,8 +101,8 @@ var errMessageMiddleware = errors.New("parallafka: WithMiddleware wraps a single
 type Parallafka[K, V any] struct {
 	source   Source[K, V]
 	cfg      config
-	mw       []Middleware[K, V]
-	batchMW  []BatchMiddleware[K, V]
+	mw       []pipeline.Middleware[K, V]
+	batchMW  []pipeline.BatchMiddleware[K, V]
 	before   []engine.NamedStage[K, V]
 	after    []engine.NamedStage[K, V]
 	stats    engine.Stats
@@ -202,7 +200,7 @@ func (p *Parallafka[K, V]) Consume(ctx context.Context, handler Handler[K, V]) e
 // with handler, many per call, until ctx is cancelled or a message fails
 // under the error policy, then shuts down as configured, closes the source
 // and returns, as Consume does. WithMaxConcurrency bounds the batches in
-// flight; WithMaxBatchMessages, WithMaxBatchBytes and WithBatchLinger shape
+// flight; WithMaxBatch and WithBatchLinger shape
 // them; WithBatchMiddleware wraps handler.
 //
 // In key mode a batch holds the messages of free keys: several of one key
@@ -241,7 +239,7 @@ func (p *Parallafka[K, V]) start(ctx context.Context, nilHandler, wrongMiddlewar
 	defer p.ended.Store(true)
 	switch {
 	case nilHandler:
-		return errors.Join(ErrNilHandler, p.closeSource())
+		return errors.Join(errNilHandler, p.closeSource())
 	case wrongMiddleware:
 		return errors.Join(errWrongMiddleware, p.closeSource())
 	case ctx.Err() != nil:

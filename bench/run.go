@@ -73,7 +73,7 @@ func runPipeline(c *config, w *workload, b *broker, topic, mode string, conc con
 		opts = append(opts, parallafka.WithMaxInFlight(c.maxInFlight))
 	}
 	if c.batch > 0 {
-		opts = append(opts, parallafka.WithMaxBatchMessages(c.batch), parallafka.WithBatchLinger(c.linger))
+		opts = append(opts, parallafka.WithMaxBatch(c.batch, 4<<20), parallafka.WithBatchLinger(c.linger))
 	}
 	p, err := parallafka.New[string, []byte](&timedSource[string, []byte]{Source: src, rec: rec}, opts...)
 	if err != nil {

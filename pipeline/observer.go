@@ -76,14 +76,6 @@ func (m MessageInfo) TopicPartition() TopicPartition {
 	return TopicPartition{Topic: m.Topic, Partition: m.Partition}
 }
 
-// Info returns what an Observer learns of m.
-func Info[K, V any](m *Message[K, V]) MessageInfo {
-	return MessageInfo{
-		Topic: m.Topic, Partition: m.Partition, Offset: m.Offset, Key: m.RawKey,
-		Headers: m.Headers, Timestamp: m.Timestamp, Attempt: m.Attempt,
-	}
-}
-
 // Wait is how long a message waited between being routed and its
 // handler's start.
 type Wait struct {

@@ -18,12 +18,6 @@ func Draining(ctx context.Context) <-chan struct{} {
 	return ch
 }
 
-// WithDraining returns a copy of ctx whose Draining channel is draining: for
-// testing a stage outside a pipeline.
-func WithDraining(ctx context.Context, draining <-chan struct{}) context.Context {
-	return context.WithValue(ctx, signal.DrainingKey{}, draining)
-}
-
 // Revoked returns a channel that is closed once the assignment msg's
 // partition is in ends: the partition is revoked or lost, or the pipeline
 // stops. A stage holding msg back (a retry waiting for its backoff) should

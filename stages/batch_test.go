@@ -132,7 +132,7 @@ func TestStagesInBatchMode(t *testing.T) {
 	}
 	dlq := &memDLQ{}
 	p, err := parallafka.New(src, parallafka.WithLogger(quiet), parallafka.WithMaxConcurrency(4),
-		parallafka.WithMaxBatchMessages(32), parallafka.WithCommitInterval(5*time.Millisecond),
+		parallafka.WithMaxBatch(32, 4<<20), parallafka.WithCommitInterval(5*time.Millisecond),
 		parallafka.WithBatchMiddleware(
 			stages.DedupeBatch(stages.DedupeConfig[string, string]{}),
 			must(stages.TimeoutBatch[string, string](5*time.Second)),

@@ -49,7 +49,7 @@ type DeadLetterConfig struct {
 }
 
 // FloodGuard is DeadLetterQueue's flood guard. When a message would be
-// dead-lettered past a limit, the stage fails with a *DeadLetterFloodError
+// dead-lettered past a limit, the stage fails with ErrDeadLetterFlood
 // (Consume returns it): that message is neither written nor handed on, so
 // it and everything after it in its partition stay uncommitted.
 type FloodGuard struct {
@@ -64,24 +64,10 @@ type FloodGuard struct {
 	MaxInARow int
 }
 
-// ErrDeadLetterFlood is what a *DeadLetterFloodError matches (errors.Is).
+// ErrDeadLetterFlood is the error of a DeadLetterQueue whose FloodGuard
+// stopped it, wrapped with the reason, the dead-letter topic and the
+// message it stopped before (partition and offset) with its error.
 var ErrDeadLetterFlood = errors.New("stages: dead-letter flood")
-
-// DeadLetterFloodError is the error of a DeadLetterQueue whose FloodGuard
-// tripped: Message would have been dead-lettered past the limit (Reason).
-type DeadLetterFloodError struct {
-	Topic   string // the dead-letter topic
-	Message pipeline.MessageInfo
-	Reason  string
-	Cause   error // the message's error
-}
-
-func (e *DeadLetterFloodError) Error() string {
-	return fmt.Sprintf("stages: dead-letter flood: %s; stopped before dead-lettering %s@%d to %s (message failed with: %v)",
-		e.Reason, e.Message.TopicPartition(), e.Message.Offset, e.Topic, e.Cause)
-}
-
-func (e *DeadLetterFloodError) Is(target error) bool { return target == ErrDeadLetterFlood }
 
 // flood tracks a FloodGuard's sliding window.
 type flood struct {
@@ -218,8 +204,8 @@ func DeadLetterQueue[K, V any](cfg DeadLetterConfig) (pipeline.Stage[K, V], erro
 			dead := failedForGood(ctx, msg)
 			if guard != nil {
 				if reason := guard.observe(dead); reason != "" {
-					return &DeadLetterFloodError{Topic: newDeadLetter(cfg.Topic, msg).Topic,
-						Message: pipeline.Info(msg), Reason: reason, Cause: msg.Err}
+					return fmt.Errorf("%w: %s; stopped before dead-lettering %s@%d to %s (message failed with: %v)",
+						ErrDeadLetterFlood, reason, msg.TopicPartition(), msg.Offset, newDeadLetter(cfg.Topic, msg).Topic, msg.Err)
 				}
 			}
 			if !dead {

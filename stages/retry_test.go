@@ -15,6 +15,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/parallafka/parallafka"
+	"github.com/parallafka/parallafka/internal/signal"
 	"github.com/parallafka/parallafka/pipeline"
 	"github.com/parallafka/parallafka/pipeline/memsource"
 	"github.com/parallafka/parallafka/stages"
@@ -422,7 +423,7 @@ func TestRetryStageDrainAndHardStop(t *testing.T) {
 	stage := must(stages.Retry[string, string](stages.RetryConfig{InitialBackoff: time.Hour, MaxBackoff: time.Hour}))
 	t.Run("drain", func(t *testing.T) {
 		draining := make(chan struct{})
-		in, out, stop := runStage(t, pipeline.WithDraining(context.Background(), draining), stage)
+		in, out, stop := runStage(t, signal.WithDraining(context.Background(), draining), stage)
 		a, b := failedMsg(0, 1, errTransient), failedMsg(1, 2, errTransient)
 		ok := failedMsg(2, 1, nil)
 		send(t, in, a)

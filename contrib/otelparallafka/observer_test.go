@@ -435,7 +435,7 @@ func TestBatchSpanLinksEveryMessage(t *testing.T) {
 		span.End()
 	}
 	p, err := parallafka.New(src, parallafka.WithLogger(quiet), parallafka.WithObserver(tel.obs),
-		parallafka.WithMaxBatchMessages(100), parallafka.WithBatchLinger(50*time.Millisecond))
+		parallafka.WithMaxBatch(100, 4<<20), parallafka.WithBatchLinger(50*time.Millisecond))
 	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(context.Background())
 	var handled atomic.Int64

@@ -179,7 +179,7 @@ func sinkRun(ctx context.Context, logger *slog.Logger, cluster *kafkatest.Cluste
 	}
 	p, err := parallafka.New(src,
 		parallafka.WithMaxConcurrency(o.concurrency), parallafka.WithLogger(logger),
-		parallafka.WithMaxBatchMessages(batch),
+		parallafka.WithMaxBatch(batch, 4<<20),
 		parallafka.WithAfterHandle("retry", retry),
 	)
 	if err != nil {

@@ -84,7 +84,7 @@ func TestBatchExampleWritesEachKeyInOrderDespiteFailures(t *testing.T) {
 		t.Fatal(err)
 	}
 	p, err := parallafka.New(src,
-		parallafka.WithMaxConcurrency(4), parallafka.WithMaxBatchMessages(50),
+		parallafka.WithMaxConcurrency(4), parallafka.WithMaxBatch(50, 4<<20),
 		parallafka.WithLogger(slog.New(slog.DiscardHandler)),
 		parallafka.WithAfterHandle("retry", retry))
 	if err != nil {

@@ -32,7 +32,7 @@ func consumeOrders(ctx context.Context, src parallafka.Source[string, Order], db
 	if err != nil {
 		return err
 	}
-	p, err := parallafka.New(src, parallafka.WithMaxConcurrency(8), parallafka.WithMaxBatchMessages(500),
+	p, err := parallafka.New(src, parallafka.WithMaxConcurrency(8), parallafka.WithMaxBatch(500, 4<<20),
 		parallafka.WithAfterHandle("retry", retry))
 	if err != nil {
 		return err
@@ -145,3 +145,10 @@ func countOutcomes(ctx context.Context, in <-chan *parallafka.Message[string, Pa
 }
 
 var _, _, _, _, _, _ = consumeOrders, adaptive, timeoutMiddleware, withSkipTombstones, paymentsPipeline, countOutcomes
+
+// floodGuard is docs/controls.md's dead-letter flood guard.
+func floodGuard(w stages.DeadLetterWriter) stages.DeadLetterConfig {
+	cfg := stages.DeadLetterConfig{Writer: w, Topic: "orders.dlq",
+		Flood: &stages.FloodGuard{MaxShare: 0.1, Window: 1000, MaxInARow: 50}}
+	return cfg
+}

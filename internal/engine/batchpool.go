@@ -5,6 +5,7 @@ import (
 	"errors"
 	"time"
 
+	"github.com/parallafka/parallafka/internal/msginfo"
 	"github.com/parallafka/parallafka/pipeline"
 )
 
@@ -51,7 +52,7 @@ func (p *handlerPool[K, V]) callBatchHandler(job job[K, V]) (called []bool, samp
 		if p.obs.on() {
 			infos = make([]pipeline.MessageInfo, len(call))
 			for i, msg := range call {
-				infos[i] = pipeline.Info(msg)
+				infos[i] = msginfo.Of(msg)
 			}
 			hctx = p.obs.batchStarted(hctx, infos)
 		}

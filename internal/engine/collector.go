@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 
+	"github.com/parallafka/parallafka/internal/msginfo"
 	"github.com/parallafka/parallafka/pipeline"
 )
 
@@ -39,7 +40,7 @@ func (c *collector[K, V]) run(ctx context.Context, in <-chan *pipeline.Message[K
 func (c *collector[K, V]) verdict(ctx context.Context, msg *pipeline.Message[K, V]) completion[K, V] {
 	done, outcome := c.decide(ctx, msg)
 	if c.obs.on() {
-		c.obs.settled(pipeline.Info(msg), outcome)
+		c.obs.settled(msginfo.Of(msg), outcome)
 	}
 	return done
 }

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/parallafka/parallafka/internal/msginfo"
 	"github.com/parallafka/parallafka/pipeline"
 )
 
@@ -187,7 +188,7 @@ func (p *poller[K, V]) flush() bool {
 	p.stats.Polled.Add(int64(len(batch)))
 	if p.obs.on() {
 		for _, msg := range batch {
-			p.obs.polled(pipeline.Info(msg))
+			p.obs.polled(msginfo.Of(msg))
 		}
 	}
 	select {

@@ -9,6 +9,7 @@ import (
 
 	"github.com/sourcegraph/conc/pool"
 
+	"github.com/parallafka/parallafka/internal/msginfo"
 	"github.com/parallafka/parallafka/pipeline"
 )
 
@@ -75,7 +76,7 @@ func (p *handlerPool[K, V]) handleMessage(ctx context.Context, job job[K, V]) {
 		msg.Attempt++
 		hctx := job.ctx
 		if p.obs.on() {
-			hctx = p.obs.handlerStarted(hctx, pipeline.Info(msg), job.waited)
+			hctx = p.obs.handlerStarted(hctx, msginfo.Of(msg), job.waited)
 		}
 		began := time.Now()
 		msg.Err = callHandler(p.log, p.handler, hctx, msg, describeMessage[K, V])
@@ -84,7 +85,7 @@ func (p *handlerPool[K, V]) handleMessage(ctx context.Context, job job[K, V]) {
 		call.took = call.ended.Sub(began)
 		ended.quick = call.took < quickHandler
 		if p.obs.on() {
-			p.obs.handlerEnded(hctx, pipeline.Info(msg), msg.Err, call.took)
+			p.obs.handlerEnded(hctx, msginfo.Of(msg), msg.Err, call.took)
 		}
 		stopped = job.ctx.Err() != nil && msg.Err != nil
 		// A call cut short by a cancelled context (a hard stop, a

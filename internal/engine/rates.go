@@ -7,7 +7,7 @@ import (
 
 	"golang.org/x/time/rate"
 
-	"github.com/parallafka/parallafka/pipeline"
+	"github.com/parallafka/parallafka/internal/msginfo"
 )
 
 // RateLimit is a dispatch rate limit; zero fields are unlimited.
@@ -214,7 +214,7 @@ func (c *coordinator[K, V]) admit(e entry[K, V]) (admitted, more bool) {
 		c.ready.pushLater(e)
 		c.stats.Throttled.Add(1)
 		if c.obs.throttle != nil {
-			c.obs.throttled(pipeline.Info(e.msg), d, false)
+			c.obs.throttled(msginfo.Of(e.msg), d, false)
 		}
 		r.arm(now, now.Add(d))
 		return false, false
@@ -223,7 +223,7 @@ func (c *coordinator[K, V]) admit(e entry[K, V]) (admitted, more bool) {
 		r.parked = append(r.parked, parkedEntry[K, V]{e: e, due: now.Add(d)})
 		c.stats.Throttled.Add(1)
 		if c.obs.throttle != nil {
-			c.obs.throttled(pipeline.Info(e.msg), d, true)
+			c.obs.throttled(msginfo.Of(e.msg), d, true)
 		}
 		r.arm(now, now.Add(d))
 		return false, true

@@ -92,7 +92,7 @@ func TestBatchRebalance(t *testing.T) {
 }
 
 func testBatchRebalance(t *testing.T, strategy string) {
-	h := handOver(t, strategy, []parallafka.Option{parallafka.WithMaxConcurrency(3), parallafka.WithMaxBatchMessages(40),
+	h := handOver(t, strategy, []parallafka.Option{parallafka.WithMaxConcurrency(3), parallafka.WithMaxBatch(40, 4<<20),
 		parallafka.WithMaxInFlight(500)}, func(c *kafkatest.Cluster, s memberSpec) *member {
 		return startBatchMember(t, c, s, 2*time.Millisecond, 6*time.Millisecond)
 	})

@@ -145,7 +145,7 @@ func consume(brokers, topic, group, protocol, mode, run, member, history string,
 	}
 	p, err := parallafka.New(src,
 		handlers,
-		parallafka.WithMaxBatchMessages(16),
+		parallafka.WithMaxBatch(16, 4<<20),
 		parallafka.WithCommitInterval(commitInterval),
 		parallafka.WithRevokeTimeout(10*time.Second),
 		parallafka.WithShutdownTimeout(15*time.Second),
