@@ -145,3 +145,11 @@ func countOutcomes(ctx context.Context, in <-chan *parallafka.Message[string, Pa
 }
 
 var _, _, _, _, _, _ = consumeOrders, adaptive, timeoutMiddleware, withSkipTombstones, paymentsPipeline, countOutcomes
+
+// floodGuardConfig: docs/controls.md "Dead-letter flood guard".
+func floodGuardConfig(w stages.DeadLetterWriter) stages.DeadLetterConfig {
+	config :=
+		stages.DeadLetterConfig{Writer: w, Topic: "orders.dlq",
+			Flood: &stages.FloodGuard{MaxShare: 0.1, Window: 1000, MaxInARow: 50}}
+	return config
+}
