@@ -15,6 +15,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/parallafka/parallafka"
+	"github.com/parallafka/parallafka/internal/memctl"
 	"github.com/parallafka/parallafka/pipeline"
 	"github.com/parallafka/parallafka/pipeline/memsource"
 	"github.com/parallafka/parallafka/stages"
@@ -145,8 +146,8 @@ func TestAdaptiveConcurrencyFollowsTheDownstream(t *testing.T) {
 		assert.Zero(t, overLimit.Load(), "handlers started above the limit in force")
 		assert.Empty(t, rec.errs, "key order")
 		assert.Len(t, rec.handled, n, "every message handled")
-		for _, part := range src.Partitions() {
-			assert.Equal(t, src.Len(part), src.Committed(part), "final commit of %v", part)
+		for _, part := range memctl.Partitions(src) {
+			assert.Equal(t, memctl.Len(src, part), src.Committed(part), "final commit of %v", part)
 		}
 
 		limits.mu.Lock()
@@ -258,8 +259,8 @@ func TestAdaptiveConcurrencyWithBatches(t *testing.T) {
 		assert.Zero(t, overLimit.Load(), "batches started above the limit in force")
 		assert.Empty(t, rec.errs, "key order")
 		assert.Len(t, rec.handled, n)
-		for _, part := range src.Partitions() {
-			assert.Equal(t, src.Len(part), src.Committed(part), "final commit of %v", part)
+		for _, part := range memctl.Partitions(src) {
+			assert.Equal(t, memctl.Len(src, part), src.Committed(part), "final commit of %v", part)
 		}
 		limits.mu.Lock()
 		defer limits.mu.Unlock()

@@ -14,6 +14,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/parallafka/parallafka"
+	"github.com/parallafka/parallafka/internal/memctl"
 	"github.com/parallafka/parallafka/pipeline"
 	"github.com/parallafka/parallafka/pipeline/memsource"
 	"github.com/parallafka/parallafka/stages"
@@ -206,7 +207,7 @@ func TestBatchProperties(t *testing.T) {
 				key := fmt.Sprintf("k%d", k)
 				c.produced(part, key, src.Produce(topic, part, key, i))
 			}
-			src.SetCommitHook(c.commitHook)
+			memctl.SetCommitHook(src, c.commitHook)
 			limit := 20_000 /* WithMaxInFlight's default */
 			opts := []parallafka.Option{
 				parallafka.WithMaxConcurrency(w.concurrency), parallafka.WithOrdering(w.ordering),
@@ -276,9 +277,9 @@ func TestBatchProperties(t *testing.T) {
 			c.mu.Unlock()
 			assert.Zero(t, overLimit.Load(), "in flight above the limit")
 			assert.LessOrEqual(t, c.maxRunning.Load(), int64(w.concurrency), "batches in flight")
-			for _, part := range src.Partitions() {
-				if src.Len(part) > 0 {
-					assert.Equal(t, src.Len(part), src.Committed(part), "final commit of %v", part)
+			for _, part := range memctl.Partitions(src) {
+				if memctl.Len(src, part) > 0 {
+					assert.Equal(t, memctl.Len(src, part), src.Committed(part), "final commit of %v", part)
 				}
 			}
 			st := p.Stats()
@@ -333,8 +334,8 @@ func TestBatchRevokeHandsOverWithoutDuplicates(t *testing.T) {
 	}
 	require.NoError(t, stop())
 	assert.Zero(t, handledTwice(&seen), "redone after a revoke")
-	for _, part := range src.Partitions() {
-		assert.Equal(t, src.Len(part), src.Committed(part))
+	for _, part := range memctl.Partitions(src) {
+		assert.Equal(t, memctl.Len(src, part), src.Committed(part))
 	}
 	assert.Greater(t, p.Stats().MeanBatchSize, 1.0)
 }

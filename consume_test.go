@@ -14,6 +14,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/parallafka/parallafka"
+	"github.com/parallafka/parallafka/internal/memctl"
 	"github.com/parallafka/parallafka/internal/offsetmap"
 	"github.com/parallafka/parallafka/pipeline"
 	"github.com/parallafka/parallafka/pipeline/memsource"
@@ -87,9 +88,9 @@ func TestPipelineProperties(t *testing.T) {
 				assert.Len(t, rec.handled, n)
 				assert.LessOrEqual(t, rec.maxSeen.Load(), int64(w.concurrency))
 			}
-			for _, part := range src.Partitions() {
-				if src.Len(part) > 0 {
-					assert.Equal(t, src.Len(part), src.Committed(part), "final commit of %v", part)
+			for _, part := range memctl.Partitions(src) {
+				if memctl.Len(src, part) > 0 {
+					assert.Equal(t, memctl.Len(src, part), src.Committed(part), "final commit of %v", part)
 				}
 			}
 		})
@@ -281,7 +282,7 @@ func TestGracefulShutdownTimeoutCancelsHandlers(t *testing.T) {
 	err, took := stop()
 	require.ErrorIs(t, err, parallafka.ErrShutdownTimeout)
 	assert.Less(t, took, 5*time.Second)
-	for _, part := range src.Partitions() {
+	for _, part := range memctl.Partitions(src) {
 		assert.LessOrEqual(t, src.Committed(part), int64(0), "the hung message is not committed")
 	}
 }
@@ -305,7 +306,7 @@ func TestHardStopReturnsPromptly(t *testing.T) {
 	err, took := stop()
 	require.NoError(t, err)
 	assert.Less(t, took, 2*time.Second)
-	for _, part := range src.Partitions() {
+	for _, part := range memctl.Partitions(src) {
 		assert.LessOrEqual(t, src.Committed(part), int64(0), "only finished work is committed: offset 0 never finished")
 	}
 }
@@ -463,7 +464,7 @@ func TestRevokeWaitsForInFlightAndCommits(t *testing.T) {
 	committed := src.Committed(tp(0))
 	assert.Equal(t, firstUnfinished, committed, "the revoke commits up to the first offset not finished")
 	if committed < 5 {
-		runs, err := offsetmap.Decode(committed, src.Metadata(tp(0)))
+		runs, err := offsetmap.Decode(committed, memctl.Metadata(src, tp(0)))
 		require.NoError(t, err)
 		in := false
 		for _, r := range runs {
@@ -570,7 +571,7 @@ func TestBackPressurePausesAndBoundsInFlight(t *testing.T) {
 		if st.InFlight > peak.Load() {
 			peak.Store(st.InFlight)
 		}
-		if len(st.Paused) > 0 && src.Paused(tp(0)) {
+		if len(st.Paused) > 0 && memctl.Paused(src, tp(0)) {
 			sawPause.Store(true)
 		}
 		// Slow: no slot frees for longer than the poller waits before it
@@ -583,7 +584,7 @@ func TestBackPressurePausesAndBoundsInFlight(t *testing.T) {
 	assert.LessOrEqual(t, peak.Load(), int64(limit))
 	assert.True(t, sawPause.Load(), "partitions were paused at the limit")
 	assert.Positive(t, p.Stats().Pauses)
-	assert.False(t, src.Paused(tp(0)))
+	assert.False(t, memctl.Paused(src, tp(0)))
 }
 
 // With handlers that free room quickly, the poller waits for room instead of
@@ -653,7 +654,7 @@ func TestFailingCommitsAreRetriedWithoutBlockingHandling(t *testing.T) {
 	src := memsource.New[string, int]()
 	produce(src, 1, 100, func(i int) int { return i })
 	var failures atomic.Int64
-	src.SetCommitHook(func([]pipeline.Offset) error {
+	memctl.SetCommitHook(src, func([]pipeline.Offset) error {
 		if failures.Add(1) <= 3 {
 			return errors.New("broker said no")
 		}
@@ -811,7 +812,7 @@ func TestGracefulRestartRedoesNothing(t *testing.T) {
 		eventually(t, func() bool { return total.Load() >= target })
 		err, _ = stop()
 		require.NoError(t, err)
-		for _, part := range src.Partitions() {
+		for _, part := range memctl.Partitions(src) {
 			committed := src.Committed(part)
 			for off := int64(0); off < committed; off++ {
 				_, ok := seen.Load(fmt.Sprintf("%d@%d", part.Partition, off))
@@ -820,8 +821,8 @@ func TestGracefulRestartRedoesNothing(t *testing.T) {
 		}
 	}
 	assert.Zero(t, handledTwice(&seen), "redone after a graceful restart")
-	for _, part := range src.Partitions() {
-		assert.Equal(t, src.Len(part), src.Committed(part))
+	for _, part := range memctl.Partitions(src) {
+		assert.Equal(t, memctl.Len(src, part), src.Committed(part))
 	}
 }
 
@@ -848,8 +849,8 @@ func TestRevokeHandsOverWithoutDuplicates(t *testing.T) {
 	err, _ = stop()
 	require.NoError(t, err)
 	assert.Zero(t, handledTwice(&seen), "redone after a revoke")
-	for _, part := range src.Partitions() {
-		assert.Equal(t, src.Len(part), src.Committed(part))
+	for _, part := range memctl.Partitions(src) {
+		assert.Equal(t, memctl.Len(src, part), src.Committed(part))
 	}
 }
 

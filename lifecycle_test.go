@@ -11,6 +11,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/parallafka/parallafka"
+	"github.com/parallafka/parallafka/internal/memctl"
 	"github.com/parallafka/parallafka/pipeline"
 	"github.com/parallafka/parallafka/pipeline/memsource"
 )
@@ -68,7 +69,7 @@ func TestLostCancelsHandlers(t *testing.T) {
 	eventually(t, cancelled.Load)
 	err, _ = stop()
 	require.NoError(t, err)
-	assert.Empty(t, src.Commits())
+	assert.Empty(t, memctl.Commits(src))
 }
 
 // Nothing is committed for a partition before one of its messages finished
@@ -91,7 +92,7 @@ func TestNoCommitBeforeAnythingFinished(t *testing.T) {
 	})
 	eventually(t, func() bool { return handled.Load() == 5 && src.Committed(tp(1)) == 5 })
 	time.Sleep(20 * time.Millisecond) // 20 commit intervals
-	for _, c := range src.Commits() {
+	for _, c := range memctl.Commits(src) {
 		assert.NotEqual(t, tp(0), c.TopicPartition, "partition 0 did not move: nothing to commit")
 	}
 	close(gate)
@@ -221,7 +222,7 @@ func TestPauseAndResume(t *testing.T) {
 			}
 			eventually(t, func() bool {
 				s := p.Stats()
-				return s.UserPaused == byUser && len(s.Paused) == 2 && src.Paused(tp(0)) && src.Paused(tp(1))
+				return s.UserPaused == byUser && len(s.Paused) == 2 && memctl.Paused(src, tp(0)) && memctl.Paused(src, tp(1))
 			})
 			for range 150 {
 				gate <- struct{}{}
@@ -239,11 +240,11 @@ func TestPauseAndResume(t *testing.T) {
 			}
 			eventually(t, func() bool { return handled.Load() == 200 })
 			assert.False(t, p.Stats().UserPaused)
-			assert.False(t, src.Paused(tp(0)))
+			assert.False(t, memctl.Paused(src, tp(0)))
 			err, _ = stop()
 			require.NoError(t, err)
-			assert.Equal(t, src.Len(tp(0)), src.Committed(tp(0)))
-			assert.Equal(t, src.Len(tp(1)), src.Committed(tp(1)))
+			assert.Equal(t, memctl.Len(src, tp(0)), src.Committed(tp(0)))
+			assert.Equal(t, memctl.Len(src, tp(1)), src.Committed(tp(1)))
 		})
 	}
 }

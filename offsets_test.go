@@ -14,6 +14,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/parallafka/parallafka"
+	"github.com/parallafka/parallafka/internal/memctl"
 	"github.com/parallafka/parallafka/pipeline"
 	"github.com/parallafka/parallafka/pipeline/memsource"
 )
@@ -43,12 +44,12 @@ func stuckRun(t *testing.T, src *memsource.Source[string, int], behind int, opts
 		mu.Unlock()
 		return nil
 	})
-	total := int(src.Len(tp(0)))
+	total := int(memctl.Len(src, tp(0)))
 	eventually(t, func() bool { mu.Lock(); defer mu.Unlock(); return len(finished) == total-1-behind })
 	awaitCommitsSettled(t, p)
-	src.SetCommitHook(func([]pipeline.Offset) error { return errors.New("crashed") })
+	memctl.SetCommitHook(src, func([]pipeline.Offset) error { return errors.New("crashed") })
 	_, _ = stop()
-	src.SetCommitHook(nil)
+	memctl.SetCommitHook(src, nil)
 	require.EqualValues(t, 0, src.Committed(tp(0)), "the stuck message holds the committed offset")
 	return finished
 }
@@ -86,7 +87,7 @@ func TestOffsetMapCrashRedoesOnlyUnfinished(t *testing.T) {
 	const n = 5000
 	behind := produceStuck(src, n)
 	first := stuckRun(t, src, behind)
-	require.NotEmpty(t, src.Metadata(tp(0)), "the commit carries an offset map")
+	require.NotEmpty(t, memctl.Metadata(src, tp(0)), "the commit carries an offset map")
 
 	var redone atomic.Int64
 	var dups atomic.Int64
@@ -116,7 +117,7 @@ func TestOffsetMapOffRedoesEverythingPastTheCommit(t *testing.T) {
 	const n = 2000
 	behind := produceStuck(src, n)
 	stuckRun(t, src, behind, parallafka.WithOffsetMapMaxBytes(0))
-	require.Empty(t, src.Metadata(tp(0)))
+	require.Empty(t, memctl.Metadata(src, tp(0)))
 	var redone atomic.Int64
 	p, err := parallafka.New(src, parallafka.WithLogger(quiet), parallafka.WithOffsetMapMaxBytes(0))
 	require.NoError(t, err)
@@ -138,8 +139,8 @@ func TestOffsetMapTruncatedRedoesMoreLosesNothing(t *testing.T) {
 	}
 	behind := (n+6)/7 - 1
 	first := stuckRun(t, src, behind, parallafka.WithOffsetMapMaxBytes(48))
-	require.NotEmpty(t, src.Metadata(tp(0)))
-	assert.LessOrEqual(t, len(src.Metadata(tp(0))), 48)
+	require.NotEmpty(t, memctl.Metadata(src, tp(0)))
+	assert.LessOrEqual(t, len(memctl.Metadata(src, tp(0))), 48)
 	var mu sync.Mutex
 	second := map[int64]int{}
 	p, err := parallafka.New(src, parallafka.WithLogger(quiet), parallafka.WithOffsetMapMaxBytes(48))
@@ -209,7 +210,7 @@ func TestRevokeWithStuckMessageHandsOverTheMap(t *testing.T) {
 	src.Revoke(tp(0))
 	took := time.Since(t0)
 	assert.EqualValues(t, 0, src.Committed(tp(0)))
-	require.NotEmpty(t, src.Metadata(tp(0)))
+	require.NotEmpty(t, memctl.Metadata(src, tp(0)))
 	stuck.Store(false)
 	src.Assign(tp(0))
 	eventually(t, func() bool { return src.Committed(tp(0)) == n })
@@ -300,7 +301,7 @@ func TestCommitOptions(t *testing.T) {
 				}
 			}
 			assert.GreaterOrEqual(t, periodic, 3, "commits every 100 offsets, not hourly")
-			for _, part := range src.Partitions() {
+			for _, part := range memctl.Partitions(src) {
 				assert.EqualValues(t, 1000, src.Committed(part))
 			}
 			assert.Equal(t, p.Stats().Commits, int64(len(events)))

@@ -16,6 +16,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/parallafka/parallafka"
+	"github.com/parallafka/parallafka/internal/memctl"
 	"github.com/parallafka/parallafka/pipeline"
 	"github.com/parallafka/parallafka/pipeline/memsource"
 )
@@ -128,8 +129,8 @@ func TestConsumeAllInKeyOrder(t *testing.T) {
 	for _, c := range rec.handled {
 		assert.Equal(t, 1, c)
 	}
-	for _, part := range src.Partitions() {
-		assert.Equal(t, src.Len(part), src.Committed(part), "partition %v", part)
+	for _, part := range memctl.Partitions(src) {
+		assert.Equal(t, memctl.Len(src, part), src.Committed(part), "partition %v", part)
 	}
 	st := p.Stats()
 	assert.EqualValues(t, n, st.Polled)

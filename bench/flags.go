@@ -9,8 +9,6 @@ import (
 	"strconv"
 	"strings"
 	"time"
-
-	"github.com/parallafka/parallafka/kafka/kafkatest"
 )
 
 // config is one invocation of the harness: a workload description and the
@@ -60,7 +58,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 		change                            string
 	)
 	fs.StringVar(&c.source, "source", "mem", "mem (in-memory source), embedded (in-process Kafka broker) or kafka (the broker given by -brokers)")
-	fs.StringVar(&c.brokers, "brokers", os.Getenv(kafkatest.BrokersEnv), "bootstrap servers for -source kafka (env "+kafkatest.BrokersEnv+")")
+	fs.StringVar(&c.brokers, "brokers", os.Getenv("KAFKA_BROKERS"), "bootstrap servers for -source kafka (env KAFKA_BROKERS)")
 	fs.IntVar(&c.messages, "messages", 10000, "messages handled per run")
 	fs.IntVar(&c.backlog, "backlog", 0, "messages in the topic, if more than -messages: a run stops after -messages (for the memory workload)")
 	fs.IntVar(&c.partitions, "partitions", 1, "partitions of the topic")
@@ -125,7 +123,7 @@ func (c *config) validate() error {
 	case "mem", "embedded":
 	case "kafka":
 		if strings.TrimSpace(c.brokers) == "" {
-			bad("-source kafka needs -brokers (or %s)", kafkatest.BrokersEnv)
+			bad("-source kafka needs -brokers (or KAFKA_BROKERS)")
 		}
 	default:
 		bad("-source: want mem, embedded or kafka, got %q", c.source)

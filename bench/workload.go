@@ -7,7 +7,8 @@ import (
 	"sort"
 	"time"
 
-	"github.com/parallafka/parallafka/kafka/kafkatest"
+	"github.com/parallafka/parallafka/internal/keyed"
+	"github.com/parallafka/parallafka/internal/murmur2"
 )
 
 // workload is one generated sequence of messages: for each message its key,
@@ -47,9 +48,9 @@ func newWorkload(c *config, dist string, keys int) *workload {
 	}
 	keyPart := make([]int32, keys)
 	for k := range keys {
-		w.keyBytes[k] = kafkatest.KeyedKey(k)
+		w.keyBytes[k] = keyed.Key(k)
 		w.keyNames[k] = string(w.keyBytes[k])
-		keyPart[k] = kafkatest.PartitionFor(w.keyBytes[k], c.partitions)
+		keyPart[k] = murmur2.Partition(w.keyBytes[k], c.partitions)
 	}
 	rng := rand.New(rand.NewPCG(c.seed, uint64(keys)<<8|uint64(len(dist))))
 	for i := range w.value {

@@ -10,6 +10,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/parallafka/parallafka"
+	"github.com/parallafka/parallafka/internal/keyed"
 	"github.com/parallafka/parallafka/kafka"
 	"github.com/parallafka/parallafka/kafka/kafkatest"
 	"github.com/parallafka/parallafka/pipeline"
@@ -62,7 +63,7 @@ func TestShutdownBoundedWithBrokerGone(t *testing.T) {
 	topic := kafkatest.UniqueTopic(t.Name())
 	ctx := context.Background()
 	require.NoError(t, c.CreateTopic(ctx, topic, 2))
-	_, err = c.ProduceKeyed(ctx, topic, 200, 20)
+	_, err = keyed.Produce(ctx, c, topic, 200, 20)
 	require.NoError(t, err)
 	consumer, err := kafka.NewConsumer(c.ConsumerConfig(kafkatest.UniqueTopic("g")))
 	require.NoError(t, err)

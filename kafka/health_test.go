@@ -10,6 +10,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/parallafka/parallafka"
+	"github.com/parallafka/parallafka/internal/keyed"
 	"github.com/parallafka/parallafka/kafka"
 	"github.com/parallafka/parallafka/kafka/kafkatest"
 	"github.com/parallafka/parallafka/pipeline"
@@ -29,7 +30,7 @@ func TestHealthBrokerUnreachable(t *testing.T) {
 	topic := kafkatest.UniqueTopic(t.Name())
 	ctx := context.Background()
 	require.NoError(t, c.CreateTopic(ctx, topic, 1))
-	_, err = c.ProduceKeyed(ctx, topic, 10, 2)
+	_, err = keyed.Produce(ctx, c, topic, 10, 2)
 	require.NoError(t, err)
 	consumer, err := kafka.NewConsumer(c.ConsumerConfig(kafkatest.UniqueTopic("g")))
 	require.NoError(t, err)

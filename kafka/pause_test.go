@@ -11,6 +11,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/parallafka/parallafka"
+	"github.com/parallafka/parallafka/internal/keyed"
 	"github.com/parallafka/parallafka/kafka"
 	"github.com/parallafka/parallafka/kafka/kafkatest"
 	"github.com/parallafka/parallafka/pipeline"
@@ -24,7 +25,7 @@ func TestPauseLongerThanMaxPollInterval(t *testing.T) {
 	topic := kafkatest.UniqueTopic(t.Name())
 	ctx := context.Background()
 	require.NoError(t, c.CreateTopic(ctx, topic, 2))
-	_, err := c.ProduceKeyed(ctx, topic, 400, 20)
+	_, err := keyed.Produce(ctx, c, topic, 400, 20)
 	require.NoError(t, err)
 	const maxPollInterval = 6 * time.Second
 	cfg := c.ConsumerConfig(kafkatest.UniqueTopic("g"))

@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/parallafka/parallafka"
+	"github.com/parallafka/parallafka/internal/memctl"
 	"github.com/parallafka/parallafka/pipeline"
 	"github.com/parallafka/parallafka/pipeline/memsource"
 	"github.com/parallafka/parallafka/stages"
@@ -164,7 +165,7 @@ func TestStagesInBatchMode(t *testing.T) {
 		})
 	}()
 	eventually(t, func() bool {
-		return src.Committed(tp(0)) == src.Len(tp(0)) && src.Committed(tp(1)) == src.Len(tp(1))
+		return src.Committed(tp(0)) == memctl.Len(src, tp(0)) && src.Committed(tp(1)) == memctl.Len(src, tp(1))
 	})
 	cancel()
 	require.NoError(t, <-done)

@@ -15,6 +15,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/parallafka/parallafka"
+	"github.com/parallafka/parallafka/internal/memctl"
 	"github.com/parallafka/parallafka/internal/signal"
 	"github.com/parallafka/parallafka/pipeline"
 	"github.com/parallafka/parallafka/pipeline/memsource"
@@ -37,8 +38,8 @@ func fillTopic(src *memsource.Source[string, string], partitions, n int, key fun
 // allCommitted reports whether every non-empty partition is committed to its end.
 func allCommitted(src *memsource.Source[string, string]) func() bool {
 	return func() bool {
-		for _, part := range src.Partitions() {
-			if n := src.Len(part); n > 0 && src.Committed(part) != n {
+		for _, part := range memctl.Partitions(src) {
+			if n := memctl.Len(src, part); n > 0 && src.Committed(part) != n {
 				return false
 			}
 		}
@@ -153,7 +154,7 @@ func TestRetryWaitDelaysOnlyItsKey(t *testing.T) {
 	}
 	run := runPipeline(p, h)
 	eventually(t, func() bool {
-		return src.Committed(tp(1)) == src.Len(tp(1)) && src.Committed(tp(0)) == failing
+		return src.Committed(tp(1)) == memctl.Len(src, tp(1)) && src.Committed(tp(0)) == failing
 	}, "partition 1 done, partition 0 committed up to the waiting message")
 	// Every other key of partition 0 is handled, all past the waiting message.
 	eventually(t, func() bool {
@@ -163,7 +164,7 @@ func TestRetryWaitDelaysOnlyItsKey(t *testing.T) {
 	}, "every message of other keys handled")
 
 	mu.Lock()
-	for off := int64(failing + 1); off < src.Len(tp(0)); off++ {
+	for off := int64(failing + 1); off < memctl.Len(src, tp(0)); off++ {
 		if key := "K" + strconv.Itoa(int(2*off)%10); key == "K6" {
 			assert.Zero(t, handled[fmt.Sprint(0, "/", off)], "K6 at %d ran while an earlier K6 waited for its retry", off)
 		}
@@ -471,7 +472,7 @@ func TestRetryNeverCommitsPastAPendingRetry(t *testing.T) {
 	const failing = 10
 	var succeeded atomic.Bool
 	var violations atomic.Int64
-	src.SetCommitHook(func(offsets []pipeline.Offset) error {
+	memctl.SetCommitHook(src, func(offsets []pipeline.Offset) error {
 		for _, o := range offsets {
 			if o.Offset > failing && !succeeded.Load() {
 				violations.Add(1)
@@ -496,5 +497,5 @@ func TestRetryNeverCommitsPastAPendingRetry(t *testing.T) {
 	require.NoError(t, runUntil(t, p, h, allCommitted(src)))
 	assert.True(t, succeeded.Load())
 	assert.Zero(t, violations.Load(), "a commit passed the message while its retry was pending")
-	assert.NotEmpty(t, src.Commits())
+	assert.NotEmpty(t, memctl.Commits(src))
 }

@@ -64,7 +64,7 @@ type options struct {
 
 func main() {
 	var o options
-	flag.StringVar(&o.brokers, "brokers", os.Getenv(kafkatest.BrokersEnv), "bootstrap servers of a Kafka cluster; empty starts an embedded broker (env "+kafkatest.BrokersEnv+")")
+	flag.StringVar(&o.brokers, "brokers", os.Getenv("KAFKA_BROKERS"), "bootstrap servers of a Kafka cluster; empty starts an embedded broker (env KAFKA_BROKERS)")
 	flag.IntVar(&o.events, "events", 20000, "order events to produce")
 	flag.IntVar(&o.orders, "orders", 2000, "distinct orders (keys)")
 	flag.IntVar(&o.partitions, "partitions", 6, "partitions of the topic")

@@ -7,8 +7,6 @@ import (
 	"testing"
 
 	"go.uber.org/goleak"
-
-	"github.com/parallafka/parallafka/kafka/kafkatest"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -18,7 +16,7 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 func TestBatchSink(t *testing.T) {
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
 	err := run(logger, options{
-		brokers: os.Getenv(kafkatest.BrokersEnv), events: 3000, orders: 300, partitions: 3,
+		brokers: os.Getenv("KAFKA_BROKERS"), events: 3000, orders: 300, partitions: 3,
 		concurrency: 4, batch: 200, flaky: 0.05, compare: true, dir: t.TempDir(),
 	})
 	if err != nil {

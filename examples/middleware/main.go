@@ -67,7 +67,7 @@ const (
 )
 
 func main() {
-	brokers := flag.String("brokers", os.Getenv(kafkatest.BrokersEnv), "bootstrap servers of a Kafka cluster; empty starts an embedded broker (env "+kafkatest.BrokersEnv+")")
+	brokers := flag.String("brokers", os.Getenv("KAFKA_BROKERS"), "bootstrap servers of a Kafka cluster; empty starts an embedded broker (env KAFKA_BROKERS)")
 	payments := flag.Int("payments", 600, "payments to produce (duplicates come on top)")
 	partitions := flag.Int("partitions", 4, "partitions of the topic")
 	concurrency := flag.Int("concurrency", 8, "concurrent handlers")

@@ -8,8 +8,6 @@ import (
 	"testing"
 
 	"go.uber.org/goleak"
-
-	"github.com/parallafka/parallafka/kafka/kafkatest"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -18,7 +16,7 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 // leaves no goroutine behind.
 func TestExample(t *testing.T) {
 	var out bytes.Buffer
-	err := run(context.Background(), &out, slog.New(slog.DiscardHandler), os.Getenv(kafkatest.BrokersEnv), 300, 3, 8)
+	err := run(context.Background(), &out, slog.New(slog.DiscardHandler), os.Getenv("KAFKA_BROKERS"), 300, 3, 8)
 	t.Log("\n" + out.String())
 	if err != nil {
 		t.Fatal(err)

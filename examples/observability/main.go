@@ -60,7 +60,7 @@ func main() {
 	c := config{traces: os.Stdout, listening: func(addr string) {
 		fmt.Fprintf(os.Stderr, "serving http://%s/metrics and http://%s/healthz\n", addr, addr)
 	}}
-	flag.StringVar(&c.brokers, "brokers", os.Getenv(kafkatest.BrokersEnv), "bootstrap servers of a Kafka cluster; empty starts an embedded broker (env "+kafkatest.BrokersEnv+")")
+	flag.StringVar(&c.brokers, "brokers", os.Getenv("KAFKA_BROKERS"), "bootstrap servers of a Kafka cluster; empty starts an embedded broker (env KAFKA_BROKERS)")
 	flag.StringVar(&c.addr, "addr", "127.0.0.1:9464", "address of the /metrics and /healthz server")
 	flag.IntVar(&c.messages, "messages", 2000, "orders to produce")
 	flag.DurationVar(&c.slowFor, "slow", 8*time.Second, "how long the slow key's first order takes")

@@ -14,8 +14,6 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 	"go.uber.org/goleak"
-
-	"github.com/parallafka/parallafka/kafka/kafkatest"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -33,7 +31,7 @@ func TestObservability(t *testing.T) {
 	done := make(chan error, 1)
 	go func() {
 		done <- run(ctx, config{
-			brokers: os.Getenv(kafkatest.BrokersEnv), addr: "127.0.0.1:0", messages: messages,
+			brokers: os.Getenv("KAFKA_BROKERS"), addr: "127.0.0.1:0", messages: messages,
 			slowFor: 4 * time.Second, stallTimeout: time.Second, linger: -1,
 			traces: io.Discard, logger: slog.New(slog.DiscardHandler),
 			listening: func(addr string) { addrCh <- addr },

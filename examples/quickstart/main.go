@@ -38,7 +38,7 @@ type StockPrice struct {
 }
 
 func main() {
-	brokers := flag.String("brokers", os.Getenv(kafkatest.BrokersEnv), "bootstrap servers of a Kafka cluster; empty starts an embedded broker (env "+kafkatest.BrokersEnv+")")
+	brokers := flag.String("brokers", os.Getenv("KAFKA_BROKERS"), "bootstrap servers of a Kafka cluster; empty starts an embedded broker (env KAFKA_BROKERS)")
 	messages := flag.Int("messages", 5000, "price updates to produce")
 	tickers := flag.Int("tickers", 50, "distinct tickers (keys)")
 	partitions := flag.Int("partitions", 6, "partitions of the topic")

@@ -8,8 +8,6 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
-
-	"github.com/parallafka/parallafka/kafka/kafkatest"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -18,7 +16,7 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 // the embedded broker (or KAFKA_BROKERS when set).
 func TestQuickstart(t *testing.T) {
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
-	err := run(logger, os.Getenv(kafkatest.BrokersEnv), 1000, 20, 3, 7, time.Millisecond)
+	err := run(logger, os.Getenv("KAFKA_BROKERS"), 1000, 20, 3, 7, time.Millisecond)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -22,7 +23,15 @@ func TestEveryPriceIsHandled(t *testing.T) {
 		t.Fatal(err)
 	}
 	const n = 100
-	if _, err := cluster.ProduceKeyed(ctx, topic, n, 10); err != nil { // n records over 10 keys
+	records := make([]kafkatest.Record, n)
+	for i := range records { // n records over 10 keys
+		records[i] = kafkatest.Record{
+			Key:       fmt.Appendf(nil, "key-%d", i%10),
+			Value:     fmt.Appendf(nil, "%d", i),
+			Partition: kafkatest.AnyPartition, // Produce picks it from the key
+		}
+	}
+	if err := cluster.Produce(ctx, topic, records); err != nil {
 		t.Fatal(err)
 	}
 	consumer, err := kafka.NewConsumer(cluster.ConsumerConfig(kafkatest.UniqueTopic("group")))

@@ -42,6 +42,7 @@ import (
 
 	"go.uber.org/goleak"
 
+	"github.com/parallafka/parallafka/internal/keyed"
 	"github.com/parallafka/parallafka/kafka/kafkatest"
 )
 
@@ -88,7 +89,7 @@ type figures struct {
 }
 
 func TestChaos(t *testing.T) {
-	brokers := os.Getenv(kafkatest.BrokersEnv)
+	brokers := os.Getenv("KAFKA_BROKERS")
 	if brokers == "" || os.Getenv("CHAOS") != "1" {
 		t.Skip("the chaos test runs on a real broker: set KAFKA_BROKERS and CHAOS=1")
 	}
@@ -317,7 +318,7 @@ func (r *chaosRun) run() figures {
 
 // produce writes r.messages keyed records over about d, in 30 bursts, so
 // that the members alternate between a backlog and idling: record i has key
-// KeyedKey(i % keys) and sequence number i / keys within its key.
+// keyed.Key(i % keys) and sequence number i / keys within its key.
 func (r *chaosRun) produce(d time.Duration) error {
 	batch := max(200, r.messages/30)
 	batches := (r.messages + batch - 1) / batch
@@ -328,7 +329,7 @@ func (r *chaosRun) produce(d time.Duration) error {
 		var recs []kafkatest.Record
 		for i := b * batch; i < min((b+1)*batch, r.messages); i++ {
 			recs = append(recs, kafkatest.Record{
-				Key: kafkatest.KeyedKey(i % keys), Value: kafkatest.KeyedValue(i%keys, i/keys),
+				Key: keyed.Key(i % keys), Value: keyed.Value(i%keys, i/keys),
 				Partition: kafkatest.AnyPartition,
 			})
 		}
@@ -685,7 +686,7 @@ func (r *chaosRun) check() {
 	}
 	produced := map[po]want{}
 	for _, rec := range r.produced {
-		key, seq, err := kafkatest.ParseKeyedValue(rec.Value)
+		key, seq, err := keyed.Parse(rec.Value)
 		if err != nil {
 			r.violate("produced value %q: %v", rec.Value, err)
 		}

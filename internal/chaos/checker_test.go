@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/parallafka/parallafka/internal/keyed"
 	"github.com/parallafka/parallafka/kafka/kafkatest"
 )
 
@@ -20,13 +21,13 @@ func TestChecker(t *testing.T) {
 	// Partition 0: key-00000 seq 0, 1, 2 at offsets 0, 1, 2; partition 1:
 	// key-00001 seq 0 at offset 0.
 	produced := []kafkatest.Record{
-		{Partition: 0, Offset: 0, Value: kafkatest.KeyedValue(0, 0)},
-		{Partition: 0, Offset: 1, Value: kafkatest.KeyedValue(0, 1)},
-		{Partition: 0, Offset: 2, Value: kafkatest.KeyedValue(0, 2)},
-		{Partition: 1, Offset: 0, Value: kafkatest.KeyedValue(1, 0)},
+		{Partition: 0, Offset: 0, Value: keyed.Value(0, 0)},
+		{Partition: 0, Offset: 1, Value: keyed.Value(0, 1)},
+		{Partition: 0, Offset: 2, Value: keyed.Value(0, 2)},
+		{Partition: 1, Offset: 0, Value: keyed.Value(1, 0)},
 	}
 	line := func(kind, run string, p, o, k, seq, ms int) string {
-		return fmt.Sprintf("%s %s m %s %d %d %s %d %d\n", kind, run, topic, p, o, kafkatest.KeyedKey(k), seq, at(ms))
+		return fmt.Sprintf("%s %s m %s %d %d %s %d %d\n", kind, run, topic, p, o, keyed.Key(k), seq, at(ms))
 	}
 	lost := func(run string, p, ms int) string {
 		return fmt.Sprintf("R %s m lost %s %d %d\n", run, topic, p, at(ms))

@@ -10,6 +10,7 @@ import (
 	"testing/synctest"
 	"time"
 
+	"github.com/parallafka/parallafka/internal/memctl"
 	"github.com/parallafka/parallafka/internal/offsetmap"
 	"github.com/parallafka/parallafka/pipeline"
 	"github.com/parallafka/parallafka/pipeline/memsource"
@@ -77,7 +78,7 @@ func off(p int32, offset int64, claim uint64) claimOffset {
 
 func (h *committerHarness) expectCommits(want ...pipeline.Offset) {
 	h.t.Helper()
-	got := h.src.Commits()
+	got := memctl.Commits(h.src)
 	sortOffsets := func(o []pipeline.Offset) {
 		slices.SortFunc(o, func(a, b pipeline.Offset) int { return int(a.Partition-b.Partition)*1000 + int(a.Offset-b.Offset) })
 	}
@@ -129,7 +130,7 @@ func TestCommitterRetriesWithBackoff(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		h := newCommitterHarness(t)
 		failures := 3
-		h.src.SetCommitHook(func([]pipeline.Offset) error {
+		memctl.SetCommitHook(h.src, func([]pipeline.Offset) error {
 			if failures > 0 {
 				failures--
 				return errors.New("broker unavailable")
@@ -166,7 +167,7 @@ func TestCommitterNotOwnedNotRetried(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		h := newCommitterHarness(t)
 		calls := 0
-		h.src.SetCommitHook(func([]pipeline.Offset) error {
+		memctl.SetCommitHook(h.src, func([]pipeline.Offset) error {
 			calls++
 			return fmt.Errorf("generation 7: %w", pipeline.ErrNotOwned)
 		})
@@ -201,7 +202,7 @@ func TestCommitterFinalWithinTimeout(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
 				h := newCommitterHarness(t)
-				h.src.SetCommitHook(func([]pipeline.Offset) error { return errors.New("down") })
+				memctl.SetCommitHook(h.src, func([]pipeline.Offset) error { return errors.New("down") })
 				if tc.deadline != 0 {
 					h.deadline = time.Now().Add(tc.deadline)
 				}
@@ -221,7 +222,7 @@ func TestCommitterFinalWithinTimeout(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
 			h := newCommitterHarness(t)
 			fail := true
-			h.src.SetCommitHook(func([]pipeline.Offset) error {
+			memctl.SetCommitHook(h.src, func([]pipeline.Offset) error {
 				if fail {
 					fail = false
 					return errors.New("down")
@@ -291,20 +292,20 @@ func TestCommitterOffsetMap(t *testing.T) {
 			return o
 		}
 		h.answer(withRuns(5, runs[:1]))
-		got, err := offsetmap.Decode(5, h.src.Metadata(tp(0)))
+		got, err := offsetmap.Decode(5, memctl.Metadata(h.src, tp(0)))
 		if err != nil || !slices.Equal(got, runs[:1]) {
 			t.Fatalf("metadata decodes to %v, %v; want %v", got, err, runs[:1])
 		}
 		h.answer(withRuns(5, runs[:2])) // same offset, the map grew: sent
-		if n := len(h.src.Commits()); n != 2 {
+		if n := len(memctl.Commits(h.src)); n != 2 {
 			t.Fatalf("%d commits; want 2", n)
 		}
 		h.answer(withRuns(5, runs[:2])) // nothing changed: not sent
-		if n := len(h.src.Commits()); n != 2 {
+		if n := len(memctl.Commits(h.src)); n != 2 {
 			t.Fatalf("%d commits; want 2 (unchanged map)", n)
 		}
 		const brokerLimit = 200
-		h.src.SetCommitHook(func(offs []pipeline.Offset) error {
+		memctl.SetCommitHook(h.src, func(offs []pipeline.Offset) error {
 			for _, o := range offs {
 				if len(o.Metadata) > brokerLimit {
 					return fmt.Errorf("%w: %d bytes", pipeline.ErrMetadataTooLarge, len(o.Metadata))
@@ -315,7 +316,7 @@ func TestCommitterOffsetMap(t *testing.T) {
 		for range 8 {
 			h.answer(withRuns(5, runs))
 		}
-		md := h.src.Metadata(tp(0))
+		md := memctl.Metadata(h.src, tp(0))
 		if len(md) > brokerLimit || len(md) == 0 {
 			t.Fatalf("metadata of %d bytes committed; want within the broker's %d", len(md), brokerLimit)
 		}

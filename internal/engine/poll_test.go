@@ -8,6 +8,7 @@ import (
 	"testing/synctest"
 	"time"
 
+	"github.com/parallafka/parallafka/internal/memctl"
 	"github.com/parallafka/parallafka/pipeline"
 	"github.com/parallafka/parallafka/pipeline/memsource"
 )
@@ -135,14 +136,14 @@ func TestPollerBackPressure(t *testing.T) {
 		if got := h.take(pauseAfter / 2); !equalInt64s(got, span(0, limit)) {
 			t.Fatalf("polled %v; want the first %d", got, limit)
 		}
-		if h.src.Paused(tp0) {
+		if memctl.Paused(h.src, tp0) {
 			t.Fatal("paused before pauseAfter")
 		}
 		if got := h.take(pauseAfter); len(got) != 0 {
 			t.Fatalf("polled %v without room", got)
 		}
-		if !h.src.Paused(tp0) || h.stats.Pauses.Load() != 1 {
-			t.Fatalf("paused %v, Pauses %d after pauseAfter; want true, 1", h.src.Paused(tp0), h.stats.Pauses.Load())
+		if !memctl.Paused(h.src, tp0) || h.stats.Pauses.Load() != 1 {
+			t.Fatalf("paused %v, Pauses %d after pauseAfter; want true, 1", memctl.Paused(h.src, tp0), h.stats.Pauses.Load())
 		}
 		if got := h.stats.Paused(); len(got) != 1 || got[0] != tp0 {
 			t.Fatalf("Stats.Paused = %v", got)
@@ -154,12 +155,12 @@ func TestPollerBackPressure(t *testing.T) {
 		if got := h.take(50 * time.Millisecond); !equalInt64s(got, []int64{limit}) {
 			t.Fatalf("polled %v; want the held %d", got, limit)
 		}
-		if !h.src.Paused(tp0) {
+		if !memctl.Paused(h.src, tp0) {
 			t.Fatal("resumed with less than a quarter free")
 		}
 		h.room <- room{msgs: limit / 4}
 		got := h.take(50 * time.Millisecond)
-		if h.src.Paused(tp0) {
+		if memctl.Paused(h.src, tp0) {
 			t.Fatal("still paused with a quarter free")
 		}
 		if !equalInt64s(got, span(limit+1, limit+1+limit/4)) {

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"testing/synctest"
 
+	"github.com/parallafka/parallafka/internal/memctl"
 	"github.com/parallafka/parallafka/pipeline"
 	"github.com/parallafka/parallafka/pipeline/memsource"
 )
@@ -172,15 +173,15 @@ func TestPollerPausesOverPartitionsWhileALowOneHasMore(t *testing.T) {
 	if err := p.reconcile(); err != nil {
 		t.Fatal(err)
 	}
-	if !src.Paused(tp(1)) || src.Paused(tp(0)) {
-		t.Fatalf("paused: 0 %v, 1 %v; want only 1 while 0 has messages left", src.Paused(tp(0)), src.Paused(tp(1)))
+	if !memctl.Paused(src, tp(1)) || memctl.Paused(src, tp(0)) {
+		t.Fatalf("paused: 0 %v, 1 %v; want only 1 while 0 has messages left", memctl.Paused(src, tp(0)), memctl.Paused(src, tp(1)))
 	}
 	p.setNext(tp(0), 10) // read to its end
 	p.checkHungry()
 	if err := p.reconcile(); err != nil {
 		t.Fatal(err)
 	}
-	if src.Paused(tp(1)) {
+	if memctl.Paused(src, tp(1)) {
 		t.Fatal("partition 1 still paused after the low partition was read to its end")
 	}
 	// A source without watermarks: nothing is hungry.

@@ -10,6 +10,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/parallafka/parallafka"
+	"github.com/parallafka/parallafka/internal/keyed"
 	"github.com/parallafka/parallafka/kafka/kafkatest"
 )
 
@@ -24,7 +25,7 @@ func (r *recorder) batchHandler(member string, lo, hi time.Duration) parallafka.
 		r.mu.Lock()
 		mine := map[string]bool{}
 		for _, msg := range batch {
-			key, seq, perr := kafkatest.ParseKeyedValue(msg.Value)
+			key, seq, perr := keyed.Parse(msg.Value)
 			if perr != nil || key != msg.Key {
 				r.problem("%s: message %s: key %q, value %q", member, msg, msg.Key, msg.Value)
 			}

@@ -10,6 +10,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/parallafka/parallafka/internal/keyed"
 	"github.com/parallafka/parallafka/kafka/kafkatest"
 )
 
@@ -30,7 +31,7 @@ func TestCrashStuckMessage(t *testing.T) {
 	topic := newTopic(t, c, partitions)
 	group := groupFor(t)
 	ctx := context.Background()
-	produced, err := c.ProduceKeyed(ctx, topic, messages, keys)
+	produced, err := keyed.Produce(ctx, c, topic, messages, keys)
 	require.NoError(t, err)
 
 	// The stuck record is partition 0's first; its key's later records (all

@@ -22,6 +22,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/parallafka/parallafka"
+	"github.com/parallafka/parallafka/internal/keyed"
 	"github.com/parallafka/parallafka/internal/offsetmap"
 	"github.com/parallafka/parallafka/kafka"
 	"github.com/parallafka/parallafka/kafka/kafkatest"
@@ -62,7 +63,7 @@ func startCrashChild(t *testing.T, c *kafkatest.Cluster, topic, group string, en
 	ch.cmd = exec.Command(os.Args[0], "-test.run=^TestCrashChild$", "-test.count=1", "-test.timeout=5m")
 	ch.cmd.Env = append(os.Environ(),
 		crashChildEnv+"=1", crashTopicEnv+"="+topic, crashGroupEnv+"="+group, crashOutEnv+"="+ch.out,
-		kafkatest.BrokersEnv+"="+c.Bootstrap())
+		"KAFKA_BROKERS="+c.Bootstrap())
 	ch.cmd.Env = append(ch.cmd.Env, env...)
 	ch.cmd.Stdout, ch.cmd.Stderr = &ch.output, &ch.output
 	require.NoError(t, ch.cmd.Start())
@@ -319,7 +320,7 @@ func TestCrash(t *testing.T) {
 	topic := newTopic(t, c, partitions)
 	group := groupFor(t)
 	ctx := context.Background()
-	produced, err := c.ProduceKeyed(ctx, topic, messages, keys)
+	produced, err := keyed.Produce(ctx, c, topic, messages, keys)
 	require.NoError(t, err)
 
 	// Kill it once it handled killAfter records and committed something.

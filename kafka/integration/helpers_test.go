@@ -16,6 +16,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/parallafka/parallafka"
+	"github.com/parallafka/parallafka/internal/keyed"
 	"github.com/parallafka/parallafka/kafka"
 	"github.com/parallafka/parallafka/kafka/kafkatest"
 	"github.com/parallafka/parallafka/pipeline"
@@ -84,8 +85,8 @@ type po struct {
 
 func (x po) String() string { return fmt.Sprintf("%d@%d", x.p, x.o) }
 
-// producer writes keyed records as kafkatest.ProduceKeyed does (record i of
-// the topic has key KeyedKey(i%keys) and sequence number i/keys within its
+// producer writes keyed records as keyed.Produce does (record i of
+// the topic has key keyed.Key(i%keys) and sequence number i/keys within its
 // key), but across many calls, so that a test can keep producing while it
 // consumes. It is used from one goroutine at a time; records may be read
 // concurrently.
@@ -108,8 +109,8 @@ func (p *producer) produce(ctx context.Context, n int) error {
 	for i := range recs {
 		j := p.next + i
 		recs[i] = kafkatest.Record{
-			Key:       kafkatest.KeyedKey(j % p.keys),
-			Value:     kafkatest.KeyedValue(j%p.keys, j/p.keys),
+			Key:       keyed.Key(j % p.keys),
+			Value:     keyed.Value(j%p.keys, j/p.keys),
 			Partition: -1,
 		}
 	}

@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/parallafka/parallafka"
+	"github.com/parallafka/parallafka/internal/keyed"
 	"github.com/parallafka/parallafka/kafka"
 	"github.com/parallafka/parallafka/kafka/kafkatest"
 )
@@ -55,7 +56,7 @@ func TestMaxInFlightBytesOnBroker(t *testing.T) {
 				}
 			}
 			copy(v, fmt.Sprintf("record %06d;", i+j))
-			recs[j] = kafkatest.Record{Key: kafkatest.KeyedKey((i + j) % keys), Value: v, Partition: kafkatest.AnyPartition}
+			recs[j] = kafkatest.Record{Key: keyed.Key((i + j) % keys), Value: v, Partition: kafkatest.AnyPartition}
 		}
 		require.NoError(t, c.Produce(ctx, topic, recs))
 	}
@@ -80,7 +81,7 @@ func TestMaxInFlightBytesOnBroker(t *testing.T) {
 	// that the bound is reached however fast the broker serves the fetches
 	// (the embedded one under the race detector is slower than 2 handlers
 	// of 5 ms).
-	message := int64(len(kafkatest.KeyedKey(0)) + valueSize) // key, value and headers (none)
+	message := int64(len(keyed.Key(0)) + valueSize) // key, value and headers (none)
 	gate := make(chan struct{})
 	var mu sync.Mutex
 	seen := map[int]int{}

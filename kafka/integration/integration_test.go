@@ -21,6 +21,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/parallafka/parallafka"
+	"github.com/parallafka/parallafka/internal/keyed"
 	"github.com/parallafka/parallafka/kafka"
 	"github.com/parallafka/parallafka/kafka/kafkatest"
 	"github.com/parallafka/parallafka/pipeline"
@@ -66,7 +67,7 @@ func TestEndToEnd(t *testing.T) {
 	group := groupFor(t)
 
 	start := time.Now()
-	produced, err := c.ProduceKeyed(context.Background(), topic, messages, keys)
+	produced, err := keyed.Produce(context.Background(), c, topic, messages, keys)
 	require.NoError(t, err)
 	produceTime := time.Since(start)
 
@@ -107,7 +108,7 @@ func TestRestart(t *testing.T) {
 	c := kafkatest.New(t)
 	topic := newTopic(t, c, partitions)
 	group := groupFor(t)
-	produced, err := c.ProduceKeyed(context.Background(), topic, messages, keys)
+	produced, err := keyed.Produce(context.Background(), c, topic, messages, keys)
 	require.NoError(t, err)
 
 	rec := newRecorder()
@@ -156,7 +157,7 @@ func testBackPressure(t *testing.T, messages, maxInFlight, concurrency int, work
 	c := kafkatest.New(t)
 	topic := newTopic(t, c, partitions)
 	group := groupFor(t)
-	produced, err := c.ProduceKeyed(context.Background(), topic, messages, keys)
+	produced, err := keyed.Produce(context.Background(), c, topic, messages, keys)
 	require.NoError(t, err)
 
 	rec := newRecorder()

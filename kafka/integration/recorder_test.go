@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/parallafka/parallafka"
+	"github.com/parallafka/parallafka/internal/keyed"
 	"github.com/parallafka/parallafka/internal/offsetmap"
 	"github.com/parallafka/parallafka/kafka/kafkatest"
 	"github.com/parallafka/parallafka/pipeline"
@@ -178,7 +179,7 @@ func (r *recorder) committed(member string, offsets []pipeline.Offset) {
 // message as handled if w succeeds.
 func (r *recorder) handler(member string, w work) parallafka.Handler[string, []byte] {
 	return func(ctx context.Context, msg *parallafka.Message[string, []byte]) error {
-		key, seq, perr := kafkatest.ParseKeyedValue(msg.Value)
+		key, seq, perr := keyed.Parse(msg.Value)
 		r.mu.Lock()
 		if perr != nil || key != msg.Key {
 			r.problem("%s: message %s: key %q, value %q", member, msg, msg.Key, msg.Value)
@@ -338,7 +339,7 @@ func (r *recorder) check(t testing.TB, produced []kafkatest.Record) result {
 	for _, rec := range produced {
 		want[po{rec.Partition, rec.Offset}] = true
 		k := string(rec.Key)
-		_, seq, err := kafkatest.ParseKeyedValue(rec.Value)
+		_, seq, err := keyed.Parse(rec.Value)
 		if err != nil {
 			t.Fatalf("produced record %d@%d: %v", rec.Partition, rec.Offset, err)
 		}

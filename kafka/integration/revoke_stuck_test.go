@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/parallafka/parallafka"
+	"github.com/parallafka/parallafka/internal/keyed"
 	"github.com/parallafka/parallafka/kafka/kafkatest"
 )
 
@@ -37,7 +38,7 @@ func testRevokeStuckMessage(t *testing.T, strategy string) {
 	c := kafkatest.New(t)
 	topic := newTopic(t, c, partitions)
 	group := groupFor(t)
-	produced, err := c.ProduceKeyed(context.Background(), topic, messages, keys)
+	produced, err := keyed.Produce(context.Background(), c, topic, messages, keys)
 	require.NoError(t, err)
 
 	// The assignors order the members by their member IDs, which begin with

@@ -14,18 +14,18 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 )
 
-// BrokersEnv is the name of the environment variable that points Start and
-// New at a real Kafka: a comma-separated list of bootstrap servers, such as
+// brokersEnv is the environment variable that points Start and New at a
+// real Kafka: a comma-separated list of bootstrap servers, such as
 // "127.0.0.1:9092". When it is unset or blank, an embedded kfake broker is
 // started instead.
-const BrokersEnv = "KAFKA_BROKERS"
+const brokersEnv = "KAFKA_BROKERS"
 
 // pingTimeout bounds how long Start waits for a real broker to answer.
 const pingTimeout = 15 * time.Second
 
 // Cluster is a Kafka to test against: either an embedded kfake broker that
-// this package started, or a real broker named by [BrokersEnv] (or
-// [WithBrokers]). Its methods are safe for concurrent use.
+// this package started, or a real broker named by the environment variable
+// KAFKA_BROKERS (or [WithBrokers]). Its methods are safe for concurrent use.
 type Cluster struct {
 	fake    *kfake.Cluster // nil when pointing at a real broker
 	brokers []string
@@ -41,8 +41,8 @@ type Cluster struct {
 type Option func(*options)
 
 type options struct {
-	embedded bool     // ignore BrokersEnv
-	brokers  []string // explicit brokers, overriding BrokersEnv
+	embedded bool     // ignore KAFKA_BROKERS
+	brokers  []string // explicit brokers, overriding KAFKA_BROKERS
 	fakeOpts []kfake.Opt
 	topics   []seedTopic
 }
@@ -53,13 +53,13 @@ type seedTopic struct {
 }
 
 // WithEmbedded always starts an embedded kfake broker, even when
-// [BrokersEnv] is set. Use it for tests that need [Cluster.Fake].
+// KAFKA_BROKERS is set. Use it for tests that need [Cluster.Fake].
 func WithEmbedded() Option {
 	return func(o *options) { o.embedded = true; o.brokers = nil }
 }
 
 // WithBrokers points the Cluster at the given bootstrap servers instead of
-// consulting [BrokersEnv] or starting kfake. Each argument may itself be a
+// consulting KAFKA_BROKERS or starting kfake. Each argument may itself be a
 // comma-separated list. If they name no server at all, WithBrokers is
 // ignored.
 func WithBrokers(brokers ...string) Option {
@@ -89,7 +89,8 @@ func WithTopic(topic string, partitions int) Option {
 	return func(o *options) { o.topics = append(o.topics, seedTopic{topic, partitions}) }
 }
 
-// Start returns a Cluster to test against. If [BrokersEnv] is set (and
+// Start returns a Cluster to test against. If the environment variable
+// KAFKA_BROKERS holds a comma-separated list of bootstrap servers (and
 // neither [WithEmbedded] nor [WithBrokers] is given), the Cluster points at
 // those brokers, and Start checks that they answer; otherwise Start runs an
 // embedded kfake broker on a free port of 127.0.0.1. The caller must Close
@@ -100,7 +101,7 @@ func Start(opts ...Option) (*Cluster, error) {
 		opt(&o)
 	}
 	if !o.embedded && o.brokers == nil {
-		o.brokers = cleanBrokers(strings.Split(os.Getenv(BrokersEnv), ","))
+		o.brokers = cleanBrokers(strings.Split(os.Getenv(brokersEnv), ","))
 	}
 
 	c := new(Cluster)

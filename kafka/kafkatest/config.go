@@ -41,7 +41,7 @@ func (c *Cluster) ConsumerConfig(group string) *kafka.ConfigMap {
 // ProducerConfig returns a confluent-kafka-go producer configuration for
 // this Cluster: the bootstrap servers, acks=all, idempotence, a 5 ms linger,
 // and partitioner=murmur2_random so that keys land on the same partitions as
-// with [Cluster.Produce] and Kafka's Java clients (see [PartitionFor]).
+// with [Cluster.Produce] and Kafka's Java clients.
 func (c *Cluster) ProducerConfig() *kafka.ConfigMap {
 	cfg := c.commonConfig()
 	for k, v := range map[string]kafka.ConfigValue{

@@ -3,18 +3,18 @@
 //
 // By default [Start] and [New] run franz-go's kfake, an in-process fake Kafka
 // broker, listening on a free port of 127.0.0.1. If the environment variable
-// named by [BrokersEnv] (KAFKA_BROKERS) holds a comma-separated list of
-// bootstrap servers, they return a [Cluster] that points at that broker
-// instead (for example a real Apache Kafka that CI started), so the same
-// tests run against both.
+// KAFKA_BROKERS holds a comma-separated list of bootstrap servers, they
+// return a [Cluster] that points at that broker instead (for example a real
+// Apache Kafka that CI started), so the same tests run against both.
 //
 // The helpers on [Cluster] work on both kinds: [Cluster.CreateTopic] creates a
 // topic and waits until it is usable, [UniqueTopic] names topics (and groups)
 // so that parallel tests sharing a real broker never collide,
-// [Cluster.Produce] and [Cluster.ProduceKeyed] write records synchronously
-// with acks=all, [Cluster.EndOffsets] and [Cluster.CommittedOffsets] read
-// offsets back, and [Cluster.ConsumerConfig] returns a confluent-kafka-go
-// configuration tuned for fast tests.
+// [Cluster.Produce] writes records synchronously with acks=all (a keyed
+// record to the partition Kafka's default partitioner picks),
+// [Cluster.EndOffsets] and [Cluster.CommittedOffsets] read offsets back, and
+// [Cluster.ConsumerConfig] returns a confluent-kafka-go configuration tuned
+// for fast tests.
 //
 // A short example:
 //
@@ -26,7 +26,11 @@
 //		if err := cluster.CreateTopic(ctx, topic, 3); err != nil {
 //			t.Fatal(err)
 //		}
-//		if _, err := cluster.ProduceKeyed(ctx, topic, 100, 10); err != nil {
+//		records := []kafkatest.Record{
+//			{Key: []byte("AAPL"), Value: []byte("187.20"), Partition: kafkatest.AnyPartition},
+//			{Key: []byte("AAPL"), Value: []byte("187.25"), Partition: kafkatest.AnyPartition},
+//		}
+//		if err := cluster.Produce(ctx, topic, records); err != nil {
 //			t.Fatal(err)
 //		}
 //

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log"
+	"strconv"
 	"time"
 
 	"github.com/confluentinc/confluent-kafka-go/v2/kafka"
@@ -25,7 +26,16 @@ func Example() {
 	if err := cluster.CreateTopic(ctx, topic, 3); err != nil {
 		log.Fatal(err)
 	}
-	if _, err := cluster.ProduceKeyed(ctx, topic, 100, 10); err != nil {
+	// 100 records over 10 keys; the value is the record's number within its key.
+	records := make([]kafkatest.Record, 100)
+	for i := range records {
+		records[i] = kafkatest.Record{
+			Key:       fmt.Appendf(nil, "key-%d", i%10),
+			Value:     strconv.AppendInt(nil, int64(i/10), 10),
+			Partition: kafkatest.AnyPartition, // Produce picks it from the key
+		}
+	}
+	if err := cluster.Produce(ctx, topic, records); err != nil {
 		log.Fatal(err)
 	}
 
@@ -44,14 +54,14 @@ func Example() {
 			log.Fatalf("read only %d records", read)
 		}
 		if msg, ok := consumer.Poll(100).(*kafka.Message); ok {
-			key, seq, err := kafkatest.ParseKeyedValue(msg.Value)
-			if err != nil || seq != seqs[key] {
-				log.Fatalf("record %q out of order", msg.Value)
+			key := string(msg.Key)
+			if seq, err := strconv.Atoi(string(msg.Value)); err != nil || seq != seqs[key] {
+				log.Fatalf("record %s=%s out of order", msg.Key, msg.Value)
 			}
 			seqs[key]++
 			read++
 		}
 	}
-	fmt.Printf("read %d keys, %d records each, in order\n", len(seqs), seqs["key-00000"])
+	fmt.Printf("read %d keys, %d records each, in order\n", len(seqs), seqs["key-0"])
 	// Output: read 10 keys, 10 records each, in order
 }

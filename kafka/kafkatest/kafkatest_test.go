@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/parallafka/parallafka/pipeline"
 	"maps"
 	"reflect"
 	"slices"
@@ -15,11 +14,13 @@ import (
 
 	"github.com/confluentinc/confluent-kafka-go/v2/kafka"
 	"github.com/twmb/franz-go/pkg/kfake"
-	"github.com/twmb/franz-go/pkg/kgo"
 	"go.uber.org/goleak"
 
+	"github.com/parallafka/parallafka/internal/keyed"
+	"github.com/parallafka/parallafka/internal/murmur2"
 	pkafka "github.com/parallafka/parallafka/kafka"
 	"github.com/parallafka/parallafka/kafka/kafkatest"
+	"github.com/parallafka/parallafka/pipeline"
 )
 
 func TestMain(m *testing.M) {
@@ -73,13 +74,13 @@ func TestStartEmbedded(t *testing.T) {
 	check.Error(t, err)
 }
 
-// TestBrokersEnv points a second Cluster, through KAFKA_BROKERS, at an
+// TestKafkaBrokersEnv points a second Cluster, through KAFKA_BROKERS, at an
 // embedded one, which stands for a real broker here.
-func TestBrokersEnv(t *testing.T) {
+func TestKafkaBrokersEnv(t *testing.T) {
 	ctx := testCtx(t)
 	broker := kafkatest.New(t, kafkatest.WithEmbedded())
 
-	t.Setenv(kafkatest.BrokersEnv, " "+broker.Bootstrap()+" , ")
+	t.Setenv("KAFKA_BROKERS", " "+broker.Bootstrap()+" , ")
 	remote := kafkatest.New(t)
 	check.False(t, remote.Embedded())
 	check.Nil(t, remote.Fake())
@@ -87,7 +88,7 @@ func TestBrokersEnv(t *testing.T) {
 
 	topic := kafkatest.UniqueTopic(t.Name())
 	must.NoError(t, remote.CreateTopic(ctx, topic, 2))
-	_, err := remote.ProduceKeyed(ctx, topic, 10, 3)
+	_, err := keyed.Produce(ctx, remote, topic, 10, 3)
 	must.NoError(t, err)
 
 	// Closing the remote Cluster leaves the broker running.
@@ -115,7 +116,7 @@ func TestKfakeOptions(t *testing.T) {
 	ctx := testCtx(t)
 	topic := kafkatest.UniqueTopic(t.Name())
 	must.NoError(t, c.CreateTopic(ctx, topic, 9))
-	recs, err := c.ProduceKeyed(ctx, topic, 90, 9)
+	recs, err := keyed.Produce(ctx, c, topic, 90, 9)
 	must.NoError(t, err)
 	ends, err := c.EndOffsets(ctx, topic)
 	must.NoError(t, err)
@@ -136,31 +137,6 @@ func TestUniqueTopic(t *testing.T) {
 	}
 	check.LessOrEqual(t, len(kafkatest.UniqueTopic(strings.Repeat("x", 400))), 249)
 	check.NotEmpty(t, strings.TrimLeft(kafkatest.UniqueTopic(""), "-"))
-}
-
-func TestPartitionForMatchesKafka(t *testing.T) {
-	// franz-go's StickyKeyPartitioner(nil) partitions keys exactly as
-	// Kafka's Java client does.
-	kp := kgo.StickyKeyPartitioner(nil).ForTopic("t")
-	for _, n := range []int{1, 2, 3, 6, 7, 10, 64} {
-		for i := range 500 {
-			key := []byte(strings.Repeat("k", i%9) + fmt.Sprint(i))
-			want := kp.Partition(&kgo.Record{Key: key}, n)
-			must.Equal(t, int32(want), kafkatest.PartitionFor(key, n), "key %q, %d partitions", key, n)
-		}
-	}
-}
-
-func TestKeyedValues(t *testing.T) {
-	key, seq, err := kafkatest.ParseKeyedValue(kafkatest.KeyedValue(42, 17))
-	must.NoError(t, err)
-	check.Equal(t, "key-00042", key)
-	check.Equal(t, string(kafkatest.KeyedKey(42)), key)
-	check.Equal(t, 17, seq)
-	for _, bad := range []string{"", "key-1", "key-1/", "key-1/x", "key-1/-3"} {
-		_, _, err := kafkatest.ParseKeyedValue([]byte(bad))
-		check.Error(t, err, bad)
-	}
 }
 
 func TestTopicErrors(t *testing.T) {
@@ -212,7 +188,7 @@ func TestProduce(t *testing.T) {
 		{Value: []byte("5"), Partition: -1},
 	}
 	must.NoError(t, c.Produce(ctx, topic, recs))
-	pa := kafkatest.PartitionFor([]byte("a"), 4)
+	pa := murmur2.Partition([]byte("a"), 4)
 	check.Equal(t, pa, recs[0].Partition)
 	check.Equal(t, pa, recs[2].Partition)
 	check.Equal(t, recs[0].Offset+1, recs[2].Offset)
@@ -224,7 +200,7 @@ func TestProduce(t *testing.T) {
 }
 
 // TestProducerConfig checks that a confluent-kafka-go producer made from
-// ProducerConfig partitions keys as PartitionFor (and Produce) do.
+// ProducerConfig partitions keys as Produce does.
 func TestProducerConfig(t *testing.T) {
 	ctx := testCtx(t)
 	c := kafkatest.New(t)
@@ -239,7 +215,7 @@ func TestProducerConfig(t *testing.T) {
 	for i := range 50 {
 		must.NoError(t, producer.Produce(&kafka.Message{
 			TopicPartition: kafka.TopicPartition{Topic: &topic, Partition: kafka.PartitionAny},
-			Key:            kafkatest.KeyedKey(i),
+			Key:            keyed.Key(i),
 			Value:          []byte("v"),
 		}, deliveries))
 	}
@@ -248,7 +224,7 @@ func TestProducerConfig(t *testing.T) {
 		case ev := <-deliveries:
 			m := ev.(*kafka.Message)
 			must.NoError(t, m.TopicPartition.Error)
-			check.Equal(t, kafkatest.PartitionFor(m.Key, partitions), m.TopicPartition.Partition, "key %s", m.Key)
+			check.Equal(t, murmur2.Partition(m.Key, partitions), m.TopicPartition.Partition, "key %s", m.Key)
 		case <-time.After(waitTimeout):
 			t.Fatal("no delivery report")
 		}
@@ -287,7 +263,7 @@ func TestProduceConsumeCommit(t *testing.T) {
 	const partitions, n, keys = 3, 300, 10
 	must.NoError(t, c.CreateTopic(ctx, topic, partitions))
 
-	recs, err := c.ProduceKeyed(ctx, topic, n, keys)
+	recs, err := keyed.Produce(ctx, c, topic, n, keys)
 	must.NoError(t, err)
 	// A record with headers, too.
 	hdr := []kafkatest.Record{{Key: []byte("h"), Value: []byte("with headers"), Partition: -1,
@@ -340,7 +316,7 @@ func TestProduceConsumeCommit(t *testing.T) {
 					must.Equal(t, []kafka.Header{{Key: "one", Value: []byte("1")}, {Key: "two", Value: []byte("2")}}, ev.Headers)
 					continue
 				}
-				key, seq, err := kafkatest.ParseKeyedValue(ev.Value)
+				key, seq, err := keyed.Parse(ev.Value)
 				must.NoError(t, err)
 				var k int
 				_, err = fmt.Sscanf(key, "key-%d", &k)
@@ -389,7 +365,7 @@ func TestProduceConsumeCommit(t *testing.T) {
 
 	// A new member of the group resumes from the commits: it reads only
 	// what is produced now.
-	more, err := c.ProduceKeyed(ctx, topic, 30, keys)
+	more, err := keyed.Produce(ctx, c, topic, 30, keys)
 	must.NoError(t, err)
 	moreAt := make(map[position]bool)
 	for _, r := range more {
@@ -757,7 +733,7 @@ func testGroupRebalance(t *testing.T, strategy string) {
 	batch := 0
 	produce := func() {
 		t.Helper()
-		recs, err := c.ProduceKeyed(ctx, topic, 120, 24)
+		recs, err := keyed.Produce(ctx, c, topic, 120, 24)
 		must.NoError(t, err)
 		produced += len(recs)
 		batch++
@@ -994,7 +970,7 @@ func BenchmarkProduceKeyed(b *testing.B) {
 		b.Fatal(err)
 	}
 	for b.Loop() {
-		if _, err := c.ProduceKeyed(ctx, topic, 10_000, 100); err != nil {
+		if _, err := keyed.Produce(ctx, c, topic, 10_000, 100); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -7,6 +7,7 @@ import (
 	"sync"
 
 	"github.com/parallafka/parallafka"
+	"github.com/parallafka/parallafka/pipeline"
 	"github.com/parallafka/parallafka/pipeline/memsource"
 )
 
@@ -44,13 +45,12 @@ func Example() {
 		log.Fatal(err)
 	}
 	fmt.Println("AAPL in order:", aapl)
-	for _, tp := range src.Partitions() {
-		fmt.Printf("%s[%d]: committed %d of %d\n", tp.Topic, tp.Partition, src.Committed(tp), src.Len(tp))
+	for _, tp := range []pipeline.TopicPartition{{Topic: "prices", Partition: 0}, {Topic: "prices", Partition: 1}} {
+		_, end, _ := src.Watermarks(tp)
+		fmt.Printf("%s[%d]: committed %d of %d\n", tp.Topic, tp.Partition, src.Committed(tp), end)
 	}
-	fmt.Println("commits recorded:", len(src.Commits()) > 0)
 	// Output:
 	// AAPL in order: [187.20 187.25 187.15]
 	// prices[0]: committed 3 of 3
 	// prices[1]: committed 1 of 1
-	// commits recorded: true
 }

@@ -1,6 +1,6 @@
 // Package memsource is an in-memory pipeline.Source for tests, in the spirit
 // of net/http/httptest: topics with partitions, keyed records, offsets,
-// recorded commits, pausing, and simulated rebalances (assign, revoke, lost),
+// committed offsets, pausing, and simulated rebalances (assign, revoke, lost),
 // delivered from inside Poll exactly as a Kafka consumer delivers them.
 //
 //	src := memsource.New[string, string]()
@@ -24,6 +24,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/parallafka/parallafka/internal/memctl"
 	"github.com/parallafka/parallafka/pipeline"
 )
 
@@ -349,14 +350,6 @@ func (s *Source[K, V]) Commit(ctx context.Context, offsets []pipeline.Offset) er
 	return nil
 }
 
-// SetCommitHook installs a function called before each commit; a non-nil
-// error fails the commit (to simulate a broker that refuses commits).
-func (s *Source[K, V]) SetCommitHook(hook func([]pipeline.Offset) error) {
-	s.mu.Lock()
-	s.commitHook = hook
-	s.mu.Unlock()
-}
-
 // Pause implements pipeline.Source.
 func (s *Source[K, V]) Pause(partitions []pipeline.TopicPartition) error {
 	s.mu.Lock()
@@ -420,35 +413,6 @@ func (s *Source[K, V]) Committed(tp pipeline.TopicPartition) int64 {
 	return -1
 }
 
-// Metadata returns the metadata of a partition's latest commit ("" if it
-// was never committed).
-func (s *Source[K, V]) Metadata(tp pipeline.TopicPartition) string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.metadata[tp]
-}
-
-// Commits returns every offset committed so far, in order.
-func (s *Source[K, V]) Commits() []pipeline.Offset {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return slices.Clone(s.commits)
-}
-
-// Paused reports whether a partition is paused now.
-func (s *Source[K, V]) Paused(tp pipeline.TopicPartition) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.paused[tp]
-}
-
-// Len returns the number of records in a partition (its end offset).
-func (s *Source[K, V]) Len(tp pipeline.TopicPartition) int64 {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return int64(len(s.logs[tp]))
-}
-
 // Watermarks returns 0 and the partition's end offset, as Kafka's low and
 // high watermarks; ok is false for a partition that does not exist.
 func (s *Source[K, V]) Watermarks(tp pipeline.TopicPartition) (low, high int64, ok bool) {
@@ -458,14 +422,62 @@ func (s *Source[K, V]) Watermarks(tp pipeline.TopicPartition) (low, high int64, 
 	return 0, int64(len(log)), ok
 }
 
-// Partitions returns every partition, ordered by topic and partition.
-func (s *Source[K, V]) Partitions() []pipeline.TopicPartition {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.sortedPartitions()
-}
-
 var (
 	_ pipeline.Source[string, string] = (*Source[string, string])(nil)
 	_ pipeline.WatermarkSource        = (*Source[string, string])(nil)
 )
+
+// The introspection this module's own tests use, through package memctl:
+// not part of the API, so that the tests of a user's code depend only on
+// what a Kafka source would also show (Committed, Watermarks).
+
+func init() {
+	memctl.Register(func(src any) (memctl.Control, bool) {
+		s, ok := src.(interface{ introspect() memctl.Control })
+		if !ok {
+			return nil, false
+		}
+		return s.introspect(), true
+	})
+}
+
+func (s *Source[K, V]) introspect() memctl.Control { return introspection[K, V]{s} }
+
+// introspection implements memctl.Control for a Source.
+type introspection[K, V any] struct{ s *Source[K, V] }
+
+func (c introspection[K, V]) Commits() []pipeline.Offset {
+	c.s.mu.Lock()
+	defer c.s.mu.Unlock()
+	return slices.Clone(c.s.commits)
+}
+
+func (c introspection[K, V]) Metadata(tp pipeline.TopicPartition) string {
+	c.s.mu.Lock()
+	defer c.s.mu.Unlock()
+	return c.s.metadata[tp]
+}
+
+func (c introspection[K, V]) SetCommitHook(hook func([]pipeline.Offset) error) {
+	c.s.mu.Lock()
+	defer c.s.mu.Unlock()
+	c.s.commitHook = hook
+}
+
+func (c introspection[K, V]) Paused(tp pipeline.TopicPartition) bool {
+	c.s.mu.Lock()
+	defer c.s.mu.Unlock()
+	return c.s.paused[tp]
+}
+
+func (c introspection[K, V]) Partitions() []pipeline.TopicPartition {
+	c.s.mu.Lock()
+	defer c.s.mu.Unlock()
+	return c.s.sortedPartitions()
+}
+
+func (c introspection[K, V]) Len(tp pipeline.TopicPartition) int64 {
+	c.s.mu.Lock()
+	defer c.s.mu.Unlock()
+	return int64(len(c.s.logs[tp]))
+}

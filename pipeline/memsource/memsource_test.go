@@ -14,6 +14,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 
+	"github.com/parallafka/parallafka/internal/memctl"
 	"github.com/parallafka/parallafka/pipeline"
 	"github.com/parallafka/parallafka/pipeline/memsource"
 )
@@ -166,7 +167,7 @@ func TestMessageFields(t *testing.T) {
 	m = poll(t, src)
 	require.NotNil(t, m.RawKey, "an empty key is a key, not a null key")
 	require.Empty(t, m.RawKey)
-	require.Equal(t, int64(4), src.Len(tp("t", 0)))
+	require.Equal(t, int64(4), memctl.Len(src, tp("t", 0)))
 }
 
 func TestKeyEncoders(t *testing.T) {
@@ -201,7 +202,7 @@ func TestSubscribeAndMisuse(t *testing.T) {
 	src.AddTopic("t", 2) // again: no-op
 	src.AddTopic("b", 1)
 	src.AddTopic("t", 3) // grows
-	require.Equal(t, []pipeline.TopicPartition{tp("b", 0), tp("t", 0), tp("t", 1), tp("t", 2)}, src.Partitions())
+	require.Equal(t, []pipeline.TopicPartition{tp("b", 0), tp("t", 0), tp("t", 1), tp("t", 2)}, memctl.Partitions(src))
 	_, err := src.Poll(time.Millisecond)
 	require.Error(t, err, "Poll before Subscribe")
 	require.Error(t, src.Subscribe(nil))
@@ -210,7 +211,7 @@ func TestSubscribeAndMisuse(t *testing.T) {
 	require.Panics(t, func() { src.Produce("t", 5, "k", "v") })
 	require.Panics(t, func() { src.Produce("nope", 0, "k", "v") })
 	require.Equal(t, int64(-1), src.Committed(tp("t", 0)))
-	require.Zero(t, src.Len(tp("t", 0)))
+	require.Zero(t, memctl.Len(src, tp("t", 0)))
 }
 
 func TestPollWakesOnProduce(t *testing.T) {
@@ -246,8 +247,8 @@ func TestPauseResume(t *testing.T) {
 	// Pause before the assignment is fine too (the pipeline pauses new
 	// partitions while at its limit).
 	require.NoError(t, src.Pause([]pipeline.TopicPartition{tp("t", 0)}))
-	require.True(t, src.Paused(tp("t", 0)))
-	require.False(t, src.Paused(tp("t", 1)))
+	require.True(t, memctl.Paused(src, tp("t", 0)))
+	require.False(t, memctl.Paused(src, tp("t", 1)))
 	require.Equal(t, "1-0", poll(t, src).Value)
 	require.Equal(t, "1-1", poll(t, src).Value)
 	pollNone()
@@ -268,7 +269,7 @@ func TestPauseResume(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("Poll did not wake up on Resume")
 	}
-	require.False(t, src.Paused(tp("t", 0)))
+	require.False(t, memctl.Paused(src, tp("t", 0)))
 	require.Equal(t, "0-1", poll(t, src).Value)
 	pollNone()
 }
@@ -281,13 +282,13 @@ func TestCommit(t *testing.T) {
 	require.NoError(t, src.Commit(ctx, []pipeline.Offset{{TopicPartition: tp("t", 0), Offset: 5}}))
 	require.Equal(t, int64(5), src.Committed(tp("t", 0)))
 	require.Equal(t, int64(1), src.Committed(tp("t", 1)))
-	require.Equal(t, append(offs, pipeline.Offset{TopicPartition: tp("t", 0), Offset: 5}), src.Commits())
+	require.Equal(t, append(offs, pipeline.Offset{TopicPartition: tp("t", 0), Offset: 5}), memctl.Commits(src))
 
 	// A failing hook fails the commit, which records nothing.
 	refused := errors.New("refused")
 	var seen [][]pipeline.Offset
 	fails := 2
-	src.SetCommitHook(func(o []pipeline.Offset) error {
+	memctl.SetCommitHook(src, func(o []pipeline.Offset) error {
 		seen = append(seen, o)
 		if fails > 0 {
 			fails--
@@ -299,11 +300,11 @@ func TestCommit(t *testing.T) {
 	require.ErrorIs(t, src.Commit(ctx, next), refused)
 	require.ErrorIs(t, src.Commit(ctx, next), refused)
 	require.Equal(t, int64(5), src.Committed(tp("t", 0)))
-	require.Len(t, src.Commits(), 3)
+	require.Len(t, memctl.Commits(src), 3)
 	require.NoError(t, src.Commit(ctx, next))
 	require.Equal(t, int64(9), src.Committed(tp("t", 0)))
 	require.Len(t, seen, 3)
-	src.SetCommitHook(nil)
+	memctl.SetCommitHook(src, nil)
 
 	// A done context fails the commit before the hook.
 	cctx, cancel := context.WithCancel(ctx)
@@ -311,10 +312,10 @@ func TestCommit(t *testing.T) {
 	require.ErrorIs(t, src.Commit(cctx, []pipeline.Offset{{TopicPartition: tp("t", 0), Offset: 11}}), context.Canceled)
 	require.Equal(t, int64(9), src.Committed(tp("t", 0)))
 
-	// Commits() is a copy.
-	c := src.Commits()
+	// memctl.Commits returns a copy.
+	c := memctl.Commits(src)
 	c[0].Offset = 1000
-	require.Equal(t, int64(3), src.Commits()[0].Offset)
+	require.Equal(t, int64(3), memctl.Commits(src)[0].Offset)
 }
 
 // pollLoop polls on its own goroutine until stopped, recording its id and
@@ -449,7 +450,7 @@ func TestRevokeClearsPause(t *testing.T) {
 	require.NoError(t, src.Pause([]pipeline.TopicPartition{tp("t", 0)}))
 	loop := startPolling(t, src)
 	src.Revoke(tp("t", 0))
-	require.False(t, src.Paused(tp("t", 0)), "a revoked partition is not paused any more")
+	require.False(t, memctl.Paused(src, tp("t", 0)), "a revoked partition is not paused any more")
 	src.Assign(tp("t", 0))
 	m := <-loop.msgs
 	require.Equal(t, "v", m.Value)
@@ -478,7 +479,7 @@ func TestCloseAndResubscribe(t *testing.T) {
 	require.Equal(t, "revoke", ev[0].kind)
 	require.Equal(t, []pipeline.TopicPartition{tp("t", 0), tp("t", 1)}, ev[0].partitions)
 	require.Equal(t, goid(), ev[0].goroutine)
-	require.False(t, src.Paused(tp("t", 1)))
+	require.False(t, memctl.Paused(src, tp("t", 1)))
 	_, err := src.Poll(time.Millisecond)
 	require.Error(t, err, "closed: not subscribed any more")
 	require.NoError(t, src.Close(), "closing twice is harmless")

@@ -10,6 +10,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/parallafka/parallafka/internal/memctl"
 	"github.com/parallafka/parallafka/pipeline"
 	"github.com/parallafka/parallafka/pipeline/memsource"
 )
@@ -83,7 +84,7 @@ func TestCommitMetadataRoundTrip(t *testing.T) {
 	}, l.waitAssignments(t, 1), "nothing committed yet")
 	for p := range int32(3) {
 		assert.Equal(t, int64(-1), src.Committed(tp("t", p)))
-		assert.Equal(t, "", src.Metadata(tp("t", p)))
+		assert.Equal(t, "", memctl.Metadata(src, tp("t", p)))
 	}
 
 	ctx := context.Background()
@@ -96,14 +97,14 @@ func TestCommitMetadataRoundTrip(t *testing.T) {
 	// The same offset again, without metadata: the latest commit's counts.
 	require.NoError(t, src.Commit(ctx, []pipeline.Offset{{TopicPartition: p1, Offset: 1}}))
 	assert.Equal(t, int64(2), src.Committed(p0))
-	assert.Equal(t, big, src.Metadata(p0))
+	assert.Equal(t, big, memctl.Metadata(src, p0))
 	assert.Equal(t, int64(1), src.Committed(p1))
-	assert.Equal(t, "", src.Metadata(p1))
+	assert.Equal(t, "", memctl.Metadata(src, p1))
 	assert.Equal(t, []pipeline.Offset{
 		{TopicPartition: p0, Offset: 2, Metadata: big},
 		{TopicPartition: p1, Offset: 1, Metadata: "first"},
 		{TopicPartition: p1, Offset: 1},
-	}, src.Commits(), "Commits records the metadata")
+	}, memctl.Commits(src), "Commits records the metadata")
 
 	// Revoke and assign again: each partition comes with its latest commit.
 	src.Revoke(p0, p1, p2)
@@ -126,7 +127,7 @@ func TestCommitMetadataRoundTrip(t *testing.T) {
 	}
 	l.mu.Unlock()
 	src.Revoke(p2)
-	assert.Equal(t, "final", src.Metadata(p2), "committed by the time Revoke returns")
+	assert.Equal(t, "final", memctl.Metadata(src, p2), "committed by the time Revoke returns")
 	src.Assign(p2)
 	assert.Equal(t, []pipeline.Offset{{TopicPartition: p2, Offset: 3, Metadata: "final"}}, l.waitAssignments(t, 3))
 

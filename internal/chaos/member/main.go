@@ -37,13 +37,13 @@ import (
 	ckafka "github.com/confluentinc/confluent-kafka-go/v2/kafka"
 
 	"github.com/parallafka/parallafka"
+	"github.com/parallafka/parallafka/internal/keyed"
 	"github.com/parallafka/parallafka/kafka"
-	"github.com/parallafka/parallafka/kafka/kafkatest"
 	"github.com/parallafka/parallafka/pipeline"
 )
 
 func main() {
-	brokers := flag.String("brokers", os.Getenv(kafkatest.BrokersEnv), "bootstrap servers")
+	brokers := flag.String("brokers", os.Getenv("KAFKA_BROKERS"), "bootstrap servers")
 	topic := flag.String("topic", "", "topic to consume")
 	group := flag.String("group", "", "consumer group")
 	protocol := flag.String("protocol", "cooperative-sticky", "cooperative-sticky, range, or consumer (KIP-848 group.protocol=consumer)")
@@ -161,7 +161,7 @@ func consume(brokers, topic, group, protocol, mode, run, member, history string,
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
 	handle := func(msg *parallafka.Message[string, string], work time.Duration) error {
-		key, seq, err := kafkatest.ParseKeyedValue([]byte(msg.Value))
+		key, seq, err := keyed.Parse([]byte(msg.Value))
 		if err != nil {
 			return err
 		}
