@@ -174,6 +174,8 @@ type goroutine struct {
 // reply channel travels inside the request where one is marked "reply"):
 //
 //	Pause/Resume ─userPause──────────▶ poll
+//	SetRateLimit ─rateLimits─────────▶ coordinator
+//	ReleaseKey ───releases (reply)───▶ coordinator
 //	poll ────────polled──────────────▶ coordinator ─dispatch──▶ handler pool
 //	poll ◀───────room, steer, spent─── coordinator ◀─handlerEnd─ handler pool
 //	poll ────────rebalances (reply)──▶ coordinator
@@ -193,7 +195,9 @@ type goroutine struct {
 // alone. In batch mode (cfg.BatchHandler) dispatch carries batches; the
 // edges are the same. draining (closed when a graceful stop begins) and
 // coordDone, commitDone (closed as the coordinator, the committer return)
-// are broadcast to whoever selects on them.
+// are broadcast to whoever selects on them. releases alone is made by the
+// coordinator as it begins, and let go as it ends (HeldKeyControl.attach):
+// a ReleaseKey outside that time returns at once.
 func newFlow[K, V any](cfg *Config[K, V], stats *Stats, life *lifecycle) *flow[K, V] {
 	var (
 		// poller ⇄ coordinator
