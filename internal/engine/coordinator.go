@@ -190,6 +190,7 @@ func (c *coordinator[K, V]) close() {
 	if c.detach != nil {
 		c.detach()
 	}
+	c.stats.HeldKeys.Store(0) // the final commit took them with the partitions
 	for _, cl := range c.claims {
 		cl.cancel()
 	}

@@ -43,7 +43,7 @@ func (h *heldKey) info(tp pipeline.TopicPartition) pipeline.HeldKey {
 // its first hold).
 func (c *coordinator[K, V]) holdKey(cl *claim[K, V], msg *pipeline.Message[K, V]) {
 	if msg.RawKey == nil {
-		c.log.Warn("parallafka: a keyless message asked for its key held: nothing held", "message", msg.String())
+		c.log.Debug("parallafka: a keyless message asked for its key held: nothing held", "message", msg.String())
 		return
 	}
 	if cl.heldKeys[string(msg.RawKey)] != nil {
