@@ -69,5 +69,5 @@ type KeyHeldError struct {
 }
 
 func (e *KeyHeldError) Error() string {
-	return fmt.Sprintf("not handled: its key is held behind offset %d, which failed", e.Offset)
+	return fmt.Sprintf("its key is held behind offset %d, which failed", e.Offset)
 }

@@ -253,8 +253,9 @@ func EncodeHeld(base int64, runs []Run, held []Held, maxBytes int) (text string,
 	}
 	s := scratches.Get().(*scratch)
 	defer s.release()
-	if len(held) > 0 {
-		// The first count of newest keys that does not fit, alone.
+	if len(held) > 0 && !(s.build(base, nil, held) && s.fits(0, maxBytes)) {
+		// Not all fit: the first count of newest keys that does not fit,
+		// alone, less one.
 		h := sort.Search(len(held)+1, func(h int) bool {
 			return h > 0 && !(s.build(base, nil, held[len(held)-h:]) && s.fits(0, maxBytes))
 		}) - 1
