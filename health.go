@@ -34,7 +34,8 @@ var (
 // none stalled, brokers reachable), and otherwise ErrNotStarted,
 // ErrJoining, ErrStalled (wrapped with the blocking message),
 // ErrBrokerUnreachable (wrapped with the source's reason) or
-// ErrStopped. It reads counters the pipeline keeps anyway and asks the
+// ErrStopped. Held keys (ReleaseKey) are not unhealthy: Stats.HeldKeys
+// counts them. It reads counters the pipeline keeps anyway and asks the
 // broker nothing, so it suits liveness and readiness probes; it is safe to
 // call at any time, from any goroutine. ctx is for sources that may one
 // day need to ask.

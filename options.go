@@ -20,8 +20,9 @@ import (
 // commits (WithCommitInterval, WithCommitEvery, WithAsyncCommits,
 // WithOffsetMapMaxBytes); shutdown (WithShutdownMode, WithShutdownTimeout,
 // WithRevokeTimeout); stages (WithMiddleware, WithBatchMiddleware,
-// WithAfterPoll, WithAfterHandle, WithErrorPolicy); observability
-// (WithLogger, WithObserver, WithStallTimeout).
+// WithAfterPoll, WithAfterHandle, WithErrorPolicy, WithHeldKeyTTL);
+// dispatch (WithRateLimit); observability (WithLogger, WithObserver,
+// WithStallTimeout).
 type Option interface {
 	apply(*config)
 }
@@ -66,6 +67,7 @@ type config struct {
 	observer     pipeline.Observer
 	stallTimeout time.Duration
 	rateLimit    RateLimit
+	heldKeyTTL   time.Duration
 
 	errs []error
 }
@@ -387,7 +389,8 @@ func withStage[K, V any](afterPoll bool, name string, stage pipeline.Stage[K, V]
 // WithErrorPolicy decides, per failed message, whether the pipeline stops
 // (the message stays uncommitted and Consume returns its error) or skips it
 // (commits it and goes on): StopOnError, SkipOnError, or a policy of your
-// own returning pipeline.Stop or pipeline.Skip. Default StopOnError:
+// own returning pipeline.Stop, pipeline.Skip or pipeline.HoldKey (skip it
+// and hold its key: see Parallafka.ReleaseKey). Default StopOnError:
 // nothing is lost.
 func WithErrorPolicy(p pipeline.ErrorPolicy) Option {
 	return optionFunc(func(c *config) { c.errorPolicy = p })
@@ -501,6 +504,9 @@ func (c *config) validate() error {
 	}
 	if err := c.rateLimit.validate(); err != nil {
 		bad("%v", err)
+	}
+	if c.heldKeyTTL < 0 {
+		bad("held key TTL must not be negative, got %v", c.heldKeyTTL)
 	}
 	if c.stallTimeout < 0 {
 		bad("stall timeout must not be negative, got %v", c.stallTimeout)

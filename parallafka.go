@@ -107,9 +107,10 @@ type Parallafka[K, V any] struct {
 	after    []engine.NamedStage[K, V]
 	stats    engine.Stats
 	consumed atomic.Bool
-	paused   engine.UserPause   // Pause and Resume; the poll stage acts on it
-	rates    engine.RateControl // SetRateLimit; the coordinator acts on it
-	ended    atomic.Bool        // Consume returned
+	paused   engine.UserPause      // Pause and Resume; the poll stage acts on it
+	rates    engine.RateControl    // SetRateLimit; the coordinator acts on it
+	held     engine.HeldKeyControl // ReleaseKey; the coordinator answers it
+	ended    atomic.Bool           // Consume returned
 }
 
 // New returns a Parallafka that will consume source. It returns an error if
@@ -269,6 +270,7 @@ func (p *Parallafka[K, V]) engineConfig(handler Handler[K, V], batchHandler Batc
 		Logger: c.logger, ErrorPolicy: c.errorPolicy, Pause: &p.paused,
 		Observer: c.observer, StallTimeout: c.stallTimeout,
 		RateLimit: engine.RateLimit(c.rateLimit), Rates: &p.rates,
+		HeldKeyTTL: c.heldKeyTTL, Releases: &p.held,
 	}
 }
 

@@ -56,6 +56,10 @@ type Stats struct {
 	// Throttled counts the times a ready message was held back by a rate
 	// limit (WithRateLimit): it waited for a token, holding no handler.
 	Throttled int64
+	// HeldKeys is the number of keys held now in the partitions assigned
+	// to this member (see ReleaseKey): their messages go to the
+	// dead-letter stage unhandled until released.
+	HeldKeys int64
 	// Batches counts batch handler calls (ConsumeBatch), and MeanBatchSize
 	// is the mean number of messages they were given (0 before the first).
 	Batches       int64
@@ -87,6 +91,7 @@ func (p *Parallafka[K, V]) Stats() Stats {
 		Assigned: s.Assigned.Load(), Stalled: s.Stalled.Load(), StalledPartitions: s.StalledPartitions(),
 		Stalls:           s.Stalls.Load(),
 		Throttled:        s.Throttled.Load(),
+		HeldKeys:         s.HeldKeys.Load(),
 		ConcurrencyLimit: int(s.ConcurrencyLimit.Load()),
 	}
 }

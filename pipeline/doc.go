@@ -1,11 +1,11 @@
 // Package pipeline holds the types that Parallafka's sources, stages and
 // handlers share: [Message], [Handler], [Middleware], [Stage], [Source] and
 // [RebalanceListener], the batch handler's [BatchHandler],
-// [BatchMiddleware] and [BatchError], with [TopicPartition], [Offset], [Header],
-// [DeadLetter] and the errors of a failed message ([MessageError],
-// [PanicError]). It imports nothing of the engine's: package parallafka
-// runs the pipeline, package kafka and package memsource are sources,
-// package stages holds ready-made stages.
+// [BatchMiddleware] and [BatchError], with [TopicPartition], [Offset],
+// [Header], [DeadLetter] and the errors of a failed message
+// ([MessageError], [PanicError], [KeyHeldError]). It imports nothing of the
+// engine's: package parallafka runs the pipeline, package kafka and
+// package memsource are sources, package stages holds ready-made stages.
 //
 // A stage that holds messages back watches [Draining] (a graceful stop
 // began) and [Revoked] (the message's partition went) and then sends them

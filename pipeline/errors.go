@@ -13,10 +13,17 @@ const (
 	// Skip counts the failed message as finished, so its offset is
 	// committed, and goes on.
 	Skip
+	// HoldKey skips the failed message, as Skip, and holds its key in its
+	// partition (see Message.HoldKey): the key's later messages are not
+	// handled but fail at once with a *KeyHeldError (to the AfterHandle
+	// stages, then this policy) until the key is released. Other keys go
+	// on.
+	HoldKey
 )
 
-// ErrorPolicy decides, per failed message, whether to stop or skip. err is a
-// *MessageError; use errors.As / errors.Is on it to look at the cause.
+// ErrorPolicy decides, per failed message, whether to stop, skip, or skip
+// and hold the message's key (HoldKey). err is a *MessageError; use
+// errors.As / errors.Is on it to look at the cause.
 type ErrorPolicy func(err error) ErrorAction
 
 // MessageError is the error of one message that failed: its handler returned
@@ -49,3 +56,18 @@ func (e *PanicError) Error() string { return fmt.Sprintf("handler panicked: %v",
 
 // Unwrap returns the panic value if it is an error.
 func (e *PanicError) Unwrap() error { err, _ := e.Value.(error); return err }
+
+// KeyHeldError is the error of a message that was not handled because its
+// key is held in its partition (Message.HoldKey, the error policy's
+// HoldKey): an earlier message of the key, at Offset, failed for good. The
+// message goes through the AfterHandle stages with it and Attempt 0 (a
+// retry stage lets it through, stages.DeadLetterQueue writes it after the
+// one at Offset, with the header parallafka.held-behind), then, if still
+// failed, to the error policy.
+type KeyHeldError struct {
+	Offset int64 // the offset of the message whose failure held the key
+}
+
+func (e *KeyHeldError) Error() string {
+	return fmt.Sprintf("its key is held behind offset %d, which failed", e.Offset)
+}

@@ -63,7 +63,8 @@ type Message[K, V any] struct {
 	Attempt int
 
 	fate        fate
-	fateAttempt int // Attempt when Retry was called
+	fateAttempt int  // Attempt when Retry was called
+	holdKey     bool // HoldKey was called
 }
 
 // fate records what a stage asked the pipeline to do with a message.
@@ -88,6 +89,21 @@ func (m *Message[K, V]) Drop() { m.fate = fateDrop; m.Err = nil }
 // revoked a message marked for retry is abandoned uncommitted (Kafka
 // delivers it again), never skipped.
 func (m *Message[K, V]) Retry() { m.fate, m.fateAttempt = fateRetry, m.Attempt }
+
+// HoldKey asks the pipeline to hold the message's key in its partition
+// once the message finishes (dropped, or handled): from then on the key's
+// later messages in the partition are not handled but fail at once, in
+// order, with a *KeyHeldError, so that a dead-letter stage writes them
+// after this one, until the key is released (Parallafka.ReleaseKey, or
+// WithHeldKeyTTL). Other keys go on. stages.DeadLetterQueue calls it for
+// every message it dead-letters when its HoldKey is set. It does nothing
+// for a message without a key (RawKey nil), for one that does not finish
+// (retried, abandoned), and for one that failed because its key was held
+// already.
+func (m *Message[K, V]) HoldKey() { m.holdKey = true }
+
+// KeyHoldRequested reports whether a stage called HoldKey on the message.
+func (m *Message[K, V]) KeyHoldRequested() bool { return m.holdKey }
 
 // Dropped reports whether a stage called Drop on the message.
 func (m *Message[K, V]) Dropped() bool { return m.fate == fateDrop }

@@ -130,6 +130,27 @@ type ThrottleObserver interface {
 	MessageThrottled(m MessageInfo, wait time.Duration, perKey bool)
 }
 
+// HeldKey is a key held in its partition (Message.HoldKey, the error
+// policy's HoldKey): its messages there are not handled, but fail with a
+// *KeyHeldError, until it is released.
+type HeldKey struct {
+	TopicPartition
+	Key    []byte    // the raw key
+	Offset int64     // the offset of the message whose failure held it
+	Since  time.Time // when it was held (to the second, once read back from a commit's metadata)
+}
+
+// KeyHoldObserver is an optional interface of an Observer. KeyHeld: a key
+// was held in its partition, or this member took over a partition whose
+// committed metadata holds it. KeyReleased: Parallafka.ReleaseKey released
+// it, or (expired) its WithHeldKeyTTL passed. They are called on the
+// coordinator's goroutine: keep them quick, and do not call ReleaseKey
+// from them.
+type KeyHoldObserver interface {
+	KeyHeld(k HeldKey)
+	KeyReleased(k HeldKey, expired bool)
+}
+
 // Stall describes a stalled partition: its committable offset has not
 // moved for Since while it had unfinished work, held back by the message
 // at Offset (its first unfinished one).

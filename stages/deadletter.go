@@ -46,6 +46,14 @@ type DeadLetterConfig struct {
 	// the dead-letter topic when too many messages would go there. Default
 	// nil: no guard.
 	Flood *FloodGuard
+	// HoldKey holds the key of each message dead-lettered (Message.HoldKey):
+	// the key's later messages in its partition are not handled but come
+	// here, failed with a *pipeline.KeyHeldError, and are dead-lettered
+	// after it, in order, with the header HeaderHeldBehind, until the key
+	// is released (Parallafka.ReleaseKey, WithHeldKeyTTL). So replaying the
+	// dead-letter topic restores each key's order. Other keys go on.
+	// Default false: a key's later messages are handled as usual.
+	HoldKey bool
 }
 
 // FloodGuard is DeadLetterQueue's flood guard. When a message would be
@@ -202,7 +210,9 @@ func DeadLetterQueue[K, V any](cfg DeadLetterConfig) (pipeline.Stage[K, V], erro
 		}
 		for msg := range in {
 			dead := failedForGood(ctx, msg)
-			if guard != nil {
+			// A message that follows the one that held its key is no
+			// failure of its own, and no sign of a flood.
+			if _, follows := heldBehind(msg.Err); guard != nil && !follows {
 				if reason := guard.observe(dead); reason != "" {
 					return fmt.Errorf("%w: %s; stopped before dead-lettering %s@%d to %s (message failed with: %v)",
 						ErrDeadLetterFlood, reason, msg.TopicPartition(), msg.Offset, newDeadLetter(cfg.Topic, msg).Topic, msg.Err)
@@ -222,6 +232,9 @@ func DeadLetterQueue[K, V any](cfg DeadLetterConfig) (pipeline.Stage[K, V], erro
 			writes.Go(func() {
 				defer func() { <-slots }()
 				deadLetter(ctx, cfg, check, msg)
+				if cfg.HoldKey && msg.Dropped() {
+					msg.HoldKey() // the pipeline ignores it for a message that followed a held key
+				}
 				send(msg)
 			})
 		}
@@ -263,7 +276,7 @@ func newDeadLetter[K, V any](topic string, msg *pipeline.Message[K, V]) pipeline
 	if topic == "" {
 		topic = msg.Topic + ".dlq"
 	}
-	headers := make([]pipeline.Header, 0, len(msg.Headers)+5)
+	headers := make([]pipeline.Header, 0, len(msg.Headers)+6)
 	for _, h := range msg.Headers {
 		if !isDeadLetterHeader(h.Key) {
 			headers = append(headers, h)
@@ -276,6 +289,9 @@ func newDeadLetter[K, V any](topic string, msg *pipeline.Message[K, V]) pipeline
 		pipeline.Header{Key: HeaderError, Value: []byte(msg.Err.Error())},
 		pipeline.Header{Key: HeaderAttempts, Value: strconv.AppendInt(nil, int64(msg.Attempt), 10)},
 	)
+	if offset, ok := heldBehind(msg.Err); ok {
+		headers = append(headers, pipeline.Header{Key: HeaderHeldBehind, Value: strconv.AppendInt(nil, offset, 10)})
+	}
 	return pipeline.DeadLetter{
 		Topic: topic, Key: msg.RawKey, Value: msg.RawValue, Headers: headers,
 		Original: msg.TopicPartition(), Offset: msg.Offset, Timestamp: msg.Timestamp,
@@ -283,9 +299,19 @@ func newDeadLetter[K, V any](topic string, msg *pipeline.Message[K, V]) pipeline
 	}
 }
 
+// heldBehind returns the offset a message's key is held behind, if it was
+// not handled because its key is held.
+func heldBehind(err error) (int64, bool) {
+	var held *pipeline.KeyHeldError
+	if errors.As(err, &held) {
+		return held.Offset, true
+	}
+	return 0, false
+}
+
 func isDeadLetterHeader(key string) bool {
 	switch key {
-	case HeaderOriginalTopic, HeaderOriginalPartition, HeaderOriginalOffset, HeaderError, HeaderAttempts:
+	case HeaderOriginalTopic, HeaderOriginalPartition, HeaderOriginalOffset, HeaderError, HeaderAttempts, HeaderHeldBehind:
 		return true
 	}
 	return false

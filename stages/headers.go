@@ -15,4 +15,8 @@ const (
 	HeaderOriginalOffset    = "parallafka.original.offset"
 	HeaderError             = "parallafka.error"
 	HeaderAttempts          = "parallafka.attempts"
+	// HeaderHeldBehind is on a dead letter that was not handled because its
+	// key was held (DeadLetterConfig.HoldKey): the original offset of the
+	// message whose failure held it.
+	HeaderHeldBehind = "parallafka.held-behind"
 )

@@ -36,6 +36,7 @@ const (
 	MetricPaused          = "parallafka.partitions.paused"           // gauge {partition}
 	MetricStalled         = "parallafka.partitions.stalled"          // gauge {partition}
 	MetricAssigned        = "parallafka.partitions.assigned"         // gauge {partition}
+	MetricHeldKeys        = "parallafka.keys.held"                   // gauge {key}: held keys, their messages dead-lettered unhandled (parallafka.Parallafka.ReleaseKey)
 	MetricLag             = "parallafka.consumer.lag"                // gauge {message}, per partition: high watermark - committed offset (before this member's first commit: - the first offset it read)
 	MetricUnread          = "parallafka.consumer.unread"             // gauge {message}, per partition: high watermark - next offset to read
 	MetricLimit           = "parallafka.concurrency.limit"           // gauge {handler}
@@ -94,7 +95,7 @@ type StatsReader interface{ Stats() parallafka.Stats }
 
 // RegisterGauges registers the gauges, read at each collection: in flight
 // (messages and bytes), queued behind keys, paused, stalled and assigned
-// partitions, the concurrency limit from p's Stats, and the consumer lag of
+// partitions, held keys, the concurrency limit from p's Stats, and the consumer lag of
 // every assigned partition from source's cached watermarks (source may be
 // nil, or a source that does not implement pipeline.WatermarkSource: no
 // lag then). Nothing asks the broker: a scrape costs no request.
@@ -113,6 +114,7 @@ func (o *Observer) RegisterGauges(p StatsReader, source any) (metric.Registratio
 	paused := gauge(MetricPaused, "{partition}", "Partitions paused.")
 	stalled := gauge(MetricStalled, "{partition}", "Partitions stalled now.")
 	assigned := gauge(MetricAssigned, "{partition}", "Partitions assigned.")
+	held := gauge(MetricHeldKeys, "{key}", "Keys held: their messages go to the dead-letter topic unhandled until released.")
 	lag := gauge(MetricLag, "{message}", "High watermark minus the committed offset, per partition.")
 	unread := gauge(MetricUnread, "{message}", "High watermark minus the next offset to read, per partition.")
 	limit := gauge(MetricLimit, "{handler}", "Handlers allowed to run at once.")
@@ -129,6 +131,7 @@ func (o *Observer) RegisterGauges(p StatsReader, source any) (metric.Registratio
 		obs.ObserveInt64(paused, int64(len(st.Paused)), base)
 		obs.ObserveInt64(stalled, st.Stalled, base)
 		obs.ObserveInt64(assigned, st.Assigned, base)
+		obs.ObserveInt64(held, st.HeldKeys, base)
 		if n := o.limit.Load(); n > 0 {
 			obs.ObserveInt64(limit, n, base)
 		}
@@ -158,5 +161,5 @@ func (o *Observer) RegisterGauges(p StatsReader, source any) (metric.Registratio
 			}
 		}
 		return nil
-	}, inFlight, inFlightBytes, queued, paused, stalled, assigned, lag, unread, limit)
+	}, inFlight, inFlightBytes, queued, paused, stalled, assigned, held, lag, unread, limit)
 }

@@ -364,6 +364,12 @@ type healthFunc func(context.Context) error
 
 func (f healthFunc) Health(ctx context.Context) error { return f(ctx) }
 
+// heldHealth is healthy, with held keys.
+type heldHealth struct{ held int64 }
+
+func (heldHealth) Health(context.Context) error { return nil }
+func (h heldHealth) Stats() parallafka.Stats    { return parallafka.Stats{HeldKeys: h.held} }
+
 func TestHealthHandler(t *testing.T) {
 	for _, tc := range []struct {
 		err  error
@@ -378,6 +384,12 @@ func TestHealthHandler(t *testing.T) {
 			ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/healthz", nil))
 		assert.Equal(t, tc.code, rec.Code)
 		assert.Equal(t, tc.body, rec.Body.String())
+	}
+	for held, body := range map[int64]string{0: "ok\n", 2: "ok: 2 keys held (their messages go to the dead-letter topic unhandled until released)\n"} {
+		rec := httptest.NewRecorder()
+		otelparallafka.HealthHandler(heldHealth{held}).ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/healthz", nil))
+		assert.Equal(t, http.StatusOK, rec.Code, "held keys are not unhealthy")
+		assert.Equal(t, body, rec.Body.String())
 	}
 }
 

@@ -146,9 +146,31 @@ func countOutcomes(ctx context.Context, in <-chan *parallafka.Message[string, Pa
 
 var _, _, _, _, _, _ = consumeOrders, adaptive, timeoutMiddleware, withSkipTombstones, paymentsPipeline, countOutcomes
 
-// floodGuard is docs/controls.md's dead-letter flood guard.
-func floodGuard(w stages.DeadLetterWriter) stages.DeadLetterConfig {
+// floodGuarded: docs/controls.md "Dead-letter flood guard".
+func floodGuarded(w stages.DeadLetterWriter) (pipeline.Stage[string, Payment], error) {
 	cfg := stages.DeadLetterConfig{Writer: w, Topic: "orders.dlq",
 		Flood: &stages.FloodGuard{MaxShare: 0.1, Window: 1000, MaxInARow: 50}}
-	return cfg
+	return stages.DeadLetterQueue[string, Payment](cfg)
+}
+
+// holdKeys: docs/controls.md "A poison message holds its key, not its
+// partition".
+func holdKeys(ctx context.Context, src parallafka.Source[string, Payment], w stages.DeadLetterWriter, handle parallafka.Handler[string, Payment]) error {
+	deadLetter, err := stages.DeadLetterQueue[string, Payment](stages.DeadLetterConfig{
+		Writer: w, Topic: "payments.dlq", HoldKey: true, // a dead-lettered message's key is held
+	})
+	if err != nil {
+		return err
+	}
+	p, err := parallafka.New(src, parallafka.WithAfterHandle("dead-letter", deadLetter))
+	if err != nil {
+		return err
+	}
+	return p.Consume(ctx, handle)
+}
+
+// releaseKey: docs/controls.md, the same section.
+func releaseKey(p *parallafka.Parallafka[string, Payment]) int {
+	n := p.ReleaseKey([]byte("customer-42")) // in how many of this member's partitions it was held
+	return n
 }

@@ -164,9 +164,10 @@ func (c *coordinator[K, V]) assembleBatch() (*batch[K, V], context.Context) {
 		cl := e.claim
 		c.policy.readied(cl, -1)
 		key, ordered := c.routing.key(e.msg.RawKey)
+		held := cl.heldKeys != nil && c.heldBack(e)
 		add(cl, s, key, ordered, -1)
-		if !ordered {
-			continue
+		if !ordered || held {
+			continue // a held key's messages go one by one, in order
 		}
 		// The messages queued behind the key come along, in order.
 		queue := cl.keys[key]

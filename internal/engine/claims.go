@@ -28,6 +28,13 @@ type claim[K, V any] struct {
 	// committed offset (its offset map), from the first not yet polled on:
 	// polled, they count as finished at once.
 	inherited []offsetmap.Run
+	// committed is the offset committed when it was assigned (-1: none).
+	committed int64
+	// heldKeys are its held keys, by raw key (heldkeys.go); nil: none.
+	// heldChanged: the set changed since the assignment (a release), so
+	// the metadata must be written again even if nothing else moved.
+	heldKeys    map[string]*heldKey
+	heldChanged bool
 	// Stall detection (stall.go): the committable offset last seen, when
 	// it was seen to move, and the stall found, if any.
 	progressOff int64
@@ -90,13 +97,15 @@ func (c *coordinator[K, V]) assign(tps []pipeline.TopicPartition, committed []pi
 			tp: tp, id: c.claimIDs, keys: make(map[uint64][]entry[K, V]),
 			start: -1, revoked: make(chan struct{}), progressOff: -1, progressAt: c.policy.coarse,
 		}
-		cl.inherited = inheritedMap(c.log, committed, tp)
+		var held []offsetmap.Held
+		cl.committed, cl.inherited, held = inheritedMap(c.log, committed, tp)
 		cl.ctx, cl.cancel = context.WithCancel(c.ctx)
 		if c.draining {
 			cl.stopping = true
 			close(cl.revoked)
 		}
 		c.claims[tp] = cl
+		c.restoreHeld(cl, held)
 	}
 	c.policy.sizeSurplus(c.claims, c.handlerCapacity())
 }
@@ -227,6 +236,7 @@ func (c *coordinator[K, V]) end(cl *claim[K, V]) {
 	c.stop(cl)
 	delete(c.claims, cl.tp)
 	c.unstall(cl)
+	c.heldN -= len(cl.heldKeys) // they go with the partition, in its last commit
 	if cl.outstanding > 0 {
 		c.log.Warn("parallafka: cancelling the handlers of a partition given up; their messages are redelivered to the next owner",
 			"partition", cl.tp, "handlers", cl.outstanding)

@@ -53,20 +53,25 @@ func (c *collector[K, V]) decide(ctx context.Context, msg *pipeline.Message[K, V
 		return completion[K, V]{msg: msg, verdict: verdictRetry}, pipeline.OutcomeRetried
 	case msg.Dropped():
 		c.stats.Dropped.Add(1)
-		return completion[K, V]{msg: msg, verdict: verdictFinish}, pipeline.OutcomeDropped
+		return completion[K, V]{msg: msg, verdict: verdictFinish, hold: msg.KeyHoldRequested()}, pipeline.OutcomeDropped
 	case msg.Err == nil:
 		c.stats.Handled.Add(1)
-		return completion[K, V]{msg: msg, verdict: verdictFinish}, pipeline.OutcomeHandled
+		return completion[K, V]{msg: msg, verdict: verdictFinish, hold: msg.KeyHoldRequested()}, pipeline.OutcomeHandled
 	case ctx.Err() != nil:
 		// A hard stop cancelled the handler: not a failure to act on.
 		return completion[K, V]{msg: msg, verdict: verdictAbandon}, pipeline.OutcomeAbandoned
 	}
 	c.stats.Failed.Add(1)
 	err := &pipeline.MessageError{Topic: msg.Topic, Partition: msg.Partition, Offset: msg.Offset, Attempt: msg.Attempt, Err: msg.Err}
-	if c.policy(err) == pipeline.Skip {
+	switch c.policy(err) {
+	case pipeline.Skip:
 		c.stats.Skipped.Add(1)
 		c.log.Warn("parallafka: skipping failed message", "error", err)
 		return completion[K, V]{msg: msg, verdict: verdictFinish}, pipeline.OutcomeSkipped
+	case pipeline.HoldKey:
+		c.stats.Skipped.Add(1)
+		c.log.Warn("parallafka: skipping failed message and holding its key", "error", err)
+		return completion[K, V]{msg: msg, verdict: verdictFinish, hold: true}, pipeline.OutcomeSkipped
 	}
 	c.log.Error("parallafka: message failed; stopping", "error", err)
 	select {

@@ -50,6 +50,8 @@ type committer[K, V any] struct {
 
 	last     map[pipeline.TopicPartition]claimOffset // last committed, per partition
 	inFlight chan asyncResult                        // the async commit in flight, nil if none
+	heldCuts map[pipeline.TopicPartition]int         // held keys last left out of a partition's metadata (warned)
+	heldOff  bool                                    // warned that held keys are not recorded (no map)
 }
 
 // asyncResult is what an asynchronous commit reports back.
@@ -260,14 +262,19 @@ func (c *committer[K, V]) prepare(offsets []claimOffset) []pipeline.Offset {
 	for i := range offsets {
 		off := &offsets[i]
 		off.Metadata = ""
-		if c.mapMaxBytes > 0 && len(off.runs) > 0 {
-			var kept int
-			off.Metadata, kept = offsetmap.Encode(off.Offset.Offset, off.runs, c.mapMaxBytes)
+		if c.mapMaxBytes > 0 && (len(off.runs) > 0 || len(off.held) > 0) {
+			var kept, keptHeld int
+			off.Metadata, kept, keptHeld = offsetmap.EncodeHeld(off.Offset.Offset, off.runs, off.held, c.mapMaxBytes)
 			if kept < len(off.runs) {
 				c.stats.MapTruncated.Add(1)
 				c.log.Debug("parallafka: offset map cut to fit the metadata limit: after a crash the next owner redoes the finished offsets left out",
 					"partition", off.TopicPartition, "offset", off.Offset.Offset, "runs", len(off.runs), "kept", kept, "limit", c.mapMaxBytes)
 			}
+			c.heldCut(off, keptHeld)
+		} else if len(off.held) > 0 && !c.heldOff {
+			c.heldOff = true
+			c.log.Warn("parallafka: held keys are not recorded in the commit metadata (the offset map is off): after a rebalance or a restart they are no longer held",
+				"partition", off.TopicPartition, "held_keys", len(off.held))
 		}
 		last, ok := c.last[off.TopicPartition]
 		if ok && last.claim == off.claim && (last.Offset.Offset > off.Offset.Offset || last.Offset == off.Offset) {
@@ -276,6 +283,24 @@ func (c *committer[K, V]) prepare(offsets []claimOffset) []pipeline.Offset {
 		send = append(send, off.Offset)
 	}
 	return send
+}
+
+// heldCut warns when a partition's held keys did not all fit in the
+// metadata limit, once for each number left out: the oldest are no longer
+// held after a rebalance or a restart.
+func (c *committer[K, V]) heldCut(off *claimOffset, kept int) {
+	cut := len(off.held) - kept
+	if c.heldCuts[off.TopicPartition] == cut {
+		return
+	}
+	if c.heldCuts == nil {
+		c.heldCuts = make(map[pipeline.TopicPartition]int)
+	}
+	c.heldCuts[off.TopicPartition] = cut
+	if cut > 0 {
+		c.log.Warn("parallafka: held keys do not all fit in the commit metadata limit: the oldest left out are no longer held after a rebalance or a restart",
+			"partition", off.TopicPartition, "held_keys", len(off.held), "left_out", cut, "newest_left_out", string(off.held[cut-1].Key), "limit", c.mapMaxBytes)
+	}
 }
 
 // recorded books a commit's outcome.

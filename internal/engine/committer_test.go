@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strings"
+	"sync"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -325,6 +327,70 @@ func TestCommitterOffsetMap(t *testing.T) {
 		}
 		if got, err := offsetmap.Decode(5, md); err != nil || len(got) == 0 || !slices.Equal(got, runs[:len(got)]) {
 			t.Fatalf("committed map %v, %v; want a prefix of the runs", got, err)
+		}
+		if err := h.end(); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
+// lockedBuffer is a log's output, safe for concurrent use.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) count(s string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return strings.Count(l.b.String(), s)
+}
+
+// A claim's held keys go into its metadata with the offset map, newest
+// first within the limit; leaving some out is warned once per number.
+func TestCommitterHeldKeys(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		h := newCommitterHarness(t)
+		var logs lockedBuffer
+		h.c.log = slog.New(slog.NewTextHandler(&logs, nil))
+		h.c.mapMaxBytes = 300
+		var held []offsetmap.Held
+		for i := range 40 {
+			key := fmt.Appendf(nil, "%016x", uint64(i+1)*0x9E3779B97F4A7C15) // little to compress
+			held = append(held, offsetmap.Held{Key: key, Offset: int64(i), Since: int64(1000 + i)})
+		}
+		withHeld := func(offset int64, held []offsetmap.Held) claimOffset {
+			o := off(0, offset, 1)
+			o.runs = []offsetmap.Run{{From: offset + 2, To: offset + 4}}
+			o.held = held
+			return o
+		}
+		h.answer(withHeld(30, held[:2]))
+		runs, got, err := offsetmap.DecodeHeld(30, memctl.Metadata(h.src, tp(0)))
+		if err != nil || len(runs) != 1 || len(got) != 2 || string(got[1].Key) != string(held[1].Key) {
+			t.Fatalf("metadata decodes to %v, %v, %v; want the run and 2 held keys", runs, got, err)
+		}
+		for range 3 {
+			h.answer(withHeld(31, held))
+		}
+		_, got, err = offsetmap.DecodeHeld(31, memctl.Metadata(h.src, tp(0)))
+		if err != nil || len(got) == 0 || len(got) == len(held) || string(got[len(got)-1].Key) != string(held[len(held)-1].Key) {
+			t.Fatalf("metadata holds %d of %d keys (%v); want the newest that fit", len(got), len(held), err)
+		}
+		if n := logs.count("held keys do not all fit"); n != 1 {
+			t.Fatalf("warned %d times; want once", n)
+		}
+		h.c.mapMaxBytes = 0 // no map: held keys are not recorded, and that is said once
+		h.answer(withHeld(32, held[:1]))
+		h.answer(withHeld(33, held[:1]))
+		if n := logs.count("held keys are not recorded"); n != 1 {
+			t.Fatalf("warned %d times; want once", n)
 		}
 		if err := h.end(); err != nil {
 			t.Fatal(err)

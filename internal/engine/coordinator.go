@@ -57,6 +57,13 @@ type coordinator[K, V any] struct {
 	// shutdown timeout (ctx done) still stops it as a graceful one.
 	drainBacklog bool
 	rates        *rates[K, V] // nil: no rate limit (no per-message work)
+	// Held keys (heldkeys.go): how many the claims hold, how long a hold
+	// lasts (0: until released), and ReleaseKey's requests while it runs.
+	heldN       int
+	heldTTL     time.Duration
+	releases    *HeldKeyControl
+	releaseReqs <-chan keyRelease
+	detach      func()
 
 	stallTimeout time.Duration // 0: no stall detection
 	stallTicker  *time.Ticker
@@ -111,6 +118,8 @@ type coordinatorConfig struct {
 	stallTimeout                time.Duration
 	drainBacklog                bool // a graceful stop handles the polled backlog before it ends
 	rateLimit                   RateLimit
+	heldTTL                     time.Duration
+	releases                    *HeldKeyControl
 	stats                       *Stats
 	log                         *slog.Logger
 	obs                         observer
@@ -127,7 +136,8 @@ func newCoordinator[K, V any](cfg coordinatorConfig, edges coordinatorEdges[K, V
 			stats: cfg.stats, log: cfg.log, obs: cfg.obs,
 		},
 		stallTimeout: cfg.stallTimeout, batch: cfg.batch, drainBacklog: cfg.drainBacklog,
-		rates: newRates[K, V](cfg.rateLimit),
+		rates:   newRates[K, V](cfg.rateLimit),
+		heldTTL: cfg.heldTTL, releases: cfg.releases,
 	}
 	if cfg.minConcurrency > 0 {
 		c.policy.limiter = newLimiter(cfg.minConcurrency, cfg.concurrency)
@@ -171,11 +181,16 @@ func (c *coordinator[K, V]) begin(ctx context.Context) {
 		c.open.stallTick = c.stallTicker.C
 	}
 	c.policy.publishLimit()
+	c.releaseReqs, c.detach = c.releases.attach()
 }
 
 // close lets go of what run held: the claims' contexts, the timers, and
 // the edges it owns (a panic too must let the pool and the stages end).
 func (c *coordinator[K, V]) close() {
+	if c.detach != nil {
+		c.detach()
+	}
+	c.stats.HeldKeys.Store(0) // the final commit took them with the partitions
 	for _, cl := range c.claims {
 		cl.cancel()
 	}
@@ -224,7 +239,8 @@ func (c *coordinator[K, V]) dispatchReadyWork() {
 func (c *coordinator[K, V]) dispatchReady() {
 	for c.policy.handling < c.policy.dispatchLimit(c.routing.queued) && c.ready.len() > 0 {
 		e := c.ready.pop(c.backlog)
-		if c.rates != nil {
+		held := e.claim.heldKeys != nil && c.heldBack(e) // not handled: no token either
+		if c.rates != nil && !held {
 			admitted, more := c.admit(e)
 			if !more {
 				return
@@ -277,6 +293,8 @@ func (c *coordinator[K, V]) awaitNext() {
 		c.rates.fired(time.Now(), c.ready.pushLater)
 	case l := <-c.rateLimits:
 		c.setRateLimit(l)
+	case r := <-c.releaseReqs:
+		r.reply <- c.releaseHeld(r.key)
 	case cycle, ok := <-o.polled:
 		if !ok {
 			o.polled = nil
@@ -311,6 +329,7 @@ func (c *coordinator[K, V]) awaitNext() {
 	case req := <-c.rebalances:
 		c.rebalance(req)
 	case reply := <-c.offsets:
+		c.expireHeld(time.Now())
 		reply <- committable(c.claims, false)
 	case q := <-c.queries:
 		q.reply <- c.revokedChannel(q.tp)
@@ -373,6 +392,7 @@ func (c *coordinator[K, V]) publish() {
 	c.stats.InFlight.Store(int64(c.inFlight.msgs))
 	c.stats.InFlightBytes.Store(c.inFlight.bytes)
 	c.stats.Queued.Store(int64(c.routing.queued))
+	c.stats.HeldKeys.Store(int64(c.heldN))
 	c.policy.checkStarving(c.claims, c.ready.len())
 	if c.policy.steeringChanged && c.steer != nil {
 		select {

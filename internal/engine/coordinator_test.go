@@ -49,6 +49,9 @@ type coordOptions struct {
 	orderNilKeys bool
 	batch        BatchLimits // batch mode (see batch_test.go)
 	maxInFlight  int         // > 0: a window, and poll steering on h.steer
+	heldTTL      time.Duration
+	releases     *HeldKeyControl
+	observer     pipeline.Observer
 }
 
 // newCoordHarness must be called inside synctest.Test. The coordinator's
@@ -76,6 +79,7 @@ func newCoordHarness(t *testing.T, o coordOptions) *coordHarness {
 		concurrency: o.concurrency, minConcurrency: o.adaptiveMin, maxInFlight: o.maxInFlight,
 		ordering: o.ordering, orderNilKeys: o.orderNilKeys, batch: o.batch,
 		stats: h.stats, log: slog.New(slog.DiscardHandler),
+		heldTTL: o.heldTTL, releases: o.releases, obs: testObserver(o.observer),
 	}, coordinatorEdges[string, string]{
 		polled: h.polled, dispatch: h.dispatch, handlerEnd: h.handlerEnd, room: h.room, steer: h.steer,
 		rebalances: h.rebalances, offsets: h.offsets, final: h.final, queries: h.queries,
@@ -91,6 +95,14 @@ func newCoordHarness(t *testing.T, o coordOptions) *coordHarness {
 	}()
 	t.Cleanup(cancel)
 	return h
+}
+
+// testObserver is the engine's observer of o, as newFlow makes it.
+func testObserver(o pipeline.Observer) observer {
+	obs := observer{o: o, log: slog.New(slog.DiscardHandler)}
+	obs.throttle, _ = o.(pipeline.ThrottleObserver)
+	obs.holds, _ = o.(pipeline.KeyHoldObserver)
+	return obs
 }
 
 func tp(p int32) pipeline.TopicPartition { return pipeline.TopicPartition{Topic: "t", Partition: p} }

@@ -15,6 +15,7 @@ type (
 	completion[K, V any] struct {
 		msg     *pipeline.Message[K, V]
 		verdict verdict
+		hold    bool // with verdictFinish: hold the message's key (Message.HoldKey, the policy's HoldKey)
 	}
 	// job is a dispatched message and its handler's context (its
 	// claim's), with how long it waited (with an observer only).
@@ -77,7 +78,8 @@ type (
 	claimOffset struct {
 		pipeline.Offset
 		claim uint64
-		runs  []offsetmap.Run // the offset map: finished offsets above Offset, which the committer encodes into Metadata
+		runs  []offsetmap.Run  // the offset map: finished offsets above Offset, which the committer encodes into Metadata
+		held  []offsetmap.Held // the claim's held keys, oldest first, encoded with it
 	}
 	// commitRequest asks the committer to commit a revoke's final offsets.
 	commitRequest struct {

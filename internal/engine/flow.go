@@ -44,13 +44,15 @@ type Config[K, V any] struct {
 	Ordering         Ordering
 	OrderNilKeys     bool
 	CommitInterval   time.Duration
-	CommitEvery      int          // also commit after this many offsets finished; 0: the interval alone
-	AsyncCommits     bool         // periodic commits do not wait for the last one's result
-	MapMaxBytes      int          // the offset map's limit in the commit metadata; 0: no map
-	HardStop         bool         // the shutdown mode
-	DrainBacklog     bool         // a graceful stop handles the polled backlog first (ShutdownMode Drain)
-	RateLimit        RateLimit    // the dispatch rate limit at the start; zero: none
-	Rates            *RateControl // Parallafka.SetRateLimit; nil: never changed
+	CommitEvery      int             // also commit after this many offsets finished; 0: the interval alone
+	AsyncCommits     bool            // periodic commits do not wait for the last one's result
+	MapMaxBytes      int             // the offset map's limit in the commit metadata; 0: no map
+	HardStop         bool            // the shutdown mode
+	DrainBacklog     bool            // a graceful stop handles the polled backlog first (ShutdownMode Drain)
+	RateLimit        RateLimit       // the dispatch rate limit at the start; zero: none
+	Rates            *RateControl    // Parallafka.SetRateLimit; nil: never changed
+	HeldKeyTTL       time.Duration   // a held key is released this long after it was held; 0: only by ReleaseKey
+	Releases         *HeldKeyControl // Parallafka.ReleaseKey; nil: never released
 	ShutdownTimeout  time.Duration
 	RevokeTimeout    time.Duration
 	Logger           *slog.Logger
@@ -172,6 +174,8 @@ type goroutine struct {
 // reply channel travels inside the request where one is marked "reply"):
 //
 //	Pause/Resume ─userPause──────────▶ poll
+//	SetRateLimit ─rateLimits─────────▶ coordinator
+//	ReleaseKey ───releases (reply)───▶ coordinator
 //	poll ────────polled──────────────▶ coordinator ─dispatch──▶ handler pool
 //	poll ◀───────room, steer, spent─── coordinator ◀─handlerEnd─ handler pool
 //	poll ────────rebalances (reply)──▶ coordinator
@@ -191,7 +195,9 @@ type goroutine struct {
 // alone. In batch mode (cfg.BatchHandler) dispatch carries batches; the
 // edges are the same. draining (closed when a graceful stop begins) and
 // coordDone, commitDone (closed as the coordinator, the committer return)
-// are broadcast to whoever selects on them.
+// are broadcast to whoever selects on them. releases alone is made by the
+// coordinator as it begins, and let go as it ends (HeldKeyControl.attach):
+// a ReleaseKey outside that time returns at once.
 func newFlow[K, V any](cfg *Config[K, V], stats *Stats, life *lifecycle) *flow[K, V] {
 	var (
 		// poller ⇄ coordinator
@@ -236,6 +242,7 @@ func newFlow[K, V any](cfg *Config[K, V], stats *Stats, life *lifecycle) *flow[K
 
 	obs := observer{o: cfg.Observer, log: cfg.Logger}
 	obs.throttle, _ = cfg.Observer.(pipeline.ThrottleObserver)
+	obs.holds, _ = cfg.Observer.(pipeline.KeyHoldObserver)
 	batch := cfg.Batch
 	if cfg.BatchHandler == nil {
 		batch = BatchLimits{}
@@ -255,6 +262,7 @@ func newFlow[K, V any](cfg *Config[K, V], stats *Stats, life *lifecycle) *flow[K
 		ordering: cfg.Ordering, orderNilKeys: cfg.OrderNilKeys, batch: batch,
 		stallTimeout: cfg.StallTimeout, stats: stats, log: cfg.Logger, obs: obs,
 		drainBacklog: cfg.DrainBacklog, rateLimit: cfg.RateLimit,
+		heldTTL: cfg.HeldKeyTTL, releases: cfg.Releases,
 	}, coordinatorEdges[K, V]{
 		polled: polled, spent: spent, staged: staged, routable: routable, dispatch: dispatch,
 		handlerEnd: handlerEnd, released: released, room: room, commitNow: commitNow, steer: steer,

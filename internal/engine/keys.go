@@ -131,8 +131,10 @@ func (c *coordinator[K, V]) complete(done completion[K, V]) {
 		verdict = verdictAbandon // never skipped: Kafka delivers it again
 	}
 	// Taken before settle, which may move the window's slots. A retry
-	// keeps holding its key.
+	// keeps holding its key. A message not handled because its key was
+	// held holds nothing more.
 	held := s.held
+	hold := done.hold && !s.heldBack && verdict == verdictFinish
 	if verdict != verdictRetry {
 		s.held = false
 	}
@@ -144,6 +146,9 @@ func (c *coordinator[K, V]) complete(done completion[K, V]) {
 		c.requeue(cl, s, done.msg, key, ordered)
 	case verdictFinish:
 		c.settle(cl, s, slotFinished)
+		if hold {
+			c.holdKey(cl, done.msg) // before its key's next message is ready
+		}
 	default:
 		c.settle(cl, s, slotAbandoned)
 	}

@@ -16,7 +16,18 @@ import (
 type observer struct {
 	o        pipeline.Observer
 	throttle pipeline.ThrottleObserver // o, if it implements it
+	holds    pipeline.KeyHoldObserver  // o, if it implements it
 	log      *slog.Logger
+}
+
+func (o observer) keyHeld(k pipeline.HeldKey) {
+	defer o.recover("KeyHeld")
+	o.holds.KeyHeld(k)
+}
+
+func (o observer) keyReleased(k pipeline.HeldKey, expired bool) {
+	defer o.recover("KeyReleased")
+	o.holds.KeyReleased(k, expired)
 }
 
 func (o observer) throttled(m pipeline.MessageInfo, wait time.Duration, perKey bool) {

@@ -155,7 +155,12 @@ func committable[K, V any](claims map[pipeline.TopicPartition]*claim[K, V], fina
 func (cl *claim[K, V]) position() (claimOffset, bool) {
 	off, ok := cl.window.committable()
 	if !ok {
-		return claimOffset{}, false
+		if !cl.heldChanged || cl.committed < 0 {
+			return claimOffset{}, false
+		}
+		// Nothing polled, but a held key was released: the committed
+		// offset again, with the metadata that says so.
+		off = cl.committed
 	}
 	runs := cl.window.finishedRuns(nil)
 	inherited := cl.inherited
@@ -175,32 +180,36 @@ func (cl *claim[K, V]) position() (claimOffset, bool) {
 		}
 		runs = append(runs, inherited...)
 	}
-	if off <= cl.start && len(runs) == 0 {
+	if off <= cl.start && len(runs) == 0 && !cl.heldChanged {
 		return claimOffset{}, false // nothing finished past the starting position
 	}
-	return claimOffset{Offset: pipeline.Offset{TopicPartition: cl.tp, Offset: off}, claim: cl.id, runs: runs}, true
+	return claimOffset{Offset: pipeline.Offset{TopicPartition: cl.tp, Offset: off}, claim: cl.id, runs: runs, held: cl.heldList()}, true
 }
 
-// inheritedMap decodes the offset map of tp's committed offset, if the
-// source read one. Metadata that is not an offset map of ours (written by
-// another tool, corrupt, or left behind by an offset reset) is ignored:
-// the finished work it may describe is redone.
-func inheritedMap(log *slog.Logger, committed []pipeline.Offset, tp pipeline.TopicPartition) []offsetmap.Run {
+// inheritedMap returns tp's committed offset (-1: none) and decodes its
+// offset map and held keys, if the source read them. Metadata that is not
+// an offset map of ours (written by another tool, corrupt, or left behind
+// by an offset reset) is ignored: the finished work it may describe is
+// redone, and the keys it may hold are not held.
+func inheritedMap(log *slog.Logger, committed []pipeline.Offset, tp pipeline.TopicPartition) (int64, []offsetmap.Run, []offsetmap.Held) {
 	for _, off := range committed {
-		if off.TopicPartition != tp || off.Offset < 0 || off.Metadata == "" {
+		if off.TopicPartition != tp || off.Offset < 0 {
 			continue
 		}
-		runs, err := offsetmap.Decode(off.Offset, off.Metadata)
+		if off.Metadata == "" {
+			return off.Offset, nil, nil
+		}
+		runs, held, err := offsetmap.DecodeHeld(off.Offset, off.Metadata)
 		if err != nil {
-			log.Warn("parallafka: ignoring the committed offset's metadata: not an offset map of this pipeline; work finished past the committed offset by the previous owner is redone",
+			log.Warn("parallafka: ignoring the committed offset's metadata: not an offset map of this pipeline; work finished past the committed offset by the previous owner is redone, and keys it held are not held",
 				"partition", tp, "offset", off.Offset, "metadata_bytes", len(off.Metadata), "error", err)
-			return nil
+			return off.Offset, nil, nil
 		}
 		if len(runs) > 0 {
 			log.Debug("parallafka: offset map read: finished offsets past the committed one are skipped",
 				"partition", tp, "offset", off.Offset, "runs", len(runs))
 		}
-		return runs
+		return off.Offset, runs, held
 	}
-	return nil
+	return -1, nil, nil
 }

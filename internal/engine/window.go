@@ -26,6 +26,9 @@ type slot[K, V any] struct {
 	seq    uint64 // poll order, for oldest-first dispatch (set when routed)
 	size   int32  // bytes, as the poller counted them
 	state  slotState
+	// heldBack: its key was held when it was dispatched, so it was not
+	// handled (heldkeys.go); it holds no key of its own when it finishes.
+	heldBack bool
 	// Clock readings (the coordinator's, see coordinator.clock): routed
 	// is when it was routed, then when it was dispatched; ready is when
 	// it became ready (with an observer only). The stall check reads

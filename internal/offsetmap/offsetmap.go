@@ -16,8 +16,11 @@
 //
 //	"pk1:" + base64.RawURLEncoding(payload)
 //	payload = flags (1 byte) | data | CRC-32 (IEEE, big-endian, 4 bytes) of body
-//	flags   = 0: data is the body; 1: data is the body DEFLATE-compressed
-//	body    = uvarint(base) then, per run, uvarint(gap-1) uvarint(length-1)
+//	flags   = bit 0 (1): data is the body DEFLATE-compressed, else the body;
+//	          bit 1 (2): the body has held keys
+//	body    = uvarint(base) [held] then, per run, uvarint(gap-1) uvarint(length-1)
+//	held    = uvarint(count) then, per key, oldest first:
+//	          uvarint(len) key varint(offset-base) uvarint(since, Unix seconds)
 //
 // The gap of a run is its first offset minus the end of the run before it
 // (the base for the first run): runs are above the base, disjoint and not
@@ -27,6 +30,14 @@
 // does not describe. The checksum catches a damaged map, which would
 // otherwise skip offsets that never finished. A later format gets a new
 // prefix, which this one's Decode reports as foreign.
+//
+// The held keys (EncodeHeld) are the partition's keys whose messages go to
+// the dead-letter stage unhandled until released, each with the offset of
+// the message that held it and when: they must survive a rebalance and a
+// restart as the map does, and take its room first. A text without held
+// keys has flags 0 or 1, which every version decodes; a version before held
+// keys refuses one with them as corrupt (and redoes the work its map
+// recorded: nothing is lost).
 //
 // Encode writes the raw body when its text fits, without touching the
 // compressor: a few runs, the usual case, cost a few hundred nanoseconds.
@@ -73,6 +84,14 @@ import (
 // Run is a half-open range [From, To) of finished offsets.
 type Run struct{ From, To int64 }
 
+// Held is a key held in its partition (see EncodeHeld): its messages are
+// not handled until it is released.
+type Held struct {
+	Key    []byte // the record key's bytes
+	Offset int64  // the offset of the message whose failure held the key
+	Since  int64  // when the key was held, in Unix seconds
+}
+
 var (
 	// ErrForeign is returned by Decode for metadata that is not an offset
 	// map: written by another tool or library, or by a later format version.
@@ -88,7 +107,8 @@ var (
 const (
 	prefix      = "pk1:"
 	flagRaw     = 0
-	flagDeflate = 1
+	flagDeflate = 1 // the data is the body DEFLATE-compressed
+	flagHeld    = 2 // the body has held keys, between the base and the runs
 	crcSize     = 4
 
 	// maxBody bounds the body, raw or inflated: Decode rejects more and
@@ -207,20 +227,76 @@ func textLen(n int) int { return len(prefix) + b64.EncodedLen(n) }
 // pooled; when the raw text fits, it does not compress, and allocates the
 // text only.
 func Encode(base int64, runs []Run, maxBytes int) (text string, kept int) {
-	if len(runs) == 0 || base < 0 || maxBytes < minText {
-		return "", 0
+	text, kept, _ = EncodeHeld(base, runs, nil, maxBytes)
+	return text, kept
+}
+
+// EncodeHeld is Encode with held keys: the metadata text for a commit at
+// offset base that records runs as finished and held as the partition's
+// held keys, oldest first. It returns how many runs it kept (runs[:keptRuns],
+// as Encode) and how many held keys (the newest: held[len(held)-keptHeld:]).
+//
+// Held keys go first: a key left out is a key no longer held after a
+// rebalance or a restart, while a run left out is only work redone. So
+// EncodeHeld keeps the newest held keys that fit with no run at all
+// (dropping the oldest first), then as many runs as fit with them. Without
+// held keys (or when not even the newest fits) the text is Encode's, in
+// the format every version decodes.
+func EncodeHeld(base int64, runs []Run, held []Held, maxBytes int) (text string, keptRuns, keptHeld int) {
+	if len(runs) == 0 && len(held) == 0 || base < 0 || maxBytes < minText {
+		return "", 0, 0
+	}
+	for _, h := range held {
+		if h.Offset < 0 || h.Since < 0 {
+			return "", 0, 0
+		}
 	}
 	s := scratches.Get().(*scratch)
 	defer s.release()
+	if len(held) > 0 && !(s.build(base, nil, held) && s.fits(0, maxBytes)) {
+		// Not all fit: the first count of newest keys that does not fit,
+		// alone, less one.
+		h := sort.Search(len(held)+1, func(h int) bool {
+			return h > 0 && !(s.build(base, nil, held[len(held)-h:]) && s.fits(0, maxBytes))
+		}) - 1
+		held = held[len(held)-h:]
+	}
+	if !s.build(base, runs, held) {
+		return "", 0, 0 // invalid runs (or held keys)
+	}
+	text, keptRuns = s.search(len(runs), len(held) > 0, maxBytes)
+	if text == "" {
+		return "", 0, 0
+	}
+	return text, keptRuns, len(held)
+}
 
-	b := append(s.body[:0], flagRaw)
+// build writes the body of runs and held into s.body, with its flags byte
+// first (flagRaw, with flagHeld if there are held keys), and s.ends:
+// ends[k] is the body's length with the first k runs. It reports false
+// for runs Encode refuses.
+func (s *scratch) build(base int64, runs []Run, held []Held) bool {
+	flags := byte(flagRaw)
+	if len(held) > 0 {
+		flags |= flagHeld
+	}
+	b := append(s.body[:0], flags)
 	b = binary.AppendUvarint(b, uint64(base))
+	if len(held) > 0 {
+		b = binary.AppendUvarint(b, uint64(len(held)))
+		for _, h := range held {
+			b = binary.AppendUvarint(b, uint64(len(h.Key)))
+			b = append(b, h.Key...)
+			b = binary.AppendVarint(b, h.Offset-base)
+			b = binary.AppendUvarint(b, uint64(h.Since))
+		}
+	}
 	ends := append(s.ends[:0], len(b))
 	prev := base
 	for _, r := range runs {
 		if r.From <= prev || r.To <= r.From {
 			s.body, s.ends = b, ends
-			return "", 0 // unsorted, overlapping, adjacent, empty or not above base
+			return false // unsorted, overlapping, adjacent, empty or not above base
 		}
 		b = binary.AppendUvarint(b, uint64(r.From-prev-1))
 		b = binary.AppendUvarint(b, uint64(r.To-r.From-1))
@@ -228,34 +304,52 @@ func Encode(base int64, runs []Run, maxBytes int) (text string, kept int) {
 		prev = r.To
 	}
 	s.body, s.ends = b, ends
+	return true
+}
 
-	n := len(runs)
+// fits reports whether the body with the first k runs fits in maxBytes,
+// raw or compressed (then left in s.best).
+func (s *scratch) fits(k, maxBytes int) bool {
+	if s.ends[k]-1 > maxBody {
+		return false
+	}
+	return s.rawFits(k, maxBytes) || s.deflates(k, maxBytes)
+}
+
+func (s *scratch) rawFits(k, maxBytes int) bool { return textLen(s.ends[k]+crcSize) <= maxBytes }
+
+// search returns the text of the longest prefix of the n runs in s.body
+// that fits in maxBytes, and its length. With held keys (held) the body
+// without runs is known to fit, and is a text; without, a text needs a run.
+func (s *scratch) search(n int, held bool, maxBytes int) (string, int) {
+	ends := s.ends
 	if ends[n]-1 > maxBody {
 		// Never write a body Decode would refuse.
 		n = sort.Search(n+1, func(k int) bool { return ends[k]-1 > maxBody }) - 1
 	}
-	if textLen(ends[n]+crcSize) <= maxBytes {
+	if s.rawFits(n, maxBytes) {
 		return s.raw(n), n // the fast path: the raw text fits
 	}
-	// The longest prefix whose raw text fits, 0 when none does (even with
-	// no run, for a huge base): raw text grows with the run count.
-	lo := max(0, sort.Search(n+1, func(k int) bool { return textLen(ends[k]+crcSize) > maxBytes })-1)
-	rawLo := lo
+	// The longest prefix whose raw text fits, -1 when none does (even with
+	// no run, for a huge base or many held keys): raw text grows with the
+	// run count.
+	rawLo := sort.Search(n+1, func(k int) bool { return !s.rawFits(k, maxBytes) }) - 1
+	lo := max(0, rawLo)
+	if rawLo < 0 && (!held || !s.deflates(0, maxBytes)) {
+		return "", 0 // nothing fits (with held keys, build made sure it does)
+	}
 
 	// Beyond lo only a compressed text can fit. Gallop from lo (so the cost
 	// follows what is kept, not the whole map), then bisect: lo always
 	// fits, hi does not.
 	hi := -1
-	for step := max(lo, 1); ; step *= 2 {
+	for step := max(lo, 1); lo < n; step *= 2 {
 		k := min(lo+step, n)
 		if !s.deflates(k, maxBytes) {
 			hi = k
 			break
 		}
 		lo = k
-		if k == n {
-			break
-		}
 	}
 	for hi-lo > 1 {
 		mid := lo + (hi-lo)/2
@@ -266,7 +360,7 @@ func Encode(base int64, runs []Run, maxBytes int) (text string, kept int) {
 		}
 	}
 	switch {
-	case lo == 0:
+	case lo == 0 && !held:
 		return "", 0
 	case lo == rawLo:
 		return s.raw(lo), lo
@@ -298,7 +392,7 @@ func (s *scratch) deflates(k, maxBytes int) bool {
 	}
 	body := s.body[1:s.ends[k]]
 	for _, w := range s.d.w {
-		if payload, ok := s.d.deflate(w, body, maxBytes); ok {
+		if payload, ok := s.d.deflate(w, s.body[0]|flagDeflate, body, maxBytes); ok {
 			s.best = binary.BigEndian.AppendUint32(append(s.best[:0], payload...), crc32.ChecksumIEEE(body))
 			return true
 		}
@@ -308,8 +402,8 @@ func (s *scratch) deflates(k, maxBytes int) bool {
 
 // deflate compresses body with w and returns the payload without its
 // checksum, if its text fits in maxBytes.
-func (d *deflater) deflate(w *flate.Writer, body []byte, maxBytes int) ([]byte, bool) {
-	d.out.buf = append(d.out.buf[:0], flagDeflate)
+func (d *deflater) deflate(w *flate.Writer, flags byte, body []byte, maxBytes int) ([]byte, bool) {
+	d.out.buf = append(d.out.buf[:0], flags)
 	// The longest payload whose text fits (base64 takes 4 characters per 3
 	// bytes, and 2 or 3 for a last 1 or 2), less the checksum: output
 	// beyond it stops the compression.
@@ -338,49 +432,64 @@ func corrupt(why string) error { return fmt.Errorf("%w: %s", ErrCorrupt, why) }
 // fails its checksum, ErrCorrupt; one written for another committed offset
 // than base (moved without its metadata, e.g. by a reset tool), ErrStale.
 func Decode(base int64, text string) ([]Run, error) {
+	runs, _, err := DecodeHeld(base, text)
+	return runs, err
+}
+
+// DecodeHeld is Decode that returns the held keys too (EncodeHeld), oldest
+// first; none from a text written by Encode.
+func DecodeHeld(base int64, text string) ([]Run, []Held, error) {
 	if text == "" {
-		return nil, nil
+		return nil, nil, nil
 	}
 	if !strings.HasPrefix(text, prefix) {
-		return nil, ErrForeign
+		return nil, nil, ErrForeign
 	}
 	enc := text[len(prefix):]
 	if len(enc) > b64.EncodedLen(maxPayload) {
-		return nil, corrupt("too long")
+		return nil, nil, corrupt("too long")
 	}
 	p, err := b64.Strict().DecodeString(enc)
 	// The decoder skips CR and LF: insist on the canonical text.
 	if err != nil || b64.EncodedLen(len(p)) != len(enc) {
-		return nil, corrupt("bad base64")
+		return nil, nil, corrupt("bad base64")
 	}
 	if len(p) < 1+1+crcSize {
-		return nil, corrupt("too short")
+		return nil, nil, corrupt("too short")
 	}
 	data, sum := p[1:len(p)-crcSize], binary.BigEndian.Uint32(p[len(p)-crcSize:])
 	var body []byte
-	switch p[0] {
+	switch p[0] &^ flagHeld {
 	case flagRaw:
 		if len(data) > maxBody {
-			return nil, corrupt("body too large")
+			return nil, nil, corrupt("body too large")
 		}
 		body = data
 	case flagDeflate:
 		if body, err = inflate(data); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 	default:
-		return nil, corrupt(fmt.Sprintf("unknown flags %#x", p[0]))
+		return nil, nil, corrupt(fmt.Sprintf("unknown flags %#x", p[0]))
 	}
 	if crc32.ChecksumIEEE(body) != sum {
-		return nil, corrupt("checksum mismatch")
+		return nil, nil, corrupt("checksum mismatch")
 	}
 
 	v, n := binary.Uvarint(body)
 	if n <= 0 || v > math.MaxInt64 {
-		return nil, corrupt("bad base")
+		return nil, nil, corrupt("bad base")
 	}
 	if int64(v) != base {
-		return nil, fmt.Errorf("%w (written for %d, committed at %d)", ErrStale, v, base)
+		return nil, nil, fmt.Errorf("%w (written for %d, committed at %d)", ErrStale, v, base)
+	}
+	var held []Held
+	if p[0]&flagHeld != 0 {
+		var k int
+		if held, k, err = decodeHeld(base, body[n:]); err != nil {
+			return nil, nil, err
+		}
+		n += k
 	}
 	// Each run ends two varints, each of which ends with a byte below 0x80.
 	ends := 0
@@ -394,28 +503,63 @@ func Decode(base int64, text string) ([]Run, error) {
 	for pos := n; pos < len(body); {
 		gap, n := binary.Uvarint(body[pos:])
 		if n <= 0 {
-			return nil, corrupt("bad run")
+			return nil, nil, corrupt("bad run")
 		}
 		pos += n
 		length, n := binary.Uvarint(body[pos:])
 		if n <= 0 {
-			return nil, corrupt("bad run")
+			return nil, nil, corrupt("bad run")
 		}
 		pos += n
 		// from = prev+gap+1 and to = from+length+1 <= MaxInt64.
 		room := uint64(math.MaxInt64) - prev
 		if room < 2 || gap > room-2 {
-			return nil, corrupt("offset overflow")
+			return nil, nil, corrupt("offset overflow")
 		}
 		from := prev + gap + 1
 		if length > uint64(math.MaxInt64)-from-1 {
-			return nil, corrupt("offset overflow")
+			return nil, nil, corrupt("offset overflow")
 		}
 		to := from + length + 1
 		runs = append(runs, Run{From: int64(from), To: int64(to)})
 		prev = to
 	}
-	return runs, nil
+	return runs, held, nil
+}
+
+// decodeHeld parses the held keys at the start of b, and returns them with
+// the number of bytes they took.
+func decodeHeld(base int64, b []byte) ([]Held, int, error) {
+	count, pos := binary.Uvarint(b)
+	// Each key takes 3 bytes at least: its length, its offset, its time.
+	if pos <= 0 || count > uint64(len(b)-pos)/3 {
+		return nil, 0, corrupt("bad held key count")
+	}
+	held := make([]Held, 0, count)
+	for range count {
+		size, n := binary.Uvarint(b[pos:])
+		if n <= 0 || size > uint64(len(b)-pos-n) {
+			return nil, 0, corrupt("bad held key")
+		}
+		pos += n
+		key := bytes.Clone(b[pos : pos+int(size)])
+		pos += int(size)
+		delta, n := binary.Varint(b[pos:])
+		if n <= 0 || delta < -base || delta > math.MaxInt64-base {
+			return nil, 0, corrupt("bad held key offset")
+		}
+		pos += n
+		since, n := binary.Uvarint(b[pos:])
+		if n <= 0 || since > math.MaxInt64 {
+			return nil, 0, corrupt("bad held key time")
+		}
+		pos += n
+		if key == nil {
+			key = []byte{}
+		}
+		held = append(held, Held{Key: key, Offset: base + delta, Since: int64(since)})
+	}
+	return held, pos, nil
 }
 
 // inflate decompresses data, at most maxBody bytes of it, which must be one

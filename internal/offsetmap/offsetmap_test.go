@@ -117,7 +117,7 @@ func compressed(t testing.TB, text string) bool {
 	t.Helper()
 	p, err := base64.RawURLEncoding.DecodeString(strings.TrimPrefix(text, prefix))
 	require.NoError(t, err)
-	return p[0] == flagDeflate
+	return p[0]&flagDeflate != 0
 }
 
 func TestRoundTrip(t *testing.T) {
@@ -335,7 +335,7 @@ func TestConcurrent(t *testing.T) {
 // body compressed when flags is flagDeflate.
 func pack(flags byte, body []byte) string {
 	data := body
-	if flags == flagDeflate {
+	if flags&flagDeflate != 0 {
 		var buf bytes.Buffer
 		w, _ := flate.NewWriter(&buf, flate.BestSpeed)
 		w.Write(body)
@@ -573,6 +573,10 @@ func FuzzDecode(f *testing.F) {
 	seed(math.MaxInt64-10, []Run{{math.MaxInt64 - 3, math.MaxInt64}}, 100)
 	f.Add(int64(1000), pack(flagRaw, body(1000, math.MaxInt64, 0)), false)
 	f.Add(int64(1000), pack(flagDeflate, body(1000, 1, 2, 3, 4)), false)
+	heldText, _, _ := EncodeHeld(1000, []Run{{1002, 1010}}, []Held{{Key: []byte("k"), Offset: 998, Since: 1}, {Key: []byte{}, Offset: 1001, Since: 2}}, 4096)
+	f.Add(int64(1000), heldText, false)
+	f.Add(int64(1000), "\x02\x01\x01k\x03\x05\x01\x02", true)
+	f.Add(int64(1000), "\x03\x02\x00\x00\x00\x03abc\x7f\x01", true)
 	f.Add(int64(0), "", false)
 	f.Add(int64(0), "hello", false)
 	f.Add(int64(0), `{"a":1}`, false)
@@ -585,37 +589,43 @@ func FuzzDecode(f *testing.F) {
 		if sealed && len(text) > 0 {
 			b := append(binary.AppendUvarint(nil, uint64(max(base, 0))), text[1:]...)
 			if text[0]&1 == 1 {
-				text = pack(flagDeflate, b)
+				text = pack(text[0]&(flagDeflate|flagHeld), b)
 			} else {
 				text = packData(text[0], b, crc32.ChecksumIEEE(b))
 			}
 		}
-		runs, err := Decode(base, text)
+		runs, held, err := DecodeHeld(base, text)
 		if err != nil {
 			if !errors.Is(err, ErrForeign) && !errors.Is(err, ErrCorrupt) && !errors.Is(err, ErrStale) {
 				t.Fatalf("Decode: unexpected error %v", err)
 			}
-			if runs != nil {
-				t.Fatalf("Decode returned runs %v with error %v", runs, err)
+			if runs != nil || held != nil {
+				t.Fatalf("Decode returned runs %v, held %v with error %v", runs, held, err)
 			}
 			return
 		}
 		if why := validRuns(base, runs); why != "" {
 			t.Fatalf("Decode(%d, %q) = %v: %s", base, text, runs, why)
 		}
-		if len(runs) == 0 {
+		for _, h := range held {
+			if h.Offset < 0 || h.Since < 0 || h.Key == nil {
+				t.Fatalf("Decode(%d, %q): held key %+v", base, text, h)
+			}
+		}
+		if len(runs) == 0 && len(held) == 0 {
 			return
 		}
-		// What decodes encodes back to the same runs. (No limit: the text
-		// may have been compressed better than Encode does, but its body is
-		// at most maxBody, and Encode writes varints no longer.)
-		again, kept := Encode(base, runs, math.MaxInt)
-		if kept != len(runs) {
-			t.Fatalf("re-encoding kept %d of %d runs", kept, len(runs))
+		// What decodes encodes back to the same runs and held keys. (No
+		// limit: the text may have been compressed better than Encode
+		// does, but its body is at most maxBody, and Encode writes varints
+		// no longer.)
+		again, kept, keptHeld := EncodeHeld(base, runs, held, math.MaxInt)
+		if kept != len(runs) || keptHeld != len(held) {
+			t.Fatalf("re-encoding kept %d of %d runs, %d of %d held keys", kept, len(runs), keptHeld, len(held))
 		}
-		got, err := Decode(base, again)
-		if err != nil || !equalRuns(got, runs) {
-			t.Fatalf("re-encoded map decodes to %v, %v; want %v", got, err, runs)
+		got, gotHeld, err := DecodeHeld(base, again)
+		if err != nil || !equalRuns(got, runs) || !equalHeld(gotHeld, held) {
+			t.Fatalf("re-encoded map decodes to %v, %v, %v; want %v, %v", got, gotHeld, err, runs, held)
 		}
 	})
 }
@@ -673,4 +683,169 @@ func BenchmarkDecode(b *testing.B) {
 			}
 		})
 	}
+}
+
+func equalHeld(a, b []Held) bool {
+	return slices.EqualFunc(a, b, func(x, y Held) bool {
+		return bytes.Equal(x.Key, y.Key) && x.Offset == y.Offset && x.Since == y.Since
+	})
+}
+
+// heldKeys returns n held keys of size bytes each, oldest first, the
+// offsets around base.
+func heldKeys(rng *rand.Rand, base int64, n, size int) []Held {
+	held := make([]Held, n)
+	for i := range held {
+		key := make([]byte, size)
+		for j := range key {
+			key[j] = byte('a' + rng.IntN(26))
+		}
+		held[i] = Held{Key: key, Offset: max(0, base-int64(n)+int64(i)+rng.Int64N(3)), Since: 1_700_000_000 + int64(i)}
+	}
+	return held
+}
+
+// heldRoundTrip encodes runs and held in maxBytes and checks what
+// EncodeHeld promises: the text fits; it decodes to runs[:keptRuns] and
+// the newest keptHeld held keys; a held key was left out only if one more
+// does not fit alone, and a run only if one more does not fit with the
+// held keys kept.
+func heldRoundTrip(t *testing.T, base int64, runs []Run, held []Held, maxBytes int) (string, int, int) {
+	t.Helper()
+	text, keptRuns, keptHeld := EncodeHeld(base, runs, held, maxBytes)
+	if len(text) > maxBytes {
+		t.Fatalf("len(text) = %d > maxBytes %d", len(text), maxBytes)
+	}
+	gotRuns, gotHeld, err := DecodeHeld(base, text)
+	if err != nil {
+		t.Fatalf("DecodeHeld: %v", err)
+	}
+	if !equalRuns(gotRuns, runs[:keptRuns]) {
+		t.Fatalf("runs %v; want runs[:%d]", gotRuns, keptRuns)
+	}
+	if want := held[len(held)-keptHeld:]; !equalHeld(gotHeld, want) {
+		t.Fatalf("held %v; want the newest %d: %v", gotHeld, keptHeld, want)
+	}
+	if plain, err := Decode(base, text); err != nil || !equalRuns(plain, gotRuns) {
+		t.Fatalf("Decode = %v, %v; want the runs %v", plain, err, gotRuns)
+	}
+	if keptHeld < len(held) {
+		if _, _, k := EncodeHeld(base, nil, held[len(held)-keptHeld-1:], maxBytes); k > keptHeld {
+			t.Fatalf("kept %d held keys in %d bytes, but %d fit", keptHeld, maxBytes, k)
+		}
+		if keptHeld == 0 && text != "" {
+			if want, _ := Encode(base, runs, maxBytes); want != text {
+				t.Fatalf("no held key fits: text %q; want Encode's %q", text, want)
+			}
+		}
+	} else if keptRuns < len(runs) && keptHeld > 0 {
+		if _, k, _ := EncodeHeld(base, runs[:keptRuns+1], held, maxBytes); k > keptRuns {
+			t.Fatalf("kept %d runs in %d bytes with the held keys, but %d fit", keptRuns, maxBytes, k)
+		}
+	}
+	return text, keptRuns, keptHeld
+}
+
+func TestHeldRoundTrip(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	runs := []Run{{102, 110}, {120, 121}}
+	held := []Held{{Key: []byte("customer-7"), Offset: 97, Since: 1_700_000_000}, {Key: []byte{}, Offset: 101, Since: 1_700_000_100}}
+	text, keptRuns, keptHeld := heldRoundTrip(t, 100, runs, held, 4096)
+	require.Equal(t, 2, keptRuns)
+	require.Equal(t, 2, keptHeld)
+	require.False(t, compressed(t, text))
+
+	// Held keys alone, no run: a map of its own.
+	text, keptRuns, keptHeld = heldRoundTrip(t, 100, nil, held, 4096)
+	require.NotEmpty(t, text)
+	require.Equal(t, 0, keptRuns)
+	require.Equal(t, 2, keptHeld)
+
+	// Without held keys, EncodeHeld writes what Encode writes.
+	plain, _ := Encode(100, runs, 4096)
+	withNone, _, _ := EncodeHeld(100, runs, nil, 4096)
+	require.Equal(t, plain, withNone)
+
+	// A held key whose offset is negative is refused.
+	text, keptRuns, keptHeld = EncodeHeld(100, runs, []Held{{Key: []byte("k"), Offset: -1}}, 4096)
+	require.Equal(t, "", text)
+	require.Zero(t, keptRuns+keptHeld)
+
+	// Random sizes and limits: the promises hold.
+	for range 300 {
+		base := rng.Int64N(1 << 40)
+		rs := randomRuns(rng, base, rng.IntN(400), 20, 20)
+		hs := heldKeys(rng, base, rng.IntN(60), 1+rng.IntN(120))
+		heldRoundTrip(t, base, rs, hs, minText+rng.IntN(4096))
+	}
+}
+
+// TestHeldTruncation: held keys that do not all fit are dropped oldest
+// first; they go before runs; keys that compress well are compressed.
+func TestHeldTruncation(t *testing.T) {
+	rng := rand.New(rand.NewPCG(5, 6))
+	held := heldKeys(rng, 5000, 100, 100) // 100 random keys of 100 bytes: not all in 4096
+	runs := randomRuns(rng, 5000, 1000, 10, 10)
+	_, keptRuns, keptHeld := heldRoundTrip(t, 5000, runs, held, 4096)
+	require.Positive(t, keptHeld)
+	require.Less(t, keptHeld, 100, "the oldest keys are dropped")
+	require.Less(t, keptRuns, 20, "the held keys take the room first")
+
+	// Keys alike compress: more than the raw text holds are kept.
+	alike := make([]Held, 200)
+	for i := range alike {
+		alike[i] = Held{Key: fmt.Appendf(nil, "customer-%08d-account-settings", i), Offset: int64(4000 + i), Since: 1_700_000_000}
+	}
+	text, _, keptHeld := heldRoundTrip(t, 5000, nil, alike, 4096)
+	require.Equal(t, 200, keptHeld)
+	require.True(t, compressed(t, text))
+
+	// A key too large for the limit alone: none kept, the runs as Encode.
+	noise := make([]byte, 3500) // random bytes: no compression gets them into 4096 characters
+	for i := range noise {
+		noise[i] = byte(rng.Uint32())
+	}
+	huge := []Held{{Key: noise, Offset: 1, Since: 1}}
+	_, keptRuns, keptHeld = heldRoundTrip(t, 5000, runs[:3], huge, 4096)
+	require.Zero(t, keptHeld)
+	require.Equal(t, 3, keptRuns)
+}
+
+func TestHeldDecodeErrors(t *testing.T) {
+	const base = 1000
+	held := func(parts ...[]byte) []byte {
+		b := binary.AppendUvarint(nil, base)
+		for _, p := range parts {
+			b = append(b, p...)
+		}
+		return b
+	}
+	uv := func(v uint64) []byte { return binary.AppendUvarint(nil, v) }
+	sv := func(v int64) []byte { return binary.AppendVarint(nil, v) }
+	for _, c := range []struct {
+		name string
+		text string
+	}{
+		{"no count", pack(flagHeld, held())},
+		{"count too large", pack(flagHeld, held(uv(5), uv(1), []byte("k"), sv(0), uv(1)))},
+		{"key too long", pack(flagHeld, held(uv(1), uv(50), []byte("k"), sv(0), uv(1)))},
+		{"offset below 0", pack(flagHeld, held(uv(1), uv(1), []byte("k"), sv(-base-1), uv(1)))},
+		{"no time", pack(flagHeld, held(uv(1), uv(1), []byte("k"), sv(0)))},
+		{"huge time", pack(flagHeld, held(uv(1), uv(1), []byte("k"), sv(0), uv(math.MaxUint64)))},
+		{"half a run after", pack(flagHeld, held(uv(1), uv(1), []byte("k"), sv(0), uv(1), uv(3)))},
+		{"unknown flag", pack(4, held())},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			runs, hs, err := DecodeHeld(base, c.text)
+			require.ErrorIs(t, err, ErrCorrupt)
+			require.Nil(t, runs)
+			require.Nil(t, hs)
+		})
+	}
+	// Compressed, held keys and runs.
+	b := held(uv(1), uv(1), []byte("k"), sv(-3), uv(9), uv(0), uv(0))
+	runs, hs, err := DecodeHeld(base, pack(flagHeld|flagDeflate, b))
+	require.NoError(t, err)
+	require.Equal(t, []Run{{1001, 1002}}, runs)
+	require.True(t, equalHeld(hs, []Held{{Key: []byte("k"), Offset: 997, Since: 9}}))
 }
