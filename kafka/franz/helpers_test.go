@@ -195,6 +195,7 @@ func newSource(t testing.TB, c *cluster, group, topic string, extra []kgo.Opt, o
 		kgo.ConsumerGroup(group),
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
 		kgo.FetchMaxWait(200 * time.Millisecond),
+		kgo.HeartbeatInterval(500 * time.Millisecond),
 	}, extra...)
 	log := testLogger(t)
 	cl, err := franz.NewClient(kopts, franz.WithLogger(log))
