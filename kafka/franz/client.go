@@ -185,10 +185,17 @@ func (b *binding) OnBrokerConnect(_ kgo.BrokerMetadata, _ time.Duration, _ net.C
 	}
 }
 
-// OnBrokerRead notes a broker's answer (kgo.HookBrokerRead).
+// OnBrokerRead notes a broker's answer, or a connection that broke while
+// waiting for one (kgo.HookBrokerRead).
 func (b *binding) OnBrokerRead(_ kgo.BrokerMetadata, _ int16, _ int, _, _ time.Duration, err error) {
-	if err == nil {
+	switch {
+	case err == nil:
 		b.lastOK.Store(time.Now().UnixNano())
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		// a request given up on by its caller says nothing of the broker
+	default:
+		b.failErr.Store(&err)
+		b.lastFail.Store(time.Now().UnixNano())
 	}
 }
 
