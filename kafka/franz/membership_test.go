@@ -1,7 +1,7 @@
 package franz_test
 
 import (
-		"sync/atomic"
+	"sync/atomic"
 	"testing"
 	"time"
 
