@@ -1,6 +1,7 @@
 package franz_test
 
 import (
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -8,6 +9,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/parallafka/parallafka"
+	"github.com/parallafka/parallafka/pipeline"
 )
 
 // End to end on the embedded broker: every record handled once, each key in
@@ -29,3 +31,38 @@ func TestConsumeEndToEnd(t *testing.T) {
 	}
 	_ = time.Second
 }
+
+// A small in-flight window makes the pipeline pause and resume partitions
+// over and over: nothing is lost or handled twice, keys stay in order, and
+// the watermarks from the fetch responses reach the partitions' ends.
+func TestPauseResumeAndWatermarks(t *testing.T) {
+	const partitions, n, keys = 3, 2000, 40
+	c, topic := newCluster(t, partitions)
+	c.produce(t, topic, n, keys)
+	group := "g-" + topic
+	led := newLedger()
+	src := newSource(t, c, group, topic, nil)
+	obs := &pauseCounter{}
+	m := startMember(t, src, led.handler("A", 100*time.Microsecond),
+		parallafka.WithMaxConcurrency(4), parallafka.WithMaxInFlight(16), parallafka.WithObserver(obs))
+	waitFor(t, waitTimeout, "every record handled", func() bool { return led.distinct() == n })
+	ends := c.endOffsets(t, topic, partitions)
+	for p, end := range ends {
+		low, high, ok := src.Watermarks(pipeline.TopicPartition{Topic: topic, Partition: p})
+		assert.True(t, ok, "partition %d has watermarks", p)
+		assert.Equal(t, end, high, "partition %d high watermark", p)
+		assert.Zero(t, low, "partition %d low watermark", p)
+	}
+	require.NoError(t, m.stop())
+	assert.Zero(t, led.check(t, n), "duplicates")
+	assert.Positive(t, obs.paused.Load(), "the pipeline paused partitions")
+	t.Logf("paused %d times, resumed %d times", obs.paused.Load(), obs.resumed.Load())
+}
+
+type pauseCounter struct {
+	parallafka.NopObserver
+	paused, resumed atomic.Int64
+}
+
+func (o *pauseCounter) PartitionsPaused([]pipeline.TopicPartition)  { o.paused.Add(1) }
+func (o *pauseCounter) PartitionsResumed([]pipeline.TopicPartition) { o.resumed.Add(1) }
