@@ -5,7 +5,6 @@ import (
 	"errors"
 	"strconv"
 	"testing"
-	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -86,5 +85,4 @@ func TestDeadLetterWriter(t *testing.T) {
 		})
 	}
 	assert.Len(t, seen, failed)
-	_ = time.Second
 }

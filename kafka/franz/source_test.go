@@ -29,7 +29,6 @@ func TestConsumeEndToEnd(t *testing.T) {
 	for p, end := range ends {
 		assert.Equal(t, end, got[p].Offset, "partition %d committed offset", p)
 	}
-	_ = time.Second
 }
 
 // A small in-flight window makes the pipeline pause and resume partitions
