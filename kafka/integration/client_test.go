@@ -42,6 +42,13 @@ func client(t testing.TB) string {
 // for franz they are mapped to kgo options), on the client the suite runs
 // over.
 func newBytesSource(t testing.TB, c *kafkatest.Cluster, group, topic string, config map[string]any, log *slog.Logger) (parallafka.Source[string, []byte], error) {
+	return newMemberSource(t, c, group, topic, config, kafka.Bytes, log)
+}
+
+// newMemberSource is newBytesSource with values deserialized by value (a
+// package kafka Deserializer: package franz's has the same shape).
+func newMemberSource[V any](t testing.TB, c *kafkatest.Cluster, group, topic string, config map[string]any,
+	value kafka.Deserializer[V], log *slog.Logger) (parallafka.Source[string, V], error) {
 	if client(t) == "franz" {
 		opts := []kgo.Opt{
 			kgo.SeedBrokers(c.Brokers()...),
@@ -61,7 +68,7 @@ func newBytesSource(t testing.TB, c *kafkatest.Cluster, group, topic string, con
 		if err != nil {
 			return nil, err
 		}
-		src, err := franz.NewSource(cl, []string{topic}, franz.String, franz.Bytes, franz.WithLogger(log))
+		src, err := franz.NewSource(cl, []string{topic}, franz.String, franz.Deserializer[V](value), franz.WithLogger(log))
 		if err != nil {
 			cl.Close()
 			return nil, err
@@ -78,7 +85,7 @@ func newBytesSource(t testing.TB, c *kafkatest.Cluster, group, topic string, con
 	if err != nil {
 		return nil, err
 	}
-	src, err := kafka.NewSource(consumer, []string{topic}, kafka.String, kafka.Bytes, kafka.WithLogger(log))
+	src, err := kafka.NewSource(consumer, []string{topic}, kafka.String, value, kafka.WithLogger(log))
 	if err != nil {
 		_ = consumer.Close()
 		return nil, err
@@ -143,4 +150,26 @@ func committedOf(err error) []pipeline.Offset {
 		return fe.Committed
 	}
 	return nil
+}
+
+// deserializeError is what the suite reads of either client's
+// *DeserializeError.
+type deserializeError struct {
+	topic     string
+	partition int32
+	offset    int64
+	field     string
+}
+
+// asDeserializeError finds either client's *DeserializeError in err.
+func asDeserializeError(err error) (deserializeError, bool) {
+	var ke *kafka.DeserializeError
+	if errors.As(err, &ke) {
+		return deserializeError{ke.Topic, ke.Partition, ke.Offset, ke.Field}, true
+	}
+	var fe *franz.DeserializeError
+	if errors.As(err, &fe) {
+		return deserializeError{fe.Topic, fe.Partition, fe.Offset, fe.Field}, true
+	}
+	return deserializeError{}, false
 }
