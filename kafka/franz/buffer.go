@@ -37,19 +37,6 @@ func (b *recordBuffer) next() *kgo.Record {
 	return nil
 }
 
-// empty reports whether next would return nil.
-func (b *recordBuffer) empty() bool {
-	if len(b.paused) == 0 {
-		return b.pos >= len(b.recs)
-	}
-	for _, r := range b.recs[b.pos:] {
-		if !b.paused[recordTP(r)] {
-			return false
-		}
-	}
-	return true
-}
-
 // add appends a poll's records.
 func (b *recordBuffer) add(recs []*kgo.Record) {
 	if b.pos > 0 && b.pos == len(b.recs) {
