@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"os/exec"
 	"strconv"
 	"testing"
 	"time"
@@ -172,4 +173,29 @@ func asDeserializeError(err error) (deserializeError, bool) {
 		return deserializeError{fe.Topic, fe.Partition, fe.Offset, fe.Field}, true
 	}
 	return deserializeError{}, false
+}
+
+// TestSuiteOverFranz runs this package's tests again, in a child process,
+// over the franz source (PARALLAFKA_CLIENT=franz), so that go test ./...
+// covers both clients. Skipped with -short, and inside the child.
+func TestSuiteOverFranz(t *testing.T) {
+	if os.Getenv(clientEnv) != "" || os.Getenv(crashChildEnv) != "" {
+		t.Skip("the child run, or a client chosen by the caller")
+	}
+	if testing.Short() {
+		t.Skip("-short: the confluent run only")
+	}
+	args := []string{"-test.run", "^Test", "-test.skip", "^TestSuiteOverFranz$", "-test.count", "1"}
+	if testing.Verbose() {
+		args = append(args, "-test.v")
+	}
+	cmd := exec.Command(os.Args[0], args...)
+	cmd.Env = append(os.Environ(), clientEnv+"=franz")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("the suite over franz failed: %v\n%s", err, out)
+	}
+	if testing.Verbose() {
+		t.Logf("the suite over franz:\n%s", out)
+	}
 }
