@@ -178,9 +178,10 @@ func (s *Source[K, V]) handle(ev *rebalanceEvent) {
 	case evAssigned:
 		s.startup.answered = true
 		s.confirm("a rebalance (partitions assigned)")
+		member, _ := s.client.GroupMetadata()
 		s.mu.Lock()
 		for _, tp := range ev.parts {
-			s.assigned[tp] = struct{}{}
+			s.assigned[tp] = member
 			delete(s.committed, tp)
 		}
 		s.mu.Unlock()
@@ -192,6 +193,19 @@ func (s *Source[K, V]) handle(ev *rebalanceEvent) {
 			s.callListener("PartitionsAssigned", func() { s.listener.PartitionsAssigned(ev.committed) })
 		}
 	case evRevoked:
+		if gone := s.rejoined(ev.parts); len(gone) > 0 {
+			// A classic member that kgo rejoined under a new member ID
+			// (its session had expired) hears of its old partitions as
+			// revoked; the group gave them to others meanwhile, and a
+			// commit with the new generation would be accepted over
+			// theirs: they are lost, not revoked.
+			s.logger().Warn("franz: partitions revoked after this member rejoined under a new member ID: handled as lost", "partitions", gone)
+			s.handle(&rebalanceEvent{kind: evLost, parts: gone, done: make(chan struct{})})
+			ev.parts = slices.DeleteFunc(ev.parts, func(tp pipeline.TopicPartition) bool { return slices.Contains(gone, tp) })
+			if len(ev.parts) == 0 {
+				return
+			}
+		}
 		s.buf.forget(ev.parts)
 		if !abandoned {
 			s.mu.Lock()
@@ -222,6 +236,21 @@ func (s *Source[K, V]) handle(ev *rebalanceEvent) {
 			s.confirm("a rebalance (partitions lost)")
 		}
 	}
+}
+
+// rejoined returns the partitions of parts that were assigned to another
+// member ID than this member's now.
+func (s *Source[K, V]) rejoined(parts []pipeline.TopicPartition) []pipeline.TopicPartition {
+	member, _ := s.client.GroupMetadata()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var gone []pipeline.TopicPartition
+	for _, tp := range parts {
+		if was, ok := s.assigned[tp]; ok && was != "" && was != member {
+			gone = append(gone, tp)
+		}
+	}
+	return gone
 }
 
 // disown forgets partitions: Commit refuses them from now on.

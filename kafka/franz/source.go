@@ -67,8 +67,8 @@ type Source[K, V any] struct {
 	watermarks map[pipeline.TopicPartition][2]int64
 
 	mu            sync.Mutex
-	idle          chan struct{} // closed when commits drops to 0, if someone waits
-	assigned      map[pipeline.TopicPartition]struct{}
+	idle          chan struct{}                               // closed when commits drops to 0, if someone waits
+	assigned      map[pipeline.TopicPartition]string          // the member ID each partition was assigned to
 	committed     map[pipeline.TopicPartition]pipeline.Offset // last offset committed in the current assignment
 	commits       int                                         // Commit calls in progress
 	flightCancel  context.CancelFunc                          // cancels the commit in flight, if any
@@ -120,7 +120,7 @@ func NewSource[K, V any](client *kgo.Client, topics []string,
 		keyDeser:     keyDeser,
 		valueDeser:   valueDeser,
 		watermarks:   make(map[pipeline.TopicPartition][2]int64),
-		assigned:     make(map[pipeline.TopicPartition]struct{}),
+		assigned:     make(map[pipeline.TopicPartition]string),
 		committed:    make(map[pipeline.TopicPartition]pipeline.Offset),
 		commitSlot:   make(chan struct{}, 1),
 		closedCh:     make(chan struct{}),
