@@ -44,6 +44,18 @@
 // PartitionsLost: their commits are refused from then on, and the commit in
 // flight is cancelled and waited for before kgo may rejoin. Records polled
 // but not returned yet are dropped with the partitions they belong to.
+// Partitions kgo reports revoked after it rejoined under a new member ID (a
+// classic session that expired) are handed over as lost too: the classic
+// protocol checks a commit's generation, not who owns the partition.
+//
+// # Connectivity
+//
+// The Source learns from kgo's broker hooks whether any broker answers
+// (Unreachable). While none does and partitions are assigned, the
+// membership is in doubt (MembershipInDoubt: the pipeline starts no
+// handler) until the coordinator accepts a commit of this member again.
+// Poll fails fast at startup: ErrUnreachable after the startup timeout,
+// ErrUnknownTopic when a topic does not exist.
 //
 // # Commits
 //
