@@ -15,6 +15,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/parallafka/parallafka"
+	"github.com/parallafka/parallafka/pipeline"
 	"github.com/parallafka/parallafka/pipeline/memsource"
 	"github.com/parallafka/parallafka/stages"
 )
@@ -92,10 +93,10 @@ func TestAdaptiveConcurrencyFollowsTheDownstream(t *testing.T) {
 		limits := &limitLog{}
 		p, err := parallafka.New(src,
 			parallafka.WithAdaptiveConcurrency(minC, maxC),
-			parallafka.WithOnConcurrencyLimit(limits.record),
-			parallafka.WithStage(parallafka.AfterHandle, "retry", stages.Retry[string, int](stages.RetryConfig{
+			parallafka.WithObserver(pipeline.ObserverFuncs{ConcurrencyLimitChanged: limits.record}.Observer()),
+			parallafka.WithAfterHandle("retry", must(stages.Retry[string, int](stages.RetryConfig{
 				MaxAttempts: 1000, InitialBackoff: time.Millisecond, MaxBackoff: 20 * time.Millisecond,
-			})),
+			}))),
 			parallafka.WithLogger(quiet), parallafka.WithCommitInterval(50*time.Millisecond))
 		require.NoError(t, err)
 
@@ -186,14 +187,14 @@ func TestAdaptiveConcurrencyOptions(t *testing.T) {
 	assert.Zero(t, p.Stats().ConcurrencyLimit, "0 before Consume")
 }
 
-// TestConcurrencyLimitReportedWhenFixed: Stats and the callback report the
+// TestConcurrencyLimitReportedWhenFixed: Stats and the observer report the
 // fixed concurrency too.
 func TestConcurrencyLimitReportedWhenFixed(t *testing.T) {
 	src := memsource.New[string, int]()
 	produce(src, 1, 10, func(i int) int { return i })
 	var reported atomic.Int64
 	p, err := parallafka.New(src, parallafka.WithMaxConcurrency(7), parallafka.WithLogger(quiet),
-		parallafka.WithOnConcurrencyLimit(func(n int) { reported.Store(int64(n)) }))
+		parallafka.WithObserver(pipeline.ObserverFuncs{ConcurrencyLimitChanged: func(n int) { reported.Store(int64(n)) }}.Observer()))
 	require.NoError(t, err)
 	var handled atomic.Int64
 	require.NoError(t, consumeUntil(t, p, func(context.Context, *parallafka.Message[string, int]) error {
@@ -218,10 +219,10 @@ func TestAdaptiveConcurrencyWithBatches(t *testing.T) {
 		limits := &limitLog{}
 		p, err := parallafka.New(src,
 			parallafka.WithAdaptiveConcurrency(1, 32), parallafka.WithMaxBatchMessages(20),
-			parallafka.WithOnConcurrencyLimit(limits.record),
-			parallafka.WithStage(parallafka.AfterHandle, "retry", stages.Retry[string, int](stages.RetryConfig{
+			parallafka.WithObserver(pipeline.ObserverFuncs{ConcurrencyLimitChanged: limits.record}.Observer()),
+			parallafka.WithAfterHandle("retry", must(stages.Retry[string, int](stages.RetryConfig{
 				MaxAttempts: 1000, InitialBackoff: time.Millisecond, MaxBackoff: 20 * time.Millisecond,
-			})),
+			}))),
 			parallafka.WithLogger(quiet), parallafka.WithCommitInterval(50*time.Millisecond))
 		require.NoError(t, err)
 

@@ -14,6 +14,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/parallafka/parallafka"
+	"github.com/parallafka/parallafka/pipeline"
 	"github.com/parallafka/parallafka/pipeline/memsource"
 	"github.com/parallafka/parallafka/stages"
 )
@@ -140,7 +141,7 @@ func (c *batchChecker) record(ctx context.Context, in <-chan *parallafka.Message
 }
 
 // commitHook fails a commit past an unfinished message.
-func (c *batchChecker) commitHook(offsets []parallafka.Offset) error {
+func (c *batchChecker) commitHook(offsets []pipeline.Offset) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for _, off := range offsets {
@@ -206,15 +207,15 @@ func TestBatchProperties(t *testing.T) {
 				c.produced(part, key, src.Produce(topic, part, key, i))
 			}
 			src.SetCommitHook(c.commitHook)
-			limit := parallafka.DefaultMaxInFlight
+			limit := 20_000 /* WithMaxInFlight's default */
 			opts := []parallafka.Option{
 				parallafka.WithMaxConcurrency(w.concurrency), parallafka.WithOrdering(w.ordering),
 				parallafka.WithMaxBatchMessages(w.maxBatch), parallafka.WithBatchLinger(w.linger),
 				parallafka.WithLogger(quiet), parallafka.WithCommitInterval(5 * time.Millisecond),
-				parallafka.WithStage(parallafka.AfterHandle, "retry", stages.Retry[string, int](stages.RetryConfig{
+				parallafka.WithAfterHandle("retry", must(stages.Retry[string, int](stages.RetryConfig{
 					MaxAttempts: 1000, InitialBackoff: 100 * time.Microsecond, MaxBackoff: time.Millisecond,
-				})),
-				parallafka.WithStage(parallafka.AfterHandle, "record", c.record),
+				}))),
+				parallafka.WithAfterHandle("record", c.record),
 			}
 			if w.maxInFlight > 0 {
 				limit = w.maxInFlight
@@ -309,16 +310,6 @@ func startBatch(p *parallafka.Parallafka[string, int], h parallafka.BatchHandler
 	return func() error { cancel(); return <-ch }
 }
 
-func timesHandledTwice(seen *sync.Map) (dups int) {
-	seen.Range(func(_, v any) bool {
-		if v.(*atomic.Int64).Load() > 1 {
-			dups++
-		}
-		return true
-	})
-	return dups
-}
-
 // Revokes while batches run hand partitions over without duplicates: the
 // revoke waits for the running batches, commits, and the next owner (the
 // same member, assigned again) goes on from there.
@@ -341,7 +332,7 @@ func TestBatchRevokeHandsOverWithoutDuplicates(t *testing.T) {
 		src.Assign(part)
 	}
 	require.NoError(t, stop())
-	assert.Zero(t, timesHandledTwice(&seen), "redone after a revoke")
+	assert.Zero(t, handledTwice(&seen), "redone after a revoke")
 	for _, part := range src.Partitions() {
 		assert.Equal(t, src.Len(part), src.Committed(part))
 	}
@@ -412,7 +403,7 @@ func TestBatchErrorPolicyStop(t *testing.T) {
 		}
 		return failed.Err()
 	})
-	var me *parallafka.MessageError
+	var me *pipeline.MessageError
 	require.ErrorAs(t, err, &me)
 	assert.EqualValues(t, 4, me.Offset)
 	assert.EqualValues(t, 4, src.Committed(tp(0)), "stops just before the failed message")
@@ -423,20 +414,23 @@ func TestConsumeBatchMisuse(t *testing.T) {
 	p, err := parallafka.New(memsource.New[string, int](), parallafka.WithLogger(quiet))
 	require.NoError(t, err)
 	require.ErrorIs(t, p.ConsumeBatch(context.Background(), nil), parallafka.ErrNilHandler)
+	require.ErrorIs(t, p.ConsumeBatch(context.Background(), ok), parallafka.ErrConsumed, "a nil handler consumes the Parallafka too")
+	p, err = parallafka.New(memsource.New[string, int](), parallafka.WithLogger(quiet))
+	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	require.ErrorIs(t, p.ConsumeBatch(ctx, ok), context.Canceled)
+	require.NoError(t, p.ConsumeBatch(ctx, ok), "a requested stop, before the start")
 	require.ErrorIs(t, p.ConsumeBatch(context.Background(), ok), parallafka.ErrConsumed)
 
 	p, err = parallafka.New(memsource.New[string, int](), parallafka.WithLogger(quiet),
 		parallafka.WithMiddleware(func(h parallafka.Handler[string, int]) parallafka.Handler[string, int] { return h }))
 	require.NoError(t, err)
-	require.ErrorIs(t, p.ConsumeBatch(context.Background(), ok), parallafka.ErrMessageMiddleware)
+	require.ErrorContains(t, p.ConsumeBatch(context.Background(), ok), "WithMiddleware wraps a single-message handler")
 
 	p, err = parallafka.New(memsource.New[string, int](), parallafka.WithLogger(quiet),
 		parallafka.WithBatchMiddleware(func(h parallafka.BatchHandler[string, int]) parallafka.BatchHandler[string, int] { return h }))
 	require.NoError(t, err)
-	require.ErrorIs(t, p.Consume(context.Background(), func(context.Context, *parallafka.Message[string, int]) error { return nil }), parallafka.ErrBatchMiddleware)
+	require.ErrorContains(t, p.Consume(context.Background(), func(context.Context, *parallafka.Message[string, int]) error { return nil }), "WithBatchMiddleware wraps a batch handler")
 
 	for name, opt := range map[string]parallafka.Option{
 		"zero batch":                parallafka.WithMaxBatchMessages(0),

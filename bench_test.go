@@ -2,9 +2,7 @@ package parallafka_test
 
 import (
 	"context"
-	"fmt"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -67,11 +65,7 @@ func BenchmarkPipelineBatchNoop(b *testing.B) {
 			name = "batch100"
 		}
 		b.Run(name, func(b *testing.B) {
-			src := memsource.New[string, int]()
-			src.AddTopic(topic, 4)
-			for i := range b.N {
-				src.Produce(topic, int32(i%4), fmt.Sprintf("k%d", i%1000), i)
-			}
+			src := benchSource(b.N)
 			var handled atomic.Int64
 			opts := []parallafka.Option{parallafka.WithLogger(quiet)}
 			if batch > 0 {
@@ -84,7 +78,7 @@ func BenchmarkPipelineBatchNoop(b *testing.B) {
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
 			b.ReportAllocs()
-			cpu0 := processCPU()
+			cpu0 := cpuTime()
 			b.ResetTimer()
 			if batch > 0 {
 				err = p.ConsumeBatch(ctx, func(_ context.Context, msgs []*parallafka.Message[string, int]) error {
@@ -105,15 +99,7 @@ func BenchmarkPipelineBatchNoop(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			b.ReportMetric(float64((processCPU()-cpu0).Microseconds())/float64(b.N), "cpu-µs/msg")
+			b.ReportMetric(float64((cpuTime()-cpu0).Microseconds())/float64(b.N), "cpu-µs/msg")
 		})
 	}
-}
-
-func processCPU() time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

@@ -2,6 +2,7 @@ package parallafka_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sync/atomic"
@@ -59,7 +60,7 @@ func ExampleWithMiddleware() {
 
 // A stage inserted after polling drops messages it does not want; they count
 // as finished, so commits move past them.
-func ExampleWithStage() {
+func ExampleWithAfterPoll() {
 	skipTombstones := func(ctx context.Context, in <-chan *parallafka.Message[string, []byte], out chan<- *parallafka.Message[string, []byte]) error {
 		for msg := range in {
 			if msg.RawValue == nil && msg.Value == nil {
@@ -74,7 +75,7 @@ func ExampleWithStage() {
 		return nil
 	}
 	src := memsource.New[string, []byte]()
-	_, err := parallafka.New(src, parallafka.WithStage(parallafka.AfterPoll, "skip-tombstones", skipTombstones))
+	_, err := parallafka.New(src, parallafka.WithAfterPoll("skip-tombstones", skipTombstones))
 	fmt.Println(err)
 	// Output: <nil>
 }
@@ -112,7 +113,8 @@ func ExampleParallafka_ConsumeBatch() {
 }
 
 // Health reports where a Parallafka stands, for liveness and readiness
-// probes: nil while it consumes, a *HealthError naming its state otherwise.
+// probes: nil while it consumes, an error naming its state otherwise
+// (ErrNotStarted, ErrStalled...; errors.Is tells them apart).
 func ExampleParallafka_Health() {
 	src := memsource.New[string, int]()
 	p, err := parallafka.New(src, parallafka.WithStallTimeout(30*time.Second))
@@ -120,8 +122,8 @@ func ExampleParallafka_Health() {
 		panic(err)
 	}
 	fmt.Println(p.Health(context.Background()))
-	fmt.Println(p.HealthState())
+	fmt.Println(errors.Is(p.Health(context.Background()), parallafka.ErrNotStarted))
 	// Output:
 	// parallafka: not started
-	// not started
+	// true
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/parallafka/parallafka"
+	"github.com/parallafka/parallafka/pipeline"
 	"github.com/parallafka/parallafka/pipeline/memsource"
 )
 
@@ -36,7 +37,7 @@ func evenOnly(ctx context.Context, in <-chan *parallafka.Message[string, int], o
 // retryOnce is a user-written AfterHandle stage: a failed message is handed
 // back for one more attempt after a delay, without blocking the stage loop.
 // While it waits, it keeps its key: later messages with that key wait too.
-func retryOnce(delay time.Duration) parallafka.Stage[string, int] {
+func retryOnce(delay time.Duration) pipeline.Stage[string, int] {
 	return func(ctx context.Context, in <-chan *parallafka.Message[string, int], out chan<- *parallafka.Message[string, int]) error {
 		var wg sync.WaitGroup
 		defer wg.Wait()
@@ -55,7 +56,7 @@ func retryOnce(delay time.Duration) parallafka.Stage[string, int] {
 			wg.Go(func() {
 				select {
 				case <-time.After(delay):
-				case <-parallafka.Draining(ctx):
+				case <-pipeline.Draining(ctx):
 				}
 				send(msg)
 			})
@@ -88,9 +89,9 @@ func TestStagesDropDelayAndResubmitKeepingKeyOrder(t *testing.T) {
 	}
 	p, err := parallafka.New(src, parallafka.WithLogger(quiet), parallafka.WithMaxConcurrency(8),
 		parallafka.WithCommitInterval(5*time.Millisecond),
-		parallafka.WithStage(parallafka.AfterPoll, "even-only", evenOnly),
-		parallafka.WithStage(parallafka.AfterHandle, "retry-once", retryOnce(5*time.Millisecond)),
-		parallafka.WithStage(parallafka.AfterHandle, "metrics", metrics),
+		parallafka.WithAfterPoll("even-only", evenOnly),
+		parallafka.WithAfterHandle("retry-once", retryOnce(5*time.Millisecond)),
+		parallafka.WithAfterHandle("metrics", metrics),
 	)
 	require.NoError(t, err)
 	h := func(ctx context.Context, m *parallafka.Message[string, int]) error {
@@ -131,7 +132,7 @@ func TestPendingRetryIsAbandonedOnShutdown(t *testing.T) {
 	src := memsource.New[string, int]()
 	produce(src, 1, 10, func(i int) int { return i })
 	p, err := parallafka.New(src, parallafka.WithLogger(quiet), parallafka.WithCommitInterval(time.Millisecond),
-		parallafka.WithStage(parallafka.AfterHandle, "retry-once", retryOnce(time.Hour)))
+		parallafka.WithAfterHandle("retry-once", retryOnce(time.Hour)))
 	require.NoError(t, err)
 	var handled atomic.Int64
 	stop, _ := start(p, func(ctx context.Context, m *parallafka.Message[string, int]) error {
@@ -179,7 +180,7 @@ func TestFailingStageStopsThePipeline(t *testing.T) {
 	src := memsource.New[string, int]()
 	produce(src, 1, 5, func(i int) int { return i })
 	p, err := parallafka.New(src, parallafka.WithLogger(quiet),
-		parallafka.WithStage(parallafka.AfterPoll, "explosive", func(ctx context.Context, in <-chan *parallafka.Message[string, int], out chan<- *parallafka.Message[string, int]) error {
+		parallafka.WithAfterPoll("explosive", func(ctx context.Context, in <-chan *parallafka.Message[string, int], out chan<- *parallafka.Message[string, int]) error {
 			<-in
 			panic("stage bug")
 		}))

@@ -2,105 +2,75 @@ package parallafka
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
 	"github.com/parallafka/parallafka/pipeline"
 )
 
-// HealthState is where a Parallafka stands, as Health reports it.
-type HealthState int
-
-const (
-	// HealthNotStarted: Consume was not called yet.
-	HealthNotStarted HealthState = iota
-	// HealthJoining: consuming, with no partition assigned yet (the
-	// group is forming, or this member has none).
-	HealthJoining
-	// HealthConsuming: partitions assigned, nothing stalled: healthy.
-	HealthConsuming
-	// HealthStalled: a partition's committed offset has not moved for the
+// Health's errors: where a Parallafka that is not consuming stands. Health
+// returns one of them, or an error wrapping one with the reason; use
+// errors.Is to tell them apart.
+var (
+	// ErrNotStarted: Consume was not called yet.
+	ErrNotStarted = errors.New("parallafka: not started")
+	// ErrJoining: consuming, with no partition assigned yet (the group is
+	// forming, or this member has none).
+	ErrJoining = errors.New("parallafka: joining")
+	// ErrStalled: a partition's committed offset has not moved for the
 	// stall timeout while it had unfinished work (WithStallTimeout).
-	HealthStalled
-	// HealthBrokerUnreachable: the source reaches no broker (package
-	// kafka's Source says so after librdkafka reported all brokers down,
-	// until it hears from one again, and while partitions were assigned,
-	// until the group coordinator confirmed them: no handler starts
-	// meanwhile).
-	HealthBrokerUnreachable
-	// HealthStopping: a shutdown began.
-	HealthStopping
-	// HealthStopped: Consume returned.
-	HealthStopped
+	ErrStalled = errors.New("parallafka: stalled")
+	// ErrBrokerUnreachable: the source reaches no broker (package kafka's
+	// Source says so after librdkafka reported all brokers down, until it
+	// hears from one again, and while partitions were assigned, until the
+	// group coordinator confirmed them: no handler starts meanwhile).
+	ErrBrokerUnreachable = errors.New("parallafka: broker unreachable")
+	// ErrStopping: a shutdown began.
+	ErrStopping = errors.New("parallafka: stopping")
+	// ErrStopped: Consume returned.
+	ErrStopped = errors.New("parallafka: stopped")
 )
 
-func (s HealthState) String() string {
-	switch s {
-	case HealthNotStarted:
-		return "not started"
-	case HealthJoining:
-		return "joining"
-	case HealthConsuming:
-		return "consuming"
-	case HealthStalled:
-		return "stalled"
-	case HealthBrokerUnreachable:
-		return "broker unreachable"
-	case HealthStopping:
-		return "stopping"
-	case HealthStopped:
-		return "stopped"
-	}
-	return fmt.Sprintf("HealthState(%d)", int(s))
-}
-
-// HealthError is Health's error: the state, and what makes it unhealthy.
-type HealthError struct {
-	State  HealthState
-	Reason string
-}
-
-func (e *HealthError) Error() string {
-	if e.Reason == "" {
-		return "parallafka: " + e.State.String()
-	}
-	return "parallafka: " + e.State.String() + ": " + e.Reason
-}
-
 // Health returns nil while the Parallafka consumes (partitions assigned,
-// none stalled, brokers reachable), and a *HealthError naming its state
-// otherwise: not started, joining, stalled (with the blocking message),
-// broker unreachable, stopping, stopped. It reads counters the pipeline
-// keeps anyway and asks the broker nothing, so it suits liveness and
-// readiness probes; it is safe to call at any time, from any goroutine.
-// ctx is for sources that may one day need to ask.
+// none stalled, brokers reachable), and otherwise ErrNotStarted,
+// ErrJoining, ErrStalled (wrapped with the blocking message),
+// ErrBrokerUnreachable (wrapped with the source's reason), ErrStopping or
+// ErrStopped. It reads counters the pipeline keeps anyway and asks the
+// broker nothing, so it suits liveness and readiness probes; it is safe to
+// call at any time, from any goroutine. ctx is for sources that may one
+// day need to ask.
 func (p *Parallafka[K, V]) Health(ctx context.Context) error {
 	state, reason := p.health()
-	if state == HealthConsuming {
-		return nil
+	if state == nil || reason == "" {
+		return state
 	}
-	return &HealthError{State: state, Reason: reason}
+	return &healthError{state: state, reason: reason}
 }
 
-// HealthState returns the state Health reports.
-func (p *Parallafka[K, V]) HealthState() HealthState {
-	state, _ := p.health()
-	return state
+// healthError is a state of Health's with its reason.
+type healthError struct {
+	state  error
+	reason string
 }
 
-func (p *Parallafka[K, V]) health() (HealthState, string) {
+func (e *healthError) Error() string { return e.state.Error() + ": " + e.reason }
+func (e *healthError) Unwrap() error { return e.state }
+
+// health returns Health's state (nil: consuming) and its reason.
+func (p *Parallafka[K, V]) health() (error, string) {
 	s := &p.stats
 	switch {
 	case p.ended.Load():
-		return HealthStopped, ""
+		return ErrStopped, ""
 	case !p.consumed.Load():
-		return HealthNotStarted, ""
+		return ErrNotStarted, ""
 	case s.Stopping.Load():
-		return HealthStopping, ""
+		return ErrStopping, ""
 	}
 	if cs, ok := p.source.(pipeline.ConnectivitySource); ok {
 		if err := cs.Unreachable(); err != nil {
-			return HealthBrokerUnreachable, err.Error()
+			return ErrBrokerUnreachable, err.Error()
 		}
 	}
 	if s.Stalled.Load() > 0 {
@@ -116,10 +86,10 @@ func (p *Parallafka[K, V]) health() (HealthState, string) {
 				reason += fmt.Sprintf(", and %d more partitions", len(stalls)-1)
 			}
 		}
-		return HealthStalled, reason
+		return ErrStalled, reason
 	}
 	if s.Assigned.Load() == 0 {
-		return HealthJoining, "no partition assigned"
+		return ErrJoining, "no partition assigned"
 	}
-	return HealthConsuming, ""
+	return nil, ""
 }

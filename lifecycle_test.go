@@ -107,8 +107,8 @@ func TestRebalanceHooks(t *testing.T) {
 	produce(src, 2, 20, func(i int) int { return i })
 	var mu sync.Mutex
 	var events []string
-	record := func(kind string, check func(pipeline.TopicPartition)) func([]parallafka.TopicPartition) {
-		return func(tps []parallafka.TopicPartition) {
+	record := func(kind string, check func(pipeline.TopicPartition)) func([]pipeline.TopicPartition) {
+		return func(tps []pipeline.TopicPartition) {
 			for _, tp := range tps {
 				mu.Lock()
 				events = append(events, kind+" "+tp.String())
@@ -121,11 +121,11 @@ func TestRebalanceHooks(t *testing.T) {
 	}
 	var committedAtRevoke atomic.Int64
 	var handled atomic.Int64
-	p, err := parallafka.New(src, parallafka.WithLogger(quiet), parallafka.WithRebalanceHooks(parallafka.RebalanceHooks{
-		OnAssigned: record("assigned", nil),
-		OnRevoked:  record("revoked", func(tp pipeline.TopicPartition) { committedAtRevoke.Store(src.Committed(tp)) }),
-		OnLost:     record("lost", func(pipeline.TopicPartition) { panic("a hook's panic is recovered") }),
-	}))
+	p, err := parallafka.New(src, parallafka.WithLogger(quiet), parallafka.WithObserver(pipeline.ObserverFuncs{
+		PartitionsAssigned: record("assigned", nil),
+		PartitionsRevoked:  record("revoked", func(tp pipeline.TopicPartition) { committedAtRevoke.Store(src.Committed(tp)) }),
+		PartitionsLost:     record("lost", func(pipeline.TopicPartition) { panic("a hook's panic is recovered") }),
+	}.Observer()))
 	require.NoError(t, err)
 	stop, _ := start(p, func(ctx context.Context, m *parallafka.Message[string, int]) error {
 		handled.Add(1)
@@ -162,14 +162,15 @@ func TestRevokeTimeoutMustFitMaxPollInterval(t *testing.T) {
 }
 
 // Consume with a context cancelled already closes the source like every
-// other return (issue 11, item 5).
+// other return (issue 11, item 5), and returns nil: a stop requested before
+// the start (issue 26).
 func TestConsumeCancelledContextClosesTheSource(t *testing.T) {
 	src := &closeCounting{Source: memsource.New[string, int]()}
 	p, err := parallafka.New[string, int](src)
 	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	require.ErrorIs(t, p.Consume(ctx, func(context.Context, *parallafka.Message[string, int]) error { return nil }), context.Canceled)
+	require.NoError(t, p.Consume(ctx, func(context.Context, *parallafka.Message[string, int]) error { return nil }))
 	assert.EqualValues(t, 1, src.closed.Load())
 }
 

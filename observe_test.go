@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -15,47 +14,48 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/parallafka/parallafka"
+	"github.com/parallafka/parallafka/pipeline"
 	"github.com/parallafka/parallafka/pipeline/memsource"
 )
 
 // obsRecorder is an Observer that records what it is told.
 type obsRecorder struct {
-	parallafka.NopObserver
-	mu        sync.Mutex
-	polled    int
-	started   int
-	ended     int
-	failed    int
-	outcomes  map[parallafka.Outcome]int
-	waits     map[string]time.Duration // the longest wait behind the key, per key
-	commits   int
-	assigned  int
-	limit     int
-	stalls    []parallafka.Stall
-	unstalled int
-	batches   int
-	batched   int
-	paused    map[parallafka.TopicPartition]bool
-	revoked   int
-	lost      int
+	pipeline.Observer // ObserverFuncs{}.Observer(): the events it does not record
+	mu                sync.Mutex
+	polled            int
+	started           int
+	ended             int
+	failed            int
+	outcomes          map[pipeline.Outcome]int
+	waits             map[string]time.Duration // the longest wait behind the key, per key
+	commits           int
+	assigned          int
+	limit             int
+	stalls            []pipeline.Stall
+	unstalled         int
+	batches           int
+	batched           int
+	paused            map[pipeline.TopicPartition]bool
+	revoked           int
+	lost              int
 }
 
 type ctxKey struct{}
 
 func newObsRecorder() *obsRecorder {
-	return &obsRecorder{outcomes: map[parallafka.Outcome]int{}, waits: map[string]time.Duration{},
-		paused: map[parallafka.TopicPartition]bool{}}
+	return &obsRecorder{Observer: pipeline.ObserverFuncs{}.Observer(), outcomes: map[pipeline.Outcome]int{}, waits: map[string]time.Duration{},
+		paused: map[pipeline.TopicPartition]bool{}}
 }
 
-func (r *obsRecorder) MessagePolled(parallafka.MessageInfo) { r.mu.Lock(); r.polled++; r.mu.Unlock() }
-func (r *obsRecorder) HandlerStarted(ctx context.Context, m parallafka.MessageInfo, w parallafka.Wait) context.Context {
+func (r *obsRecorder) MessagePolled(pipeline.MessageInfo) { r.mu.Lock(); r.polled++; r.mu.Unlock() }
+func (r *obsRecorder) HandlerStarted(ctx context.Context, m pipeline.MessageInfo, w pipeline.Wait) context.Context {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.started++
 	r.waits[string(m.Key)] = max(r.waits[string(m.Key)], w.BehindKey)
 	return context.WithValue(ctx, ctxKey{}, m.Offset)
 }
-func (r *obsRecorder) HandlerEnded(ctx context.Context, m parallafka.MessageInfo, err error, _ time.Duration) {
+func (r *obsRecorder) HandlerEnded(ctx context.Context, m pipeline.MessageInfo, err error, _ time.Duration) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if ctx.Value(ctxKey{}) != m.Offset {
@@ -66,61 +66,61 @@ func (r *obsRecorder) HandlerEnded(ctx context.Context, m parallafka.MessageInfo
 		r.failed++
 	}
 }
-func (r *obsRecorder) BatchStarted(ctx context.Context, msgs []parallafka.MessageInfo) context.Context {
+func (r *obsRecorder) BatchStarted(ctx context.Context, msgs []pipeline.MessageInfo) context.Context {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.batches++
 	r.batched += len(msgs)
 	return context.WithValue(ctx, ctxKey{}, len(msgs))
 }
-func (r *obsRecorder) MessageSettled(_ parallafka.MessageInfo, o parallafka.Outcome) {
+func (r *obsRecorder) MessageSettled(_ pipeline.MessageInfo, o pipeline.Outcome) {
 	r.mu.Lock()
 	r.outcomes[o]++
 	r.mu.Unlock()
 }
-func (r *obsRecorder) Committed(c parallafka.CommitInfo) {
+func (r *obsRecorder) Committed(c pipeline.CommitInfo) {
 	r.mu.Lock()
 	if c.Err == nil {
 		r.commits++
 	}
 	r.mu.Unlock()
 }
-func (r *obsRecorder) PartitionsAssigned(tps []parallafka.TopicPartition) {
+func (r *obsRecorder) PartitionsAssigned(tps []pipeline.TopicPartition) {
 	r.mu.Lock()
 	r.assigned += len(tps)
 	r.mu.Unlock()
 }
-func (r *obsRecorder) PartitionsPaused(tps []parallafka.TopicPartition) {
+func (r *obsRecorder) PartitionsPaused(tps []pipeline.TopicPartition) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for _, tp := range tps {
 		r.paused[tp] = true
 	}
 }
-func (r *obsRecorder) PartitionsResumed(tps []parallafka.TopicPartition) {
+func (r *obsRecorder) PartitionsResumed(tps []pipeline.TopicPartition) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for _, tp := range tps {
 		delete(r.paused, tp)
 	}
 }
-func (r *obsRecorder) PartitionsRevoked(tps []parallafka.TopicPartition) {
+func (r *obsRecorder) PartitionsRevoked(tps []pipeline.TopicPartition) {
 	r.mu.Lock()
 	r.revoked += len(tps)
 	r.mu.Unlock()
 }
-func (r *obsRecorder) PartitionsLost(tps []parallafka.TopicPartition) {
+func (r *obsRecorder) PartitionsLost(tps []pipeline.TopicPartition) {
 	r.mu.Lock()
 	r.lost += len(tps)
 	r.mu.Unlock()
 }
 func (r *obsRecorder) ConcurrencyLimitChanged(n int) { r.mu.Lock(); r.limit = n; r.mu.Unlock() }
-func (r *obsRecorder) PartitionStalled(s parallafka.Stall) {
+func (r *obsRecorder) PartitionStalled(s pipeline.Stall) {
 	r.mu.Lock()
 	r.stalls = append(r.stalls, s)
 	r.mu.Unlock()
 }
-func (r *obsRecorder) PartitionUnstalled(parallafka.TopicPartition, time.Duration) {
+func (r *obsRecorder) PartitionUnstalled(pipeline.TopicPartition, time.Duration) {
 	r.mu.Lock()
 	r.unstalled++
 	r.mu.Unlock()
@@ -164,9 +164,9 @@ func TestObserverSeesWhatStatsCount(t *testing.T) {
 		assert.Equal(t, 100, rec.started)
 		assert.Equal(t, rec.started, rec.ended)
 		assert.EqualValues(t, st.Failed, rec.failed)
-		assert.EqualValues(t, st.Skipped, rec.outcomes[parallafka.OutcomeSkipped])
-		assert.EqualValues(t, st.Handled-st.Skipped-st.Dropped, rec.outcomes[parallafka.OutcomeHandled])
-		assert.NotZero(t, rec.outcomes[parallafka.OutcomeSkipped])
+		assert.EqualValues(t, st.Skipped, rec.outcomes[pipeline.OutcomeSkipped])
+		assert.EqualValues(t, st.Finished-st.Skipped-st.Dropped, rec.outcomes[pipeline.OutcomeHandled])
+		assert.NotZero(t, rec.outcomes[pipeline.OutcomeSkipped])
 		assert.EqualValues(t, st.Commits, rec.commits)
 		assert.Equal(t, 2, rec.assigned)
 		assert.Equal(t, 4, rec.limit)
@@ -205,7 +205,7 @@ func TestObserverSeesBatches(t *testing.T) {
 	assert.Zero(t, wrongCtx.Load())
 	assert.EqualValues(t, st.Batches, rec.batches)
 	assert.Equal(t, 200, rec.batched)
-	assert.Equal(t, 200, rec.outcomes[parallafka.OutcomeHandled])
+	assert.Equal(t, 200, rec.outcomes[pipeline.OutcomeHandled])
 	assert.Zero(t, rec.started, "no per-message handler calls in batch mode")
 }
 
@@ -242,7 +242,7 @@ func TestObserverHearsPausesAndRebalances(t *testing.T) {
 	p, err := parallafka.New(src, parallafka.WithLogger(quiet), parallafka.WithObserver(rec))
 	require.NoError(t, err)
 	stop, _ := start(p, func(context.Context, *parallafka.Message[string, int]) error { return nil })
-	eventually(t, func() bool { return p.Stats().Handled == 30 })
+	eventually(t, func() bool { return p.Stats().Finished == 30 })
 	pausedN := func() int { rec.mu.Lock(); defer rec.mu.Unlock(); return len(rec.paused) }
 	p.Pause()
 	eventually(t, func() bool { return pausedN() == 3 })
@@ -259,29 +259,29 @@ func TestObserverHearsPausesAndRebalances(t *testing.T) {
 // panicky panics in every method.
 type panicky struct{}
 
-func (panicky) MessagePolled(parallafka.MessageInfo) { panic("polled") }
-func (panicky) HandlerStarted(context.Context, parallafka.MessageInfo, parallafka.Wait) context.Context {
+func (panicky) MessagePolled(pipeline.MessageInfo) { panic("polled") }
+func (panicky) HandlerStarted(context.Context, pipeline.MessageInfo, pipeline.Wait) context.Context {
 	panic("started")
 }
-func (panicky) HandlerEnded(context.Context, parallafka.MessageInfo, error, time.Duration) {
+func (panicky) HandlerEnded(context.Context, pipeline.MessageInfo, error, time.Duration) {
 	panic("ended")
 }
-func (panicky) BatchStarted(context.Context, []parallafka.MessageInfo) context.Context {
+func (panicky) BatchStarted(context.Context, []pipeline.MessageInfo) context.Context {
 	panic("batch started")
 }
-func (panicky) BatchEnded(context.Context, []parallafka.MessageInfo, error, time.Duration) {
+func (panicky) BatchEnded(context.Context, []pipeline.MessageInfo, error, time.Duration) {
 	panic("batch ended")
 }
-func (panicky) MessageSettled(parallafka.MessageInfo, parallafka.Outcome)   { panic("settled") }
-func (panicky) Committed(parallafka.CommitInfo)                             { panic("committed") }
-func (panicky) PartitionsPaused([]parallafka.TopicPartition)                { panic("paused") }
-func (panicky) PartitionsResumed([]parallafka.TopicPartition)               { panic("resumed") }
-func (panicky) PartitionsAssigned([]parallafka.TopicPartition)              { panic("assigned") }
-func (panicky) PartitionsRevoked([]parallafka.TopicPartition)               { panic("revoked") }
-func (panicky) PartitionsLost([]parallafka.TopicPartition)                  { panic("lost") }
-func (panicky) ConcurrencyLimitChanged(int)                                 { panic("limit") }
-func (panicky) PartitionStalled(parallafka.Stall)                           { panic("stalled") }
-func (panicky) PartitionUnstalled(parallafka.TopicPartition, time.Duration) { panic("unstalled") }
+func (panicky) MessageSettled(pipeline.MessageInfo, pipeline.Outcome)     { panic("settled") }
+func (panicky) Committed(pipeline.CommitInfo)                             { panic("committed") }
+func (panicky) PartitionsPaused([]pipeline.TopicPartition)                { panic("paused") }
+func (panicky) PartitionsResumed([]pipeline.TopicPartition)               { panic("resumed") }
+func (panicky) PartitionsAssigned([]pipeline.TopicPartition)              { panic("assigned") }
+func (panicky) PartitionsRevoked([]pipeline.TopicPartition)               { panic("revoked") }
+func (panicky) PartitionsLost([]pipeline.TopicPartition)                  { panic("lost") }
+func (panicky) ConcurrencyLimitChanged(int)                               { panic("limit") }
+func (panicky) PartitionStalled(pipeline.Stall)                           { panic("stalled") }
+func (panicky) PartitionUnstalled(pipeline.TopicPartition, time.Duration) { panic("unstalled") }
 
 // An observer's panics are logged and recovered: the pipeline goes on.
 func TestObserverPanicsDoNotStopThePipeline(t *testing.T) {
@@ -314,8 +314,7 @@ func TestStallDetectedAndCleared(t *testing.T) {
 		p, err := parallafka.New(src, parallafka.WithLogger(quiet), parallafka.WithObserver(rec),
 			parallafka.WithStallTimeout(timeout))
 		require.NoError(t, err)
-		require.ErrorAs(t, p.Health(t.Context()), new(*parallafka.HealthError))
-		assert.Equal(t, parallafka.HealthNotStarted, p.HealthState())
+		require.ErrorIs(t, p.Health(t.Context()), parallafka.ErrNotStarted)
 		release := make(chan struct{})
 		stop, _ := start(p, func(ctx context.Context, m *parallafka.Message[string, int]) error {
 			if m.Partition == 0 && m.Offset == 2 {
@@ -345,9 +344,8 @@ func TestStallDetectedAndCleared(t *testing.T) {
 		assert.Equal(t, "k0", string(stall.Key))
 		assert.Equal(t, "handling", stall.State)
 		assert.GreaterOrEqual(t, stall.Running, timeout-timeout/4)
-		var herr *parallafka.HealthError
-		require.ErrorAs(t, p.Health(t.Context()), &herr)
-		assert.Equal(t, parallafka.HealthStalled, herr.State)
+		herr := p.Health(t.Context())
+		require.ErrorIs(t, herr, parallafka.ErrStalled)
 		assert.Contains(t, herr.Error(), "offset 2")
 		rec.mu.Lock()
 		assert.Len(t, rec.stalls, 1)
@@ -366,7 +364,7 @@ func TestStallDetectedAndCleared(t *testing.T) {
 		rec.mu.Unlock()
 		err, _ = stop()
 		require.NoError(t, err)
-		assert.Equal(t, parallafka.HealthStopped, p.HealthState())
+		assert.ErrorIs(t, p.Health(t.Context()), parallafka.ErrStopped)
 	})
 }
 
@@ -454,14 +452,10 @@ func TestNewRejectsANegativeStallTimeout(t *testing.T) {
 func BenchmarkObserver(b *testing.B) {
 	for _, bc := range []struct {
 		name string
-		obs  parallafka.Observer
-	}{{"unused", nil}, {"nop", parallafka.NopObserver{}}} {
+		obs  pipeline.Observer
+	}{{"unused", nil}, {"nop", pipeline.ObserverFuncs{}.Observer()}} {
 		b.Run(bc.name, func(b *testing.B) {
-			src := memsource.New[string, int]()
-			src.AddTopic(topic, 4)
-			for i := range b.N {
-				src.Produce(topic, int32(i%4), fmt.Sprintf("k%d", i%1000), i)
-			}
+			src := benchSource(b.N)
 			var handled atomic.Int64
 			opts := []parallafka.Option{parallafka.WithLogger(quiet)}
 			if bc.obs != nil {
@@ -488,14 +482,4 @@ func BenchmarkObserver(b *testing.B) {
 			}
 		})
 	}
-}
-
-// cpuTime is the process's CPU time (user and system) so far: per message,
-// it is steadier than the wall clock on a machine shared with other work.
-func cpuTime() time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

@@ -260,7 +260,7 @@ func TestMaxInFlightBytesBoundsMemory(t *testing.T) {
 	assert.Zero(t, p.Stats().InFlightBytes)
 }
 
-// WithCommitEvery commits between intervals; WithOnCommit sees every
+// WithCommitEvery commits between intervals; the observer sees every
 // commit with its metadata, the final one marked; async commits deliver
 // the same offsets.
 func TestCommitOptions(t *testing.T) {
@@ -269,10 +269,10 @@ func TestCommitOptions(t *testing.T) {
 			src := memsource.New[string, int]()
 			produce(src, 2, 2000, func(i int) int { return i % 50 })
 			var mu sync.Mutex
-			var events []parallafka.CommitEvent
+			var events []pipeline.CommitInfo
 			opts := []parallafka.Option{
 				parallafka.WithLogger(quiet), parallafka.WithCommitInterval(time.Hour), parallafka.WithCommitEvery(100),
-				parallafka.WithOnCommit(func(e parallafka.CommitEvent) { mu.Lock(); events = append(events, e); mu.Unlock() }),
+				parallafka.WithObserver(pipeline.ObserverFuncs{Committed: func(e pipeline.CommitInfo) { mu.Lock(); events = append(events, e); mu.Unlock() }}.Observer()),
 			}
 			if async {
 				opts = append(opts, parallafka.WithAsyncCommits())
@@ -322,7 +322,7 @@ func TestRevokeWithFullWindowIsQuick(t *testing.T) {
 	p, err := parallafka.New(src, parallafka.WithLogger(quiet), parallafka.WithMaxConcurrency(16))
 	require.NoError(t, err)
 	stop, _ := start(p, countingHandler(&seen, &total, time.Millisecond))
-	eventually(t, func() bool { return p.Stats().InFlight >= parallafka.DefaultMaxInFlight*3/4 })
+	eventually(t, func() bool { return p.Stats().InFlight >= 20_000*3/4 /* WithMaxInFlight's default */ })
 	hot := tp(0) // key 0, the hottest, is in partition 0
 	queued := p.Stats().Queued
 	t0 := time.Now()

@@ -7,10 +7,21 @@ import (
 	"time"
 
 	"github.com/parallafka/parallafka/internal/engine"
+	"github.com/parallafka/parallafka/pipeline"
 )
 
 // Option configures a Parallafka. Each option's constructor documents its
 // default; New validates the result and returns a clear error for a bad one.
+//
+// The options, by section: concurrency (WithMaxConcurrency,
+// WithAdaptiveConcurrency, and for ConsumeBatch WithMaxBatchMessages,
+// WithMaxBatchBytes, WithBatchLinger); ordering (WithOrdering,
+// WithOrderedNilKeys); windows (WithMaxInFlight, WithMaxInFlightBytes);
+// commits (WithCommitInterval, WithCommitEvery, WithAsyncCommits,
+// WithOffsetMapMaxBytes); shutdown (WithShutdownMode, WithShutdownTimeout,
+// WithRevokeTimeout); stages (WithMiddleware, WithBatchMiddleware,
+// WithAfterPoll, WithAfterHandle, WithErrorPolicy); observability
+// (WithLogger, WithObserver, WithStallTimeout).
 type Option interface {
 	apply(*config)
 }
@@ -19,155 +30,78 @@ type optionFunc func(*config)
 
 func (f optionFunc) apply(c *config) { f(c) }
 
-// ShutdownMode says how Consume stops once its context is cancelled.
-type ShutdownMode int
-
-const (
-	// Graceful stops polling, drops the backlog that no handler started
-	// (it was never committed, so it is delivered again), lets in-flight
-	// handlers finish within the shutdown timeout, commits, and returns.
-	// Past the timeout it behaves like HardStop.
-	Graceful ShutdownMode = iota
-	// HardStop cancels the handlers' contexts at once, waits for them to
-	// return, and commits only what finished.
-	HardStop
-)
-
-// StagePoint is a documented place in the pipeline where WithStage inserts a
-// user's stage.
-type StagePoint int
-
-const (
-	// AfterPoll: between the poll stage and the key-router. A stage here sees
-	// every message in poll order, before any handling: the place for
-	// filters, dedupe and enrichment. Messages it drops are finished at
-	// once, in order with their key.
-	AfterPoll StagePoint = iota
-	// AfterHandle: between the handler pool and the ack collector. A stage
-	// here sees every message after each handling attempt, with the outcome
-	// in Message.Err, while the message still holds its key: the place for
-	// retry, dead-lettering and metrics.
-	AfterHandle
-)
-
-func (p StagePoint) String() string {
-	switch p {
-	case AfterPoll:
-		return "AfterPoll"
-	case AfterHandle:
-		return "AfterHandle"
-	}
-	return fmt.Sprintf("StagePoint(%d)", int(p))
-}
-
-// Defaults, as documented on each option.
-const (
-	DefaultMaxConcurrency    = 16
-	DefaultMaxInFlight       = 20_000
-	DefaultMaxInFlightBytes  = 64 << 20
-	DefaultCommitInterval    = time.Second
-	DefaultOffsetMapMaxBytes = 4096
-	DefaultShutdownTimeout   = 30 * time.Second
-	DefaultRevokeTimeout     = 10 * time.Second
-	DefaultStallTimeout      = time.Minute
-	DefaultMaxBatchMessages  = 500
-	DefaultMaxBatchBytes     = 4 << 20
-	DefaultBatchLinger       = 5 * time.Millisecond
-)
-
 type config struct {
+	// concurrency
 	maxConcurrency   int
 	concurrencySet   bool // WithMaxConcurrency was given
 	adaptive         bool // WithAdaptiveConcurrency was given: maxConcurrency is its max
 	minConcurrency   int
 	adaptiveMax      int
-	onLimit          func(int)
-	maxInFlight      int // 0: the default, max(DefaultMaxInFlight, 2*maxConcurrency)
-	maxInFlightBytes int64
-	ordering         Ordering
-	orderNilKeys     bool
-	commitInterval   time.Duration
-	commitEvery      int
-	asyncCommits     bool
-	onCommit         func(CommitEvent)
-	mapMaxBytes      int
-	shutdownMode     ShutdownMode
-	shutdownTimeout  time.Duration
-	revokeTimeout    time.Duration
-	logger           *slog.Logger
-	loggerSet        bool // WithLogger was given: the logger reaches the source too
-	errorPolicy      ErrorPolicy
-	hooks            engine.Hooks
-	observer         Observer
-	stallTimeout     time.Duration
 	maxBatchMessages int
 	maxBatchBytes    int64
 	batchLinger      time.Duration
-	middleware       []any // Middleware[K, V], checked against K and V by New
-	batchMiddleware  []any // BatchMiddleware[K, V], checked likewise
-	stages           []stageSpec
-	errs             []error
+	// ordering
+	ordering     Ordering
+	orderNilKeys bool
+	// windows
+	maxInFlight      int // 0: the default, max(defaultMaxInFlight, 2*maxConcurrency)
+	maxInFlightBytes int64
+	// commits
+	commitInterval time.Duration
+	commitEvery    int
+	asyncCommits   bool
+	mapMaxBytes    int
+	// shutdown
+	shutdownMode    ShutdownMode
+	shutdownTimeout time.Duration
+	revokeTimeout   time.Duration
+	// stages
+	middleware      []any // Middleware[K, V], checked against K and V by New
+	batchMiddleware []any // BatchMiddleware[K, V], checked likewise
+	stages          []stageSpec
+	errorPolicy     pipeline.ErrorPolicy
+	// observability
+	logger       *slog.Logger
+	loggerSet    bool // WithLogger was given: the logger reaches the source too
+	observer     pipeline.Observer
+	stallTimeout time.Duration
+	rateLimit    RateLimit
+
+	errs []error
 }
 
 type stageSpec struct {
-	point StagePoint
-	name  string
-	stage any // Stage[K, V]
+	afterPoll bool // WithAfterPoll; otherwise WithAfterHandle
+	name      string
+	stage     any // pipeline.Stage[K, V]
 }
 
+// defaultMaxInFlight is WithMaxInFlight's default (or twice the concurrency
+// if that is more).
+const defaultMaxInFlight = 20_000
+
+// defaultConfig holds every default, each stated once more in its option's
+// doc.
 func defaultConfig() config {
 	return config{
-		maxConcurrency:   DefaultMaxConcurrency,
+		maxConcurrency:   16,
+		maxBatchMessages: 500,
+		maxBatchBytes:    4 << 20,
+		batchLinger:      5 * time.Millisecond,
 		ordering:         OrderByKey,
-		commitInterval:   DefaultCommitInterval,
-		maxInFlightBytes: DefaultMaxInFlightBytes,
-		mapMaxBytes:      DefaultOffsetMapMaxBytes,
+		maxInFlightBytes: 64 << 20,
+		commitInterval:   time.Second,
+		mapMaxBytes:      4096,
 		shutdownMode:     Graceful,
-		shutdownTimeout:  DefaultShutdownTimeout,
-		revokeTimeout:    DefaultRevokeTimeout,
-		logger:           slog.Default(),
+		shutdownTimeout:  30 * time.Second,
+		revokeTimeout:    10 * time.Second,
 		errorPolicy:      StopOnError,
-		stallTimeout:     DefaultStallTimeout,
-		maxBatchMessages: DefaultMaxBatchMessages,
-		maxBatchBytes:    DefaultMaxBatchBytes,
-		batchLinger:      DefaultBatchLinger,
+		logger:           slog.Default(),
+		stallTimeout:     time.Minute,
 	}
 }
 
-// WithMaxBatchMessages bounds the messages of one batch (ConsumeBatch).
-// Default 500.
-func WithMaxBatchMessages(n int) Option {
-	return optionFunc(func(c *config) { c.maxBatchMessages = n })
-}
-
-// WithMaxBatchBytes bounds the bytes of one batch (key, value and headers
-// as received; ConsumeBatch): a message that would take the batch past it
-// waits for the next, unless it is the batch's first. Default 4 MiB.
-func WithMaxBatchBytes(n int64) Option {
-	return optionFunc(func(c *config) { c.maxBatchBytes = n })
-}
-
-// WithBatchLinger sets how long a partial batch waits for more messages
-// before a free handler takes it (ConsumeBatch): a little latency for
-// fuller batches when messages trickle in. A full batch goes at once. 0
-// hands a free handler whatever is ready. Default 5 ms.
-func WithBatchLinger(d time.Duration) Option {
-	return optionFunc(func(c *config) { c.batchLinger = d })
-}
-
-// WithBatchMiddleware wraps the batch handler of ConsumeBatch in the given
-// middleware; the first one given is the outermost. Consume refuses it.
-func WithBatchMiddleware[K, V any](mw ...BatchMiddleware[K, V]) Option {
-	return optionFunc(func(c *config) {
-		for _, m := range mw {
-			if m == nil {
-				c.errs = append(c.errs, errors.New("parallafka: WithBatchMiddleware: nil middleware"))
-				continue
-			}
-			c.batchMiddleware = append(c.batchMiddleware, m)
-		}
-	})
-}
+// ---- Concurrency ----
 
 // WithMaxConcurrency sets how many handlers run at the same time. Default
 // 16. It cannot be combined with WithAdaptiveConcurrency.
@@ -204,8 +138,8 @@ func WithMaxConcurrency(n int) Option {
 // refuses) lower the limit too, and so does latency the handler has for
 // reasons of its own. The algorithm is Netflix concurrency-limits'
 // gradient and Vegas limits (see the README); Stats().ConcurrencyLimit
-// reports the limit, the logger logs its changes at Debug level, and
-// WithOnConcurrencyLimit exports it.
+// reports the limit, the logger logs its changes at Debug level, and an
+// Observer's ConcurrencyLimitChanged exports it (WithObserver).
 //
 // min must be at least 1 and max at least min; the in-flight window
 // (WithMaxInFlight) must hold max messages; the pool keeps max handler
@@ -215,14 +149,69 @@ func WithAdaptiveConcurrency(min, max int) Option {
 	return optionFunc(func(c *config) { c.adaptive, c.minConcurrency, c.adaptiveMax = true, min, max })
 }
 
-// WithOnConcurrencyLimit calls fn with the number of handlers allowed to
-// run: once when Consume starts, and with every change of the adaptive
-// limit (WithAdaptiveConcurrency), to export it as a metric. fn runs on the
-// goroutine that dispatches messages to handlers: it must return quickly
-// and must not call back into the Parallafka. Default: none.
-func WithOnConcurrencyLimit(fn func(limit int)) Option {
-	return optionFunc(func(c *config) { c.onLimit = fn })
+// WithMaxBatchMessages bounds the messages of one batch (ConsumeBatch).
+// Default 500.
+func WithMaxBatchMessages(n int) Option {
+	return optionFunc(func(c *config) { c.maxBatchMessages = n })
 }
+
+// WithMaxBatchBytes bounds the bytes of one batch (key, value and headers
+// as received; ConsumeBatch): a message that would take the batch past it
+// waits for the next, unless it is the batch's first. Default 4 MiB.
+func WithMaxBatchBytes(n int64) Option {
+	return optionFunc(func(c *config) { c.maxBatchBytes = n })
+}
+
+// WithBatchLinger sets how long a partial batch waits for more messages
+// before a free handler takes it (ConsumeBatch): a little latency for
+// fuller batches when messages trickle in. A full batch goes at once. 0
+// hands a free handler whatever is ready. Default 5 ms.
+func WithBatchLinger(d time.Duration) Option {
+	return optionFunc(func(c *config) { c.batchLinger = d })
+}
+
+// ---- Ordering ----
+
+// Ordering says which messages keep FIFO order.
+type Ordering int
+
+const (
+	// OrderByKey keeps messages that share a key (within their partition) in
+	// offset order: at most one of them is in a handler at a time.
+	OrderByKey Ordering = iota
+	// OrderByPartition keeps each partition in offset order, as a plain
+	// consumer would, while partitions run in parallel.
+	OrderByPartition
+	// Unordered hands every message to the next free handler.
+	Unordered
+)
+
+func (o Ordering) String() string {
+	switch o {
+	case OrderByKey:
+		return "OrderByKey"
+	case OrderByPartition:
+		return "OrderByPartition"
+	case Unordered:
+		return "Unordered"
+	}
+	return fmt.Sprintf("Ordering(%d)", int(o))
+}
+
+// WithOrdering sets which messages keep FIFO order: OrderByKey (the
+// default), OrderByPartition or Unordered.
+func WithOrdering(o Ordering) Option {
+	return optionFunc(func(c *config) { c.ordering = o })
+}
+
+// WithOrderedNilKeys makes messages without a key keep FIFO order among
+// themselves within their partition, in OrderByKey mode. By default they
+// carry no order: Kafka's producers spread them over partitions anyway.
+func WithOrderedNilKeys() Option {
+	return optionFunc(func(c *config) { c.orderNilKeys = true })
+}
+
+// ---- Windows ----
 
 // WithMaxInFlight bounds the messages polled and not yet finished: the
 // window a hot key's backlog and the cold keys around it share. At the
@@ -251,18 +240,7 @@ func WithMaxInFlightBytes(n int64) Option {
 	return optionFunc(func(c *config) { c.maxInFlightBytes = n })
 }
 
-// WithOrdering sets which messages keep FIFO order: OrderByKey (the
-// default), OrderByPartition or Unordered.
-func WithOrdering(o Ordering) Option {
-	return optionFunc(func(c *config) { c.ordering = o })
-}
-
-// WithOrderedNilKeys makes messages without a key keep FIFO order among
-// themselves within their partition, in OrderByKey mode. By default they
-// carry no order: Kafka's producers spread them over partitions anyway.
-func WithOrderedNilKeys() Option {
-	return optionFunc(func(c *config) { c.orderNilKeys = true })
-}
+// ---- Commits ----
 
 // WithCommitInterval sets how often finished offsets are committed. Default
 // 1 s: at most about a second of work is redone after a crash, for one
@@ -293,26 +271,6 @@ func WithAsyncCommits() Option {
 	return optionFunc(func(c *config) { c.asyncCommits = true })
 }
 
-// CommitEvent describes one commit request, for WithOnCommit.
-type CommitEvent struct {
-	// Offsets are the offsets sent, each the next to read in its
-	// partition, with its metadata (the offset map).
-	Offsets []Offset
-	// MetadataBytes is the metadata's size, all partitions together.
-	MetadataBytes int
-	// Final is true for the synchronous commit of a revoke or a shutdown.
-	Final bool
-	Took  time.Duration
-	Err   error // nil if every offset was committed
-}
-
-// WithOnCommit calls fn after every commit request, for users who log or
-// export commits. It runs on the committer's goroutine: keep it quick (the
-// next commit waits for it). A panic in fn is logged and recovered.
-func WithOnCommit(fn func(CommitEvent)) Option {
-	return optionFunc(func(c *config) { c.onCommit = fn })
-}
-
 // WithOffsetMapMaxBytes bounds the offset map, the commit metadata that
 // records which offsets above the committed one already finished, so that
 // a new owner of the partition (after a crash, a lost assignment or a
@@ -326,7 +284,29 @@ func WithOffsetMapMaxBytes(n int) Option {
 	return optionFunc(func(c *config) { c.mapMaxBytes = n })
 }
 
-// WithShutdownMode sets how Consume stops: Graceful (the default) or HardStop.
+// ---- Shutdown ----
+
+// ShutdownMode says how Consume stops once its context is cancelled.
+type ShutdownMode int
+
+const (
+	// Graceful stops polling, drops the backlog that no handler started
+	// (it was never committed, so it is delivered again), lets in-flight
+	// handlers finish within the shutdown timeout, commits, and returns.
+	// Past the timeout it behaves like HardStop.
+	Graceful ShutdownMode = iota
+	// HardStop cancels the handlers' contexts at once, waits for them to
+	// return, and commits only what finished.
+	HardStop
+	// Drain stops polling, then handles everything already polled (the
+	// backlog behind busy keys too) within the shutdown timeout, commits,
+	// and returns. Past the timeout it behaves like Graceful past its
+	// timeout: handlers are cancelled and only what finished is committed.
+	Drain
+)
+
+// WithShutdownMode sets how Consume stops: Graceful (the default),
+// HardStop, or Drain.
 func WithShutdownMode(m ShutdownMode) Option {
 	return optionFunc(func(c *config) { c.shutdownMode = m })
 }
@@ -346,78 +326,7 @@ func WithRevokeTimeout(d time.Duration) Option {
 	return optionFunc(func(c *config) { c.revokeTimeout = d })
 }
 
-// WithLogger sets the logger for the pipeline's events, and for the
-// source's too if the source takes one (package kafka's does) and was not
-// given its own. nil discards everything, as in package kafka. Default
-// slog.Default().
-func WithLogger(l *slog.Logger) Option {
-	return optionFunc(func(c *config) {
-		if l == nil {
-			l = slog.New(slog.DiscardHandler)
-		}
-		c.logger, c.loggerSet = l, true
-	})
-}
-
-// WithErrorPolicy decides, per failed message, whether the pipeline stops
-// (the message stays uncommitted and Consume returns its error) or skips it
-// (commits it and goes on). Default StopOnError: nothing is lost.
-func WithErrorPolicy(p ErrorPolicy) Option {
-	return optionFunc(func(c *config) { c.errorPolicy = p })
-}
-
-// RebalanceHooks are callbacks for the partitions a rebalance moves; any
-// may be nil. They run on the poll goroutine, inside the source's Poll,
-// after the pipeline acted on the rebalance, so they must not block for
-// long; a panic in one is logged and recovered.
-type RebalanceHooks struct {
-	// OnAssigned: the member now owns these partitions (in addition to
-	// those it had, with incremental rebalancing).
-	OnAssigned func(partitions []TopicPartition)
-	// OnRevoked: the member gave these up in an orderly rebalance, after
-	// the pipeline finished or gave up their in-flight messages and
-	// committed their final offsets.
-	OnRevoked func(partitions []TopicPartition)
-	// OnLost: the member lost these (session timeout, fenced); nothing was
-	// committed, and their handlers' contexts were cancelled.
-	OnLost func(partitions []TopicPartition)
-}
-
-// WithRebalanceHooks registers callbacks for rebalances. Default: none.
-func WithRebalanceHooks(h RebalanceHooks) Option {
-	return optionFunc(func(c *config) {
-		c.hooks = engine.Hooks{OnAssigned: h.OnAssigned, OnRevoked: h.OnRevoked, OnLost: h.OnLost}
-	})
-}
-
-// WithObserver has the pipeline tell o of its events: messages polled,
-// each handling attempt's start (with its wait behind its key) and end,
-// what became of each message, commits, pauses, rebalances, concurrency
-// limit changes and stalls. It is the hook tracing and metrics build on
-// (the contrib/otelparallafka module implements it for OpenTelemetry);
-// see Observer for its contract. Default: none, at no cost.
-func WithObserver(o Observer) Option {
-	return optionFunc(func(c *config) { c.observer = o })
-}
-
-// WithStallTimeout sets when a partition counts as stalled: it has
-// unfinished work and its committable offset has not moved for d (a
-// handler that hangs, a message retried over and over). A stall is logged
-// (Warn, naming the blocking message: topic, partition, offset, key, and
-// how long its handler has run or why it waits), counted in
-// Stats.Stalls, listed in Stats.StalledPartitions, told to the observer
-// and reported by Health, until the offset moves. It is found within d
-// plus a quarter of d (at most 5 s more). Default 1 minute; 0 turns stall
-// detection off.
-func WithStallTimeout(d time.Duration) Option {
-	return optionFunc(func(c *config) { c.stallTimeout = d })
-}
-
-// StopOnError is the default error policy: every failure stops the pipeline.
-func StopOnError(error) ErrorAction { return Stop }
-
-// SkipOnError is an error policy that logs and skips every failure.
-func SkipOnError(error) ErrorAction { return Skip }
+// ---- Stages: middleware, inserted stages, the error policy ----
 
 // WithMiddleware wraps the handler in the given middleware; the first one
 // given is the outermost. It wraps Consume's handler of one message:
@@ -434,17 +343,104 @@ func WithMiddleware[K, V any](mw ...Middleware[K, V]) Option {
 	})
 }
 
-// WithStage inserts a stage at a point of the pipeline; stages at the same
-// point run in the order given. name identifies it in logs and errors. See
-// Stage for what a stage may and must do.
-func WithStage[K, V any](point StagePoint, name string, stage Stage[K, V]) Option {
+// WithBatchMiddleware wraps the batch handler of ConsumeBatch in the given
+// middleware; the first one given is the outermost. Consume refuses it.
+func WithBatchMiddleware[K, V any](mw ...BatchMiddleware[K, V]) Option {
+	return optionFunc(func(c *config) {
+		for _, m := range mw {
+			if m == nil {
+				c.errs = append(c.errs, errors.New("parallafka: WithBatchMiddleware: nil middleware"))
+				continue
+			}
+			c.batchMiddleware = append(c.batchMiddleware, m)
+		}
+	})
+}
+
+// WithAfterPoll inserts a stage between the poll stage and the
+// coordinator that routes messages to handlers. A stage here sees every
+// message in poll order, before any handling: the place for filters,
+// dedupe and enrichment. Messages it drops are finished at once, in order
+// with their key. Stages inserted at the same point run in the order
+// given; name identifies the stage in logs and errors. See pipeline.Stage
+// for what a stage may and must do.
+func WithAfterPoll[K, V any](name string, stage pipeline.Stage[K, V]) Option {
+	return withStage(true, name, stage)
+}
+
+// WithAfterHandle inserts a stage between the handlers and the commit
+// bookkeeping. A stage here sees every message after each handling
+// attempt, with the outcome in Message.Err, while the message still holds
+// its key: the place for retry, dead-lettering and metrics. Stages inserted
+// at the same point run in the order given; name identifies the stage in
+// logs and errors. See pipeline.Stage for what a stage may and must do.
+func WithAfterHandle[K, V any](name string, stage pipeline.Stage[K, V]) Option {
+	return withStage(false, name, stage)
+}
+
+func withStage[K, V any](afterPoll bool, name string, stage pipeline.Stage[K, V]) Option {
 	return optionFunc(func(c *config) {
 		if stage == nil {
-			c.errs = append(c.errs, fmt.Errorf("parallafka: WithStage %q: nil stage", name))
+			c.errs = append(c.errs, fmt.Errorf("parallafka: stage %q: nil stage", name))
 			return
 		}
-		c.stages = append(c.stages, stageSpec{point: point, name: name, stage: stage})
+		c.stages = append(c.stages, stageSpec{afterPoll: afterPoll, name: name, stage: stage})
 	})
+}
+
+// WithErrorPolicy decides, per failed message, whether the pipeline stops
+// (the message stays uncommitted and Consume returns its error) or skips it
+// (commits it and goes on): StopOnError, SkipOnError, or a policy of your
+// own returning pipeline.Stop or pipeline.Skip. Default StopOnError:
+// nothing is lost.
+func WithErrorPolicy(p pipeline.ErrorPolicy) Option {
+	return optionFunc(func(c *config) { c.errorPolicy = p })
+}
+
+// StopOnError is the default error policy: every failure stops the pipeline.
+func StopOnError(error) pipeline.ErrorAction { return pipeline.Stop }
+
+// SkipOnError is an error policy that logs and skips every failure.
+func SkipOnError(error) pipeline.ErrorAction { return pipeline.Skip }
+
+// ---- Observability ----
+
+// WithLogger sets the logger for the pipeline's events, and for the
+// source's too if the source takes one (package kafka's does) and was not
+// given its own. nil discards everything, as in package kafka. Default
+// slog.Default().
+func WithLogger(l *slog.Logger) Option {
+	return optionFunc(func(c *config) {
+		if l == nil {
+			l = slog.New(slog.DiscardHandler)
+		}
+		c.logger, c.loggerSet = l, true
+	})
+}
+
+// WithObserver has the pipeline tell o of its events: messages polled,
+// each handling attempt's start (with its wait behind its key) and end,
+// what became of each message, commits, pauses, rebalances, concurrency
+// limit changes and stalls. It is the hook tracing and metrics build on
+// (the contrib/otelparallafka module implements it for OpenTelemetry);
+// see pipeline.Observer for its contract, and pipeline.ObserverFuncs to
+// be told of a few events with plain functions (a commit, a rebalance, a
+// concurrency limit change). Default: none, at no cost.
+func WithObserver(o pipeline.Observer) Option {
+	return optionFunc(func(c *config) { c.observer = o })
+}
+
+// WithStallTimeout sets when a partition counts as stalled: it has
+// unfinished work and its committable offset has not moved for d (a
+// handler that hangs, a message retried over and over). A stall is logged
+// (Warn, naming the blocking message: topic, partition, offset, key, and
+// how long its handler has run or why it waits), counted in
+// Stats.Stalls, listed in Stats.StalledPartitions, told to the observer
+// and reported by Health, until the offset moves. It is found within d
+// plus a quarter of d (at most 5 s more). Default 1 minute; 0 turns stall
+// detection off.
+func WithStallTimeout(d time.Duration) Option {
+	return optionFunc(func(c *config) { c.stallTimeout = d })
 }
 
 // adaptiveMin is the adaptive limit's floor, 0 for a fixed concurrency.
@@ -475,7 +471,7 @@ func (c *config) validate() error {
 		bad("max concurrency must be at least 1, got %d", c.maxConcurrency)
 	}
 	if c.maxInFlight == 0 {
-		c.maxInFlight = max(DefaultMaxInFlight, 2*c.maxConcurrency)
+		c.maxInFlight = max(defaultMaxInFlight, 2*c.maxConcurrency)
 	}
 	if c.maxInFlight < max(c.maxConcurrency, 1) {
 		bad("max in-flight (%d) must be at least the max concurrency (%d)", c.maxInFlight, c.maxConcurrency)
@@ -495,7 +491,7 @@ func (c *config) validate() error {
 	if c.commitInterval <= 0 {
 		bad("commit interval must be positive, got %v", c.commitInterval)
 	}
-	if c.shutdownMode != Graceful && c.shutdownMode != HardStop {
+	if c.shutdownMode != Graceful && c.shutdownMode != HardStop && c.shutdownMode != Drain {
 		bad("unknown shutdown mode %d", c.shutdownMode)
 	}
 	if c.shutdownTimeout <= 0 {
@@ -506,6 +502,9 @@ func (c *config) validate() error {
 	}
 	if c.errorPolicy == nil {
 		bad("nil error policy")
+	}
+	if err := c.rateLimit.validate(); err != nil {
+		bad("%v", err)
 	}
 	if c.stallTimeout < 0 {
 		bad("stall timeout must not be negative, got %v", c.stallTimeout)
@@ -518,11 +517,6 @@ func (c *config) validate() error {
 	}
 	if c.batchLinger < 0 {
 		bad("batch linger must not be negative, got %v", c.batchLinger)
-	}
-	for _, s := range c.stages {
-		if s.point != AfterPoll && s.point != AfterHandle {
-			bad("stage %q: unknown stage point %v", s.name, s.point)
-		}
 	}
 	return errors.Join(errs...)
 }
@@ -547,42 +541,16 @@ func typed[K, V any](c *config) (mw []Middleware[K, V], batchMW []BatchMiddlewar
 		mw = append(mw, typed)
 	}
 	for _, s := range c.stages {
-		typed, ok := s.stage.(Stage[K, V])
+		typed, ok := s.stage.(pipeline.Stage[K, V])
 		if !ok {
 			errs = append(errs, fmt.Errorf("parallafka: stage %q of type %T does not match messages of type %T", s.name, s.stage, (*Message[K, V])(nil)))
 			continue
 		}
-		if s.point == AfterPoll {
+		if s.afterPoll {
 			before = append(before, engine.NamedStage[K, V]{Name: s.name, Run: typed})
 		} else {
 			after = append(after, engine.NamedStage[K, V]{Name: s.name, Run: typed})
 		}
 	}
 	return mw, batchMW, before, after, errors.Join(errs...)
-}
-
-// Ordering says which messages keep FIFO order.
-type Ordering int
-
-const (
-	// OrderByKey keeps messages that share a key (within their partition) in
-	// offset order: at most one of them is in a handler at a time.
-	OrderByKey Ordering = iota
-	// OrderByPartition keeps each partition in offset order, as a plain
-	// consumer would, while partitions run in parallel.
-	OrderByPartition
-	// Unordered hands every message to the next free handler.
-	Unordered
-)
-
-func (o Ordering) String() string {
-	switch o {
-	case OrderByKey:
-		return "OrderByKey"
-	case OrderByPartition:
-		return "OrderByPartition"
-	case Unordered:
-		return "Unordered"
-	}
-	return fmt.Sprintf("Ordering(%d)", int(o))
 }

@@ -5,9 +5,15 @@
 // It polls a topic in order on one goroutine and spreads the messages over
 // many concurrent handlers:
 //
-//	poll ──▶ key-router ──▶ handler pool ──▶ ack collector ──▶ committer
-//	           ▲                                  │
-//	           └──────── key released ────────────┘
+//	poll ──▶ coordinator ──▶ handler pool
+//	           │    ▲               │
+//	           │    └─ handler end ─┘
+//	           ▼
+//	       committer
+//
+// The coordinator owns every partition's state and picks the next message
+// for a handler; a handler's end comes back to it, which releases the key
+// and advances the committable offset; the committer commits that offset.
 //
 // A Source is a one-message-at-a-time consumer: package kafka adapts
 // confluent-kafka-go's, package pipeline/memsource is an in-memory one for
@@ -44,75 +50,33 @@ import (
 	"github.com/parallafka/parallafka/pipeline"
 )
 
-// Types re-exported from package pipeline, so that a user imports one
-// package; `go doc pipeline.Message` (and so on) shows their fields and
-// methods.
+// Types re-exported from package pipeline, so that a handler's author
+// imports one package. Package pipeline holds the rest: the Observer and
+// what it is told, error types (MessageError, PanicError), the ErrorPolicy
+// type, stages and sources; `go doc pipeline.Message` (and so on) shows
+// the fields and methods of these aliases.
 type (
 	// Message is one Kafka record as it travels through the pipeline: topic,
 	// partition, offset, key and value (deserialized, and raw), headers,
 	// timestamp, the latest attempt's error and the attempt count. Stages
-	// mark it with Drop or Retry.
+	// mark it with Drop or Retry. See pipeline.Message for its methods.
 	Message[K, V any] = pipeline.Message[K, V]
 	// Handler handles one message; an error or a panic fails it.
 	Handler[K, V any] = pipeline.Handler[K, V]
 	// Middleware wraps a Handler: func(next Handler) Handler.
 	Middleware[K, V any] = pipeline.Middleware[K, V]
-	// Stage is a user-insertable step between two channels of messages; it
-	// must send every message it receives on, exactly once.
-	Stage[K, V any] = pipeline.Stage[K, V]
 	// Source is a one-message-at-a-time consumer: package kafka's, or
 	// package memsource's for tests.
 	Source[K, V any] = pipeline.Source[K, V]
-	// TopicPartition names one partition of a topic.
-	TopicPartition = pipeline.TopicPartition
-	// Offset is a commit position: the next offset to read.
-	Offset = pipeline.Offset
-	// Header is one Kafka record header.
-	Header = pipeline.Header
-	// ErrorPolicy decides, per failed message, whether to Stop or Skip.
-	ErrorPolicy = pipeline.ErrorPolicy
-	// ErrorAction is Stop or Skip.
-	ErrorAction = pipeline.ErrorAction
-	// MessageError is the error of one message that failed.
-	MessageError = pipeline.MessageError
-	// PanicError is the error of a message whose handler panicked.
-	PanicError = pipeline.PanicError
-	// Observer is told of the pipeline's events (WithObserver).
-	Observer = pipeline.Observer
-	// NopObserver does nothing: embed it to implement some of Observer.
-	NopObserver = pipeline.NopObserver
-	// MessageInfo is what an Observer learns of a message.
-	MessageInfo = pipeline.MessageInfo
-	// Wait is how long a message waited before its handler started.
-	Wait = pipeline.Wait
-	// Outcome is what became of a message after a handling attempt.
-	Outcome = pipeline.Outcome
-	// CommitInfo is one commit request, as an Observer is told of it.
-	CommitInfo = pipeline.CommitInfo
-	// Stall describes a stalled partition and the message that blocks it.
-	Stall = pipeline.Stall
 	// BatchHandler handles a batch of messages in one call (ConsumeBatch).
 	BatchHandler[K, V any] = pipeline.BatchHandler[K, V]
 	// BatchMiddleware wraps a BatchHandler: func(next BatchHandler) BatchHandler.
 	BatchMiddleware[K, V any] = pipeline.BatchMiddleware[K, V]
-	// BatchError fails the messages of a batch it names; the others finish.
+	// BatchError fails the messages of a batch it names; the others
+	// finish: `var failed BatchError[K, V]`, failed.Fail(msg, err) for each
+	// message that failed, then `return failed.Err()`. Its methods are
+	// pipeline.BatchError's (`go doc pipeline.BatchError`).
 	BatchError[K, V any] = pipeline.BatchError[K, V]
-)
-
-// Error actions, re-exported from package pipeline.
-const (
-	Stop = pipeline.Stop
-	Skip = pipeline.Skip
-)
-
-// Outcomes, re-exported from package pipeline (see Observer).
-const (
-	OutcomeHandled   = pipeline.OutcomeHandled
-	OutcomeDropped   = pipeline.OutcomeDropped
-	OutcomeSkipped   = pipeline.OutcomeSkipped
-	OutcomeRetried   = pipeline.OutcomeRetried
-	OutcomeFailed    = pipeline.OutcomeFailed
-	OutcomeAbandoned = pipeline.OutcomeAbandoned
 )
 
 var (
@@ -124,14 +88,15 @@ var (
 	// ErrShutdownTimeout is returned (joined with any other error) when a
 	// graceful shutdown had to cancel handlers that outlived its timeout.
 	ErrShutdownTimeout = engine.ErrShutdownTimeout
-	// ErrBatchMiddleware is returned by Consume when WithBatchMiddleware
-	// was given: batch middleware wraps a batch handler (ConsumeBatch).
-	ErrBatchMiddleware = errors.New("parallafka: WithBatchMiddleware wraps a batch handler: use ConsumeBatch, or WithMiddleware with Consume")
-	// ErrMessageMiddleware is returned by ConsumeBatch when WithMiddleware
-	// was given: it wraps a single-message handler. Use WithBatchMiddleware
-	// (package stages has TimeoutBatch and DedupeBatch).
-	ErrMessageMiddleware = errors.New("parallafka: WithMiddleware wraps a single-message handler: use WithBatchMiddleware with ConsumeBatch (stages.TimeoutBatch, stages.DedupeBatch)")
 )
+
+// errBatchMiddleware is returned by Consume when WithBatchMiddleware was
+// given: batch middleware wraps a batch handler (ConsumeBatch).
+var errBatchMiddleware = errors.New("parallafka: WithBatchMiddleware wraps a batch handler: use ConsumeBatch, or WithMiddleware with Consume")
+
+// errMessageMiddleware is returned by ConsumeBatch when WithMiddleware was
+// given: it wraps a single-message handler.
+var errMessageMiddleware = errors.New("parallafka: WithMiddleware wraps a single-message handler: use WithBatchMiddleware with ConsumeBatch (stages.TimeoutBatch, stages.DedupeBatch)")
 
 // Parallafka consumes a Source with many concurrent handlers. Make one with
 // New; it consumes once.
@@ -144,8 +109,9 @@ type Parallafka[K, V any] struct {
 	after    []engine.NamedStage[K, V]
 	stats    engine.Stats
 	consumed atomic.Bool
-	paused   atomic.Bool // Pause and Resume; the poll stage acts on it
-	ended    atomic.Bool // Consume returned
+	paused   engine.UserPause   // Pause and Resume; the poll stage acts on it
+	rates    engine.RateControl // SetRateLimit; the coordinator acts on it
+	ended    atomic.Bool        // Consume returned
 }
 
 // New returns a Parallafka that will consume source. It returns an error if
@@ -214,29 +180,22 @@ func isNil(source any) bool {
 
 // Consume handles messages with handler until ctx is cancelled or a message
 // fails under the error policy (or the source fails), then shuts down as
-// configured, closes the source and returns: nil after a requested stop,
-// otherwise the error. No goroutine it started outlives it. Handlers must
-// honour their context: it is cancelled on a hard stop or a shutdown
-// timeout, and Consume waits for them to return.
+// configured, closes the source and returns: nil after a requested stop
+// (ctx cancelled, even before Consume was called), otherwise the error.
+// No goroutine it started outlives it. Handlers must honour their
+// context: it is cancelled on a hard stop or a shutdown timeout, and
+// Consume waits for them to return.
+//
+// Consume closes the source whenever it returns, an early return too (a
+// nil handler, the wrong middleware), except when it returns ErrConsumed:
+// a Parallafka consumes once, and any call after the first returns that.
 func (p *Parallafka[K, V]) Consume(ctx context.Context, handler Handler[K, V]) error {
-	if handler == nil {
-		return ErrNilHandler
-	}
-	if !p.consumed.CompareAndSwap(false, true) {
-		return ErrConsumed
-	}
-	defer p.ended.Store(true)
-	if err := ctx.Err(); err != nil {
-		// Closed like on every other return: the source serves one Consume.
-		return errors.Join(fmt.Errorf("parallafka: Consume: %w", err), p.closeSource())
-	}
-	if len(p.batchMW) > 0 {
-		return errors.Join(ErrBatchMiddleware, p.closeSource())
-	}
-	for i := len(p.mw) - 1; i >= 0; i-- {
-		handler = p.mw[i](handler)
-	}
-	return p.run(ctx, p.engineConfig(handler, nil))
+	return p.start(ctx, handler == nil, len(p.batchMW) > 0, errBatchMiddleware, func() *engine.Config[K, V] {
+		for i := len(p.mw) - 1; i >= 0; i-- {
+			handler = p.mw[i](handler)
+		}
+		return p.engineConfig(handler, nil)
+	})
 }
 
 // ConsumeBatch is Consume with a handler of batches: it handles messages
@@ -252,34 +211,45 @@ func (p *Parallafka[K, V]) Consume(ctx context.Context, handler Handler[K, V]) e
 // in at most one batch in flight; unordered, anything goes together.
 //
 // Returning nil finishes every message; an error, or a panic, fails every
-// message; a *BatchError fails only the messages it names. A failed message
-// goes through the AfterHandle stages (retry, dead-letter) and the error
-// policy like a failed message of Consume, and the later messages of its
-// key in the batch are handled again after it, so per-key order holds.
+// message; a *BatchError (see BatchError.Fail and Err) fails only the
+// messages it names. A failed message goes through the AfterHandle stages
+// (retry, dead-letter) and the error policy like a failed message of
+// Consume, and the later messages of its key in the batch are handled
+// again after it, so per-key order holds.
 // Commits, revokes and shutdowns behave as with Consume: a revoke waits for
 // the running batches (within the revoke timeout, then cancels them).
 //
 // Per-message middleware (WithMiddleware) wraps a single-message handler:
-// ConsumeBatch refuses it (ErrMessageMiddleware); package stages has batch
-// versions of its middleware.
+// ConsumeBatch refuses it; package stages has batch versions of its
+// middleware.
 func (p *Parallafka[K, V]) ConsumeBatch(ctx context.Context, handler BatchHandler[K, V]) error {
-	if handler == nil {
-		return ErrNilHandler
-	}
+	return p.start(ctx, handler == nil, len(p.mw) > 0, errMessageMiddleware, func() *engine.Config[K, V] {
+		for i := len(p.batchMW) - 1; i >= 0; i-- {
+			handler = p.batchMW[i](handler)
+		}
+		return p.engineConfig(nil, handler)
+	})
+}
+
+// start is the one path of Consume and ConsumeBatch: it marks the
+// Parallafka consumed, closes the source on every early return, and runs
+// the engine with the configuration config wraps the handler into.
+func (p *Parallafka[K, V]) start(ctx context.Context, nilHandler, wrongMiddleware bool, errWrongMiddleware error, config func() *engine.Config[K, V]) error {
 	if !p.consumed.CompareAndSwap(false, true) {
 		return ErrConsumed
 	}
 	defer p.ended.Store(true)
-	if err := ctx.Err(); err != nil {
-		return errors.Join(fmt.Errorf("parallafka: ConsumeBatch: %w", err), p.closeSource())
+	switch {
+	case nilHandler:
+		return errors.Join(ErrNilHandler, p.closeSource())
+	case wrongMiddleware:
+		return errors.Join(errWrongMiddleware, p.closeSource())
+	case ctx.Err() != nil:
+		// A stop requested before the start: nil, as for a context
+		// cancelled a moment after Consume began.
+		return p.closeSource()
 	}
-	if len(p.mw) > 0 {
-		return errors.Join(ErrMessageMiddleware, p.closeSource())
-	}
-	for i := len(p.batchMW) - 1; i >= 0; i-- {
-		handler = p.batchMW[i](handler)
-	}
-	return p.run(ctx, p.engineConfig(nil, handler))
+	return p.run(ctx, config())
 }
 
 func (p *Parallafka[K, V]) run(ctx context.Context, cfg *engine.Config[K, V]) error {
@@ -292,13 +262,15 @@ func (p *Parallafka[K, V]) engineConfig(handler Handler[K, V], batchHandler Batc
 		Source: p.source, Handler: handler, BatchHandler: batchHandler,
 		Batch:     engine.BatchLimits{MaxMessages: c.maxBatchMessages, MaxBytes: c.maxBatchBytes, Linger: c.batchLinger},
 		AfterPoll: p.before, AfterHandle: p.after,
-		Concurrency: c.maxConcurrency, MinConcurrency: c.adaptiveMin(), OnLimit: c.onLimit, MaxInFlight: c.maxInFlight, MaxInFlightBytes: c.maxInFlightBytes,
+		Concurrency: c.maxConcurrency, MinConcurrency: c.adaptiveMin(), MaxInFlight: c.maxInFlight, MaxInFlightBytes: c.maxInFlightBytes,
 		Ordering: engine.Ordering(c.ordering), OrderNilKeys: c.orderNilKeys,
 		CommitInterval: c.commitInterval, CommitEvery: c.commitEvery, AsyncCommits: c.asyncCommits,
-		OnCommit: onCommit(c.onCommit), MapMaxBytes: c.mapMaxBytes, HardStop: c.shutdownMode == HardStop,
+		MapMaxBytes: c.mapMaxBytes, HardStop: c.shutdownMode == HardStop,
+		DrainBacklog:    c.shutdownMode == Drain,
 		ShutdownTimeout: c.shutdownTimeout, RevokeTimeout: c.revokeTimeout,
-		Logger: c.logger, ErrorPolicy: c.errorPolicy, Hooks: c.hooks, Pause: &p.paused,
+		Logger: c.logger, ErrorPolicy: c.errorPolicy, Pause: &p.paused,
 		Observer: c.observer, StallTimeout: c.stallTimeout,
+		RateLimit: engine.RateLimit(c.rateLimit), Rates: &p.rates,
 	}
 }
 
@@ -309,32 +281,14 @@ func (p *Parallafka[K, V]) engineConfig(handler Handler[K, V], batchHandler Batc
 // already running finish, and their offsets are committed. Use it as a
 // circuit breaker while a downstream is down. It takes effect within one
 // poll cycle (about 100 ms); calling it before Consume pauses from the start.
-func (p *Parallafka[K, V]) Pause() { p.paused.Store(true) }
+func (p *Parallafka[K, V]) Pause() { p.paused.Set(true) }
 
 // Resume undoes Pause: dispatching and fetching go on.
-func (p *Parallafka[K, V]) Resume() { p.paused.Store(false) }
+func (p *Parallafka[K, V]) Resume() { p.paused.Set(false) }
 
 func (p *Parallafka[K, V]) closeSource() error {
 	if err := p.source.Close(); err != nil {
 		return fmt.Errorf("parallafka: closing source: %w", err)
 	}
 	return nil
-}
-
-// Draining returns a channel, closed when a graceful shutdown begins, for a
-// stage that holds messages back; see pipeline.Draining.
-func Draining(ctx context.Context) <-chan struct{} { return pipeline.Draining(ctx) }
-
-// onCommit adapts the user's WithOnCommit callback for the engine.
-func onCommit(fn func(CommitEvent)) engine.OnCommit {
-	if fn == nil {
-		return nil
-	}
-	return func(offsets []Offset, final bool, took time.Duration, err error) {
-		size := 0
-		for _, off := range offsets {
-			size += len(off.Metadata)
-		}
-		fn(CommitEvent{Offsets: offsets, MetadataBytes: size, Final: final, Took: took, Err: err})
-	}
 }

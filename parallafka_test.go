@@ -133,6 +133,6 @@ func TestConsumeAllInKeyOrder(t *testing.T) {
 	}
 	st := p.Stats()
 	assert.EqualValues(t, n, st.Polled)
-	assert.EqualValues(t, n, st.Handled)
+	assert.EqualValues(t, n, st.Finished)
 	assert.EqualValues(t, 0, st.InFlight)
 }

@@ -1,11 +1,16 @@
 package parallafka
 
+import "github.com/parallafka/parallafka/pipeline"
+
 // Stats is a snapshot of a Parallafka's progress.
 type Stats struct {
 	Polled int64 // messages polled
-	// Handled counts messages finished: handled successfully, dropped by a
-	// stage, or failed and skipped by the error policy.
-	Handled int64
+	// Finished counts messages done with for good, whatever became of
+	// them: handled successfully, dropped by a stage (Dropped: a
+	// dead-lettered message included), or failed and skipped by the error
+	// policy (Skipped). Finished - Dropped - Skipped were handled
+	// successfully.
+	Finished int64
 	// Failed counts messages whose failure (error or panic) reached the
 	// error policy: skipped, or stopping the pipeline. A failed attempt that
 	// a stage retries counts in Retried instead (stages.Retry), and one
@@ -33,11 +38,11 @@ type Stats struct {
 	// Committed is the last offset committed (the next to read) for each
 	// partition this Parallafka committed, including partitions since
 	// revoked.
-	Committed map[TopicPartition]int64
+	Committed map[pipeline.TopicPartition]int64
 	// Paused lists the partitions paused now: by back-pressure, by Pause,
 	// or by poll steering (surplus ready work, or the window's last quarter
 	// kept for the partition with the longest key chains).
-	Paused []TopicPartition
+	Paused []pipeline.TopicPartition
 	// UserPaused reports that Pause is in force (Resume ends it).
 	UserPaused bool
 	// Assigned is the number of partitions assigned now.
@@ -45,9 +50,12 @@ type Stats struct {
 	// Stalled is the number of partitions stalled now (WithStallTimeout);
 	// StalledPartitions says what blocks each.
 	Stalled           int64
-	StalledPartitions []Stall
+	StalledPartitions []pipeline.Stall
 	// Stalls counts the times a partition was found stalled.
 	Stalls int64
+	// Throttled counts the times a ready message was held back by a rate
+	// limit (WithRateLimit): it waited for a token, holding no handler.
+	Throttled int64
 	// Batches counts batch handler calls (ConsumeBatch), and MeanBatchSize
 	// is the mean number of messages they were given (0 before the first).
 	Batches       int64
@@ -70,7 +78,7 @@ func (p *Parallafka[K, V]) Stats() Stats {
 	}
 	return Stats{
 		Batches: batches, MeanBatchSize: mean,
-		Polled: s.Polled.Load(), Handled: handled + dropped + skipped,
+		Polled: s.Polled.Load(), Finished: handled + dropped + skipped,
 		Failed: s.Failed.Load(), Skipped: skipped, Dropped: dropped, Retried: s.Retried.Load(),
 		InFlight: s.InFlight.Load(), InFlightBytes: s.InFlightBytes.Load(), Queued: s.Queued.Load(),
 		FinishedBefore: s.FinishedBefore.Load(), MapTruncated: s.MapTruncated.Load(),
@@ -78,6 +86,7 @@ func (p *Parallafka[K, V]) Stats() Stats {
 		Committed: s.Committed(), Paused: s.Paused(), UserPaused: s.UserPaused.Load(),
 		Assigned: s.Assigned.Load(), Stalled: s.Stalled.Load(), StalledPartitions: s.StalledPartitions(),
 		Stalls:           s.Stalls.Load(),
+		Throttled:        s.Throttled.Load(),
 		ConcurrencyLimit: int(s.ConcurrencyLimit.Load()),
 	}
 }

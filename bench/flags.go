@@ -10,7 +10,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/parallafka/parallafka"
 	"github.com/parallafka/parallafka/kafka/kafkatest"
 )
 
@@ -71,7 +70,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.IntVar(&c.valueSize, "value-size", 100, "bytes per message value")
 	fs.StringVar(&handler, "handler", "noop", "handler model: noop, sleep:1ms, sleep:0ms-5ms (uniform random), cpu:N (N rounds of integer hashing), sink:2ms+10us (a fixed round trip per call plus a cost per message), downstream:cap=C,base=D[,fail=F] (one shared service: C calls at a time, D each, the rest queue; with fail=F a call finding more than F×C calls in it fails at once and is retried)")
 	fs.IntVar(&c.batch, "batch", 0, "consume with a batch handler (ConsumeBatch), batches of at most N messages; 0: one message per call (Consume)")
-	fs.DurationVar(&c.linger, "linger", parallafka.DefaultBatchLinger, "with -batch: how long a partial batch waits for more (WithBatchLinger)")
+	fs.DurationVar(&c.linger, "linger", 5*time.Millisecond, "with -batch: how long a partial batch waits for more (WithBatchLinger; its default, 5 ms)")
 	fs.StringVar(&modes, "mode", "key", "ordering: key, partition or unordered (a list to sweep)")
 	fs.StringVar(&conc, "concurrency", "16", "handler concurrency (a list to sweep, e.g. 1,16,100); adaptive:MIN-MAX for WithAdaptiveConcurrency(MIN, MAX)")
 	fs.StringVar(&change, "downstream-change", "", "T:cap=C: the downstream's capacity becomes C at T into each run (handler downstream)")
@@ -193,7 +192,7 @@ func (c *config) inFlightLimit(n int) int {
 	if c.maxInFlight > 0 {
 		return c.maxInFlight
 	}
-	return max(parallafka.DefaultMaxInFlight, 2*n)
+	return max(20_000, 2*n) // WithMaxInFlight's default
 }
 
 func parseList(s string) []string {

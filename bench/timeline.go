@@ -27,9 +27,15 @@ import (
 // it succeeds, keeping its key, so that every run handles every message
 // and what overload costs shows as failed calls and retries, not as lost
 // messages. Each attempt is a call, counted in Calls.
-var downstreamRetry = parallafka.WithStage(parallafka.AfterHandle, "retry", stages.Retry[string, []byte](stages.RetryConfig{
-	MaxAttempts: math.MaxInt32, InitialBackoff: time.Millisecond, MaxBackoff: 20 * time.Millisecond, Multiplier: 2, Jitter: 0.2,
-}))
+var downstreamRetry = func() parallafka.Option {
+	retry, err := stages.Retry[string, []byte](stages.RetryConfig{
+		MaxAttempts: math.MaxInt32, InitialBackoff: time.Millisecond, MaxBackoff: 20 * time.Millisecond, Multiplier: 2, Jitter: 0.2,
+	})
+	if err != nil {
+		panic(err) // a constant configuration
+	}
+	return parallafka.WithAfterHandle("retry", retry)
+}()
 
 // tickEvery is the timeline's resolution.
 const tickEvery = 100 * time.Millisecond

@@ -14,26 +14,12 @@ import (
 	"github.com/parallafka/parallafka/pipeline"
 )
 
-// ErrNotOwned reports partitions that this member cannot commit because it
-// does not own them: never assigned, revoked or lost already, or the group
-// moved to a new generation this member is not part of yet
-// (UNKNOWN_MEMBER_ID, ILLEGAL_GENERATION, REBALANCE_IN_PROGRESS,
-// FENCED_INSTANCE_ID, STALE_MEMBER_EPOCH, assignment lost, consumer
-// destroyed). Retrying the same commit at once is pointless: drop it. If the
-// partition is still (or again) this member's once the rebalance completed
-// (cooperative rebalancing keeps partitions through a generation change),
-// the next periodic commit carries its offset.
-//
-// errors.Is(err, ErrNotOwned) holds for an error of Source.Commit exactly
-// when nothing in it is worth retrying.
-var ErrNotOwned = pipeline.ErrNotOwned
-
 // CommitError is the error of Source.Commit when some offsets were not
 // committed. Each offset given to Commit is in exactly one of Committed,
 // NotOwned and Failed.
 //
 // A committer retries Failed (after a backoff), drops NotOwned, and counts
-// Committed as done. errors.Is(err, ErrNotOwned) reports that Failed is
+// Committed as done. errors.Is(err, pipeline.ErrNotOwned) reports that Failed is
 // empty: give up on the whole commit.
 type CommitError struct {
 	// Committed are the offsets that are now the group's committed offsets
@@ -67,11 +53,13 @@ func (e *CommitError) Error() string {
 	return b.String()
 }
 
-// Is reports whether target is ErrNotOwned and nothing is worth retrying.
-func (e *CommitError) Is(target error) bool { return target == ErrNotOwned && len(e.Failed) == 0 }
+// Is reports whether target is pipeline.ErrNotOwned and nothing is worth retrying.
+func (e *CommitError) Is(target error) bool {
+	return target == pipeline.ErrNotOwned && len(e.Failed) == 0
+}
 
 // Unwrap returns the causes of Failed, or of NotOwned when Failed is empty
-// (so that errors.Is(err, ErrNotOwned) keeps its meaning): errors.As finds a
+// (so that errors.Is(err, pipeline.ErrNotOwned) keeps its meaning): errors.As finds a
 // confluent-kafka-go Error among them.
 func (e *CommitError) Unwrap() []error {
 	group := e.Failed
@@ -87,12 +75,9 @@ func (e *CommitError) Unwrap() []error {
 	return errs
 }
 
-// Retriable reports whether some offsets failed for a reason that may pass.
-func (e *CommitError) Retriable() bool { return len(e.Failed) > 0 }
-
 // errNotAssigned is the cause of offsets of partitions the Source does not
 // have in its assignment.
-var errNotAssigned = fmt.Errorf("%w: partition not assigned", ErrNotOwned)
+var errNotAssigned = fmt.Errorf("%w: partition not assigned", pipeline.ErrNotOwned)
 
 // ErrCommitInFlight is the cause of a CommitError's Failed offsets when ctx
 // ended while librdkafka was still carrying the commit out: it may yet
@@ -103,14 +88,23 @@ var ErrCommitInFlight = errors.New("kafka: commit still in flight")
 // Commit commits offsets (each the next offset to read in its partition, as
 // Kafka defines committed offsets: they are sent as given, not +1) as the
 // group's committed offsets, with a synchronous CommitOffsets. It returns
-// nil if all were committed, else a *CommitError (see ErrNotOwned), or
+// nil if all were committed, else a *CommitError (see pipeline.ErrNotOwned), or
 // ErrClosed after Close, or ctx's error.
 //
 // When the commit fails for some partitions, confluent-kafka-go reports one
 // error for the whole request; the Source then reads the group's committed
 // offsets back (OffsetFetch, at most 5 seconds) to tell the partitions that
 // were committed from those that were not, and classifies the latter by that
-// error.
+// error. A partition is not owned (NotOwned; pipeline.ErrNotOwned) when it
+// was never assigned, was revoked or lost already, or the group moved to a
+// new generation this member is not part of yet (UNKNOWN_MEMBER_ID,
+// ILLEGAL_GENERATION, REBALANCE_IN_PROGRESS, FENCED_INSTANCE_ID,
+// STALE_MEMBER_EPOCH, assignment lost, consumer destroyed): retrying the
+// same commit at once is pointless. If the partition is still (or again)
+// this member's once the rebalance completed (cooperative rebalancing keeps
+// partitions through a generation change), the next periodic commit carries
+// its offset. errors.Is(err, pipeline.ErrNotOwned) holds exactly when
+// nothing in the error is worth retrying.
 //
 // Offsets of partitions not currently assigned to this Source are not sent:
 // they are reported NotOwned. An offset lower than one this Source already
@@ -275,7 +269,7 @@ func (s *Source[K, V]) runCommit(f *commitFlight) {
 			done = append(done, off)
 		case notOwned(perr):
 			res.NotOwned = append(res.NotOwned, off)
-			res.Causes[off.TopicPartition] = fmt.Errorf("%w: %w", ErrNotOwned, perr)
+			res.Causes[off.TopicPartition] = fmt.Errorf("%w: %w", pipeline.ErrNotOwned, perr)
 		case metadataTooLarge(perr):
 			res.Failed = append(res.Failed, off)
 			res.Causes[off.TopicPartition] = fmt.Errorf("%w (%d bytes): %w", pipeline.ErrMetadataTooLarge, len(off.Metadata), perr)
@@ -323,6 +317,16 @@ func (s *Source[K, V]) awaitFlight(d time.Duration) bool {
 	case <-s.interrupt:
 	}
 	return false
+}
+
+// deadlineTimer returns a channel that receives at deadline, nil (never
+// ready) for the zero deadline, and the function that stops its timer.
+func deadlineTimer(deadline time.Time) (<-chan time.Time, func() bool) {
+	if deadline.IsZero() {
+		return nil, func() bool { return false }
+	}
+	t := time.NewTimer(time.Until(deadline))
+	return t.C, t.Stop
 }
 
 // errCommitted marks, in markCommitted's results, a partition whose
@@ -398,12 +402,8 @@ func (s *Source[K, V]) awaitCommits(deadline time.Time) bool {
 	}
 	idle := s.idle
 	s.mu.Unlock()
-	var timeout <-chan time.Time
-	if !deadline.IsZero() {
-		t := time.NewTimer(time.Until(deadline))
-		defer t.Stop()
-		timeout = t.C
-	}
+	timeout, stop := deadlineTimer(deadline)
+	defer stop()
 	select {
 	case <-idle:
 		return true

@@ -61,19 +61,12 @@ const (
 // Of the options, NewConsumer uses only WithLogger. NewSource accepts only
 // consumers made here, unless given WithUncheckedConsumer.
 func NewConsumer(cfg *ckafka.ConfigMap, opts ...Option) (*ckafka.Consumer, error) {
-	if cfg == nil {
-		return nil, errors.New("kafka: NewConsumer: nil ConfigMap")
-	}
-	o := applyOptions(opts)
-	conf, forwardLogs, err := safeConfig(*cfg)
+	c, o, forwardLogs, err := newClient("NewConsumer", cfg, opts, safeConfig, ckafka.NewConsumer)
 	if err != nil {
 		return nil, err
 	}
-	c, err := ckafka.NewConsumer(&conf)
-	if err != nil {
-		return nil, fmt.Errorf("kafka: NewConsumer: %w", err)
-	}
-	info := &consumerInfo{checked: true, loggerSet: o.loggerSet, timeouts: readTimeouts(conf)}
+	// The timeouts are the caller's: the checks change none of them.
+	info := &consumerInfo{checked: true, loggerSet: o.loggerSet, timeouts: readTimeouts(*cfg)}
 	info.logger.Store(o.logger)
 	if forwardLogs {
 		info.logsDone = make(chan struct{})
@@ -83,30 +76,38 @@ func NewConsumer(cfg *ckafka.ConfigMap, opts ...Option) (*ckafka.Consumer, error
 	return c, nil
 }
 
-// safeConfig returns a checked copy of cfg, and whether NewConsumer should
-// forward librdkafka's logs.
-func safeConfig(cfg ckafka.ConfigMap) (ckafka.ConfigMap, bool, error) {
-	conf := make(ckafka.ConfigMap, len(cfg)+3)
+// newClient is the start NewConsumer and NewDeadLetterWriter share: the
+// options, a checked copy of cfg (safe), and the librdkafka client made
+// with it (open); forwardLogs tells whether librdkafka's logs are to be
+// forwarded to the options' logger.
+func newClient[C any](name string, cfg *ckafka.ConfigMap, opts []Option,
+	safe func(ckafka.ConfigMap) (ckafka.ConfigMap, bool, error),
+	open func(*ckafka.ConfigMap) (C, error)) (c C, o options, forwardLogs bool, err error) {
+	if cfg == nil {
+		return c, o, false, fmt.Errorf("kafka: %s: nil ConfigMap", name)
+	}
+	o = applyOptions(opts)
+	conf, forwardLogs, err := safe(*cfg)
+	if err != nil {
+		return c, o, false, err
+	}
+	if c, err = open(&conf); err != nil {
+		return c, o, false, fmt.Errorf("kafka: %s: %w", name, err)
+	}
+	return c, o, forwardLogs, nil
+}
+
+// checkedConfig returns a copy of cfg that check may change or refuse,
+// with librdkafka's logs on a channel (go.logs.channel.enable) unless the
+// caller set that either way, and whether they are: the client then
+// forwards them to the WithLogger logger.
+func checkedConfig(cfg ckafka.ConfigMap, check func(ckafka.ConfigMap) error) (ckafka.ConfigMap, bool, error) {
+	conf := make(ckafka.ConfigMap, len(cfg)+5)
 	for k, v := range cfg {
 		conf[k] = v
 	}
-	for _, key := range []string{keyAutoCommit, keyAutoOffsetStore} {
-		v, set, err := boolSetting(conf, key)
-		switch {
-		case err != nil:
-			return nil, false, err
-		case set && v:
-			return nil, false, fmt.Errorf("%w: %s=true: the pipeline commits each partition's "+
-				"offset itself, once every message before it finished; set it to false or leave it unset", ErrUnsafeConfig, key)
-		case !set:
-			conf[key] = false
-		}
-	}
-	if v, _, err := boolSetting(conf, keyEventsChannel); err != nil {
+	if err := check(conf); err != nil {
 		return nil, false, err
-	} else if v {
-		return nil, false, fmt.Errorf("%w: %s=true: the Source drives the consumer with Poll, "+
-			"which the events channel disables", ErrUnsafeConfig, keyEventsChannel)
 	}
 	forwardLogs := false
 	if _, set := conf[keyLogsChannel]; !set {
@@ -116,6 +117,36 @@ func safeConfig(cfg ckafka.ConfigMap) (ckafka.ConfigMap, bool, error) {
 		}
 	}
 	return conf, forwardLogs, nil
+}
+
+// safeConfig returns a checked copy of cfg, and whether NewConsumer should
+// forward librdkafka's logs.
+func safeConfig(cfg ckafka.ConfigMap) (ckafka.ConfigMap, bool, error) {
+	return checkedConfig(cfg, checkConsumerConfig)
+}
+
+// checkConsumerConfig sets or refuses the consumer settings the pipeline
+// depends on.
+func checkConsumerConfig(conf ckafka.ConfigMap) error {
+	for _, key := range []string{keyAutoCommit, keyAutoOffsetStore} {
+		v, set, err := boolSetting(conf, key)
+		switch {
+		case err != nil:
+			return err
+		case set && v:
+			return fmt.Errorf("%w: %s=true: the pipeline commits each partition's "+
+				"offset itself, once every message before it finished; set it to false or leave it unset", ErrUnsafeConfig, key)
+		case !set:
+			conf[key] = false
+		}
+	}
+	if v, _, err := boolSetting(conf, keyEventsChannel); err != nil {
+		return err
+	} else if v {
+		return fmt.Errorf("%w: %s=true: the Source drives the consumer with Poll, "+
+			"which the events channel disables", ErrUnsafeConfig, keyEventsChannel)
+	}
+	return nil
 }
 
 // boolSetting reads a boolean property the way librdkafka would parse it.

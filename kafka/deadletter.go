@@ -62,17 +62,9 @@ type DeadLetterWriter struct {
 // security) is the caller's. Of the options, only WithLogger applies. Close
 // the writer after Consume returned.
 func NewDeadLetterWriter(cfg *ckafka.ConfigMap, opts ...Option) (*DeadLetterWriter, error) {
-	if cfg == nil {
-		return nil, errors.New("kafka: NewDeadLetterWriter: nil ConfigMap")
-	}
-	o := applyOptions(opts)
-	conf, forwardLogs, err := safeProducerConfig(*cfg)
+	p, o, forwardLogs, err := newClient("NewDeadLetterWriter", cfg, opts, safeProducerConfig, ckafka.NewProducer)
 	if err != nil {
 		return nil, err
-	}
-	p, err := ckafka.NewProducer(&conf)
-	if err != nil {
-		return nil, fmt.Errorf("kafka: NewDeadLetterWriter: %w", err)
 	}
 	w := &DeadLetterWriter{producer: p, logger: o.logger, eventsDone: make(chan struct{})}
 	go w.logEvents()
@@ -85,41 +77,38 @@ func NewDeadLetterWriter(cfg *ckafka.ConfigMap, opts ...Option) (*DeadLetterWrit
 	return w, nil
 }
 
+// safeProducerConfig returns a checked copy of cfg, and whether
+// NewDeadLetterWriter should forward librdkafka's logs.
 func safeProducerConfig(cfg ckafka.ConfigMap) (ckafka.ConfigMap, bool, error) {
-	conf := make(ckafka.ConfigMap, len(cfg)+5)
-	for k, v := range cfg {
-		conf[k] = v
-	}
+	return checkedConfig(cfg, checkProducerConfig)
+}
+
+// checkProducerConfig sets or refuses the producer settings a dead letter's
+// durability depends on.
+func checkProducerConfig(conf ckafka.ConfigMap) error {
 	switch acks, set := conf[keyAcks]; {
 	case !set:
 		conf[keyAcks] = "all"
 	case acks == "all" || acks == "-1" || acks == -1:
 	default:
-		return nil, false, fmt.Errorf("%w: dead-letter producer: %s=%v: a dead letter must be stored by every "+
+		return fmt.Errorf("%w: dead-letter producer: %s=%v: a dead letter must be stored by every "+
 			"in-sync replica before its message is committed; set it to all or leave it unset", ErrUnsafeConfig, keyAcks, acks)
 	}
 	if _, set, err := boolSetting(conf, keyIdempotence); err != nil {
-		return nil, false, err
+		return err
 	} else if !set {
 		conf[keyIdempotence] = true
 	}
 	if v, set, err := boolSetting(conf, keyDeliveryReports); err != nil {
-		return nil, false, err
+		return err
 	} else if set && !v {
-		return nil, false, fmt.Errorf("%w: dead-letter producer: %s=false: each write waits for its delivery report",
+		return fmt.Errorf("%w: dead-letter producer: %s=false: each write waits for its delivery report",
 			ErrUnsafeConfig, keyDeliveryReports)
 	}
 	if _, set := conf[keyReportFields]; !set {
 		conf[keyReportFields] = "none"
 	}
-	forwardLogs := false
-	if _, set := conf[keyLogsChannel]; !set {
-		if _, set := conf[keyLogsChannelValue]; !set {
-			conf[keyLogsChannel] = true
-			forwardLogs = true
-		}
-	}
-	return conf, forwardLogs, nil
+	return nil
 }
 
 // WriteDeadLetter produces dl to its topic and waits until the broker
@@ -149,7 +138,7 @@ func (w *DeadLetterWriter) WriteDeadLetter(ctx context.Context, dl pipeline.Dead
 		}
 		var kerr ckafka.Error
 		if !errors.As(err, &kerr) || kerr.Code() != ckafka.ErrQueueFull {
-			return fmt.Errorf("kafka: producing dead letter to %s: %w", topic, err)
+			return fmt.Errorf("kafka: producing dead letter of %s@%d to %s: %w", dl.Original, dl.Offset, topic, err)
 		}
 		select { // the producer's queue is full: wait for room
 		case <-time.After(10 * time.Millisecond):
@@ -160,14 +149,14 @@ func (w *DeadLetterWriter) WriteDeadLetter(ctx context.Context, dl pipeline.Dead
 	case ev := <-delivered:
 		m, ok := ev.(*ckafka.Message)
 		if !ok {
-			return fmt.Errorf("kafka: dead letter to %s: unexpected delivery event %v", topic, ev)
+			return fmt.Errorf("kafka: dead letter of %s@%d to %s: unexpected delivery event %v", dl.Original, dl.Offset, topic, ev)
 		}
 		if m.TopicPartition.Error != nil {
-			return fmt.Errorf("kafka: dead letter to %s not delivered: %w", topic, m.TopicPartition.Error)
+			return fmt.Errorf("kafka: dead letter of %s@%d to %s not delivered: %w", dl.Original, dl.Offset, topic, m.TopicPartition.Error)
 		}
 		return nil
 	case <-ctx.Done():
-		return fmt.Errorf("kafka: dead letter to %s not acknowledged yet: %w", topic, ctx.Err())
+		return fmt.Errorf("kafka: dead letter of %s@%d to %s not acknowledged yet: %w", dl.Original, dl.Offset, topic, ctx.Err())
 	}
 }
 
@@ -204,4 +193,39 @@ func (w *DeadLetterWriter) Close() error {
 		}
 	})
 	return w.closeErr
+}
+
+// deadLetterCheckTimeout bounds CheckDeadLetterTopic's metadata request
+// when its context has no earlier deadline.
+const deadLetterCheckTimeout = 10 * time.Second
+
+// ErrDeadLetterTopicMissing is returned (wrapped, with the topic's name) by
+// CheckDeadLetterTopic for a dead-letter topic the cluster does not have.
+var ErrDeadLetterTopicMissing = errors.New("kafka: dead-letter topic does not exist")
+
+// CheckDeadLetterTopic asks the cluster for topic's metadata and returns an
+// error naming the topic if it does not exist or cannot be read. It
+// implements stages.DeadLetterTopicChecker: stages.DeadLetterQueue calls it
+// as it starts, so that a missing dead-letter topic stops Consume at once
+// instead of failing the first dead letter after message.timeout.ms.
+func (w *DeadLetterWriter) CheckDeadLetterTopic(ctx context.Context, topic string) error {
+	timeout := deadLetterCheckTimeout
+	if d, ok := ctx.Deadline(); ok {
+		timeout = min(timeout, time.Until(d))
+	}
+	md, err := w.producer.GetMetadata(&topic, false, int(max(timeout, time.Millisecond)/time.Millisecond))
+	if err != nil {
+		return fmt.Errorf("kafka: dead-letter topic %s: metadata: %w", topic, err)
+	}
+	tm, ok := md.Topics[topic]
+	if !ok {
+		return fmt.Errorf("%w: %s", ErrDeadLetterTopicMissing, topic)
+	}
+	if tm.Error.Code() == ckafka.ErrUnknownTopicOrPart || tm.Error.Code() == ckafka.ErrUnknownTopic {
+		return fmt.Errorf("%w: %s", ErrDeadLetterTopicMissing, topic)
+	}
+	if tm.Error.Code() != ckafka.ErrNoError {
+		return fmt.Errorf("kafka: dead-letter topic %s: %w", topic, tm.Error)
+	}
+	return nil
 }

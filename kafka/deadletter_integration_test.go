@@ -16,6 +16,7 @@ import (
 	"github.com/parallafka/parallafka"
 	"github.com/parallafka/parallafka/kafka"
 	"github.com/parallafka/parallafka/kafka/kafkatest"
+	"github.com/parallafka/parallafka/pipeline"
 	"github.com/parallafka/parallafka/stages"
 )
 
@@ -76,15 +77,19 @@ func TestDeadLetterIntegration(t *testing.T) {
 	require.NoError(t, err)
 	writer := newWriter(t, cluster.ProducerConfig())
 
+	timeout, err := stages.Timeout[string, order](10 * time.Second)
+	require.NoError(t, err)
+	retry, err := stages.Retry[string, order](stages.RetryConfig{
+		MaxAttempts: 3, InitialBackoff: 5 * time.Millisecond, MaxBackoff: 20 * time.Millisecond, Jitter: 0.2,
+	})
+	require.NoError(t, err)
+	deadLetter, err := stages.DeadLetterQueue[string, order](stages.DeadLetterConfig{Writer: writer, Topic: dlqTopic})
+	require.NoError(t, err)
 	p, err := parallafka.New(src, parallafka.WithLogger(quiet), parallafka.WithMaxConcurrency(16),
 		parallafka.WithCommitInterval(20*time.Millisecond),
-		parallafka.WithMiddleware(stages.Timeout[string, order](10*time.Second)),
-		parallafka.WithStage(parallafka.AfterHandle, "retry", stages.Retry[string, order](stages.RetryConfig{
-			MaxAttempts: 3, InitialBackoff: 5 * time.Millisecond, MaxBackoff: 20 * time.Millisecond, Jitter: 0.2,
-		})),
-		parallafka.WithStage(parallafka.AfterHandle, "dead-letter", stages.DeadLetterQueue[string, order](stages.DeadLetterConfig{
-			Writer: writer, Topic: dlqTopic,
-		})))
+		parallafka.WithMiddleware(timeout),
+		parallafka.WithAfterHandle("retry", retry),
+		parallafka.WithAfterHandle("dead-letter", deadLetter))
 	require.NoError(t, err)
 
 	var mu sync.Mutex
@@ -127,7 +132,7 @@ func TestDeadLetterIntegration(t *testing.T) {
 		committed = true
 		got := p.Stats().Committed
 		for part, e := range end {
-			if e > 0 && got[parallafka.TopicPartition{Topic: topic, Partition: part}] != e {
+			if e > 0 && got[pipeline.TopicPartition{Topic: topic, Partition: part}] != e {
 				committed = false
 			}
 		}

@@ -65,7 +65,7 @@ func TestDeadLetterWriterWrites(t *testing.T) {
 	require.NoError(t, cluster.CreateTopic(ctx, topic, 2))
 	w := newWriter(t, cluster.ProducerConfig())
 
-	dl := stages.DeadLetter{
+	dl := pipeline.DeadLetter{
 		Topic: topic, Key: []byte("order-7"), Value: []byte(`{"broken":`),
 		Headers: []pipeline.Header{
 			{Key: "trace", Value: []byte("abc")},
@@ -103,13 +103,13 @@ func TestDeadLetterWriterFailsWithoutAcknowledgement(t *testing.T) {
 	w := newWriter(t, cfg)
 	cluster.Close() // the broker is gone
 
-	err := w.WriteDeadLetter(context.Background(), stages.DeadLetter{Topic: topic, Value: []byte("x")})
+	err := w.WriteDeadLetter(context.Background(), pipeline.DeadLetter{Topic: topic, Value: []byte("x")})
 	require.Error(t, err)
 	require.ErrorContains(t, err, "not delivered")
 
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel()
-	err = w.WriteDeadLetter(ctx, stages.DeadLetter{Topic: topic, Value: []byte("y")})
+	err = w.WriteDeadLetter(ctx, pipeline.DeadLetter{Topic: topic, Value: []byte("y")})
 	require.ErrorIs(t, err, context.DeadlineExceeded, "a write honours its context")
 	// The abandoned write times out in the producer; Close does not hang on it.
 	_ = w.Close()

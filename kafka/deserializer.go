@@ -59,7 +59,7 @@ type DeserializeError struct {
 
 // Error names the part of the record that could not be deserialized and
 // why. It leaves the record's position out: the pipeline reports a failed
-// message as a *parallafka.MessageError that wraps this error and names the
+// message as a *pipeline.MessageError that wraps this error and names the
 // position already (the fields here hold it too).
 func (e *DeserializeError) Error() string {
 	return fmt.Sprintf("kafka: cannot deserialize the %s: %v", e.Field, e.Err)

@@ -60,5 +60,5 @@
 // Source.Commit sends the offsets as given (the next offset to read) with a
 // synchronous CommitOffsets. An error is a *CommitError that tells offsets
 // worth retrying (Failed) from those of partitions this member does not own
-// (NotOwned, ErrNotOwned), which must be dropped.
+// (NotOwned, pipeline.ErrNotOwned), which must be dropped.
 package kafka

@@ -200,14 +200,21 @@ func TestStartupUnreachable(t *testing.T) {
 	src.log.Store(src.logger().With()) // keep the test logger
 	require.NoError(t, src.Subscribe(newListener(src)))
 	defer func() { _ = src.Close() }()
-	deadline := time.Now().Add(60 * time.Second)
+	start := time.Now()
+	deadline := start.Add(60 * time.Second)
 	var err error
 	for err == nil {
 		require.True(t, time.Now().Before(deadline), "Poll never failed")
 		_, err = src.Poll(100 * time.Millisecond)
 	}
+	took := time.Since(start)
 	require.ErrorIs(t, err, ErrUnreachable)
-	t.Logf("Poll: %v (warnings %d)", err, warns.Load())
+	require.ErrorContains(t, err, "within 2s")
+	// Issue 26: the timeout is honoured within a second of itself (it
+	// took 7 s: a 5 s metadata request after the deadline).
+	require.GreaterOrEqual(t, took, 2*time.Second, "not before the startup timeout")
+	require.Less(t, took, 3*time.Second, "within a second of the startup timeout")
+	t.Logf("Poll after %v: %v (warnings %d)", took, err, warns.Load())
 }
 
 // Item 4 of issue 11: a subscribed topic that does not exist ends Poll.
@@ -229,6 +236,16 @@ func TestStartupUnknownTopic(t *testing.T) {
 			require.NotErrorIs(t, err, ErrUnreachable)
 		})
 	}
+}
+
+// Issue 26: a negative startup timeout is refused, not taken for "forever".
+func TestStartupTimeoutNegativeRefused(t *testing.T) {
+	cfg := &ckafka.ConfigMap{"bootstrap.servers": "127.0.0.1:1", "group.id": groupName(t), "broker.address.family": "v4"}
+	c, err := NewConsumer(cfg, WithLogger(nil))
+	require.NoError(t, err)
+	defer func() { _ = c.Close() }()
+	_, err = NewSource(c, []string{"some-topic"}, String, String, WithStartupTimeout(-time.Second))
+	require.ErrorContains(t, err, "WithStartupTimeout: negative timeout")
 }
 
 // With the startup timeout off, an unreachable broker is retried forever.

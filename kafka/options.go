@@ -1,6 +1,8 @@
 package kafka
 
 import (
+	"errors"
+	"fmt"
 	"log/slog"
 	"time"
 
@@ -18,10 +20,12 @@ type options struct {
 
 	startupTimeout time.Duration
 	closeTimeout   time.Duration
+
+	err error // an invalid option's, returned by NewSource
 }
 
 func applyOptions(opts []Option) options {
-	o := options{logger: slog.Default(), startupTimeout: DefaultStartupTimeout, closeTimeout: DefaultCloseTimeout}
+	o := options{logger: slog.Default(), startupTimeout: 30 * time.Second, closeTimeout: 5 * time.Second}
 	for _, opt := range opts {
 		if opt != nil {
 			opt(&o)
@@ -69,29 +73,28 @@ func WithUncheckedConsumer() Option { return func(o *options) { o.unchecked = tr
 // not events here: they reach the RebalanceListener.
 func WithEventHandler(fn func(ckafka.Event)) Option { return func(o *options) { o.onEvent = fn } }
 
-// DefaultStartupTimeout is the startup timeout of a Source without
-// WithStartupTimeout.
-const DefaultStartupTimeout = 30 * time.Second
-
-// DefaultCloseTimeout is the close timeout of a Source without
-// WithCloseTimeout.
-const DefaultCloseTimeout = 5 * time.Second
-
 // WithStartupTimeout bounds how long Poll waits, after Subscribe, for a
 // broker to answer: if none did within d, Poll returns an error matching
-// ErrUnreachable (so Consume ends with it) instead of retrying forever. The
-// default is DefaultStartupTimeout (30 s); 0 waits forever. Outages after a
-// broker answered once never end Poll: the client reconnects by itself.
+// ErrUnreachable (so Consume ends with it) instead of retrying forever. It
+// returns within a second of d. Default 30 s; 0 waits forever; NewSource
+// refuses a negative d. Outages after a broker answered once never end
+// Poll: the client reconnects by itself.
 func WithStartupTimeout(d time.Duration) Option {
-	return func(o *options) { o.startupTimeout = max(d, 0) }
+	return func(o *options) {
+		if d < 0 {
+			o.err = errors.Join(o.err, fmt.Errorf("kafka: WithStartupTimeout: negative timeout %v (0 waits forever)", d))
+			return
+		}
+		o.startupTimeout = d
+	}
 }
 
 // WithCloseTimeout bounds Close: if the consumer has not closed within d
 // (librdkafka waits for commits in flight, and for the coordinator to leave
 // the group, which an unreachable broker delays up to session.timeout.ms),
 // Close returns an error matching ErrCloseTimeout and the consumer finishes
-// closing on its own goroutine (Source.Closed tells when). The default is
-// DefaultCloseTimeout (5 s); d <= 0 waits as long as librdkafka does.
+// closing on its own goroutine (Source.Closed tells when). Default 5 s;
+// d <= 0 waits as long as librdkafka does.
 func WithCloseTimeout(d time.Duration) Option {
 	return func(o *options) { o.closeTimeout = d }
 }

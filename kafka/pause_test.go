@@ -36,11 +36,11 @@ func TestPauseLongerThanMaxPollInterval(t *testing.T) {
 	var assigned, revoked, lost atomic.Int32
 	p, err := parallafka.New[string, string](src, parallafka.WithRevokeTimeout(3*time.Second), parallafka.WithMaxConcurrency(2),
 		parallafka.WithLogger(slog.New(slog.DiscardHandler)),
-		parallafka.WithRebalanceHooks(parallafka.RebalanceHooks{
-			OnAssigned: func(tps []pipeline.TopicPartition) { assigned.Add(int32(len(tps))) },
-			OnRevoked:  func(tps []pipeline.TopicPartition) { revoked.Add(int32(len(tps))) },
-			OnLost:     func(tps []pipeline.TopicPartition) { lost.Add(int32(len(tps))) },
-		}))
+		parallafka.WithObserver(pipeline.ObserverFuncs{
+			PartitionsAssigned: func(tps []pipeline.TopicPartition) { assigned.Add(int32(len(tps))) },
+			PartitionsRevoked:  func(tps []pipeline.TopicPartition) { revoked.Add(int32(len(tps))) },
+			PartitionsLost:     func(tps []pipeline.TopicPartition) { lost.Add(int32(len(tps))) },
+		}.Observer()))
 	require.NoError(t, err)
 	var handled atomic.Int64
 	run, cancel := context.WithCancel(ctx)

@@ -106,6 +106,9 @@ func NewSource[K, V any](consumer *ckafka.Consumer, topics []string,
 		}
 	}
 	o := applyOptions(opts)
+	if o.err != nil {
+		return nil, o.err
+	}
 	info, err := claimConsumer(consumer, o.unchecked)
 	if err != nil {
 		return nil, err
@@ -645,12 +648,8 @@ func (s *Source[K, V]) Close() error {
 			}
 			done <- err
 		}()
-		var timeout <-chan time.Time
-		if !deadline.IsZero() {
-			t := time.NewTimer(time.Until(deadline))
-			defer t.Stop()
-			timeout = t.C
-		}
+		timeout, stop := deadlineTimer(deadline)
+		defer stop()
 		select {
 		case err := <-done:
 			switch {

@@ -243,10 +243,10 @@ func TestCommitThenReopenResumesAfterCommittedOffset(t *testing.T) {
 	// A partition this member does not own is dropped, and says so.
 	other := pipeline.TopicPartition{Topic: topic, Partition: 7}
 	err := src.Commit(ctx, []pipeline.Offset{{TopicPartition: other, Offset: 1}})
-	require.ErrorIs(t, err, ErrNotOwned)
+	require.ErrorIs(t, err, pipeline.ErrNotOwned)
 	var ce *CommitError
 	require.ErrorAs(t, err, &ce)
-	assert.False(t, ce.Retriable())
+	assert.Empty(t, ce.Failed, "nothing worth retrying")
 	assert.Equal(t, []pipeline.Offset{{TopicPartition: other, Offset: 1}}, ce.NotOwned)
 
 	// Mixed: the owned partition is committed, the other reported.
@@ -635,8 +635,8 @@ func TestCommitReportsPartitionErrors(t *testing.T) {
 	var ce *CommitError
 	require.ErrorAs(t, err, &ce, "%v", err)
 	t.Log(err)
-	assert.True(t, ce.Retriable())
-	assert.NotErrorIs(t, err, ErrNotOwned, "something is worth retrying")
+	assert.NotEmpty(t, ce.Failed, "something worth retrying")
+	assert.NotErrorIs(t, err, pipeline.ErrNotOwned, "something is worth retrying")
 	assert.Equal(t, []pipeline.Offset{{TopicPartition: p[1], Offset: 2}}, ce.Failed)
 	assert.ElementsMatch(t, []pipeline.Offset{{TopicPartition: p[0], Offset: 2}, {TopicPartition: p[2], Offset: 2}}, ce.Committed)
 	assert.Empty(t, ce.NotOwned)
@@ -651,9 +651,9 @@ func TestCommitReportsPartitionErrors(t *testing.T) {
 	// A generation this member is no longer part of: give up.
 	failCommits(c, map[int32]int16{0: kerr.IllegalGeneration.Code, 1: kerr.IllegalGeneration.Code, 2: kerr.IllegalGeneration.Code})
 	err = src.Commit(ctx, offs(3))
-	require.ErrorIs(t, err, ErrNotOwned, "%v", err)
+	require.ErrorIs(t, err, pipeline.ErrNotOwned, "%v", err)
 	require.ErrorAs(t, err, &ce)
-	assert.False(t, ce.Retriable())
+	assert.Empty(t, ce.Failed, "nothing worth retrying")
 	assert.Len(t, ce.NotOwned, 3)
 	require.ErrorAs(t, err, &kafkaErr)
 	assert.Equal(t, ckafka.ErrIllegalGeneration, kafkaErr.Code())
@@ -697,7 +697,7 @@ func TestLostAssignmentIsReportedAndNotCommitted(t *testing.T) {
 	for _, cl := range l.callsCopy() {
 		assert.NotEqual(t, "revoked", cl.kind)
 	}
-	require.ErrorIs(t, lostCommitErr, ErrNotOwned, "a lost partition cannot be committed")
+	require.ErrorIs(t, lostCommitErr, pipeline.ErrNotOwned, "a lost partition cannot be committed")
 	assert.Empty(t, c.committed(group, topic))
 
 	// The member rejoins on its next polls.

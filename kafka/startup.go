@@ -8,6 +8,8 @@ import (
 	"time"
 
 	ckafka "github.com/confluentinc/confluent-kafka-go/v2/kafka"
+
+	"github.com/parallafka/parallafka/internal/kafkaerr"
 )
 
 // ErrUnreachable is matched by the error of Poll when no broker answered
@@ -18,12 +20,23 @@ var ErrUnreachable = errors.New("kafka: no broker reachable")
 
 // ErrUnknownTopic is matched by the error of Poll when a subscribed topic
 // does not exist on the cluster (and the consumer does not create it:
-// allow.auto.create.topics is off by default).
-var ErrUnknownTopic = errors.New("kafka: unknown topic")
+// allow.auto.create.topics is off by default), and by the errors of
+// package kafkatest's topic helpers for a topic that does not exist.
+var ErrUnknownTopic = kafkaerr.ErrUnknownTopic
 
-// metadataTimeout bounds the metadata request that confirms a startup
-// failure.
+// metadataTimeout bounds the metadata request that confirms an
+// unknown-topic error.
 const metadataTimeout = 5 * time.Second
+
+// confirmTimeout is how long before the startup deadline the metadata
+// request that confirms no broker answers begins: the request ends by the
+// deadline, so Poll gives up within a poll timeout of it, not a metadata
+// timeout after it.
+const confirmTimeout = time.Second
+
+// lateConfirmTimeout bounds that request when Poll comes back past the
+// deadline already.
+const lateConfirmTimeout = 100 * time.Millisecond
 
 // startup tracks whether a broker answered since Subscribe. Owned by the
 // goroutine calling Poll.
@@ -62,11 +75,14 @@ func (s *Source[K, V]) checkStartup(now time.Time) error {
 			}
 		}
 	}
-	if st.answered || st.timeout == 0 || now.Before(st.deadline) {
+	if st.answered || st.timeout == 0 || now.Before(st.deadline.Add(-min(confirmTimeout, st.timeout/2))) {
 		return nil
 	}
-	md, err := s.consumer.GetMetadata(nil, true, millis(metadataTimeout))
+	md, err := s.consumer.GetMetadata(nil, true, millis(max(st.deadline.Sub(now), lateConfirmTimeout)))
 	if err != nil {
+		if time.Now().Before(st.deadline) {
+			return nil // asked again at the next Poll, until the deadline
+		}
 		cause := st.lastErr
 		if cause == nil {
 			cause = err

@@ -10,8 +10,9 @@ import (
 // goroutine where the event happens, several at once: they must be safe
 // for concurrent use, return quickly and never block (record, count, hand
 // off); a panic is recovered and logged, and the pipeline goes on. Slices
-// it is given are its own to keep. Embed NopObserver to implement only
-// some methods.
+// it is given are its own to keep. ObserverFuncs makes one of plain
+// functions, for a few events; a type that implements some methods can
+// embed an Observer made by ObserverFuncs{}.Observer() for the rest.
 type Observer interface {
 	// MessagePolled: a message was polled and handed to the pipeline.
 	MessagePolled(m MessageInfo)
@@ -90,9 +91,6 @@ type Wait struct {
 	ForHandler time.Duration // ready, waiting for a free handler
 }
 
-// Total returns the whole wait.
-func (w Wait) Total() time.Duration { return w.BehindKey + w.ForHandler }
-
 // Outcome is what became of a message after a handling attempt.
 type Outcome uint8
 
@@ -132,6 +130,14 @@ type CommitInfo struct {
 	Err     error
 }
 
+// ThrottleObserver is an optional interface of an Observer: a rate limit
+// (WithRateLimit) held back a ready message, for about wait, before it was
+// dispatched. perKey says which limit: its key's, or the global one. It is
+// called on the coordinator's goroutine: keep it quick.
+type ThrottleObserver interface {
+	MessageThrottled(m MessageInfo, wait time.Duration, perKey bool)
+}
+
 // Stall describes a stalled partition: its committable offset has not
 // moved for Since while it had unfinished work, held back by the message
 // at Offset (its first unfinished one).
@@ -149,27 +155,129 @@ type Stall struct {
 	Running time.Duration
 }
 
-// NopObserver is an Observer that does nothing: embed it to implement only
-// some methods.
-type NopObserver struct{}
+// ObserverFuncs is an Observer made of functions, one per event, for a
+// program told of a few events only (a commit, a rebalance, a limit
+// change); the zero value observes nothing. Its Observer method returns the
+// Observer to give WithObserver. A nil function ignores its event; a
+// HandlerStarted or BatchStarted left nil keeps the context as it is. The
+// functions are called as Observer's methods are: concurrently, and they
+// must return quickly.
+type ObserverFuncs struct {
+	MessagePolled           func(m MessageInfo)
+	HandlerStarted          func(ctx context.Context, m MessageInfo, waited Wait) context.Context
+	HandlerEnded            func(ctx context.Context, m MessageInfo, err error, took time.Duration)
+	BatchStarted            func(ctx context.Context, msgs []MessageInfo) context.Context
+	BatchEnded              func(ctx context.Context, msgs []MessageInfo, err error, took time.Duration)
+	MessageSettled          func(m MessageInfo, outcome Outcome)
+	Committed               func(c CommitInfo)
+	PartitionsPaused        func(partitions []TopicPartition)
+	PartitionsResumed       func(partitions []TopicPartition)
+	PartitionsAssigned      func(partitions []TopicPartition)
+	PartitionsRevoked       func(partitions []TopicPartition)
+	PartitionsLost          func(partitions []TopicPartition)
+	ConcurrencyLimitChanged func(limit int)
+	PartitionStalled        func(s Stall)
+	PartitionUnstalled      func(tp TopicPartition, stalledFor time.Duration)
+}
 
-func (NopObserver) MessagePolled(MessageInfo) {}
-func (NopObserver) HandlerStarted(ctx context.Context, _ MessageInfo, _ Wait) context.Context {
+// Observer returns an Observer that calls f's functions.
+func (f ObserverFuncs) Observer() Observer { return funcObserver{f} }
+
+// funcObserver is ObserverFuncs as an Observer (a struct cannot have a
+// field and a method of one name).
+type funcObserver struct{ f ObserverFuncs }
+
+func (f funcObserver) MessagePolled(m MessageInfo) {
+	if f.f.MessagePolled != nil {
+		f.f.MessagePolled(m)
+	}
+}
+
+func (f funcObserver) HandlerStarted(ctx context.Context, m MessageInfo, waited Wait) context.Context {
+	if f.f.HandlerStarted != nil {
+		return f.f.HandlerStarted(ctx, m, waited)
+	}
 	return ctx
 }
-func (NopObserver) HandlerEnded(context.Context, MessageInfo, error, time.Duration)   {}
-func (NopObserver) BatchStarted(ctx context.Context, _ []MessageInfo) context.Context { return ctx }
-func (NopObserver) BatchEnded(context.Context, []MessageInfo, error, time.Duration)   {}
-func (NopObserver) MessageSettled(MessageInfo, Outcome)                               {}
-func (NopObserver) Committed(CommitInfo)                                              {}
-func (NopObserver) PartitionsPaused([]TopicPartition)                                 {}
-func (NopObserver) PartitionsResumed([]TopicPartition)                                {}
-func (NopObserver) PartitionsAssigned([]TopicPartition)                               {}
-func (NopObserver) PartitionsRevoked([]TopicPartition)                                {}
-func (NopObserver) PartitionsLost([]TopicPartition)                                   {}
-func (NopObserver) ConcurrencyLimitChanged(int)                                       {}
-func (NopObserver) PartitionStalled(Stall)                                            {}
-func (NopObserver) PartitionUnstalled(TopicPartition, time.Duration)                  {}
+
+func (f funcObserver) HandlerEnded(ctx context.Context, m MessageInfo, err error, took time.Duration) {
+	if f.f.HandlerEnded != nil {
+		f.f.HandlerEnded(ctx, m, err, took)
+	}
+}
+
+func (f funcObserver) BatchStarted(ctx context.Context, msgs []MessageInfo) context.Context {
+	if f.f.BatchStarted != nil {
+		return f.f.BatchStarted(ctx, msgs)
+	}
+	return ctx
+}
+
+func (f funcObserver) BatchEnded(ctx context.Context, msgs []MessageInfo, err error, took time.Duration) {
+	if f.f.BatchEnded != nil {
+		f.f.BatchEnded(ctx, msgs, err, took)
+	}
+}
+
+func (f funcObserver) MessageSettled(m MessageInfo, outcome Outcome) {
+	if f.f.MessageSettled != nil {
+		f.f.MessageSettled(m, outcome)
+	}
+}
+
+func (f funcObserver) Committed(c CommitInfo) {
+	if f.f.Committed != nil {
+		f.f.Committed(c)
+	}
+}
+
+func (f funcObserver) PartitionsPaused(partitions []TopicPartition) {
+	if f.f.PartitionsPaused != nil {
+		f.f.PartitionsPaused(partitions)
+	}
+}
+
+func (f funcObserver) PartitionsResumed(partitions []TopicPartition) {
+	if f.f.PartitionsResumed != nil {
+		f.f.PartitionsResumed(partitions)
+	}
+}
+
+func (f funcObserver) PartitionsAssigned(partitions []TopicPartition) {
+	if f.f.PartitionsAssigned != nil {
+		f.f.PartitionsAssigned(partitions)
+	}
+}
+
+func (f funcObserver) PartitionsRevoked(partitions []TopicPartition) {
+	if f.f.PartitionsRevoked != nil {
+		f.f.PartitionsRevoked(partitions)
+	}
+}
+
+func (f funcObserver) PartitionsLost(partitions []TopicPartition) {
+	if f.f.PartitionsLost != nil {
+		f.f.PartitionsLost(partitions)
+	}
+}
+
+func (f funcObserver) ConcurrencyLimitChanged(limit int) {
+	if f.f.ConcurrencyLimitChanged != nil {
+		f.f.ConcurrencyLimitChanged(limit)
+	}
+}
+
+func (f funcObserver) PartitionStalled(s Stall) {
+	if f.f.PartitionStalled != nil {
+		f.f.PartitionStalled(s)
+	}
+}
+
+func (f funcObserver) PartitionUnstalled(tp TopicPartition, stalledFor time.Duration) {
+	if f.f.PartitionUnstalled != nil {
+		f.f.PartitionUnstalled(tp, stalledFor)
+	}
+}
 
 // ConnectivitySource is implemented by sources that know whether they
 // reach their brokers (package kafka's Source). Parallafka's Health reports

@@ -22,13 +22,13 @@ func batchOf(n int) []*M {
 	batch := make([]*M, n)
 	for i := range batch {
 		batch[i] = &M{Topic: topic, Partition: int32(i), Offset: int64(i), RawKey: k(fmt.Sprint(i)),
-			Headers: []pipeline.Header{{Key: stages.MessageIDHeader, Value: []byte(fmt.Sprintf("id-%d", i))}}}
+			Headers: []pipeline.Header{{Key: stages.HeaderMessageID, Value: []byte(fmt.Sprintf("id-%d", i))}}}
 	}
 	return batch
 }
 
 func TestTimeoutBatch(t *testing.T) {
-	timeout := stages.TimeoutBatch[string, string](10 * time.Millisecond)
+	timeout := must(stages.TimeoutBatch[string, string](10 * time.Millisecond))
 	batch := batchOf(3)
 	slow := func(ctx context.Context, b []*M) error {
 		<-ctx.Done()
@@ -48,11 +48,12 @@ func TestTimeoutBatch(t *testing.T) {
 
 	quick := func(ctx context.Context, b []*M) error { return nil }
 	assert.NoError(t, timeout(quick)(context.Background(), batch))
-	assert.Panics(t, func() { stages.TimeoutBatch[string, string](0) })
+	_, err = stages.TimeoutBatch[string, string](0) // issue 26: an error, not a panic
+	assert.ErrorContains(t, err, "stages: TimeoutBatch: the deadline must be positive")
 }
 
 func TestDedupeBatch(t *testing.T) {
-	store := stages.NewMemoryDedupeStore(100, time.Hour)
+	store := must(stages.NewMemoryDedupeStore(100, time.Hour))
 	dedupe := stages.DedupeBatch(stages.DedupeConfig[string, string]{Store: store})
 	var calls [][]*M
 	handler := dedupe(func(ctx context.Context, b []*M) error {
@@ -69,7 +70,7 @@ func TestDedupeBatch(t *testing.T) {
 	err := handler(context.Background(), first)
 	assert.NoError(t, pipeline.BatchOutcome(err, first[0]))
 	assert.Error(t, pipeline.BatchOutcome(err, first[1]))
-	assert.Equal(t, 2, store.Len(), "only the messages that succeeded are recorded")
+	assert.Equal(t, 2, storeLen(store), "only the messages that succeeded are recorded")
 
 	again := batchOf(3)
 	err = handler(context.Background(), again)
@@ -95,7 +96,7 @@ func TestStagesInBatchMode(t *testing.T) {
 	const n = 400
 	for i := range n {
 		src.ProduceRecord(memsource.Record[string, string]{Topic: topic, Partition: int32(i % 2), Key: fmt.Sprintf("k%d", i%13),
-			Value: fmt.Sprint(i), Headers: []pipeline.Header{{Key: stages.MessageIDHeader, Value: []byte(fmt.Sprint(i % 390))}}})
+			Value: fmt.Sprint(i), Headers: []pipeline.Header{{Key: stages.HeaderMessageID, Value: []byte(fmt.Sprint(i % 390))}}})
 	}
 	var mu sync.Mutex
 	last := map[string]int64{}
@@ -134,11 +135,11 @@ func TestStagesInBatchMode(t *testing.T) {
 		parallafka.WithMaxBatchMessages(32), parallafka.WithCommitInterval(5*time.Millisecond),
 		parallafka.WithBatchMiddleware(
 			stages.DedupeBatch(stages.DedupeConfig[string, string]{}),
-			stages.TimeoutBatch[string, string](5*time.Second),
+			must(stages.TimeoutBatch[string, string](5*time.Second)),
 		),
-		parallafka.WithStage(parallafka.AfterHandle, "retry", stages.Retry[string, string](stages.RetryConfig{MaxAttempts: 3, InitialBackoff: time.Millisecond})),
-		parallafka.WithStage(parallafka.AfterHandle, "dead-letter", stages.DeadLetterQueue[string, string](stages.DeadLetterConfig{Writer: dlq, Topic: "dlq"})),
-		parallafka.WithStage(parallafka.AfterHandle, "record", record),
+		parallafka.WithAfterHandle("retry", must(stages.Retry[string, string](stages.RetryConfig{MaxAttempts: 3, InitialBackoff: time.Millisecond}))),
+		parallafka.WithAfterHandle("dead-letter", must(stages.DeadLetterQueue[string, string](stages.DeadLetterConfig{Writer: dlq, Topic: "dlq"}))),
+		parallafka.WithAfterHandle("record", record),
 	)
 	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(context.Background())

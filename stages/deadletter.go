@@ -1,7 +1,9 @@
 package stages
 
 import (
+	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"sync"
@@ -11,25 +13,15 @@ import (
 	"github.com/parallafka/parallafka/pipeline"
 )
 
-// Headers that DeadLetterQueue adds to every dead letter, after the original
-// record's headers (without any earlier headers of these names, which a
-// message dead-lettered before and replayed would carry). Values are text:
-// numbers in decimal.
-const (
-	HeaderOriginalTopic     = "parallafka.original.topic"
-	HeaderOriginalPartition = "parallafka.original.partition"
-	HeaderOriginalOffset    = "parallafka.original.offset"
-	HeaderError             = "parallafka.error"
-	HeaderAttempts          = "parallafka.attempts"
-)
-
-// DefaultDeadLetterConcurrency is the default of DeadLetterConfig.Concurrency.
-const DefaultDeadLetterConcurrency = 16
-
-// DeadLetter is a failed message on its way to a dead-letter topic (defined
-// in package pipeline so that writers, like package kafka's, need not import
-// the stages).
-type DeadLetter = pipeline.DeadLetter
+// DeadLetterTopicChecker is an optional interface of a DeadLetterWriter:
+// CheckDeadLetterTopic returns an error if topic does not exist (or cannot
+// be written to). DeadLetterQueue calls it as it starts for its Topic (the
+// stage, and so Consume, then fails with the error), and once for each
+// default topic (the original topic with ".dlq") before its first write.
+// kafka.DeadLetterWriter implements it.
+type DeadLetterTopicChecker interface {
+	CheckDeadLetterTopic(ctx context.Context, topic string) error
+}
 
 // DeadLetterWriter writes dead letters. WriteDeadLetter must return only once
 // the dead letter is durably stored (for Kafka: acknowledged by the broker,
@@ -37,7 +29,7 @@ type DeadLetter = pipeline.DeadLetter
 // concurrent use. Package kafka implements it with confluent-kafka-go's
 // producer (kafka.NewDeadLetterWriter).
 type DeadLetterWriter interface {
-	WriteDeadLetter(ctx context.Context, dl DeadLetter) error
+	WriteDeadLetter(ctx context.Context, dl pipeline.DeadLetter) error
 }
 
 // DeadLetterConfig configures DeadLetterQueue. A zero field takes its
@@ -50,6 +42,83 @@ type DeadLetterConfig struct {
 	Topic string
 	// Concurrency bounds the writes in flight at a time. Default 16.
 	Concurrency int
+	// Flood, if set, stops the pipeline instead of draining a topic into
+	// the dead-letter topic when too many messages would go there. Default
+	// nil: no guard.
+	Flood *FloodGuard
+}
+
+// FloodGuard is DeadLetterQueue's flood guard. When a message would be
+// dead-lettered past a limit, the stage fails with a *DeadLetterFloodError
+// (Consume returns it): that message is neither written nor handed on, so
+// it and everything after it in its partition stay uncommitted.
+type FloodGuard struct {
+	// MaxShare is the share of messages (0 to 1) that may be dead-lettered
+	// over the last Window messages the stage saw. 0: no share limit.
+	MaxShare float64
+	// Window is the number of messages the share is taken over; the share
+	// is checked only once that many were seen. Default 100 (with MaxShare).
+	Window int
+	// MaxInARow is the number of messages in a row that may be
+	// dead-lettered. 0: no limit.
+	MaxInARow int
+}
+
+// ErrDeadLetterFlood is what a *DeadLetterFloodError matches (errors.Is).
+var ErrDeadLetterFlood = errors.New("stages: dead-letter flood")
+
+// DeadLetterFloodError is the error of a DeadLetterQueue whose FloodGuard
+// tripped: Message would have been dead-lettered past the limit (Reason).
+type DeadLetterFloodError struct {
+	Topic   string // the dead-letter topic
+	Message pipeline.MessageInfo
+	Reason  string
+	Cause   error // the message's error
+}
+
+func (e *DeadLetterFloodError) Error() string {
+	return fmt.Sprintf("stages: dead-letter flood: %s; stopped before dead-lettering %s@%d to %s (message failed with: %v)",
+		e.Reason, e.Message.TopicPartition(), e.Message.Offset, e.Topic, e.Cause)
+}
+
+func (e *DeadLetterFloodError) Is(target error) bool { return target == ErrDeadLetterFlood }
+
+// flood tracks a FloodGuard's sliding window.
+type flood struct {
+	g      FloodGuard
+	window []bool // ring of the last messages: dead-lettered or not
+	next   int
+	seen   int
+	bad    int
+	inARow int
+}
+
+// observe counts a message; it returns the reason to stop if dead
+// (dead-lettering it) trips the guard.
+func (f *flood) observe(dead bool) string {
+	if f.g.MaxShare > 0 {
+		if f.seen == len(f.window) && f.window[f.next] {
+			f.bad--
+		}
+		f.window[f.next] = dead
+		f.next = (f.next + 1) % len(f.window)
+		f.seen = min(f.seen+1, len(f.window))
+		if dead {
+			f.bad++
+		}
+	}
+	if !dead {
+		f.inARow = 0
+		return ""
+	}
+	f.inARow++
+	if f.g.MaxInARow > 0 && f.inARow > f.g.MaxInARow {
+		return fmt.Sprintf("%d messages in a row failed for good (limit %d)", f.inARow, f.g.MaxInARow)
+	}
+	if f.g.MaxShare > 0 && f.seen == len(f.window) && float64(f.bad) > f.g.MaxShare*float64(len(f.window)) {
+		return fmt.Sprintf("%d of the last %d messages failed for good (limit %.3g%%)", f.bad, len(f.window), f.g.MaxShare*100)
+	}
+	return ""
 }
 
 // DeadLetterError is the error of a message that failed and could not be
@@ -71,7 +140,8 @@ func (e *DeadLetterError) Unwrap() error { return e.Err }
 // DeadLetterQueue returns an AfterHandle stage that writes every message
 // that failed for good to a dead-letter topic: one whose last attempt
 // failed (put it after Retry) or whose record could not be deserialized.
-// It panics if cfg has no Writer or a negative Concurrency.
+// It returns an error, and never panics, if cfg has no Writer or a
+// negative Concurrency.
 //
 // Only once the writer returned success does the message count as
 // finished, so its offset can be committed; it is then marked with
@@ -86,19 +156,55 @@ func (e *DeadLetterError) Unwrap() error { return e.Err }
 // with the same key). With cfg.Concurrency writes in flight the stage waits
 // for one to end before it reads on. The stage returns only after its
 // writes did.
-func DeadLetterQueue[K, V any](cfg DeadLetterConfig) pipeline.Stage[K, V] {
+func DeadLetterQueue[K, V any](cfg DeadLetterConfig) (pipeline.Stage[K, V], error) {
 	if cfg.Writer == nil {
-		panic("stages: DeadLetterQueue: nil Writer")
+		return nil, errors.New("stages: DeadLetterQueue: nil Writer")
 	}
 	if cfg.Concurrency < 0 {
-		panic(fmt.Sprintf("stages: DeadLetterQueue: negative Concurrency %d", cfg.Concurrency))
+		return nil, fmt.Errorf("stages: DeadLetterQueue: negative Concurrency %d", cfg.Concurrency)
 	}
 	if cfg.Concurrency == 0 {
-		cfg.Concurrency = DefaultDeadLetterConcurrency
+		cfg.Concurrency = 16
+	}
+	if g := cfg.Flood; g != nil {
+		if g.MaxShare < 0 || g.MaxShare > 1 || g.Window < 0 || g.MaxInARow < 0 {
+			return nil, fmt.Errorf("stages: DeadLetterQueue: invalid FloodGuard %+v (MaxShare in [0, 1], Window and MaxInARow >= 0)", *g)
+		}
+		if g.MaxShare == 0 && g.MaxInARow == 0 {
+			return nil, errors.New("stages: DeadLetterQueue: FloodGuard with neither MaxShare nor MaxInARow")
+		}
+	}
+	checker, _ := cfg.Writer.(DeadLetterTopicChecker)
+	var checked sync.Map // dead-letter topics found to exist
+	var check func(ctx context.Context, topic string) error
+	if checker != nil {
+		check = func(ctx context.Context, topic string) error {
+			if _, ok := checked.Load(topic); ok {
+				return nil
+			}
+			if err := checker.CheckDeadLetterTopic(ctx, topic); err != nil {
+				return err
+			}
+			checked.Store(topic, true)
+			return nil
+		}
 	}
 	return func(ctx context.Context, in <-chan *pipeline.Message[K, V], out chan<- *pipeline.Message[K, V]) error {
+		if check != nil && cfg.Topic != "" {
+			// A dead-letter topic that does not exist is found at the start.
+			if err := check(ctx, cfg.Topic); err != nil {
+				return fmt.Errorf("stages: DeadLetterQueue: dead-letter topic %s: %w", cfg.Topic, err)
+			}
+		}
 		var writes sync.WaitGroup
 		defer writes.Wait()
+		var guard *flood
+		if g := cfg.Flood; g != nil {
+			guard = &flood{g: *g}
+			if g.MaxShare > 0 {
+				guard.window = make([]bool, cmp.Or(g.Window, 100))
+			}
+		}
 		slots := make(chan struct{}, cfg.Concurrency)
 		send := func(msg *pipeline.Message[K, V]) bool {
 			select {
@@ -109,7 +215,14 @@ func DeadLetterQueue[K, V any](cfg DeadLetterConfig) pipeline.Stage[K, V] {
 			}
 		}
 		for msg := range in {
-			if !failedForGood(ctx, msg) {
+			dead := failedForGood(ctx, msg)
+			if guard != nil {
+				if reason := guard.observe(dead); reason != "" {
+					return &DeadLetterFloodError{Topic: newDeadLetter(cfg.Topic, msg).Topic,
+						Message: pipeline.Info(msg), Reason: reason, Cause: msg.Err}
+				}
+			}
+			if !dead {
 				if !send(msg) {
 					return nil
 				}
@@ -122,12 +235,12 @@ func DeadLetterQueue[K, V any](cfg DeadLetterConfig) pipeline.Stage[K, V] {
 			}
 			writes.Go(func() {
 				defer func() { <-slots }()
-				deadLetter(ctx, cfg, msg)
+				deadLetter(ctx, cfg, check, msg)
 				send(msg)
 			})
 		}
 		return nil
-	}
+	}, nil
 }
 
 // failedForGood reports whether msg failed with no attempt left. A hard
@@ -139,11 +252,16 @@ func failedForGood[K, V any](ctx context.Context, msg *pipeline.Message[K, V]) b
 // deadLetter writes msg to the dead-letter topic and marks it dropped, or
 // replaces its error with a *DeadLetterError. A writer's panic is a failed
 // write.
-func deadLetter[K, V any](ctx context.Context, cfg DeadLetterConfig, msg *pipeline.Message[K, V]) {
+func deadLetter[K, V any](ctx context.Context, cfg DeadLetterConfig, check func(context.Context, string) error, msg *pipeline.Message[K, V]) {
 	dl := newDeadLetter(cfg.Topic, msg)
 	var err error
-	if r := panics.Try(func() { err = cfg.Writer.WriteDeadLetter(ctx, dl) }); r != nil {
-		err = r.AsError()
+	if check != nil {
+		err = check(ctx, dl.Topic) // a missing default topic fails at once, not after the write's timeout
+	}
+	if err == nil {
+		if r := panics.Try(func() { err = cfg.Writer.WriteDeadLetter(ctx, dl) }); r != nil {
+			err = r.AsError()
+		}
 	}
 	if err == nil && ctx.Err() != nil {
 		err = ctx.Err()
@@ -155,7 +273,7 @@ func deadLetter[K, V any](ctx context.Context, cfg DeadLetterConfig, msg *pipeli
 	msg.Drop()
 }
 
-func newDeadLetter[K, V any](topic string, msg *pipeline.Message[K, V]) DeadLetter {
+func newDeadLetter[K, V any](topic string, msg *pipeline.Message[K, V]) pipeline.DeadLetter {
 	if topic == "" {
 		topic = msg.Topic + ".dlq"
 	}
@@ -172,7 +290,7 @@ func newDeadLetter[K, V any](topic string, msg *pipeline.Message[K, V]) DeadLett
 		pipeline.Header{Key: HeaderError, Value: []byte(msg.Err.Error())},
 		pipeline.Header{Key: HeaderAttempts, Value: strconv.AppendInt(nil, int64(msg.Attempt), 10)},
 	)
-	return DeadLetter{
+	return pipeline.DeadLetter{
 		Topic: topic, Key: msg.RawKey, Value: msg.RawValue, Headers: headers,
 		Original: msg.TopicPartition(), Offset: msg.Offset, Timestamp: msg.Timestamp,
 		Attempts: msg.Attempt, Err: msg.Err,

@@ -27,11 +27,11 @@ type memDLQ struct {
 	started chan struct{} // one token per write begun, if set
 
 	mu                    sync.Mutex
-	letters               []stages.DeadLetter
+	letters               []pipeline.DeadLetter
 	inFlight, maxInFlight int
 }
 
-func (w *memDLQ) WriteDeadLetter(ctx context.Context, dl stages.DeadLetter) error {
+func (w *memDLQ) WriteDeadLetter(ctx context.Context, dl pipeline.DeadLetter) error {
 	w.mu.Lock()
 	w.inFlight++
 	w.maxInFlight = max(w.maxInFlight, w.inFlight)
@@ -60,13 +60,13 @@ func (w *memDLQ) WriteDeadLetter(ctx context.Context, dl stages.DeadLetter) erro
 	return nil
 }
 
-func (w *memDLQ) written() []stages.DeadLetter {
+func (w *memDLQ) written() []pipeline.DeadLetter {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	return append([]stages.DeadLetter(nil), w.letters...)
+	return append([]pipeline.DeadLetter(nil), w.letters...)
 }
 
-func header(dl stages.DeadLetter, key string) string {
+func header(dl pipeline.DeadLetter, key string) string {
 	for _, h := range dl.Headers {
 		if h.Key == key {
 			return string(h.Value)
@@ -96,12 +96,12 @@ func TestDeadLetterAfterRetries(t *testing.T) {
 	}
 	dlq := &memDLQ{}
 	p := newPipeline(t, src, parallafka.WithMaxConcurrency(8),
-		parallafka.WithStage(parallafka.AfterHandle, "retry", stages.Retry[string, string](stages.RetryConfig{
+		parallafka.WithAfterHandle("retry", must(stages.Retry[string, string](stages.RetryConfig{
 			MaxAttempts: 3, InitialBackoff: time.Millisecond,
-		})),
-		parallafka.WithStage(parallafka.AfterHandle, "dead-letter", stages.DeadLetterQueue[string, string](stages.DeadLetterConfig{
+		}))),
+		parallafka.WithAfterHandle("dead-letter", must(stages.DeadLetterQueue[string, string](stages.DeadLetterConfig{
 			Writer: dlq, Topic: "orders-dlq",
-		})))
+		}))))
 	var handled sync.Map // value → succeeded
 	h := func(ctx context.Context, m *M) error {
 		if v, _ := strconv.Atoi(m.Value); v%10 == 7 {
@@ -113,7 +113,7 @@ func TestDeadLetterAfterRetries(t *testing.T) {
 	require.NoError(t, runUntil(t, p, h, allCommitted(src)))
 
 	letters := dlq.written()
-	byValue := map[string]stages.DeadLetter{}
+	byValue := map[string]pipeline.DeadLetter{}
 	for _, dl := range letters {
 		// The memory source keeps no raw value: identify letters by offset.
 		id := fmt.Sprint(dl.Original.Partition, "/", dl.Offset)
@@ -166,7 +166,7 @@ func TestDeadLetterCommitsOnlyAfterTheWrite(t *testing.T) {
 	const failing = 12
 	dlq := &memDLQ{gate: make(chan struct{}), started: make(chan struct{}, 1)}
 	p := newPipeline(t, src,
-		parallafka.WithStage(parallafka.AfterHandle, "dead-letter", stages.DeadLetterQueue[string, string](stages.DeadLetterConfig{Writer: dlq})))
+		parallafka.WithAfterHandle("dead-letter", must(stages.DeadLetterQueue[string, string](stages.DeadLetterConfig{Writer: dlq}))))
 	var handled atomic.Int64
 	run := runPipeline(p, func(ctx context.Context, m *M) error {
 		handled.Add(1)
@@ -200,14 +200,14 @@ func TestDeadLetterWriteFailureGoesToTheErrorPolicy(t *testing.T) {
 		t.Run(fmt.Sprint("skip handler errors: ", skipHandlerErrors), func(t *testing.T) {
 			src := memsource.New[string, string]()
 			fillTopic(src, 1, 20, func(i int) string { return "K" + strconv.Itoa(i%3) })
-			opts := []parallafka.Option{parallafka.WithStage(parallafka.AfterHandle, "dead-letter",
-				stages.DeadLetterQueue[string, string](stages.DeadLetterConfig{Writer: &memDLQ{fail: errBroker}}))}
+			opts := []parallafka.Option{parallafka.WithAfterHandle("dead-letter",
+				must(stages.DeadLetterQueue[string, string](stages.DeadLetterConfig{Writer: &memDLQ{fail: errBroker}})))}
 			if skipHandlerErrors {
-				opts = append(opts, parallafka.WithErrorPolicy(func(err error) parallafka.ErrorAction {
+				opts = append(opts, parallafka.WithErrorPolicy(func(err error) pipeline.ErrorAction {
 					if errors.Is(err, errHandler) {
-						return parallafka.Skip
+						return pipeline.Skip
 					}
-					return parallafka.Stop
+					return pipeline.Stop
 				}))
 			}
 			p := newPipeline(t, src, opts...)
@@ -237,7 +237,7 @@ func TestDeadLetterStage(t *testing.T) {
 	t.Run("concurrent writes, others pass", func(t *testing.T) {
 		dlq := &memDLQ{gate: make(chan struct{}), started: make(chan struct{}, 10)}
 		in, out, stop := runStage(t, context.Background(),
-			stages.DeadLetterQueue[string, string](stages.DeadLetterConfig{Writer: dlq, Concurrency: 3}))
+			must(stages.DeadLetterQueue[string, string](stages.DeadLetterConfig{Writer: dlq, Concurrency: 3})))
 		for i := range 3 {
 			send(t, in, failedMsg(int64(i), 1, errTransient))
 			recv(t, dlq.started)
@@ -262,7 +262,7 @@ func TestDeadLetterStage(t *testing.T) {
 	})
 	t.Run("writer panic", func(t *testing.T) {
 		in, out, stop := runStage(t, context.Background(),
-			stages.DeadLetterQueue[string, string](stages.DeadLetterConfig{Writer: panickyWriter{}}))
+			must(stages.DeadLetterQueue[string, string](stages.DeadLetterConfig{Writer: panickyWriter{}})))
 		m := failedMsg(0, 1, errTransient)
 		send(t, in, m)
 		require.Same(t, m, recv(t, out))
@@ -275,7 +275,7 @@ func TestDeadLetterStage(t *testing.T) {
 	t.Run("passes what is not failed for good", func(t *testing.T) {
 		dlq := &memDLQ{}
 		in, out, stop := runStage(t, context.Background(),
-			stages.DeadLetterQueue[string, string](stages.DeadLetterConfig{Writer: dlq}))
+			must(stages.DeadLetterQueue[string, string](stages.DeadLetterConfig{Writer: dlq})))
 		retrying := failedMsg(0, 1, errTransient)
 		retrying.Retry()
 		dropped := failedMsg(1, 1, nil)
@@ -290,18 +290,19 @@ func TestDeadLetterStage(t *testing.T) {
 	t.Run("hard stop", func(t *testing.T) {
 		dlq := &memDLQ{gate: make(chan struct{}), started: make(chan struct{}, 1)}
 		ctx, cancel := context.WithCancel(context.Background())
-		in, _, stop := runStage(t, ctx, stages.DeadLetterQueue[string, string](stages.DeadLetterConfig{Writer: dlq}))
+		in, _, stop := runStage(t, ctx, must(stages.DeadLetterQueue[string, string](stages.DeadLetterConfig{Writer: dlq})))
 		send(t, in, failedMsg(0, 1, errTransient))
 		recv(t, dlq.started)
 		cancel()
 		require.NoError(t, stop())
 	})
-	require.Panics(t, func() { stages.DeadLetterQueue[string, string](stages.DeadLetterConfig{}) })
-	require.Panics(t, func() {
-		stages.DeadLetterQueue[string, string](stages.DeadLetterConfig{Writer: &memDLQ{}, Concurrency: -1})
-	})
+	// Issue 26: a bad configuration is an error, not a panic.
+	_, err := stages.DeadLetterQueue[string, string](stages.DeadLetterConfig{})
+	require.ErrorContains(t, err, "stages: DeadLetterQueue: nil Writer")
+	_, err = stages.DeadLetterQueue[string, string](stages.DeadLetterConfig{Writer: &memDLQ{}, Concurrency: -1})
+	require.ErrorContains(t, err, "stages: DeadLetterQueue: negative Concurrency")
 }
 
 type panickyWriter struct{}
 
-func (panickyWriter) WriteDeadLetter(context.Context, stages.DeadLetter) error { panic("writer bug") }
+func (panickyWriter) WriteDeadLetter(context.Context, pipeline.DeadLetter) error { panic("writer bug") }

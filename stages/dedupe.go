@@ -10,14 +10,11 @@ import (
 	"github.com/parallafka/parallafka/pipeline"
 )
 
-// MessageIDHeader is the record header whose value is a message's dedupe
-// identity by default.
-const MessageIDHeader = "message-id"
-
-// Defaults of the in-memory store that Dedupe uses when given none.
+// The in-memory store that Dedupe uses when given none: 100,000
+// identities kept for an hour.
 const (
-	DefaultDedupeMaxIDs = 100_000
-	DefaultDedupeTTL    = time.Hour
+	defaultDedupeMaxIDs = 100_000
+	defaultDedupeTTL    = time.Hour
 )
 
 // DedupeStore remembers the identities of handled messages for a window.
@@ -32,11 +29,11 @@ type DedupeStore interface {
 // DedupeConfig configures Dedupe. A zero field takes its documented default.
 type DedupeConfig[K, V any] struct {
 	// ID returns a message's dedupe identity, and false for a message that
-	// is not to be deduplicated. Default: the value of the MessageIDHeader
+	// is not to be deduplicated. Default: the value of the HeaderMessageID
 	// header, if the message has one that is not empty.
 	ID func(msg *pipeline.Message[K, V]) (id string, ok bool)
-	// Store remembers the identities. Default: a MemoryDedupeStore of
-	// DefaultDedupeMaxIDs identities kept for DefaultDedupeTTL.
+	// Store remembers the identities. Default: NewMemoryDedupeStore's, of
+	// 100,000 identities kept for an hour.
 	Store DedupeStore
 	// OnRecordError is called when the store fails to record a handled
 	// message's identity. The message still succeeds (it was handled);
@@ -65,7 +62,7 @@ func Dedupe[K, V any](cfg DedupeConfig[K, V]) pipeline.Middleware[K, V] {
 		cfg.ID = headerID[K, V]
 	}
 	if cfg.Store == nil {
-		cfg.Store = NewMemoryDedupeStore(DefaultDedupeMaxIDs, DefaultDedupeTTL)
+		cfg.Store = newMemoryDedupeStore(defaultDedupeMaxIDs, defaultDedupeTTL)
 	}
 	return func(next pipeline.Handler[K, V]) pipeline.Handler[K, V] {
 		return func(ctx context.Context, msg *pipeline.Message[K, V]) error {
@@ -96,18 +93,15 @@ func Dedupe[K, V any](cfg DedupeConfig[K, V]) pipeline.Middleware[K, V] {
 
 func headerID[K, V any](msg *pipeline.Message[K, V]) (string, bool) {
 	for _, h := range msg.Headers {
-		if h.Key == MessageIDHeader && len(h.Value) > 0 {
+		if h.Key == HeaderMessageID && len(h.Value) > 0 {
 			return string(h.Value), true
 		}
 	}
 	return "", false
 }
 
-// MemoryDedupeStore is the in-memory DedupeStore: it keeps at most maxIDs
-// identities, each for ttl after it was last recorded, forgetting the oldest
-// first when full. Memory stays bounded at about maxIDs × (len(id) + 150)
-// bytes. It is safe for concurrent use.
-type MemoryDedupeStore struct {
+// memoryDedupeStore is NewMemoryDedupeStore's store.
+type memoryDedupeStore struct {
 	maxIDs int
 	ttl    time.Duration
 
@@ -121,17 +115,24 @@ type recordedID struct {
 	expires time.Time
 }
 
-// NewMemoryDedupeStore returns an empty store that keeps at most maxIDs
-// identities, each for ttl. It panics unless both are positive.
-func NewMemoryDedupeStore(maxIDs int, ttl time.Duration) *MemoryDedupeStore {
+// NewMemoryDedupeStore returns an empty in-memory DedupeStore: it keeps at
+// most maxIDs identities, each for ttl after it was last recorded,
+// forgetting the oldest first when full. Memory stays bounded at about
+// maxIDs × (len(id) + 150) bytes. It is safe for concurrent use. It returns
+// an error, and never panics, unless both maxIDs and ttl are positive.
+func NewMemoryDedupeStore(maxIDs int, ttl time.Duration) (DedupeStore, error) {
 	if maxIDs <= 0 || ttl <= 0 {
-		panic(fmt.Sprintf("stages: NewMemoryDedupeStore: maxIDs and ttl must be positive, got %d and %v", maxIDs, ttl))
+		return nil, fmt.Errorf("stages: NewMemoryDedupeStore: maxIDs and ttl must be positive, got %d and %v", maxIDs, ttl)
 	}
-	return &MemoryDedupeStore{maxIDs: maxIDs, ttl: ttl, ids: make(map[string]*list.Element), oldest: list.New()}
+	return newMemoryDedupeStore(maxIDs, ttl), nil
+}
+
+func newMemoryDedupeStore(maxIDs int, ttl time.Duration) *memoryDedupeStore {
+	return &memoryDedupeStore{maxIDs: maxIDs, ttl: ttl, ids: make(map[string]*list.Element), oldest: list.New()}
 }
 
 // Seen implements DedupeStore.
-func (s *MemoryDedupeStore) Seen(_ context.Context, id string) (bool, error) {
+func (s *memoryDedupeStore) Seen(_ context.Context, id string) (bool, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	e, ok := s.ids[id]
@@ -147,7 +148,7 @@ func (s *MemoryDedupeStore) Seen(_ context.Context, id string) (bool, error) {
 
 // Record implements DedupeStore. Recording an identity again restarts its
 // window.
-func (s *MemoryDedupeStore) Record(_ context.Context, id string) error {
+func (s *memoryDedupeStore) Record(_ context.Context, id string) error {
 	now := time.Now()
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -165,16 +166,16 @@ func (s *MemoryDedupeStore) Record(_ context.Context, id string) error {
 }
 
 // Len returns the number of identities held, expired ones not yet pruned
-// included.
-func (s *MemoryDedupeStore) Len() int {
+// included (for tests, through an interface assertion).
+func (s *memoryDedupeStore) Len() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return len(s.ids)
 }
 
-func (s *MemoryDedupeStore) forget(e *list.Element) {
+func (s *memoryDedupeStore) forget(e *list.Element) {
 	delete(s.ids, e.Value.(*recordedID).id)
 	s.oldest.Remove(e)
 }
 
-var _ DedupeStore = (*MemoryDedupeStore)(nil)
+var _ DedupeStore = (*memoryDedupeStore)(nil)

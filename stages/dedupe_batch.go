@@ -27,7 +27,7 @@ func DedupeBatch[K, V any](cfg DedupeConfig[K, V]) pipeline.BatchMiddleware[K, V
 		cfg.ID = headerID[K, V]
 	}
 	if cfg.Store == nil {
-		cfg.Store = NewMemoryDedupeStore(DefaultDedupeMaxIDs, DefaultDedupeTTL)
+		cfg.Store = newMemoryDedupeStore(defaultDedupeMaxIDs, defaultDedupeTTL)
 	}
 	return func(next pipeline.BatchHandler[K, V]) pipeline.BatchHandler[K, V] {
 		return func(ctx context.Context, batch []*pipeline.Message[K, V]) error {

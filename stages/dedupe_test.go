@@ -20,7 +20,7 @@ import (
 )
 
 func withID(id string) []pipeline.Header {
-	return []pipeline.Header{{Key: stages.MessageIDHeader, Value: []byte(id)}}
+	return []pipeline.Header{{Key: stages.HeaderMessageID, Value: []byte(id)}}
 }
 
 // Duplicates (by message-id header) are dropped, counted as dropped and
@@ -69,12 +69,12 @@ func TestDedupeRecordsOnlySuccesses(t *testing.T) {
 	for _, v := range []string{"retried", "retried", "failed", "failed"} {
 		src.ProduceRecord(memsource.Record[string, string]{Topic: topic, Key: v, Value: v, Headers: withID(v)})
 	}
-	store := stages.NewMemoryDedupeStore(100, time.Hour)
+	store := must(stages.NewMemoryDedupeStore(100, time.Hour))
 	p := newPipeline(t, src,
 		parallafka.WithMiddleware(stages.Dedupe(stages.DedupeConfig[string, string]{Store: store})),
-		parallafka.WithStage(parallafka.AfterHandle, "retry", stages.Retry[string, string](stages.RetryConfig{
+		parallafka.WithAfterHandle("retry", must(stages.Retry[string, string](stages.RetryConfig{
 			MaxAttempts: 2, InitialBackoff: time.Millisecond,
-		})),
+		}))),
 		parallafka.WithErrorPolicy(parallafka.SkipOnError))
 	var mu sync.Mutex
 	var calls []string
@@ -98,7 +98,7 @@ func TestDedupeRecordsOnlySuccesses(t *testing.T) {
 
 func TestDedupeCustomIDAndStoreErrors(t *testing.T) {
 	errStore := errors.New("store down")
-	store := &flakyStore{MemoryDedupeStore: stages.NewMemoryDedupeStore(10, time.Hour)}
+	store := &flakyStore{DedupeStore: must(stages.NewMemoryDedupeStore(10, time.Hour))}
 	var recordErrs atomic.Int64
 	dedupe := stages.Dedupe(stages.DedupeConfig[string, string]{
 		ID:            func(m *M) (string, bool) { return m.Value, m.Value != "" },
@@ -129,7 +129,7 @@ func TestDedupeCustomIDAndStoreErrors(t *testing.T) {
 }
 
 type flakyStore struct {
-	*stages.MemoryDedupeStore
+	stages.DedupeStore
 	seenErr, recordErr error
 }
 
@@ -137,14 +137,14 @@ func (s *flakyStore) Seen(ctx context.Context, id string) (bool, error) {
 	if s.seenErr != nil {
 		return false, s.seenErr
 	}
-	return s.MemoryDedupeStore.Seen(ctx, id)
+	return s.DedupeStore.Seen(ctx, id)
 }
 
 func (s *flakyStore) Record(ctx context.Context, id string) error {
 	if s.recordErr != nil {
 		return s.recordErr
 	}
-	return s.MemoryDedupeStore.Record(ctx, id)
+	return s.DedupeStore.Record(ctx, id)
 }
 
 // The in-memory store never holds more than its limit, forgets the oldest
@@ -157,12 +157,12 @@ func TestMemoryDedupeStoreBounds(t *testing.T) {
 		return ok
 	}
 	t.Run("size", func(t *testing.T) {
-		s := stages.NewMemoryDedupeStore(1000, time.Hour)
+		s := must(stages.NewMemoryDedupeStore(1000, time.Hour))
 		for i := range 10_000 {
 			require.NoError(t, s.Record(ctx, strconv.Itoa(i)))
-			require.LessOrEqual(t, s.Len(), 1000)
+			require.LessOrEqual(t, storeLen(s), 1000)
 		}
-		assert.Equal(t, 1000, s.Len())
+		assert.Equal(t, 1000, storeLen(s))
 		assert.False(t, seen(s, "0"))
 		assert.False(t, seen(s, "8999"))
 		assert.True(t, seen(s, "9000"))
@@ -174,17 +174,17 @@ func TestMemoryDedupeStoreBounds(t *testing.T) {
 		assert.False(t, seen(s, "9001"), "the oldest went first")
 	})
 	t.Run("ttl", func(t *testing.T) {
-		s := stages.NewMemoryDedupeStore(1000, 20*time.Millisecond)
+		s := must(stages.NewMemoryDedupeStore(1000, 20*time.Millisecond))
 		for i := range 100 {
 			require.NoError(t, s.Record(ctx, strconv.Itoa(i)))
 		}
 		eventually(t, func() bool { return !seen(s, "99") }, "the newest identity expires")
 		require.NoError(t, s.Record(ctx, "fresh"))
-		assert.Equal(t, 1, s.Len(), "expired identities are pruned")
+		assert.Equal(t, 1, storeLen(s), "expired identities are pruned")
 		assert.True(t, seen(s, "fresh"))
 	})
 	t.Run("concurrent use", func(t *testing.T) {
-		s := stages.NewMemoryDedupeStore(64, time.Hour)
+		s := must(stages.NewMemoryDedupeStore(64, time.Hour))
 		var wg sync.WaitGroup
 		for g := range 8 {
 			wg.Go(func() {
@@ -196,8 +196,13 @@ func TestMemoryDedupeStoreBounds(t *testing.T) {
 			})
 		}
 		wg.Wait()
-		assert.LessOrEqual(t, s.Len(), 64)
+		assert.LessOrEqual(t, storeLen(s), 64)
 	})
-	require.Panics(t, func() { stages.NewMemoryDedupeStore(0, time.Hour) })
-	require.Panics(t, func() { stages.NewMemoryDedupeStore(10, 0) })
+	_, err := stages.NewMemoryDedupeStore(0, time.Hour) // an error, not a panic
+	require.ErrorContains(t, err, "must be positive")
+	_, err = stages.NewMemoryDedupeStore(10, 0)
+	require.ErrorContains(t, err, "must be positive")
 }
+
+// storeLen is the number of identities NewMemoryDedupeStore's store holds.
+func storeLen(s stages.DedupeStore) int { return s.(interface{ Len() int }).Len() }

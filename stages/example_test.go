@@ -23,9 +23,9 @@ func ExampleRetry() {
 
 	p, err := parallafka.New(src,
 		parallafka.WithLogger(nil),
-		parallafka.WithStage(parallafka.AfterHandle, "retry", stages.Retry[string, string](stages.RetryConfig{
+		parallafka.WithAfterHandle("retry", must(stages.Retry[string, string](stages.RetryConfig{
 			MaxAttempts: 3, InitialBackoff: time.Millisecond,
-		})))
+		}))))
 	if err != nil {
 		log.Fatal(err)
 	}

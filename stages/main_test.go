@@ -61,3 +61,12 @@ func eventually(t *testing.T, cond func() bool, msgAndArgs ...any) {
 		time.Sleep(time.Millisecond)
 	}
 }
+
+// must returns v, failing with a panic if err is not nil: for stages built
+// from configurations the tests know to be valid.
+func must[T any](v T, err error) T {
+	if err != nil {
+		panic(err)
+	}
+	return v
+}

@@ -12,14 +12,6 @@ import (
 	"github.com/parallafka/parallafka/pipeline"
 )
 
-// Defaults of RetryConfig.
-const (
-	DefaultRetryMaxAttempts    = 5
-	DefaultRetryInitialBackoff = 100 * time.Millisecond
-	DefaultRetryMaxBackoff     = 10 * time.Second
-	DefaultRetryMultiplier     = 2.0
-)
-
 // RetryConfig configures Retry. A zero field takes its documented default.
 type RetryConfig struct {
 	// MaxAttempts is how many handling attempts a message gets, the first
@@ -44,8 +36,8 @@ type RetryConfig struct {
 	Retryable func(err error) bool
 }
 
-// Validate reports a configuration that Retry would refuse.
-func (c RetryConfig) Validate() error {
+// validate reports a configuration that Retry refuses.
+func (c RetryConfig) validate() error {
 	c = c.withDefaults()
 	var errs []error
 	bad := func(format string, args ...any) {
@@ -71,16 +63,16 @@ func (c RetryConfig) Validate() error {
 
 func (c RetryConfig) withDefaults() RetryConfig {
 	if c.MaxAttempts == 0 {
-		c.MaxAttempts = DefaultRetryMaxAttempts
+		c.MaxAttempts = 5
 	}
 	if c.InitialBackoff == 0 {
-		c.InitialBackoff = DefaultRetryInitialBackoff
+		c.InitialBackoff = 100 * time.Millisecond
 	}
 	if c.MaxBackoff == 0 {
-		c.MaxBackoff = max(DefaultRetryMaxBackoff, c.InitialBackoff)
+		c.MaxBackoff = max(10*time.Second, c.InitialBackoff)
 	}
 	if c.Multiplier == 0 {
-		c.Multiplier = DefaultRetryMultiplier
+		c.Multiplier = 2
 	}
 	if c.Retryable == nil {
 		c.Retryable = func(err error) bool { return !IsNonRetryable(err) }
@@ -88,10 +80,10 @@ func (c RetryConfig) withDefaults() RetryConfig {
 	return c
 }
 
-// Backoff returns the wait before attempt+1, after attempt failed attempts,
+// backoff returns the wait before attempt+1, after attempt failed attempts,
 // jitter included: InitialBackoff × Multiplier^(attempt-1), capped at
 // MaxBackoff, spread over ±Jitter of itself, and never above MaxBackoff.
-func (c RetryConfig) Backoff(attempt int) time.Duration {
+func (c RetryConfig) backoff(attempt int) time.Duration {
 	c = c.withDefaults()
 	wait := float64(c.InitialBackoff) * math.Pow(c.Multiplier, float64(max(attempt, 1)-1))
 	wait = min(wait, float64(c.MaxBackoff))
@@ -100,8 +92,10 @@ func (c RetryConfig) Backoff(attempt int) time.Duration {
 }
 
 // Retry returns an AfterHandle stage that gives a failed message more
-// attempts, with exponential backoff and jitter. It panics if cfg is
-// invalid (see RetryConfig.Validate).
+// attempts, with exponential backoff and jitter, or an error if cfg is
+// invalid (a negative MaxAttempts, a Jitter outside [0, 1], a Multiplier
+// below 1, negative backoffs or MaxBackoff below InitialBackoff); it never
+// panics.
 //
 // A failed message that may be retried is marked with Message.Retry and held
 // for its backoff, then sent on; the router hands it to the handler pool
@@ -122,9 +116,9 @@ func (c RetryConfig) Backoff(attempt int) time.Duration {
 // again; it is never skipped. Each waiting message costs a few dozen bytes;
 // there are at most as many as the pipeline's in-flight limit. While
 // messages of a partition wait, one goroutine watches for its revoke.
-func Retry[K, V any](cfg RetryConfig) pipeline.Stage[K, V] {
-	if err := cfg.Validate(); err != nil {
-		panic(err)
+func Retry[K, V any](cfg RetryConfig) (pipeline.Stage[K, V], error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
 	}
 	cfg = cfg.withDefaults()
 	return func(ctx context.Context, in <-chan *pipeline.Message[K, V], out chan<- *pipeline.Message[K, V]) error {
@@ -137,7 +131,7 @@ func Retry[K, V any](cfg RetryConfig) pipeline.Stage[K, V] {
 		defer r.watchers.Wait()
 		defer close(r.stopWatching)
 		return r.run(ctx, in)
-	}
+	}, nil
 }
 
 type retrier[K, V any] struct {
@@ -206,7 +200,7 @@ func (r *retrier[K, V]) receive(ctx context.Context, msg *pipeline.Message[K, V]
 		return r.send(ctx, msg) // the pipeline abandons it uncommitted
 	}
 	r.watch(revoked)
-	due := time.Now().Add(r.cfg.Backoff(msg.Attempt))
+	due := time.Now().Add(r.cfg.backoff(msg.Attempt))
 	r.waiting = append(r.waiting, waitingRetry[K, V]{msg: msg, due: due, revoked: revoked})
 	if r.wakeAt.IsZero() || due.Before(r.wakeAt) {
 		r.arm()

@@ -136,9 +136,9 @@ func TestRetryWaitDelaysOnlyItsKey(t *testing.T) {
 	fillTopic(src, 2, n, func(i int) string { return "K" + strconv.Itoa(i%10) })
 	const failing = 3 // offset 3 of partition 0 is record 6, key K6
 	p := newPipeline(t, src, parallafka.WithMaxConcurrency(8),
-		parallafka.WithStage(parallafka.AfterHandle, "retry", stages.Retry[string, string](stages.RetryConfig{
+		parallafka.WithAfterHandle("retry", must(stages.Retry[string, string](stages.RetryConfig{
 			InitialBackoff: time.Hour, MaxBackoff: time.Hour,
-		})))
+		}))))
 	var mu sync.Mutex
 	handled := map[string]int{} // partition/offset → attempts
 	h := func(ctx context.Context, m *M) error {
@@ -187,9 +187,9 @@ func TestRetryKeepsKeyOrderUnderConcurrency(t *testing.T) {
 	fillTopic(src, partitions, n, func(i int) string { return "K" + strconv.Itoa((i*i+7*i)%23) })
 	failures := func(m *M) int { v, _ := strconv.Atoi(m.Value); return v % 3 } // fails 0, 1 or 2 times
 	p := newPipeline(t, src, parallafka.WithMaxConcurrency(16),
-		parallafka.WithStage(parallafka.AfterHandle, "retry", stages.Retry[string, string](stages.RetryConfig{
+		parallafka.WithAfterHandle("retry", must(stages.Retry[string, string](stages.RetryConfig{
 			MaxAttempts: 3, InitialBackoff: time.Millisecond, MaxBackoff: 3 * time.Millisecond, Jitter: 0.5,
-		})))
+		}))))
 	type keyState struct {
 		running bool
 		last    int64
@@ -246,16 +246,16 @@ func TestRetryAttemptsAndBackoff(t *testing.T) {
 	fillTopic(src, 1, 3, func(i int) string { return strconv.Itoa(i) })
 	cfg := stages.RetryConfig{MaxAttempts: 4, InitialBackoff: 20 * time.Millisecond, MaxBackoff: 50 * time.Millisecond, Multiplier: 2, Jitter: 0.5}
 	var mu sync.Mutex
-	var policySaw []*parallafka.MessageError
+	var policySaw []*pipeline.MessageError
 	p := newPipeline(t, src,
-		parallafka.WithStage(parallafka.AfterHandle, "retry", stages.Retry[string, string](cfg)),
-		parallafka.WithErrorPolicy(func(err error) parallafka.ErrorAction {
-			var me *parallafka.MessageError
+		parallafka.WithAfterHandle("retry", must(stages.Retry[string, string](cfg))),
+		parallafka.WithErrorPolicy(func(err error) pipeline.ErrorAction {
+			var me *pipeline.MessageError
 			require.ErrorAs(t, err, &me)
 			mu.Lock()
 			policySaw = append(policySaw, me)
 			mu.Unlock()
-			return parallafka.Skip
+			return pipeline.Skip
 		}))
 	var attempts []int
 	var times []time.Time
@@ -293,7 +293,7 @@ func TestRetryBackoffBounds(t *testing.T) {
 		lo, hi := time.Duration(float64(base)*0.8), min(time.Duration(float64(base)*1.2), time.Second)
 		var spread bool
 		for range 1000 {
-			d := cfg.Backoff(attempt)
+			d := stages.Backoff(cfg, attempt)
 			require.GreaterOrEqual(t, d, lo, "attempt %d", attempt)
 			require.LessOrEqual(t, d, hi, "attempt %d", attempt)
 			spread = spread || math.Abs(float64(d-base)) > float64(base)/100
@@ -301,28 +301,31 @@ func TestRetryBackoffBounds(t *testing.T) {
 		assert.True(t, spread, "attempt %d: jitter spreads the waits", attempt)
 	}
 	noJitter := stages.RetryConfig{InitialBackoff: 10 * time.Millisecond, MaxBackoff: 25 * time.Millisecond}
-	assert.Equal(t, 10*time.Millisecond, noJitter.Backoff(1))
-	assert.Equal(t, 20*time.Millisecond, noJitter.Backoff(2))
-	assert.Equal(t, 25*time.Millisecond, noJitter.Backoff(3))
-	assert.Equal(t, stages.DefaultRetryInitialBackoff, stages.RetryConfig{}.Backoff(1), "defaults")
-	assert.Equal(t, stages.DefaultRetryMaxBackoff, stages.RetryConfig{}.Backoff(100))
+	assert.Equal(t, 10*time.Millisecond, stages.Backoff(noJitter, 1))
+	assert.Equal(t, 20*time.Millisecond, stages.Backoff(noJitter, 2))
+	assert.Equal(t, 25*time.Millisecond, stages.Backoff(noJitter, 3))
+	assert.Equal(t, 100*time.Millisecond, stages.Backoff(stages.RetryConfig{}, 1), "defaults")
+	assert.Equal(t, 10*time.Second, stages.Backoff(stages.RetryConfig{}, 100))
 }
 
 func TestRetryConfigValidate(t *testing.T) {
-	require.NoError(t, stages.RetryConfig{}.Validate())
+	_, err := stages.Retry[string, string](stages.RetryConfig{})
+	require.NoError(t, err)
 	for name, cfg := range map[string]stages.RetryConfig{
 		"negative attempts":   {MaxAttempts: -1},
 		"negative backoff":    {InitialBackoff: -time.Second},
 		"max below initial":   {InitialBackoff: time.Second, MaxBackoff: time.Millisecond},
 		"multiplier below 1":  {Multiplier: 0.5},
 		"jitter above 1":      {Jitter: 1.5},
+		"jitter 2":            {Jitter: 2},
 		"negative jitter":     {Jitter: -0.1},
 		"not-a-number jitter": {Jitter: math.NaN()},
 	} {
 		t.Run(name, func(t *testing.T) {
-			err := cfg.Validate()
+			// Issue 26: Retry returns the error; it does not panic.
+			stage, err := stages.Retry[string, string](cfg)
 			require.ErrorContains(t, err, "stages: RetryConfig")
-			require.PanicsWithError(t, err.Error(), func() { stages.Retry[string, string](cfg) })
+			require.Nil(t, stage)
 		})
 	}
 }
@@ -339,19 +342,19 @@ func TestRetryPassesOnWhatItMustNotRetry(t *testing.T) {
 	src.Produce(topic, 0, "c", "refused")
 	src.ProduceRecord(memsource.Record[string, string]{Topic: topic, Key: "d", Err: errors.New("cannot deserialize")})
 	var mu sync.Mutex
-	var policySaw []*parallafka.MessageError
+	var policySaw []*pipeline.MessageError
 	p := newPipeline(t, src,
-		parallafka.WithStage(parallafka.AfterHandle, "retry", stages.Retry[string, string](stages.RetryConfig{
+		parallafka.WithAfterHandle("retry", must(stages.Retry[string, string](stages.RetryConfig{
 			InitialBackoff: time.Millisecond,
 			Retryable:      func(err error) bool { return !errors.Is(err, errRefused) && !stages.IsNonRetryable(err) },
-		})),
-		parallafka.WithErrorPolicy(func(err error) parallafka.ErrorAction {
-			var me *parallafka.MessageError
+		}))),
+		parallafka.WithErrorPolicy(func(err error) pipeline.ErrorAction {
+			var me *pipeline.MessageError
 			require.ErrorAs(t, err, &me)
 			mu.Lock()
 			policySaw = append(policySaw, me)
 			mu.Unlock()
-			return parallafka.Skip
+			return pipeline.Skip
 		}))
 	var calls sync.Map
 	h := func(ctx context.Context, m *M) error {
@@ -392,9 +395,9 @@ func TestRetryPendingIsReleasedOnRevoke(t *testing.T) {
 	src := memsource.New[string, string]()
 	fillTopic(src, 2, 40, func(i int) string { return "K" + strconv.Itoa(i%4) })
 	p := newPipeline(t, src, parallafka.WithRevokeTimeout(time.Minute),
-		parallafka.WithStage(parallafka.AfterHandle, "retry", stages.Retry[string, string](stages.RetryConfig{
+		parallafka.WithAfterHandle("retry", must(stages.Retry[string, string](stages.RetryConfig{
 			InitialBackoff: time.Hour, MaxBackoff: time.Hour,
-		})))
+		}))))
 	var attempts atomic.Int64
 	run := runPipeline(p, func(ctx context.Context, m *M) error {
 		if m.Partition == 0 && m.Offset == 5 {
@@ -416,7 +419,7 @@ func TestRetryPendingIsReleasedOnRevoke(t *testing.T) {
 // The stage alone: a draining pipeline gets every waiting message back at
 // once, still marked for retry, and a hard stop returns without sending.
 func TestRetryStageDrainAndHardStop(t *testing.T) {
-	stage := stages.Retry[string, string](stages.RetryConfig{InitialBackoff: time.Hour, MaxBackoff: time.Hour})
+	stage := must(stages.Retry[string, string](stages.RetryConfig{InitialBackoff: time.Hour, MaxBackoff: time.Hour}))
 	t.Run("drain", func(t *testing.T) {
 		draining := make(chan struct{})
 		in, out, stop := runStage(t, pipeline.WithDraining(context.Background(), draining), stage)
@@ -450,7 +453,7 @@ func TestRetryStageDrainAndHardStop(t *testing.T) {
 	})
 	t.Run("exhausted", func(t *testing.T) {
 		in, out, stop := runStage(t, context.Background(), stage)
-		last := failedMsg(0, stages.DefaultRetryMaxAttempts, errTransient)
+		last := failedMsg(0, 5 /* MaxAttempts's default */, errTransient)
 		send(t, in, last)
 		require.Same(t, last, recv(t, out))
 		assert.False(t, last.RetryRequested())
@@ -476,9 +479,9 @@ func TestRetryNeverCommitsPastAPendingRetry(t *testing.T) {
 		return nil
 	})
 	p := newPipeline(t, src, parallafka.WithMaxConcurrency(8), parallafka.WithCommitInterval(time.Millisecond),
-		parallafka.WithStage(parallafka.AfterHandle, "retry", stages.Retry[string, string](stages.RetryConfig{
+		parallafka.WithAfterHandle("retry", must(stages.Retry[string, string](stages.RetryConfig{
 			MaxAttempts: 3, InitialBackoff: 20 * time.Millisecond,
-		})))
+		}))))
 	h := func(ctx context.Context, m *M) error {
 		if m.Offset != failing {
 			return nil

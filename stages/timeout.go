@@ -14,8 +14,8 @@ import (
 var ErrTimeout = errors.New("stages: handling attempt timed out")
 
 // Timeout returns a middleware that gives each handling attempt a deadline:
-// the handler's context is done d after the attempt started. It panics if d
-// is not positive.
+// the handler's context is done d after the attempt started, or an error
+// if d is not positive; it never panics.
 //
 // A handler that returns an error after its deadline passed fails with an
 // error that wraps both ErrTimeout and the handler's own error, so retry,
@@ -30,9 +30,9 @@ var ErrTimeout = errors.New("stages: handling attempt timed out")
 // Timeout is a Middleware rather than a stage because the deadline belongs
 // on the handler's context; with WithMiddleware(dedupe, timeout), the
 // deadline covers the handler only.
-func Timeout[K, V any](d time.Duration) pipeline.Middleware[K, V] {
+func Timeout[K, V any](d time.Duration) (pipeline.Middleware[K, V], error) {
 	if d <= 0 {
-		panic(fmt.Sprintf("stages: Timeout: the deadline must be positive, got %v", d))
+		return nil, fmt.Errorf("stages: Timeout: the deadline must be positive, got %v", d)
 	}
 	return func(next pipeline.Handler[K, V]) pipeline.Handler[K, V] {
 		return func(ctx context.Context, msg *pipeline.Message[K, V]) error {
@@ -44,5 +44,5 @@ func Timeout[K, V any](d time.Duration) pipeline.Middleware[K, V] {
 			}
 			return err
 		}
-	}
+	}, nil
 }

@@ -11,16 +11,16 @@ import (
 
 // TimeoutBatch is Timeout for batch handlers (ConsumeBatch, with
 // WithBatchMiddleware): each call of the batch handler gets a deadline d
-// after it started. It panics if d is not positive.
+// after it started, or an error if d is not positive; it never panics.
 //
 // A failure returned after the deadline passed wraps both ErrTimeout and
 // the handler's own error: the whole batch's error, or each error of a
 // *pipeline.BatchError (the messages it does not name still finish). A
 // handler that returns nil after the deadline succeeded. Like Timeout, it
 // waits for the handler to return.
-func TimeoutBatch[K, V any](d time.Duration) pipeline.BatchMiddleware[K, V] {
+func TimeoutBatch[K, V any](d time.Duration) (pipeline.BatchMiddleware[K, V], error) {
 	if d <= 0 {
-		panic(fmt.Sprintf("stages: TimeoutBatch: the deadline must be positive, got %v", d))
+		return nil, fmt.Errorf("stages: TimeoutBatch: the deadline must be positive, got %v", d)
 	}
 	return func(next pipeline.BatchHandler[K, V]) pipeline.BatchHandler[K, V] {
 		return func(ctx context.Context, batch []*pipeline.Message[K, V]) error {
@@ -40,5 +40,5 @@ func TimeoutBatch[K, V any](d time.Duration) pipeline.BatchMiddleware[K, V] {
 			}
 			return timedOut.Err()
 		}
-	}
+	}, nil
 }

@@ -16,7 +16,7 @@ import (
 )
 
 func TestTimeoutFailsTheAttempt(t *testing.T) {
-	timeout := stages.Timeout[string, string](5 * time.Millisecond)
+	timeout := must(stages.Timeout[string, string](5 * time.Millisecond))
 	blocking := func(ctx context.Context, m *M) error {
 		<-ctx.Done()
 		return ctx.Err()
@@ -58,7 +58,8 @@ func TestTimeoutFailsTheAttempt(t *testing.T) {
 		require.NoError(t, h(context.Background(), &M{}))
 		require.True(t, deadlines[1].After(deadlines[0]))
 	})
-	require.Panics(t, func() { stages.Timeout[string, string](0) })
+	_, err = stages.Timeout[string, string](0) // issue 26: an error, not a panic
+	require.ErrorContains(t, err, "stages: Timeout: the deadline must be positive")
 }
 
 // In a pipeline a timed-out attempt is a failure like any other: Retry gives
@@ -67,10 +68,10 @@ func TestTimeoutWithRetry(t *testing.T) {
 	src := memsource.New[string, string]()
 	fillTopic(src, 2, 20, func(i int) string { return "k" })
 	p := newPipeline(t, src,
-		parallafka.WithMiddleware(stages.Timeout[string, string](10*time.Millisecond)),
-		parallafka.WithStage(parallafka.AfterHandle, "retry", stages.Retry[string, string](stages.RetryConfig{
+		parallafka.WithMiddleware(must(stages.Timeout[string, string](10*time.Millisecond))),
+		parallafka.WithAfterHandle("retry", must(stages.Retry[string, string](stages.RetryConfig{
 			MaxAttempts: 3, InitialBackoff: time.Millisecond,
-		})))
+		}))))
 	var slowAttempts, handled atomic.Int64
 	h := func(ctx context.Context, m *M) error {
 		if m.Value == "7" && m.Attempt < 3 {

@@ -34,7 +34,6 @@ import (
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
 
-	"github.com/parallafka/parallafka"
 	"github.com/parallafka/parallafka/pipeline"
 )
 
@@ -74,10 +73,9 @@ func WithConsumerGroup(group string) Option {
 	return func(c *config) { c.group = group }
 }
 
-// Observer is a parallafka.Observer that traces handling attempts and
+// Observer is a pipeline.Observer that traces handling attempts and
 // records metrics. Make one with New; it is safe for concurrent use.
 type Observer struct {
-	parallafka.NopObserver
 	tracer trace.Tracer
 	prop   propagation.TextMapPropagator
 	group  string
@@ -115,7 +113,13 @@ type place struct {
 	offset int64
 }
 
-var _ parallafka.Observer = (*Observer)(nil)
+var _ pipeline.Observer = (*Observer)(nil)
+
+// PartitionsPaused, PartitionsResumed and PartitionUnstalled record
+// nothing: pauses and stalls are read from Stats (RegisterGauges).
+func (o *Observer) PartitionsPaused([]pipeline.TopicPartition)                {}
+func (o *Observer) PartitionsResumed([]pipeline.TopicPartition)               {}
+func (o *Observer) PartitionUnstalled(pipeline.TopicPartition, time.Duration) {}
 
 // New returns an Observer; pass it to parallafka.WithObserver. It returns
 // an error if an instrument cannot be made.

@@ -150,9 +150,13 @@ func TestTraceFromProducerToHandlerToDeadLetter(t *testing.T) {
 	src.ProduceRecord(memsource.Record[string, int]{Topic: topic, Key: "bad", Value: 2, Headers: tel.obs.Inject(producerCtx, nil)})
 	producerSpan.End()
 	dlq := &memWriter{}
+	retry, err := stages.Retry[string, int](stages.RetryConfig{MaxAttempts: 2, InitialBackoff: time.Millisecond})
+	require.NoError(t, err)
+	deadLetter, err := stages.DeadLetterQueue[string, int](stages.DeadLetterConfig{Writer: tel.obs.DeadLetterWriter(dlq)})
+	require.NoError(t, err)
 	p, err := parallafka.New(src, parallafka.WithLogger(quiet), parallafka.WithObserver(tel.obs),
-		parallafka.WithStage(parallafka.AfterHandle, "retry", stages.Retry[string, int](stages.RetryConfig{MaxAttempts: 2, InitialBackoff: time.Millisecond})),
-		parallafka.WithStage(parallafka.AfterHandle, "dlq", stages.DeadLetterQueue[string, int](stages.DeadLetterConfig{Writer: tel.obs.DeadLetterWriter(dlq)})),
+		parallafka.WithAfterHandle("retry", retry),
+		parallafka.WithAfterHandle("dlq", deadLetter),
 		parallafka.WithCommitInterval(5*time.Millisecond))
 	require.NoError(t, err)
 	var wrongTrace atomic.Int32
@@ -297,7 +301,7 @@ func TestMetricsMatchStats(t *testing.T) {
 	st := p.Stats()
 	assert.EqualValues(t, n, st.Polled)
 	assert.EqualValues(t, st.Polled, totals[otelparallafka.MetricPolled])
-	assert.EqualValues(t, st.Handled, totals[otelparallafka.MetricHandled]+totals[otelparallafka.MetricSkipped]+totals[otelparallafka.MetricDropped])
+	assert.EqualValues(t, st.Finished, totals[otelparallafka.MetricHandled]+totals[otelparallafka.MetricSkipped]+totals[otelparallafka.MetricDropped])
 	assert.EqualValues(t, st.Failed, totals[otelparallafka.MetricFailed])
 	assert.EqualValues(t, st.Skipped, totals[otelparallafka.MetricSkipped])
 	assert.EqualValues(t, n/10, totals[otelparallafka.MetricSkipped])
@@ -367,7 +371,7 @@ func TestHealthHandler(t *testing.T) {
 		body string
 	}{
 		{nil, http.StatusOK, "ok\n"},
-		{&parallafka.HealthError{State: parallafka.HealthStalled, Reason: "orders[0] offset 2"}, http.StatusServiceUnavailable, "parallafka: stalled: orders[0] offset 2\n"},
+		{fmt.Errorf("%w: orders[0] offset 2", parallafka.ErrStalled), http.StatusServiceUnavailable, "parallafka: stalled: orders[0] offset 2\n"},
 	} {
 		rec := httptest.NewRecorder()
 		otelparallafka.HealthHandler(healthFunc(func(context.Context) error { return tc.err })).

@@ -165,6 +165,14 @@ func sinkRun(ctx context.Context, logger *slog.Logger, cluster *kafkatest.Cluste
 	}
 	defer db.Close()
 	group := "order-sink-" + topic + fmt.Sprint(batch)
+	// A row that failed is handled again after a backoff; the later events
+	// of its order wait for it.
+	retry, err := stages.Retry[string, OrderEvent](stages.RetryConfig{
+		MaxAttempts: 5, InitialBackoff: 5 * time.Millisecond, Jitter: 0.2,
+	})
+	if err != nil {
+		return nil, err
+	}
 	src, err := consumerForTopic(cluster.Bootstrap(), group, topic, logger)
 	if err != nil {
 		return nil, err
@@ -172,11 +180,7 @@ func sinkRun(ctx context.Context, logger *slog.Logger, cluster *kafkatest.Cluste
 	p, err := parallafka.New(src,
 		parallafka.WithMaxConcurrency(o.concurrency), parallafka.WithLogger(logger),
 		parallafka.WithMaxBatchMessages(batch),
-		// A row that failed is handled again after a backoff; the later
-		// events of its order wait for it.
-		parallafka.WithStage(parallafka.AfterHandle, "retry", stages.Retry[string, OrderEvent](stages.RetryConfig{
-			MaxAttempts: 5, InitialBackoff: 5 * time.Millisecond, Jitter: 0.2,
-		})),
+		parallafka.WithAfterHandle("retry", retry),
 	)
 	if err != nil {
 		return nil, err

@@ -35,6 +35,7 @@ import (
 	"github.com/parallafka/parallafka"
 	"github.com/parallafka/parallafka/kafka"
 	"github.com/parallafka/parallafka/kafka/kafkatest"
+	"github.com/parallafka/parallafka/pipeline"
 	"github.com/parallafka/parallafka/stages"
 )
 
@@ -129,6 +130,18 @@ func run(ctx context.Context, w io.Writer, logger *slog.Logger, brokers string, 
 	}
 	defer deadLetters.Close()
 
+	// A stage's constructor refuses a bad configuration with an error.
+	timeout, errTimeout := stages.Timeout[string, Payment](attemptTimeout)
+	retry, errRetry := stages.Retry[string, Payment](stages.RetryConfig{
+		MaxAttempts: maxAttempts, InitialBackoff: 50 * time.Millisecond, MaxBackoff: time.Second, Jitter: 0.2,
+	})
+	deadLetter, errDeadLetter := stages.DeadLetterQueue[string, Payment](stages.DeadLetterConfig{
+		Writer: deadLetters, Topic: dlqTopic,
+	})
+	if err := errors.Join(errTimeout, errRetry, errDeadLetter); err != nil {
+		src.Close()
+		return err
+	}
 	report := newReport()
 	p, err := parallafka.New(src,
 		parallafka.WithMaxConcurrency(concurrency),
@@ -137,16 +150,12 @@ func run(ctx context.Context, w io.Writer, logger *slog.Logger, brokers string, 
 		// records around the whole attempt; Timeout bounds the handler.
 		parallafka.WithMiddleware(
 			stages.Dedupe(stages.DedupeConfig[string, Payment]{}), // identity: the message-id header
-			stages.Timeout[string, Payment](attemptTimeout),
+			timeout,
 		),
 		// Stages after the handler run in this order on every attempt.
-		parallafka.WithStage(parallafka.AfterHandle, "retry", stages.Retry[string, Payment](stages.RetryConfig{
-			MaxAttempts: maxAttempts, InitialBackoff: 50 * time.Millisecond, MaxBackoff: time.Second, Jitter: 0.2,
-		})),
-		parallafka.WithStage(parallafka.AfterHandle, "outcomes", report.countOutcomes),
-		parallafka.WithStage(parallafka.AfterHandle, "dead-letter", stages.DeadLetterQueue[string, Payment](stages.DeadLetterConfig{
-			Writer: deadLetters, Topic: dlqTopic,
-		})),
+		parallafka.WithAfterHandle("retry", retry),
+		parallafka.WithAfterHandle("outcomes", report.countOutcomes),
+		parallafka.WithAfterHandle("dead-letter", deadLetter),
 	)
 	if err != nil {
 		src.Close()
@@ -195,7 +204,7 @@ func paymentRecords(n int) []kafkatest.Record {
 		}
 		r := kafkatest.Record{
 			Key: []byte(pay.Account), Value: value, Partition: -1,
-			Headers: []kafkatest.Header{{Key: stages.MessageIDHeader, Value: []byte(pay.ID)}},
+			Headers: []pipeline.Header{{Key: stages.HeaderMessageID, Value: []byte(pay.ID)}},
 		}
 		records = append(records, r)
 		if kind == ok && i%8 == 0 {
@@ -394,9 +403,9 @@ func (r *report) check(w io.Writer, records []kafkatest.Record, letters []*kgo.R
 
 // committedTo reports whether the committed offsets reached end in every
 // partition of topic.
-func committedTo(committed map[parallafka.TopicPartition]int64, topic string, end map[int32]int64) bool {
+func committedTo(committed map[pipeline.TopicPartition]int64, topic string, end map[int32]int64) bool {
 	for p, e := range end {
-		if e > 0 && committed[parallafka.TopicPartition{Topic: topic, Partition: p}] != e {
+		if e > 0 && committed[pipeline.TopicPartition{Topic: topic, Partition: p}] != e {
 			return false
 		}
 	}

@@ -233,10 +233,7 @@ func produceOrders(ctx context.Context, cluster *kafkatest.Cluster, topic string
 			key = slowKey
 		}
 		spanCtx, span := tracer.Start(ctx, "send "+topic, trace.WithSpanKind(trace.SpanKindProducer))
-		var headers []kafkatest.Header
-		for _, h := range obs.Inject(spanCtx, nil) {
-			headers = append(headers, kafkatest.Header{Key: h.Key, Value: h.Value})
-		}
+		headers := obs.Inject(spanCtx, nil)
 		span.End()
 		records[i] = kafkatest.Record{Key: []byte(key), Value: fmt.Appendf(nil, "order %d", i), Partition: -1, Headers: headers}
 	}

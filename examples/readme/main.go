@@ -20,8 +20,18 @@ type StockPrice struct {
 }
 
 func main() {
-	src, err := consumerForTopic[StockPrice]("ultimate-stonks-watchlist")
+	consumer, err := kafka.NewConsumer(&ckafka.ConfigMap{
+		"bootstrap.servers":             "localhost:9092",
+		"group.id":                      "stonks-autotrader",
+		"auto.offset.reset":             "earliest",
+		"partition.assignment.strategy": "cooperative-sticky",
+	})
 	if err != nil {
+		log.Fatal(err)
+	}
+	src, err := kafka.NewSource(consumer, []string{"ultimate-stonks-watchlist"}, kafka.String, kafka.JSON[StockPrice]())
+	if err != nil {
+		consumer.Close() // the Source owns the consumer once NewSource succeeded
 		log.Fatal(err)
 	}
 	p, err := parallafka.New(src, parallafka.WithMaxConcurrency(7))
@@ -32,30 +42,12 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	err = p.Consume(ctx, func(ctx context.Context, msg *parallafka.Message[string, StockPrice]) error {
-		// This handler code processes up to 7 messages at the same time;
-		// messages with the same key, one at a time, in order.
+		// Up to 7 messages are handled at the same time;
+		// messages with the same key one at a time, in order.
 		fmt.Printf("%s is $%.2f\n", msg.Value.TickerSymbol, msg.Value.Price)
 		return nil
-	}) // Consume closes the source when it returns
+	}) // Consume commits, leaves the group and closes the source when it returns
 	if err != nil {
 		log.Fatal(err)
 	}
-}
-
-func consumerForTopic[T any](topic string) (*kafka.Source[string, T], error) {
-	consumer, err := kafka.NewConsumer(&ckafka.ConfigMap{
-		"bootstrap.servers":             "localhost:9092",
-		"group.id":                      "stonks-autotrader",
-		"auto.offset.reset":             "earliest",
-		"partition.assignment.strategy": "cooperative-sticky",
-	})
-	if err != nil {
-		return nil, err
-	}
-	src, err := kafka.NewSource(consumer, []string{topic}, kafka.String, kafka.JSON[T]())
-	if err != nil {
-		consumer.Close() // the Source owns the consumer only once NewSource succeeded
-		return nil, err
-	}
-	return src, nil
 }

@@ -3,7 +3,6 @@ package engine
 import (
 	"context"
 	"slices"
-	"sort"
 	"time"
 
 	"github.com/parallafka/parallafka/pipeline"
@@ -39,20 +38,35 @@ func (c *coordinator[K, V]) batching() bool { return c.batch.MaxMessages > 0 }
 // handlerCapacity is how many messages the handlers take at once: one per
 // handler, or a full batch per handler.
 func (c *coordinator[K, V]) handlerCapacity() int {
-	return c.concurrency * max(1, c.batch.MaxMessages)
+	return c.policy.concurrency * max(1, c.batch.MaxMessages)
 }
 
 // dispatchBatches hands batches to free handlers: a full one at once, a
 // partial one once it lingered. The sends never block: no more batches
 // than handlers are ever out.
 func (c *coordinator[K, V]) dispatchBatches() {
-	for c.handling < c.handlerLimit() && c.ready.len() > 0 {
+	for c.policy.handling < c.policy.handlerLimit() && c.ready.len() > 0 {
 		if !c.batchDue() {
 			return
 		}
+		if c.rates != nil {
+			now := time.Now()
+			if d := c.rates.globalDelay(now, 1, 0); d > 0 {
+				c.stats.Throttled.Add(1)
+				c.rates.arm(now, now.Add(d))
+				return
+			}
+		}
 		c.lingerFrom = time.Time{}
 		b, ctx := c.assembleBatch()
-		c.handling++
+		if c.rates != nil {
+			size := 0
+			for _, m := range b.msgs {
+				size += len(m.RawKey) + len(m.RawValue)
+			}
+			c.rates.takeGlobal(time.Now(), len(b.msgs), size)
+		}
+		c.policy.handling++
 		c.dispatch <- job[K, V]{ctx: ctx, batch: b}
 	}
 	if c.ready.len() == 0 {
@@ -96,7 +110,7 @@ func (c *coordinator[K, V]) batchFull() bool {
 		if s := e.claim.window.find(e.msg); s != nil {
 			bytes += int64(s.size)
 		}
-		if key, ordered := c.routingKey(e.msg); ordered {
+		if key, ordered := c.routing.key(e.msg.RawKey); ordered {
 			for _, q := range e.claim.keys[key] {
 				if n >= c.batch.MaxMessages || bytes >= c.batch.MaxBytes {
 					break
@@ -123,7 +137,7 @@ func (c *coordinator[K, V]) assembleBatch() (*batch[K, V], context.Context) {
 	}
 	add := func(cl *claim[K, V], s *slot[K, V], key uint64, ordered bool, prev int32) {
 		s.state = slotDispatched
-		s.routed = c.coarse // for the stall check: about when its handler started
+		s.routed = c.policy.coarse // for the stall check: about when its handler started
 		cl.outstanding++
 		if ordered && !s.held {
 			s.held = true
@@ -148,8 +162,8 @@ func (c *coordinator[K, V]) assembleBatch() (*batch[K, V], context.Context) {
 			break
 		}
 		cl := e.claim
-		c.readied(cl, -1)
-		key, ordered := c.routingKey(e.msg)
+		c.policy.readied(cl, -1)
+		key, ordered := c.routing.key(e.msg.RawKey)
 		add(cl, s, key, ordered, -1)
 		if !ordered {
 			continue
@@ -168,9 +182,9 @@ func (c *coordinator[K, V]) assembleBatch() (*batch[K, V], context.Context) {
 		if taken > 0 {
 			clear(queue[:taken])
 			cl.keys[key] = queue[taken:]
-			c.queued -= taken
-			c.chainShrank(cl, key, len(queue)-taken, false)
-			c.queuedOn(cl, -taken)
+			c.routing.queued -= taken
+			c.policy.chainShrank(cl, key, len(queue)-taken, false)
+			c.policy.queuedOn(cl, -taken)
 		}
 	}
 	if len(ctxs) == 1 {
@@ -189,125 +203,4 @@ func (c *coordinator[K, V]) assembleBatch() (*batch[K, V], context.Context) {
 		cancel()
 	}
 	return b, ctx
-}
-
-// completeBatched takes back a message of a batch (see complete).
-func (c *coordinator[K, V]) completeBatched(done completion[K, V]) {
-	cl := c.claims[done.msg.TopicPartition()]
-	var s *slot[K, V]
-	if cl != nil {
-		s = cl.window.find(done.msg)
-	}
-	if s == nil || s.state != slotDispatched {
-		c.orphaned(done.msg)
-		return
-	}
-	cl.outstanding--
-	key, ordered := c.routingKey(done.msg)
-	// Taken before settle, which may move the window's slots.
-	// A retry keeps holding its key (unless its claim is stopping).
-	held := s.held
-	if done.verdict != verdictRetry || cl.stopping {
-		s.held = false
-	}
-	switch done.verdict {
-	case verdictRetry:
-		if cl.stopping {
-			c.settle(cl, s, slotAbandoned)
-			c.keyLeft(cl, held, done.msg, key, ordered, true)
-			return
-		}
-		c.readyAgain(cl, s, done.msg)
-	case verdictFinish:
-		c.settle(cl, s, slotFinished)
-		c.keyLeft(cl, held, done.msg, key, ordered, false)
-	case verdictRequeue:
-		if cl.stopping {
-			c.settle(cl, s, slotAbandoned)
-			c.keyLeft(cl, held, done.msg, key, ordered, true)
-			return
-		}
-		s.state = slotWaiting
-		e := entry[K, V]{seq: s.seq, claim: cl, msg: done.msg}
-		if !ordered {
-			c.ready.pushLater(e)
-			c.readied(cl, 1)
-			return
-		}
-		// Back into its key's queue, in offset order: behind the message
-		// of its key that failed, ahead of those polled after it.
-		queue := cl.keys[key]
-		i := sort.Search(len(queue), func(i int) bool { return queue[i].msg.Offset > done.msg.Offset })
-		cl.keys[key] = slices.Insert(queue, i, e)
-		c.queued++
-		c.chainGrew(cl, key, len(queue)+1)
-		c.queuedOn(cl, 1)
-		c.keyLeft(cl, held, done.msg, key, ordered, false)
-	default:
-		c.settle(cl, s, slotAbandoned)
-		c.keyLeft(cl, held, done.msg, key, ordered, true)
-	}
-}
-
-// keyLeft counts a message of a batch out of its key's messages out; the
-// last one out frees the key: the next message queued behind it becomes
-// ready. An abandoned message (abandon) takes the key's queue with it: none
-// of it may run before Kafka delivers the message again.
-func (c *coordinator[K, V]) keyLeft(cl *claim[K, V], held bool, msg *pipeline.Message[K, V], key uint64, ordered, abandon bool) {
-	if !ordered || !held {
-		return
-	}
-	if abandon {
-		if queue := cl.keys[key]; len(queue) > 0 {
-			cl.keys[key] = nil // still held while others of the batch are out
-			c.queued -= len(queue)
-			c.chainShrank(cl, key, 0, false)
-			c.queuedOn(cl, -len(queue))
-			for _, e := range queue {
-				c.abandonEntry(e)
-			}
-		}
-	}
-	if n := cl.out[key] - 1; n > 0 {
-		cl.out[key] = n
-		return
-	}
-	delete(cl.out, key)
-	c.releaseKey(cl, msg)
-}
-
-// orphaned takes back a message whose claim ended while it was out: it was
-// still counted in flight until now; it commits nothing.
-func (c *coordinator[K, V]) orphaned(msg *pipeline.Message[K, V]) {
-	size := c.orphans[msg]
-	delete(c.orphans, msg)
-	c.inFlight--
-	c.inFlightBytes -= int64(size)
-	c.free(size)
-}
-
-// takeHandlerEnds takes the batch ends waiting already: a batch's settled
-// messages (its requeued ones, above all) must be taken before the
-// completions of its failed messages that the stages send on.
-func (c *coordinator[K, V]) takeHandlerEnds() {
-	for range len(c.handlerEnd) { // only this goroutine receives
-		ended, ok := <-c.handlerEnd
-		if !ok {
-			return
-		}
-		c.handlerEnded(ended)
-	}
-}
-
-// handlerEnded takes a handler's end: it is free again, and the messages
-// it settled come back.
-func (c *coordinator[K, V]) handlerEnded(ended handlerEnded[K, V]) {
-	c.handlerReturned(ended.call)
-	c.handlerTook(ended.quick)
-	if ended.cancelled != nil { // its claim ended: it does not go through the stages
-		c.complete(completion[K, V]{msg: ended.cancelled, verdict: verdictAbandon, quick: ended.quick})
-	}
-	for _, done := range ended.settled {
-		c.complete(done)
-	}
 }

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"log/slog"
 	"slices"
-	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -209,10 +208,9 @@ func TestBatchPoolOutcomes(t *testing.T) {
 		t.Helper()
 		dispatch := make(chan job[string, string], 1)
 		ends := make(chan handlerEnded[string, string], 1)
-		var batches, batched atomic.Int64
-		p := &batchPool[string, string]{concurrency: 1, handler: handler, log: slog.New(slog.DiscardHandler),
-			collector: &collector[string, string]{policy: func(error) pipeline.ErrorAction { return pipeline.Skip }, stop: func(error) {}, stats: &Stats{}, log: slog.New(slog.DiscardHandler)},
-			batches:   &batches, batched: &batched, dispatch: dispatch, handlerEnd: ends}
+		p := &handlerPool[string, string]{concurrency: 1, batchHandler: handler, log: slog.New(slog.DiscardHandler),
+			collector: &collector[string, string]{policy: func(error) pipeline.ErrorAction { return pipeline.Skip }, failed: make(chan error, 1), stats: &Stats{}, log: slog.New(slog.DiscardHandler)},
+			stats:     &Stats{}, dispatch: dispatch, handlerEnd: ends}
 		ctxs := make([]context.Context, len(msgs))
 		for i := range ctxs {
 			ctxs[i] = context.Background()

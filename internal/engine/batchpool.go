@@ -3,75 +3,37 @@ package engine
 import (
 	"context"
 	"errors"
-	"log/slog"
-	"runtime/debug"
-	"sync/atomic"
 	"time"
-
-	"github.com/sourcegraph/conc/pool"
 
 	"github.com/parallafka/parallafka/pipeline"
 )
 
-// batchPool is the handler pool stage in batch mode: concurrency workers,
-// each taking the next dispatched batch, calling the batch handler once,
-// and giving every message its own outcome in Message.Err (nil, the
-// handler's error, or the one a *pipeline.BatchError names for it). A
-// panic fails every message of the batch with a *pipeline.PanicError.
-//
-// After the call, a worker tells the coordinator that it is free
-// (handlerEnd), with the messages that skip the AfterHandle stages
-// settled: those requeued (the later messages of a failed message's key,
-// and those of a batch cancelled because another partition's claim ended),
-// those whose claim ended, and without stages every message, with the ack
-// collector's verdict. Then it sends the others into the stages, one by
-// one, like the single-message pool.
-type batchPool[K, V any] struct {
-	concurrency int
-	handler     pipeline.BatchHandler[K, V]
-	log         *slog.Logger
-	collector   *collector[K, V]
-	batches     *atomic.Int64 // Stats: batch handler calls
-	batched     *atomic.Int64 // Stats: the messages they were given
-	obs         observer
-
-	dispatch   <-chan job[K, V]               // from the coordinator
-	handled    chan<- *pipeline.Message[K, V] // into the AfterHandle stages; nil without them
-	handlerEnd chan<- handlerEnded[K, V]      // to the coordinator
-}
-
-// run handles batches until dispatch is closed, then returns once every
-// worker is idle. Handlers get the batch's context: ctx, cancelled on a
-// hard stop, and cancelled too when a claim of the batch ends.
-func (p *batchPool[K, V]) run(ctx context.Context) error {
-	defer close(p.handlerEnd)
-	if p.handled != nil {
-		defer close(p.handled)
-	}
-	workers := pool.New().WithMaxGoroutines(p.concurrency)
-	for range p.concurrency {
-		workers.Go(func() { p.work(ctx) })
-	}
-	workers.Wait()
-	return nil
-}
-
-func (p *batchPool[K, V]) work(ctx context.Context) {
-	for job := range p.dispatch {
-		p.handleBatch(ctx, job)
-	}
-}
-
-func (p *batchPool[K, V]) handleBatch(ctx context.Context, job job[K, V]) {
+// handleBatch handles a batch: it calls the batch handler once and gives
+// every message its own outcome in Message.Err (nil, the handler's error,
+// or the one a *pipeline.BatchError names for it). A panic fails every
+// message of the batch with a *pipeline.PanicError. A message that fails
+// (for its key's sake: it does not finish in this attempt) has the later
+// messages of its key in the batch requeued behind it, whatever the
+// handler said of them; so are those of a batch cancelled because another
+// partition's claim ended.
+func (p *handlerPool[K, V]) handleBatch(ctx context.Context, job job[K, V]) {
 	b := job.batch
 	if b.release != nil {
 		defer b.release()
 	}
-	msgs := b.msgs
-	// The messages the handler gets: not those a stage dropped, nor those
-	// that could not be deserialized, nor those whose claim ended already.
+	called, sample := p.callBatchHandler(job)
+	p.settleBatch(ctx, job, called, sample)
+}
+
+// callBatchHandler calls the batch handler with the batch's messages that
+// are to be handled: not those a stage dropped, nor those that could not
+// be deserialized, nor any if the batch's claims ended already. It
+// reports which it called it with, and the call's sample for the adaptive
+// limit (one call, one sample, whatever its size).
+func (p *handlerPool[K, V]) callBatchHandler(job job[K, V]) (called []bool, sample handlerCall) {
+	msgs := job.batch.msgs
 	call := make([]*pipeline.Message[K, V], 0, len(msgs))
-	called := make([]bool, len(msgs))
+	called = make([]bool, len(msgs))
 	if job.ctx.Err() == nil {
 		for i, msg := range msgs {
 			if toHandle(msg) {
@@ -81,11 +43,9 @@ func (p *batchPool[K, V]) handleBatch(ctx context.Context, job job[K, V]) {
 			}
 		}
 	}
-	var err error
-	var sample handlerCall // one call, one sample for the adaptive limit, whatever its size
 	if len(call) > 0 {
-		p.batches.Add(1)
-		p.batched.Add(int64(len(call)))
+		p.stats.Batches.Add(1)
+		p.stats.Batched.Add(int64(len(call)))
 		hctx := job.ctx
 		var infos []pipeline.MessageInfo
 		if p.obs.on() {
@@ -96,7 +56,7 @@ func (p *batchPool[K, V]) handleBatch(ctx context.Context, job job[K, V]) {
 			hctx = p.obs.batchStarted(hctx, infos)
 		}
 		began := time.Now()
-		err = p.handle(hctx, call)
+		err := callHandler(p.log, p.callBatch, hctx, call, describeBatch[K, V])
 		sample.ended = time.Now()
 		sample.took = sample.ended.Sub(began)
 		sample.ran, sample.failed = job.ctx.Err() == nil, err != nil
@@ -107,10 +67,18 @@ func (p *batchPool[K, V]) handleBatch(ctx context.Context, job job[K, V]) {
 			msg.Err = pipeline.BatchOutcome(err, msg)
 		}
 	}
-	// Each message's fate. A message fails (for its key's sake) if it
-	// does not finish in this attempt: then the later messages of its key
-	// in the batch are requeued behind it, whatever the handler said of
-	// them.
+	return called, sample
+}
+
+// settleBatch decides each message's fate after the call. A message fails
+// (for its key's sake) if it does not finish in this attempt: then the
+// later messages of its key in the batch are requeued behind it, whatever
+// the handler said of them. It tells the coordinator that the handler is
+// free, with the messages that skip the AfterHandle stages, and sends the
+// others into the stages.
+func (p *handlerPool[K, V]) settleBatch(ctx context.Context, job job[K, V], called []bool, sample handlerCall) {
+	b := job.batch
+	msgs := b.msgs
 	ended := handlerEnded[K, V]{call: sample, settled: make([]completion[K, V], 0, len(msgs))}
 	blocked := make([]bool, len(msgs))
 	onward := make([]bool, len(msgs)) // into the stages, or to the collector's verdict
@@ -179,26 +147,13 @@ func (p *batchPool[K, V]) handleBatch(ctx context.Context, job job[K, V]) {
 	}
 }
 
-// toHandle is false for a message that a stage dropped and for one the
-// source could not deserialize (it arrives failed, before any attempt).
-func toHandle[K, V any](msg *pipeline.Message[K, V]) bool {
-	return !msg.Dropped() && !(msg.Attempt == 0 && msg.Err != nil)
-}
-
-// handle calls the batch handler, turning a panic into an error that fails
-// every message of the batch.
-func (p *batchPool[K, V]) handle(ctx context.Context, msgs []*pipeline.Message[K, V]) (err error) {
-	defer func() {
-		if r := recover(); r != nil {
-			stack := debug.Stack()
-			p.log.Error("parallafka: batch handler panicked", "batch", len(msgs), "first", msgs[0].String(), "panic", r, "stack", string(stack))
-			err = &pipeline.PanicError{Value: r, Stack: stack}
-		}
-	}()
-	err = p.handler(ctx, msgs)
+// callBatch calls the batch handler: a nil *BatchError means that
+// nothing failed.
+func (p *handlerPool[K, V]) callBatch(ctx context.Context, msgs []*pipeline.Message[K, V]) error {
+	err := p.batchHandler(ctx, msgs)
 	var be *pipeline.BatchError[K, V]
 	if errors.As(err, &be) && be == nil {
-		err = nil // a nil *BatchError: nothing failed
+		return nil
 	}
 	return err
 }

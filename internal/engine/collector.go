@@ -16,7 +16,7 @@ import (
 // message's key, dispatches it again, or drops its key's queue.
 type collector[K, V any] struct {
 	policy pipeline.ErrorPolicy
-	stop   func(error) // begins a graceful shutdown that ends in the error
+	failed chan<- error // to the lifecycle: begin a graceful stop that ends in this error
 	stats  *Stats
 	log    *slog.Logger
 	obs    observer
@@ -68,6 +68,9 @@ func (c *collector[K, V]) decide(ctx context.Context, msg *pipeline.Message[K, V
 		return completion[K, V]{msg: msg, verdict: verdictFinish}, pipeline.OutcomeSkipped
 	}
 	c.log.Error("parallafka: message failed; stopping", "error", err)
-	c.stop(err) // before the key is released: nothing later with its key starts
+	select {
+	case c.failed <- err: // the key is not released: nothing later with it starts
+	default: // a stop is asked already: the first error is the one returned
+	}
 	return completion[K, V]{msg: msg, verdict: verdictAbandon}, pipeline.OutcomeFailed
 }

@@ -36,7 +36,6 @@ type committer[K, V any] struct {
 	timeout     time.Duration // bounds one commit, and a final commit's retries
 	async       bool
 	mapMaxBytes int // the offset map's limit in the commit metadata; 0: no map
-	onCommit    OnCommit
 	obs         observer
 
 	offsets   chan<- chan<- []claimOffset // to the coordinator
@@ -52,11 +51,6 @@ type committer[K, V any] struct {
 	last     map[pipeline.TopicPartition]claimOffset // last committed, per partition
 	inFlight chan asyncResult                        // the async commit in flight, nil if none
 }
-
-// OnCommit is told of every commit request the committer made: the offsets
-// (with their metadata), whether it was a revoke's or the final commit,
-// how long it took and its error. It runs on the committer's goroutine.
-type OnCommit func(offsets []pipeline.Offset, final bool, took time.Duration, err error)
 
 // asyncResult is what an asynchronous commit reports back.
 type asyncResult struct {
@@ -297,18 +291,9 @@ func (c *committer[K, V]) recorded(offsets []claimOffset, send []pipeline.Offset
 	c.stats.setCommitted(send)
 }
 
-// report tells the user's OnCommit, recovering a panic.
+// report tells the observer of a commit request.
 func (c *committer[K, V]) report(send []pipeline.Offset, final bool, start time.Time, err error) {
 	if c.obs.on() {
 		c.obs.committed(pipeline.CommitInfo{Offsets: slices.Clone(send), Final: final, Took: time.Since(start), Err: err})
 	}
-	if c.onCommit == nil {
-		return
-	}
-	defer func() {
-		if r := recover(); r != nil {
-			c.log.Error("parallafka: OnCommit panicked", "panic", r)
-		}
-	}()
-	c.onCommit(slices.Clone(send), final, time.Since(start), err)
 }

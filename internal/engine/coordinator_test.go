@@ -3,7 +3,6 @@ package engine
 import (
 	"context"
 	"fmt"
-	"hash/maphash"
 	"log/slog"
 	"slices"
 	"testing"
@@ -16,7 +15,7 @@ import (
 
 // coordHarness runs a coordinator on its own goroutine inside a synctest
 // bubble and plays every stage around it: the poller (polled, room,
-// rebalances), the handler pool (dispatch, released) and the committer
+// rebalances), the handler pool (dispatch, handlerEnd) and the committer
 // (offsets, final). Each step ends in synctest.Wait, so when it returns the
 // coordinator has done everything the step made it do and waits in its
 // select: what is on dispatch then is all it will dispatch.
@@ -27,8 +26,7 @@ type coordHarness struct {
 
 	polled     chan pollCycle[string, string]
 	dispatch   chan job[string, string]
-	released   chan completion[string, string]
-	handlerEnd chan handlerEnded[string, string] // batch mode
+	handlerEnd chan handlerEnded[string, string]
 	room       chan room
 	rebalances chan rebalanceRequest
 	offsets    chan chan<- []claimOffset
@@ -37,11 +35,11 @@ type coordHarness struct {
 	draining   chan struct{}
 	steer      chan steering // with coordOptions.maxInFlight
 
-	cancel         context.CancelFunc
-	done           chan struct{}
-	releasedClosed bool
-	msgs           map[pipeline.Offset]*pipeline.Message[string, string]
-	ctxs           map[*pipeline.Message[string, string]]context.Context // each dispatched message's handler context
+	cancel     context.CancelFunc
+	done       chan struct{}
+	endsClosed bool
+	msgs       map[pipeline.Offset]*pipeline.Message[string, string]
+	ctxs       map[*pipeline.Message[string, string]]context.Context // each dispatched message's handler context
 }
 
 type coordOptions struct {
@@ -60,7 +58,7 @@ func newCoordHarness(t *testing.T, o coordOptions) *coordHarness {
 		t: t, stats: &Stats{},
 		polled:     make(chan pollCycle[string, string], 4),
 		dispatch:   make(chan job[string, string], 2*o.concurrency),
-		released:   make(chan completion[string, string], 2*o.concurrency),
+		handlerEnd: make(chan handlerEnded[string, string], 2*o.concurrency),
 		room:       make(chan room, 1),
 		rebalances: make(chan rebalanceRequest),
 		offsets:    make(chan chan<- []claimOffset),
@@ -71,27 +69,18 @@ func newCoordHarness(t *testing.T, o coordOptions) *coordHarness {
 		msgs:       make(map[pipeline.Offset]*pipeline.Message[string, string]),
 		ctxs:       make(map[*pipeline.Message[string, string]]context.Context),
 	}
-	h.c = &coordinator[string, string]{
-		coordinatorEdges: coordinatorEdges[string, string]{
-			polled: h.polled, dispatch: h.dispatch, released: h.released, room: h.room,
-			rebalances: h.rebalances, offsets: h.offsets, final: h.final, queries: h.queries,
-			drainingCh: h.draining,
-		},
-		ordering: o.ordering, orderNilKeys: o.orderNilKeys, concurrency: o.concurrency, batch: o.batch,
-		stats: h.stats, log: slog.New(slog.DiscardHandler),
-		claims: make(map[pipeline.TopicPartition]*claim[string, string]), seed: maphash.MakeSeed(),
-	}
-	if o.adaptiveMin > 0 {
-		h.c.limiter = newLimiter(o.adaptiveMin, o.concurrency)
-	}
-	if o.batch.MaxMessages > 0 {
-		h.handlerEnd = make(chan handlerEnded[string, string], 2*o.concurrency)
-		h.c.handlerEnd = h.handlerEnd
-	}
 	if o.maxInFlight > 0 {
 		h.steer = make(chan steering, 1)
-		h.c.steer, h.c.maxInFlight = h.steer, o.maxInFlight
 	}
+	h.c = newCoordinator(coordinatorConfig{
+		concurrency: o.concurrency, minConcurrency: o.adaptiveMin, maxInFlight: o.maxInFlight,
+		ordering: o.ordering, orderNilKeys: o.orderNilKeys, batch: o.batch,
+		stats: h.stats, log: slog.New(slog.DiscardHandler),
+	}, coordinatorEdges[string, string]{
+		polled: h.polled, dispatch: h.dispatch, handlerEnd: h.handlerEnd, room: h.room, steer: h.steer,
+		rebalances: h.rebalances, offsets: h.offsets, final: h.final, queries: h.queries,
+		drainingCh: h.draining,
+	})
 	ctx, cancel := context.WithCancel(context.Background())
 	h.cancel = cancel
 	go func() {
@@ -167,7 +156,7 @@ func (h *coordHarness) expectDispatched(offsets ...int64) {
 }
 
 func (h *coordHarness) complete(m *pipeline.Message[string, string], v verdict) {
-	h.released <- completion[string, string]{msg: m, verdict: v}
+	h.handlerEnd <- handlerEnded[string, string]{done: completion[string, string]{msg: m, verdict: v}}
 	synctest.Wait()
 }
 
@@ -291,12 +280,12 @@ func isClosed(ch <-chan struct{}) bool {
 }
 
 // stop ends the coordinator as the flow does on a hard stop: the context is
-// cancelled, and the pool hands back what was out and closes released. It
+// cancelled, and the pool hands back what was out and closes handlerEnd. It
 // returns the final offsets.
 func (h *coordHarness) stop() map[int32]int64 {
 	h.cancel()
 	synctest.Wait()
-	if h.handlerEnd != nil { // batch mode: the pool ends each batch
+	if h.c.batching() { // batch mode: the pool ends each batch
 		for _, b := range h.batches() {
 			ended := handlerEnded[string, string]{}
 			for _, m := range b {
@@ -304,24 +293,24 @@ func (h *coordHarness) stop() map[int32]int64 {
 			}
 			h.handlerEnd <- ended
 		}
-		close(h.handlerEnd)
-		h.closeReleased()
+		h.closeHandlerEnd()
 		<-h.done
 		return offsetMap(<-h.final)
 	}
 	for _, m := range h.dispatched() {
-		h.released <- completion[string, string]{msg: m, verdict: verdictAbandon}
+		h.handlerEnd <- handlerEnded[string, string]{done: completion[string, string]{msg: m, verdict: verdictAbandon}}
 	}
-	h.closeReleased()
+	h.closeHandlerEnd()
 	<-h.done
 	return offsetMap(<-h.final)
 }
 
-// closeReleased closes released as the pool does once its workers ended.
-func (h *coordHarness) closeReleased() {
-	if !h.releasedClosed {
-		h.releasedClosed = true
-		close(h.released)
+// closeHandlerEnd closes handlerEnd as the pool does once its workers
+// ended.
+func (h *coordHarness) closeHandlerEnd() {
+	if !h.endsClosed {
+		h.endsClosed = true
+		close(h.handlerEnd)
 	}
 }
 
@@ -440,7 +429,7 @@ func TestCoordinatorAdaptiveLimit(t *testing.T) {
 			m := out[0]
 			out = out[1:]
 			clock = clock.Add(minWindowTime / minWindow)
-			h.released <- completion[string, string]{msg: m, verdict: verdictFinish,
+			h.handlerEnd <- handlerEnded[string, string]{done: completion[string, string]{msg: m, verdict: verdictFinish},
 				call: handlerCall{ended: clock, took: time.Millisecond, failed: failed, ran: true}}
 			synctest.Wait()
 			out = append(out, h.dispatched()...)
@@ -479,7 +468,7 @@ func TestCoordinatorQuickRaisesLimit(t *testing.T) {
 		h.poll(0, offKeys...)
 		h.expectDispatched(0, 2)
 		quick := func(off int64) {
-			h.released <- completion[string, string]{msg: h.get(0, off), verdict: verdictFinish, quick: true}
+			h.handlerEnd <- handlerEnded[string, string]{done: completion[string, string]{msg: h.get(0, off), verdict: verdictFinish}, quick: true}
 			synctest.Wait()
 		}
 		cur := int64(2)
@@ -930,7 +919,7 @@ func TestCoordinatorDrain(t *testing.T) {
 		if n := h.stats.InFlight.Load(); n != 0 {
 			t.Fatalf("InFlight = %d; want 0", n)
 		}
-		h.closeReleased()
+		h.closeHandlerEnd()
 		<-h.done
 		if got := offsetMap(<-h.final); !mapsEqual(got, map[int32]int64{0: 1}) {
 			t.Fatalf("final offsets %v; want 0: 1", got)
@@ -960,7 +949,7 @@ func TestCoordinatorHardStop(t *testing.T) {
 		}
 		h.finish(0, 0)
 		h.complete(h.get(0, 3), verdictAbandon)
-		h.closeReleased()
+		h.closeHandlerEnd()
 		<-h.done
 		if got := offsetMap(<-h.final); !mapsEqual(got, map[int32]int64{0: 1}) {
 			t.Fatalf("final offsets %v; want 0: 1", got)

@@ -8,15 +8,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"hash/maphash"
 	"log/slog"
 	"sync"
-	"sync/atomic"
 	"time"
-
-	"github.com/sourcegraph/conc/panics"
-
-	"github.com/parallafka/parallafka/internal/offsetmap"
 
 	"github.com/parallafka/parallafka/internal/signal"
 	"github.com/parallafka/parallafka/pipeline"
@@ -45,23 +39,23 @@ type Config[K, V any] struct {
 	AfterHandle      []NamedStage[K, V]
 	Concurrency      int // handlers; with MinConcurrency, the most the adaptive limit may allow
 	MinConcurrency   int // adaptive concurrency: the limit's floor and start; 0: Concurrency handlers, fixed
-	OnLimit          func(limit int)
 	MaxInFlight      int
 	MaxInFlightBytes int64 // 0: no bound
 	Ordering         Ordering
 	OrderNilKeys     bool
 	CommitInterval   time.Duration
-	CommitEvery      int  // also commit after this many offsets finished; 0: the interval alone
-	AsyncCommits     bool // periodic commits do not wait for the last one's result
-	OnCommit         OnCommit
-	MapMaxBytes      int  // the offset map's limit in the commit metadata; 0: no map
-	HardStop         bool // the shutdown mode
+	CommitEvery      int          // also commit after this many offsets finished; 0: the interval alone
+	AsyncCommits     bool         // periodic commits do not wait for the last one's result
+	MapMaxBytes      int          // the offset map's limit in the commit metadata; 0: no map
+	HardStop         bool         // the shutdown mode
+	DrainBacklog     bool         // a graceful stop handles the polled backlog first (ShutdownMode Drain)
+	RateLimit        RateLimit    // the dispatch rate limit at the start; zero: none
+	Rates            *RateControl // Parallafka.SetRateLimit; nil: never changed
 	ShutdownTimeout  time.Duration
 	RevokeTimeout    time.Duration
 	Logger           *slog.Logger
 	ErrorPolicy      pipeline.ErrorPolicy
-	Hooks            Hooks
-	Pause            *atomic.Bool      // set by Parallafka.Pause, cleared by Resume
+	Pause            *UserPause        // Parallafka.Pause and Resume; nil: never paused
 	Observer         pipeline.Observer // nil: none
 	StallTimeout     time.Duration     // 0: no stall detection
 
@@ -76,6 +70,40 @@ type BatchLimits struct {
 	MaxMessages int           // at least 1
 	MaxBytes    int64         // at least 1; the first message of a batch may be larger
 	Linger      time.Duration // how long a partial batch waits for more; 0: whatever is ready goes
+}
+
+// UserPause carries Parallafka.Pause and Resume to the poller as messages
+// on a control edge: a channel of one slot that holds the user's latest
+// wish until the poller reads it (a wish it has not read yet is replaced).
+// Set never blocks, before, during or after a flow runs. The zero value is
+// ready to use; it must not be copied after first use.
+type UserPause struct {
+	once sync.Once
+	wish chan bool
+}
+
+func (u *UserPause) edge() chan bool {
+	if u == nil {
+		return nil // never paused
+	}
+	u.once.Do(func() { u.wish = make(chan bool, 1) })
+	return u.wish
+}
+
+// Set asks for the pipeline paused (true) or running (false).
+func (u *UserPause) Set(paused bool) {
+	wish := u.edge()
+	for {
+		select {
+		case wish <- paused:
+			return
+		default:
+			select {
+			case <-wish: // a wish the poller has not read yet: replaced
+			default:
+			}
+		}
+	}
 }
 
 // ErrShutdownTimeout is the cause of the handlers' cancellation when a
@@ -113,9 +141,9 @@ func Run[K, V any](ctx context.Context, cfg *Config[K, V], stats *Stats) error {
 		runErr = f.run()
 	}
 	life.end()
-	// The final offsets are committed: a revoke the source delivers while
-	// it closes has nothing left to wait for or to commit.
-	f.poller.ended = true
+	// A rebalance the source delivers while it closes finds the
+	// coordinator returned (the poller's coordDone): nothing is left to
+	// wait for or to commit.
 	closeErr := cfg.Source.Close()
 	if closeErr != nil {
 		closeErr = fmt.Errorf("parallafka: closing source: %w", closeErr)
@@ -123,107 +151,168 @@ func Run[K, V any](ctx context.Context, cfg *Config[K, V], stats *Stats) error {
 	return errors.Join(life.err(), runErr, closeErr)
 }
 
-// flow is one Consume call's stages and the channels between them.
+// flow is one Consume call's goroutines, wired: run only starts them.
 type flow[K, V any] struct {
-	cfg         *Config[K, V]
-	life        *lifecycle
-	poller      *poller[K, V]
-	coordinator *coordinator[K, V]
-	pool        *handlerPool[K, V]
-	batchPool   *batchPool[K, V] // instead of pool, in batch mode
-	collector   *collector[K, V]
-	committer   *committer[K, V]
-
-	coordDoneCh, commitDoneCh chan struct{} // closed when the coordinator, the committer returned
+	life       *lifecycle
+	poller     *poller[K, V] // the source's rebalance listener too
+	goroutines []goroutine
 }
 
-// newFlow makes the stages and wires them, every edge a channel, in the
-// order of the flow:
+// goroutine is one goroutine of the flow: what runs, and what its error
+// does (its stop policy). what names it in its error, for a user's stage
+// only: the user knows its name, not the engine's parts.
+type goroutine struct {
+	what    string
+	onError onError
+	run     func(context.Context) error
+}
+
+// newFlow makes every goroutine of the flow and every channel between
+// them, and returns them wired; nothing is patched later. The edges (a
+// reply channel travels inside the request where one is marked "reply"):
 //
-//	poll ─polled─▶ coordinator ─dispatch─▶ handler pool ─▶ ack collector ─released─▶ coordinator
-//	  │  ◀─room, spent─┘ ▲ offsets/final/commitNow (with user stages: poll ─▶ AfterPoll ─routable─▶ coordinator,
-//	  └─rebalances────┘  └────────── committer     handler pool ─▶ AfterHandle ─▶ ack collector, handlerEnd)
+//	Pause/Resume ─userPause──────────▶ poll
+//	poll ────────polled──────────────▶ coordinator ─dispatch──▶ handler pool
+//	poll ◀───────room, steer, spent─── coordinator ◀─handlerEnd─ handler pool
+//	poll ────────rebalances (reply)──▶ coordinator
+//	poll ────────commits (reply)─────▶ committer
+//	committer ───offsets (reply)─────▶ coordinator
+//	committer ◀──final, commitNow───── coordinator
+//	coordinator ─staged──▶ AfterPoll stages ─routable──▶ coordinator
+//	handler pool ─handled─▶ AfterHandle stages ─▶ ack collector ─released─▶ coordinator
+//	user stages ─queries (pipeline.Revoked, reply)─▶ coordinator
+//	handler pool, ack collector ─failed─▶ lifecycle (stopOnFailure)
 //
-// In batch mode (cfg.BatchHandler) the coordinator dispatches batches to
-// the batch pool, which always tells it on handlerEnd that a batch ended,
-// with the messages that skip the stages (without stages, all of them):
-//
-//	coordinator ─dispatch (batches)─▶ batch pool ─handlerEnd─▶ coordinator
-//	                                      └─▶ AfterHandle ─▶ ack collector ─released─▶ coordinator
+// The AfterPoll edges exist with AfterPoll stages only; without them the
+// coordinator routes what it tracks at once. The AfterHandle edges exist
+// with AfterHandle stages only; without them the pool's workers apply the
+// ack collector's verdict and send it with the handler's end. Every
+// handler's end, in every topology, reaches the coordinator on handlerEnd
+// alone. In batch mode (cfg.BatchHandler) dispatch carries batches; the
+// edges are the same. draining (closed when a graceful stop begins) and
+// coordDone, commitDone (closed as the coordinator, the committer return)
+// are broadcast to whoever selects on them.
 func newFlow[K, V any](cfg *Config[K, V], stats *Stats, life *lifecycle) *flow[K, V] {
 	var (
+		// poller ⇄ coordinator
 		polled     = make(chan pollCycle[K, V], 4)
 		spent      = make(chan pollCycle[K, V], 4)
 		room       = make(chan room, 1)
-		dispatch   = make(chan job[K, V], 2*cfg.Concurrency)
-		released   = make(chan completion[K, V], 2*cfg.Concurrency)
-		rebalances = make(chan rebalanceRequest)
-		offsets    = make(chan chan<- []claimOffset)
-		final      = make(chan []claimOffset, 1)
-		commits    = make(chan commitRequest)
-		commitNow  = make(chan struct{}, 1)
 		steer      = make(chan steering, 1)
-		queries    = make(chan revokedQuery)
+		rebalances = make(chan rebalanceRequest)
+		// coordinator ⇄ handler pool
+		dispatch   = make(chan job[K, V], 2*cfg.Concurrency)
+		handlerEnd = make(chan handlerEnded[K, V], 2*cfg.Concurrency)
+		// coordinator, poller ⇄ committer
+		offsets   = make(chan chan<- []claimOffset)
+		final     = make(chan []claimOffset, 1)
+		commitNow = make(chan struct{}, 1)
+		commits   = make(chan commitRequest)
+		// user stages ⇄ coordinator
+		queries = make(chan revokedQuery)
+		// handler pool, ack collector → lifecycle
+		failed = make(chan error, 1)
+		// closed as the coordinator and the committer return
 		coordDone  = make(chan struct{})
 		commitDone = make(chan struct{})
 	)
-	f := &flow[K, V]{cfg: cfg, life: life}
+	f := &flow[K, V]{life: life}
+	// coordinator ─staged─▶ AfterPoll stages ─routable─▶ coordinator
+	var staged chan *pipeline.Message[K, V]
+	var routable <-chan *pipeline.Message[K, V]
+	if len(cfg.AfterPoll) > 0 {
+		staged = make(chan *pipeline.Message[K, V], channelSize)
+		routable = f.chain(cfg.AfterPoll, staged)
+	}
+	// handler pool ─handled─▶ AfterHandle stages ─▶ ack collector ─released─▶ coordinator
+	var handled chan *pipeline.Message[K, V]
+	var collectable <-chan *pipeline.Message[K, V]
+	var released chan completion[K, V]
+	if len(cfg.AfterHandle) > 0 {
+		handled = make(chan *pipeline.Message[K, V], channelSize)
+		collectable = f.chain(cfg.AfterHandle, handled)
+		released = make(chan completion[K, V], 2*cfg.Concurrency)
+	}
+
 	obs := observer{o: cfg.Observer, log: cfg.Logger}
+	obs.throttle, _ = cfg.Observer.(pipeline.ThrottleObserver)
+	batch := cfg.Batch
+	if cfg.BatchHandler == nil {
+		batch = BatchLimits{}
+	}
 	f.poller = &poller[K, V]{
 		pollerEdges: pollerEdges[K, V]{
 			polled: polled, spent: spent, room: room, steer: steer, rebalances: rebalances, commits: commits,
-			coordDone: coordDone, commitDone: commitDone, draining: life.draining,
+			userPause: cfg.Pause.edge(), coordDone: coordDone, commitDone: commitDone, draining: life.draining,
 		},
 		source: cfg.Source, log: cfg.Logger, stats: stats, maxInFlight: cfg.MaxInFlight, maxBytes: cfg.MaxInFlightBytes,
-		pollTimeout: pollTimeout, pauseAfter: pauseAfter, revokeTimeout: cfg.RevokeTimeout,
-		hooks: cfg.Hooks, userPause: cfg.Pause, obs: obs,
+		quickWindow: cfg.quickWindow(), pollTimeout: pollTimeout, pauseAfter: pauseAfter, revokeTimeout: cfg.RevokeTimeout,
+		obs: obs,
 	}
-	f.coordinator = &coordinator[K, V]{
-		coordinatorEdges: coordinatorEdges[K, V]{
-			polled: polled, spent: spent, dispatch: dispatch, released: released, room: room,
-			rebalances: rebalances, offsets: offsets, final: final, queries: queries,
-			commitNow: commitNow, steer: steer, drainingCh: life.draining,
-		},
-		maxInFlight: cfg.MaxInFlight,
-		commitEvery: cfg.CommitEvery, batch: cfg.Batch,
-		ordering: cfg.Ordering, orderNilKeys: cfg.OrderNilKeys, concurrency: cfg.Concurrency,
-		onLimit: cfg.OnLimit, obs: obs, stallTimeout: cfg.StallTimeout,
-		stats: stats, log: cfg.Logger, claims: make(map[pipeline.TopicPartition]*claim[K, V]), seed: maphash.MakeSeed(),
+	coord := newCoordinator(coordinatorConfig{
+		concurrency: cfg.Concurrency, minConcurrency: cfg.MinConcurrency,
+		maxInFlight: cfg.MaxInFlight, commitEvery: cfg.CommitEvery,
+		ordering: cfg.Ordering, orderNilKeys: cfg.OrderNilKeys, batch: batch,
+		stallTimeout: cfg.StallTimeout, stats: stats, log: cfg.Logger, obs: obs,
+		drainBacklog: cfg.DrainBacklog, rateLimit: cfg.RateLimit,
+	}, coordinatorEdges[K, V]{
+		polled: polled, spent: spent, staged: staged, routable: routable, dispatch: dispatch,
+		handlerEnd: handlerEnd, released: released, room: room, commitNow: commitNow, steer: steer,
+		rebalances: rebalances, offsets: offsets, final: final, queries: queries, drainingCh: life.draining,
+		rateLimits: cfg.Rates.edge(),
+	})
+	collector := &collector[K, V]{policy: cfg.ErrorPolicy, failed: failed, stats: stats, log: cfg.Logger, obs: obs}
+	pool := &handlerPool[K, V]{
+		concurrency: cfg.Concurrency, handler: cfg.Handler, batchHandler: cfg.BatchHandler, log: cfg.Logger,
+		collector: collector, stats: stats, obs: obs, dispatch: dispatch, handlerEnd: handlerEnd, handled: handled,
 	}
-	if cfg.MinConcurrency > 0 {
-		f.coordinator.limiter = newLimiter(cfg.MinConcurrency, cfg.Concurrency)
-	}
-	f.collector = &collector[K, V]{policy: cfg.ErrorPolicy, stop: life.stop, stats: stats, log: cfg.Logger, obs: obs}
-	f.pool = &handlerPool[K, V]{
-		concurrency: cfg.Concurrency, handler: cfg.Handler, log: cfg.Logger, collector: f.collector, obs: obs,
-		dispatch: dispatch, released: released, coordDone: coordDone,
-	}
-	if cfg.BatchHandler != nil {
-		// Batch mode: the pool says when each batch ended, with the
-		// messages that skip the stages (without stages: all of them).
-		handlerEnd := make(chan handlerEnded[K, V], 2*cfg.Concurrency)
-		f.batchPool = &batchPool[K, V]{
-			concurrency: cfg.Concurrency, handler: cfg.BatchHandler, log: cfg.Logger, collector: f.collector,
-			batches: &stats.Batches, batched: &stats.Batched, obs: obs,
-			dispatch: dispatch, handlerEnd: handlerEnd,
-		}
-		f.pool = nil
-		f.coordinator.handlerEnd = handlerEnd
-		f.coordinator.released = nil // the stages' collector's, if there are stages
-	} else {
-		f.coordinator.batch = BatchLimits{}
-	}
-	if cfg.Ordering == OrderByKey && !f.coordinator.batching() {
-		f.poller.quickWindow = min(cfg.MaxInFlight, max(minQuickWindow, quickWindowPerHandler*cfg.Concurrency))
-	}
-	f.committer = &committer[K, V]{
+	committer := &committer[K, V]{
 		source: cfg.Source, log: cfg.Logger, stats: stats,
 		interval: cfg.CommitInterval, timeout: cfg.RevokeTimeout,
-		async: cfg.AsyncCommits, mapMaxBytes: cfg.MapMaxBytes, onCommit: cfg.OnCommit,
+		async: cfg.AsyncCommits, mapMaxBytes: cfg.MapMaxBytes,
 		offsets: offsets, final: final, commits: commits, commitNow: commitNow, coordDone: coordDone,
 		shutdownDeadline: life.shutdownDeadline, obs: obs,
 	}
-	life.revoked = func(topic string, partition int32) <-chan struct{} {
+	life.revoked = askRevoked(queries, coordDone)
+
+	// A failing source stops the flow gracefully; anything else failing
+	// breaks it, and stops it hard.
+	f.goroutines = append(f.goroutines,
+		goroutine{onError: drainOnError, run: f.poller.run},
+		goroutine{onError: abortOnError, run: func(ctx context.Context) error {
+			defer close(coordDone)
+			return coord.run(ctx)
+		}},
+		goroutine{onError: abortOnError, run: pool.run},
+		goroutine{onError: abortOnError, run: func(ctx context.Context) error {
+			defer close(commitDone)
+			return committer.run(ctx)
+		}},
+		goroutine{onError: abortOnError, run: func(context.Context) error {
+			return life.stopOnFailure(failed, coordDone)
+		}},
+	)
+	if collectable != nil {
+		f.goroutines = append(f.goroutines, goroutine{onError: abortOnError, run: func(ctx context.Context) error {
+			return collector.run(ctx, collectable, released, coordDone)
+		}})
+	}
+	return f
+}
+
+// quickWindow is the poller's window while the handlers are quick, in key
+// order only (see quickWindowPerHandler); 0: the window never shrinks.
+func (cfg *Config[K, V]) quickWindow() int {
+	if cfg.Ordering != OrderByKey || cfg.BatchHandler != nil {
+		return 0
+	}
+	return min(cfg.MaxInFlight, max(minQuickWindow, quickWindowPerHandler*cfg.Concurrency))
+}
+
+// askRevoked answers pipeline.Revoked by asking the coordinator on
+// queries.
+func askRevoked(queries chan<- revokedQuery, coordDone <-chan struct{}) signal.Revoked {
+	return func(topic string, partition int32) <-chan struct{} {
 		q := revokedQuery{tp: pipeline.TopicPartition{Topic: topic, Partition: partition}, reply: make(chan (<-chan struct{}), 1)}
 		select {
 		case queries <- q:
@@ -232,312 +321,28 @@ func newFlow[K, V any](cfg *Config[K, V], stats *Stats, life *lifecycle) *flow[K
 			return closedChannel
 		}
 	}
-	f.coordDoneCh, f.commitDoneCh = coordDone, commitDone
-	return f
 }
 
-// run starts every stage on its own goroutine and waits for all of them.
+// run starts every goroutine of the flow and waits for all of them.
 func (f *flow[K, V]) run() error {
 	g := newGroup(f.life)
-	if len(f.cfg.AfterPoll) > 0 {
-		staged := make(chan *pipeline.Message[K, V], channelSize)
-		f.poller.staged = staged
-		f.coordinator.routable = chain(g, f.cfg.AfterPoll, staged)
+	for _, r := range f.goroutines {
+		g.Go(r.what, r.onError, r.run)
 	}
-	switch {
-	case f.batchPool != nil && len(f.cfg.AfterHandle) > 0:
-		// batch pool ─handled─▶ AfterHandle ─▶ ack collector ─released─▶ coordinator
-		handled := make(chan *pipeline.Message[K, V], channelSize)
-		released := make(chan completion[K, V], 2*f.cfg.Concurrency)
-		f.batchPool.handled, f.coordinator.released = handled, released
-		collectable := chain(g, f.cfg.AfterHandle, handled)
-		g.Go("ack collector", func(ctx context.Context) error {
-			return f.collector.run(ctx, collectable, released, f.coordDoneCh)
-		})
-	case f.batchPool != nil: // batch pool ─handlerEnd (every message settled)─▶ coordinator
-	case len(f.cfg.AfterHandle) > 0:
-		handled := make(chan *pipeline.Message[K, V], channelSize)
-		handlerEnd := make(chan handlerEnded[K, V], 2*f.cfg.Concurrency)
-		released := f.pool.released
-		f.pool.handled, f.pool.handlerEnd, f.pool.released = handled, handlerEnd, nil
-		f.coordinator.handlerEnd = handlerEnd
-		collectable := chain(g, f.cfg.AfterHandle, handled)
-		g.Go("ack collector", func(ctx context.Context) error {
-			return f.collector.run(ctx, collectable, released, f.coordDoneCh)
-		})
-	}
-	g.Go("poll", f.poller.run)
-	g.Go("coordinator", func(ctx context.Context) error {
-		defer close(f.coordDoneCh)
-		return f.coordinator.run(ctx)
-	})
-	if f.batchPool != nil {
-		g.Go("handler pool", f.batchPool.run)
-	} else {
-		g.Go("handler pool", f.pool.run)
-	}
-	g.Go("committer", func(ctx context.Context) error {
-		defer close(f.commitDoneCh)
-		return f.committer.run(ctx)
-	})
 	return g.Wait()
 }
 
-// chain starts the user's stages one after another behind in and returns
-// the last one's output. Each stage's output is closed when it returns.
-func chain[K, V any](g *group, stages []NamedStage[K, V], in <-chan *pipeline.Message[K, V]) <-chan *pipeline.Message[K, V] {
+// chain adds the user's stages, one after another behind in, to the
+// flow's goroutines, and returns the last one's output. Each stage's
+// output is closed when it returns.
+func (f *flow[K, V]) chain(stages []NamedStage[K, V], in <-chan *pipeline.Message[K, V]) <-chan *pipeline.Message[K, V] {
 	for _, s := range stages {
 		from, out := in, make(chan *pipeline.Message[K, V], channelSize)
-		g.Go("stage "+s.Name, func(ctx context.Context) error {
+		f.goroutines = append(f.goroutines, goroutine{what: "stage " + s.Name, onError: abortOnError, run: func(ctx context.Context) error {
 			defer close(out)
 			return s.Run(ctx, from, out)
-		})
+		}})
 		in = out
 	}
 	return in
 }
-
-// group runs the stages. A stage's error or panic never dies silently: the
-// poll stage's error stops the pipeline gracefully (handlers finish); any
-// other stage's stops it hard, since the flow is broken. Wait returns them
-// all.
-type group struct {
-	life *lifecycle
-	wg   sync.WaitGroup
-	mu   sync.Mutex
-	errs []error
-}
-
-func newGroup(life *lifecycle) *group { return &group{life: life} }
-
-func (g *group) Go(name string, run func(context.Context) error) {
-	g.wg.Go(func() {
-		var err error
-		if r := panics.Try(func() { err = run(g.life.ctx) }); r != nil {
-			err = r.AsError()
-		}
-		if err == nil {
-			return
-		}
-		err = fmt.Errorf("parallafka: stage %s: %w", name, err)
-		g.mu.Lock()
-		g.errs = append(g.errs, err)
-		g.mu.Unlock()
-		if name == "poll" {
-			g.life.stop(nil)
-		} else {
-			g.life.abort()
-		}
-	})
-}
-
-func (g *group) Wait() error {
-	g.wg.Wait()
-	return errors.Join(g.errs...)
-}
-
-// lifecycle is one Consume call's shutdown state: draining closes when a
-// graceful stop begins; ctx, the stages' and handlers' context, is
-// cancelled on a hard stop, when a stage breaks, or when the shutdown
-// timeout passes (cause ErrShutdownTimeout).
-type lifecycle struct {
-	ctx      context.Context
-	cancel   context.CancelCauseFunc
-	draining chan struct{}
-	hardStop bool
-	timeout  time.Duration
-	revoked  signal.Revoked
-	stats    *Stats // its Stopping is set when the shutdown begins
-
-	// interrupt, if set, cuts short a source's blocking calls (kafka.Source's
-	// Interrupt) when the shutdown timeout passes.
-	interrupt func()
-
-	stopOnce sync.Once
-	stopped  func() bool // stops the AfterFunc on the caller's context
-	mu       sync.Mutex
-	first    error
-	timer    *time.Timer
-	deadline time.Time // when the shutdown must be over; zero before it began
-}
-
-func (l *lifecycle) shutdownDeadline() time.Time {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.deadline
-}
-
-var errHardStop = errors.New("parallafka: hard stop")
-
-func newLifecycle(parent context.Context, hardStop bool, timeout time.Duration, stats *Stats) *lifecycle {
-	l := &lifecycle{draining: make(chan struct{}), hardStop: hardStop, timeout: timeout, stats: stats}
-	// The stages outlive the caller's cancellation (that is what a graceful
-	// stop is), so their context keeps its values but not its cancellation.
-	base := context.WithValue(context.WithoutCancel(parent), signal.DrainingKey{}, (<-chan struct{})(l.draining))
-	base = context.WithValue(base, signal.RevokedKey{}, signal.Revoked(func(topic string, partition int32) <-chan struct{} {
-		return l.revoked(topic, partition)
-	}))
-	l.ctx, l.cancel = context.WithCancelCause(base)
-	l.stopped = context.AfterFunc(parent, func() { l.stop(nil) })
-	return l
-}
-
-// stop begins a shutdown as configured; err (if any) is what Consume
-// returns, the first one given.
-func (l *lifecycle) stop(err error) {
-	l.mu.Lock()
-	if l.first == nil {
-		l.first = err
-	}
-	l.mu.Unlock()
-	l.stopOnce.Do(func() {
-		l.stats.Stopping.Store(true)
-		close(l.draining)
-		if l.hardStop {
-			l.mu.Lock()
-			l.deadline = time.Now()
-			l.mu.Unlock()
-			l.cancel(errHardStop)
-			return
-		}
-		l.mu.Lock()
-		l.deadline = time.Now().Add(l.timeout)
-		l.timer = time.AfterFunc(l.timeout, func() {
-			l.cancel(ErrShutdownTimeout)
-			if l.interrupt != nil {
-				l.interrupt()
-			}
-		})
-		l.mu.Unlock()
-	})
-}
-
-// abort stops at once: handlers are cancelled.
-func (l *lifecycle) abort() {
-	l.stop(nil)
-	l.cancel(errHardStop)
-}
-
-func (l *lifecycle) end() {
-	l.stopped()
-	l.mu.Lock()
-	if l.timer != nil {
-		l.timer.Stop()
-	}
-	l.mu.Unlock()
-	l.cancel(nil)
-}
-
-func (l *lifecycle) err() error {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if errors.Is(context.Cause(l.ctx), ErrShutdownTimeout) {
-		return errors.Join(l.first, ErrShutdownTimeout)
-	}
-	return l.first
-}
-
-// The messages on the coordinator's edges.
-type (
-	// completion is a message back from a handling attempt, with the
-	// ack collector's verdict.
-	completion[K, V any] struct {
-		msg     *pipeline.Message[K, V]
-		verdict verdict
-		quick   bool // the handler took less than quickHandler (see dispatchLimit)
-		call    handlerCall
-	}
-	// job is a dispatched message and its handler's context (its
-	// claim's), with how long it waited (with an observer only).
-	job[K, V any] struct {
-		msg    *pipeline.Message[K, V]
-		ctx    context.Context
-		batch  *batch[K, V]  // in batch mode, instead of msg (ctx is the batch's)
-		waited pipeline.Wait // with an observer (not in batch mode)
-	}
-	// handlerEnded tells the coordinator that a handler is free again, with
-	// AfterHandle stages; cancelled is the message if its claim's context
-	// was cancelled (it ended): it skips the stages.
-	handlerEnded[K, V any] struct {
-		quick     bool
-		call      handlerCall
-		cancelled *pipeline.Message[K, V]
-		// settled are a batch's messages that skip the AfterHandle stages
-		// (all of them without stages), with their verdicts; the
-		// coordinator takes them before any completion the stages send on.
-		settled []completion[K, V]
-	}
-	// handlerCall is what a handler call showed, for the adaptive limit:
-	// how long it took and whether it failed. One call, one sample,
-	// whatever it handled.
-	handlerCall struct {
-		ended  time.Time
-		took   time.Duration
-		failed bool
-		ran    bool // the handler was called and its context not cancelled: a sample
-	}
-	// rebalanceRequest asks the coordinator to act on a rebalance; it
-	// replies on reply (final offsets, for a revoke).
-	rebalanceRequest struct {
-		kind       rebalanceKind
-		partitions []pipeline.TopicPartition
-		committed  []pipeline.Offset // assign: the committed offsets and metadata, as the source read them
-		reply      chan []claimOffset
-	}
-	// pollCycle is one poll cycle's messages, with their sizes as the
-	// poller counted them against the byte window.
-	pollCycle[K, V any] struct {
-		msgs  []*pipeline.Message[K, V]
-		sizes []int32
-	}
-	// steering tells the poller which partitions to pause (see steer.go).
-	steering struct {
-		pause    []pipeline.TopicPartition // pause these
-		over     []pipeline.TopicPartition // pause these while a low one has messages to read
-		low      []pipeline.TopicPartition // below a quarter of their share of the window
-		starving bool                      // the pause is for a key chain short of messages
-		quick    bool                      // the handlers are quick: the poller keeps the window to quickWindow
-	}
-	// room is what the coordinator freed of the in-flight window since it
-	// last told the poller.
-	room struct {
-		msgs  int
-		bytes int64
-	}
-	// claimOffset is a committable offset and the claim it belongs to.
-	claimOffset struct {
-		pipeline.Offset
-		claim uint64
-		runs  []offsetmap.Run // the offset map: finished offsets above Offset, which the committer encodes into Metadata
-	}
-	// commitRequest asks the committer to commit a revoke's final offsets.
-	commitRequest struct {
-		offsets []claimOffset
-		reply   chan error
-	}
-	// revokedQuery asks for the channel pipeline.Revoked returns.
-	revokedQuery struct {
-		tp    pipeline.TopicPartition
-		reply chan (<-chan struct{})
-	}
-)
-
-type verdict uint8
-
-const (
-	verdictFinish  verdict = iota // finished: committable; the key is free
-	verdictRetry                  // handle again, keeping the key
-	verdictAbandon                // never committed in this assignment; its key's queue goes too
-	verdictRequeue                // batch mode: not handled after all (an earlier message of its key failed, or another partition's end cancelled its batch): it waits again, in order
-)
-
-type rebalanceKind uint8
-
-const (
-	rebalanceAssign rebalanceKind = iota
-	rebalanceRevoke
-	rebalanceGiveUp // the revoke timed out: answer now
-	rebalanceLost
-	rebalanceHold   // Parallafka.Pause: dispatch nothing
-	rebalanceUnhold // Parallafka.Resume
-)

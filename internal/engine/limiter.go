@@ -65,7 +65,7 @@ import (
 // overload for ever, a limit that sits a little above the capacity
 // cannot creep up by learning its own queue as normal, and a machine
 // whose calls run a little slower as it gets busier (every machine's)
-// is not taken for a queue. A probe costs well under 1 % of the
+// is not taken for a queue. A probe is short and rare, so it costs little
 // throughput.
 //
 // The bands are as narrow as the windows let them be: grow is growBelow
@@ -76,14 +76,14 @@ import (
 //
 // Why the 90th percentile: a queue of a call or two in a downstream of
 // tens makes a few per cent of the calls wait, which moves the 90th
-// percentile by 3-15 % and the mean by 1-5 %, while a busy process's
+// percentile clearly and the mean barely, while a busy process's
 // hiccups (a GC, librdkafka's threads) move its slowest percent of calls
 // much more than that and the 90th percentile hardly at all (measured
-// window by window at fixed limits in bench/README.md). Going by the
-// median or the 95th percentile with a tolerance of 1.2-1.3, the limit
-// sat 2-6 calls over a capacity of 32 and the handlers' p99 at 1.55-2.0 ×
-// the no-load latency; by the 99th, every hiccup read as a queue and
-// cost up to 29 % of the throughput on Apache Kafka. Failed calls'
+// window by window at fixed limits, bench/README.md). The median or the
+// 95th percentile, with the wider tolerance they need, let the limit sit
+// calls over the capacity and the handlers' tail latency well above the
+// no-load latency; the 99th read every hiccup as a queue and cost
+// throughput. Failed calls'
 // latencies are left out (a downstream that sheds answers at once, which
 // would make the lowest latency meaningless).
 type limiter struct {

@@ -14,8 +14,14 @@ import (
 // engine. Without an observer (o nil) every method is one comparison, so
 // the hooks cost nothing when unused.
 type observer struct {
-	o   pipeline.Observer
-	log *slog.Logger
+	o        pipeline.Observer
+	throttle pipeline.ThrottleObserver // o, if it implements it
+	log      *slog.Logger
+}
+
+func (o observer) throttled(m pipeline.MessageInfo, wait time.Duration, perKey bool) {
+	defer o.recover("MessageThrottled")
+	o.throttle.MessageThrottled(m, wait, perKey)
 }
 
 func (o observer) on() bool { return o.o != nil }

@@ -6,7 +6,6 @@ import (
 	"maps"
 	"math"
 	"slices"
-	"sync/atomic"
 	"time"
 
 	"github.com/parallafka/parallafka/pipeline"
@@ -67,28 +66,27 @@ type poller[K, V any] struct {
 	holding      bool                        // by the user (Parallafka.Pause) or while the source's membership is in doubt: dispatching stops too
 	inDoubt      bool                        // the source cannot tell whether the group still assigns it its partitions
 	membership   pipeline.ConnectivitySource // nil: the source does not know
-	hooks        Hooks
 	obs          observer
-	// userPause is what Parallafka.Pause and Resume ask for; the poller
-	// reads it every cycle (an atomic owned by nobody's partition state).
-	userPause *atomic.Bool
-	batch     []*pipeline.Message[K, V] // this poll cycle's messages
-	sizes     []int32                   // and their sizes
-	held      []*pipeline.Message[K, V] // polled without credit (a consumer's prefetch), in poll order
-	ended     bool                      // the flow ended: rebalances from Close have nothing to do
+	userPaused   bool                      // the user's last wish, from the userPause edge
+	batch        []*pipeline.Message[K, V] // this poll cycle's messages
+	sizes        []int32                   // and their sizes
+	held         []*pipeline.Message[K, V] // polled without credit (a consumer's prefetch), in poll order
 }
 
 // pollerEdges are the poller's channels.
 type pollerEdges[K, V any] struct {
-	polled     chan<- pollCycle[K, V]         // to the coordinator
-	spent      <-chan pollCycle[K, V]         // from the coordinator: tracked cycles, their slices empty, for reuse
-	staged     chan<- *pipeline.Message[K, V] // into the AfterPoll stages; nil without them
-	room       <-chan room                    // from the coordinator: slots and bytes freed
-	steer      <-chan steering                // from the coordinator: partitions to pause
-	rebalances chan<- rebalanceRequest        // to the coordinator
-	commits    chan<- commitRequest           // to the committer: a revoke's final offsets
-	coordDone  <-chan struct{}                // closed when the coordinator returned
-	commitDone <-chan struct{}                // closed when the committer returned
+	polled     chan<- pollCycle[K, V]  // to the coordinator
+	spent      <-chan pollCycle[K, V]  // from the coordinator: tracked cycles, their slices empty, for reuse
+	room       <-chan room             // from the coordinator: slots and bytes freed
+	steer      <-chan steering         // from the coordinator: partitions to pause
+	rebalances chan<- rebalanceRequest // to the coordinator
+	commits    chan<- commitRequest    // to the committer: a revoke's final offsets
+	userPause  <-chan bool             // from Parallafka.Pause and Resume: the user's latest wish; nil: none
+	// coordDone is closed when the coordinator returned: the final offsets
+	// are handed over, so a rebalance from then on (the source's Close
+	// delivers one) has nothing to wait for or to commit.
+	coordDone  <-chan struct{}
+	commitDone <-chan struct{} // closed when the committer returned
 	draining   <-chan struct{}
 }
 
@@ -102,9 +100,6 @@ var _ pipeline.RebalanceListener = (*poller[int, int])(nil)
 // returned: the pipeline stops.
 func (p *poller[K, V]) run(ctx context.Context) error {
 	defer close(p.polled)
-	if p.staged != nil {
-		defer close(p.staged)
-	}
 	p.credit, p.bytes, p.window = p.maxInFlight, p.maxBytes, p.maxInFlight
 	p.watermarks, _ = p.source.(pipeline.WatermarkSource)
 	p.membership, _ = p.source.(pipeline.ConnectivitySource)
@@ -134,7 +129,7 @@ func (p *poller[K, V]) run(ctx context.Context) error {
 		if err := p.pollCycle(timeout); err != nil {
 			return err
 		}
-		if !p.flush(ctx) {
+		if !p.flush() {
 			return nil
 		}
 	}
@@ -174,9 +169,9 @@ func (p *poller[K, V]) pollCycle(timeout time.Duration) error {
 	return nil
 }
 
-// flush hands the cycle's messages to the coordinator (and into the
-// AfterPoll stages). It reports false when the pipeline stopped first.
-func (p *poller[K, V]) flush(ctx context.Context) bool {
+// flush hands the cycle's messages to the coordinator. It reports false
+// when the coordinator returned first.
+func (p *poller[K, V]) flush() bool {
 	if len(p.batch) == 0 {
 		return true
 	}
@@ -197,20 +192,10 @@ func (p *poller[K, V]) flush(ctx context.Context) bool {
 	}
 	select {
 	case p.polled <- cycle:
+		return true
 	case <-p.coordDone:
 		return false
 	}
-	for _, msg := range batch {
-		if p.staged == nil {
-			break
-		}
-		select {
-		case p.staged <- msg:
-		case <-ctx.Done():
-			return false
-		}
-	}
-	return true
 }
 
 // takeRoom adds the slots the coordinator freed since the last look, and
@@ -303,11 +288,11 @@ func (p *poller[K, V]) slack() int { return p.credit - (p.maxInFlight - p.window
 // quickWindowPerHandler messages per handler, at least minQuickWindow:
 // the handlers drain any backlog at once, so a larger window only
 // lengthens the keys' queues and the ready set the coordinator orders by
-// backlog, and keeps more messages cold in memory (a no-op pipeline in key mode, in memory: 2.0 µs of CPU per
-// message with a window of 1,000 or 4,000, 2.4-2.9 with the 20,000 of the
-// default). Not smaller: with 1,024 the poller on Apache Kafka waited for
-// room while librdkafka held prefetched messages (bench/README.md, "The
-// window for quick handlers"). Partition order and unordered gain nothing
+// backlog, and keeps more messages cold in memory: the CPU per message of a
+// no-op pipeline grows with the window. Not much smaller: a window of about
+// a thousand made the poller on a real broker wait for room while
+// librdkafka held prefetched messages (bench/README.md, "The window for
+// quick handlers"). Partition order and unordered gain nothing
 // from it (partition order loses: more poller round trips for the same
 // few queues). Slow handlers, for which steering needs the whole window,
 // get it back after a run of slow calls.
@@ -394,7 +379,11 @@ func (p *poller[K, V]) applyBackPressure() error {
 // broker fenced while it was cut off must not start handlers on
 // partitions the group may have given to another member).
 func (p *poller[K, V]) applyUserPause() error {
-	user := p.userPause != nil && p.userPause.Load()
+	select {
+	case p.userPaused = <-p.userPause:
+	default:
+	}
+	user := p.userPaused
 	p.stats.UserPaused.Store(user)
 	if doubt := p.membership != nil && p.membership.MembershipInDoubt(); doubt != p.inDoubt {
 		p.inDoubt = doubt
@@ -465,192 +454,4 @@ func (p *poller[K, V]) reconcile() error {
 
 func (p *poller[K, V]) partitions() []pipeline.TopicPartition {
 	return slices.Collect(maps.Keys(p.assigned))
-}
-
-// PartitionsAssigned starts a fresh claim for each partition. While the
-// pipeline is at its in-flight limit, new partitions start paused too.
-func (p *poller[K, V]) PartitionsAssigned(committed []pipeline.Offset) {
-	if p.ended {
-		return
-	}
-	tps := make([]pipeline.TopicPartition, len(committed))
-	for i, off := range committed {
-		tps[i] = off.TopicPartition
-		if off.Offset >= 0 {
-			p.setNext(off.TopicPartition, off.Offset)
-		}
-	}
-	p.flushForRebalance()
-	p.request(rebalanceRequest{kind: rebalanceAssign, partitions: tps, committed: committed})
-	if p.assigned == nil {
-		p.assigned = make(map[pipeline.TopicPartition]bool)
-	}
-	for _, tp := range tps {
-		p.assigned[tp] = true
-	}
-	p.log.Info("parallafka: partitions assigned", "partitions", tps)
-	p.stats.Assigned.Store(int64(len(p.assigned)))
-	p.obs.partitions("PartitionsAssigned", tps)
-	p.hooks.call(p.log, "OnAssigned", p.hooks.OnAssigned, tps)
-	if p.sourcePaused == nil {
-		p.sourcePaused = make(map[pipeline.TopicPartition]bool)
-	}
-	for _, tp := range tps {
-		p.sourcePaused[tp] = false // a source starts new partitions unpaused
-	}
-	p.pauseDirty = true
-	if err := p.reconcile(); err != nil {
-		p.log.Warn("parallafka: pausing new partitions failed", "error", err)
-	}
-}
-
-// PartitionsRevoked stops dispatching the partitions, drops their backlog,
-// waits up to the revoke timeout for their messages in flight, and commits
-// their final offsets before it returns, so that the next owner starts
-// right after the last message this member finished.
-func (p *poller[K, V]) PartitionsRevoked(tps []pipeline.TopicPartition) {
-	if p.ended { // inside the source's Close: the final offsets are committed
-		p.obs.partitions("PartitionsRevoked", tps)
-		p.hooks.call(p.log, "OnRevoked", p.hooks.OnRevoked, tps)
-		return
-	}
-	start := time.Now()
-	p.forget(tps)
-	reply := make(chan []claimOffset, 1)
-	idle := true
-	if !p.send(rebalanceRequest{kind: rebalanceRevoke, partitions: tps, reply: reply}) {
-		return
-	}
-	timer := time.NewTimer(p.revokeTimeout)
-	defer timer.Stop()
-	var offsets []claimOffset
-	select {
-	case offsets = <-reply:
-	case <-timer.C:
-		idle = false
-		p.send(rebalanceRequest{kind: rebalanceGiveUp, reply: reply})
-		select {
-		case offsets = <-reply:
-		case <-p.coordDone:
-		}
-	case <-p.coordDone:
-	}
-	err := p.commit(offsets)
-	p.log.Info("parallafka: partitions revoked", "partitions", tps,
-		"handlers_finished", idle, "took", time.Since(start), "commit_error", err)
-	if !idle {
-		p.log.Warn("parallafka: revoke timeout: handlers still running were cancelled; their messages will be redelivered to the next owner",
-			"timeout", p.revokeTimeout)
-	}
-	p.obs.partitions("PartitionsRevoked", tps)
-	p.hooks.call(p.log, "OnRevoked", p.hooks.OnRevoked, tps)
-}
-
-// PartitionsLost drops the partitions' backlog without committing: another
-// member may own them already.
-func (p *poller[K, V]) PartitionsLost(tps []pipeline.TopicPartition) {
-	if p.ended {
-		p.obs.partitions("PartitionsLost", tps)
-		p.hooks.call(p.log, "OnLost", p.hooks.OnLost, tps)
-		return
-	}
-	p.forget(tps)
-	p.request(rebalanceRequest{kind: rebalanceLost, partitions: tps})
-	p.log.Warn("parallafka: partitions lost", "partitions", tps)
-	p.obs.partitions("PartitionsLost", tps)
-	p.hooks.call(p.log, "OnLost", p.hooks.OnLost, tps)
-}
-
-// Hooks are the user's rebalance callbacks. They run on the poll
-// goroutine, inside the source's Poll, after the pipeline acted on the
-// rebalance; a panic is logged and recovered.
-type Hooks struct {
-	OnAssigned, OnRevoked, OnLost func([]pipeline.TopicPartition)
-}
-
-func (Hooks) call(log *slog.Logger, name string, fn func([]pipeline.TopicPartition), tps []pipeline.TopicPartition) {
-	if fn == nil {
-		return
-	}
-	defer func() {
-		if r := recover(); r != nil {
-			log.Error("parallafka: rebalance hook panicked", "hook", name, "panic", r, "partitions", tps)
-		}
-	}()
-	fn(slices.Clone(tps))
-}
-
-// flushForRebalance hands over the messages polled so far in this cycle,
-// before a rebalance changes what they belong to.
-func (p *poller[K, V]) flushForRebalance() {
-	p.flush(context.Background())
-}
-
-// forget takes partitions out of the assignment: the cycle's messages go to
-// the coordinator first (which drops them with the claim), held ones go.
-func (p *poller[K, V]) forget(tps []pipeline.TopicPartition) {
-	p.flushForRebalance()
-	gone := make(map[pipeline.TopicPartition]bool, len(tps))
-	for _, tp := range tps {
-		gone[tp] = true
-		delete(p.assigned, tp)
-	}
-	kept := p.held[:0]
-	for _, msg := range p.held {
-		if !gone[msg.TopicPartition()] {
-			kept = append(kept, msg)
-		}
-	}
-	clear(p.held[len(kept):])
-	p.held = kept
-	for _, tp := range tps {
-		delete(p.sourcePaused, tp)
-		delete(p.steered, tp)
-		delete(p.over, tp)
-		delete(p.low, tp)
-		delete(p.next, tp)
-	}
-	p.stats.Assigned.Store(int64(len(p.assigned)))
-	if p.paused || p.holding {
-		p.stats.setPaused(p.partitions())
-	}
-}
-
-// request sends req with a fresh reply channel and waits for the reply.
-func (p *poller[K, V]) request(req rebalanceRequest) {
-	req.reply = make(chan []claimOffset, 1)
-	if p.send(req) {
-		select {
-		case <-req.reply:
-		case <-p.coordDone:
-		}
-	}
-}
-
-func (p *poller[K, V]) send(req rebalanceRequest) bool {
-	select {
-	case p.rebalances <- req:
-		return true
-	case <-p.coordDone:
-		return false
-	}
-}
-
-// commit has the committer commit a revoke's final offsets, and waits.
-func (p *poller[K, V]) commit(offsets []claimOffset) error {
-	if len(offsets) == 0 {
-		return nil
-	}
-	req := commitRequest{offsets: offsets, reply: make(chan error, 1)}
-	select {
-	case p.commits <- req:
-	case <-p.commitDone:
-		return errCommitterDone
-	}
-	select {
-	case err := <-req.reply:
-		return err
-	case <-p.commitDone:
-		return errCommitterDone
-	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"runtime/debug"
+	"strings"
 	"time"
 
 	"github.com/sourcegraph/conc/pool"
@@ -12,117 +13,140 @@ import (
 )
 
 // handlerPool is the handler pool stage: concurrency workers, each taking
-// the next dispatched message, calling the handler, and passing the message
-// on with its outcome in Message.Err. A handler's panic becomes that
-// message's error (a *pipeline.PanicError, with the stack logged); it never
-// takes a worker down.
+// the next dispatched job, calling the handler (or, in batch mode, the
+// batch handler once for the job's batch, see batchpool.go), and giving
+// every message its outcome in Message.Err. A handler's panic becomes the
+// error of the messages it was given (a *pipeline.PanicError, with the
+// stack logged); it never takes a worker down.
 //
-// Without AfterHandle stages a worker applies the ack collector's verdict
-// itself and sends the message straight back to the coordinator: one
-// hand-off fewer per message. With them, it tells the coordinator that its
-// handler is free (handlerEnd) and sends the message into the stages.
+// After the call a worker tells the coordinator, on handlerEnd, that its
+// handler is free: the one way a handler's end reaches the coordinator.
+// With it go the messages that skip the AfterHandle stages, settled: those
+// whose claim ended, those requeued (batch mode), and without stages every
+// message, with the ack collector's verdict applied by the worker itself
+// (one hand-off fewer per message). Then it sends the others into the
+// stages, one by one.
 type handlerPool[K, V any] struct {
-	concurrency int
-	handler     pipeline.Handler[K, V]
-	log         *slog.Logger
-	collector   *collector[K, V] // applied by the workers when inline is true
-	obs         observer
+	concurrency  int
+	handler      pipeline.Handler[K, V]      // single-message mode
+	batchHandler pipeline.BatchHandler[K, V] // batch mode, instead
+	log          *slog.Logger
+	collector    *collector[K, V] // its verdicts on the messages that skip the stages
+	stats        *Stats           // Batches and Batched
+	obs          observer
 
 	dispatch   <-chan job[K, V]               // from the coordinator
-	handled    chan<- *pipeline.Message[K, V] // into the AfterHandle stages (nil when inline)
-	handlerEnd chan<- handlerEnded[K, V]      // to the coordinator (nil when inline)
-	released   chan<- completion[K, V]        // to the coordinator (when inline)
-	coordDone  <-chan struct{}
+	handlerEnd chan<- handlerEnded[K, V]      // to the coordinator, once per job
+	handled    chan<- *pipeline.Message[K, V] // into the AfterHandle stages; nil without them
 }
 
-func (p *handlerPool[K, V]) inline() bool { return p.handled == nil }
-
-// run handles messages until dispatch is closed, then returns once every
-// worker is idle. Handlers get ctx, which is cancelled on a hard stop.
+// run handles jobs until dispatch is closed, then returns once every
+// worker is idle. Handlers get the job's context: ctx, cancelled on a hard
+// stop, and cancelled too when the claim of a message of the job ends.
 func (p *handlerPool[K, V]) run(ctx context.Context) error {
-	if p.inline() {
-		defer close(p.released)
-	} else {
+	defer close(p.handlerEnd)
+	if p.handled != nil {
 		defer close(p.handled)
-		defer close(p.handlerEnd)
 	}
 	workers := pool.New().WithMaxGoroutines(p.concurrency)
 	for range p.concurrency {
-		workers.Go(func() { p.work(ctx) })
+		workers.Go(func() {
+			for job := range p.dispatch {
+				if job.batch != nil {
+					p.handleBatch(ctx, job)
+				} else {
+					p.handleMessage(ctx, job)
+				}
+			}
+		})
 	}
 	workers.Wait()
 	return nil
 }
 
-func (p *handlerPool[K, V]) work(ctx context.Context) {
-	for job := range p.dispatch {
-		msg := job.msg
-		// A hard stop (ctx), or the claim ended (job.ctx): what was not
-		// handled stays uncommitted.
-		stopped := job.ctx.Err() != nil
-		quick := true
-		var call handlerCall
-		if !stopped && p.shouldHandle(msg) {
-			msg.Attempt++
-			hctx := job.ctx
-			if p.obs.on() {
-				hctx = p.obs.handlerStarted(hctx, pipeline.Info(msg), job.waited)
-			}
-			began := time.Now()
-			msg.Err = p.handle(hctx, msg)
-			call.ended = time.Now()
-			call.took = call.ended.Sub(began)
-			quick = call.took < quickHandler
-			if p.obs.on() {
-				p.obs.handlerEnded(hctx, pipeline.Info(msg), msg.Err, call.took)
-			}
-			stopped = job.ctx.Err() != nil && msg.Err != nil
-			// A call cut short by a cancelled context (a hard stop, a
-			// revoke timeout) says nothing about the downstream.
-			call.ran, call.failed = !stopped, msg.Err != nil
+// handleMessage handles a single message.
+func (p *handlerPool[K, V]) handleMessage(ctx context.Context, job job[K, V]) {
+	msg := job.msg
+	// A hard stop (ctx), or the claim ended (job.ctx): what was not
+	// handled stays uncommitted.
+	stopped := job.ctx.Err() != nil
+	ended := handlerEnded[K, V]{quick: true}
+	if !stopped && toHandle(msg) {
+		msg.Attempt++
+		hctx := job.ctx
+		if p.obs.on() {
+			hctx = p.obs.handlerStarted(hctx, pipeline.Info(msg), job.waited)
 		}
-		if p.inline() {
-			done := completion[K, V]{msg: msg, verdict: verdictAbandon, quick: quick, call: call}
-			if !stopped {
-				done = p.collector.verdict(job.ctx, msg)
-				done.quick, done.call = quick, call
-			}
-			// Never blocks: the coordinator reads released until it is
-			// closed, and it has room for every message out.
-			p.released <- done
-			continue
+		began := time.Now()
+		msg.Err = callHandler(p.log, p.handler, hctx, msg, describeMessage[K, V])
+		call := &ended.call
+		call.ended = time.Now()
+		call.took = call.ended.Sub(began)
+		ended.quick = call.took < quickHandler
+		if p.obs.on() {
+			p.obs.handlerEnded(hctx, pipeline.Info(msg), msg.Err, call.took)
 		}
-		ended := handlerEnded[K, V]{quick: quick, call: call}
-		if stopped && ctx.Err() == nil {
-			ended.cancelled = msg // its claim ended: no stage may retry or dead-letter it
-		}
-		p.handlerEnd <- ended // never blocks: room for every message out
-		if stopped {
-			continue
-		}
-		select {
-		case p.handled <- msg:
-		case <-ctx.Done():
-		}
+		stopped = job.ctx.Err() != nil && msg.Err != nil
+		// A call cut short by a cancelled context (a hard stop, a
+		// revoke timeout) says nothing about the downstream.
+		call.ran, call.failed = !stopped, msg.Err != nil
+	}
+	switch {
+	case stopped && (p.handled == nil || ctx.Err() == nil):
+		// Its claim ended: no stage may retry or dead-letter it.
+		ended.done = completion[K, V]{msg: msg, verdict: verdictAbandon}
+	case p.handled == nil:
+		ended.done = p.collector.verdict(job.ctx, msg)
+	}
+	// Never blocks: the coordinator reads handlerEnd until it is closed,
+	// and it has room for every job out.
+	p.handlerEnd <- ended
+	if p.handled == nil || stopped {
+		return
+	}
+	select {
+	case p.handled <- msg:
+	case <-ctx.Done():
 	}
 }
 
-// shouldHandle is false for a message that a stage dropped and for one the
+// toHandle is false for a message that a stage dropped and for one the
 // source could not deserialize (it arrives failed, before any attempt).
-func (p *handlerPool[K, V]) shouldHandle(msg *pipeline.Message[K, V]) bool {
+func toHandle[K, V any](msg *pipeline.Message[K, V]) bool {
 	return !msg.Dropped() && !(msg.Attempt == 0 && msg.Err != nil)
 }
 
-// handle calls the handler, turning a panic into the message's error. A
-// deferred recover rather than conc's panics.Try: Try's closure costs an
-// allocation per message, a third of the engine's on the no-op benchmark.
-func (p *handlerPool[K, V]) handle(ctx context.Context, msg *pipeline.Message[K, V]) (err error) {
+// callHandler calls handler with what it handles (a message or a batch),
+// turning a panic into the error, logged with its stack and with what
+// describe says of arg. A deferred recover rather than conc's panics.Try:
+// Try's closure costs an allocation per call, a large share of the
+// engine's own on a no-op handler.
+func callHandler[A any](log *slog.Logger, handler func(context.Context, A) error, ctx context.Context, arg A, describe func(A) []any) (err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			stack := debug.Stack()
-			p.log.Error("parallafka: handler panicked", "message", msg.String(), "panic", r, "stack", string(stack))
+			log.Error("parallafka: handler panicked", append(describe(arg), "panic", r, stackAttr(stack))...)
 			err = &pipeline.PanicError{Value: r, Stack: stack}
 		}
 	}()
-	return p.handler(ctx, msg)
+	return handler(ctx, arg)
+}
+
+func describeMessage[K, V any](msg *pipeline.Message[K, V]) []any {
+	return []any{"message", msg.String()}
+}
+
+func describeBatch[K, V any](msgs []*pipeline.Message[K, V]) []any {
+	return []any{"batch", len(msgs), "first", msgs[0].String()}
+}
+
+// stackAttr is a goroutine's stack as a log attribute of one line per
+// frame line: a log handler shows it as lines (a JSON array, for one),
+// not as one string of escaped newlines.
+func stackAttr(stack []byte) slog.Attr {
+	lines := strings.Split(strings.TrimRight(string(stack), "\n"), "\n")
+	for i, line := range lines {
+		lines[i] = strings.TrimLeft(line, "\t")
+	}
+	return slog.Any("stack", lines)
 }

@@ -20,13 +20,10 @@ func stallCheckEvery(d time.Duration) time.Duration {
 	return min(max(d/4, time.Millisecond), 5*time.Second)
 }
 
-// clock returns the time since the coordinator began.
-func (c *coordinator[K, V]) clock() time.Duration { return time.Since(c.epoch) }
-
 // checkStalls looks at every claim's progress.
 func (c *coordinator[K, V]) checkStalls() {
-	now := c.clock()
-	c.coarse = now
+	now := c.policy.clock()
+	c.policy.coarse = now
 	changed := false
 	for _, cl := range c.claims {
 		off, _ := cl.window.committable()
@@ -72,14 +69,14 @@ func (c *coordinator[K, V]) describeStall(cl *claim[K, V], now time.Duration) (p
 		st.State = "in the AfterPoll stages"
 	case slotDispatched:
 		st.State, st.Running = "handling", max(0, now-s.routed)
-		if c.handling > c.concurrency {
+		if c.policy.handling > c.policy.concurrency {
 			// More out than handlers: some wait in the hand-off to the
 			// pool, and the coordinator cannot tell which.
 			st.State = "handling, or handed to the pool behind busy handlers"
 		}
 	case slotWaiting:
 		st.State = "waiting for a handler"
-		key, ordered := c.routingKey(s.msg)
+		key, ordered := c.routing.key(s.msg.RawKey)
 		for _, e := range cl.keys[key] {
 			if ordered && e.msg == s.msg {
 				st.State = "waiting behind its key"
@@ -97,7 +94,7 @@ func (c *coordinator[K, V]) unstall(cl *claim[K, V]) bool {
 	if cl.stall == nil {
 		return false
 	}
-	d := c.clock() - cl.progressAt
+	d := c.policy.clock() - cl.progressAt
 	c.log.Info("parallafka: partition no longer stalled", "partition", cl.tp, "stalled_for", d)
 	cl.stall = nil
 	c.obs.unstalled(cl.tp, d)

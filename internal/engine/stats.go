@@ -31,6 +31,7 @@ type Stats struct {
 	Assigned       atomic.Int64 // poller: partitions assigned now
 	Stalled        atomic.Int64 // coordinator: partitions stalled now
 	Stalls         atomic.Int64 // coordinator: times a partition was found stalled
+	Throttled      atomic.Int64 // coordinator: times a ready message was held back by a rate limit
 	Stopping       atomic.Bool  // lifecycle: a shutdown began
 	Batches        atomic.Int64 // handler pool (batch mode): batch handler calls
 	Batched        atomic.Int64 // handler pool (batch mode): the messages given to those calls

@@ -1,6 +1,10 @@
 package engine
 
-import "time"
+import (
+	"time"
+
+	"github.com/parallafka/parallafka/pipeline"
+)
 
 // Poll steering: the coordinator tells the poller which partitions to
 // pause so that the in-flight window holds what the handlers need next.
@@ -9,9 +13,10 @@ import "time"
 // run one at a time, so it must never wait for its next message to be
 // polled, while the window must not fill with cold work that only waits for
 // a handler. librdkafka reads every partition at about the same rate, so
-// without steering the hot key's partition is read too slowly (measured:
-// efficiency 0.50 with a 1,000-message window, 0.73-0.99 from one run to the
-// next with a 20,000-message window and steering on window occupancy).
+// without steering the hot key's partition is read too slowly: the hot
+// key's handler idles while the window is full of other partitions' work,
+// and a larger window alone only makes that vary from run to run
+// (bench/README.md).
 //
 // The rules, all decided here, on the coordinator's own state:
 //   - A claim is critical once one of its keys has at least minChain
@@ -31,7 +36,7 @@ import "time"
 //     holds half the window: the rest is for the other partitions'
 //     handlers. With no critical claim nobody needs the window a pause
 //     would free, and a resumed partition can take a while to be fetched
-//     again (0.65 s measured on the embedded broker).
+//     again (librdkafka drops what it prefetched for it).
 //   - A claim below a quarter of its share of the window is low (until
 //     half of it); one at its share or above is over (until below half).
 //     While a low partition has messages left to read (the source's
@@ -46,13 +51,35 @@ import "time"
 // would slow down. In key order they also shrink the poller's window
 // (steering.quick, see minQuickWindow) while no claim is critical.
 
+// claimSteering is a claim's state for poll steering: its messages ready
+// and queued, whether it is surplus, low or over, and its key chain.
+type claimSteering struct {
+	readyN  int  // its messages in the ready set
+	queuedN int  // its messages queued behind busy keys
+	surplus bool // its ready messages are more than the handlers need: the poller may pause it
+	// low: it holds less than its share of the window (with hysteresis,
+	// see checkLow): steering never pauses it, so that a partition whose
+	// messages were not polled yet (a hot key nobody has seen) is read.
+	low  bool
+	over bool // it holds its share of the window or more (until half of it)
+	// Its key chain: the key with the longest queue seen, and whether the
+	// claim is critical (a chain of it held a large share of the queued
+	// messages) and short of polled messages.
+	chainKey   uint64
+	chainN     int // messages queued behind chainKey now
+	hasChain   bool
+	critical   bool
+	short      bool
+	chainDryAt time.Time // when chainKey's queue last ran out; zero while it has messages
+}
+
 const (
 	minChain = 16          // a shorter queue is no chain worth steering for
 	chainDry = time.Second // a critical claim whose chain had nothing queued this long is critical no more
 )
 
 // chainGrew records that key's queue in cl has n messages now.
-func (c *coordinator[K, V]) chainGrew(cl *claim[K, V], key uint64, n int) {
+func (p *dispatchPolicy[K, V]) chainGrew(cl *claim[K, V], key uint64, n int) {
 	switch {
 	case cl.hasChain && cl.chainKey == key:
 	case n > cl.chainN:
@@ -62,15 +89,15 @@ func (c *coordinator[K, V]) chainGrew(cl *claim[K, V], key uint64, n int) {
 	}
 	cl.chainN, cl.chainDryAt = n, time.Time{}
 	if !cl.critical && n >= minChain && 2*n >= cl.tracked {
-		cl.critical, c.surplusDirty = true, true
-		c.criticals++
+		cl.critical, p.steeringChanged = true, true
+		p.criticals++
 	}
-	c.checkShort(cl)
+	p.checkShort(cl)
 }
 
 // chainShrank records that key's queue in cl has n messages left after a
 // dispatch; idle: the key has nothing in flight either.
-func (c *coordinator[K, V]) chainShrank(cl *claim[K, V], key uint64, n int, idle bool) {
+func (p *dispatchPolicy[K, V]) chainShrank(cl *claim[K, V], key uint64, n int, idle bool) {
 	if !cl.hasChain || cl.chainKey != key {
 		return
 	}
@@ -78,50 +105,50 @@ func (c *coordinator[K, V]) chainShrank(cl *claim[K, V], key uint64, n int, idle
 	if idle {
 		cl.chainDryAt = time.Now()
 	}
-	c.checkShort(cl)
+	p.checkShort(cl)
 }
 
 // forgetChain ends cl's chain: the claim is stopping, or its chain ran dry.
-func (c *coordinator[K, V]) forgetChain(cl *claim[K, V]) {
+func (p *dispatchPolicy[K, V]) forgetChain(cl *claim[K, V]) {
 	if cl.critical {
-		c.surplusDirty = true
-		c.criticals--
+		p.steeringChanged = true
+		p.criticals--
 	}
 	cl.hasChain, cl.critical, cl.chainN, cl.chainDryAt = false, false, 0, time.Time{}
-	c.checkShort(cl)
+	p.checkShort(cl)
 }
 
 // checkShort keeps cl.short and the count of short claims.
-func (c *coordinator[K, V]) checkShort(cl *claim[K, V]) {
+func (p *dispatchPolicy[K, V]) checkShort(cl *claim[K, V]) {
 	want := cl.short
 	switch {
 	case !cl.critical || cl.stopping:
 		want = false
-	case cl.chainN < c.lowWater:
+	case cl.chainN < p.lowWater:
 		want = true
-	case cl.chainN >= 2*c.lowWater:
+	case cl.chainN >= 2*p.lowWater:
 		want = false
 	}
 	if want != cl.short {
 		cl.short = want
 		if want {
-			c.shortChains++
+			p.shortChains++
 		} else {
-			c.shortChains--
+			p.shortChains--
 		}
 	}
-	c.checkSurplus(cl)
+	p.checkSurplus(cl)
 }
 
 // checkLow keeps cl.low and cl.over. Below a quarter of its even share of
 // the window (until half of it) a claim is low: steering does not pause
 // it, and while it has messages to read the poller pauses the claims that
 // are over: at their share or above (until below half of it).
-func (c *coordinator[K, V]) checkLow(cl *claim[K, V]) {
-	if c.maxInFlight <= 0 {
+func (p *dispatchPolicy[K, V]) checkLow(cl *claim[K, V], claims int) {
+	if p.maxInFlight <= 0 {
 		return
 	}
-	share := c.maxInFlight / max(1, len(c.claims))
+	share := p.maxInFlight / max(1, claims)
 	low, over := cl.low, cl.over
 	switch {
 	case cl.tracked < share/4:
@@ -136,35 +163,57 @@ func (c *coordinator[K, V]) checkLow(cl *claim[K, V]) {
 		over = false
 	}
 	if low != cl.low || over != cl.over {
-		cl.low, cl.over, c.surplusDirty = low, over, true
+		cl.low, cl.over, p.steeringChanged = low, over, true
 	}
 }
 
 // checkStarving decides, once per coordinator turn, whether the poller
 // reads only the critical partitions (and the low ones).
-func (c *coordinator[K, V]) checkStarving() {
-	c.loops++
-	if c.loops&255 == 0 {
-		c.expireChains(time.Now())
+func (p *dispatchPolicy[K, V]) checkStarving(claims map[pipeline.TopicPartition]*claim[K, V], ready int) {
+	p.loops++
+	if p.loops&255 == 0 {
+		p.expireChains(claims, time.Now())
 	}
-	want := c.starving
+	want := p.starving
 	switch {
-	case c.shortChains == 0 || c.quick >= quickRun || c.ready.len() < c.concurrency:
+	case p.shortChains == 0 || p.quick >= quickRun || ready < p.concurrency:
 		want = false
-	case c.ready.len() >= 2*c.concurrency:
+	case ready >= 2*p.concurrency:
 		want = true
 	}
-	if want != c.starving {
-		c.starving, c.surplusDirty = want, true
+	if want != p.starving {
+		p.starving, p.steeringChanged = want, true
 	}
 }
 
 // expireChains forgets the chains that had nothing queued for chainDry: a
 // hot key that went quiet, or whose partition has nothing more to read.
-func (c *coordinator[K, V]) expireChains(now time.Time) {
-	for _, cl := range c.claims {
+func (p *dispatchPolicy[K, V]) expireChains(claims map[pipeline.TopicPartition]*claim[K, V], now time.Time) {
+	for _, cl := range claims {
 		if cl.hasChain && !cl.chainDryAt.IsZero() && now.Sub(cl.chainDryAt) > chainDry {
-			c.forgetChain(cl)
+			p.forgetChain(cl)
 		}
 	}
+}
+
+// steering is what the poller is to pause now (see the rules above).
+func (p *dispatchPolicy[K, V]) steering(claims map[pipeline.TopicPartition]*claim[K, V]) steering {
+	var s steering
+	quick := p.handlersQuick()
+	for tp, cl := range claims {
+		// Surplus ready work is paused only for a chain's sake: with
+		// no critical claim nobody needs the window it would free, and
+		// a resumed partition may take a while to be fetched again.
+		if cl.surplus && p.criticals > 0 || p.starving && !cl.critical && !cl.low {
+			s.pause = append(s.pause, tp)
+		}
+		if cl.over && !cl.critical && !quick {
+			s.over = append(s.over, tp)
+		}
+		if cl.low {
+			s.low = append(s.low, tp)
+		}
+	}
+	s.starving, s.quick = p.starving, p.quickWindow && p.criticals == 0
+	return s
 }

@@ -40,7 +40,7 @@ const (
 )
 
 // crashCommitInterval is the child's commit interval (the default).
-const crashCommitInterval = parallafka.DefaultCommitInterval
+const crashCommitInterval = time.Second // WithCommitInterval's default
 
 // crashChild is a TestCrashChild process consuming a topic.
 type crashChild struct {

@@ -167,7 +167,7 @@ func TestMaxInFlightBytesOnBroker(t *testing.T) {
 	}
 	mu.Unlock()
 	st := p.Stats()
-	assert.Equal(t, int64(records), st.Handled)
+	assert.Equal(t, int64(records), st.Finished)
 	assert.Zero(t, st.InFlightBytes, "bytes in flight after the stop")
 
 	assert.LessOrEqual(t, maxBytes, int64(limit)+message, "bytes in flight beyond the bound plus one message")

@@ -23,6 +23,7 @@ import (
 	"github.com/parallafka/parallafka"
 	"github.com/parallafka/parallafka/kafka"
 	"github.com/parallafka/parallafka/kafka/kafkatest"
+	"github.com/parallafka/parallafka/pipeline"
 )
 
 // TestMain checks that nothing is left running: not the pipelines, not the
@@ -84,7 +85,7 @@ func TestEndToEnd(t *testing.T) {
 	assert.Zero(t, res.duplicates, "duplicates without any failure or rebalance")
 	checkCommittedToEnd(t, c, group, topic)
 	st := m.p.Stats()
-	assert.Equal(t, int64(messages), st.Handled)
+	assert.Equal(t, int64(messages), st.Finished)
 	assert.Zero(t, st.Failed)
 	assert.Zero(t, st.InFlight)
 
@@ -295,7 +296,7 @@ func testFailure(t *testing.T, poison bool) {
 	require.Error(t, err)
 	require.NoError(t, ctx.Err(), "Consume did not stop on the failure")
 	t.Logf("Consume returned: %v", err)
-	var me *parallafka.MessageError
+	var me *pipeline.MessageError
 	require.ErrorAs(t, err, &me)
 	assert.Equal(t, bad, po{me.Partition, me.Offset})
 	if poison {

@@ -13,6 +13,8 @@ import (
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
+
+	"github.com/parallafka/parallafka/internal/kafkaerr"
 )
 
 // defaultAdminTimeout bounds every helper whose ctx has no earlier deadline,
@@ -23,9 +25,9 @@ const defaultAdminTimeout = 30 * time.Second
 // a retriable error.
 const retryBackoff = 50 * time.Millisecond
 
-// ErrUnknownTopic is returned (wrapped) by the helpers for a topic that does
-// not exist.
-var ErrUnknownTopic = errors.New("kafkatest: unknown topic")
+// errUnknownTopic is returned (wrapped) by the helpers for a topic that
+// does not exist: errors.Is(err, kafka.ErrUnknownTopic) matches it.
+var errUnknownTopic = kafkaerr.ErrUnknownTopic
 
 var uniqueSeq atomic.Uint64
 
@@ -113,7 +115,7 @@ func (c *Cluster) CreateTopic(ctx context.Context, topic string, partitions int)
 	// leader, and every leader answering ListOffsets.
 	err = retry(ctx, func() error {
 		n, err := c.partitionCount(ctx, cl, topic)
-		if errors.Is(err, ErrUnknownTopic) {
+		if errors.Is(err, errUnknownTopic) {
 			// A real broker's metadata lags the creation a little.
 			return kerr.LeaderNotAvailable
 		}
@@ -166,7 +168,7 @@ func (c *Cluster) DeleteTopic(ctx context.Context, topic string) error {
 }
 
 // Partitions returns the number of partitions of topic, or an error wrapping
-// [ErrUnknownTopic] if it does not exist.
+// kafka.ErrUnknownTopic if it does not exist.
 func (c *Cluster) Partitions(ctx context.Context, topic string) (int, error) {
 	ctx, cancel := withDefaultTimeout(ctx)
 	defer cancel()
@@ -382,8 +384,8 @@ func offsetFetch(ctx context.Context, cl *kgo.Client, group, topic string, n int
 
 type unknownTopicError struct{ topic string }
 
-func (e *unknownTopicError) Error() string { return fmt.Sprintf("%v %q", ErrUnknownTopic, e.topic) }
-func (e *unknownTopicError) Unwrap() error { return ErrUnknownTopic }
+func (e *unknownTopicError) Error() string { return fmt.Sprintf("%v %q", errUnknownTopic, e.topic) }
+func (e *unknownTopicError) Unwrap() error { return errUnknownTopic }
 
 // errPermanent marks an error that retry must not retry.
 var errPermanent = errors.New("kafkatest")
@@ -405,7 +407,7 @@ func retry(ctx context.Context, fn func() error) error {
 }
 
 func retriable(err error) bool {
-	if errors.Is(err, errPermanent) || errors.Is(err, ErrUnknownTopic) ||
+	if errors.Is(err, errPermanent) || errors.Is(err, errUnknownTopic) ||
 		errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, errClosed) {
 		return false
 	}

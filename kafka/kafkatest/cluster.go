@@ -155,9 +155,6 @@ func New(tb testing.TB, opts ...Option) *Cluster {
 // bootstrap.servers expects them.
 func (c *Cluster) Bootstrap() string { return strings.Join(c.brokers, ",") }
 
-// Brokers returns the bootstrap servers as a slice.
-func (c *Cluster) Brokers() []string { return append([]string(nil), c.brokers...) }
-
 // Embedded reports whether the Cluster is an embedded kfake broker (true) or
 // points at a real broker (false).
 func (c *Cluster) Embedded() bool { return c.fake != nil }

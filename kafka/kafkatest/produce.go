@@ -9,13 +9,9 @@ import (
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
-)
 
-// Header is a record header.
-type Header struct {
-	Key   string
-	Value []byte
-}
+	"github.com/parallafka/parallafka/pipeline"
+)
 
 // AnyPartition is the [Record.Partition] that lets Produce choose the
 // partition from the key.
@@ -34,7 +30,7 @@ type Record struct {
 	// Note that the zero value is partition 0, not -1.
 	Partition int32
 	// Headers are the record's headers.
-	Headers []Header
+	Headers []pipeline.Header
 	// Timestamp is the record's create time; zero means now.
 	Timestamp time.Time
 	// Offset is set by Produce to the offset the record got.
@@ -47,7 +43,7 @@ var roundRobin atomic.Uint32
 // acknowledged by all in-sync replicas (acks=all), or the first error. The
 // records are sent in batches by one franz-go client, in order per
 // partition, idempotently. On success Produce sets each record's Partition
-// and Offset. Produce fails with an error wrapping [ErrUnknownTopic] if topic
+// and Offset. Produce fails with an error wrapping kafka.ErrUnknownTopic if topic
 // does not exist (it never creates topics) and rejects a partition that is
 // out of range.
 func (c *Cluster) Produce(ctx context.Context, topic string, records []Record) error {

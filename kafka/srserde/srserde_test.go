@@ -147,7 +147,7 @@ func TestSourceDecodesSchemaRegistryValues(t *testing.T) {
 		require.NoError(t, err)
 		rec := kafkatest.Record{Key: []byte(p.Symbol), Value: data, Partition: 0}
 		for _, h := range hs {
-			rec.Headers = append(rec.Headers, kafkatest.Header{Key: h.Key, Value: h.Value})
+			rec.Headers = append(rec.Headers, pipeline.Header{Key: h.Key, Value: h.Value})
 		}
 		records = append(records, rec)
 		if i == 0 {

@@ -1,0 +1,206 @@
+// Command member is one member process of the chaos test (package chaos): it
+// consumes a topic with Parallafka in a consumer group and appends to its
+// own history file a line when each handling starts and ends, and one per
+// rebalance event. Every line is one write(2) on a file opened with
+// O_APPEND, made before the handler returns, so the history survives a
+// SIGKILL. SIGTERM or SIGINT stops it gracefully.
+//
+// -mode picks how it consumes: single (Consume, a fixed concurrency),
+// adaptive (Consume with WithAdaptiveConcurrency(1, 2 × concurrency)) or
+// batch (ConsumeBatch, batches of up to 16 messages whose messages are
+// handled one after the other, each with its own start and end line).
+//
+// History lines, space-separated:
+//
+//	B run member pid ns                                   the process started
+//	S run member topic partition offset key seq ns        a handling started
+//	E run member topic partition offset key seq ns        it ended (handled)
+//	R run member event topic partition ns                 assigned, revoked or lost
+//	X run member ns error                                 Consume returned
+//
+// ns is the wall clock in Unix nanoseconds.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	ckafka "github.com/confluentinc/confluent-kafka-go/v2/kafka"
+
+	"github.com/parallafka/parallafka"
+	"github.com/parallafka/parallafka/kafka"
+	"github.com/parallafka/parallafka/kafka/kafkatest"
+	"github.com/parallafka/parallafka/pipeline"
+)
+
+func main() {
+	brokers := flag.String("brokers", os.Getenv(kafkatest.BrokersEnv), "bootstrap servers")
+	topic := flag.String("topic", "", "topic to consume")
+	group := flag.String("group", "", "consumer group")
+	protocol := flag.String("protocol", "cooperative-sticky", "cooperative-sticky, range, or consumer (KIP-848 group.protocol=consumer)")
+	run := flag.String("run", "", "id of this member run (one process)")
+	member := flag.String("member", "", "id of the member")
+	history := flag.String("history", "", "history file to append to")
+	concurrency := flag.Int("concurrency", 8, "concurrent handlers")
+	maxWork := flag.Duration("work", 4*time.Millisecond, "each handler sleeps up to this long")
+	commitInterval := flag.Duration("commit-interval", 500*time.Millisecond, "commit interval")
+	mode := flag.String("mode", "single", "single, adaptive or batch")
+	flag.Parse()
+	if *topic == "" || *group == "" || *run == "" || *history == "" || *brokers == "" {
+		fmt.Fprintln(os.Stderr, "member: -brokers, -topic, -group, -run and -history are required")
+		os.Exit(2)
+	}
+	if err := consume(*brokers, *topic, *group, *protocol, *mode, *run, *member, *history, *concurrency, *maxWork, *commitInterval); err != nil {
+		fmt.Fprintf(os.Stderr, "member %s: %v\n", *run, err)
+		os.Exit(1)
+	}
+}
+
+func consume(brokers, topic, group, protocol, mode, run, member, history string, concurrency int, maxWork, commitInterval time.Duration) error {
+	handlers := parallafka.WithMaxConcurrency(concurrency)
+	switch mode {
+	case "single", "batch":
+	case "adaptive":
+		handlers = parallafka.WithAdaptiveConcurrency(1, 2*concurrency)
+	default:
+		return fmt.Errorf("unknown mode %q", mode)
+	}
+	f, err := os.OpenFile(history, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	// write appends one line with one write(2): with O_APPEND, lines of
+	// concurrent handlers never interleave, and a line written is in the
+	// file even if the process is killed right after.
+	write := func(format string, args ...any) {
+		if _, err := f.Write(fmt.Appendf(nil, format, args...)); err != nil {
+			fmt.Fprintf(os.Stderr, "member %s: history: %v\n", run, err)
+			os.Exit(3)
+		}
+	}
+	write("B %s %s %d %d\n", run, member, os.Getpid(), time.Now().UnixNano())
+
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})).With("run", run)
+	cfg := ckafka.ConfigMap{
+		"bootstrap.servers":                       brokers,
+		"client.id":                               "chaos-" + run,
+		"group.id":                                group,
+		"auto.offset.reset":                       "earliest",
+		"enable.auto.commit":                      false,
+		"fetch.wait.max.ms":                       100,
+		"fetch.error.backoff.ms":                  50,
+		"coordinator.query.interval.ms":           1000,
+		"topic.metadata.refresh.interval.ms":      1000,
+		"topic.metadata.refresh.fast.interval.ms": 100,
+		"metadata.max.age.ms":                     3000,
+		"reconnect.backoff.ms":                    10,
+		"reconnect.backoff.max.ms":                500,
+		"retry.backoff.ms":                        20,
+		"retry.backoff.max.ms":                    200,
+		"log.connection.close":                    false,
+		"enable.metrics.push":                     false,
+	}
+	switch protocol {
+	case "consumer":
+		// KIP-848: the broker assigns and sets the session and heartbeat
+		// timeouts; the client may not set them.
+		cfg["group.protocol"] = "consumer"
+	case "cooperative-sticky", "range", "roundrobin":
+		cfg["partition.assignment.strategy"] = protocol
+		cfg["session.timeout.ms"] = 6000
+		cfg["heartbeat.interval.ms"] = 500
+	default:
+		return fmt.Errorf("unknown protocol %q", protocol)
+	}
+	consumer, err := kafka.NewConsumer(&cfg, kafka.WithLogger(log))
+	if err != nil {
+		return err
+	}
+	src, err := kafka.NewSource(consumer, []string{topic}, kafka.String, kafka.String, kafka.WithLogger(log))
+	if err != nil {
+		_ = consumer.Close()
+		return err
+	}
+	event := func(kind string) func([]pipeline.TopicPartition) {
+		return func(tps []pipeline.TopicPartition) {
+			now := time.Now().UnixNano()
+			var sb strings.Builder
+			for _, tp := range tps {
+				fmt.Fprintf(&sb, "R %s %s %s %s %d %d\n", run, member, kind, tp.Topic, tp.Partition, now)
+			}
+			if sb.Len() > 0 {
+				write("%s", sb.String())
+			}
+		}
+	}
+	p, err := parallafka.New(src,
+		handlers,
+		parallafka.WithMaxBatchMessages(16),
+		parallafka.WithCommitInterval(commitInterval),
+		parallafka.WithRevokeTimeout(10*time.Second),
+		parallafka.WithShutdownTimeout(15*time.Second),
+		parallafka.WithLogger(log),
+		parallafka.WithObserver(pipeline.ObserverFuncs{
+			PartitionsAssigned: event("assigned"), PartitionsRevoked: event("revoked"), PartitionsLost: event("lost"),
+		}.Observer()))
+	if err != nil {
+		_ = src.Close()
+		return err
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	handle := func(msg *parallafka.Message[string, string], work time.Duration) error {
+		key, seq, err := kafkatest.ParseKeyedValue([]byte(msg.Value))
+		if err != nil {
+			return err
+		}
+		write("S %s %s %s %d %d %s %d %d\n", run, member, msg.Topic, msg.Partition, msg.Offset, key, seq, time.Now().UnixNano())
+		// A few milliseconds of work; short enough to finish whatever the
+		// context says, so a handling that started also ends.
+		time.Sleep(rand.N(work + 1))
+		write("E %s %s %s %d %d %s %d %d\n", run, member, msg.Topic, msg.Partition, msg.Offset, key, seq, time.Now().UnixNano())
+		return nil
+	}
+	if mode == "batch" {
+		err = p.ConsumeBatch(ctx, func(_ context.Context, batch []*parallafka.Message[string, string]) error {
+			for _, msg := range batch {
+				if err := handle(msg, maxWork/4); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+	} else {
+		err = p.Consume(ctx, func(_ context.Context, msg *parallafka.Message[string, string]) error {
+			return handle(msg, maxWork)
+		})
+	}
+	st := p.Stats()
+	write("X %s %s %d %q\n", run, member, time.Now().UnixNano(), fmt.Sprint(err))
+	fmt.Fprintf(os.Stderr, "member %s (%s): Consume returned %v; stats %+v\n", run, mode, err, st)
+	if closeTimeoutOnly(err) {
+		// The final commit was made; librdkafka went on leaving the group
+		// in the background past kafka.WithCloseTimeout (seen when a member
+		// stops in the middle of a cooperative rebalance): a clean stop.
+		return nil
+	}
+	return err
+}
+
+// closeTimeoutOnly reports whether err is nothing but the source's close
+// timeout.
+func closeTimeoutOnly(err error) bool {
+	return errors.Is(err, kafka.ErrCloseTimeout) && !strings.Contains(err.Error(), "\n") &&
+		strings.HasPrefix(err.Error(), "parallafka: closing source:")
+}

@@ -1,0 +1,112 @@
+package engine
+
+import (
+	"context"
+	"time"
+
+	"github.com/parallafka/parallafka/internal/offsetmap"
+	"github.com/parallafka/parallafka/pipeline"
+)
+
+// The messages on the coordinator's edges.
+type (
+	// completion is a message back from a handling attempt, with the
+	// ack collector's verdict.
+	completion[K, V any] struct {
+		msg     *pipeline.Message[K, V]
+		verdict verdict
+	}
+	// job is a dispatched message and its handler's context (its
+	// claim's), with how long it waited (with an observer only).
+	job[K, V any] struct {
+		msg    *pipeline.Message[K, V]
+		ctx    context.Context
+		batch  *batch[K, V]  // in batch mode, instead of msg (ctx is the batch's)
+		waited pipeline.Wait // with an observer (not in batch mode)
+	}
+	// handlerEnded tells the coordinator that a handler is free again,
+	// with the messages it settled: those that skip the AfterHandle
+	// stages (all of them without stages), with their verdicts. The
+	// coordinator takes them before any completion the stages send on
+	// (a batch's requeued messages must be back before the verdict of
+	// the message that failed ahead of them).
+	handlerEnded[K, V any] struct {
+		quick   bool // the handler took less than quickHandler (see dispatchLimit)
+		call    handlerCall
+		done    completion[K, V]   // single-message mode: the message, if it skips the stages (done.msg != nil)
+		settled []completion[K, V] // batch mode
+	}
+	// handlerCall is what a handler call showed, for the adaptive limit:
+	// how long it took and whether it failed. One call, one sample,
+	// whatever it handled.
+	handlerCall struct {
+		ended  time.Time
+		took   time.Duration
+		failed bool
+		ran    bool // the handler was called and its context not cancelled: a sample
+	}
+	// rebalanceRequest asks the coordinator to act on a rebalance; it
+	// replies on reply (final offsets, for a revoke).
+	rebalanceRequest struct {
+		kind       rebalanceKind
+		partitions []pipeline.TopicPartition
+		committed  []pipeline.Offset // assign: the committed offsets and metadata, as the source read them
+		reply      chan []claimOffset
+	}
+	// pollCycle is one poll cycle's messages, with their sizes as the
+	// poller counted them against the byte window.
+	pollCycle[K, V any] struct {
+		msgs  []*pipeline.Message[K, V]
+		sizes []int32
+	}
+	// steering tells the poller which partitions to pause (see steer.go).
+	steering struct {
+		pause    []pipeline.TopicPartition // pause these
+		over     []pipeline.TopicPartition // pause these while a low one has messages to read
+		low      []pipeline.TopicPartition // below a quarter of their share of the window
+		starving bool                      // the pause is for a key chain short of messages
+		quick    bool                      // the handlers are quick: the poller keeps the window to quickWindow
+	}
+	// room is what the coordinator freed of the in-flight window since it
+	// last told the poller.
+	room struct {
+		msgs  int
+		bytes int64
+	}
+	// claimOffset is a committable offset and the claim it belongs to.
+	claimOffset struct {
+		pipeline.Offset
+		claim uint64
+		runs  []offsetmap.Run // the offset map: finished offsets above Offset, which the committer encodes into Metadata
+	}
+	// commitRequest asks the committer to commit a revoke's final offsets.
+	commitRequest struct {
+		offsets []claimOffset
+		reply   chan error
+	}
+	// revokedQuery asks for the channel pipeline.Revoked returns.
+	revokedQuery struct {
+		tp    pipeline.TopicPartition
+		reply chan (<-chan struct{})
+	}
+)
+
+type verdict uint8
+
+const (
+	verdictFinish  verdict = iota // finished: committable; the key is free
+	verdictRetry                  // handle again, keeping the key
+	verdictAbandon                // never committed in this assignment; its key's queue goes too
+	verdictRequeue                // batch mode: not handled after all (an earlier message of its key failed, or another partition's end cancelled its batch): it waits again, in order
+)
+
+type rebalanceKind uint8
+
+const (
+	rebalanceAssign rebalanceKind = iota
+	rebalanceRevoke
+	rebalanceGiveUp // the revoke timed out: answer now
+	rebalanceLost
+	rebalanceHold   // Parallafka.Pause: dispatch nothing
+	rebalanceUnhold // Parallafka.Resume
+)

@@ -1,0 +1,131 @@
+package kafka_test
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/parallafka/parallafka"
+	"github.com/parallafka/parallafka/kafka"
+	"github.com/parallafka/parallafka/kafka/kafkatest"
+	"github.com/parallafka/parallafka/pipeline"
+	"github.com/parallafka/parallafka/stages"
+)
+
+var _ stages.DeadLetterTopicChecker = (*kafka.DeadLetterWriter)(nil)
+
+// A dead-letter topic that does not exist stops Consume at its start, with
+// an error naming the topic, and nothing is committed; an existing one
+// passes the check.
+func TestDeadLetterTopicMissingFailsAtStart(t *testing.T) {
+	cluster := kafkatest.New(t, kafkatest.WithEmbedded())
+	ctx := context.Background()
+	topic, missing := kafkatest.UniqueTopic("orders"), kafkatest.UniqueTopic("no-such-dlq")
+	require.NoError(t, cluster.CreateTopic(ctx, topic, 1))
+	require.NoError(t, cluster.Produce(ctx, topic, []kafkatest.Record{{Partition: 0, Value: []byte("x")}}))
+	writer := newWriter(t, cluster.ProducerConfig())
+
+	err := writer.CheckDeadLetterTopic(ctx, missing)
+	require.ErrorIs(t, err, kafka.ErrDeadLetterTopicMissing)
+	require.ErrorContains(t, err, missing)
+	require.NoError(t, writer.CheckDeadLetterTopic(ctx, topic))
+
+	quiet := slog.New(slog.DiscardHandler)
+	group := kafkatest.UniqueTopic("group")
+	ccfg := cluster.ConsumerConfig(group)
+	delete(*ccfg, "go.logs.channel.enable")
+	consumer, err := kafka.NewConsumer(ccfg, kafka.WithLogger(quiet))
+	require.NoError(t, err)
+	src, err := kafka.NewSource(consumer, []string{topic}, kafka.String, kafka.String, kafka.WithLogger(quiet))
+	require.NoError(t, err)
+	dlq, err := stages.DeadLetterQueue[string, string](stages.DeadLetterConfig{Writer: writer, Topic: missing})
+	require.NoError(t, err)
+	p, err := parallafka.New(src, parallafka.WithLogger(quiet), parallafka.WithAfterHandle("dead-letter", dlq))
+	require.NoError(t, err)
+	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	t0 := time.Now()
+	err = p.Consume(cctx, func(context.Context, *pipeline.Message[string, string]) error {
+		return errors.New("always fails")
+	})
+	require.ErrorIs(t, err, kafka.ErrDeadLetterTopicMissing)
+	require.ErrorContains(t, err, missing)
+	require.Less(t, time.Since(t0), 15*time.Second, "found at the start, not after a write's timeout")
+	committed, err := cluster.CommittedOffsets(ctx, group, topic)
+	require.NoError(t, err)
+	require.LessOrEqual(t, committed[0], int64(0), "the failed message is not committed")
+}
+
+// A write that is not acknowledged names the dead-letter topic and the
+// message it was for.
+func TestDeadLetterWriteTimeoutNamesTopicAndMessage(t *testing.T) {
+	cluster := kafkatest.New(t, kafkatest.WithEmbedded())
+	topic := kafkatest.UniqueTopic("dlq")
+	require.NoError(t, cluster.CreateTopic(context.Background(), topic, 1))
+	cfg := cluster.ProducerConfig()
+	require.NoError(t, cfg.SetKey("message.timeout.ms", 1500))
+	w := newWriter(t, cfg)
+	cluster.Close()
+	dl := pipeline.DeadLetter{Topic: topic, Value: []byte("x"),
+		Original: pipeline.TopicPartition{Topic: "orders", Partition: 3}, Offset: 77}
+	err := w.WriteDeadLetter(context.Background(), dl)
+	require.Error(t, err)
+	require.ErrorContains(t, err, topic)
+	require.ErrorContains(t, err, "orders[3]@77")
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	err = w.WriteDeadLetter(ctx, dl)
+	require.ErrorIs(t, err, context.DeadlineExceeded)
+	require.ErrorContains(t, err, topic)
+	require.ErrorContains(t, err, "orders[3]@77")
+	_ = w.Close()
+}
+
+// A dead-letter flood stops Consume with the flood error, and nothing past
+// the first message not dead-lettered is committed.
+func TestDeadLetterFloodStops(t *testing.T) {
+	cluster := kafkatest.New(t, kafkatest.WithEmbedded())
+	ctx := context.Background()
+	topic, dlqTopic := kafkatest.UniqueTopic("orders"), kafkatest.UniqueTopic("orders-dlq")
+	require.NoError(t, cluster.CreateTopic(ctx, topic, 1))
+	require.NoError(t, cluster.CreateTopic(ctx, dlqTopic, 1))
+	recs := make([]kafkatest.Record, 20)
+	for i := range recs {
+		recs[i] = kafkatest.Record{Partition: 0, Value: []byte("x")}
+	}
+	require.NoError(t, cluster.Produce(ctx, topic, recs))
+	writer := newWriter(t, cluster.ProducerConfig())
+	quiet := slog.New(slog.DiscardHandler)
+	group := kafkatest.UniqueTopic("group")
+	ccfg := cluster.ConsumerConfig(group)
+	delete(*ccfg, "go.logs.channel.enable")
+	consumer, err := kafka.NewConsumer(ccfg, kafka.WithLogger(quiet))
+	require.NoError(t, err)
+	src, err := kafka.NewSource(consumer, []string{topic}, kafka.String, kafka.String, kafka.WithLogger(quiet))
+	require.NoError(t, err)
+	dlq, err := stages.DeadLetterQueue[string, string](stages.DeadLetterConfig{Writer: writer, Topic: dlqTopic,
+		Flood: &stages.FloodGuard{MaxInARow: 3}})
+	require.NoError(t, err)
+	p, err := parallafka.New(src, parallafka.WithLogger(quiet), parallafka.WithMaxConcurrency(1),
+		parallafka.WithAfterHandle("dead-letter", dlq))
+	require.NoError(t, err)
+	cctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	err = p.Consume(cctx, func(context.Context, *pipeline.Message[string, string]) error {
+		return errors.New("upstream broke")
+	})
+	require.ErrorIs(t, err, stages.ErrDeadLetterFlood)
+	var fe *stages.DeadLetterFloodError
+	require.ErrorAs(t, err, &fe)
+	require.EqualValues(t, 3, fe.Message.Offset)
+	committed, err := cluster.CommittedOffsets(ctx, group, topic)
+	require.NoError(t, err)
+	require.EqualValues(t, 3, committed[0], "the 3 dead-lettered, nothing past the first not dead-lettered")
+	end, err := cluster.EndOffsets(ctx, dlqTopic)
+	require.NoError(t, err)
+	require.EqualValues(t, 3, end[0])
+}
