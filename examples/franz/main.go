@@ -92,11 +92,21 @@ func run(brokers string, n int) error {
 		return err
 	}
 	defer dead.Close()
+	timeout, err := stages.Timeout[string, string](time.Second)
+	if err != nil {
+		_ = src.Close()
+		return err
+	}
+	deadLetter, err := stages.DeadLetterQueue[string, string](stages.DeadLetterConfig{Writer: dead, Topic: dlq})
+	if err != nil {
+		_ = src.Close()
+		return err
+	}
 	p, err := parallafka.New(src,
 		parallafka.WithLogger(log),
 		parallafka.WithMaxConcurrency(8),
-		parallafka.WithMiddleware(stages.Timeout[string, string](time.Second)),
-		parallafka.WithStage(parallafka.AfterHandle, "dead-letter", stages.DeadLetterQueue[string, string](stages.DeadLetterConfig{Writer: dead, Topic: dlq})),
+		parallafka.WithMiddleware(timeout),
+		parallafka.WithAfterHandle("dead-letter", deadLetter),
 	)
 	if err != nil {
 		_ = src.Close()

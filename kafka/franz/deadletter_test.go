@@ -33,13 +33,15 @@ func TestDeadLetterWriter(t *testing.T) {
 	led := newLedger()
 	inner := led.handler("A", 0)
 	failed := 0
+	deadLetter, err := stages.DeadLetterQueue[string, string](stages.DeadLetterConfig{Writer: w, Topic: dlqTopic})
+	require.NoError(t, err)
 	m := startMember(t, newSource(t, c, group, topic, nil), func(ctx context.Context, msg *parallafka.Message[string, string]) error {
 		if msg.Offset%10 == 3 {
 			return errors.New("cursed")
 		}
 		return inner(ctx, msg)
 	}, parallafka.WithMaxConcurrency(4),
-		parallafka.WithStage(parallafka.AfterHandle, "dead-letter", stages.DeadLetterQueue[string, string](stages.DeadLetterConfig{Writer: w, Topic: dlqTopic})))
+		parallafka.WithAfterHandle("dead-letter", deadLetter))
 	ends := c.endOffsets(t, topic, partitions)
 	for _, end := range ends {
 		for o := int64(0); o < end; o++ {

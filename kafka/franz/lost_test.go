@@ -31,18 +31,18 @@ func TestLostAssignment(t *testing.T) {
 			led := newLedger()
 			var mu sync.Mutex
 			var lost, revoked []pipeline.TopicPartition
-			hooks := parallafka.WithRebalanceHooks(parallafka.RebalanceHooks{
-				OnLost: func(tps []pipeline.TopicPartition) {
+			hooks := parallafka.WithObserver(pipeline.ObserverFuncs{
+				PartitionsLost: func(tps []pipeline.TopicPartition) {
 					mu.Lock()
 					lost = append(lost, tps...)
 					mu.Unlock()
 				},
-				OnRevoked: func(tps []pipeline.TopicPartition) {
+				PartitionsRevoked: func(tps []pipeline.TopicPartition) {
 					mu.Lock()
 					revoked = append(revoked, tps...)
 					mu.Unlock()
 				},
-			})
+			}.Observer())
 			m := startMember(t, newSource(t, c, group, topic, proto.opts), led.handler("A", 2*time.Millisecond),
 				parallafka.WithMaxConcurrency(4), hooks)
 			waitFor(t, waitTimeout, "A to handle 300 records", func() bool { return led.count("A") >= 300 })

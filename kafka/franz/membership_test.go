@@ -31,7 +31,7 @@ func TestMembershipDoubt(t *testing.T) {
 	var lost atomic.Int32
 	src := newSource(t, c, group, topic, []kgo.Opt{kgo.RequestTimeoutOverhead(time.Second)})
 	m := startMember(t, src, led.handler("A", 2*time.Millisecond), parallafka.WithMaxConcurrency(4),
-		parallafka.WithRebalanceHooks(parallafka.RebalanceHooks{OnLost: func([]pipeline.TopicPartition) { lost.Add(1) }}))
+		parallafka.WithObserver(pipeline.ObserverFuncs{PartitionsLost: func([]pipeline.TopicPartition) { lost.Add(1) }}.Observer()))
 	waitFor(t, waitTimeout, "A to handle 300 records", func() bool { return led.count("A") >= 300 })
 
 	var down atomic.Bool

@@ -39,23 +39,23 @@ func TestRebalanceTwoMembers(t *testing.T) {
 			var mu sync.Mutex
 			owned := map[string]map[pipeline.TopicPartition]bool{"A": {}, "B": {}}
 			hooks := func(name string) parallafka.Option {
-				return parallafka.WithRebalanceHooks(parallafka.RebalanceHooks{
-					OnAssigned: func(tps []pipeline.TopicPartition) {
+				return parallafka.WithObserver(pipeline.ObserverFuncs{
+					PartitionsAssigned: func(tps []pipeline.TopicPartition) {
 						mu.Lock()
 						defer mu.Unlock()
 						for _, tp := range tps {
 							owned[name][tp] = true
 						}
 					},
-					OnRevoked: func(tps []pipeline.TopicPartition) {
+					PartitionsRevoked: func(tps []pipeline.TopicPartition) {
 						mu.Lock()
 						defer mu.Unlock()
 						for _, tp := range tps {
 							delete(owned[name], tp)
 						}
 					},
-					OnLost: func(tps []pipeline.TopicPartition) { t.Errorf("member %s lost %v", name, tps) },
-				})
+					PartitionsLost: func(tps []pipeline.TopicPartition) { t.Errorf("member %s lost %v", name, tps) },
+				}.Observer())
 			}
 			ownedBy := func(name string) int {
 				mu.Lock()

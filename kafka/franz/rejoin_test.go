@@ -37,18 +37,18 @@ func TestRejoinedAsNewMember(t *testing.T) {
 	var stopping atomic.Bool
 	m := startMember(t, newSource(t, c, group, topic, []kgo.Opt{kgo.SessionTimeout(6 * time.Second)}), led.handler("A", 2*time.Millisecond),
 		parallafka.WithMaxConcurrency(4), parallafka.WithCommitInterval(50*time.Millisecond),
-		parallafka.WithRebalanceHooks(parallafka.RebalanceHooks{
-			OnLost: func(tps []pipeline.TopicPartition) {
+		parallafka.WithObserver(pipeline.ObserverFuncs{
+			PartitionsLost: func(tps []pipeline.TopicPartition) {
 				mu.Lock()
 				lost = append(lost, tps...)
 				mu.Unlock()
 			},
-			OnRevoked: func([]pipeline.TopicPartition) {
+			PartitionsRevoked: func([]pipeline.TopicPartition) {
 				if !stopping.Load() {
 					revokedEarly.Add(1)
 				}
 			},
-		}))
+		}.Observer()))
 	waitFor(t, waitTimeout, "A to handle 300 records", func() bool { return led.count("A") >= 300 })
 	var joins atomic.Int32
 	c.fake.ControlKey(int16(kmsg.JoinGroup), func(r kmsg.Request) (kmsg.Response, error, bool) {

@@ -41,7 +41,7 @@ func TestPauseResumeAndWatermarks(t *testing.T) {
 	group := "g-" + topic
 	led := newLedger()
 	src := newSource(t, c, group, topic, nil)
-	obs := &pauseCounter{}
+	obs := &pauseCounter{Observer: pipeline.ObserverFuncs{}.Observer()}
 	m := startMember(t, src, led.handler("A", 100*time.Microsecond),
 		parallafka.WithMaxConcurrency(4), parallafka.WithMaxInFlight(16), parallafka.WithObserver(obs))
 	waitFor(t, waitTimeout, "every record handled", func() bool { return led.distinct() == n })
@@ -59,7 +59,7 @@ func TestPauseResumeAndWatermarks(t *testing.T) {
 }
 
 type pauseCounter struct {
-	parallafka.NopObserver
+	pipeline.Observer
 	paused, resumed atomic.Int64
 }
 

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -52,7 +53,7 @@ func newMemberSource[V any](t testing.TB, c *kafkatest.Cluster, group, topic str
 	value kafka.Deserializer[V], log *slog.Logger) (parallafka.Source[string, V], error) {
 	if client(t) == "franz" {
 		opts := []kgo.Opt{
-			kgo.SeedBrokers(c.Brokers()...),
+			kgo.SeedBrokers(strings.Split(c.Bootstrap(), ",")...),
 			kgo.ConsumerGroup(group),
 			kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
 			kgo.SessionTimeout(6 * time.Second),
