@@ -13,12 +13,16 @@ import (
 	"weak"
 
 	ckafka "github.com/confluentinc/confluent-kafka-go/v2/kafka"
+
+	"github.com/parallafka/parallafka/internal/kafkaclient"
 )
 
 // ErrUnsafeConfig is wrapped by the errors of NewConsumer and NewSource that
 // refuse a consumer setting which would break the pipeline's guarantees
-// (at-least-once, commits only of finished messages, synchronous revoke).
-var ErrUnsafeConfig = errors.New("kafka: unsafe consumer configuration")
+// (at-least-once, commits only of finished messages, synchronous revoke),
+// and by NewDeadLetterWriter's for a producer setting that would lose
+// dead letters. It is the same value as franz.ErrUnsafeConfig.
+var ErrUnsafeConfig = kafkaclient.ErrUnsafeConfig
 
 // Consumer settings that NewConsumer checks or fills in.
 const (

@@ -11,11 +11,13 @@ import (
 
 	ckafka "github.com/confluentinc/confluent-kafka-go/v2/kafka"
 
+	"github.com/parallafka/parallafka/internal/kafkaclient"
 	"github.com/parallafka/parallafka/pipeline"
 )
 
-// ErrClosed is returned by a Source's methods once Close was called.
-var ErrClosed = errors.New("kafka: source closed")
+// ErrClosed is returned by a Source's methods once Close was called. It is
+// the same value as franz.ErrClosed.
+var ErrClosed = kafkaclient.ErrClosed
 
 // Source is a pipeline.Source over a confluent-kafka-go consumer. Create it
 // with NewSource; the pipeline drives it from then on (Subscribe, Poll,
@@ -674,8 +676,9 @@ func (s *Source[K, V]) Close() error {
 }
 
 // ErrCloseTimeout is matched by the error of Close when the consumer did not
-// close within the close timeout (WithCloseTimeout).
-var ErrCloseTimeout = errors.New("kafka: close timed out")
+// close within the close timeout (WithCloseTimeout). It is the same value
+// as franz.ErrCloseTimeout.
+var ErrCloseTimeout = kafkaclient.ErrCloseTimeout
 
 func isDone(ch <-chan struct{}) bool {
 	select {

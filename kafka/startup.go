@@ -9,20 +9,22 @@ import (
 
 	ckafka "github.com/confluentinc/confluent-kafka-go/v2/kafka"
 
-	"github.com/parallafka/parallafka/internal/kafkaerr"
+	"github.com/parallafka/parallafka/internal/kafkaclient"
 )
 
 // ErrUnreachable is matched by the error of Poll when no broker answered
 // within the startup timeout (WithStartupTimeout) after Subscribe: a wrong
 // bootstrap.servers, a broker that is down, a network or security setting
-// that keeps the client out.
-var ErrUnreachable = errors.New("kafka: no broker reachable")
+// that keeps the client out. It is the same value as franz.ErrUnreachable
+// (package kafka/franz), so either name matches either client's error.
+var ErrUnreachable = kafkaclient.ErrUnreachable
 
 // ErrUnknownTopic is matched by the error of Poll when a subscribed topic
 // does not exist on the cluster (and the consumer does not create it:
 // allow.auto.create.topics is off by default), and by the errors of
-// package kafkatest's topic helpers for a topic that does not exist.
-var ErrUnknownTopic = kafkaerr.ErrUnknownTopic
+// package kafkatest's topic helpers for a topic that does not exist. It is
+// the same value as franz.ErrUnknownTopic.
+var ErrUnknownTopic = kafkaclient.ErrUnknownTopic
 
 // metadataTimeout bounds the metadata request that confirms an
 // unknown-topic error.

@@ -15,13 +15,17 @@ import (
 	"weak"
 
 	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/parallafka/parallafka/internal/kafkaclient"
 )
 
 // ErrUnsafeConfig is wrapped by the errors of NewClient and NewSource that
 // refuse a client option which would break the pipeline's guarantees
 // (at-least-once, commits only of finished messages, a revoke that drains
-// and commits before the partitions are given up).
-var ErrUnsafeConfig = errors.New("franz: unsafe client configuration")
+// and commits before the partitions are given up), and by
+// NewDeadLetterWriter's for a producer option that would lose or duplicate
+// dead letters. It is the same value as kafka.ErrUnsafeConfig.
+var ErrUnsafeConfig = kafkaclient.ErrUnsafeConfig
 
 // NewClient creates a franz-go client configured for a Source, and is the
 // way to build the client handed to NewSource.

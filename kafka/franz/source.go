@@ -12,15 +12,18 @@ import (
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/parallafka/parallafka/internal/kafkaclient"
 	"github.com/parallafka/parallafka/pipeline"
 )
 
-// ErrClosed is returned by a Source's methods once Close was called.
-var ErrClosed = errors.New("franz: source closed")
+// ErrClosed is returned by a Source's methods once Close was called. It is
+// the same value as kafka.ErrClosed.
+var ErrClosed = kafkaclient.ErrClosed
 
 // ErrCloseTimeout is matched by the error of Close when the client did not
-// close within the close timeout (WithCloseTimeout).
-var ErrCloseTimeout = errors.New("franz: close timed out")
+// close within the close timeout (WithCloseTimeout). It is the same value
+// as kafka.ErrCloseTimeout.
+var ErrCloseTimeout = kafkaclient.ErrCloseTimeout
 
 // pollSlice bounds one wait of Poll for the client, so that the startup
 // and membership checks run at least this often.

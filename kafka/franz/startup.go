@@ -11,19 +11,22 @@ import (
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
+
+	"github.com/parallafka/parallafka/internal/kafkaclient"
 )
 
 // ErrUnreachable is matched by the error of Poll when no broker answered
 // within the startup timeout (WithStartupTimeout) after Subscribe: wrong
 // seed brokers, a broker that is down, a network or security setting that
-// keeps the client out. Package kafka has its own (kafka.ErrUnreachable),
-// which this package cannot import without confluent-kafka-go.
-var ErrUnreachable = errors.New("franz: no broker reachable")
+// keeps the client out. It is the same value as kafka.ErrUnreachable, so
+// either name matches either client's error.
+var ErrUnreachable = kafkaclient.ErrUnreachable
 
 // ErrUnknownTopic is matched by the error of Poll when a subscribed topic
 // does not exist on the cluster (and the client does not create it:
-// kgo.AllowAutoTopicCreation is off by default).
-var ErrUnknownTopic = errors.New("franz: unknown topic")
+// kgo.AllowAutoTopicCreation is off by default). It is the same value as
+// kafka.ErrUnknownTopic.
+var ErrUnknownTopic = kafkaclient.ErrUnknownTopic
 
 // waitingLogEvery spaces the Source's own "waiting for a broker" lines.
 const waitingLogEvery = time.Second
