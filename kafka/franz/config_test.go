@@ -2,6 +2,7 @@ package franz_test
 
 import (
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -56,4 +57,16 @@ func TestUnsafeOptionsRefused(t *testing.T) {
 			assert.ErrorIs(t, err, franz.ErrUnsafeConfig)
 		})
 	}
+}
+
+// A negative startup timeout is refused, not taken for "forever".
+func TestStartupTimeoutNegativeRefused(t *testing.T) {
+	cl, err := franz.NewClient([]kgo.Opt{kgo.SeedBrokers("127.0.0.1:1"), kgo.ConsumerGroup("g")}, franz.WithLogger(nil))
+	require.NoError(t, err)
+	defer cl.Close()
+	_, err = franz.NewSource(cl, []string{"t"}, franz.String, franz.String, franz.WithStartupTimeout(-time.Second))
+	require.ErrorContains(t, err, "WithStartupTimeout: negative timeout")
+	src, err := franz.NewSource(cl, []string{"t"}, franz.String, franz.String, franz.WithStartupTimeout(0))
+	require.NoError(t, err, "0 waits forever; the refused NewSource did not claim the client")
+	require.NoError(t, src.Close())
 }

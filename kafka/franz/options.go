@@ -1,6 +1,8 @@
 package franz
 
 import (
+	"errors"
+	"fmt"
 	"log/slog"
 	"time"
 )
@@ -15,10 +17,12 @@ type options struct {
 
 	startupTimeout time.Duration
 	closeTimeout   time.Duration
+
+	err error // an invalid option's, returned by NewSource
 }
 
 func applyOptions(opts []Option) options {
-	o := options{logger: slog.Default(), startupTimeout: DefaultStartupTimeout, closeTimeout: DefaultCloseTimeout}
+	o := options{logger: slog.Default(), startupTimeout: 30 * time.Second, closeTimeout: 5 * time.Second}
 	for _, opt := range opts {
 		if opt != nil {
 			opt(&o)
@@ -52,30 +56,28 @@ func orDiscard(l *slog.Logger) *slog.Logger {
 	return l
 }
 
-// DefaultStartupTimeout is the startup timeout of a Source without
-// WithStartupTimeout: 30 s.
-const DefaultStartupTimeout = 30 * time.Second
-
-// DefaultCloseTimeout is the close timeout of a Source without
-// WithCloseTimeout: 5 s.
-const DefaultCloseTimeout = 5 * time.Second
-
 // WithStartupTimeout bounds how long Poll waits, after Subscribe, for a
 // broker to answer: if none did within d, Poll returns an error matching
-// ErrUnreachable (so Consume ends with it) within a second of d, instead of
-// retrying forever. The default is DefaultStartupTimeout (30 s); 0 waits
-// forever. Outages after a broker answered once never end Poll: the client
-// reconnects by itself.
+// ErrUnreachable (so Consume ends with it) instead of retrying forever. It
+// returns within a second of d. Default 30 s; 0 waits forever; NewSource
+// refuses a negative d. Outages after a broker answered once never end
+// Poll: the client reconnects by itself.
 func WithStartupTimeout(d time.Duration) Option {
-	return func(o *options) { o.startupTimeout = max(d, 0) }
+	return func(o *options) {
+		if d < 0 {
+			o.err = errors.Join(o.err, fmt.Errorf("franz: WithStartupTimeout: negative timeout %v (0 waits forever)", d))
+			return
+		}
+		o.startupTimeout = d
+	}
 }
 
 // WithCloseTimeout bounds Close: the group is left, the last revoke is
 // handed to the pipeline and the client closed within d, whatever the
 // broker does; past d the listener hears nothing more and Close returns an
-// error matching ErrCloseTimeout. The default is DefaultCloseTimeout (5 s);
-// it must leave franz-go about a second to close its connections, so d is
-// at least 2 s (a smaller d counts as 2 s).
+// error matching ErrCloseTimeout. Default 5 s; d must leave franz-go about
+// a second to close its connections, so it is at least 2 s (a smaller d
+// counts as 2 s).
 func WithCloseTimeout(d time.Duration) Option {
 	return func(o *options) { o.closeTimeout = max(d, minCloseTimeout) }
 }

@@ -112,6 +112,9 @@ func NewSource[K, V any](client *kgo.Client, topics []string,
 		}
 	}
 	o := applyOptions(opts)
+	if o.err != nil {
+		return nil, o.err
+	}
 	b, err := claimClient(client)
 	if err != nil {
 		return nil, err
