@@ -347,15 +347,8 @@ func (s *Source[K, V]) message(m *ckafka.Message) *pipeline.Message[K, V] {
 			msg.Headers[i] = pipeline.Header{Key: h.Key, Value: h.Value}
 		}
 	}
-	var kerr, verr error
-	msg.Key, kerr = deserialize(s.keyDeser, topic, msg.Headers, m.Key)
-	msg.Value, verr = deserialize(s.valueDeser, topic, msg.Headers, m.Value)
-	field, err := "key", kerr
-	if err == nil {
-		field, err = "value", verr
-	}
-	if err != nil {
-		msg.Err = &DeserializeError{Topic: topic, Partition: msg.Partition, Offset: msg.Offset, Field: field, Err: err}
+	if err := kafkaclient.Decode(msg, s.keyDeser, s.valueDeser); err != nil {
+		msg.Err = err
 		s.logger().Debug("kafka: record cannot be deserialized", "message", msg.String(), "error", err)
 	}
 	return msg

@@ -349,15 +349,8 @@ func (s *Source[K, V]) message(r *kgo.Record) *pipeline.Message[K, V] {
 			msg.Headers[i] = pipeline.Header{Key: h.Key, Value: h.Value}
 		}
 	}
-	var keyErr, valErr error
-	msg.Key, keyErr = deserialize(s.keyDeser, r.Topic, msg.Headers, r.Key)
-	msg.Value, valErr = deserialize(s.valueDeser, r.Topic, msg.Headers, r.Value)
-	field, err := "key", keyErr
-	if err == nil {
-		field, err = "value", valErr
-	}
-	if err != nil {
-		msg.Err = &DeserializeError{Topic: r.Topic, Partition: r.Partition, Offset: r.Offset, Field: field, Err: err}
+	if err := kafkaclient.Decode(msg, s.keyDeser, s.valueDeser); err != nil {
+		msg.Err = err
 		s.logger().Debug("franz: record cannot be deserialized", "message", msg.String(), "error", err)
 	}
 	return msg

@@ -48,7 +48,7 @@ func newBytesSource(t testing.TB, c *kafkatest.Cluster, group, topic string, con
 }
 
 // newMemberSource is newBytesSource with values deserialized by value (a
-// package kafka Deserializer: package franz's has the same shape).
+// kafka.Deserializer, the same type as franz.Deserializer).
 func newMemberSource[V any](t testing.TB, c *kafkatest.Cluster, group, topic string, config map[string]any,
 	value kafka.Deserializer[V], log *slog.Logger) (parallafka.Source[string, V], error) {
 	if client(t) == "franz" {
@@ -70,7 +70,7 @@ func newMemberSource[V any](t testing.TB, c *kafkatest.Cluster, group, topic str
 		if err != nil {
 			return nil, err
 		}
-		src, err := franz.NewSource(cl, []string{topic}, franz.String, franz.Deserializer[V](value), franz.WithLogger(log))
+		src, err := franz.NewSource(cl, []string{topic}, franz.String, value, franz.WithLogger(log))
 		if err != nil {
 			cl.Close()
 			return nil, err
@@ -152,28 +152,6 @@ func committedOf(err error) []pipeline.Offset {
 		return fe.Committed
 	}
 	return nil
-}
-
-// deserializeError is what the suite reads of either client's
-// *DeserializeError.
-type deserializeError struct {
-	topic     string
-	partition int32
-	offset    int64
-	field     string
-}
-
-// asDeserializeError finds either client's *DeserializeError in err.
-func asDeserializeError(err error) (deserializeError, bool) {
-	var ke *kafka.DeserializeError
-	if errors.As(err, &ke) {
-		return deserializeError{ke.Topic, ke.Partition, ke.Offset, ke.Field}, true
-	}
-	var fe *franz.DeserializeError
-	if errors.As(err, &fe) {
-		return deserializeError{fe.Topic, fe.Partition, fe.Offset, fe.Field}, true
-	}
-	return deserializeError{}, false
 }
 
 // TestSuiteOverFranz runs this package's tests again, in a child process,
