@@ -4,91 +4,46 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
-	"sort"
-	"strings"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
 
+	"github.com/parallafka/parallafka/internal/kafkaclient"
 	"github.com/parallafka/parallafka/pipeline"
 )
 
-// ErrNotOwned reports partitions that this member cannot commit because it
-// does not own them: never assigned, revoked or lost already, or the group
-// moved to a generation (KIP-848: member epoch) this member is not part of
-// (UNKNOWN_MEMBER_ID, ILLEGAL_GENERATION, REBALANCE_IN_PROGRESS,
-// FENCED_INSTANCE_ID, STALE_MEMBER_EPOCH, FENCED_MEMBER_EPOCH). It is
-// pipeline.ErrNotOwned.
-var ErrNotOwned = pipeline.ErrNotOwned
-
 // CommitError is the error of Source.Commit when some offsets were not
 // committed. Each offset given to Commit is in exactly one of Committed,
-// NotOwned and Failed. It has the shape of package kafka's CommitError.
-type CommitError struct {
-	// Committed are the offsets that are now the group's committed offsets
-	// (or were already passed by an earlier commit of this Source).
-	Committed []pipeline.Offset
-	// NotOwned are the offsets dropped because this member does not own
-	// their partitions: do not retry them.
-	NotOwned []pipeline.Offset
-	// Failed are the offsets not committed for a reason that may pass
-	// (coordinator moving, request timed out, ...): retry them.
-	Failed []pipeline.Offset
-	// Causes holds the error of each offset in NotOwned and Failed.
-	Causes map[pipeline.TopicPartition]error
-}
-
-// Error lists the partitions that were not committed and why.
-func (e *CommitError) Error() string {
-	var b strings.Builder
-	fmt.Fprintf(&b, "franz: commit failed for %d of %d partitions", len(e.NotOwned)+len(e.Failed),
-		len(e.Committed)+len(e.NotOwned)+len(e.Failed))
-	if len(e.Failed) == 0 {
-		b.WriteString(" (not owned, not retriable)")
-	}
-	for i, off := range append(append([]pipeline.Offset(nil), e.Failed...), e.NotOwned...) {
-		if i == 3 {
-			b.WriteString("; ...")
-			break
-		}
-		fmt.Fprintf(&b, "; %s@%d: %v", off.TopicPartition, off.Offset, e.Causes[off.TopicPartition])
-	}
-	return b.String()
-}
-
-// Is reports whether target is ErrNotOwned and nothing is worth retrying.
-func (e *CommitError) Is(target error) bool { return target == ErrNotOwned && len(e.Failed) == 0 }
-
-// Unwrap returns the causes of Failed, or of NotOwned when Failed is empty
-// (so that errors.Is(err, ErrNotOwned) keeps its meaning): errors.As finds a
-// *kerr.Error among them.
-func (e *CommitError) Unwrap() []error {
-	group := e.Failed
-	if len(group) == 0 {
-		group = e.NotOwned
-	}
-	errs := make([]error, 0, len(group))
-	for _, off := range group {
-		if err := e.Causes[off.TopicPartition]; err != nil {
-			errs = append(errs, err)
-		}
-	}
-	return errs
-}
-
-// Retriable reports whether some offsets failed for a reason that may pass.
-func (e *CommitError) Retriable() bool { return len(e.Failed) > 0 }
-
-var errNotAssigned = fmt.Errorf("%w: partition not assigned", ErrNotOwned)
+// NotOwned and Failed:
+//
+//	Committed []pipeline.Offset // now the group's committed offsets (or passed already)
+//	NotOwned  []pipeline.Offset // dropped: this member does not own their partitions
+//	Failed    []pipeline.Offset // not committed for a reason that may pass: retry them
+//	Causes    map[pipeline.TopicPartition]error // the error of each offset in NotOwned and Failed
+//
+// A committer retries Failed (after a backoff), drops NotOwned, and counts
+// Committed as done. errors.Is(err, pipeline.ErrNotOwned) reports that
+// Failed is empty: give up on the whole commit. Its Unwrap returns the
+// causes of Failed (of NotOwned when Failed is empty), so errors.As finds a
+// *kerr.Error among them; its Error lists the first three partitions not
+// committed and why.
+//
+// It is the same type as package kafka's CommitError.
+type CommitError = kafkaclient.CommitError
 
 // Commit commits offsets (each the next offset to read in its partition, as
 // Kafka defines committed offsets: they are sent as given, not +1), each
 // with its metadata (the pipeline's offset map), as the group's committed
-// offsets. It returns nil if all were committed, else a *CommitError (see
-// ErrNotOwned), or ErrClosed after Close, or ctx's error.
+// offsets. It returns nil if all were committed, else a *CommitError, or
+// ErrClosed after Close, or ctx's error.
+//
+// A partition is not owned (NotOwned; pipeline.ErrNotOwned) when it was
+// never assigned, was revoked or lost already, or the group moved to a
+// generation (KIP-848: member epoch) this member is not part of
+// (UNKNOWN_MEMBER_ID, ILLEGAL_GENERATION, REBALANCE_IN_PROGRESS,
+// FENCED_INSTANCE_ID, STALE_MEMBER_EPOCH, FENCED_MEMBER_EPOCH).
 //
 // The commit is sent as the group member: kgo's CommitOffsetsSync builds the
 // OffsetCommit request with the member ID and generation (KIP-848: member
@@ -131,40 +86,13 @@ func (s *Source[K, V]) Commit(ctx context.Context, offsets []pipeline.Offset) er
 	}
 	defer func() { <-s.commitSlot }()
 
-	res := &CommitError{Causes: make(map[pipeline.TopicPartition]error)}
-	var send []pipeline.Offset
 	s.mu.Lock()
-	for _, off := range dedupe(offsets) {
-		if _, ok := s.assigned[off.TopicPartition]; !ok {
-			res.NotOwned = append(res.NotOwned, off)
-			res.Causes[off.TopicPartition] = errNotAssigned
-		} else if last, ok := s.committed[off.TopicPartition]; ok && (off.Offset < last.Offset || off == last) {
-			res.Committed = append(res.Committed, off)
-		} else {
-			send = append(send, off)
-		}
-	}
+	res, send := kafkaclient.Sift(offsets, s.assigned, s.committed)
 	s.mu.Unlock()
 	if len(send) > 0 {
-		sent := s.send(ctx, send)
-		res.Committed = append(res.Committed, sent.Committed...)
-		res.NotOwned = append(res.NotOwned, sent.NotOwned...)
-		res.Failed = append(res.Failed, sent.Failed...)
-		for tp, err := range sent.Causes {
-			res.Causes[tp] = err
-		}
+		kafkaclient.Merge(res, s.send(ctx, send))
 	}
-	return res.result(s.logger())
-}
-
-// result is nil if every offset was committed, else res.
-func (res *CommitError) result(log *slog.Logger) error {
-	if len(res.NotOwned) == 0 && len(res.Failed) == 0 {
-		log.Debug("franz: offsets committed", "offsets", res.Committed)
-		return nil
-	}
-	log.Debug("franz: commit failed", "failed", res.Failed, "not_owned", res.NotOwned, "error", res.Error())
-	return res
+	return kafkaclient.CommitResult(res, s.logger(), "franz")
 }
 
 // send commits offsets as the group member, with their metadata. The caller
@@ -236,28 +164,10 @@ func (s *Source[K, V]) send(ctx context.Context, send []pipeline.Offset) *Commit
 		case !reported:
 			perr = errors.New("franz: partition missing from the commit result")
 		}
-		switch {
-		case perr == nil:
-			res.Committed = append(res.Committed, off)
-		case notOwned(perr):
-			res.NotOwned = append(res.NotOwned, off)
-			res.Causes[off.TopicPartition] = fmt.Errorf("%w: %w", ErrNotOwned, perr)
-		case errors.Is(perr, kerr.OffsetMetadataTooLarge):
-			res.Failed = append(res.Failed, off)
-			res.Causes[off.TopicPartition] = fmt.Errorf("%w (%d bytes): %w", pipeline.ErrMetadataTooLarge, len(off.Metadata), perr)
-		default:
-			res.Failed = append(res.Failed, off)
-			res.Causes[off.TopicPartition] = perr
-		}
+		kafkaclient.Classify(res, off, perr, notOwned, metadataTooLarge)
 	}
 	s.mu.Lock()
-	for _, off := range res.Committed {
-		if _, ok := s.assigned[off.TopicPartition]; ok {
-			if last, ok := s.committed[off.TopicPartition]; !ok || off.Offset >= last.Offset {
-				s.committed[off.TopicPartition] = off
-			}
-		}
-	}
+	kafkaclient.NoteCommitted(res.Committed, s.assigned, s.committed)
 	s.mu.Unlock()
 	if err != nil {
 		s.logger().Debug("franz: commit ended", "offsets", send, "error", err)
@@ -322,25 +232,6 @@ func notOwned(err error) bool {
 	return false
 }
 
-// dedupe keeps the highest offset of each partition, with its metadata (the
-// last given, if the same offset comes more than once), in partition order.
-// Copied from package kafka (commit.go).
-func dedupe(offsets []pipeline.Offset) []pipeline.Offset {
-	best := make(map[pipeline.TopicPartition]pipeline.Offset, len(offsets))
-	for _, off := range offsets {
-		if cur, ok := best[off.TopicPartition]; !ok || off.Offset >= cur.Offset {
-			best[off.TopicPartition] = off
-		}
-	}
-	out := make([]pipeline.Offset, 0, len(best))
-	for _, off := range best {
-		out = append(out, off)
-	}
-	sort.Slice(out, func(i, j int) bool {
-		if out[i].Topic != out[j].Topic {
-			return out[i].Topic < out[j].Topic
-		}
-		return out[i].Partition < out[j].Partition
-	})
-	return out
-}
+// metadataTooLarge tells the commit error of an offset whose metadata the
+// broker refused as too large.
+func metadataTooLarge(err error) bool { return errors.Is(err, kerr.OffsetMetadataTooLarge) }

@@ -141,15 +141,12 @@ func franzOptions(config map[string]any) ([]kgo.Opt, error) {
 }
 
 // committedOf returns the offsets a Source's Commit error says were
-// committed, whichever client's error it is.
+// committed, whichever client's error it is (kafka.CommitError is
+// franz.CommitError).
 func committedOf(err error) []pipeline.Offset {
 	var ce *kafka.CommitError
 	if errors.As(err, &ce) {
 		return ce.Committed
-	}
-	var fe *franz.CommitError
-	if errors.As(err, &fe) {
-		return fe.Committed
 	}
 	return nil
 }
