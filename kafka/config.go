@@ -180,12 +180,12 @@ func boolSetting(conf ckafka.ConfigMap, key string) (value, set bool, err error)
 // meanwhile (Source.InheritLogger).
 func forwardLogEvents(events <-chan ckafka.LogEvent, to *atomic.Pointer[slog.Logger], done chan<- struct{}) {
 	defer close(done)
-	var limit repeats
+	var limit kafkaclient.Repeats
 	for ev := range events {
 		logger := to.Load()
 		// An unreachable broker repeats the same lines several times a
 		// second: log each at most once a second, with a count.
-		ok, repeated := limit.allow(ev.Tag+"\x00"+ev.Message, time.Now())
+		ok, repeated := limit.Allow(ev.Tag+"\x00"+ev.Message, time.Now())
 		if !ok {
 			continue
 		}

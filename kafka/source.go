@@ -57,7 +57,7 @@ type Source[K, V any] struct {
 	probing   bool
 	probeDone chan struct{}
 	nextProbe time.Time
-	errLog    repeats // rate limit of repeated client errors
+	errLog    kafkaclient.Repeats // rate limit of repeated client errors
 
 	mu            sync.Mutex
 	idle          chan struct{} // closed when commits drops to 0, if someone waits
@@ -316,7 +316,7 @@ func (s *Source[K, V]) consumerError(err error, tp ckafka.TopicPartition) error 
 			return fmt.Errorf("kafka: fatal consumer error: %w", err)
 		}
 	}
-	ok, repeated := s.errLog.allow(err.Error(), time.Now())
+	ok, repeated := s.errLog.Allow(err.Error(), time.Now())
 	if !ok {
 		return nil
 	}

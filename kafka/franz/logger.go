@@ -8,13 +8,15 @@ import (
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/parallafka/parallafka/internal/kafkaclient"
 )
 
 // slogLogger is a kgo.Logger that writes to the slog logger it points to
 // (which Source.InheritLogger may change while the client runs).
 type slogLogger struct {
 	to    *atomic.Pointer[slog.Logger]
-	limit repeats
+	limit kafkaclient.Repeats
 }
 
 var _ kgo.Logger = (*slogLogger)(nil)
@@ -60,7 +62,7 @@ func (l *slogLogger) Log(level kgo.LogLevel, msg string, keyvals ...any) {
 				key += fmt.Sprintf("\x00%v", keyvals[i+1])
 			}
 		}
-		ok, repeated := l.limit.allow(key, time.Now())
+		ok, repeated := l.limit.Allow(key, time.Now())
 		if !ok {
 			return
 		}

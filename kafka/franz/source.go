@@ -53,7 +53,7 @@ type Source[K, V any] struct {
 	failure    error // a rebalance that went wrong, returned by the next Poll
 	buf        recordBuffer
 	startup    startup
-	errLog     repeats
+	errLog     kafkaclient.Repeats
 
 	// Membership doubt (membership.go).
 	doubt     atomic.Bool
@@ -319,7 +319,7 @@ func (s *Source[K, V]) clientError(topic string, partition int32, err error) {
 	case errors.Is(err, kerr.UnknownTopicOrPartition), errors.Is(err, kerr.UnknownTopicID):
 		s.startup.topicErr = true
 	}
-	ok, repeated := s.errLog.allow(err.Error(), time.Now())
+	ok, repeated := s.errLog.Allow(err.Error(), time.Now())
 	if !ok {
 		return
 	}

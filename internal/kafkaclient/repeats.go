@@ -1,7 +1,4 @@
-// Copied from package kafka (startup.go, repeats): to be shared once both
-// sources import a common internal package.
-
-package franz
+package kafkaclient
 
 import (
 	"strings"
@@ -13,8 +10,10 @@ import (
 // logged at most; the repeats in between are counted.
 const repeatInterval = time.Second
 
-// repeats rate-limits identical log lines.
-type repeats struct {
+// Repeats rate-limits identical log lines: a client that cannot reach its
+// brokers repeats the same lines many times a second. The zero value is
+// ready to use; it is safe for concurrent use.
+type Repeats struct {
 	mu   sync.Mutex
 	seen map[string]*repeat
 }
@@ -24,10 +23,11 @@ type repeat struct {
 	suppressed int
 }
 
-// allow reports whether the line with key may be logged now, and how many
-// like it were suppressed since it was last logged. Lines that differ only
-// in their digits ("after 0ms", "after 1ms") count as identical.
-func (r *repeats) allow(key string, now time.Time) (bool, int) {
+// Allow reports whether the line with key may be logged now (at most once
+// per repeatInterval), and how many like it were suppressed since it was
+// last logged. Lines that differ only in their digits ("after 0ms", "after
+// 1ms") count as identical.
+func (r *Repeats) Allow(key string, now time.Time) (bool, int) {
 	key = strings.Map(func(r rune) rune {
 		if r >= '0' && r <= '9' {
 			return '#'
