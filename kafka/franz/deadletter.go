@@ -9,8 +9,11 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
 
+	"github.com/parallafka/parallafka/internal/kafkaclient"
 	"github.com/parallafka/parallafka/pipeline"
 )
 
@@ -95,14 +98,66 @@ func (w *DeadLetterWriter) WriteDeadLetter(ctx context.Context, dl pipeline.Dead
 	case err := <-done:
 		if err != nil {
 			if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
-				return fmt.Errorf("franz: dead letter to %s not acknowledged: %w", dl.Topic, err)
+				return fmt.Errorf("franz: dead letter of %s@%d to %s not acknowledged: %w", dl.Original, dl.Offset, dl.Topic, err)
 			}
-			return fmt.Errorf("franz: dead letter to %s not delivered: %w", dl.Topic, err)
+			return fmt.Errorf("franz: dead letter of %s@%d to %s not delivered: %w", dl.Original, dl.Offset, dl.Topic, err)
 		}
 		return nil
 	case <-ctx.Done():
-		return fmt.Errorf("franz: dead letter to %s not acknowledged yet: %w", dl.Topic, ctx.Err())
+		return fmt.Errorf("franz: dead letter of %s@%d to %s not acknowledged yet: %w", dl.Original, dl.Offset, dl.Topic, ctx.Err())
 	}
+}
+
+// deadLetterCheckTimeout bounds CheckDeadLetterTopic's metadata request
+// when its context has no earlier deadline.
+const deadLetterCheckTimeout = 10 * time.Second
+
+// ErrDeadLetterTopicMissing is returned (wrapped, with the topic's name) by
+// CheckDeadLetterTopic for a dead-letter topic the cluster does not have.
+// It is the same value as kafka.ErrDeadLetterTopicMissing.
+var ErrDeadLetterTopicMissing = kafkaclient.ErrDeadLetterTopicMissing
+
+// CheckDeadLetterTopic asks the cluster for topic's metadata (a Metadata
+// request, within ctx and at most 10 s) and returns an error naming the
+// topic if it does not exist (wrapping ErrDeadLetterTopicMissing) or cannot
+// be read. It implements stages.DeadLetterTopicChecker:
+// stages.DeadLetterQueue calls it as it starts, so that a missing
+// dead-letter topic stops Consume at once, with an error that says so,
+// rather than at the first dead letter: kgo fails a write to a topic that
+// does not exist only after kgo.UnknownTopicRetries metadata loads (4 by
+// default; with -1, never: the write then waits for its context, or for
+// kgo.RecordDeliveryTimeout, unbounded by default).
+//
+// With kgo.AllowAutoTopicCreation, the request lets the broker create the
+// topic (if its auto.create.topics.enable allows). A retriable error of the
+// topic (a leader being elected, a topic being created) passes the check:
+// the writes wait for it.
+func (w *DeadLetterWriter) CheckDeadLetterTopic(ctx context.Context, topic string) error {
+	ctx, cancel := context.WithTimeout(ctx, deadLetterCheckTimeout)
+	defer cancel()
+	req := kmsg.NewPtrMetadataRequest()
+	rt := kmsg.NewMetadataRequestTopic()
+	rt.Topic = kmsg.StringPtr(topic)
+	req.Topics = append(req.Topics, rt)
+	req.AllowAutoTopicCreation, _ = w.client.OptValue(kgo.AllowAutoTopicCreation).(bool)
+	resp, err := req.RequestWith(ctx, w.client)
+	if err != nil {
+		return fmt.Errorf("franz: dead-letter topic %s: metadata: %w", topic, err)
+	}
+	for _, t := range resp.Topics {
+		if t.Topic == nil || *t.Topic != topic {
+			continue
+		}
+		switch err := kerr.ErrorForCode(t.ErrorCode); {
+		case errors.Is(err, kerr.UnknownTopicOrPartition):
+			return fmt.Errorf("%w: %s", ErrDeadLetterTopicMissing, topic)
+		case err == nil || kerr.IsRetriable(err):
+			return nil
+		default:
+			return fmt.Errorf("franz: dead-letter topic %s: %w", topic, err)
+		}
+	}
+	return fmt.Errorf("%w: %s", ErrDeadLetterTopicMissing, topic)
 }
 
 // Client returns the producer client, for metrics.
