@@ -175,3 +175,36 @@ func TestSuiteOverFranz(t *testing.T) {
 		t.Logf("the suite over franz:\n%s", out)
 	}
 }
+
+// Both packages export the same error values and types: errors.Is and
+// errors.As hold whichever client returned the error and whichever
+// package's name the caller tests with, and one deserializer serves both.
+func TestClientsShareErrorsAndTypes(t *testing.T) {
+	for _, pair := range [][2]error{
+		{kafka.ErrUnreachable, franz.ErrUnreachable},
+		{kafka.ErrUnknownTopic, franz.ErrUnknownTopic},
+		{kafka.ErrClosed, franz.ErrClosed},
+		{kafka.ErrCloseTimeout, franz.ErrCloseTimeout},
+		{kafka.ErrUnsafeConfig, franz.ErrUnsafeConfig},
+		{kafka.ErrDeadLetterTopicMissing, franz.ErrDeadLetterTopicMissing},
+	} {
+		wrapped := fmt.Errorf("franz: something: %w", pair[1])
+		if !errors.Is(wrapped, pair[0]) || pair[0] != pair[1] {
+			t.Errorf("%v: not the same value in both packages", pair[0])
+		}
+	}
+	var err error = &franz.DeserializeError{Field: "value", Err: errors.New("bad")}
+	var de *kafka.DeserializeError
+	if !errors.As(err, &de) {
+		t.Error("errors.As with kafka.DeserializeError misses franz's")
+	}
+	err = &kafka.CommitError{}
+	var ce *franz.CommitError
+	if !errors.As(err, &ce) {
+		t.Error("errors.As with franz.CommitError misses kafka's")
+	}
+	var d franz.Deserializer[string] = kafka.String
+	if v, err := d("t", nil, []byte("x")); err != nil || v != "x" {
+		t.Errorf("kafka.String as a franz.Deserializer: %q, %v", v, err)
+	}
+}
