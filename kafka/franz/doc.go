@@ -67,6 +67,19 @@
 // offsets with their metadata (OffsetFetch) and hands them to the
 // pipeline, so that the new owner skips the offsets already finished.
 //
+// # Shared with package kafka
+//
+// The sentinel errors (ErrUnreachable, ErrUnknownTopic, ErrClosed,
+// ErrCloseTimeout, ErrUnsafeConfig, ErrDeadLetterTopicMissing) are package
+// kafka's own values, and Deserializer, DeserializeError and CommitError
+// its own types (aliases): errors.Is and errors.As hold whichever client
+// returned the error, and one deserializer serves both clients. A refused
+// commit matches pipeline.ErrNotOwned.
+//
+// DeadLetterWriter is stages.DeadLetterQueue's writer over a kgo producer;
+// the stage checks with it, as it starts, that the dead-letter topic exists
+// (ErrDeadLetterTopicMissing).
+//
 // # Closing
 //
 // Close is bounded by WithCloseTimeout whatever the broker does, and once it
