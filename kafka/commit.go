@@ -4,80 +4,32 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
-	"sort"
-	"strings"
 	"time"
 
 	ckafka "github.com/confluentinc/confluent-kafka-go/v2/kafka"
 
+	"github.com/parallafka/parallafka/internal/kafkaclient"
 	"github.com/parallafka/parallafka/pipeline"
 )
 
 // CommitError is the error of Source.Commit when some offsets were not
 // committed. Each offset given to Commit is in exactly one of Committed,
-// NotOwned and Failed.
+// NotOwned and Failed:
+//
+//	Committed []pipeline.Offset // now the group's committed offsets (or passed already)
+//	NotOwned  []pipeline.Offset // dropped: this member does not own their partitions
+//	Failed    []pipeline.Offset // not committed for a reason that may pass: retry them
+//	Causes    map[pipeline.TopicPartition]error // the error of each offset in NotOwned and Failed
 //
 // A committer retries Failed (after a backoff), drops NotOwned, and counts
-// Committed as done. errors.Is(err, pipeline.ErrNotOwned) reports that Failed is
-// empty: give up on the whole commit.
-type CommitError struct {
-	// Committed are the offsets that are now the group's committed offsets
-	// (or were already passed by an earlier commit of this Source).
-	Committed []pipeline.Offset
-	// NotOwned are the offsets dropped because this member does not own
-	// their partitions: do not retry them.
-	NotOwned []pipeline.Offset
-	// Failed are the offsets not committed for a reason that may pass
-	// (coordinator moving, request timed out, ...): retry them.
-	Failed []pipeline.Offset
-	// Causes holds the error of each offset in NotOwned and Failed.
-	Causes map[pipeline.TopicPartition]error
-}
-
-// Error lists the partitions that were not committed and why.
-func (e *CommitError) Error() string {
-	var b strings.Builder
-	fmt.Fprintf(&b, "kafka: commit failed for %d of %d partitions", len(e.NotOwned)+len(e.Failed),
-		len(e.Committed)+len(e.NotOwned)+len(e.Failed))
-	if len(e.Failed) == 0 {
-		b.WriteString(" (not owned, not retriable)")
-	}
-	for i, off := range append(append([]pipeline.Offset(nil), e.Failed...), e.NotOwned...) {
-		if i == 3 {
-			b.WriteString("; ...")
-			break
-		}
-		fmt.Fprintf(&b, "; %s@%d: %v", off.TopicPartition, off.Offset, e.Causes[off.TopicPartition])
-	}
-	return b.String()
-}
-
-// Is reports whether target is pipeline.ErrNotOwned and nothing is worth retrying.
-func (e *CommitError) Is(target error) bool {
-	return target == pipeline.ErrNotOwned && len(e.Failed) == 0
-}
-
-// Unwrap returns the causes of Failed, or of NotOwned when Failed is empty
-// (so that errors.Is(err, pipeline.ErrNotOwned) keeps its meaning): errors.As finds a
-// confluent-kafka-go Error among them.
-func (e *CommitError) Unwrap() []error {
-	group := e.Failed
-	if len(group) == 0 {
-		group = e.NotOwned
-	}
-	errs := make([]error, 0, len(group))
-	for _, off := range group {
-		if err := e.Causes[off.TopicPartition]; err != nil {
-			errs = append(errs, err)
-		}
-	}
-	return errs
-}
-
-// errNotAssigned is the cause of offsets of partitions the Source does not
-// have in its assignment.
-var errNotAssigned = fmt.Errorf("%w: partition not assigned", pipeline.ErrNotOwned)
+// Committed as done. errors.Is(err, pipeline.ErrNotOwned) reports that
+// Failed is empty: give up on the whole commit. Its Unwrap returns the
+// causes of Failed (of NotOwned when Failed is empty), so errors.As finds a
+// confluent-kafka-go Error among them; its Error lists the first three
+// partitions not committed and why.
+//
+// It is the same type as franz.CommitError (package kafka/franz).
+type CommitError = kafkaclient.CommitError
 
 // ErrCommitInFlight is the cause of a CommitError's Failed offsets when ctx
 // ended while librdkafka was still carrying the commit out: it may yet
@@ -161,38 +113,22 @@ func (s *Source[K, V]) Commit(ctx context.Context, offsets []pipeline.Offset) er
 		return err
 	}
 
-	res := &CommitError{Causes: make(map[pipeline.TopicPartition]error)}
-	var send []pipeline.Offset
 	var f *commitFlight
 	s.mu.Lock()
-	for _, off := range dedupe(offsets) {
-		if _, ok := s.assigned[off.TopicPartition]; !ok {
-			res.NotOwned = append(res.NotOwned, off)
-			res.Causes[off.TopicPartition] = errNotAssigned
-		} else if last, ok := s.committed[off.TopicPartition]; ok && (off.Offset < last.Offset || off == last) {
-			res.Committed = append(res.Committed, off)
-		} else {
-			send = append(send, off)
-		}
-	}
+	res, send := kafkaclient.Sift(offsets, s.assigned, s.committed)
 	if len(send) > 0 {
 		f = s.takeOff(send)
 	}
 	s.mu.Unlock()
 	if f == nil {
 		<-s.commitSlot
-		return res.result(s.logger())
+		return kafkaclient.CommitResult(res, s.logger(), "kafka")
 	}
 
 	go s.runCommit(f)
 	select {
 	case <-f.done:
-		res.Committed = append(res.Committed, f.res.Committed...)
-		res.NotOwned = append(res.NotOwned, f.res.NotOwned...)
-		res.Failed = append(res.Failed, f.res.Failed...)
-		for tp, err := range f.res.Causes {
-			res.Causes[tp] = err
-		}
+		kafkaclient.Merge(res, &f.res)
 	case <-ctx.Done():
 		cause := fmt.Errorf("%w: %w", ErrCommitInFlight, ctx.Err())
 		for _, off := range send {
@@ -200,17 +136,7 @@ func (s *Source[K, V]) Commit(ctx context.Context, offsets []pipeline.Offset) er
 			res.Causes[off.TopicPartition] = cause
 		}
 	}
-	return res.result(s.logger())
-}
-
-// result is nil if every offset was committed, else res.
-func (res *CommitError) result(log *slog.Logger) error {
-	if len(res.NotOwned) == 0 && len(res.Failed) == 0 {
-		log.Debug("kafka: offsets committed", "offsets", res.Committed)
-		return nil
-	}
-	log.Debug("kafka: commit failed", "failed", res.Failed, "not_owned", res.NotOwned, "error", res.Error())
-	return res
+	return kafkaclient.CommitResult(res, s.logger(), "kafka")
 }
 
 // commitFlight is a commit that librdkafka is carrying out.
@@ -252,7 +178,6 @@ func (s *Source[K, V]) runCommit(f *commitFlight) {
 		// ask the coordinator which partitions did get their offset.
 		s.markCommitted(send, results)
 	}
-	var done []pipeline.Offset
 	for _, off := range send {
 		perr, reported := results[off.TopicPartition]
 		switch {
@@ -264,29 +189,10 @@ func (s *Source[K, V]) runCommit(f *commitFlight) {
 		case !reported:
 			perr = errors.New("kafka: partition missing from the commit result")
 		}
-		switch {
-		case perr == nil:
-			done = append(done, off)
-		case notOwned(perr):
-			res.NotOwned = append(res.NotOwned, off)
-			res.Causes[off.TopicPartition] = fmt.Errorf("%w: %w", pipeline.ErrNotOwned, perr)
-		case metadataTooLarge(perr):
-			res.Failed = append(res.Failed, off)
-			res.Causes[off.TopicPartition] = fmt.Errorf("%w (%d bytes): %w", pipeline.ErrMetadataTooLarge, len(off.Metadata), perr)
-		default:
-			res.Failed = append(res.Failed, off)
-			res.Causes[off.TopicPartition] = perr
-		}
+		kafkaclient.Classify(res, off, perr, notOwned, metadataTooLarge)
 	}
-	res.Committed = done
 	s.mu.Lock()
-	for _, off := range done {
-		if _, ok := s.assigned[off.TopicPartition]; ok {
-			if last, ok := s.committed[off.TopicPartition]; !ok || off.Offset >= last.Offset {
-				s.committed[off.TopicPartition] = off
-			}
-		}
-	}
+	kafkaclient.NoteCommitted(res.Committed, s.assigned, s.committed)
 	if s.flight == f {
 		s.flight = nil
 	}
@@ -412,13 +318,15 @@ func (s *Source[K, V]) awaitCommits(deadline time.Time) bool {
 	}
 }
 
-// notOwned tells the commit errors that mean this member cannot commit the
-// partition, from those worth retrying.
+// metadataTooLarge tells the commit error of an offset whose metadata the
+// broker refused as too large.
 func metadataTooLarge(err error) bool {
 	var kerr ckafka.Error
 	return errors.As(err, &kerr) && kerr.Code() == ckafka.ErrOffsetMetadataTooLarge
 }
 
+// notOwned tells the commit errors that mean this member cannot commit the
+// partition, from those worth retrying.
 func notOwned(err error) bool {
 	var kerr ckafka.Error
 	if !errors.As(err, &kerr) {
@@ -431,28 +339,6 @@ func notOwned(err error) bool {
 		return true
 	}
 	return false
-}
-
-// dedupe keeps the highest offset of each partition, with its metadata (the
-// last given, if the same offset comes more than once), in partition order.
-func dedupe(offsets []pipeline.Offset) []pipeline.Offset {
-	best := make(map[pipeline.TopicPartition]pipeline.Offset, len(offsets))
-	for _, off := range offsets {
-		if cur, ok := best[off.TopicPartition]; !ok || off.Offset >= cur.Offset {
-			best[off.TopicPartition] = off
-		}
-	}
-	out := make([]pipeline.Offset, 0, len(best))
-	for _, off := range best {
-		out = append(out, off)
-	}
-	sort.Slice(out, func(i, j int) bool {
-		if out[i].Topic != out[j].Topic {
-			return out[i].Topic < out[j].Topic
-		}
-		return out[i].Partition < out[j].Partition
-	})
-	return out
 }
 
 func toKafkaOffsets(offsets []pipeline.Offset) []ckafka.TopicPartition {

@@ -13,12 +13,16 @@ import (
 	"weak"
 
 	ckafka "github.com/confluentinc/confluent-kafka-go/v2/kafka"
+
+	"github.com/parallafka/parallafka/internal/kafkaclient"
 )
 
 // ErrUnsafeConfig is wrapped by the errors of NewConsumer and NewSource that
 // refuse a consumer setting which would break the pipeline's guarantees
-// (at-least-once, commits only of finished messages, synchronous revoke).
-var ErrUnsafeConfig = errors.New("kafka: unsafe consumer configuration")
+// (at-least-once, commits only of finished messages, synchronous revoke),
+// and by NewDeadLetterWriter's for a producer setting that would lose
+// dead letters. It is the same value as franz.ErrUnsafeConfig.
+var ErrUnsafeConfig = kafkaclient.ErrUnsafeConfig
 
 // Consumer settings that NewConsumer checks or fills in.
 const (
@@ -176,12 +180,12 @@ func boolSetting(conf ckafka.ConfigMap, key string) (value, set bool, err error)
 // meanwhile (Source.InheritLogger).
 func forwardLogEvents(events <-chan ckafka.LogEvent, to *atomic.Pointer[slog.Logger], done chan<- struct{}) {
 	defer close(done)
-	var limit repeats
+	var limit kafkaclient.Repeats
 	for ev := range events {
 		logger := to.Load()
 		// An unreachable broker repeats the same lines several times a
 		// second: log each at most once a second, with a count.
-		ok, repeated := limit.allow(ev.Tag+"\x00"+ev.Message, time.Now())
+		ok, repeated := limit.Allow(ev.Tag+"\x00"+ev.Message, time.Now())
 		if !ok {
 			continue
 		}

@@ -7,8 +7,6 @@ import (
 	ckafka "github.com/confluentinc/confluent-kafka-go/v2/kafka"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-
-	"github.com/parallafka/parallafka/pipeline"
 )
 
 func TestSafeConfigFillsInAndRefuses(t *testing.T) {
@@ -126,27 +124,11 @@ func TestDeserializers(t *testing.T) {
 	_, err = JSON[point]()("t", nil, []byte(`{`))
 	require.Error(t, err)
 
-	// Null data never reaches the deserializer; panics become errors.
-	called := false
-	v, err := deserialize(func(string, []pipeline.Header, []byte) (int, error) { called = true; return 1, nil }, "t", nil, nil)
-	require.NoError(t, err)
-	assert.False(t, called)
-	assert.Zero(t, v)
-	_, err = deserialize(func(string, []pipeline.Header, []byte) (int, error) { panic("no") }, "t", nil, []byte{})
-	require.ErrorContains(t, err, "panicked")
-
 	cause := errors.New("cause")
 	de := &DeserializeError{Topic: "t", Partition: 1, Offset: 2, Field: "value", Err: cause}
 	assert.ErrorIs(t, de, cause)
 	assert.Equal(t, "kafka: cannot deserialize the value: cause", de.Error(),
 		"the position is the wrapping MessageError's to tell")
-
-	// Headers reach the deserializer.
-	hdrs := []pipeline.Header{{Key: "content-type", Value: []byte("text/plain")}}
-	var got []pipeline.Header
-	_, err = deserialize(func(_ string, h []pipeline.Header, _ []byte) (int, error) { got = h; return 0, nil }, "t", hdrs, []byte{})
-	require.NoError(t, err)
-	assert.Equal(t, hdrs, got)
 }
 
 func TestMillis(t *testing.T) {

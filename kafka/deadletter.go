@@ -11,6 +11,7 @@ import (
 
 	ckafka "github.com/confluentinc/confluent-kafka-go/v2/kafka"
 
+	"github.com/parallafka/parallafka/internal/kafkaclient"
 	"github.com/parallafka/parallafka/pipeline"
 )
 
@@ -201,7 +202,8 @@ const deadLetterCheckTimeout = 10 * time.Second
 
 // ErrDeadLetterTopicMissing is returned (wrapped, with the topic's name) by
 // CheckDeadLetterTopic for a dead-letter topic the cluster does not have.
-var ErrDeadLetterTopicMissing = errors.New("kafka: dead-letter topic does not exist")
+// It is the same value as franz.ErrDeadLetterTopicMissing.
+var ErrDeadLetterTopicMissing = kafkaclient.ErrDeadLetterTopicMissing
 
 // CheckDeadLetterTopic asks the cluster for topic's metadata and returns an
 // error naming the topic if it does not exist or cannot be read. It

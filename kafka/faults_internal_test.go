@@ -284,23 +284,6 @@ func TestMaxPollInterval(t *testing.T) {
 	require.NoError(t, src2.Close())
 }
 
-func TestRepeatsAllowOncePerSecond(t *testing.T) {
-	var r repeats
-	t0 := time.Unix(1000, 0)
-	ok, n := r.allow("Connect to 127.0.0.1:1 failed (after 0ms)", t0)
-	require.True(t, ok)
-	require.Zero(t, n)
-	for i := range 5 {
-		ok, _ = r.allow("Connect to 127.0.0.1:1 failed (after 1ms)", t0.Add(time.Duration(i+1)*100*time.Millisecond))
-		require.False(t, ok)
-	}
-	ok, _ = r.allow("another line", t0.Add(200*time.Millisecond))
-	require.True(t, ok)
-	ok, n = r.allow("Connect to 127.0.0.1:1 failed (after 3ms)", t0.Add(1100*time.Millisecond))
-	require.True(t, ok)
-	require.Equal(t, 5, n)
-}
-
 var _ = errors.Is
 
 func atoi(t *testing.T, s string) int {

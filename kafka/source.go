@@ -11,11 +11,13 @@ import (
 
 	ckafka "github.com/confluentinc/confluent-kafka-go/v2/kafka"
 
+	"github.com/parallafka/parallafka/internal/kafkaclient"
 	"github.com/parallafka/parallafka/pipeline"
 )
 
-// ErrClosed is returned by a Source's methods once Close was called.
-var ErrClosed = errors.New("kafka: source closed")
+// ErrClosed is returned by a Source's methods once Close was called. It is
+// the same value as franz.ErrClosed.
+var ErrClosed = kafkaclient.ErrClosed
 
 // Source is a pipeline.Source over a confluent-kafka-go consumer. Create it
 // with NewSource; the pipeline drives it from then on (Subscribe, Poll,
@@ -55,7 +57,7 @@ type Source[K, V any] struct {
 	probing   bool
 	probeDone chan struct{}
 	nextProbe time.Time
-	errLog    repeats // rate limit of repeated client errors
+	errLog    kafkaclient.Repeats // rate limit of repeated client errors
 
 	mu            sync.Mutex
 	idle          chan struct{} // closed when commits drops to 0, if someone waits
@@ -314,7 +316,7 @@ func (s *Source[K, V]) consumerError(err error, tp ckafka.TopicPartition) error 
 			return fmt.Errorf("kafka: fatal consumer error: %w", err)
 		}
 	}
-	ok, repeated := s.errLog.allow(err.Error(), time.Now())
+	ok, repeated := s.errLog.Allow(err.Error(), time.Now())
 	if !ok {
 		return nil
 	}
@@ -345,15 +347,8 @@ func (s *Source[K, V]) message(m *ckafka.Message) *pipeline.Message[K, V] {
 			msg.Headers[i] = pipeline.Header{Key: h.Key, Value: h.Value}
 		}
 	}
-	var kerr, verr error
-	msg.Key, kerr = deserialize(s.keyDeser, topic, msg.Headers, m.Key)
-	msg.Value, verr = deserialize(s.valueDeser, topic, msg.Headers, m.Value)
-	field, err := "key", kerr
-	if err == nil {
-		field, err = "value", verr
-	}
-	if err != nil {
-		msg.Err = &DeserializeError{Topic: topic, Partition: msg.Partition, Offset: msg.Offset, Field: field, Err: err}
+	if err := kafkaclient.Decode(msg, s.keyDeser, s.valueDeser); err != nil {
+		msg.Err = err
 		s.logger().Debug("kafka: record cannot be deserialized", "message", msg.String(), "error", err)
 	}
 	return msg
@@ -674,8 +669,9 @@ func (s *Source[K, V]) Close() error {
 }
 
 // ErrCloseTimeout is matched by the error of Close when the consumer did not
-// close within the close timeout (WithCloseTimeout).
-var ErrCloseTimeout = errors.New("kafka: close timed out")
+// close within the close timeout (WithCloseTimeout). It is the same value
+// as franz.ErrCloseTimeout.
+var ErrCloseTimeout = kafkaclient.ErrCloseTimeout
 
 func isDone(ch <-chan struct{}) bool {
 	select {

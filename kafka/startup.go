@@ -4,25 +4,26 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"sync"
 	"time"
 
 	ckafka "github.com/confluentinc/confluent-kafka-go/v2/kafka"
 
-	"github.com/parallafka/parallafka/internal/kafkaerr"
+	"github.com/parallafka/parallafka/internal/kafkaclient"
 )
 
 // ErrUnreachable is matched by the error of Poll when no broker answered
 // within the startup timeout (WithStartupTimeout) after Subscribe: a wrong
 // bootstrap.servers, a broker that is down, a network or security setting
-// that keeps the client out.
-var ErrUnreachable = errors.New("kafka: no broker reachable")
+// that keeps the client out. It is the same value as franz.ErrUnreachable
+// (package kafka/franz), so either name matches either client's error.
+var ErrUnreachable = kafkaclient.ErrUnreachable
 
 // ErrUnknownTopic is matched by the error of Poll when a subscribed topic
 // does not exist on the cluster (and the consumer does not create it:
 // allow.auto.create.topics is off by default), and by the errors of
-// package kafkatest's topic helpers for a topic that does not exist.
-var ErrUnknownTopic = kafkaerr.ErrUnknownTopic
+// package kafkatest's topic helpers for a topic that does not exist. It is
+// the same value as franz.ErrUnknownTopic.
+var ErrUnknownTopic = kafkaclient.ErrUnknownTopic
 
 // metadataTimeout bounds the metadata request that confirms an
 // unknown-topic error.
@@ -110,55 +111,4 @@ func (s *Source[K, V]) missingTopics(md *ckafka.Metadata) error {
 		return nil
 	}
 	return fmt.Errorf("%w: %s does not exist", ErrUnknownTopic, strings.Join(missing, ", "))
-}
-
-// repeatInterval is how often an identical client error or log line is
-// logged at most; the repeats in between are counted.
-const repeatInterval = time.Second
-
-// repeats rate-limits identical log lines.
-type repeats struct {
-	mu   sync.Mutex
-	seen map[string]*repeat
-}
-
-type repeat struct {
-	logged     time.Time
-	suppressed int
-}
-
-// allow reports whether the line with key may be logged now, and how many
-// like it were suppressed since it was last logged. Lines that differ only
-// in their digits ("after 0ms", "after 1ms") count as identical.
-func (r *repeats) allow(key string, now time.Time) (bool, int) {
-	key = strings.Map(func(r rune) rune {
-		if r >= '0' && r <= '9' {
-			return '#'
-		}
-		return r
-	}, key)
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.seen == nil {
-		r.seen = make(map[string]*repeat)
-	}
-	rp, ok := r.seen[key]
-	if !ok {
-		if len(r.seen) >= 256 {
-			for k, v := range r.seen {
-				if now.Sub(v.logged) > time.Minute {
-					delete(r.seen, k)
-				}
-			}
-		}
-		r.seen[key] = &repeat{logged: now}
-		return true, 0
-	}
-	if now.Sub(rp.logged) < repeatInterval {
-		rp.suppressed++
-		return false, 0
-	}
-	n := rp.suppressed
-	rp.logged, rp.suppressed = now, 0
-	return true, n
 }

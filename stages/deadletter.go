@@ -18,7 +18,7 @@ import (
 // be written to). DeadLetterQueue calls it as it starts for its Topic (the
 // stage, and so Consume, then fails with the error), and once for each
 // default topic (the original topic with ".dlq") before its first write.
-// kafka.DeadLetterWriter implements it.
+// kafka.DeadLetterWriter and franz.DeadLetterWriter implement it.
 type DeadLetterTopicChecker interface {
 	CheckDeadLetterTopic(ctx context.Context, topic string) error
 }
@@ -27,7 +27,8 @@ type DeadLetterTopicChecker interface {
 // the dead letter is durably stored (for Kafka: acknowledged by the broker,
 // with acks=all), or with an error; it must honour ctx and be safe for
 // concurrent use. Package kafka implements it with confluent-kafka-go's
-// producer (kafka.NewDeadLetterWriter).
+// producer (kafka.NewDeadLetterWriter), package kafka/franz with franz-go's
+// (franz.NewDeadLetterWriter).
 type DeadLetterWriter interface {
 	WriteDeadLetter(ctx context.Context, dl pipeline.DeadLetter) error
 }

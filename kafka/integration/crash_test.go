@@ -24,7 +24,6 @@ import (
 	"github.com/parallafka/parallafka"
 	"github.com/parallafka/parallafka/internal/keyed"
 	"github.com/parallafka/parallafka/internal/offsetmap"
-	"github.com/parallafka/parallafka/kafka"
 	"github.com/parallafka/parallafka/kafka/kafkatest"
 )
 
@@ -410,9 +409,7 @@ func TestCrashChild(t *testing.T) {
 	f, err := os.OpenFile(out, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
 	require.NoError(t, err)
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	consumer, err := kafka.NewConsumer(c.ConsumerConfig(group), kafka.WithLogger(log))
-	require.NoError(t, err)
-	src, err := kafka.NewSource(consumer, []string{topic}, kafka.String, kafka.Bytes, kafka.WithLogger(log))
+	src, err := newBytesSource(t, c, group, topic, nil, log)
 	require.NoError(t, err)
 	stuck := po{-1, -1}
 	if v := os.Getenv(crashStuckEnv); v != "" {

@@ -2,7 +2,6 @@ package integration_test
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -17,7 +16,6 @@ import (
 
 	"github.com/parallafka/parallafka"
 	"github.com/parallafka/parallafka/internal/keyed"
-	"github.com/parallafka/parallafka/kafka"
 	"github.com/parallafka/parallafka/kafka/kafkatest"
 	"github.com/parallafka/parallafka/pipeline"
 )
@@ -212,17 +210,8 @@ func runMember(t testing.TB, c *kafkatest.Cluster, s memberSpec,
 	consume func(context.Context, *parallafka.Parallafka[string, []byte]) error) *member {
 	t.Helper()
 	log := testLogger(t).With("member", s.name)
-	cfg := c.ConsumerConfig(s.group)
-	for k, v := range s.config {
-		require.NoError(t, cfg.SetKey(k, v))
-	}
-	consumer, err := kafka.NewConsumer(cfg, kafka.WithLogger(log))
+	src, err := newBytesSource(t, c, s.group, s.topic, s.config, log)
 	require.NoError(t, err)
-	src, err := kafka.NewSource(consumer, []string{s.topic}, kafka.String, kafka.Bytes, kafka.WithLogger(log))
-	if err != nil {
-		consumer.Close()
-		require.NoError(t, err)
-	}
 	obs := &observedSource{Source: src, member: s.name, rec: s.observer}
 	p, err := parallafka.New(obs, append([]parallafka.Option{parallafka.WithLogger(log)}, s.options...)...)
 	if err != nil {
@@ -286,11 +275,7 @@ func (s *observedSource) Commit(ctx context.Context, offsets []pipeline.Offset) 
 	err := s.Source.Commit(ctx, offsets)
 	done := offsets
 	if err != nil {
-		done = nil
-		var ce *kafka.CommitError
-		if errors.As(err, &ce) {
-			done = ce.Committed
-		}
+		done = committedOf(err)
 	}
 	s.rec.committed(s.member, done)
 	return err

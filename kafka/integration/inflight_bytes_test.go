@@ -14,7 +14,6 @@ import (
 
 	"github.com/parallafka/parallafka"
 	"github.com/parallafka/parallafka/internal/keyed"
-	"github.com/parallafka/parallafka/kafka"
 	"github.com/parallafka/parallafka/kafka/kafkatest"
 )
 
@@ -63,13 +62,8 @@ func TestMaxInFlightBytesOnBroker(t *testing.T) {
 	produceTime := time.Since(produceStart)
 
 	log := testLogger(t)
-	consumer, err := kafka.NewConsumer(c.ConsumerConfig(group), kafka.WithLogger(log))
+	src, err := newBytesSource(t, c, group, topic, nil, log)
 	require.NoError(t, err)
-	src, err := kafka.NewSource(consumer, []string{topic}, kafka.String, kafka.Bytes, kafka.WithLogger(log))
-	if err != nil {
-		_ = consumer.Close()
-		require.NoError(t, err)
-	}
 	p, err := parallafka.New(src, parallafka.WithLogger(log), parallafka.WithMaxConcurrency(2),
 		parallafka.WithMaxInFlightBytes(limit))
 	if err != nil {

@@ -282,13 +282,8 @@ func testFailure(t *testing.T, poison bool) {
 	}
 	newP := func(opts ...parallafka.Option) *parallafka.Parallafka[string, payload] {
 		log := testLogger(t)
-		consumer, err := kafka.NewConsumer(c.ConsumerConfig(group), kafka.WithLogger(log))
+		src, err := newMemberSource(t, c, group, topic, nil, kafka.JSON[payload](), log)
 		require.NoError(t, err)
-		src, err := kafka.NewSource(consumer, []string{topic}, kafka.String, kafka.JSON[payload](), kafka.WithLogger(log))
-		if err != nil {
-			consumer.Close()
-			require.NoError(t, err)
-		}
 		p, err := parallafka.New(src, append([]parallafka.Option{parallafka.WithLogger(log), parallafka.WithMaxConcurrency(8)}, opts...)...)
 		require.NoError(t, err)
 		return p
@@ -306,7 +301,7 @@ func testFailure(t *testing.T, poison bool) {
 	require.ErrorAs(t, err, &me)
 	assert.Equal(t, bad, po{me.Partition, me.Offset})
 	if poison {
-		var de *kafka.DeserializeError
+		var de *kafka.DeserializeError // franz.DeserializeError is the same type
 		require.ErrorAs(t, err, &de)
 		assert.Equal(t, bad, po{de.Partition, de.Offset})
 		assert.Equal(t, "value", de.Field)

@@ -14,7 +14,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
 
-	"github.com/parallafka/parallafka/internal/kafkaerr"
+	"github.com/parallafka/parallafka/internal/kafkaclient"
 )
 
 // defaultAdminTimeout bounds every helper whose ctx has no earlier deadline,
@@ -27,7 +27,7 @@ const retryBackoff = 50 * time.Millisecond
 
 // errUnknownTopic is returned (wrapped) by the helpers for a topic that
 // does not exist: errors.Is(err, kafka.ErrUnknownTopic) matches it.
-var errUnknownTopic = kafkaerr.ErrUnknownTopic
+var errUnknownTopic = kafkaclient.ErrUnknownTopic
 
 var uniqueSeq atomic.Uint64
 

@@ -1,0 +1,102 @@
+package franz
+
+import (
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/parallafka/parallafka/pipeline"
+)
+
+// recordBuffer holds the records of the last poll that Poll has not
+// returned yet, and those of partitions the pipeline paused, which wait for
+// Resume: kgo's position is past them already, so they must not be dropped.
+// Owned by the goroutine calling Poll.
+type recordBuffer struct {
+	recs   []*kgo.Record
+	pos    int
+	paused map[pipeline.TopicPartition]bool
+	held   []*kgo.Record // records of paused partitions, in poll order
+}
+
+func recordTP(r *kgo.Record) pipeline.TopicPartition {
+	return pipeline.TopicPartition{Topic: r.Topic, Partition: r.Partition}
+}
+
+// next returns the next record of a partition that is not paused, or nil.
+func (b *recordBuffer) next() *kgo.Record {
+	for b.pos < len(b.recs) {
+		r := b.recs[b.pos]
+		b.recs[b.pos] = nil
+		b.pos++
+		if len(b.paused) > 0 && b.paused[recordTP(r)] {
+			b.held = append(b.held, r)
+			continue
+		}
+		return r
+	}
+	b.recs, b.pos = b.recs[:0], 0
+	return nil
+}
+
+// add appends a poll's records.
+func (b *recordBuffer) add(recs []*kgo.Record) {
+	if b.pos > 0 && b.pos == len(b.recs) {
+		b.recs, b.pos = b.recs[:0], 0
+	}
+	b.recs = append(b.recs, recs...)
+}
+
+// pause holds back the partitions' records from now on.
+func (b *recordBuffer) pause(tps []pipeline.TopicPartition) {
+	if b.paused == nil {
+		b.paused = make(map[pipeline.TopicPartition]bool)
+	}
+	for _, tp := range tps {
+		b.paused[tp] = true
+	}
+}
+
+// resume puts the partitions' held records back in front of the buffer,
+// before any later record of theirs.
+func (b *recordBuffer) resume(tps []pipeline.TopicPartition) {
+	var back []*kgo.Record
+	for _, tp := range tps {
+		delete(b.paused, tp)
+	}
+	kept := b.held[:0]
+	for _, r := range b.held {
+		if b.paused[recordTP(r)] {
+			kept = append(kept, r)
+		} else {
+			back = append(back, r)
+		}
+	}
+	clear(b.held[len(kept):])
+	b.held = kept
+	if len(back) > 0 {
+		b.recs = append(back, b.recs[b.pos:]...)
+		b.pos = 0
+	}
+}
+
+// forget drops the records of partitions given up (revoked, lost) and
+// their pause, so that none of them is returned after the rebalance.
+func (b *recordBuffer) forget(tps []pipeline.TopicPartition) {
+	gone := make(map[pipeline.TopicPartition]bool, len(tps))
+	for _, tp := range tps {
+		gone[tp] = true
+		delete(b.paused, tp)
+	}
+	keep := func(in []*kgo.Record) []*kgo.Record {
+		out := in[:0]
+		for _, r := range in {
+			if !gone[recordTP(r)] {
+				out = append(out, r)
+			}
+		}
+		clear(in[len(out):])
+		return out
+	}
+	b.recs = keep(b.recs[b.pos:])
+	b.pos = 0
+	b.held = keep(b.held)
+}

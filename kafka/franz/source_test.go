@@ -1,0 +1,67 @@
+package franz_test
+
+import (
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/parallafka/parallafka"
+	"github.com/parallafka/parallafka/pipeline"
+)
+
+// End to end on the embedded broker: every record handled once, each key in
+// order, and the group's commits reach the end of every partition.
+func TestConsumeEndToEnd(t *testing.T) {
+	const partitions, n, keys = 4, 2000, 50
+	c, topic := newCluster(t, partitions)
+	c.produce(t, topic, n, keys)
+	group := "g-" + topic
+	led := newLedger()
+	m := startMember(t, newSource(t, c, group, topic, nil), led.handler("A", 0), parallafka.WithMaxConcurrency(8))
+	waitFor(t, waitTimeout, "every record handled", func() bool { return led.distinct() == n })
+	require.NoError(t, m.stop())
+	assert.Zero(t, led.check(t, n), "duplicates")
+	ends := c.endOffsets(t, topic, partitions)
+	got := c.committed(t, group, topic)
+	for p, end := range ends {
+		assert.Equal(t, end, got[p].Offset, "partition %d committed offset", p)
+	}
+}
+
+// A small in-flight window makes the pipeline pause and resume partitions
+// over and over: nothing is lost or handled twice, keys stay in order, and
+// the watermarks from the fetch responses reach the partitions' ends.
+func TestPauseResumeAndWatermarks(t *testing.T) {
+	const partitions, n, keys = 3, 2000, 40
+	c, topic := newCluster(t, partitions)
+	c.produce(t, topic, n, keys)
+	group := "g-" + topic
+	led := newLedger()
+	src := newSource(t, c, group, topic, nil)
+	obs := &pauseCounter{Observer: pipeline.ObserverFuncs{}.Observer()}
+	m := startMember(t, src, led.handler("A", 100*time.Microsecond),
+		parallafka.WithMaxConcurrency(4), parallafka.WithMaxInFlight(16), parallafka.WithObserver(obs))
+	waitFor(t, waitTimeout, "every record handled", func() bool { return led.distinct() == n })
+	ends := c.endOffsets(t, topic, partitions)
+	for p, end := range ends {
+		low, high, ok := src.Watermarks(pipeline.TopicPartition{Topic: topic, Partition: p})
+		assert.True(t, ok, "partition %d has watermarks", p)
+		assert.Equal(t, end, high, "partition %d high watermark", p)
+		assert.Zero(t, low, "partition %d low watermark", p)
+	}
+	require.NoError(t, m.stop())
+	assert.Zero(t, led.check(t, n), "duplicates")
+	assert.Positive(t, obs.paused.Load(), "the pipeline paused partitions")
+	t.Logf("paused %d times, resumed %d times", obs.paused.Load(), obs.resumed.Load())
+}
+
+type pauseCounter struct {
+	pipeline.Observer
+	paused, resumed atomic.Int64
+}
+
+func (o *pauseCounter) PartitionsPaused([]pipeline.TopicPartition)  { o.paused.Add(1) }
+func (o *pauseCounter) PartitionsResumed([]pipeline.TopicPartition) { o.resumed.Add(1) }
