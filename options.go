@@ -97,7 +97,7 @@ func defaultConfig() config {
 		shutdownMode:     Graceful,
 		shutdownTimeout:  30 * time.Second,
 		revokeTimeout:    10 * time.Second,
-		errorPolicy:      StopOnError,
+		errorPolicy:      stopOnError,
 		logger:           slog.Default(),
 		stallTimeout:     time.Minute,
 	}
@@ -388,16 +388,16 @@ func withStage[K, V any](afterPoll bool, name string, stage pipeline.Stage[K, V]
 
 // WithErrorPolicy decides, per failed message, whether the pipeline stops
 // (the message stays uncommitted and Consume returns its error) or skips it
-// (commits it and goes on): StopOnError, SkipOnError, or a policy of your
-// own returning pipeline.Stop, pipeline.Skip or pipeline.HoldKey (skip it
-// and hold its key: see Parallafka.ReleaseKey). Default StopOnError:
-// nothing is lost.
+// (commits it and goes on): SkipOnError, or a policy of your own
+// returning pipeline.Stop, pipeline.Skip or pipeline.HoldKey (skip it and
+// hold its key: see Parallafka.ReleaseKey). The default stops on every
+// failure: nothing is lost.
 func WithErrorPolicy(p pipeline.ErrorPolicy) Option {
 	return optionFunc(func(c *config) { c.errorPolicy = p })
 }
 
-// StopOnError is the default error policy: every failure stops the pipeline.
-func StopOnError(error) pipeline.ErrorAction { return pipeline.Stop }
+// stopOnError is the default error policy: every failure stops the pipeline.
+func stopOnError(error) pipeline.ErrorAction { return pipeline.Stop }
 
 // SkipOnError is an error policy that logs and skips every failure.
 func SkipOnError(error) pipeline.ErrorAction { return pipeline.Skip }
