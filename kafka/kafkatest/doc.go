@@ -16,6 +16,11 @@
 // [Cluster.ConsumerConfig] returns a confluent-kafka-go configuration tuned
 // for fast tests.
 //
+// Built without cgo (CGO_ENABLED=0), the package leaves out ConsumerConfig and
+// ProducerConfig and imports nothing that needs cgo, so that programs on the
+// pure-Go source (package kafka/franz) test with it too: give franz.NewClient
+// kgo.SeedBrokers(strings.Split(cluster.Bootstrap(), ",")...).
+//
 // A short example:
 //
 //	func TestSomething(t *testing.T) {
