@@ -4,6 +4,8 @@
 //
 //	go run ./examples/quickstart                      # embedded broker, no setup
 //	go run ./examples/quickstart -brokers host:9092   # a real cluster (or KAFKA_BROKERS)
+//	go run ./examples/quickstart -client franz        # franz-go instead of confluent-kafka-go
+//	CGO_ENABLED=0 go run ./examples/quickstart        # no cgo: franz-go only
 //
 // It exits 0 only if every message was handled, each ticker in order, and
 // the group's committed offsets reached the end of every partition.
@@ -22,10 +24,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	ckafka "github.com/confluentinc/confluent-kafka-go/v2/kafka"
-
 	"github.com/parallafka/parallafka"
-	"github.com/parallafka/parallafka/kafka"
 	"github.com/parallafka/parallafka/kafka/kafkatest"
 )
 
@@ -44,6 +43,7 @@ func main() {
 	partitions := flag.Int("partitions", 6, "partitions of the topic")
 	concurrency := flag.Int("concurrency", 7, "concurrent handlers")
 	maxDelay := flag.Duration("handler-delay", 2*time.Millisecond, "each handler sleeps up to this long, as if it called a service")
+	client := flag.String("client", defaultClient, "the Kafka client under the pipeline: confluent (confluent-kafka-go, cgo) or franz (franz-go, pure Go)")
 	verbose := flag.Bool("v", false, "log the pipeline's events")
 	flag.Parse()
 	level := slog.LevelWarn
@@ -51,13 +51,13 @@ func main() {
 		level = slog.LevelInfo
 	}
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
-	if err := run(logger, *brokers, *messages, *tickers, *partitions, *concurrency, *maxDelay); err != nil {
+	if err := run(logger, *client, *brokers, *messages, *tickers, *partitions, *concurrency, *maxDelay); err != nil {
 		fmt.Fprintln(os.Stderr, "quickstart:", err)
 		os.Exit(1)
 	}
 }
 
-func run(logger *slog.Logger, brokers string, messages, tickers, partitions, concurrency int, maxDelay time.Duration) error {
+func run(logger *slog.Logger, client, brokers string, messages, tickers, partitions, concurrency int, maxDelay time.Duration) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
 
@@ -70,13 +70,21 @@ func run(logger *slog.Logger, brokers string, messages, tickers, partitions, con
 	if err := cluster.CreateTopic(ctx, topic, partitions); err != nil {
 		return err
 	}
-	fmt.Printf("producing %d price updates for %d tickers to %s on %s (%s)\n",
-		messages, tickers, topic, cluster.Bootstrap(), brokerKind(cluster))
+	fmt.Printf("producing %d price updates for %d tickers to %s on %s (%s); consuming with %s\n",
+		messages, tickers, topic, cluster.Bootstrap(), brokerKind(cluster), client)
 	if err := producePrices(ctx, cluster, topic, messages, tickers); err != nil {
 		return err
 	}
 
-	src, err := consumerForTopic(cluster.Bootstrap(), "stonks-autotrader-"+topic, topic, logger)
+	var src parallafka.Source[string, StockPrice]
+	switch client {
+	case "confluent":
+		src, err = confluentSource(cluster.Bootstrap(), "stonks-autotrader-"+topic, topic, logger)
+	case "franz":
+		src, err = franzSource(cluster.Bootstrap(), "stonks-autotrader-"+topic, topic, logger)
+	default:
+		err = fmt.Errorf("-client %q: want confluent or franz", client)
+	}
 	if err != nil {
 		return err
 	}
@@ -121,26 +129,6 @@ func run(logger *slog.Logger, brokers string, messages, tickers, partitions, con
 	}
 	fmt.Println("OK")
 	return nil
-}
-
-// consumerForTopic builds the consumer as an application would, and wraps
-// it in the Source that Parallafka drives.
-func consumerForTopic(brokers, group, topic string, logger *slog.Logger) (*kafka.Source[string, StockPrice], error) {
-	consumer, err := kafka.NewConsumer(&ckafka.ConfigMap{
-		"bootstrap.servers":             brokers,
-		"group.id":                      group,
-		"auto.offset.reset":             "earliest",
-		"partition.assignment.strategy": "cooperative-sticky",
-	}, kafka.WithLogger(logger))
-	if err != nil {
-		return nil, err
-	}
-	src, err := kafka.NewSource(consumer, []string{topic}, kafka.String, kafka.JSON[StockPrice](), kafka.WithLogger(logger))
-	if err != nil {
-		consumer.Close()
-		return nil, err
-	}
-	return src, nil
 }
 
 func startCluster(brokers string) (*kafkatest.Cluster, error) {
