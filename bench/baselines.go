@@ -1,12 +1,14 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"sync"
 	"time"
 
 	ckafka "github.com/confluentinc/confluent-kafka-go/v2/kafka"
+	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/parallafka/parallafka/pipeline"
 	"github.com/parallafka/parallafka/pipeline/memsource"
@@ -190,6 +192,86 @@ func pollLoop(c *ckafka.Consumer, n int, stall time.Duration, handle func(*ckafk
 		}
 		if time.Since(last) > stall {
 			return fmt.Errorf("consume loop stalled after %d of %d messages", handled, n)
+		}
+	}
+	return nil
+}
+
+// serialFranz is serialKafka with franz-go: one client per partition,
+// consuming that partition directly (no group) from the workload's first
+// offset, handling one record at a time, all partitions at once.
+func serialFranz(b *broker, topic string, rec *recorder, stall time.Duration) (baseline, error) {
+	w := rec.w
+	cpu0 := cpuTime()
+	var wg sync.WaitGroup
+	errs := make([]error, w.partitions)
+	for p, msgs := range w.byPart {
+		if len(msgs) == 0 {
+			continue
+		}
+		offsets := map[string]map[int32]kgo.Offset{topic: {int32(p): kgo.NewOffset().At(w.base[p])}}
+		cl, err := kgo.NewClient(append(b.franzOpts(""), kgo.ConsumePartitions(offsets))...)
+		if err != nil {
+			return baseline{}, err
+		}
+		wg.Go(func() {
+			defer cl.Close()
+			errs[p] = franzPollLoop(cl, len(msgs), stall, func(r *kgo.Record) {
+				rec.polled(r.Partition, r.Offset)
+				rec.handle(r.Partition, r.Offset)
+			})
+		})
+	}
+	wg.Wait()
+	return measured(rec, cpuTime()-cpu0), errors.Join(errs...)
+}
+
+// rawFranz is the bare franz-go consumer-group loop with a no-op handler:
+// one client in a fresh group subscribed to the topic, PollFetches until n
+// records were read, with the same per-message records as rawKafka. No
+// pipeline, no franz.Source.
+func rawFranz(b *broker, topic string, rec *recorder, stall time.Duration) (baseline, error) {
+	n := int(rec.target)
+	cl, err := kgo.NewClient(append(b.franzOpts(b.group(topic, "raw")), kgo.ConsumeTopics(topic), kgo.DisableAutoCommit())...)
+	if err != nil {
+		return baseline{}, err
+	}
+	defer cl.Close()
+	cpu0 := cpuTime()
+	err = franzPollLoop(cl, n, stall, func(r *kgo.Record) {
+		rec.polled(r.Partition, r.Offset)
+		rec.handle(r.Partition, r.Offset)
+	})
+	return measured(rec, cpuTime()-cpu0), err
+}
+
+// franzPollLoop polls cl until n records were handled, or nothing arrived
+// for stall. Each PollFetches waits at most 100 ms, as pollLoop's Poll.
+func franzPollLoop(cl *kgo.Client, n int, stall time.Duration, handle func(*kgo.Record)) error {
+	last := time.Now()
+	for handled := 0; handled < n; {
+		ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+		fetches := cl.PollFetches(ctx)
+		cancel()
+		if fetches.IsClientClosed() {
+			return errors.New("client closed")
+		}
+		for it := fetches.RecordIter(); !it.Done() && handled < n; {
+			handle(it.Next())
+			handled++
+			last = time.Now()
+		}
+		var fatal error
+		fetches.EachError(func(t string, p int32, err error) {
+			if !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) && fatal == nil {
+				fatal = fmt.Errorf("fetch %s/%d: %w", t, p, err)
+			}
+		})
+		if fatal != nil {
+			return fatal
+		}
+		if handled < n && time.Since(last) > stall {
+			return fmt.Errorf("consume loop stalled after %d of %d records", handled, n)
 		}
 	}
 	return nil

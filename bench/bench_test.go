@@ -69,6 +69,42 @@ func TestHarnessMem(t *testing.T) {
 	}
 }
 
+// TestHarnessEmbeddedClients runs the harness on the embedded broker with
+// each client: its serial and raw baselines and a Parallafka run, the row
+// naming the client.
+func TestHarnessEmbeddedClients(t *testing.T) {
+	for _, client := range []string{"confluent", "franz"} {
+		t.Run(client, func(t *testing.T) {
+			c, err := parseFlags([]string{
+				"-source", "embedded", "-client", client, "-messages", "2000", "-partitions", "3", "-keys", "50",
+				"-handler", "noop", "-mode", "key", "-concurrency", "8", "-json", "-progress=false",
+			}, os.Stderr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var stdout, stderr bytes.Buffer
+			if err := run(c, &stdout, &stderr); err != nil {
+				t.Fatalf("%v\n%s", err, stderr.String())
+			}
+			var r result
+			if err := json.Unmarshal(bytes.TrimSpace(stdout.Bytes()), &r); err != nil {
+				t.Fatalf("%q: %v", stdout.String(), err)
+			}
+			switch {
+			case r.Client != client || r.Source != "embedded":
+				t.Errorf("client %q source %q, want %q embedded", r.Client, r.Source, client)
+			case r.Messages != 2000 || r.Committed != 2000 || r.OrderViolations != 0 || r.Duplicates != 0:
+				t.Errorf("%+v: handled %d, committed %d", r, r.Messages, r.Committed)
+			case r.RawMsgsPerSec <= 0 || r.RawCPUMicrosPerMsg <= 0 || r.SerialSeconds <= 0 || r.SerialEstimated:
+				t.Errorf("%+v: raw or serial baseline missing", r)
+			}
+			if want := "raw consumer (" + client + ")"; !strings.Contains(stderr.String(), want) {
+				t.Errorf("no %q on stderr:\n%s", want, stderr.String())
+			}
+		})
+	}
+}
+
 func TestFlags(t *testing.T) {
 	for _, bad := range [][]string{
 		{"-source", "nope"},
@@ -79,6 +115,7 @@ func TestFlags(t *testing.T) {
 		{"-concurrency", "0"},
 		{"-messages", "10", "-backlog", "5"},
 		{"-source", "kafka", "-brokers", ""},
+		{"-client", "sarama"},
 	} {
 		if _, err := parseFlags(bad, &bytes.Buffer{}); err == nil {
 			t.Errorf("%q: no error", bad)

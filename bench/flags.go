@@ -16,6 +16,7 @@ import (
 // workload; every mode × concurrency is one run on it).
 type config struct {
 	source      string // mem, embedded, kafka
+	client      string // confluent, franz: the Kafka client of the broker sources
 	brokers     string
 	messages    int // messages to handle per run
 	backlog     int // messages in the topic (≥ messages); 0: messages
@@ -58,6 +59,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 		change                            string
 	)
 	fs.StringVar(&c.source, "source", "mem", "mem (in-memory source), embedded (in-process Kafka broker) or kafka (the broker given by -brokers)")
+	fs.StringVar(&c.client, "client", "confluent", "Kafka client of the sources embedded and kafka: confluent (package kafka, confluent-kafka-go) or franz (package kafka/franz, franz-go); the serial and raw baselines use the same client")
 	fs.StringVar(&c.brokers, "brokers", os.Getenv("KAFKA_BROKERS"), "bootstrap servers for -source kafka (env KAFKA_BROKERS)")
 	fs.IntVar(&c.messages, "messages", 10000, "messages handled per run")
 	fs.IntVar(&c.backlog, "backlog", 0, "messages in the topic, if more than -messages: a run stops after -messages (for the memory workload)")
@@ -77,7 +79,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.StringVar(&c.timelinePNG, "timeline-plot", "", "chart the timelines (limit, throughput and handler p99 over time) into this file, .png or .svg (handler downstream)")
 	fs.IntVar(&c.maxInFlight, "max-in-flight", 0, "WithMaxInFlight; 0 keeps the library default (max(20000, 2×concurrency))")
 	fs.BoolVar(&c.serial, "serial", true, "measure the serial baseline (one classic loop per partition); when false it is estimated from measured handler time")
-	fs.BoolVar(&c.raw, "raw", true, "measure the raw confluent-kafka-go consume loop (sources embedded and kafka)")
+	fs.BoolVar(&c.raw, "raw", true, "measure the raw consume loop of the -client (confluent-kafka-go Poll or franz-go PollFetches; sources embedded and kafka), or the plain poll loop of the mem source (handler noop)")
 	fs.BoolVar(&c.json, "json", false, "print one JSON object per run on stdout instead of a table")
 	fs.StringVar(&c.plot, "plot", "", "write a chart of throughput against concurrency to this file (.png or .svg)")
 	fs.BoolVar(&c.progress, "progress", isTerminal(os.Stderr), "show a progress bar on stderr for runs longer than a second (default: when stderr is a terminal)")
@@ -127,6 +129,9 @@ func (c *config) validate() error {
 		}
 	default:
 		bad("-source: want mem, embedded or kafka, got %q", c.source)
+	}
+	if c.client != "confluent" && c.client != "franz" {
+		bad("-client: want confluent or franz, got %q", c.client)
 	}
 	if c.messages < 1 {
 		bad("-messages must be positive")
@@ -236,4 +241,13 @@ func parseCount(f string) (int, error) {
 func isTerminal(f *os.File) bool {
 	fi, err := f.Stat()
 	return err == nil && fi.Mode()&os.ModeCharDevice != 0
+}
+
+// clientName is the Kafka client the runs use: the -client flag for the
+// broker sources, "" for the in-memory one.
+func (c *config) clientName() string {
+	if c.source == "mem" {
+		return ""
+	}
+	return c.client
 }

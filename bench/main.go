@@ -4,16 +4,18 @@
 // concurrencies, and measures each run against baselines on the same
 // workload: the serial classic loop (one consumer per partition), the
 // ideal (the lower bound of any scheduler that keeps the order, from the
-// handler durations measured in the run) and, on Kafka, the raw
-// confluent-kafka-go consume loop.
+// handler durations measured in the run) and, on Kafka, the raw consume
+// loop of the client the source uses (-client confluent or franz).
 //
 //	go run ./bench -source mem -messages 10000 -keys 1,10,1000 -handler sleep:0ms-5ms -concurrency 100
 //	go run ./bench -source embedded -messages 1000000 -handler noop -json
+//	go run ./bench -source embedded -client franz -messages 1000000 -handler noop -json
 //
 // See bench/README.md for the workloads and the results.
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"flag"
@@ -115,6 +117,8 @@ func sweep(ctx context.Context, c *config, b *broker, w *workload, stdout, stder
 		var err error
 		if b == nil {
 			s, err = serialMem(rec, c.stall)
+		} else if c.client == "franz" {
+			s, err = serialFranz(b, topic, rec, c.stall)
 		} else {
 			s, err = serialKafka(b, topic, rec, c.stall)
 		}
@@ -135,6 +139,8 @@ func sweep(ctx context.Context, c *config, b *broker, w *workload, stdout, stder
 		var err error
 		if b == nil {
 			r, err = rawMem(w, rec, c.messages, c.stall)
+		} else if c.client == "franz" {
+			r, err = rawFranz(b, topic, rec, c.stall)
 		} else {
 			r, err = rawKafka(b, topic, rec, c.stall)
 		}
@@ -143,7 +149,7 @@ func sweep(ctx context.Context, c *config, b *broker, w *workload, stdout, stder
 			return nil, fmt.Errorf("raw consumer baseline: %w", err)
 		}
 		raw = &r
-		fmt.Fprintf(stderr, "# raw consumer: %.3f s, %.0f msg/s, %.2f µs CPU/msg\n", r.seconds, r.msgsPerSec, micros(r.cpuPerMsg))
+		fmt.Fprintf(stderr, "# raw consumer (%s): %.3f s, %.0f msg/s, %.2f µs CPU/msg\n", cmp.Or(c.clientName(), "memsource"), r.seconds, r.msgsPerSec, micros(r.cpuPerMsg))
 	}
 
 	var results []*result

@@ -11,8 +11,9 @@ import (
 // workload's baselines. It is printed as one JSON object per line.
 type result struct {
 	Source      string  `json:"source"`
-	Messages    int     `json:"messages"` // handled in the run
-	Backlog     int     `json:"backlog"`  // in the topic
+	Client      string  `json:"client,omitempty"` // confluent or franz (sources embedded and kafka)
+	Messages    int     `json:"messages"`         // handled in the run
+	Backlog     int     `json:"backlog"`          // in the topic
 	Partitions  int     `json:"partitions"`
 	Keys        int     `json:"keys"`
 	Dist        string  `json:"dist"`
@@ -50,8 +51,9 @@ type result struct {
 	SerialEstimated bool    `json:"serial_estimated,omitempty"`
 	SpeedupVsSerial float64 `json:"speedup_vs_serial"`
 
-	// The raw confluent-kafka-go consume loop with a no-op handler on the
-	// same topic (Kafka sources), and our throughput as a fraction of it.
+	// The raw consume loop of the same client (confluent-kafka-go Poll or
+	// franz-go PollFetches) with a no-op handler on the same topic (Kafka
+	// sources), and our throughput as a fraction of it.
 	RawMsgsPerSec      float64 `json:"raw_msgs_per_sec,omitempty"`
 	RawCPUMicrosPerMsg float64 `json:"raw_cpu_us_per_msg,omitempty"`
 	VsRaw              float64 `json:"throughput_vs_raw,omitempty"`

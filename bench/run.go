@@ -41,7 +41,7 @@ func runPipeline(c *config, w *workload, b *broker, topic, mode string, conc con
 	if c.source == "mem" {
 		src = memSource(w)
 	} else {
-		s, err := b.source(topic)
+		s, err := b.source(topic, c.client)
 		if err != nil {
 			return nil, err
 		}
@@ -139,7 +139,7 @@ func runPipeline(c *config, w *workload, b *broker, topic, mode string, conc con
 	p50, p99, pmax := rec.latencies()
 	starved, dispatch := rec.hotKeyGaps()
 	r := &result{
-		Source: c.source, Messages: int(n), Backlog: w.n, Partitions: w.partitions, Keys: w.keys, Dist: w.dist,
+		Source: c.source, Client: c.clientName(), Messages: int(n), Backlog: w.n, Partitions: w.partitions, Keys: w.keys, Dist: w.dist,
 		ValueSize: c.valueSize, Handler: c.handler.String(), Mode: mode, Concurrency: concurrency, ConcurrencySpec: conc.String(),
 		MaxInFlight: c.inFlightLimit(concurrency), GOMAXPROCS: runtime.GOMAXPROCS(0),
 		Seconds: span.Seconds(), TotalSeconds: total.Seconds(),

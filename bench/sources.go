@@ -7,11 +7,14 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
+	"strings"
 	"time"
 
 	ckafka "github.com/confluentinc/confluent-kafka-go/v2/kafka"
+	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/parallafka/parallafka/kafka"
+	"github.com/parallafka/parallafka/kafka/franz"
 	"github.com/parallafka/parallafka/kafka/kafkatest"
 	"github.com/parallafka/parallafka/pipeline"
 	"github.com/parallafka/parallafka/pipeline/memsource"
@@ -145,9 +148,44 @@ func (b *broker) consumerConfig(group string) *ckafka.ConfigMap {
 	return cfg
 }
 
-// source returns a Parallafka source over a new consumer of topic.
-func (b *broker) source(topic string) (*kafka.Source[string, []byte], error) {
-	consumer, err := kafka.NewConsumer(b.consumerConfig(b.group(topic, "parallafka")), kafka.WithLogger(quiet))
+// franzOpts is the franz-go counterpart of consumerConfig, for a client
+// of group (none when group is ""): the cluster's brokers, the start of
+// the topic when no offset is committed, and the same short fetch wait and
+// heartbeat as kafkatest's confluent configuration.
+func (b *broker) franzOpts(group string) []kgo.Opt {
+	opts := []kgo.Opt{
+		kgo.SeedBrokers(strings.Split(b.cluster.Bootstrap(), ",")...),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
+		kgo.FetchMaxWait(100 * time.Millisecond),
+		kgo.DisableClientMetrics(),
+	}
+	if group != "" {
+		opts = append(opts,
+			kgo.ConsumerGroup(group),
+			kgo.SessionTimeout(6*time.Second),
+			kgo.HeartbeatInterval(500*time.Millisecond),
+		)
+	}
+	return opts
+}
+
+// source returns a Parallafka source over a new consumer of topic, with
+// the client named by -client.
+func (b *broker) source(topic, client string) (pipeline.Source[string, []byte], error) {
+	group := b.group(topic, "parallafka")
+	if client == "franz" {
+		cl, err := franz.NewClient(b.franzOpts(group), franz.WithLogger(quiet))
+		if err != nil {
+			return nil, err
+		}
+		src, err := franz.NewSource(cl, []string{topic}, franz.String, franz.Bytes, franz.WithLogger(quiet))
+		if err != nil {
+			cl.Close()
+			return nil, err
+		}
+		return src, nil
+	}
+	consumer, err := kafka.NewConsumer(b.consumerConfig(group), kafka.WithLogger(quiet))
 	if err != nil {
 		return nil, err
 	}
