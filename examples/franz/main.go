@@ -24,11 +24,11 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/parallafka/parallafka"
 	"github.com/parallafka/parallafka/kafka/franz"
+	"github.com/parallafka/parallafka/kafka/kafkatest"
 	"github.com/parallafka/parallafka/stages"
 )
 
@@ -44,21 +44,34 @@ func main() {
 // run produces n orders and consumes them until each was handled or
 // dead-lettered.
 func run(brokers string, n int) error {
-	const topic, dlq, group = "orders", "orders.dlq", "orders-franz"
-	seeds := strings.Split(brokers, ",")
-	if brokers == "" {
-		fake, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(6, topic), kfake.SeedTopics(1, dlq))
-		if err != nil {
-			return err
-		}
-		defer fake.Close()
-		seeds = fake.ListenAddrs()
-	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	// kafkatest runs the embedded broker, or checks that real brokers answer,
+	// and creates the topics; the names are unique per run, so that runs on a
+	// real cluster do not read each other's orders.
+	var cluster *kafkatest.Cluster
+	var err error
+	if brokers == "" {
+		cluster, err = kafkatest.Start(kafkatest.WithEmbedded())
+	} else {
+		cluster, err = kafkatest.Start(kafkatest.WithBrokers(strings.Split(brokers, ",")...))
+	}
+	if err != nil {
+		return err
+	}
+	defer cluster.Close()
+	topic := kafkatest.UniqueTopic("orders")
+	dlq, group := topic+".dlq", topic+"-franz"
+	if err := cluster.CreateTopic(ctx, topic, 6); err != nil {
+		return err
+	}
+	if err := cluster.CreateTopic(ctx, dlq, 1); err != nil {
+		return err
+	}
+	seeds := strings.Split(cluster.Bootstrap(), ",")
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 
-	producer, err := kgo.NewClient(kgo.SeedBrokers(seeds...), kgo.AllowAutoTopicCreation(), kgo.WithLogger(kgo.BasicLogger(os.Stderr, kgo.LogLevelWarn, nil)))
+	producer, err := kgo.NewClient(kgo.SeedBrokers(seeds...), kgo.WithLogger(kgo.BasicLogger(os.Stderr, kgo.LogLevelWarn, nil)))
 	if err != nil {
 		return err
 	}
