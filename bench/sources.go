@@ -39,6 +39,25 @@ func (s *timedSource[K, V]) Poll(timeout time.Duration) (*pipeline.Message[K, V]
 	return msg, err
 }
 
+// PollBatch records each message as Poll does; it uses the source's
+// PollBatch when it has one (see pipeline.BatchSource).
+func (s *timedSource[K, V]) PollBatch(timeout time.Duration, dst []*pipeline.Message[K, V], max int) ([]*pipeline.Message[K, V], error) {
+	start := len(dst)
+	var err error
+	if b, ok := s.Source.(pipeline.BatchSource[K, V]); ok {
+		dst, err = b.PollBatch(timeout, dst, max)
+	} else {
+		var msg *pipeline.Message[K, V]
+		if msg, err = s.Source.Poll(timeout); msg != nil {
+			dst = append(dst, msg)
+		}
+	}
+	for _, msg := range dst[start:] {
+		s.rec.polled(msg.Partition, msg.Offset)
+	}
+	return dst, err
+}
+
 // Watermarks passes the source's watermarks on: the pipeline's poll
 // steering uses them (see pipeline.WatermarkSource).
 func (s *timedSource[K, V]) Watermarks(tp pipeline.TopicPartition) (low, high int64, ok bool) {
