@@ -46,6 +46,7 @@ type config struct {
 	retained    bool
 	batch       int           // ConsumeBatch with batches of at most this many messages; 0: Consume
 	linger      time.Duration // WithBatchLinger, with batch
+	props       [][2]string   // -X: client properties, in order
 }
 
 // parseFlags parses the command line into a config. Usage and errors go to
@@ -89,6 +90,14 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.IntVar(&c.gogc, "gogc", 0, "set the GC percentage for the runs (as GOGC does; 0 leaves it): a low value makes the live-heap samples of the memory workload frequent")
 	fs.BoolVar(&c.retained, "retained", false, "halfway through each run, hold every handler until the in-flight limit is reached, force two GCs and record the live heap the pipeline retains (the run's timings are then not meaningful)")
 	fs.StringVar(&c.trace, "trace", "", "write a CSV timeline of each run (every 10 ms: handled, in flight, queued behind keys, busy handlers) to this file")
+	fs.Func("X", "client property `key=value`, repeatable, for the raw loop and Parallafka alike: with -client confluent any librdkafka consumer property (e.g. queued.min.messages=1000000); with -client franz "+strings.Join(franzProps, ", "), func(kv string) error {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok || k == "" {
+			return fmt.Errorf("want key=value, got %q", kv)
+		}
+		c.props = append(c.props, [2]string{k, v})
+		return nil
+	})
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
+	"strconv"
 	"strings"
 	"time"
 
@@ -39,6 +40,25 @@ func (s *timedSource[K, V]) Poll(timeout time.Duration) (*pipeline.Message[K, V]
 	return msg, err
 }
 
+// PollBatch records each message as Poll does; it uses the source's
+// PollBatch when it has one (see pipeline.BatchSource).
+func (s *timedSource[K, V]) PollBatch(timeout time.Duration, dst []*pipeline.Message[K, V], max int) ([]*pipeline.Message[K, V], error) {
+	start := len(dst)
+	var err error
+	if b, ok := s.Source.(pipeline.BatchSource[K, V]); ok {
+		dst, err = b.PollBatch(timeout, dst, max)
+	} else {
+		var msg *pipeline.Message[K, V]
+		if msg, err = s.Source.Poll(timeout); msg != nil {
+			dst = append(dst, msg)
+		}
+	}
+	for _, msg := range dst[start:] {
+		s.rec.polled(msg.Partition, msg.Offset)
+	}
+	return dst, err
+}
+
 // Watermarks passes the source's watermarks on: the pipeline's poll
 // steering uses them (see pipeline.WatermarkSource).
 func (s *timedSource[K, V]) Watermarks(tp pipeline.TopicPartition) (low, high int64, ok bool) {
@@ -65,6 +85,8 @@ func memSource(w *workload) *memsource.Source[string, []byte] {
 type broker struct {
 	cluster *kafkatest.Cluster
 	seq     int
+	props   [][2]string // -X
+	client  string
 }
 
 func startBroker(c *config) (*broker, error) {
@@ -78,7 +100,12 @@ func startBroker(c *config) (*broker, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &broker{cluster: cluster}, nil
+	b := &broker{cluster: cluster, props: c.props, client: c.client}
+	if _, err := b.franzProps(); err != nil && c.client == "franz" {
+		cluster.Close()
+		return nil, err
+	}
+	return b, nil
 }
 
 func (b *broker) Close() { b.cluster.Close() }
@@ -145,7 +172,40 @@ func (b *broker) group(topic, what string) string {
 func (b *broker) consumerConfig(group string) *ckafka.ConfigMap {
 	cfg := b.cluster.ConsumerConfig(group)
 	_ = cfg.SetKey("log_level", 3)
+	if b.client != "franz" {
+		for _, kv := range b.props {
+			_ = cfg.SetKey(kv[0], kv[1])
+		}
+	}
 	return cfg
+}
+
+// franzProps are the -X properties that -client franz understands, named
+// as the Java client names them.
+var franzProps = []string{"fetch.max.bytes", "max.partition.fetch.bytes", "fetch.max.wait.ms", "max.concurrent.fetches"}
+
+// franzProps turns the -X properties into kgo options.
+func (b *broker) franzProps() ([]kgo.Opt, error) {
+	var opts []kgo.Opt
+	for _, kv := range b.props {
+		n, err := strconv.Atoi(kv[1])
+		if err != nil || n < 0 {
+			return nil, fmt.Errorf("-X %s=%s: want a non-negative integer", kv[0], kv[1])
+		}
+		switch kv[0] {
+		case "fetch.max.bytes":
+			opts = append(opts, kgo.FetchMaxBytes(int32(n)))
+		case "max.partition.fetch.bytes":
+			opts = append(opts, kgo.FetchMaxPartitionBytes(int32(n)))
+		case "fetch.max.wait.ms":
+			opts = append(opts, kgo.FetchMaxWait(time.Duration(n)*time.Millisecond))
+		case "max.concurrent.fetches":
+			opts = append(opts, kgo.MaxConcurrentFetches(n))
+		default:
+			return nil, fmt.Errorf("-X %s: -client franz knows %s", kv[0], strings.Join(franzProps, ", "))
+		}
+	}
+	return opts, nil
 }
 
 // franzOpts is the franz-go counterpart of consumerConfig, for a client
@@ -159,6 +219,8 @@ func (b *broker) franzOpts(group string) []kgo.Opt {
 		kgo.FetchMaxWait(100 * time.Millisecond),
 		kgo.DisableClientMetrics(),
 	}
+	extra, _ := b.franzProps() // checked by startBroker
+	opts = append(opts, extra...)
 	if group != "" {
 		opts = append(opts,
 			kgo.ConsumerGroup(group),

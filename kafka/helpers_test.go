@@ -212,8 +212,13 @@ func (l *recListener) PartitionsLost(parts []pipeline.TopicPartition) {
 }
 
 // handled records that msg finished: its partition's next offset moves on.
+// A message of a partition the listener does not own (revoked or lost while
+// a PollBatch had it in hand) is an error.
 func (l *recListener) handled(msg *pipeline.Message[string, string]) {
 	l.mu.Lock()
+	if !l.owned[msg.TopicPartition()] {
+		l.commitErrs = append(l.commitErrs, fmt.Errorf("polled %s of a partition not owned", msg))
+	}
 	l.next[msg.TopicPartition()] = msg.Offset + 1
 	l.mu.Unlock()
 }
@@ -275,12 +280,15 @@ func (m *member) run() {
 			return
 		default:
 		}
-		msg, err := m.src.Poll(20 * time.Millisecond)
+		// PollBatch, as the pipeline's poll stage calls it: a rebalance
+		// served in the middle of a batch must take the given-up
+		// partitions' messages out.
+		batch, err := m.src.PollBatch(20*time.Millisecond, nil, 64)
 		if err != nil {
 			m.pollErr = err
 			return
 		}
-		if msg != nil {
+		for _, msg := range batch {
 			m.mu.Lock()
 			m.msgs = append(m.msgs, msg)
 			m.mu.Unlock()

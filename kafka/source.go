@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -43,7 +44,9 @@ type Source[K, V any] struct {
 	// Owned by the goroutine calling Poll (and Close, which polls too).
 	listener   pipeline.RebalanceListener
 	subscribed bool
-	failure    error // a rebalance that went wrong, returned by the next Poll
+	failure    error                     // a rebalance that went wrong, returned by the next Poll
+	givenUp    []pipeline.TopicPartition // revoked or lost during the PollBatch under way
+	rebalances int                       // rebalance callbacks served; PollBatch ends its batch at one
 
 	startup startup // fail-fast detection until a broker answered
 	// down is librdkafka's "all brokers down" error, until a message or an
@@ -221,12 +224,29 @@ func (s *Source[K, V]) Closed() <-chan struct{} { return s.closedCh }
 // returned. A record whose key or value fails to deserialize is not an
 // error of Poll: it is returned with Err set to a *DeserializeError.
 func (s *Source[K, V]) Poll(timeout time.Duration) (*pipeline.Message[K, V], error) {
+	var one [1]*pipeline.Message[K, V]
+	got, err := s.PollBatch(timeout, one[:0], 1)
+	if err != nil || len(got) == 0 {
+		return nil, err
+	}
+	return got[0], nil
+}
+
+// PollBatch implements [pipeline.BatchSource]: as Poll, it waits up to
+// timeout for a message, then appends to dst up to max of the messages
+// librdkafka has queued already, without waiting again. The pipeline calls
+// it once per poll cycle. A rebalance served meanwhile takes the messages of
+// the partitions it revoked back out of the batch.
+func (s *Source[K, V]) PollBatch(timeout time.Duration, dst []*pipeline.Message[K, V], max int) ([]*pipeline.Message[K, V], error) {
 	if s.isClosed() {
-		return nil, ErrClosed
+		return dst, ErrClosed
 	}
 	if !s.subscribed {
-		return nil, errors.New("kafka: Poll before Subscribe")
+		return dst, errors.New("kafka: Poll before Subscribe")
 	}
+	start := len(dst)
+	s.givenUp = s.givenUp[:0]
+	defer func() { clear(s.givenUp); s.givenUp = s.givenUp[:0] }()
 	deadline := time.Now().Add(timeout)
 	for {
 		if s.probing || s.doubt.Load() {
@@ -234,49 +254,101 @@ func (s *Source[K, V]) Poll(timeout time.Duration) (*pipeline.Message[K, V], err
 			s.probeEnded(now)
 			s.maybeProbe(now)
 		}
-		ev := s.consumer.Poll(millis(time.Until(deadline)))
-		if err := s.failure; err != nil {
-			return nil, err
+		wait := 0 // once a message is in, take only what is queued
+		if len(dst) == start {
+			wait = millis(time.Until(deadline))
 		}
-		switch e := ev.(type) {
-		case nil:
-		case *ckafka.Message:
-			if e.TopicPartition.Error == nil {
-				s.startup.answered = true
-				if s.down.Load() != nil && !s.doubt.Load() {
-					s.down.Store(nil) // else confirm clears it
-				}
-				return s.message(e), nil
+		rebalances := s.rebalances
+		msg, err := s.serve(s.consumer.Poll(wait))
+		if err != nil {
+			return dst, err
+		}
+		if s.rebalances != rebalances {
+			if len(dst) > start {
+				// The batch ends at a rebalance (a consumer poll serves
+				// one event): what it took before it stays, minus what
+				// the rebalance gave up.
+				return s.withoutGivenUp(dst, start), nil
 			}
-			if err := s.consumerError(e.TopicPartition.Error, e.TopicPartition); err != nil {
-				return nil, err
+			// Nothing taken yet: what comes next is of the new assignment
+			// (an eager rebalance may give a partition back at once).
+			clear(s.givenUp)
+			s.givenUp = s.givenUp[:0]
+		}
+		if msg != nil {
+			dst = append(dst, msg)
+			if len(dst)-start < max {
+				continue
 			}
-			s.notify(ev)
-		case ckafka.Error:
-			if err := s.consumerError(e, ckafka.TopicPartition{}); err != nil {
-				return nil, err
-			}
-			s.notify(ev)
-		case ckafka.AssignedPartitions, ckafka.RevokedPartitions:
-			// Not expected: with a rebalance callback, confluent-kafka-go
-			// hands rebalances to it rather than returning them.
-			_ = s.rebalance(s.consumer, ev)
-			if err := s.failure; err != nil {
-				return nil, err
-			}
-		default: // PartitionEOF, OffsetsCommitted, *Stats, OAuthBearerTokenRefresh, ...
-			s.logger().Debug("kafka: consumer event", "event", ev.String())
-			s.notify(ev)
+		}
+		if len(dst) > start {
+			return dst, nil
 		}
 		now := time.Now()
 		if err := s.checkStartup(now); err != nil {
 			s.logger().Error("kafka: cannot start consuming", "error", err)
-			return nil, err
+			return dst, err
 		}
 		if !now.Before(deadline) {
-			return nil, nil
+			return dst, nil
 		}
 	}
+}
+
+// withoutGivenUp takes the messages of partitions revoked or lost during
+// this PollBatch out of dst[start:]: the listener has let them go already.
+func (s *Source[K, V]) withoutGivenUp(dst []*pipeline.Message[K, V], start int) []*pipeline.Message[K, V] {
+	if len(s.givenUp) == 0 {
+		return dst
+	}
+	kept := dst[:start]
+	for _, msg := range dst[start:] {
+		if !slices.Contains(s.givenUp, msg.TopicPartition()) {
+			kept = append(kept, msg)
+		}
+	}
+	clear(dst[len(kept):])
+	return kept
+}
+
+// serve handles one event of the consumer's poll: it returns the message it
+// carried, if any, or the fatal error it reported (a failed rebalance
+// included).
+func (s *Source[K, V]) serve(ev ckafka.Event) (*pipeline.Message[K, V], error) {
+	if err := s.failure; err != nil {
+		return nil, err
+	}
+	switch e := ev.(type) {
+	case nil:
+	case *ckafka.Message:
+		if e.TopicPartition.Error == nil {
+			s.startup.answered = true
+			if s.down.Load() != nil && !s.doubt.Load() {
+				s.down.Store(nil) // else confirm clears it
+			}
+			return s.message(e), nil
+		}
+		if err := s.consumerError(e.TopicPartition.Error, e.TopicPartition); err != nil {
+			return nil, err
+		}
+		s.notify(ev)
+	case ckafka.Error:
+		if err := s.consumerError(e, ckafka.TopicPartition{}); err != nil {
+			return nil, err
+		}
+		s.notify(ev)
+	case ckafka.AssignedPartitions, ckafka.RevokedPartitions:
+		// Not expected: with a rebalance callback, confluent-kafka-go
+		// hands rebalances to it rather than returning them.
+		_ = s.rebalance(s.consumer, ev)
+		if err := s.failure; err != nil {
+			return nil, err
+		}
+	default: // PartitionEOF, OffsetsCommitted, *Stats, OAuthBearerTokenRefresh, ...
+		s.logger().Debug("kafka: consumer event", "event", ev.String())
+		s.notify(ev)
+	}
+	return nil, nil
 }
 
 // millis converts a poll timeout to librdkafka's milliseconds, rounding up.
@@ -360,6 +432,7 @@ func (s *Source[K, V]) message(m *ckafka.Message) *pipeline.Message[K, V] {
 // that confluent-kafka-go's fallback never runs (that fallback reports a
 // failed assign on the events channel, which a Poll consumer has not got).
 func (s *Source[K, V]) rebalance(c *ckafka.Consumer, ev ckafka.Event) error {
+	s.rebalances++
 	switch e := ev.(type) {
 	case ckafka.AssignedPartitions:
 		s.assign(c, e.Partitions)
@@ -513,8 +586,10 @@ func (s *Source[K, V]) revoke(c *ckafka.Consumer, parts []ckafka.TopicPartition)
 	}
 }
 
-// disown forgets partitions: Commit refuses them from now on.
+// disown forgets partitions: Commit refuses them from now on, and the
+// PollBatch under way drops the messages of theirs it took.
 func (s *Source[K, V]) disown(tps []pipeline.TopicPartition) {
+	s.givenUp = append(s.givenUp, tps...)
 	s.mu.Lock()
 	for _, tp := range tps {
 		delete(s.assigned, tp)
@@ -710,3 +785,5 @@ func toKafka(tps []pipeline.TopicPartition) []ckafka.TopicPartition {
 }
 
 var _ pipeline.WatermarkSource = (*Source[string, string])(nil)
+
+var _ pipeline.BatchSource[string, string] = (*Source[string, string])(nil)

@@ -748,3 +748,36 @@ func TestWatermarksFromFetches(t *testing.T) {
 	_, _, ok = src.Watermarks(p0)
 	assert.False(t, ok, "watermarks after Close")
 }
+
+// PollBatch hands over what librdkafka has queued in one call: at most max
+// messages, each partition's in offset order with no gap, and more than one
+// at a time once messages are queued.
+func TestPollBatch(t *testing.T) {
+	const n, limit = 600, 50
+	c := newTestCluster(t)
+	topic := c.topic(t, 3)
+	var recs []*kgo.Record
+	for i := range n {
+		recs = append(recs, record(topic, int32(i%3), fmt.Sprint("k", i%30), fmt.Sprint(i)))
+	}
+	c.produce(t, recs...)
+	src := newStringSource(t, c.config(groupName(t), "cooperative-sticky"), topic)
+	require.NoError(t, src.Subscribe(newListenerAny()))
+	next := map[int32]int64{}
+	var got, largest int
+	deadline := time.Now().Add(30 * time.Second)
+	for got < n && time.Now().Before(deadline) {
+		batch, err := src.PollBatch(100*time.Millisecond, nil, limit)
+		require.NoError(t, err)
+		require.LessOrEqual(t, len(batch), limit)
+		largest = max(largest, len(batch))
+		for _, msg := range batch {
+			require.Equal(t, next[msg.Partition], msg.Offset, "partition %d", msg.Partition)
+			next[msg.Partition]++
+			got++
+		}
+	}
+	require.Equal(t, n, got)
+	assert.Greater(t, largest, 1, "batches of more than one message")
+	require.NoError(t, src.Close())
+}

@@ -100,3 +100,30 @@ type Middleware[K, V any] func(next Handler[K, V]) Handler[K, V]
 // closes out once the stage returns; a returned error (or a panic) stops the
 // pipeline.
 type Stage[K, V any] func(ctx context.Context, in <-chan *Message[K, V], out chan<- *Message[K, V]) error
+
+// BatchSource is implemented by sources that can hand over a poll cycle's
+// messages at once (as io.WriterTo is by readers that can write
+// themselves). The poll stage uses PollBatch when the source has it, and
+// Poll otherwise, so a user-written source may implement Poll alone;
+// PollBatch only saves the per-message interface call and lets an adapter
+// drain its client's buffer in one go.
+//
+// PollBatch appends up to max messages to dst and returns the extended
+// slice, waiting up to timeout for the first one only: once it has a
+// message it takes only what is ready now, and returns. It must not retain
+// dst, and should not allocate beyond the messages themselves (dst has
+// room for max more). Everything Poll's contract says holds for each
+// message: partition order, rebalance notifications delivered from inside
+// PollBatch before it returns (a revoked partition's messages are not in
+// the returned slice after its PartitionsRevoked returned), and a returned
+// error is fatal (the messages appended before it may be returned with it;
+// the pipeline ignores them). max is at least 1. A source that may deliver
+// a rebalance after it appended messages in the same call must leave out
+// the appended messages of the partitions that rebalance revoked or lost.
+//
+// As with io.WriterTo, a wrapper that embeds a source and overrides Poll
+// must override PollBatch too (or embed the Source interface, which hides
+// it): else the embedded PollBatch is promoted and bypasses the wrapper.
+type BatchSource[K, V any] interface {
+	PollBatch(timeout time.Duration, dst []*Message[K, V], max int) ([]*Message[K, V], error)
+}

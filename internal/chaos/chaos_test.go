@@ -4,7 +4,8 @@
 // SIGTERM, starts new ones, and crashes and restarts the broker once; then a
 // checker reads the members' histories and the committed offsets sampled
 // along the way. It runs for the cooperative-sticky and range assignors and
-// for the KIP-848 consumer protocol, and prints its figures. The member
+// for the KIP-848 consumer protocol, over each client (confluent-kafka-go
+// and franz-go: the member's -client), and prints its figures. The member
 // runs take turns at consuming one message per call with a fixed
 // concurrency, with an adaptive concurrency, and in batches.
 //
@@ -15,10 +16,11 @@
 // group.consumer.session.timeout.ms lowered (KAFKA_EXTRA_PROPERTIES, as
 // .ci/run does), or a SIGKILLed member holds its partitions for 45 s.
 //
-//	CHAOS=1 KAFKA_BROKERS=127.0.0.1:39092 go test -count=1 -v -timeout 8m ./internal/chaos/
+//	CHAOS=1 KAFKA_BROKERS=127.0.0.1:39092 go test -count=1 -v -timeout 15m ./internal/chaos/
 //
 // Optional: CHAOS_DURATION (chaos phase per protocol, default 55s),
-// CHAOS_MESSAGES (default 30000), CHAOS_PROTOCOLS (comma-separated subset).
+// CHAOS_MESSAGES (default 30000), CHAOS_PROTOCOLS and CHAOS_CLIENTS
+// (comma-separated subsets).
 package chaos
 
 import (
@@ -63,11 +65,15 @@ const (
 	// stopTimeout bounds a member's graceful stop (its shutdown timeout is
 	// 15 s).
 	stopTimeout = 40 * time.Second
-	// totalTimeout bounds the whole test, failures included.
+	// totalTimeout bounds the test of one client, failures included.
 	totalTimeout = 6 * time.Minute
 )
 
 var allProtocols = []string{"cooperative-sticky", "range", "consumer"}
+
+// allClients are the clients the members consume with (the member's
+// -client): confluent-kafka-go and franz-go.
+var allClients = []string{"confluent", "franz"}
 
 // memberModes are how the member runs consume, in turn: Consume with a
 // fixed concurrency, with an adaptive one, and ConsumeBatch (see ./member).
@@ -75,7 +81,7 @@ var memberModes = []string{"single", "adaptive", "batch"}
 
 // figures are what one protocol's run printed.
 type figures struct {
-	protocol                     string
+	client, protocol             string
 	messages, handled            int
 	dupKill, dupLost, dupGrace   int
 	overlapLost                  int // key on two members at once, one of them fenced without knowing it yet
@@ -93,14 +99,18 @@ func TestChaos(t *testing.T) {
 	if brokers == "" || os.Getenv("CHAOS") != "1" {
 		t.Skip("the chaos test runs on a real broker: set KAFKA_BROKERS and CHAOS=1")
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), totalTimeout)
-	defer cancel()
-	duration := envDuration(t, "CHAOS_DURATION", 55*time.Second)
-	messages := envInt(t, "CHAOS_MESSAGES", 30000)
 	protocols := allProtocols
 	if v := os.Getenv("CHAOS_PROTOCOLS"); v != "" {
 		protocols = strings.Split(v, ",")
 	}
+	clients := allClients
+	if v := os.Getenv("CHAOS_CLIENTS"); v != "" {
+		clients = strings.Split(v, ",")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(len(clients))*totalTimeout)
+	defer cancel()
+	duration := envDuration(t, "CHAOS_DURATION", 55*time.Second)
+	messages := envInt(t, "CHAOS_MESSAGES", 30000)
 
 	c, err := kafkatest.Start(kafkatest.WithBrokers(brokers))
 	if err != nil {
@@ -133,19 +143,21 @@ func TestChaos(t *testing.T) {
 	}
 
 	var all []figures
-	for _, proto := range protocols {
-		t.Run(proto, func(t *testing.T) {
-			if ctx.Err() != nil {
-				t.Fatalf("no time left for %s", proto)
-			}
-			r := &chaosRun{
-				t: t, ctx: ctx, c: c, bin: bin, kafkaSh: kafkaSh, protocol: proto,
-				dir: filepath.Join(dir, proto), duration: duration, messages: messages,
-				runs: map[string]*memberRun{},
-			}
-			f := r.run()
-			all = append(all, f)
-		})
+	for _, client := range clients {
+		for _, proto := range protocols {
+			t.Run(client+"/"+proto, func(t *testing.T) {
+				if ctx.Err() != nil {
+					t.Fatalf("no time left for %s over %s", proto, client)
+				}
+				r := &chaosRun{
+					t: t, ctx: ctx, c: c, bin: bin, kafkaSh: kafkaSh, client: client, protocol: proto,
+					dir: filepath.Join(dir, client, proto), duration: duration, messages: messages,
+					runs: map[string]*memberRun{},
+				}
+				f := r.run()
+				all = append(all, f)
+			})
+		}
 	}
 	printFigures(t, all)
 }
@@ -153,12 +165,12 @@ func TestChaos(t *testing.T) {
 func printFigures(t *testing.T, all []figures) {
 	var sb strings.Builder
 	fmt.Fprintf(&sb, "\nchaos figures (%d partitions, %d keys, commit interval %v)\n", partitions, keys, commitInterval)
-	fmt.Fprintf(&sb, "%-19s %8s %8s %9s %9s %9s %9s %6s %5s %5s %5s %8s %9s %12s %10s %10s %8s\n",
-		"protocol", "messages", "handled", "dup:kill", "dup:lost", "dup:grace", "ovl:lost", "doubts", "kills", "terms", "joins", "restarts",
+	fmt.Fprintf(&sb, "%-9s %-19s %8s %8s %9s %9s %9s %9s %6s %5s %5s %5s %8s %9s %12s %10s %10s %8s\n",
+		"client", "protocol", "messages", "handled", "dup:kill", "dup:lost", "dup:grace", "ovl:lost", "doubts", "kills", "terms", "joins", "restarts",
 		"max redo", "max uncommit", "broker down", "violations", "elapsed")
 	for _, f := range all {
-		fmt.Fprintf(&sb, "%-19s %8d %8d %9d %9d %9d %9d %6d %5d %5d %5d %8d %9d %12d %10v %10d %8v\n",
-			f.protocol, f.messages, f.handled, f.dupKill, f.dupLost, f.dupGrace, f.overlapLost, f.doubts, f.kills, f.terms, f.joins, f.restart,
+		fmt.Fprintf(&sb, "%-9s %-19s %8d %8d %9d %9d %9d %9d %6d %5d %5d %5d %8d %9d %12d %10v %10d %8v\n",
+			f.client, f.protocol, f.messages, f.handled, f.dupKill, f.dupLost, f.dupGrace, f.overlapLost, f.doubts, f.kills, f.terms, f.joins, f.restart,
 			f.maxRedo, f.maxUncommitted, f.brokerDown.Round(100*time.Millisecond), f.violations, f.elapsed.Round(time.Second))
 	}
 	sb.WriteString("dup:kill = redone after the member that had handled it was SIGKILLed; dup:lost = after its member lost the partition\n" +
@@ -177,6 +189,7 @@ type chaosRun struct {
 	c        *kafkatest.Cluster
 	bin      string
 	kafkaSh  string
+	client   string
 	protocol string
 	dir      string
 	duration time.Duration
@@ -235,12 +248,12 @@ func (r *chaosRun) violate(format string, args ...any) {
 func (r *chaosRun) run() figures {
 	t := r.t
 	start := time.Now()
-	r.fig.protocol = r.protocol
+	r.fig.client, r.fig.protocol = r.client, r.protocol
 	r.fig.messages = r.messages
 	if err := os.MkdirAll(r.dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	r.topic = kafkatest.UniqueTopic("chaos-" + r.protocol)
+	r.topic = kafkatest.UniqueTopic("chaos-" + r.client + "-" + r.protocol)
 	r.group = "group-" + r.topic
 	if err := r.c.CreateTopic(r.ctx, r.topic, partitions); err != nil {
 		t.Fatal(err)
@@ -425,7 +438,7 @@ func (r *chaosRun) start() *memberRun {
 	defer errf.Close()
 	m.cmd = exec.Command(r.bin, "-brokers", r.c.Bootstrap(), "-topic", r.topic, "-group", r.group,
 		"-protocol", r.protocol, "-run", m.id, "-member", m.member, "-history", m.history,
-		"-commit-interval", commitInterval.String(), "-work", handlerWork.String(), "-mode", mode)
+		"-commit-interval", commitInterval.String(), "-work", handlerWork.String(), "-mode", mode, "-client", r.client)
 	m.cmd.Stdout, m.cmd.Stderr = errf, errf
 	if err := m.cmd.Start(); err != nil {
 		r.t.Fatalf("starting a member: %v", err)

@@ -33,6 +33,12 @@ func (s brokenSource) Poll(time.Duration) (*pipeline.Message[string, string], er
 	return nil, s.err
 }
 
+// PollBatch hides memsource's: a wrapper that overrides Poll must override
+// PollBatch too.
+func (s brokenSource) PollBatch(_ time.Duration, dst []*pipeline.Message[string, string], _ int) ([]*pipeline.Message[string, string], error) {
+	return dst, s.err
+}
+
 // A source's error reaches the caller in the user's words: no internal
 // stage names, and errors.Is finds it.
 func TestRunSourceErrorText(t *testing.T) {

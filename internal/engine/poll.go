@@ -37,6 +37,7 @@ import (
 type poller[K, V any] struct {
 	pollerEdges[K, V]
 	source        pipeline.Source[K, V]
+	batcher       pipeline.BatchSource[K, V] // the source's PollBatch; nil: it has Poll only
 	log           *slog.Logger
 	stats         *Stats
 	maxInFlight   int
@@ -71,6 +72,7 @@ type poller[K, V any] struct {
 	userPaused   bool                      // the user's last wish, from the userPause edge
 	batch        []*pipeline.Message[K, V] // this poll cycle's messages
 	sizes        []int32                   // and their sizes
+	scratch      []*pipeline.Message[K, V] // PollBatch's slice, reused
 	held         []*pipeline.Message[K, V] // polled without credit (a consumer's prefetch), in poll order
 }
 
@@ -104,6 +106,7 @@ func (p *poller[K, V]) run(ctx context.Context) error {
 	p.credit, p.bytes, p.window = p.maxInFlight, p.maxBytes, p.maxInFlight
 	p.watermarks, _ = p.source.(pipeline.WatermarkSource)
 	p.membership, _ = p.source.(pipeline.ConnectivitySource)
+	p.batcher, _ = p.source.(pipeline.BatchSource[K, V])
 	if p.maxBytes <= 0 {
 		p.bytes = math.MaxInt64
 	}
@@ -151,6 +154,9 @@ func (p *poller[K, V]) stopping(ctx context.Context) bool {
 // pollCycle polls once with timeout, then takes whatever else the source
 // has ready, while there is credit.
 func (p *poller[K, V]) pollCycle(timeout time.Duration) error {
+	if p.batcher != nil && len(p.held) == 0 && p.hasCredit() && len(p.batch) < maxBatch {
+		return p.pollBatch(timeout)
+	}
 	for len(p.batch) < maxBatch {
 		msg, err := p.source.Poll(timeout)
 		if err != nil || msg == nil {
@@ -166,6 +172,28 @@ func (p *poller[K, V]) pollCycle(timeout time.Duration) error {
 			return nil
 		}
 		timeout = 0
+	}
+	return nil
+}
+
+// pollBatch is pollCycle over a BatchSource: it asks for what the message
+// credit allows and one more, as many as pollCycle would poll; what the
+// credit does not cover is held, as pollCycle holds it.
+func (p *poller[K, V]) pollBatch(timeout time.Duration) error {
+	// Into a slice of its own: a rebalance delivered from inside PollBatch
+	// filters p.batch.
+	polled, err := p.batcher.PollBatch(timeout, p.scratch[:0], min(maxBatch-len(p.batch), p.slack()+1))
+	defer func() { clear(polled); p.scratch = polled[:0] }()
+	if err != nil {
+		return err
+	}
+	for _, msg := range polled {
+		p.setNext(msg.TopicPartition(), msg.Offset+1)
+		if p.hasCredit() && len(p.held) == 0 {
+			p.spend(msg)
+		} else {
+			p.held = append(p.held, msg)
+		}
 	}
 	return nil
 }

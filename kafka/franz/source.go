@@ -52,6 +52,7 @@ type Source[K, V any] struct {
 	subscribed bool
 	failure    error // a rebalance that went wrong, returned by the next Poll
 	buf        recordBuffer
+	scratch    []*kgo.Record // takeMessages' slice, reused
 	startup    startup
 	errLog     kafkaclient.Repeats
 
@@ -210,11 +211,25 @@ func (s *Source[K, V]) Subscribe(l pipeline.RebalanceListener) error {
 // deserialize is not an error of Poll: it is returned with Err set to a
 // *DeserializeError.
 func (s *Source[K, V]) Poll(timeout time.Duration) (*pipeline.Message[K, V], error) {
+	var one [1]*pipeline.Message[K, V]
+	got, err := s.PollBatch(timeout, one[:0], 1)
+	if err != nil || len(got) == 0 {
+		return nil, err
+	}
+	return got[0], nil
+}
+
+// PollBatch implements [pipeline.BatchSource]: as Poll, it waits up to
+// timeout for a message, then appends to dst up to max of the records the
+// client has fetched already (a poll of kgo's hands over whole fetch
+// responses), without waiting again. The pipeline calls it once per poll
+// cycle.
+func (s *Source[K, V]) PollBatch(timeout time.Duration, dst []*pipeline.Message[K, V], max int) ([]*pipeline.Message[K, V], error) {
 	if s.isClosed() {
-		return nil, ErrClosed
+		return dst, ErrClosed
 	}
 	if !s.subscribed {
-		return nil, errors.New("franz: Poll before Subscribe")
+		return dst, errors.New("franz: Poll before Subscribe")
 	}
 	deadline := time.Now().Add(timeout)
 	for {
@@ -224,7 +239,7 @@ func (s *Source[K, V]) Poll(timeout time.Duration) (*pipeline.Message[K, V], err
 		default:
 		}
 		if err := s.failure; err != nil {
-			return nil, err
+			return dst, err
 		}
 		now := time.Now()
 		if s.probing || s.doubt.Load() || s.unreachableSince(now) {
@@ -234,17 +249,43 @@ func (s *Source[K, V]) Poll(timeout time.Duration) (*pipeline.Message[K, V], err
 		}
 		if err := s.checkStartup(now); err != nil {
 			s.logger().Error("franz: cannot start consuming", "error", err)
-			return nil, err
+			return dst, err
 		}
-		if r := s.buf.next(); r != nil {
-			return s.message(r), nil
+		// Rebalances are handled above, before any record is taken: none
+		// of the records returned belongs to a partition given up since.
+		if s.takeMessages(&dst, max) > 0 {
+			return dst, nil
 		}
 		wait := deadline.Sub(now)
 		if wait <= 0 {
-			return nil, nil
+			return dst, nil
 		}
 		s.pollClient(min(wait, pollSlice))
 	}
+}
+
+// takeMessages appends up to max of the buffered records to dst as
+// messages, allocated together, and returns how many it appended.
+func (s *Source[K, V]) takeMessages(dst *[]*pipeline.Message[K, V], max int) int {
+	recs := s.scratch[:0]
+	for len(recs) < max {
+		r := s.buf.next()
+		if r == nil {
+			break
+		}
+		recs = append(recs, r)
+	}
+	if len(recs) == 0 {
+		return 0
+	}
+	msgs := make([]pipeline.Message[K, V], len(recs))
+	for i, r := range recs {
+		s.fill(&msgs[i], r)
+		*dst = append(*dst, &msgs[i])
+	}
+	clear(recs)
+	s.scratch = recs[:0]
+	return len(msgs)
 }
 
 // pollClient waits up to d for records (or for a rebalance callback, which
@@ -333,9 +374,9 @@ func (s *Source[K, V]) clientError(topic string, partition int32, err error) {
 	s.logger().Warn("franz: consumer error", attrs...)
 }
 
-// message converts a record, deserializing its key and value.
-func (s *Source[K, V]) message(r *kgo.Record) *pipeline.Message[K, V] {
-	msg := &pipeline.Message[K, V]{
+// fill converts a record into msg, deserializing its key and value.
+func (s *Source[K, V]) fill(msg *pipeline.Message[K, V], r *kgo.Record) {
+	*msg = pipeline.Message[K, V]{
 		Topic:     r.Topic,
 		Partition: r.Partition,
 		Offset:    r.Offset,
@@ -353,7 +394,6 @@ func (s *Source[K, V]) message(r *kgo.Record) *pipeline.Message[K, V] {
 		msg.Err = err
 		s.logger().Debug("franz: record cannot be deserialized", "message", msg.String(), "error", err)
 	}
-	return msg
 }
 
 // Pause stops fetching from the partitions (kgo.PauseFetchPartitions). Poll
@@ -420,3 +460,5 @@ func isDone(ch <-chan struct{}) bool {
 		return false
 	}
 }
+
+var _ pipeline.BatchSource[string, string] = (*Source[string, string])(nil)

@@ -65,3 +65,33 @@ type pauseCounter struct {
 
 func (o *pauseCounter) PartitionsPaused([]pipeline.TopicPartition)  { o.paused.Add(1) }
 func (o *pauseCounter) PartitionsResumed([]pipeline.TopicPartition) { o.resumed.Add(1) }
+
+// PollBatch hands over what the client fetched in one call: at most max
+// messages, each partition's in offset order with no gap, and more than one
+// at a time once records are buffered.
+func TestPollBatch(t *testing.T) {
+	const partitions, n, limit = 3, 600, 50
+	c, topic := newCluster(t, partitions)
+	c.produce(t, topic, n, 30)
+	src := newSource(t, c, "g-"+topic, topic, nil)
+	t.Cleanup(func() { _ = src.Close() })
+	require.NoError(t, src.Subscribe(&listener{}))
+	next := map[int32]int64{}
+	var got, largest int
+	deadline := time.Now().Add(waitTimeout)
+	for got < n && time.Now().Before(deadline) {
+		batch, err := src.PollBatch(100*time.Millisecond, nil, limit)
+		require.NoError(t, err)
+		require.LessOrEqual(t, len(batch), limit)
+		largest = max(largest, len(batch))
+		for _, msg := range batch {
+			require.NoError(t, msg.Err)
+			require.Equal(t, next[msg.Partition], msg.Offset, "partition %d", msg.Partition)
+			next[msg.Partition]++
+			got++
+		}
+	}
+	require.Equal(t, n, got)
+	assert.Greater(t, largest, 1, "batches of more than one message")
+	require.NoError(t, src.Close())
+}

@@ -299,6 +299,18 @@ func (s *observedSource) Poll(timeout time.Duration) (*pipeline.Message[string, 
 	return msg, err
 }
 
+// PollBatch records each message as Poll does, over the source's PollBatch
+// (both clients' sources have one): the suite runs the path the pipeline
+// takes.
+func (s *observedSource) PollBatch(timeout time.Duration, dst []*pipeline.Message[string, []byte], max int) ([]*pipeline.Message[string, []byte], error) {
+	start := len(dst)
+	dst, err := s.Source.(pipeline.BatchSource[string, []byte]).PollBatch(timeout, dst, max)
+	for _, msg := range dst[start:] {
+		s.rec.polled(s.member, msg.Partition)
+	}
+	return dst, err
+}
+
 type observedListener struct {
 	inner pipeline.RebalanceListener
 	s     *observedSource

@@ -173,6 +173,17 @@ func (s *Source[K, V]) Subscribe(l pipeline.RebalanceListener) error {
 // notifications first, then the next message of an assigned, unpaused
 // partition (round robin), waiting up to timeout for one.
 func (s *Source[K, V]) Poll(timeout time.Duration) (*pipeline.Message[K, V], error) {
+	var one [1]*pipeline.Message[K, V]
+	got, err := s.PollBatch(timeout, one[:0], 1)
+	if len(got) == 0 || err != nil {
+		return nil, err
+	}
+	return got[0], nil
+}
+
+// PollBatch implements pipeline.BatchSource: as Poll, then up to max-1
+// more messages that are ready, under the same lock.
+func (s *Source[K, V]) PollBatch(timeout time.Duration, dst []*pipeline.Message[K, V], max int) ([]*pipeline.Message[K, V], error) {
 	deadline := time.Now().Add(timeout)
 	for {
 		s.mu.Lock()
@@ -183,16 +194,23 @@ func (s *Source[K, V]) Poll(timeout time.Duration) (*pipeline.Message[K, V], err
 		}
 		if s.listener == nil {
 			s.mu.Unlock()
-			return nil, errors.New("memsource: Poll before Subscribe")
+			return dst, errors.New("memsource: Poll before Subscribe")
 		}
-		msg := s.nextMessage()
+		n := len(dst)
+		for range max {
+			msg := s.nextMessage()
+			if msg == nil {
+				break
+			}
+			dst = append(dst, msg)
+		}
 		s.mu.Unlock()
-		if msg != nil {
-			return msg, nil
+		if len(dst) > n {
+			return dst, nil
 		}
 		wait := time.Until(deadline)
 		if wait <= 0 {
-			return nil, nil
+			return dst, nil
 		}
 		timer := time.NewTimer(wait)
 		select {

@@ -9,6 +9,8 @@
 // adaptive (Consume with WithAdaptiveConcurrency(1, 2 × concurrency)) or
 // batch (ConsumeBatch, batches of up to 16 messages whose messages are
 // handled one after the other, each with its own start and end line).
+// -client picks the Kafka client: confluent (package kafka) or franz
+// (package kafka/franz).
 //
 // History lines, space-separated:
 //
@@ -35,10 +37,12 @@ import (
 	"time"
 
 	ckafka "github.com/confluentinc/confluent-kafka-go/v2/kafka"
+	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/parallafka/parallafka"
 	"github.com/parallafka/parallafka/internal/keyed"
 	"github.com/parallafka/parallafka/kafka"
+	"github.com/parallafka/parallafka/kafka/franz"
 	"github.com/parallafka/parallafka/pipeline"
 )
 
@@ -54,18 +58,19 @@ func main() {
 	maxWork := flag.Duration("work", 4*time.Millisecond, "each handler sleeps up to this long")
 	commitInterval := flag.Duration("commit-interval", 500*time.Millisecond, "commit interval")
 	mode := flag.String("mode", "single", "single, adaptive or batch")
+	client := flag.String("client", "confluent", "confluent (package kafka, confluent-kafka-go) or franz (package kafka/franz, franz-go)")
 	flag.Parse()
 	if *topic == "" || *group == "" || *run == "" || *history == "" || *brokers == "" {
 		fmt.Fprintln(os.Stderr, "member: -brokers, -topic, -group, -run and -history are required")
 		os.Exit(2)
 	}
-	if err := consume(*brokers, *topic, *group, *protocol, *mode, *run, *member, *history, *concurrency, *maxWork, *commitInterval); err != nil {
+	if err := consume(*client, *brokers, *topic, *group, *protocol, *mode, *run, *member, *history, *concurrency, *maxWork, *commitInterval); err != nil {
 		fmt.Fprintf(os.Stderr, "member %s: %v\n", *run, err)
 		os.Exit(1)
 	}
 }
 
-func consume(brokers, topic, group, protocol, mode, run, member, history string, concurrency int, maxWork, commitInterval time.Duration) error {
+func consume(client, brokers, topic, group, protocol, mode, run, member, history string, concurrency int, maxWork, commitInterval time.Duration) error {
 	handlers := parallafka.WithMaxConcurrency(concurrency)
 	switch mode {
 	case "single", "batch":
@@ -91,44 +96,16 @@ func consume(brokers, topic, group, protocol, mode, run, member, history string,
 	write("B %s %s %d %d\n", run, member, os.Getpid(), time.Now().UnixNano())
 
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})).With("run", run)
-	cfg := ckafka.ConfigMap{
-		"bootstrap.servers":                       brokers,
-		"client.id":                               "chaos-" + run,
-		"group.id":                                group,
-		"auto.offset.reset":                       "earliest",
-		"enable.auto.commit":                      false,
-		"fetch.wait.max.ms":                       100,
-		"fetch.error.backoff.ms":                  50,
-		"coordinator.query.interval.ms":           1000,
-		"topic.metadata.refresh.interval.ms":      1000,
-		"topic.metadata.refresh.fast.interval.ms": 100,
-		"metadata.max.age.ms":                     3000,
-		"reconnect.backoff.ms":                    10,
-		"reconnect.backoff.max.ms":                500,
-		"retry.backoff.ms":                        20,
-		"retry.backoff.max.ms":                    200,
-		"log.connection.close":                    false,
-		"enable.metrics.push":                     false,
-	}
-	switch protocol {
-	case "consumer":
-		// KIP-848: the broker assigns and sets the session and heartbeat
-		// timeouts; the client may not set them.
-		cfg["group.protocol"] = "consumer"
-	case "cooperative-sticky", "range", "roundrobin":
-		cfg["partition.assignment.strategy"] = protocol
-		cfg["session.timeout.ms"] = 6000
-		cfg["heartbeat.interval.ms"] = 500
+	var src parallafka.Source[string, string]
+	switch client {
+	case "confluent":
+		src, err = confluentSource(brokers, topic, group, protocol, run, log)
+	case "franz":
+		src, err = franzSource(brokers, topic, group, protocol, run, log)
 	default:
-		return fmt.Errorf("unknown protocol %q", protocol)
+		err = fmt.Errorf("unknown client %q", client)
 	}
-	consumer, err := kafka.NewConsumer(&cfg, kafka.WithLogger(log))
 	if err != nil {
-		return err
-	}
-	src, err := kafka.NewSource(consumer, []string{topic}, kafka.String, kafka.String, kafka.WithLogger(log))
-	if err != nil {
-		_ = consumer.Close()
 		return err
 	}
 	event := func(kind string) func([]pipeline.TopicPartition) {
@@ -196,6 +173,93 @@ func consume(brokers, topic, group, protocol, mode, run, member, history string,
 		return nil
 	}
 	return err
+}
+
+// confluentSource is a Source over confluent-kafka-go, with short fetch
+// waits, metadata refreshes and backoffs, so that the member notices a
+// broker's return fast.
+func confluentSource(brokers, topic, group, protocol, run string, log *slog.Logger) (parallafka.Source[string, string], error) {
+	cfg := ckafka.ConfigMap{
+		"bootstrap.servers":                       brokers,
+		"client.id":                               "chaos-" + run,
+		"group.id":                                group,
+		"auto.offset.reset":                       "earliest",
+		"enable.auto.commit":                      false,
+		"fetch.wait.max.ms":                       100,
+		"fetch.error.backoff.ms":                  50,
+		"coordinator.query.interval.ms":           1000,
+		"topic.metadata.refresh.interval.ms":      1000,
+		"topic.metadata.refresh.fast.interval.ms": 100,
+		"metadata.max.age.ms":                     3000,
+		"reconnect.backoff.ms":                    10,
+		"reconnect.backoff.max.ms":                500,
+		"retry.backoff.ms":                        20,
+		"retry.backoff.max.ms":                    200,
+		"log.connection.close":                    false,
+		"enable.metrics.push":                     false,
+	}
+	switch protocol {
+	case "consumer":
+		// KIP-848: the broker assigns and sets the session and heartbeat
+		// timeouts; the client may not set them.
+		cfg["group.protocol"] = "consumer"
+	case "cooperative-sticky", "range", "roundrobin":
+		cfg["partition.assignment.strategy"] = protocol
+		cfg["session.timeout.ms"] = 6000
+		cfg["heartbeat.interval.ms"] = 500
+	default:
+		return nil, fmt.Errorf("unknown protocol %q", protocol)
+	}
+	consumer, err := kafka.NewConsumer(&cfg, kafka.WithLogger(log))
+	if err != nil {
+		return nil, err
+	}
+	src, err := kafka.NewSource(consumer, []string{topic}, kafka.String, kafka.String, kafka.WithLogger(log))
+	if err != nil {
+		_ = consumer.Close()
+		return nil, err
+	}
+	return src, nil
+}
+
+// franzSource is the same over franz-go.
+func franzSource(brokers, topic, group, protocol, run string, log *slog.Logger) (parallafka.Source[string, string], error) {
+	opts := []kgo.Opt{
+		kgo.SeedBrokers(strings.Split(brokers, ",")...),
+		kgo.ClientID("chaos-" + run),
+		kgo.ConsumerGroup(group),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
+		kgo.FetchMaxWait(100 * time.Millisecond),
+		kgo.MetadataMaxAge(3 * time.Second),
+		kgo.MetadataMinAge(100 * time.Millisecond),
+		kgo.RetryBackoffFn(func(tries int) time.Duration { return min(20*time.Millisecond<<min(tries, 4), 200*time.Millisecond) }),
+		kgo.DisableClientMetrics(),
+	}
+	switch protocol {
+	case "consumer":
+		opts = append(opts, kgo.ServerSideBalancer())
+	case "cooperative-sticky":
+		opts = append(opts, kgo.Balancers(kgo.CooperativeStickyBalancer()))
+	case "range":
+		opts = append(opts, kgo.Balancers(kgo.RangeBalancer()))
+	case "roundrobin":
+		opts = append(opts, kgo.Balancers(kgo.RoundRobinBalancer()))
+	default:
+		return nil, fmt.Errorf("unknown protocol %q", protocol)
+	}
+	if protocol != "consumer" {
+		opts = append(opts, kgo.SessionTimeout(6*time.Second), kgo.HeartbeatInterval(500*time.Millisecond))
+	}
+	cl, err := franz.NewClient(opts, franz.WithLogger(log))
+	if err != nil {
+		return nil, err
+	}
+	src, err := franz.NewSource(cl, []string{topic}, franz.String, franz.String, franz.WithLogger(log))
+	if err != nil {
+		cl.Close()
+		return nil, err
+	}
+	return src, nil
 }
 
 // closeTimeoutOnly reports whether err is nothing but the source's close
