@@ -28,19 +28,32 @@ var (
 	ErrBrokerUnreachable = errors.New("parallafka: broker unreachable")
 	// ErrStopped: a shutdown began, or Consume returned.
 	ErrStopped = errors.New("parallafka: stopped")
+	// ErrUnhealthy: a check added with WithHealthCheck failed (Health
+	// wraps its error too).
+	ErrUnhealthy = errors.New("parallafka: unhealthy")
 )
 
 // Health returns nil while the Parallafka consumes (partitions assigned,
 // none stalled, brokers reachable), and otherwise ErrNotStarted,
 // ErrJoining, ErrStalled (wrapped with the blocking message),
-// ErrBrokerUnreachable (wrapped with the source's reason) or
-// ErrStopped. Held keys (ReleaseKey) are not unhealthy: Stats.HeldKeys
+// ErrBrokerUnreachable (wrapped with the source's reason), ErrUnhealthy
+// (wrapping a WithHealthCheck check's error; checks run while consuming,
+// before the stall and the broker are looked at) or ErrStopped. Held keys (ReleaseKey) are not unhealthy: Stats.HeldKeys
 // counts them. It reads counters the pipeline keeps anyway and asks the
 // broker nothing, so it suits liveness and readiness probes; it is safe to
 // call at any time, from any goroutine. ctx is for sources that may one
 // day need to ask.
 func (p *Parallafka[K, V]) Health(ctx context.Context) error {
 	state, reason := p.health()
+	if state != ErrNotStarted && state != ErrStopped {
+		// The user's checks say more than a stall they may cause (a flood
+		// guard's hold stalls its partition).
+		for _, check := range p.cfg.healthChecks {
+			if err := check(ctx); err != nil {
+				return fmt.Errorf("%w: %w", ErrUnhealthy, err)
+			}
+		}
+	}
 	if state == nil || reason == "" {
 		return state
 	}

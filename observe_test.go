@@ -483,3 +483,44 @@ func BenchmarkObserver(b *testing.B) {
 		})
 	}
 }
+
+// A WithHealthCheck check makes Health report ErrUnhealthy, wrapping its
+// error, while consuming (and ahead of a stall it may cause); it is not
+// asked before Consume or after it. A nil check is refused.
+func TestHealthCheck(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		errDown := errors.New("downstream down")
+		var down atomic.Bool
+		var asked atomic.Int32
+		check := func(context.Context) error {
+			asked.Add(1)
+			if down.Load() {
+				return errDown
+			}
+			return nil
+		}
+		src := memsource.New[string, int]()
+		produce(src, 1, 10, func(i int) int { return i })
+		p, err := parallafka.New(src, parallafka.WithLogger(quiet), parallafka.WithHealthCheck(check))
+		require.NoError(t, err)
+		require.ErrorIs(t, p.Health(t.Context()), parallafka.ErrNotStarted)
+		assert.Zero(t, asked.Load(), "not asked before Consume")
+		stop, _ := start(p, func(context.Context, *parallafka.Message[string, int]) error { return nil })
+		time.Sleep(100 * time.Millisecond)
+		synctest.Wait()
+		require.NoError(t, p.Health(t.Context()))
+		down.Store(true)
+		herr := p.Health(t.Context())
+		require.ErrorIs(t, herr, parallafka.ErrUnhealthy)
+		require.ErrorIs(t, herr, errDown)
+		assert.Equal(t, "parallafka: unhealthy: downstream down", herr.Error())
+		err, _ = stop()
+		require.NoError(t, err)
+		n := asked.Load()
+		assert.ErrorIs(t, p.Health(t.Context()), parallafka.ErrStopped)
+		assert.Equal(t, n, asked.Load(), "not asked after Consume returned")
+
+		_, err = parallafka.New(memsource.New[string, int](), parallafka.WithHealthCheck(nil))
+		require.ErrorContains(t, err, "WithHealthCheck: nil check")
+	})
+}

@@ -1,6 +1,7 @@
 package parallafka
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -66,6 +67,7 @@ type config struct {
 	loggerSet    bool // WithLogger was given: the logger reaches the source too
 	observer     pipeline.Observer
 	stallTimeout time.Duration
+	healthChecks []func(context.Context) error
 	rateLimit    RateLimit
 	heldKeyTTL   time.Duration
 
@@ -440,6 +442,22 @@ func WithObserver(o pipeline.Observer) Option {
 // detection off.
 func WithStallTimeout(d time.Duration) Option {
 	return optionFunc(func(c *config) { c.stallTimeout = d })
+}
+
+// WithHealthCheck adds a check to Health: while Parallafka consumes and
+// its own checks pass, Health returns the first error a check returns,
+// wrapped with ErrUnhealthy (errors.Is finds both). A check must be quick
+// and safe to call from any goroutine; ctx is Health's. For example
+// WithHealthCheck(guard.Flooding) reports a stages.FloodGuard that holds
+// the pipeline. A nil check is refused by New.
+func WithHealthCheck(check func(ctx context.Context) error) Option {
+	return optionFunc(func(c *config) {
+		if check == nil {
+			c.errs = append(c.errs, errors.New("parallafka: WithHealthCheck: nil check"))
+			return
+		}
+		c.healthChecks = append(c.healthChecks, check)
+	})
 }
 
 // adaptiveMin is the adaptive limit's floor, 0 for a fixed concurrency.

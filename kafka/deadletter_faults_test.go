@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -126,4 +127,90 @@ func TestDeadLetterFloodStops(t *testing.T) {
 	end, err := cluster.EndOffsets(ctx, dlqTopic)
 	require.NoError(t, err)
 	require.EqualValues(t, 3, end[0])
+}
+
+// A flood guard with Pause holds the pipeline instead of stopping it:
+// Consume goes on, Health reports the flood, nothing is dead-lettered or
+// committed past the held message; once the cause is fixed, Resume lets the
+// held message be dead-lettered and everything else be handled, and the
+// commits reach the end. On the embedded broker, and on Apache Kafka in CI.
+func TestDeadLetterFloodPauseHoldsThenResumes(t *testing.T) {
+	const n = 20
+	cluster := kafkatest.New(t)
+	ctx := context.Background()
+	topic, dlqTopic := kafkatest.UniqueTopic("orders"), kafkatest.UniqueTopic("orders-dlq")
+	require.NoError(t, cluster.CreateTopic(ctx, topic, 1))
+	require.NoError(t, cluster.CreateTopic(ctx, dlqTopic, 1))
+	recs := make([]kafkatest.Record, n)
+	for i := range recs {
+		recs[i] = kafkatest.Record{Partition: 0, Value: []byte("x")}
+	}
+	require.NoError(t, cluster.Produce(ctx, topic, recs))
+	writer := newWriter(t, cluster.ProducerConfig())
+	quiet := slog.New(slog.DiscardHandler)
+	group := kafkatest.UniqueTopic("group")
+	ccfg := cluster.ConsumerConfig(group)
+	delete(*ccfg, "go.logs.channel.enable")
+	consumer, err := kafka.NewConsumer(ccfg, kafka.WithLogger(quiet))
+	require.NoError(t, err)
+	src, err := kafka.NewSource(consumer, []string{topic}, kafka.String, kafka.String, kafka.WithLogger(quiet))
+	require.NoError(t, err)
+	guard := &stages.FloodGuard{MaxInARow: 3, Pause: true}
+	dlq, err := stages.DeadLetterQueue[string, string](stages.DeadLetterConfig{Writer: writer, Topic: dlqTopic, Flood: guard})
+	require.NoError(t, err)
+	p, err := parallafka.New(src, parallafka.WithLogger(quiet), parallafka.WithMaxConcurrency(1),
+		parallafka.WithCommitInterval(100*time.Millisecond), parallafka.WithAfterHandle("dead-letter", dlq),
+		parallafka.WithHealthCheck(guard.Flooding))
+	require.NoError(t, err)
+
+	var fixed atomic.Bool // the upstream cause, fixed while the guard holds
+	var handled atomic.Int64
+	cctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	ended := make(chan error, 1)
+	go func() {
+		ended <- p.Consume(cctx, func(context.Context, *pipeline.Message[string, string]) error {
+			if !fixed.Load() {
+				return errors.New("upstream broke")
+			}
+			handled.Add(1)
+			return nil
+		})
+	}()
+	waitUntil(t, "the guard holds", func() bool { return guard.Flooding(ctx) != nil })
+	err = p.Health(ctx)
+	require.ErrorIs(t, err, parallafka.ErrUnhealthy)
+	require.ErrorIs(t, err, stages.ErrDeadLetterFlood)
+	require.ErrorContains(t, err, "@3 ", "held before offset 3")
+	// Commits go on meanwhile, up to the held message and no further.
+	waitUntil(t, "the 3 dead-lettered committed", func() bool {
+		committed, err := cluster.CommittedOffsets(ctx, group, topic)
+		return err == nil && committed[0] == 3
+	})
+	time.Sleep(500 * time.Millisecond) // five commit intervals
+	committed, err := cluster.CommittedOffsets(ctx, group, topic)
+	require.NoError(t, err)
+	require.EqualValues(t, 3, committed[0], "nothing past the held message")
+	end, err := cluster.EndOffsets(ctx, dlqTopic)
+	require.NoError(t, err)
+	require.EqualValues(t, 3, end[0])
+
+	fixed.Store(true)
+	guard.Resume()
+	waitUntil(t, "everything committed", func() bool {
+		// What failed during the hold is dead-lettered without counting:
+		// one Resume is enough.
+		require.NoError(t, guard.Flooding(ctx), "the guard tripped again")
+		committed, err := cluster.CommittedOffsets(ctx, group, topic)
+		return err == nil && committed[0] == n
+	})
+	require.NoError(t, p.Health(ctx))
+	cancel()
+	require.NoError(t, <-ended)
+	end, err = cluster.EndOffsets(ctx, dlqTopic)
+	require.NoError(t, err)
+	// The held message and those whose handlers failed during the hold
+	// went to the dead-letter topic; the rest were handled.
+	require.GreaterOrEqual(t, end[0], int64(4))
+	require.EqualValues(t, n, end[0]+handled.Load())
 }

@@ -60,7 +60,11 @@ type DeadLetterConfig struct {
 // FloodGuard is DeadLetterQueue's flood guard. When a message would be
 // dead-lettered past a limit, the stage fails with ErrDeadLetterFlood
 // (Consume returns it): that message is neither written nor handed on, so
-// it and everything after it in its partition stay uncommitted.
+// it and everything after it in its partition stay uncommitted. With Pause
+// the stage holds instead of failing, until Resume.
+//
+// A FloodGuard belongs to one DeadLetterQueue; pass it by pointer and keep
+// the pointer to call Flooding and Resume.
 type FloodGuard struct {
 	// MaxShare is the share of messages (0 to 1) that may be dead-lettered
 	// over the last Window messages the stage saw. 0: no share limit.
@@ -71,16 +75,70 @@ type FloodGuard struct {
 	// MaxInARow is the number of messages in a row that may be
 	// dead-lettered. 0: no limit.
 	MaxInARow int
+	// Pause, when the guard trips, holds the pipeline rather than stopping
+	// it: the message that tripped the guard is neither written nor handed
+	// on, and the stage takes no further message, so handlers soon wait,
+	// the in-flight limit pauses fetching and nothing past the held message
+	// is committed (what finished before it still is). Meanwhile Flooding
+	// returns the flood (parallafka.WithHealthCheck(guard.Flooding) makes
+	// Health report it). Resume, once the cause is fixed, dead-letters the
+	// held message and the messages whose handlers failed during the hold
+	// (those waiting for the stage), then goes on with the guard's counts
+	// reset; a shutdown ends the hold, leaving the message uncommitted.
+	// Default false: stop with ErrDeadLetterFlood.
+	Pause bool
+
+	mu      sync.Mutex
+	flood   error         // the flood while holding, else nil
+	resumed chan struct{} // closed by Resume while holding
+}
+
+// Flooding returns nil unless the guard holds the pipeline (Pause), and
+// then an error that wraps ErrDeadLetterFlood with the reason and the
+// message held. It is safe to call from any goroutine; its signature fits
+// parallafka.WithHealthCheck.
+func (g *FloodGuard) Flooding(context.Context) error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.flood
+}
+
+// Resume ends a hold (Pause): the held message is dead-lettered and the
+// stage goes on, its counts reset. It does nothing if the guard does not
+// hold. It is safe to call from any goroutine.
+func (g *FloodGuard) Resume() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.flood != nil {
+		g.flood = nil
+		close(g.resumed)
+	}
+}
+
+// hold records the flood and returns the channel Resume closes.
+func (g *FloodGuard) hold(flood error) <-chan struct{} {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.flood, g.resumed = flood, make(chan struct{})
+	return g.resumed
+}
+
+// unhold ends a hold that no Resume ended (the stage stopped).
+func (g *FloodGuard) unhold() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.flood = nil
 }
 
 // ErrDeadLetterFlood is the error of a DeadLetterQueue whose FloodGuard
-// stopped it, wrapped with the reason, the dead-letter topic and the
-// message it stopped before (partition and offset) with its error.
+// stopped it (or, with Pause, of its Flooding while it holds), wrapped with
+// the reason, the dead-letter topic and the message it stopped before
+// (partition and offset) with its error.
 var ErrDeadLetterFlood = errors.New("stages: dead-letter flood")
 
 // flood tracks a FloodGuard's sliding window.
 type flood struct {
-	g      FloodGuard
+	g      *FloodGuard
 	window []bool // ring of the last messages: dead-lettered or not
 	next   int
 	seen   int
@@ -114,6 +172,12 @@ func (f *flood) observe(dead bool) string {
 		return fmt.Sprintf("%d of the last %d messages failed for good (limit %.3g%%)", f.bad, len(f.window), f.g.MaxShare*100)
 	}
 	return ""
+}
+
+// reset forgets what the guard saw: after a Resume it counts afresh.
+func (f *flood) reset() {
+	clear(f.window)
+	f.next, f.seen, f.bad, f.inARow = 0, 0, 0, 0
 }
 
 // DeadLetterError is the error of a message that failed and could not be
@@ -163,7 +227,8 @@ func DeadLetterQueue[K, V any](cfg DeadLetterConfig) (pipeline.Stage[K, V], erro
 	}
 	if g := cfg.Flood; g != nil {
 		if g.MaxShare < 0 || g.MaxShare > 1 || g.Window < 0 || g.MaxInARow < 0 {
-			return nil, fmt.Errorf("stages: DeadLetterQueue: invalid FloodGuard %+v (MaxShare in [0, 1], Window and MaxInARow >= 0)", *g)
+			return nil, fmt.Errorf("stages: DeadLetterQueue: invalid FloodGuard {MaxShare:%v Window:%d MaxInARow:%d} (MaxShare in [0, 1], Window and MaxInARow >= 0)",
+				g.MaxShare, g.Window, g.MaxInARow)
 		}
 		if g.MaxShare == 0 && g.MaxInARow == 0 {
 			return nil, errors.New("stages: DeadLetterQueue: FloodGuard with neither MaxShare nor MaxInARow")
@@ -195,10 +260,11 @@ func DeadLetterQueue[K, V any](cfg DeadLetterConfig) (pipeline.Stage[K, V], erro
 		defer writes.Wait()
 		var guard *flood
 		if g := cfg.Flood; g != nil {
-			guard = &flood{g: *g}
+			guard = &flood{g: g}
 			if g.MaxShare > 0 {
 				guard.window = make([]bool, cmp.Or(g.Window, 100))
 			}
+			defer g.unhold()
 		}
 		slots := make(chan struct{}, cfg.Concurrency)
 		send := func(msg *pipeline.Message[K, V]) bool {
@@ -209,14 +275,44 @@ func DeadLetterQueue[K, V any](cfg DeadLetterConfig) (pipeline.Stage[K, V], erro
 				return false
 			}
 		}
-		for msg := range in {
+		// catchUp, after a Resume: the messages whose handlers ended during
+		// the hold (ready at once) are not counted; they failed of the
+		// cause the Resume says is fixed.
+		catchUp := false
+		for {
+			var msg *pipeline.Message[K, V]
+			var ok bool
+			if catchUp {
+				select {
+				case msg, ok = <-in:
+				default:
+					catchUp = false
+					continue
+				}
+			} else {
+				msg, ok = <-in
+			}
+			if !ok {
+				break
+			}
 			dead := failedForGood(ctx, msg)
 			// A message that follows the one that held its key is no
 			// failure of its own, and no sign of a flood.
-			if _, follows := heldBehind(msg.Err); guard != nil && !follows {
+			if _, follows := heldBehind(msg.Err); guard != nil && !follows && !catchUp {
 				if reason := guard.observe(dead); reason != "" {
-					return fmt.Errorf("%w: %s; stopped before dead-lettering %s@%d to %s (message failed with: %v)",
-						ErrDeadLetterFlood, reason, msg.TopicPartition(), msg.Offset, newDeadLetter(cfg.Topic, msg).Topic, msg.Err)
+					if !guard.g.Pause {
+						return fmt.Errorf("%w: %s; stopped before dead-lettering %s@%d to %s (message failed with: %v)",
+							ErrDeadLetterFlood, reason, msg.TopicPartition(), msg.Offset, newDeadLetter(cfg.Topic, msg).Topic, msg.Err)
+					}
+					resumed := guard.g.hold(fmt.Errorf("%w: %s; holding before dead-lettering %s@%d to %s (message failed with: %v)",
+						ErrDeadLetterFlood, reason, msg.TopicPartition(), msg.Offset, newDeadLetter(cfg.Topic, msg).Topic, msg.Err))
+					select {
+					case <-resumed:
+						guard.reset()
+						catchUp = true
+					case <-ctx.Done():
+						return nil // the message stays uncommitted
+					}
 				}
 			}
 			if !dead {

@@ -153,6 +153,26 @@ func floodGuarded(w stages.DeadLetterWriter) (pipeline.Stage[string, Payment], e
 	return stages.DeadLetterQueue[string, Payment](cfg)
 }
 
+// floodHold: docs/controls.md "Hold instead of stop".
+func floodHold(src parallafka.Source[string, Payment], w stages.DeadLetterWriter) (*parallafka.Parallafka[string, Payment], *stages.FloodGuard, error) {
+	guard := &stages.FloodGuard{MaxInARow: 50, Pause: true}
+	dlq, err := stages.DeadLetterQueue[string, Payment](stages.DeadLetterConfig{Writer: w, Topic: "payments.dlq", Flood: guard})
+	if err != nil {
+		return nil, nil, err
+	}
+	p, err := parallafka.New(src, parallafka.WithAfterHandle("dead-letter", dlq),
+		parallafka.WithHealthCheck(guard.Flooding)) // Health: ErrUnhealthy wrapping ErrDeadLetterFlood
+	return p, guard, err
+}
+
+// resumeAfterFlood: the same section.
+func resumeAfterFlood(guard *stages.FloodGuard) {
+	// ... once the cause is fixed (an admin endpoint, say):
+	guard.Resume()
+}
+
+var _, _ = floodHold, resumeAfterFlood
+
 // holdKeys: docs/controls.md "A poison message holds its key, not its
 // partition".
 func holdKeys(ctx context.Context, src parallafka.Source[string, Payment], w stages.DeadLetterWriter, handle parallafka.Handler[string, Payment]) error {
