@@ -168,10 +168,16 @@ func (b *broker) group(topic, what string) string {
 
 // consumerConfig is the consumer configuration every run and baseline
 // uses: kafkatest's (earliest, no auto-commit, short fetch waits) with
-// librdkafka's own logging limited to errors.
+// kafka.NewConsumer's fetch defaults and librdkafka's own logging limited
+// to errors.
 func (b *broker) consumerConfig(group string) *ckafka.ConfigMap {
 	cfg := b.cluster.ConsumerConfig(group)
 	_ = cfg.SetKey("log_level", 3)
+	// kafka.NewConsumer's fetch defaults, so that the raw loops (which use
+	// confluent-kafka-go directly) are tuned alike; -X overrides them.
+	_ = cfg.SetKey("fetch.queue.backoff.ms", 0)
+	_ = cfg.SetKey("queued.min.messages", 1_000_000)
+	_ = cfg.SetKey("queued.max.messages.kbytes", 32<<10)
 	if b.client != "franz" {
 		for _, kv := range b.props {
 			_ = cfg.SetKey(kv[0], kv[1])

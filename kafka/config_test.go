@@ -26,6 +26,15 @@ func TestSafeConfigFillsInAndRefuses(t *testing.T) {
 	assert.Equal(t, true, out["go.logs.channel.enable"])
 	assert.True(t, forward)
 	assert.NotContains(t, in, "enable.auto.commit", "the caller's map is not modified")
+	// The fetch defaults are filled in; a caller's own value is kept.
+	assert.Equal(t, 0, out["fetch.queue.backoff.ms"])
+	assert.Equal(t, 1_000_000, out["queued.min.messages"])
+	assert.Equal(t, 32768, out["queued.max.messages.kbytes"])
+	out, _, err = safeConfig(base(ckafka.ConfigMap{"fetch.queue.backoff.ms": 500, "queued.max.messages.kbytes": "4096"}))
+	require.NoError(t, err)
+	assert.Equal(t, 500, out["fetch.queue.backoff.ms"])
+	assert.Equal(t, "4096", out["queued.max.messages.kbytes"])
+	assert.Equal(t, 1_000_000, out["queued.min.messages"])
 
 	for _, ok := range []ckafka.ConfigMap{
 		{"enable.auto.commit": false, "enable.auto.offset.store": "false"},

@@ -34,7 +34,10 @@ var ErrUnsafeConfig = kafkaclient.ErrUnsafeConfig
 // balancers (kgo.Balancers: kgo's default is cooperative-sticky;
 // kgo.RangeBalancer() for eager rebalancing; kgo.ServerSideBalancer() for
 // the KIP-848 consumer protocol), kgo.ConsumeResetOffset, session and
-// rebalance timeouts, TLS and SASL, fetch sizes. NewClient adds:
+// rebalance timeouts, TLS and SASL, fetch sizes (kgo's defaults were the
+// fastest under the pipeline: bench/README.md, "Client settings"; kgo
+// buffers at most one fetch response per broker, kgo.FetchMaxBytes each).
+// NewClient adds:
 //
 //   - before opts, so opts may override them: a logger bridging kgo's logs
 //     to the slog logger of WithLogger (kgo.WithLogger in opts replaces it),
