@@ -55,6 +55,7 @@ func TestHealthBrokerUnreachable(t *testing.T) {
 	require.Eventually(t, func() bool { return errors.Is(p.Health(ctx), parallafka.ErrBrokerUnreachable) },
 		time.Minute, 10*time.Millisecond, "the broker's going is noticed")
 	require.ErrorContains(t, src.Unreachable(), "no broker reachable")
+	require.ErrorIs(t, src.Unreachable(), kafka.ErrUnreachable)
 	cancel()
 	<-done // the final commit fails: the broker is gone
 	require.ErrorIs(t, p.Health(ctx), parallafka.ErrStopped)

@@ -652,11 +652,11 @@ func (s *Source[K, V]) Resume(partitions []pipeline.TopicPartition) error {
 // the consumer reported it until a message arrives or a rebalance assigns
 // partitions (a broker answered), or, if partitions were assigned, until
 // the group coordinator confirmed the assignment (see MembershipInDoubt);
-// nil otherwise. It is safe to call from
-// any goroutine (Parallafka's Health does).
+// nil otherwise. The error wraps ErrUnreachable and librdkafka's. It is
+// safe to call from any goroutine (Parallafka's Health does).
 func (s *Source[K, V]) Unreachable() error {
 	if err := s.down.Load(); err != nil {
-		return fmt.Errorf("kafka: no broker reachable: %w", *err)
+		return fmt.Errorf("%w: %w", ErrUnreachable, *err)
 	}
 	return nil
 }

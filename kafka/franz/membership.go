@@ -37,8 +37,8 @@ const (
 // Unreachable returns an error from the time a connection to a broker
 // failed while no broker had answered for a second, until a broker answers
 // again and, if the membership was in doubt, the coordinator confirmed it;
-// nil otherwise. It is safe to call from any goroutine (Parallafka's
-// Health does).
+// nil otherwise. The error wraps ErrUnreachable and the connection's
+// error. It is safe to call from any goroutine (Parallafka's Health does).
 func (s *Source[K, V]) Unreachable() error {
 	if !s.unreachableSince(time.Now()) && !s.doubt.Load() {
 		return nil
@@ -47,7 +47,7 @@ func (s *Source[K, V]) Unreachable() error {
 	if e := s.b.failErr.Load(); e != nil {
 		cause = *e
 	}
-	return fmt.Errorf("franz: no broker reachable: %w", cause)
+	return fmt.Errorf("%w: %w", ErrUnreachable, cause)
 }
 
 // unreachableSince reports whether brokers count as unreachable at now.

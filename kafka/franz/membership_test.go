@@ -11,6 +11,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/parallafka/parallafka"
+	"github.com/parallafka/parallafka/kafka/franz"
 	"github.com/parallafka/parallafka/pipeline"
 )
 
@@ -47,7 +48,7 @@ func TestMembershipDoubt(t *testing.T) {
 	})
 	down.Store(true)
 	waitFor(t, 10*time.Second, "the membership in doubt", src.MembershipInDoubt)
-	require.Error(t, src.Unreachable())
+	require.ErrorIs(t, src.Unreachable(), franz.ErrUnreachable)
 	before := led.distinct()
 	time.Sleep(time.Second)
 	assert.LessOrEqual(t, led.distinct()-before, 8, "no handler starts while the membership is in doubt (but those already started)")
