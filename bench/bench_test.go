@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -14,6 +15,8 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+
+	"github.com/parallafka/parallafka"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -394,4 +397,137 @@ func TestDownstreamWaitsOnATimerfd(t *testing.T) {
 		}
 	}
 	fdWait(time.Now().Add(-time.Millisecond)) // an end past: at once
+}
+
+// runJSON runs the harness with args (JSON output) and returns its rows.
+func runJSON(t *testing.T, args ...string) []result {
+	t.Helper()
+	c, err := parseFlags(append(args, "-json", "-progress=false"), os.Stderr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stdout, stderr bytes.Buffer
+	if err := run(c, &stdout, &stderr); err != nil {
+		t.Fatalf("%v\n%s", err, stderr.String())
+	}
+	var results []result
+	sc := bufio.NewScanner(&stdout)
+	for sc.Scan() {
+		var r result
+		if err := json.Unmarshal(sc.Bytes(), &r); err != nil {
+			t.Fatalf("line %q: %v", sc.Text(), err)
+		}
+		results = append(results, r)
+	}
+	return results
+}
+
+// TestHarnessExcludeHot runs a per-key rate limit with the three hottest
+// keys left out of the target: the run ends once the other keys' messages
+// are handled, long before the hot keys' could be at 100 a second, and
+// counts those messages only.
+func TestHarnessExcludeHot(t *testing.T) {
+	const perKey = 100
+	rs := runJSON(t, "-source", "mem", "-messages", "2000", "-partitions", "3", "-keys", "100", "-dist", "zipf",
+		"-handler", "noop", "-concurrency", "8", "-serial=false", "-raw=false",
+		"-rate-limit", fmt.Sprintf("per-key=%d", perKey), "-exclude-hot", "3")
+	if len(rs) != 1 {
+		t.Fatalf("%d results, want 1", len(rs))
+	}
+	r := rs[0]
+	switch {
+	case r.RateLimit != "per-key=100" || r.Throttled <= 0:
+		t.Errorf("rate limit %q, throttled %d: want per-key=100 and some throttling", r.RateLimit, r.Throttled)
+	case r.ExcludedHotKeys != 3 || r.ExcludedMessages <= 0 || r.Messages != 2000-r.ExcludedMessages:
+		t.Errorf("excluded %d keys, %d messages; %d messages counted: want 3 keys and the rest of 2000", r.ExcludedHotKeys, r.ExcludedMessages, r.Messages)
+	case r.OrderViolations != 0 || r.Duplicates != 0 || r.Unknown != 0:
+		t.Errorf("%+v: order violations, duplicates or unknown messages", r)
+	case r.MsgsPerSec <= 0 || r.Seconds <= 0:
+		t.Errorf("%+v: no rate", r)
+	}
+	// The hottest key has at least a third of the excluded messages.
+	if hot := float64(r.ExcludedMessages) / 3 / perKey; r.Seconds >= hot {
+		t.Errorf("the run took %.2f s: it waited for the hot keys (≥ %.2f s)", r.Seconds, hot)
+	}
+}
+
+// TestHarnessDuration runs a global limit of 2,000 records a second for 3
+// seconds over more messages than that: the run stops at 3 s and the rate
+// from 1 s to 3 s is the limit's.
+func TestHarnessDuration(t *testing.T) {
+	rs := runJSON(t, "-source", "mem", "-messages", "20000", "-partitions", "3", "-keys", "100",
+		"-handler", "noop", "-concurrency", "8", "-serial=false", "-raw=false",
+		"-rate-limit", "records=2000", "-duration", "3s")
+	if len(rs) != 1 {
+		t.Fatalf("%d results, want 1", len(rs))
+	}
+	r := rs[0]
+	switch {
+	case r.RateWindowMsgsPerSec < 1800 || r.RateWindowMsgsPerSec > 2200:
+		t.Errorf("window rate %.0f msg/s, want 2000 ± 10%%", r.RateWindowMsgsPerSec)
+	case r.RateSecondMin < 1500 || r.RateSecondMax > 2500 || r.RateSecondMin > r.RateSecondMax:
+		t.Errorf("seconds of %d to %d messages, want about 2000", r.RateSecondMin, r.RateSecondMax)
+	case r.DurationSeconds != 3 || r.Messages >= 20000 || r.Throttled <= 0 || r.RateLimit != "records=2000":
+		t.Errorf("%+v: want a 3 s run stopped before its 20000 messages, throttled", r)
+	case r.OrderViolations != 0 || r.Duplicates != 0:
+		t.Errorf("%+v: order violations or duplicates", r)
+	}
+}
+
+// TestRateFlags: -rate-limit parses a subset of records, bytes and per-key
+// and refuses anything else with an error naming the flag;
+// -exclude-hot and -duration refuse values they cannot measure.
+func TestRateFlags(t *testing.T) {
+	for _, bad := range []string{
+		"records", "records=", "records=x", "records=-1", "records=0", "records=NaN", "records=Inf",
+		"rps=10", "=10", "records=1,records=2", "records=1,", ",", "records=1;bytes=2", "per-key=1=2",
+	} {
+		_, err := parseFlags([]string{"-rate-limit", bad}, &bytes.Buffer{})
+		if err == nil || !strings.Contains(err.Error(), "-rate-limit") {
+			t.Errorf("-rate-limit %q: error %v, want one naming -rate-limit", bad, err)
+		}
+	}
+	c, err := parseFlags([]string{"-rate-limit", " per-key=50, records=2e3,bytes=1000000"}, &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := (parallafka.RateLimit{Records: 2000, Bytes: 1e6, PerKey: 50}); c.rateLimit != want {
+		t.Errorf("rate limit %+v, want %+v", c.rateLimit, want)
+	}
+	if s := rateLimitString(c.rateLimit); s != "records=2000,bytes=1e+06,per-key=50" {
+		t.Errorf("written back as %q", s)
+	}
+	for _, bad := range [][]string{
+		{"-exclude-hot", "-1"},
+		{"-keys", "10,3", "-exclude-hot", "3"},
+		{"-duration", "1s"},
+		{"-duration", "-2s"},
+	} {
+		if _, err := parseFlags(bad, &bytes.Buffer{}); err == nil {
+			t.Errorf("%q: no error", bad)
+		}
+	}
+}
+
+// TestTableRateColumns: the table shows the columns of -rate-limit,
+// -exclude-hot and -duration only when they were used.
+func TestTableRateColumns(t *testing.T) {
+	var plain, rated bytes.Buffer
+	tbl := newTable(&plain)
+	tbl.add(&result{Dist: "zipf"})
+	tbl.flush()
+	tbl = newTable(&rated)
+	tbl.add(&result{Dist: "zipf", RateLimit: "per-key=5", Throttled: 7, ExcludedHotKeys: 2, ExcludedMessages: 40, DurationSeconds: 3, RateWindowMsgsPerSec: 99, RateSecondMin: 98, RateSecondMax: 100})
+	tbl.flush()
+	for _, col := range []string{"rate limit", "throttled", "excluded keys", "window msg/s", "second min/max"} {
+		if strings.Contains(plain.String(), col) || !strings.Contains(rated.String(), col) {
+			t.Errorf("column %q: in the plain table %t, in the rated one %t", col, strings.Contains(plain.String(), col), strings.Contains(rated.String(), col))
+		}
+	}
+	if !strings.Contains(rated.String(), "per-key=5") || !strings.Contains(rated.String(), "98/100") {
+		t.Errorf("rated table:\n%s", rated.String())
+	}
+	if strings.Count(plain.String(), "\n") != 2 || strings.Count(rated.String(), "\n") != 2 {
+		t.Errorf("want a header and a row:\n%s\n%s", plain.String(), rated.String())
+	}
 }

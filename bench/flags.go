@@ -5,10 +5,14 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/parallafka/parallafka"
 )
 
 // config is one invocation of the harness: a workload description and the
@@ -47,6 +51,14 @@ type config struct {
 	batch       int           // ConsumeBatch with batches of at most this many messages; 0: Consume
 	linger      time.Duration // WithBatchLinger, with batch
 	props       [][2]string   // -X: client properties, in order
+	// rateLimit is -rate-limit (WithRateLimit); the zero RateLimit: none.
+	rateLimit parallafka.RateLimit
+	// excludeHot is -exclude-hot: the run's target leaves out the messages
+	// of this many hottest keys (by message count).
+	excludeHot int
+	// duration is -duration: a run stops this long after Consume's start
+	// (0: at its message target).
+	duration time.Duration
 }
 
 // parseFlags parses the command line into a config. Usage and errors go to
@@ -57,7 +69,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	var (
 		c                                 config
 		keys, dists, modes, conc, handler string
-		change                            string
+		change, rateLimit                 string
 	)
 	fs.StringVar(&c.source, "source", "mem", "mem (in-memory source), embedded (in-process Kafka broker) or kafka (the broker given by -brokers)")
 	fs.StringVar(&c.client, "client", "confluent", "Kafka client of the sources embedded and kafka: confluent (package kafka, confluent-kafka-go) or franz (package kafka/franz, franz-go); the serial and raw baselines use the same client")
@@ -90,6 +102,9 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.IntVar(&c.gogc, "gogc", 0, "set the GC percentage for the runs (as GOGC does; 0 leaves it): a low value makes the live-heap samples of the memory workload frequent")
 	fs.BoolVar(&c.retained, "retained", false, "halfway through each run, hold every handler until the in-flight limit is reached, force two GCs and record the live heap the pipeline retains (the run's timings are then not meaningful)")
 	fs.StringVar(&c.trace, "trace", "", "write a CSV timeline of each run (every 10 ms: handled, in flight, queued behind keys, busy handlers) to this file")
+	fs.StringVar(&rateLimit, "rate-limit", "", "WithRateLimit: a comma-separated subset of records=N (records/s of all keys), bytes=N (bytes/s) and per-key=N (records/s of each key), e.g. records=2000,per-key=50")
+	fs.IntVar(&c.excludeHot, "exclude-hot", 0, "leave the K hottest keys (by message count) out of a run's target: it ends once every other key's messages are handled, and its messages and msg/s count those only")
+	fs.DurationVar(&c.duration, "duration", 0, "stop each run this long (at least 2s) after Consume's start and report the rate from 1s to its end (the topic must hold enough messages: raise -messages or -backlog); 0: stop at the message target")
 	fs.Func("X", "client property `key=value`, repeatable, for the raw loop and Parallafka alike: with -client confluent any librdkafka consumer property (e.g. queued.min.messages=1000000); with -client franz "+strings.Join(franzProps, ", "), func(kv string) error {
 		k, v, ok := strings.Cut(kv, "=")
 		if !ok || k == "" {
@@ -114,6 +129,9 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	}
 	if c.concurrency, err = parseConcurrency(conc); err != nil {
 		errs = append(errs, fmt.Errorf("-concurrency: %w", err))
+	}
+	if c.rateLimit, err = parseRateLimit(rateLimit); err != nil {
+		errs = append(errs, fmt.Errorf("-rate-limit: %w", err))
 	}
 	c.dists = parseList(dists)
 	c.modes = parseList(modes)
@@ -192,6 +210,17 @@ func (c *config) validate() error {
 	if c.linger < 0 {
 		bad("-linger must not be negative")
 	}
+	if c.excludeHot < 0 {
+		bad("-exclude-hot must not be negative")
+	}
+	for _, k := range c.keys {
+		if c.excludeHot > 0 && c.excludeHot >= k {
+			bad("-exclude-hot (%d) must be less than -keys (%d): no message would be left to measure", c.excludeHot, k)
+		}
+	}
+	if c.duration != 0 && c.duration < 2*time.Second {
+		bad("-duration must be 0 (off) or at least 2s (its rate window starts at 1s), got %v", c.duration)
+	}
 	if len(c.keys) == 0 || len(c.dists) == 0 || len(c.modes) == 0 || len(c.concurrency) == 0 {
 		bad("-keys, -dist, -mode and -concurrency need at least one value each")
 	}
@@ -244,6 +273,69 @@ func parseCount(f string) (int, error) {
 		return 0, fmt.Errorf("%q is not a count", f)
 	}
 	return n * mult, nil
+}
+
+// rateField is one field of a -rate-limit spec: its name and the
+// RateLimit field it sets.
+type rateField struct {
+	name  string
+	field func(*parallafka.RateLimit) *float64
+}
+
+// rateFields are the fields of a -rate-limit spec, in the order
+// rateLimitString writes them.
+var rateFields = []rateField{
+	{"records", func(l *parallafka.RateLimit) *float64 { return &l.Records }},
+	{"bytes", func(l *parallafka.RateLimit) *float64 { return &l.Bytes }},
+	{"per-key", func(l *parallafka.RateLimit) *float64 { return &l.PerKey }},
+}
+
+// parseRateLimit parses a -rate-limit spec: a comma-separated subset of
+// records=N, bytes=N and per-key=N, each N a positive finite number, each
+// name at most once. The empty spec is no limit.
+func parseRateLimit(spec string) (parallafka.RateLimit, error) {
+	var l parallafka.RateLimit
+	if strings.TrimSpace(spec) == "" {
+		return l, nil
+	}
+	seen := map[string]bool{}
+	for _, f := range strings.Split(spec, ",") {
+		rf, v, err := parseRateField(strings.TrimSpace(f))
+		if err != nil {
+			return parallafka.RateLimit{}, err
+		}
+		if seen[rf.name] {
+			return parallafka.RateLimit{}, fmt.Errorf("%s given twice in %q", rf.name, spec)
+		}
+		seen[rf.name] = true
+		*rf.field(&l) = v
+	}
+	return l, nil
+}
+
+// parseRateField parses one name=N of a -rate-limit spec.
+func parseRateField(f string) (rateField, float64, error) {
+	name, num, ok := strings.Cut(f, "=")
+	i := slices.IndexFunc(rateFields, func(rf rateField) bool { return rf.name == strings.TrimSpace(name) })
+	if !ok || i < 0 {
+		return rateField{}, 0, fmt.Errorf("want records=N, bytes=N or per-key=N, got %q", f)
+	}
+	v, err := strconv.ParseFloat(strings.TrimSpace(num), 64)
+	if err != nil || !(v > 0) || math.IsInf(v, 0) {
+		return rateField{}, 0, fmt.Errorf("%s: want a positive number, got %q", rateFields[i].name, num)
+	}
+	return rateFields[i], v, nil
+}
+
+// rateLimitString writes l as a -rate-limit spec ("" for no limit).
+func rateLimitString(l parallafka.RateLimit) string {
+	var parts []string
+	for _, rf := range rateFields {
+		if v := *rf.field(&l); v > 0 {
+			parts = append(parts, fmt.Sprintf("%s=%g", rf.name, v))
+		}
+	}
+	return strings.Join(parts, ",")
 }
 
 // isTerminal reports whether f is a character device (a terminal).

@@ -29,6 +29,8 @@ type recorder struct {
 
 	target     int64
 	handled    atomic.Int64
+	counted    atomic.Int64 // handled messages that count toward target (not excluded)
+	excluded   []bool       // per key: left out of target (-exclude-hot); nil: none
 	dups       atomic.Int64
 	unknown    atomic.Int64
 	violations atomic.Int64
@@ -127,9 +129,16 @@ func (r *recorder) finish(i int32, t0, t1 int64) {
 		}
 		r.lastSeq[k] = r.w.seq[i]
 	}
-	if r.handled.Add(1) == r.target {
+	r.handled.Add(1)
+	if r.counts(i) && r.counted.Add(1) == r.target {
 		r.doneOnce.Do(func() { close(r.done) })
 	}
+}
+
+// counts reports whether message i counts toward the target: its key is
+// not excluded.
+func (r *recorder) counts(i int32) bool {
+	return r.excluded == nil || !r.excluded[r.w.keyOf[i]]
 }
 
 // handler is the pipeline handler of a run.
@@ -273,6 +282,57 @@ func (r *recorder) span() time.Duration {
 		last = max(last, end)
 	}
 	return time.Duration(last - first)
+}
+
+// countedSpan returns the time from the first poll (or handler start,
+// where polls are not recorded) of any message to the last handler end of
+// a message that counts toward the target, and how many of those were
+// handled.
+func (r *recorder) countedSpan() (span time.Duration, n int) {
+	first, last := int64(0), int64(0)
+	for i, end := range r.endAt {
+		start := r.pollAt[i]
+		if start == 0 {
+			start = r.startAt[i]
+		}
+		if start != 0 && (first == 0 || start < first) {
+			first = start
+		}
+		if end != 0 && r.counts(int32(i)) {
+			last = max(last, end)
+			n++
+		}
+	}
+	if last == 0 {
+		return 0, n
+	}
+	return time.Duration(last - first), n
+}
+
+// rateWindow counts the handler ends within [from, to] ns of the
+// recorder's clock: it returns their rate over the window and the fewest
+// and most of them in any whole second of it (from from on; 0 and 0 when
+// the window is shorter than a second).
+func (r *recorder) rateWindow(from, to int64) (perSec float64, secMin, secMax int) {
+	const second = int64(time.Second)
+	buckets := make([]int, (to-from)/second)
+	n := 0
+	for _, end := range r.endAt {
+		if end == 0 || end < from || end > to {
+			continue
+		}
+		n++
+		if b := (end - from) / second; b < int64(len(buckets)) {
+			buckets[b]++
+		}
+	}
+	if to > from {
+		perSec = float64(n) / time.Duration(to-from).Seconds()
+	}
+	if len(buckets) == 0 {
+		return perSec, 0, 0
+	}
+	return perSec, slices.Min(buckets), slices.Max(buckets)
 }
 
 // latencies returns the 50th and 99th percentiles and the maximum of poll →

@@ -12,7 +12,7 @@ import (
 type result struct {
 	Source      string  `json:"source"`
 	Client      string  `json:"client,omitempty"` // confluent or franz (sources embedded and kafka)
-	Messages    int     `json:"messages"`         // handled in the run
+	Messages    int     `json:"messages"`         // handled in the run (with -exclude-hot: of the other keys)
 	Backlog     int     `json:"backlog"`          // in the topic
 	Partitions  int     `json:"partitions"`
 	Keys        int     `json:"keys"`
@@ -27,7 +27,8 @@ type result struct {
 	MaxInFlight     int    `json:"max_in_flight"`
 	GOMAXPROCS      int    `json:"gomaxprocs"`
 
-	// Seconds runs from the first poll to the last handler end;
+	// Seconds runs from the first poll to the last handler end (with
+	// -exclude-hot: of a message of the other keys);
 	// TotalSeconds from the Consume call to its return (group join,
 	// shutdown and final commit included).
 	Seconds      float64 `json:"seconds"`
@@ -119,6 +120,26 @@ type result struct {
 	Batches       int64   `json:"batches,omitempty"`
 	MeanBatchSize float64 `json:"mean_batch_size,omitempty"`
 
+	// With -rate-limit: the limit (records=N,bytes=N,per-key=N, the fields
+	// set). Throttled is Stats().Throttled at the end of the run: the
+	// times a ready message was held back by the limit.
+	RateLimit string `json:"rate_limit,omitempty"`
+	Throttled int64  `json:"throttled"`
+	// With -exclude-hot: the hottest keys (by message count) left out of
+	// the target and their messages in the workload. Messages, Seconds and
+	// MsgsPerSec then count the other keys' messages only (the first poll
+	// of any message to the last handler end of theirs); the ideal and the
+	// efficiency still count every handled message.
+	ExcludedHotKeys  int `json:"excluded_hot_keys,omitempty"`
+	ExcludedMessages int `json:"excluded_messages,omitempty"`
+	// With -duration: its length; the messages whose handler ended from 1 s
+	// after Consume's start to the end of the duration, per second of that
+	// window; and the fewest and most of them in any whole second of it.
+	DurationSeconds      float64 `json:"duration_seconds,omitempty"`
+	RateWindowMsgsPerSec float64 `json:"rate_window_msgs_per_sec,omitempty"`
+	RateSecondMin        int     `json:"rate_second_min,omitempty"`
+	RateSecondMax        int     `json:"rate_second_max,omitempty"`
+
 	Pauses          int64 `json:"pauses"`           // back-pressure pauses
 	Committed       int64 `json:"committed"`        // messages covered by the committed offsets
 	OrderViolations int64 `json:"order_violations"` // per-key order broken (key and partition modes)
@@ -145,6 +166,35 @@ func writeJSON(w io.Writer, r *result) error {
 type table struct {
 	tw     *tabwriter.Writer
 	header bool
+	extra  []column // the optional columns, chosen by the first row
+}
+
+// column is an optional column of the table: its header and a row's cell.
+type column struct {
+	name string
+	cell func(*result) string
+}
+
+// optionalColumns are the columns of the flags r's run used: -rate-limit,
+// -exclude-hot and -duration (every row of an invocation uses the same).
+func optionalColumns(r *result) []column {
+	var cols []column
+	if r.RateLimit != "" {
+		cols = append(cols,
+			column{"rate limit", func(r *result) string { return r.RateLimit }},
+			column{"throttled", func(r *result) string { return fmt.Sprint(r.Throttled) }})
+	}
+	if r.ExcludedHotKeys > 0 {
+		cols = append(cols,
+			column{"excluded keys", func(r *result) string { return fmt.Sprint(r.ExcludedHotKeys) }},
+			column{"excluded msgs", func(r *result) string { return fmt.Sprint(r.ExcludedMessages) }})
+	}
+	if r.DurationSeconds > 0 {
+		cols = append(cols,
+			column{"window msg/s", func(r *result) string { return fmt.Sprintf("%.0f", r.RateWindowMsgsPerSec) }},
+			column{"second min/max", func(r *result) string { return fmt.Sprintf("%d/%d", r.RateSecondMin, r.RateSecondMax) }})
+	}
+	return cols
 }
 
 func newTable(w io.Writer) *table {
@@ -153,7 +203,12 @@ func newTable(w io.Writer) *table {
 
 func (t *table) add(r *result) {
 	if !t.header {
-		fmt.Fprintln(t.tw, "dist\tkeys\tmode\tconc\tlimit\th p50 ms\th p99 ms\tmodel p99 ms\tfail %\tseconds\tmsg/s\tideal s\teff\tserial s\tspeedup\tp50 ms\tp99 ms\tcpu µs/msg\tpeak heap MB\theap growth MB\tvs raw\thot starved s\thot dispatch s\tviolations\tbatch (max/mean)\t")
+		fmt.Fprint(t.tw, "dist\tkeys\tmode\tconc\tlimit\th p50 ms\th p99 ms\tmodel p99 ms\tfail %\tseconds\tmsg/s\tideal s\teff\tserial s\tspeedup\tp50 ms\tp99 ms\tcpu µs/msg\tpeak heap MB\theap growth MB\tvs raw\thot starved s\thot dispatch s\tviolations\tbatch (max/mean)\t")
+		t.extra = optionalColumns(r)
+		for _, col := range t.extra {
+			fmt.Fprintf(t.tw, "%s\t", col.name)
+		}
+		fmt.Fprintln(t.tw)
 		t.header = true
 	}
 	serial := fmt.Sprintf("%.3f", r.SerialSeconds)
@@ -173,10 +228,14 @@ func (t *table) add(r *result) {
 	if r.Batch > 0 {
 		batch = fmt.Sprintf("%d/%.1f", r.Batch, r.MeanBatchSize)
 	}
-	fmt.Fprintf(t.tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%.3f\t%.0f\t%.3f\t%.3f\t%s\t%.1f\t%.2f\t%.2f\t%.2f\t%.1f\t%.1f\t%s\t%.3f\t%.3f\t%d\t%s\t\n",
+	fmt.Fprintf(t.tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%.3f\t%.0f\t%.3f\t%.3f\t%s\t%.1f\t%.2f\t%.2f\t%.2f\t%.1f\t%.1f\t%s\t%.3f\t%.3f\t%d\t%s\t",
 		r.Dist, r.Keys, r.Mode, r.ConcurrencySpec, limit, hp50, hp99, mp99, fail, r.Seconds, r.MsgsPerSec, r.IdealSeconds, r.Efficiency,
 		serial, r.SpeedupVsSerial, r.P50LatencyMs, r.P99LatencyMs, r.CPUMicrosPerMsg,
 		mb(r.PeakHeapBytes), mb(r.HeapGrowthBytes), vsRaw, r.HotKeyStarvedSeconds, r.HotKeyDispatchSeconds, r.OrderViolations, batch)
+	for _, col := range t.extra {
+		fmt.Fprintf(t.tw, "%s\t", col.cell(r))
+	}
+	fmt.Fprintln(t.tw)
 }
 
 func (t *table) flush() { t.tw.Flush() }

@@ -37,6 +37,10 @@ func runPipeline(c *config, w *workload, b *broker, topic, mode string, conc con
 		rec.ds = newDownstream(c.handler)
 		rec.imposed = make([]int64, w.n)
 	}
+	hotMessages, err := excludeHot(c, w, rec)
+	if err != nil {
+		return nil, err
+	}
 	var src pipeline.Source[string, []byte]
 	if c.source == "mem" {
 		src = memSource(w)
@@ -72,6 +76,9 @@ func runPipeline(c *config, w *workload, b *broker, topic, mode string, conc con
 	if c.maxInFlight > 0 {
 		opts = append(opts, parallafka.WithMaxInFlight(c.maxInFlight))
 	}
+	if c.rateLimit != (parallafka.RateLimit{}) {
+		opts = append(opts, parallafka.WithRateLimit(c.rateLimit))
+	}
 	if c.batch > 0 {
 		opts = append(opts, parallafka.WithMaxBatch(c.batch, 4<<20), parallafka.WithBatchLinger(c.linger))
 	}
@@ -87,11 +94,12 @@ func runPipeline(c *config, w *workload, b *broker, topic, mode string, conc con
 	baseRSS := rss()
 	heap := startHeapSampler(10 * time.Millisecond)
 	label := fmt.Sprintf("%s %s c=%s", w.dist, mode, conc)
-	bar := startProgress(stderr, c.progress, label, rec.handled.Load, int64(c.messages))
+	bar := startProgress(stderr, c.progress, label, rec.counted.Load, rec.target)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 
-	cpu0, start := cpuTime(), time.Now()
+	cpu0, start, startNs := cpuTime(), time.Now(), rec.now()
+	timeUp := after(c.duration)
 	consumed := make(chan error, 1)
 	go func() {
 		if c.batch > 0 {
@@ -112,7 +120,7 @@ func runPipeline(c *config, w *workload, b *broker, topic, mode string, conc con
 	} else {
 		retained <- retainedHeap{}
 	}
-	waitErr, consumeErr, returned := waitDone(rec, consumed, c.stall)
+	waitErr, consumeErr, returned := waitDone(rec, consumed, timeUp, c.stall)
 	cancel()
 	if !returned {
 		consumeErr = <-consumed
@@ -153,6 +161,7 @@ func runPipeline(c *config, w *workload, b *broker, topic, mode string, conc con
 		HotKeyStarvedSeconds: starved, HotKeyDispatchSeconds: dispatch,
 		RetainedHeapBytes: kept.bytes, RetainedInFlight: kept.inFlight,
 		Batch: c.batch, Batches: stats.Batches, MeanBatchSize: stats.MeanBatchSize,
+		RateLimit: rateLimitString(c.rateLimit), Throttled: stats.Throttled,
 	}
 	if c.batch > 0 {
 		r.LingerMs = ms(c.linger)
@@ -169,6 +178,13 @@ func runPipeline(c *config, w *workload, b *broker, topic, mode string, conc con
 	if r.Seconds > 0 && r.IdealSeconds > 0 {
 		r.Efficiency = r.IdealSeconds / r.Seconds
 	}
+	if c.excludeHot > 0 {
+		countNonHot(r, rec, c.excludeHot, hotMessages)
+	}
+	if c.duration > 0 {
+		r.DurationSeconds = c.duration.Seconds()
+		r.RateWindowMsgsPerSec, r.RateSecondMin, r.RateSecondMax = rec.rateWindow(startNs+int64(time.Second), startNs+int64(c.duration))
+	}
 	if tl != nil {
 		tl.summarize(r, rec, c.change)
 	}
@@ -178,10 +194,50 @@ func runPipeline(c *config, w *workload, b *broker, topic, mode string, conc con
 	return r, nil
 }
 
-// waitDone waits until every message of the run was handled, Consume
-// returned early (returned is then true, with Consume's error), or no
-// message finished for stall.
-func waitDone(rec *recorder, consumed <-chan error, stall time.Duration) (err, consumeErr error, returned bool) {
+// excludeHot leaves the -exclude-hot hottest keys out of rec's target: it
+// becomes the other keys' messages (at most -messages). It returns the
+// number of the hot keys' messages in the workload.
+func excludeHot(c *config, w *workload, rec *recorder) (hotMessages int, err error) {
+	if c.excludeHot == 0 {
+		return 0, nil
+	}
+	rec.excluded, hotMessages = w.hotKeys(c.excludeHot)
+	rec.target = int64(min(c.messages, w.n-hotMessages))
+	if rec.target == 0 {
+		return 0, fmt.Errorf("-exclude-hot %d leaves no message of the workload to measure", c.excludeHot)
+	}
+	return hotMessages, nil
+}
+
+// countNonHot makes r's messages, seconds and rate those of the messages
+// that count toward the target (-exclude-hot): from the first poll of any
+// message to the last handler end of a counted one. The efficiency keeps
+// the ideal of every handled message, hot keys' included.
+func countNonHot(r *result, rec *recorder, hotKeys, hotMessages int) {
+	span, n := rec.countedSpan()
+	r.ExcludedHotKeys, r.ExcludedMessages = hotKeys, hotMessages
+	r.Messages, r.Seconds, r.MsgsPerSec, r.Efficiency = n, span.Seconds(), 0, 0
+	if span > 0 {
+		r.MsgsPerSec = float64(n) / span.Seconds()
+	}
+	if r.Seconds > 0 && r.IdealSeconds > 0 {
+		r.Efficiency = r.IdealSeconds / r.Seconds
+	}
+}
+
+// after returns a channel that receives once d from now, or nil (never)
+// when d is 0.
+func after(d time.Duration) <-chan time.Time {
+	if d == 0 {
+		return nil
+	}
+	return time.After(d)
+}
+
+// waitDone waits until every message of the run's target was handled, the
+// time was up (-duration), Consume returned early (returned is then true,
+// with Consume's error), or no message finished for stall.
+func waitDone(rec *recorder, consumed <-chan error, timeUp <-chan time.Time, stall time.Duration) (err, consumeErr error, returned bool) {
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	last, lastChange := rec.handled.Load(), time.Now()
@@ -189,8 +245,10 @@ func waitDone(rec *recorder, consumed <-chan error, stall time.Duration) (err, c
 		select {
 		case <-rec.done:
 			return nil, nil, false
+		case <-timeUp:
+			return nil, nil, false
 		case consumeErr := <-consumed:
-			return fmt.Errorf("Consume returned after %d of %d messages", rec.handled.Load(), rec.target), consumeErr, true
+			return fmt.Errorf("Consume returned after %d of %d messages", rec.counted.Load(), rec.target), consumeErr, true
 		case <-tick.C:
 			if n := rec.handled.Load(); n != last {
 				last, lastChange = n, time.Now()
@@ -253,7 +311,7 @@ type retainedHeap struct {
 // heap above base (the live heap before the run) with the in-flight count
 // at that moment; then lets the handlers go on.
 func measureRetained(p *parallafka.Parallafka[string, []byte], rec *recorder, limit int, base uint64) retainedHeap {
-	for rec.handled.Load() < rec.target/2 {
+	for rec.counted.Load() < rec.target/2 {
 		select {
 		case <-rec.done:
 			return retainedHeap{}

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"slices"
 	"sort"
 	"time"
 
@@ -118,4 +119,26 @@ func (w *workload) hottestKeyShare() float64 {
 		top = max(top, count[k])
 	}
 	return float64(top) / float64(len(w.keyOf))
+}
+
+// hotKeys marks the k keys with the most messages in the workload (ties
+// go to the lower key index) and returns how many messages they have.
+// Key indexes are not a rank: a zipf draw makes key 0 the likeliest, not
+// certainly the most frequent, and a uniform one ranks no key.
+func (w *workload) hotKeys(k int) (hot []bool, messages int) {
+	count := make([]int, w.keys)
+	for _, key := range w.keyOf {
+		count[key]++
+	}
+	rank := make([]int, w.keys)
+	for i := range rank {
+		rank[i] = i
+	}
+	slices.SortStableFunc(rank, func(a, b int) int { return count[b] - count[a] })
+	hot = make([]bool, w.keys)
+	for _, key := range rank[:min(k, w.keys)] {
+		hot[key] = true
+		messages += count[key]
+	}
+	return hot, messages
 }
