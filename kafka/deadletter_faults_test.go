@@ -91,23 +91,9 @@ func TestDeadLetterWriteTimeoutNamesTopicAndMessage(t *testing.T) {
 func TestDeadLetterFloodStops(t *testing.T) {
 	cluster := kafkatest.New(t, kafkatest.WithEmbedded())
 	ctx := context.Background()
-	topic, dlqTopic := kafkatest.UniqueTopic("orders"), kafkatest.UniqueTopic("orders-dlq")
-	require.NoError(t, cluster.CreateTopic(ctx, topic, 1))
-	require.NoError(t, cluster.CreateTopic(ctx, dlqTopic, 1))
-	recs := make([]kafkatest.Record, 20)
-	for i := range recs {
-		recs[i] = kafkatest.Record{Partition: 0, Value: []byte("x")}
-	}
-	require.NoError(t, cluster.Produce(ctx, topic, recs))
-	writer := newWriter(t, cluster.ProducerConfig())
-	quiet := slog.New(slog.DiscardHandler)
-	group := kafkatest.UniqueTopic("group")
-	ccfg := cluster.ConsumerConfig(group)
-	delete(*ccfg, "go.logs.channel.enable")
-	consumer, err := kafka.NewConsumer(ccfg, kafka.WithLogger(quiet))
-	require.NoError(t, err)
-	src, err := kafka.NewSource(consumer, []string{topic}, kafka.String, kafka.String, kafka.WithLogger(quiet))
-	require.NoError(t, err)
+	f := newFloodSetup(t, cluster, 20)
+	topic, dlqTopic, group, writer, src, quiet := f.topic, f.dlqTopic, f.group, f.writer, f.src, f.quiet
+	var err error
 	dlq, err := stages.DeadLetterQueue[string, string](stages.DeadLetterConfig{Writer: writer, Topic: dlqTopic,
 		Flood: &stages.FloodGuard{MaxInARow: 3}})
 	require.NoError(t, err)
@@ -138,23 +124,8 @@ func TestDeadLetterFloodPauseHoldsThenResumes(t *testing.T) {
 	const n = 20
 	cluster := kafkatest.New(t)
 	ctx := context.Background()
-	topic, dlqTopic := kafkatest.UniqueTopic("orders"), kafkatest.UniqueTopic("orders-dlq")
-	require.NoError(t, cluster.CreateTopic(ctx, topic, 1))
-	require.NoError(t, cluster.CreateTopic(ctx, dlqTopic, 1))
-	recs := make([]kafkatest.Record, n)
-	for i := range recs {
-		recs[i] = kafkatest.Record{Partition: 0, Value: []byte("x")}
-	}
-	require.NoError(t, cluster.Produce(ctx, topic, recs))
-	writer := newWriter(t, cluster.ProducerConfig())
-	quiet := slog.New(slog.DiscardHandler)
-	group := kafkatest.UniqueTopic("group")
-	ccfg := cluster.ConsumerConfig(group)
-	delete(*ccfg, "go.logs.channel.enable")
-	consumer, err := kafka.NewConsumer(ccfg, kafka.WithLogger(quiet))
-	require.NoError(t, err)
-	src, err := kafka.NewSource(consumer, []string{topic}, kafka.String, kafka.String, kafka.WithLogger(quiet))
-	require.NoError(t, err)
+	f := newFloodSetup(t, cluster, n)
+	topic, dlqTopic, group, writer, src, quiet := f.topic, f.dlqTopic, f.group, f.writer, f.src, f.quiet
 	guard := &stages.FloodGuard{MaxInARow: 3, Pause: true}
 	dlq, err := stages.DeadLetterQueue[string, string](stages.DeadLetterConfig{Writer: writer, Topic: dlqTopic, Flood: guard})
 	require.NoError(t, err)
@@ -213,4 +184,36 @@ func TestDeadLetterFloodPauseHoldsThenResumes(t *testing.T) {
 	// went to the dead-letter topic; the rest were handled.
 	require.GreaterOrEqual(t, end[0], int64(4))
 	require.EqualValues(t, n, end[0]+handled.Load())
+}
+
+// floodSetup is what the flood tests start from: a one-partition topic of
+// n records, its dead-letter topic and writer, and a quiet Source over the
+// topic in a new group.
+type floodSetup struct {
+	topic, dlqTopic, group string
+	writer                 *kafka.DeadLetterWriter
+	src                    *kafka.Source[string, string]
+	quiet                  *slog.Logger
+}
+
+func newFloodSetup(t *testing.T, cluster *kafkatest.Cluster, n int) floodSetup {
+	t.Helper()
+	ctx := context.Background()
+	f := floodSetup{topic: kafkatest.UniqueTopic("orders"), dlqTopic: kafkatest.UniqueTopic("orders-dlq"),
+		group: kafkatest.UniqueTopic("group"), quiet: slog.New(slog.DiscardHandler)}
+	require.NoError(t, cluster.CreateTopic(ctx, f.topic, 1))
+	require.NoError(t, cluster.CreateTopic(ctx, f.dlqTopic, 1))
+	recs := make([]kafkatest.Record, n)
+	for i := range recs {
+		recs[i] = kafkatest.Record{Partition: 0, Value: []byte("x")}
+	}
+	require.NoError(t, cluster.Produce(ctx, f.topic, recs))
+	f.writer = newWriter(t, cluster.ProducerConfig())
+	ccfg := cluster.ConsumerConfig(f.group)
+	delete(*ccfg, "go.logs.channel.enable")
+	consumer, err := kafka.NewConsumer(ccfg, kafka.WithLogger(f.quiet))
+	require.NoError(t, err)
+	f.src, err = kafka.NewSource(consumer, []string{f.topic}, kafka.String, kafka.String, kafka.WithLogger(f.quiet))
+	require.NoError(t, err)
+	return f
 }

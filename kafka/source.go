@@ -224,12 +224,7 @@ func (s *Source[K, V]) Closed() <-chan struct{} { return s.closedCh }
 // returned. A record whose key or value fails to deserialize is not an
 // error of Poll: it is returned with Err set to a *DeserializeError.
 func (s *Source[K, V]) Poll(timeout time.Duration) (*pipeline.Message[K, V], error) {
-	var one [1]*pipeline.Message[K, V]
-	got, err := s.PollBatch(timeout, one[:0], 1)
-	if err != nil || len(got) == 0 {
-		return nil, err
-	}
-	return got[0], nil
+	return kafkaclient.PollOne(s.PollBatch, timeout)
 }
 
 // PollBatch implements [pipeline.BatchSource]: as Poll, it waits up to

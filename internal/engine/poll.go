@@ -162,13 +162,7 @@ func (p *poller[K, V]) pollCycle(timeout time.Duration) error {
 		if err != nil || msg == nil {
 			return err
 		}
-		p.setNext(msg.TopicPartition(), msg.Offset+1)
-		if p.hasCredit() && len(p.held) == 0 {
-			p.spend(msg)
-		} else {
-			// Behind the held ones, even if room freed meanwhile: sent
-			// first, it would overtake earlier offsets of its partition.
-			p.held = append(p.held, msg)
+		if p.take(msg) {
 			return nil
 		}
 		timeout = 0
@@ -188,14 +182,23 @@ func (p *poller[K, V]) pollBatch(timeout time.Duration) error {
 		return err
 	}
 	for _, msg := range polled {
-		p.setNext(msg.TopicPartition(), msg.Offset+1)
-		if p.hasCredit() && len(p.held) == 0 {
-			p.spend(msg)
-		} else {
-			p.held = append(p.held, msg)
-		}
+		p.take(msg)
 	}
 	return nil
+}
+
+// take notes msg as polled and spends credit on it, or holds it when the
+// credit is spent. It reports whether msg was held. A message goes behind
+// the held ones even if room freed meanwhile: sent first, it would
+// overtake earlier offsets of its partition.
+func (p *poller[K, V]) take(msg *pipeline.Message[K, V]) (held bool) {
+	p.setNext(msg.TopicPartition(), msg.Offset+1)
+	if p.hasCredit() && len(p.held) == 0 {
+		p.spend(msg)
+		return false
+	}
+	p.held = append(p.held, msg)
+	return true
 }
 
 // flush hands the cycle's messages to the coordinator. It reports false

@@ -211,12 +211,7 @@ func (s *Source[K, V]) Subscribe(l pipeline.RebalanceListener) error {
 // deserialize is not an error of Poll: it is returned with Err set to a
 // *DeserializeError.
 func (s *Source[K, V]) Poll(timeout time.Duration) (*pipeline.Message[K, V], error) {
-	var one [1]*pipeline.Message[K, V]
-	got, err := s.PollBatch(timeout, one[:0], 1)
-	if err != nil || len(got) == 0 {
-		return nil, err
-	}
-	return got[0], nil
+	return kafkaclient.PollOne(s.PollBatch, timeout)
 }
 
 // PollBatch implements [pipeline.BatchSource]: as Poll, it waits up to
