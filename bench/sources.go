@@ -42,11 +42,11 @@ func (s *timedSource[K, V]) Poll(timeout time.Duration) (*pipeline.Message[K, V]
 
 // PollBatch records each message as Poll does; it uses the source's
 // PollBatch when it has one (see pipeline.BatchSource).
-func (s *timedSource[K, V]) PollBatch(timeout time.Duration, dst []*pipeline.Message[K, V], max int) ([]*pipeline.Message[K, V], error) {
+func (s *timedSource[K, V]) PollBatch(timeout time.Duration, dst []*pipeline.Message[K, V], max int, maxBytes int64) ([]*pipeline.Message[K, V], error) {
 	start := len(dst)
 	var err error
 	if b, ok := s.Source.(pipeline.BatchSource[K, V]); ok {
-		dst, err = b.PollBatch(timeout, dst, max)
+		dst, err = b.PollBatch(timeout, dst, max, maxBytes)
 	} else {
 		var msg *pipeline.Message[K, V]
 		if msg, err = s.Source.Poll(timeout); msg != nil {

@@ -283,7 +283,7 @@ func (m *member) run() {
 		// PollBatch, as the pipeline's poll stage calls it: a rebalance
 		// served in the middle of a batch must take the given-up
 		// partitions' messages out.
-		batch, err := m.src.PollBatch(20*time.Millisecond, nil, 64)
+		batch, err := m.src.PollBatch(20*time.Millisecond, nil, 64, 0)
 		if err != nil {
 			m.pollErr = err
 			return

@@ -13,6 +13,7 @@ import (
 	ckafka "github.com/confluentinc/confluent-kafka-go/v2/kafka"
 
 	"github.com/parallafka/parallafka/internal/kafkaclient"
+	"github.com/parallafka/parallafka/internal/msginfo"
 	"github.com/parallafka/parallafka/pipeline"
 )
 
@@ -229,10 +230,12 @@ func (s *Source[K, V]) Poll(timeout time.Duration) (*pipeline.Message[K, V], err
 
 // PollBatch implements [pipeline.BatchSource]: as Poll, it waits up to
 // timeout for a message, then appends to dst up to max of the messages
-// librdkafka has queued already, without waiting again. The pipeline calls
+// librdkafka has queued already (until they hold maxBytes, if maxBytes >
+// 0: the rest stay in librdkafka's buffer), without waiting again. The
+// pipeline calls
 // it once per poll cycle. A rebalance served meanwhile takes the messages of
 // the partitions it revoked back out of the batch.
-func (s *Source[K, V]) PollBatch(timeout time.Duration, dst []*pipeline.Message[K, V], max int) ([]*pipeline.Message[K, V], error) {
+func (s *Source[K, V]) PollBatch(timeout time.Duration, dst []*pipeline.Message[K, V], max int, maxBytes int64) ([]*pipeline.Message[K, V], error) {
 	if s.isClosed() {
 		return dst, ErrClosed
 	}
@@ -240,6 +243,7 @@ func (s *Source[K, V]) PollBatch(timeout time.Duration, dst []*pipeline.Message[
 		return dst, errors.New("kafka: Poll before Subscribe")
 	}
 	start := len(dst)
+	var bytes int64
 	s.givenUp = s.givenUp[:0]
 	defer func() { clear(s.givenUp); s.givenUp = s.givenUp[:0] }()
 	deadline := time.Now().Add(timeout)
@@ -272,7 +276,8 @@ func (s *Source[K, V]) PollBatch(timeout time.Duration, dst []*pipeline.Message[
 		}
 		if msg != nil {
 			dst = append(dst, msg)
-			if len(dst)-start < max {
+			bytes += int64(msginfo.Size(msg))
+			if len(dst)-start < max && (maxBytes <= 0 || bytes < maxBytes) {
 				continue
 			}
 		}

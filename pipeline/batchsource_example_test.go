@@ -25,17 +25,20 @@ func (q *queue) Poll(timeout time.Duration) (*pipeline.Message[string, string], 
 }
 
 // PollBatch waits up to timeout for the first message only, then appends
-// what is ready, up to max, to dst (which has room for it: no allocation).
-func (q *queue) PollBatch(timeout time.Duration, dst []*pipeline.Message[string, string], max int) ([]*pipeline.Message[string, string], error) {
+// what is ready, up to max messages and maxBytes (if > 0), to dst (which
+// has room for it: no allocation).
+func (q *queue) PollBatch(timeout time.Duration, dst []*pipeline.Message[string, string], max int, maxBytes int64) ([]*pipeline.Message[string, string], error) {
 	m, err := q.Poll(timeout)
 	if m == nil || err != nil {
 		return dst, err
 	}
 	dst = append(dst, m)
-	for n := 1; n < max; n++ {
+	bytes := int64(len(m.RawKey) + len(m.RawValue))
+	for n := 1; n < max && (maxBytes <= 0 || bytes < maxBytes); n++ {
 		select {
 		case m := <-q.msgs:
 			dst = append(dst, m)
+			bytes += int64(len(m.RawKey) + len(m.RawValue))
 		default:
 			return dst, nil
 		}
@@ -53,9 +56,9 @@ func ExampleBatchSource() {
 		q.msgs <- &pipeline.Message[string, string]{Topic: "orders", Offset: int64(i)}
 	}
 	batch := make([]*pipeline.Message[string, string], 0, 256)
-	batch, _ = q.PollBatch(time.Second, batch, 256)
+	batch, _ = q.PollBatch(time.Second, batch, 256, 0)
 	fmt.Println(batch)
-	batch, _ = q.PollBatch(10*time.Millisecond, batch[:0], 256)
+	batch, _ = q.PollBatch(10*time.Millisecond, batch[:0], 256, 0)
 	fmt.Println(len(batch))
 	// Output:
 	// [orders[0]@0 orders[0]@1 orders[0]@2]

@@ -110,20 +110,24 @@ type Stage[K, V any] func(ctx context.Context, in <-chan *Message[K, V], out cha
 //
 // PollBatch appends up to max messages to dst and returns the extended
 // slice, waiting up to timeout for the first one only: once it has a
-// message it takes only what is ready now, and returns. It must not retain
-// dst, and should not allocate beyond the messages themselves (dst has
-// room for max more). Everything Poll's contract says holds for each
-// message: partition order, rebalance notifications delivered from inside
-// PollBatch before it returns (a revoked partition's messages are not in
-// the returned slice after its PartitionsRevoked returned), and a returned
-// error is fatal (the messages appended before it may be returned with it;
-// the pipeline ignores them). max is at least 1. A source that may deliver
-// a rebalance after it appended messages in the same call must leave out
-// the appended messages of the partitions that rebalance revoked or lost.
+// message it takes only what is ready now, and returns. With maxBytes > 0
+// it also stops once the messages it appended hold maxBytes or more (key,
+// value and headers as received: the one that reaches the budget is
+// included), so that a source does not move more into memory than the
+// pipeline's byte window has room for. It must not retain dst, and should
+// not allocate beyond the messages themselves (dst has room for max more).
+// Everything Poll's contract says holds for each message: partition
+// order, rebalance notifications delivered from inside PollBatch before it
+// returns (a revoked partition's messages are not in the returned slice
+// after its PartitionsRevoked returned), and a returned error is fatal
+// (the messages appended before it may be returned with it; the pipeline
+// ignores them). max is at least 1. A source that may deliver a rebalance
+// after it appended messages in the same call must leave out the appended
+// messages of the partitions that rebalance revoked or lost.
 //
 // As with io.WriterTo, a wrapper that embeds a source and overrides Poll
 // must override PollBatch too (or embed the Source interface, which hides
 // it): else the embedded PollBatch is promoted and bypasses the wrapper.
 type BatchSource[K, V any] interface {
-	PollBatch(timeout time.Duration, dst []*Message[K, V], max int) ([]*Message[K, V], error)
+	PollBatch(timeout time.Duration, dst []*Message[K, V], max int, maxBytes int64) ([]*Message[K, V], error)
 }

@@ -35,7 +35,7 @@ func (s brokenSource) Poll(time.Duration) (*pipeline.Message[string, string], er
 
 // PollBatch hides memsource's: a wrapper that overrides Poll must override
 // PollBatch too.
-func (s brokenSource) PollBatch(_ time.Duration, dst []*pipeline.Message[string, string], _ int) ([]*pipeline.Message[string, string], error) {
+func (s brokenSource) PollBatch(_ time.Duration, dst []*pipeline.Message[string, string], _ int, _ int64) ([]*pipeline.Message[string, string], error) {
 	return dst, s.err
 }
 

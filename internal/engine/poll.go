@@ -171,12 +171,16 @@ func (p *poller[K, V]) pollCycle(timeout time.Duration) error {
 }
 
 // pollBatch is pollCycle over a BatchSource: it asks for what the message
-// credit allows and one more, as many as pollCycle would poll; what the
-// credit does not cover is held, as pollCycle holds it.
+// and byte credit allow and one more, as many as pollCycle would poll;
+// what the credit does not cover is held, as pollCycle holds it.
 func (p *poller[K, V]) pollBatch(timeout time.Duration) error {
 	// Into a slice of its own: a rebalance delivered from inside PollBatch
 	// filters p.batch.
-	polled, err := p.batcher.PollBatch(timeout, p.scratch[:0], min(maxBatch-len(p.batch), p.slack()+1))
+	var budget int64 // the byte credit left; 0: no byte window
+	if p.maxBytes > 0 {
+		budget = p.bytes
+	}
+	polled, err := p.batcher.PollBatch(timeout, p.scratch[:0], min(maxBatch-len(p.batch), p.slack()+1), budget)
 	defer func() { clear(polled); p.scratch = polled[:0] }()
 	if err != nil {
 		return err
@@ -341,14 +345,9 @@ func (p *poller[K, V]) spend(msg *pipeline.Message[K, V]) {
 	p.bytes -= int64(size)
 }
 
-// messageBytes is what a message counts in the byte window: its key, value
-// and headers as received.
+// messageBytes is what a message counts in the byte window (msginfo.Size).
 func messageBytes[K, V any](msg *pipeline.Message[K, V]) int32 {
-	n := len(msg.RawKey) + len(msg.RawValue)
-	for _, h := range msg.Headers {
-		n += len(h.Key) + len(h.Value)
-	}
-	return int32(min(n, math.MaxInt32))
+	return int32(min(msginfo.Size(msg), math.MaxInt32))
 }
 
 // awaitRoom waits up to pauseAfter for a free slot. It reports whether one

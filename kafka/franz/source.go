@@ -216,10 +216,10 @@ func (s *Source[K, V]) Poll(timeout time.Duration) (*pipeline.Message[K, V], err
 
 // PollBatch implements [pipeline.BatchSource]: as Poll, it waits up to
 // timeout for a message, then appends to dst up to max of the records the
-// client has fetched already (a poll of kgo's hands over whole fetch
+// client has fetched already (until they hold maxBytes, if maxBytes > 0) (a poll of kgo's hands over whole fetch
 // responses), without waiting again. The pipeline calls it once per poll
 // cycle.
-func (s *Source[K, V]) PollBatch(timeout time.Duration, dst []*pipeline.Message[K, V], max int) ([]*pipeline.Message[K, V], error) {
+func (s *Source[K, V]) PollBatch(timeout time.Duration, dst []*pipeline.Message[K, V], max int, maxBytes int64) ([]*pipeline.Message[K, V], error) {
 	if s.isClosed() {
 		return dst, ErrClosed
 	}
@@ -248,7 +248,7 @@ func (s *Source[K, V]) PollBatch(timeout time.Duration, dst []*pipeline.Message[
 		}
 		// Rebalances are handled above, before any record is taken: none
 		// of the records returned belongs to a partition given up since.
-		if s.takeMessages(&dst, max) > 0 {
+		if s.takeMessages(&dst, max, maxBytes) > 0 {
 			return dst, nil
 		}
 		wait := deadline.Sub(now)
@@ -260,15 +260,21 @@ func (s *Source[K, V]) PollBatch(timeout time.Duration, dst []*pipeline.Message[
 }
 
 // takeMessages appends up to max of the buffered records to dst as
-// messages, allocated together, and returns how many it appended.
-func (s *Source[K, V]) takeMessages(dst *[]*pipeline.Message[K, V], max int) int {
+// messages, allocated together, until they hold maxBytes (if maxBytes >
+// 0), and returns how many it appended.
+func (s *Source[K, V]) takeMessages(dst *[]*pipeline.Message[K, V], max int, maxBytes int64) int {
 	recs := s.scratch[:0]
-	for len(recs) < max {
+	var bytes int64
+	for len(recs) < max && (maxBytes <= 0 || bytes < maxBytes) {
 		r := s.buf.next()
 		if r == nil {
 			break
 		}
 		recs = append(recs, r)
+		bytes += int64(len(r.Key) + len(r.Value))
+		for _, h := range r.Headers {
+			bytes += int64(len(h.Key) + len(h.Value))
+		}
 	}
 	if len(recs) == 0 {
 		return 0

@@ -80,9 +80,15 @@ func TestPollBatch(t *testing.T) {
 	var got, largest int
 	deadline := time.Now().Add(waitTimeout)
 	for got < n && time.Now().Before(deadline) {
-		batch, err := src.PollBatch(100*time.Millisecond, nil, limit)
+		// Every other call with a byte budget of one byte: the first
+		// message reaches it, and the batch ends there.
+		budget := int64(got % 2)
+		batch, err := src.PollBatch(100*time.Millisecond, nil, limit, budget)
 		require.NoError(t, err)
 		require.LessOrEqual(t, len(batch), limit)
+		if budget > 0 {
+			require.LessOrEqual(t, len(batch), 1, "a byte budget ends the batch")
+		}
 		largest = max(largest, len(batch))
 		for _, msg := range batch {
 			require.NoError(t, msg.Err)

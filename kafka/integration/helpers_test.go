@@ -302,9 +302,9 @@ func (s *observedSource) Poll(timeout time.Duration) (*pipeline.Message[string, 
 // PollBatch records each message as Poll does, over the source's PollBatch
 // (both clients' sources have one): the suite runs the path the pipeline
 // takes.
-func (s *observedSource) PollBatch(timeout time.Duration, dst []*pipeline.Message[string, []byte], max int) ([]*pipeline.Message[string, []byte], error) {
+func (s *observedSource) PollBatch(timeout time.Duration, dst []*pipeline.Message[string, []byte], max int, maxBytes int64) ([]*pipeline.Message[string, []byte], error) {
 	start := len(dst)
-	dst, err := s.Source.(pipeline.BatchSource[string, []byte]).PollBatch(timeout, dst, max)
+	dst, err := s.Source.(pipeline.BatchSource[string, []byte]).PollBatch(timeout, dst, max, maxBytes)
 	for _, msg := range dst[start:] {
 		s.rec.polled(s.member, msg.Partition)
 	}

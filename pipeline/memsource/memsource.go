@@ -25,6 +25,7 @@ import (
 	"time"
 
 	"github.com/parallafka/parallafka/internal/memctl"
+	"github.com/parallafka/parallafka/internal/msginfo"
 	"github.com/parallafka/parallafka/pipeline"
 )
 
@@ -174,7 +175,7 @@ func (s *Source[K, V]) Subscribe(l pipeline.RebalanceListener) error {
 // partition (round robin), waiting up to timeout for one.
 func (s *Source[K, V]) Poll(timeout time.Duration) (*pipeline.Message[K, V], error) {
 	var one [1]*pipeline.Message[K, V]
-	got, err := s.PollBatch(timeout, one[:0], 1)
+	got, err := s.PollBatch(timeout, one[:0], 1, 0)
 	if len(got) == 0 || err != nil {
 		return nil, err
 	}
@@ -182,8 +183,9 @@ func (s *Source[K, V]) Poll(timeout time.Duration) (*pipeline.Message[K, V], err
 }
 
 // PollBatch implements pipeline.BatchSource: as Poll, then up to max-1
-// more messages that are ready, under the same lock.
-func (s *Source[K, V]) PollBatch(timeout time.Duration, dst []*pipeline.Message[K, V], max int) ([]*pipeline.Message[K, V], error) {
+// more messages that are ready, under the same lock, until they hold
+// maxBytes (if maxBytes > 0).
+func (s *Source[K, V]) PollBatch(timeout time.Duration, dst []*pipeline.Message[K, V], max int, maxBytes int64) ([]*pipeline.Message[K, V], error) {
 	deadline := time.Now().Add(timeout)
 	for {
 		s.mu.Lock()
@@ -197,12 +199,16 @@ func (s *Source[K, V]) PollBatch(timeout time.Duration, dst []*pipeline.Message[
 			return dst, errors.New("memsource: Poll before Subscribe")
 		}
 		n := len(dst)
+		var bytes int64
 		for range max {
 			msg := s.nextMessage()
 			if msg == nil {
 				break
 			}
 			dst = append(dst, msg)
+			if bytes += int64(msginfo.Size(msg)); maxBytes > 0 && bytes >= maxBytes {
+				break
+			}
 		}
 		s.mu.Unlock()
 		if len(dst) > n {
