@@ -232,9 +232,8 @@ func (s *Source[K, V]) Poll(timeout time.Duration) (*pipeline.Message[K, V], err
 // timeout for a message, then appends to dst up to max of the messages
 // librdkafka has queued already (until they hold maxBytes, if maxBytes >
 // 0: the rest stay in librdkafka's buffer), without waiting again. The
-// pipeline calls
-// it once per poll cycle. A rebalance served meanwhile takes the messages of
-// the partitions it revoked back out of the batch.
+// pipeline calls it once per poll cycle. A rebalance served meanwhile takes
+// the messages of the partitions it revoked back out of the batch.
 func (s *Source[K, V]) PollBatch(timeout time.Duration, dst []*pipeline.Message[K, V], max int, maxBytes int64) ([]*pipeline.Message[K, V], error) {
 	if s.isClosed() {
 		return dst, ErrClosed
