@@ -277,6 +277,31 @@ func (c *coordinator[K, V]) closeStagedOnceEmpty() {
 }
 
 // awaitNext waits for the next thing to do and does it.
+// takePolled tracks the poll cycles waiting on the polled edge. The poller
+// hands over a cycle before it asks for a rebalance (flushForRebalance),
+// but the two edges are separate channels and a select picks at random
+// among ready ones: a cycle taken after the rebalance would be tracked
+// under the new assignment (a revoked partition assigned again: its stale
+// messages would start the new claim's window past offsets not yet polled
+// again, which would then be dropped as out of order and committed as a
+// gap). Every cycle sent before the request is in the channel by the time
+// the request is received, so taking what is there keeps the poller's order.
+func (c *coordinator[K, V]) takePolled() {
+	for c.open.polled != nil {
+		select {
+		case cycle, ok := <-c.open.polled:
+			if !ok {
+				c.open.polled = nil
+				return
+			}
+			c.track(cycle)
+			c.recycle(cycle)
+		default:
+			return
+		}
+	}
+}
+
 func (c *coordinator[K, V]) awaitNext() {
 	o := &c.open
 	var staged chan<- *pipeline.Message[K, V]
@@ -327,6 +352,7 @@ func (c *coordinator[K, V]) awaitNext() {
 	case <-c.lingerC:
 		c.lingerC = nil // a partial batch lingered long enough: dispatched next turn
 	case req := <-c.rebalances:
+		c.takePolled()
 		c.rebalance(req)
 	case reply := <-c.offsets:
 		c.expireHeld(time.Now())
