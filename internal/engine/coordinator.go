@@ -379,8 +379,12 @@ func (c *coordinator[K, V]) awaitNext() {
 // already, in one go: no select per message while handlers finish faster
 // than the coordinator turns around. It reports whether it took any.
 func (c *coordinator[K, V]) takeEnded() bool {
-	n := c.takeHandlerEnds()
+	// The completions first counted, then the handler ends: each of the
+	// m completions had its handler's end sent before it, so the handler
+	// ends taken include theirs (taken the other way round, a completion
+	// could overtake its handler's end).
 	m := len(c.released) // only this goroutine receives: m are there to take
+	n := c.takeHandlerEnds()
 	for range m {
 		c.complete(<-c.released)
 	}
