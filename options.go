@@ -23,7 +23,7 @@ import (
 // WithRevokeTimeout); stages (WithMiddleware, WithBatchMiddleware,
 // WithAfterPoll, WithAfterHandle, WithErrorPolicy, WithHeldKeyTTL);
 // dispatch (WithRateLimit); observability (WithLogger, WithObserver,
-// WithStallTimeout).
+// WithStallTimeout); exactly-once (WithTransactions).
 type Option interface {
 	apply(*config)
 }
@@ -70,6 +70,8 @@ type config struct {
 	healthChecks []func(context.Context) error
 	rateLimit    RateLimit
 	heldKeyTTL   time.Duration
+	// transactions
+	transactor pipeline.Transactor
 
 	errs []error
 }
@@ -507,6 +509,9 @@ func (c *config) validate() error {
 	}
 	if c.commitInterval <= 0 {
 		bad("commit interval must be positive, got %v", c.commitInterval)
+	}
+	if c.transactor != nil && c.asyncCommits {
+		bad("WithTransactions and WithAsyncCommits cannot be combined: each commit is a transaction, committed before the next one begins")
 	}
 	if c.shutdownMode != Graceful && c.shutdownMode != HardStop && c.shutdownMode != Drain {
 		bad("unknown shutdown mode %d", c.shutdownMode)

@@ -264,6 +264,7 @@ func (p *Parallafka[K, V]) engineConfig(handler Handler[K, V], batchHandler Batc
 		Concurrency: c.maxConcurrency, MinConcurrency: c.adaptiveMin(), MaxInFlight: c.maxInFlight, MaxInFlightBytes: c.maxInFlightBytes,
 		Ordering: engine.Ordering(c.ordering), OrderNilKeys: c.orderNilKeys,
 		CommitInterval: c.commitInterval, CommitEvery: c.commitEvery, AsyncCommits: c.asyncCommits,
+		Transactor:  c.transactor,
 		MapMaxBytes: c.mapMaxBytes, HardStop: c.shutdownMode == HardStop,
 		DrainBacklog:    c.shutdownMode == Drain,
 		ShutdownTimeout: c.shutdownTimeout, RevokeTimeout: c.revokeTimeout,

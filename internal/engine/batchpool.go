@@ -22,16 +22,17 @@ func (p *handlerPool[K, V]) handleBatch(ctx context.Context, job job[K, V]) {
 	if b.release != nil {
 		defer b.release()
 	}
-	called, sample := p.callBatchHandler(job)
-	p.settleBatch(ctx, job, called, sample)
+	called, sample, produced := p.callBatchHandler(job)
+	p.settleBatch(ctx, job, called, sample, produced)
 }
 
 // callBatchHandler calls the batch handler with the batch's messages that
 // are to be handled: not those a stage dropped, nor those that could not
 // be deserialized, nor any if the batch's claims ended already. It
 // reports which it called it with, and the call's sample for the adaptive
-// limit (one call, one sample, whatever its size).
-func (p *handlerPool[K, V]) callBatchHandler(job job[K, V]) (called []bool, sample handlerCall) {
+// limit (one call, one sample, whatever its size), and, in a
+// transactional pipeline, the outputs of the messages that succeeded.
+func (p *handlerPool[K, V]) callBatchHandler(job job[K, V]) (called []bool, sample handlerCall, produced []produced[K, V]) {
 	msgs := job.batch.msgs
 	call := make([]*pipeline.Message[K, V], 0, len(msgs))
 	called = make([]bool, len(msgs))
@@ -56,6 +57,10 @@ func (p *handlerPool[K, V]) callBatchHandler(job job[K, V]) (called []bool, samp
 			}
 			hctx = p.obs.batchStarted(hctx, infos)
 		}
+		var box *outbox[K, V]
+		if p.transactional {
+			hctx, box = withOutbox(hctx, call)
+		}
 		began := time.Now()
 		err := callHandler(p.log, p.callBatch, hctx, call, describeBatch[K, V])
 		sample.ended = time.Now()
@@ -67,8 +72,9 @@ func (p *handlerPool[K, V]) callBatchHandler(job job[K, V]) (called []bool, samp
 		for _, msg := range call {
 			msg.Err = pipeline.BatchOutcome(err, msg)
 		}
+		produced = box.seal()
 	}
-	return called, sample
+	return called, sample, produced
 }
 
 // settleBatch decides each message's fate after the call. A message fails
@@ -77,10 +83,10 @@ func (p *handlerPool[K, V]) callBatchHandler(job job[K, V]) (called []bool, samp
 // the handler said of them. It tells the coordinator that the handler is
 // free, with the messages that skip the AfterHandle stages, and sends the
 // others into the stages.
-func (p *handlerPool[K, V]) settleBatch(ctx context.Context, job job[K, V], called []bool, sample handlerCall) {
+func (p *handlerPool[K, V]) settleBatch(ctx context.Context, job job[K, V], called []bool, sample handlerCall, produced []produced[K, V]) {
 	b := job.batch
 	msgs := b.msgs
-	ended := handlerEnded[K, V]{call: sample, settled: make([]completion[K, V], 0, len(msgs))}
+	ended := handlerEnded[K, V]{call: sample, settled: make([]completion[K, V], 0, len(msgs)), produced: produced}
 	blocked := make([]bool, len(msgs))
 	onward := make([]bool, len(msgs)) // into the stages, or to the collector's verdict
 	batchDone := job.ctx.Err() != nil

@@ -35,6 +35,9 @@ type claim[K, V any] struct {
 	// the metadata must be written again even if nothing else moved.
 	heldKeys    map[string]*heldKey
 	heldChanged bool
+	// outputs are a transactional pipeline's outputs of its messages
+	// (outbox.go).
+	outputs claimOutputs
 	// Stall detection (stall.go): the committable offset last seen, when
 	// it was seen to move, and the stall found, if any.
 	progressOff int64

@@ -37,11 +37,15 @@ type committer[K, V any] struct {
 	async       bool
 	mapMaxBytes int // the offset map's limit in the commit metadata; 0: no map
 	obs         observer
+	// transactor, in a transactional pipeline, commits instead of the
+	// source: each commit is a transaction that writes the outputs of the
+	// messages it commits (outbox.go).
+	transactor pipeline.Transactor
 
-	offsets   chan<- chan<- []claimOffset // to the coordinator
-	final     <-chan []claimOffset        // from the coordinator, as it ends
-	commits   <-chan commitRequest        // from the poller: a revoke's final offsets
-	commitNow <-chan struct{}             // from the coordinator: commitEvery offsets finished
+	offsets   chan<- offsetsQuery  // to the coordinator
+	final     <-chan []claimOffset // from the coordinator, as it ends
+	commits   <-chan commitRequest // from the poller: a revoke's final offsets
+	commitNow <-chan struct{}      // from the coordinator: commitEvery offsets finished
 	coordDone <-chan struct{}
 	// shutdownDeadline is when a shutdown must be over (zero before one
 	// began): a final commit at shutdown is bounded by it, or by
@@ -52,6 +56,11 @@ type committer[K, V any] struct {
 	inFlight chan asyncResult                        // the async commit in flight, nil if none
 	heldCuts map[pipeline.TopicPartition]int         // held keys last left out of a partition's metadata (warned)
 	heldOff  bool                                    // warned that held keys are not recorded (no map)
+	// outputsDone is, per claim, the index below which committed
+	// transactions carried its outputs (outbox.go); toTell, what the
+	// coordinator has not been told of yet (the next offsets query tells).
+	outputsDone map[uint64]int64
+	toTell      []outputsDone
 }
 
 // asyncResult is what an asynchronous commit reports back.
@@ -101,7 +110,8 @@ func (c *committer[K, V]) run(ctx context.Context) error {
 		}
 		var offsets []claimOffset
 		select {
-		case c.offsets <- reply:
+		case c.offsets <- offsetsQuery{reply: reply, committed: c.toTell}:
+			c.toTell = nil
 			offsets = <-reply
 		case offsets = <-c.final:
 			return c.commitLast(offsets)
@@ -117,6 +127,8 @@ func (c *committer[K, V]) run(ctx context.Context) error {
 		switch err := c.commit(ctx, offsets, false); {
 		case err == nil:
 			backoff = 0
+		case errors.Is(err, pipeline.ErrTransactionFatal):
+			return err
 		case errors.Is(err, pipeline.ErrNotOwned):
 			// Nothing to retry: a rebalance is under way. Partitions this
 			// member keeps are committed on the next interval.
@@ -207,10 +219,16 @@ func (c *committer[K, V]) commitFinal(offsets []claimOffset) error {
 	for backoff := 50 * time.Millisecond; ; backoff *= 2 {
 		err := c.commit(ctx, offsets, true)
 		if err == nil {
+			for _, off := range offsets {
+				delete(c.outputsDone, off.claim) // the claim ended
+			}
 			return nil
 		}
 		if errors.Is(err, pipeline.ErrNotOwned) {
 			c.log.Warn("parallafka: final commit refused: partitions no longer owned; the new owner redoes what was not committed", "error", err)
+			return err
+		}
+		if errors.Is(err, pipeline.ErrTransactionFatal) {
 			return err
 		}
 		c.log.Warn("parallafka: final commit failed", "error", err)
@@ -226,6 +244,9 @@ func (c *committer[K, V]) commitFinal(offsets []claimOffset) error {
 // commit commits, synchronously, the offsets that moved (or whose offset
 // map changed) since this member's last commit of the same claim.
 func (c *committer[K, V]) commit(ctx context.Context, offsets []claimOffset, final bool) error {
+	if c.transactor != nil {
+		c.uncarried(offsets)
+	}
 	send := c.prepare(offsets)
 	if len(send) == 0 {
 		return nil
@@ -233,7 +254,12 @@ func (c *committer[K, V]) commit(ctx context.Context, offsets []claimOffset, fin
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
-	err := c.source.Commit(ctx, send)
+	var err error
+	if c.transactor != nil {
+		err = c.transact(ctx, offsets, send)
+	} else {
+		err = c.source.Commit(ctx, send)
+	}
 	c.report(send, final, start, err)
 	c.recorded(offsets, send, err)
 	c.shrinkMap(err)
@@ -277,7 +303,7 @@ func (c *committer[K, V]) prepare(offsets []claimOffset) []pipeline.Offset {
 				"partition", off.TopicPartition, "held_keys", len(off.held))
 		}
 		last, ok := c.last[off.TopicPartition]
-		if ok && last.claim == off.claim && (last.Offset.Offset > off.Offset.Offset || last.Offset == off.Offset) {
+		if ok && last.claim == off.claim && (last.Offset.Offset > off.Offset.Offset || last.Offset == off.Offset) && len(off.outputs) == 0 {
 			continue
 		}
 		send = append(send, off.Offset)
@@ -321,4 +347,41 @@ func (c *committer[K, V]) report(send []pipeline.Offset, final bool, start time.
 	if c.obs.on() {
 		c.obs.committed(pipeline.CommitInfo{Offsets: slices.Clone(send), Final: final, Took: time.Since(start), Err: err})
 	}
+}
+
+// uncarried leaves out of offsets the outputs that committed transactions
+// carried already: the coordinator drops them once the next offsets query
+// tells it, and a revoke's or the final offsets may come before that.
+func (c *committer[K, V]) uncarried(offsets []claimOffset) {
+	for i := range offsets {
+		off := &offsets[i]
+		if skip := c.outputsDone[off.claim] - off.outputsFrom; skip > 0 {
+			skip = min(skip, int64(len(off.outputs)))
+			off.outputs, off.outputsFrom = off.outputs[skip:], off.outputsFrom+skip
+		}
+	}
+}
+
+// transact commits offsets in a transaction with the outputs of the
+// messages they commit, and books the outputs as carried.
+func (c *committer[K, V]) transact(ctx context.Context, offsets []claimOffset, send []pipeline.Offset) error {
+	var records []pipeline.Record
+	for _, off := range offsets {
+		records = append(records, off.outputs...)
+	}
+	if err := c.transactor.Transact(ctx, records, send); err != nil {
+		return err
+	}
+	if c.outputsDone == nil {
+		c.outputsDone = make(map[uint64]int64)
+	}
+	for _, off := range offsets {
+		if len(off.outputs) == 0 {
+			continue
+		}
+		through := off.outputsFrom + int64(len(off.outputs))
+		c.outputsDone[off.claim] = through
+		c.toTell = append(c.toTell, outputsDone{tp: off.TopicPartition, claim: off.claim, through: through})
+	}
+	return nil
 }

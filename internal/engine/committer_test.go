@@ -27,7 +27,7 @@ type committerHarness struct {
 	src       *memsource.Source[string, string]
 	c         *committer[string, string]
 	stats     *Stats
-	offsets   chan chan<- []claimOffset
+	offsets   chan offsetsQuery
 	final     chan []claimOffset
 	commits   chan commitRequest
 	coordDone chan struct{}
@@ -43,7 +43,7 @@ const (
 func newCommitterHarness(t *testing.T) *committerHarness {
 	h := &committerHarness{
 		t: t, src: memsource.New[string, string](), stats: &Stats{},
-		offsets: make(chan chan<- []claimOffset), final: make(chan []claimOffset, 1),
+		offsets: make(chan offsetsQuery), final: make(chan []claimOffset, 1),
 		commits: make(chan commitRequest), coordDone: make(chan struct{}), done: make(chan error, 1),
 	}
 	h.c = &committer[string, string]{
@@ -60,9 +60,9 @@ func newCommitterHarness(t *testing.T) *committerHarness {
 // until the committer did what it does with the answer. It returns when
 // the question came.
 func (h *committerHarness) answer(offs ...claimOffset) time.Time {
-	reply := <-h.offsets
+	q := <-h.offsets
 	at := time.Now()
-	reply <- offs
+	q.reply <- offs
 	synctest.Wait()
 	return at
 }

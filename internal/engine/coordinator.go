@@ -88,7 +88,7 @@ type coordinatorEdges[K, V any] struct {
 	commitNow  chan<- struct{}                // to the committer: commitEvery offsets finished
 	steer      chan<- steering                // to the poller: the partitions to pause, and those over and below their share
 	rebalances <-chan rebalanceRequest        // from the poller's rebalance listener
-	offsets    <-chan chan<- []claimOffset    // from the committer: what is committable now?
+	offsets    <-chan offsetsQuery            // from the committer: what is committable now?
 	final      chan<- []claimOffset           // to the committer, once, as the coordinator ends
 	queries    <-chan revokedQuery            // from stages: pipeline.Revoked
 	drainingCh <-chan struct{}                // closed when a graceful stop begins
@@ -354,9 +354,10 @@ func (c *coordinator[K, V]) awaitNext() {
 	case req := <-c.rebalances:
 		c.takePolled()
 		c.rebalance(req)
-	case reply := <-c.offsets:
+	case q := <-c.offsets:
+		c.outputsCommitted(q.committed)
 		c.expireHeld(time.Now())
-		reply <- committable(c.claims, false)
+		q.reply <- committable(c.claims, false)
 	case q := <-c.queries:
 		q.reply <- c.revokedChannel(q.tp)
 	case <-o.stallTick:
@@ -408,6 +409,9 @@ func (c *coordinator[K, V]) takeHandlerEnds() int {
 func (c *coordinator[K, V]) handlerEnded(ended handlerEnded[K, V]) {
 	c.policy.handlerReturned(ended.call)
 	c.policy.handlerTook(ended.quick)
+	for _, p := range ended.produced {
+		c.produced(p)
+	}
 	if ended.done.msg != nil {
 		c.complete(ended.done)
 	}

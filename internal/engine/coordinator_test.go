@@ -29,7 +29,7 @@ type coordHarness struct {
 	handlerEnd chan handlerEnded[string, string]
 	room       chan room
 	rebalances chan rebalanceRequest
-	offsets    chan chan<- []claimOffset
+	offsets    chan offsetsQuery
 	final      chan []claimOffset
 	queries    chan revokedQuery
 	draining   chan struct{}
@@ -64,7 +64,7 @@ func newCoordHarness(t *testing.T, o coordOptions) *coordHarness {
 		handlerEnd: make(chan handlerEnded[string, string], 2*o.concurrency),
 		room:       make(chan room, 1),
 		rebalances: make(chan rebalanceRequest),
-		offsets:    make(chan chan<- []claimOffset),
+		offsets:    make(chan offsetsQuery),
 		final:      make(chan []claimOffset, 1),
 		queries:    make(chan revokedQuery),
 		draining:   make(chan struct{}),
@@ -223,7 +223,7 @@ func (h *coordHarness) committable() map[int32]int64 { return offsetMap(h.commit
 
 func (h *coordHarness) committableOffsets() []claimOffset {
 	reply := make(chan []claimOffset, 1)
-	h.offsets <- reply
+	h.offsets <- offsetsQuery{reply: reply}
 	return <-reply
 }
 

@@ -36,6 +36,9 @@ type (
 		call    handlerCall
 		done    completion[K, V]   // single-message mode: the message, if it skips the stages (done.msg != nil)
 		settled []completion[K, V] // batch mode
+		// produced are the outputs of the call's messages that succeeded,
+		// in a transactional pipeline (outbox.go).
+		produced []produced[K, V]
 	}
 	// handlerCall is what a handler call showed, for the adaptive limit:
 	// how long it took and whether it failed. One call, one sample,
@@ -74,12 +77,21 @@ type (
 		msgs  int
 		bytes int64
 	}
+	// offsetsQuery asks the coordinator what is committable now. In a
+	// transactional pipeline it tells too which outputs the transactions
+	// since the last query carried (their claims drop them).
+	offsetsQuery struct {
+		reply     chan<- []claimOffset
+		committed []outputsDone
+	}
 	// claimOffset is a committable offset and the claim it belongs to.
 	claimOffset struct {
 		pipeline.Offset
-		claim uint64
-		runs  []offsetmap.Run  // the offset map: finished offsets above Offset, which the committer encodes into Metadata
-		held  []offsetmap.Held // the claim's held keys, oldest first, encoded with it
+		claim       uint64
+		outputs     []pipeline.Record // a transactional pipeline's: the finished messages' outputs no committed transaction carried yet
+		outputsFrom int64             // the claim's index of outputs[0] (outbox.go)
+		runs        []offsetmap.Run   // the offset map: finished offsets above Offset, which the committer encodes into Metadata
+		held        []offsetmap.Held  // the claim's held keys, oldest first, encoded with it
 	}
 	// commitRequest asks the committer to commit a revoke's final offsets.
 	commitRequest struct {

@@ -60,6 +60,9 @@ type Config[K, V any] struct {
 	Pause            *UserPause        // Parallafka.Pause and Resume; nil: never paused
 	Observer         pipeline.Observer // nil: none
 	StallTimeout     time.Duration     // 0: no stall detection
+	// Transactor, if set, makes the pipeline transactional: commits are
+	// transactions that carry the outputs handlers produce (outbox.go).
+	Transactor pipeline.Transactor
 
 	// BatchHandler, if set, replaces Handler: the pool hands it batches
 	// (middleware applied) that the coordinator assembles as Batch says.
@@ -210,7 +213,7 @@ func newFlow[K, V any](cfg *Config[K, V], stats *Stats, life *lifecycle) *flow[K
 		dispatch   = make(chan job[K, V], 2*cfg.Concurrency)
 		handlerEnd = make(chan handlerEnded[K, V], 2*cfg.Concurrency)
 		// coordinator, poller ⇄ committer
-		offsets   = make(chan chan<- []claimOffset)
+		offsets   = make(chan offsetsQuery)
 		final     = make(chan []claimOffset, 1)
 		commitNow = make(chan struct{}, 1)
 		commits   = make(chan commitRequest)
@@ -273,13 +276,14 @@ func newFlow[K, V any](cfg *Config[K, V], stats *Stats, life *lifecycle) *flow[K
 	pool := &handlerPool[K, V]{
 		concurrency: cfg.Concurrency, handler: cfg.Handler, batchHandler: cfg.BatchHandler, log: cfg.Logger,
 		collector: collector, stats: stats, obs: obs, dispatch: dispatch, handlerEnd: handlerEnd, handled: handled,
+		transactional: cfg.Transactor != nil,
 	}
 	committer := &committer[K, V]{
 		source: cfg.Source, log: cfg.Logger, stats: stats,
 		interval: cfg.CommitInterval, timeout: cfg.RevokeTimeout,
 		async: cfg.AsyncCommits, mapMaxBytes: cfg.MapMaxBytes,
 		offsets: offsets, final: final, commits: commits, commitNow: commitNow, coordDone: coordDone,
-		shutdownDeadline: life.shutdownDeadline, obs: obs,
+		shutdownDeadline: life.shutdownDeadline, obs: obs, transactor: cfg.Transactor,
 	}
 	life.revoked = askRevoked(queries, coordDone)
 

@@ -135,6 +135,9 @@ func (c *coordinator[K, V]) complete(done completion[K, V]) {
 	// held holds nothing more.
 	held := s.held
 	hold := done.hold && !s.heldBack && verdict == verdictFinish
+	if cl.outputs.attempt != nil {
+		cl.outputs.settled(s.offset, verdict == verdictFinish)
+	}
 	if verdict != verdictRetry {
 		s.held = false
 	}

@@ -35,6 +35,9 @@ type handlerPool[K, V any] struct {
 	collector    *collector[K, V] // its verdicts on the messages that skip the stages
 	stats        *Stats           // Batches and Batched
 	obs          observer
+	// transactional: each call's context carries an outbox (outbox.go),
+	// and what it produced goes to the coordinator on handlerEnd.
+	transactional bool
 
 	dispatch   <-chan job[K, V]               // from the coordinator
 	handlerEnd chan<- handlerEnded[K, V]      // to the coordinator, once per job
@@ -78,8 +81,13 @@ func (p *handlerPool[K, V]) handleMessage(ctx context.Context, job job[K, V]) {
 		if p.obs.on() {
 			hctx = p.obs.handlerStarted(hctx, msginfo.Of(msg), job.waited)
 		}
+		var box *outbox[K, V]
+		if p.transactional {
+			hctx, box = withOutbox(hctx, []*pipeline.Message[K, V]{msg})
+		}
 		began := time.Now()
 		msg.Err = callHandler(p.log, p.handler, hctx, msg, describeMessage[K, V])
+		ended.produced = box.seal()
 		call := &ended.call
 		call.ended = time.Now()
 		call.took = call.ended.Sub(began)

@@ -183,7 +183,9 @@ func (cl *claim[K, V]) position() (claimOffset, bool) {
 	if off <= cl.start && len(runs) == 0 && !cl.heldChanged {
 		return claimOffset{}, false // nothing finished past the starting position
 	}
-	return claimOffset{Offset: pipeline.Offset{TopicPartition: cl.tp, Offset: off}, claim: cl.id, runs: runs, held: cl.heldList()}, true
+	co := claimOffset{Offset: pipeline.Offset{TopicPartition: cl.tp, Offset: off}, claim: cl.id, runs: runs, held: cl.heldList()}
+	co.outputs, co.outputsFrom = cl.outputs.snapshot()
+	return co, true
 }
 
 // inheritedMap returns tp's committed offset (-1: none) and decodes its

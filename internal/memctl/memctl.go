@@ -1,7 +1,7 @@
 // Package memctl gives this module's own tests what a memsource.Source
 // records but does not publish: every commit in order, a partition's commit
-// metadata, length and paused state, the list of partitions, and a hook that
-// fails commits.
+// metadata, length and paused state, the list of partitions, and hooks that
+// fail commits and transactions.
 //
 // Package memsource registers itself here from its init, so memctl need not
 // import it. Each function takes the *memsource.Source[K, V] as an any and
@@ -19,6 +19,7 @@ type Control interface {
 	Commits() []pipeline.Offset
 	Metadata(tp pipeline.TopicPartition) string
 	SetCommitHook(hook func([]pipeline.Offset) error)
+	SetTransactHook(hook func([]pipeline.Record, []pipeline.Offset) error)
 	Paused(tp pipeline.TopicPartition) bool
 	Partitions() []pipeline.TopicPartition
 	Len(tp pipeline.TopicPartition) int64
@@ -50,6 +51,13 @@ func Metadata(src any, tp pipeline.TopicPartition) string { return of(src).Metad
 // non-nil error fails the commit (to simulate a broker that refuses
 // commits). A nil hook removes it.
 func SetCommitHook(src any, hook func([]pipeline.Offset) error) { of(src).SetCommitHook(hook) }
+
+// SetTransactHook installs a function called before each of src's
+// transactions (Transact); a non-nil error fails the transaction, which
+// then records nothing. A nil hook removes it.
+func SetTransactHook(src any, hook func([]pipeline.Record, []pipeline.Offset) error) {
+	of(src).SetTransactHook(hook)
+}
 
 // Paused reports whether a partition of src is paused now.
 func Paused(src any, tp pipeline.TopicPartition) bool { return of(src).Paused(tp) }

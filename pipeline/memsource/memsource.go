@@ -60,6 +60,8 @@ type Source[K, V any] struct {
 	metadata   map[pipeline.TopicPartition]string // the latest commit's, as Kafka stores it with the offset
 	commits    []pipeline.Offset
 	commitHook func([]pipeline.Offset) error
+	produced   []pipeline.Record // what committed transactions wrote
+	txnHook    func([]pipeline.Record, []pipeline.Offset) error
 	position   map[pipeline.TopicPartition]int64 // assigned partitions → next offset to deliver
 	paused     map[pipeline.TopicPartition]bool
 	listener   pipeline.RebalanceListener
@@ -366,12 +368,50 @@ func (s *Source[K, V]) Commit(ctx context.Context, offsets []pipeline.Offset) er
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.commit(offsets)
+	return nil
+}
+
+func (s *Source[K, V]) commit(offsets []pipeline.Offset) {
 	for _, o := range offsets {
 		s.committed[o.TopicPartition] = o.Offset
 		s.metadata[o.TopicPartition] = o.Metadata
 		s.commits = append(s.commits, o)
 	}
+}
+
+// Transact implements pipeline.Transactor as a Kafka transaction does:
+// the records (see Produced) and the offsets are recorded together, or
+// neither is. So a pipeline over a Source can be transactional
+// (parallafka.WithTransactions) in tests.
+func (s *Source[K, V]) Transact(ctx context.Context, records []pipeline.Record, offsets []pipeline.Offset) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	hook := s.txnHook
+	s.mu.Unlock()
+	if hook != nil {
+		if err := hook(records, offsets); err != nil {
+			return err
+		}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, r := range records {
+		r.Key, r.Value = slices.Clone(r.Key), slices.Clone(r.Value)
+		r.Headers = slices.Clone(r.Headers)
+		s.produced = append(s.produced, r)
+	}
+	s.commit(offsets)
 	return nil
+}
+
+// Produced returns the records that Transact committed, in order.
+func (s *Source[K, V]) Produced() []pipeline.Record {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.produced)
 }
 
 // Pause implements pipeline.Source.
@@ -486,6 +526,12 @@ func (c introspection[K, V]) SetCommitHook(hook func([]pipeline.Offset) error) {
 	c.s.mu.Lock()
 	defer c.s.mu.Unlock()
 	c.s.commitHook = hook
+}
+
+func (c introspection[K, V]) SetTransactHook(hook func([]pipeline.Record, []pipeline.Offset) error) {
+	c.s.mu.Lock()
+	defer c.s.mu.Unlock()
+	c.s.txnHook = hook
 }
 
 func (c introspection[K, V]) Paused(tp pipeline.TopicPartition) bool {

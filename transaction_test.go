@@ -1,0 +1,296 @@
+package parallafka_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/parallafka/parallafka"
+	"github.com/parallafka/parallafka/internal/memctl"
+	"github.com/parallafka/parallafka/pipeline"
+	"github.com/parallafka/parallafka/pipeline/memsource"
+	"github.com/parallafka/parallafka/stages"
+)
+
+// echo is a transactional handler: one output per input, keyed as its
+// input, valued "partition@offset", to topic "out".
+func echo(ctx context.Context, m *parallafka.Message[string, int]) error {
+	return parallafka.Produce(ctx, m, outputOf(m))
+}
+
+func outputOf(m *parallafka.Message[string, int]) pipeline.Record {
+	return pipeline.Record{Topic: "out", Key: m.RawKey, Value: fmt.Appendf(nil, "%d@%d", m.Partition, m.Offset)}
+}
+
+// checkOutputs requires every one of the n inputs' outputs exactly once,
+// and each key's outputs in the order of their inputs.
+func checkOutputs(t *testing.T, src *memsource.Source[string, int], n int) {
+	t.Helper()
+	seen := make(map[string]int)
+	last := make(map[string]int64) // key → offset of its last output's input
+	for _, r := range src.Produced() {
+		v := string(r.Value)
+		seen[v]++
+		_, off, _ := strings.Cut(v, "@")
+		o, err := strconv.ParseInt(off, 10, 64)
+		require.NoError(t, err)
+		if prev, ok := last[string(r.Key)]; ok && prev >= o {
+			t.Errorf("key %s: the output of offset %d after that of %d", r.Key, o, prev)
+		}
+		last[string(r.Key)] = o
+	}
+	dups := 0
+	for _, c := range seen {
+		if c > 1 {
+			dups++
+		}
+	}
+	assert.Zero(t, dups, "inputs with more than one output")
+	if !assert.Equal(t, n, len(seen), "inputs with an output") {
+		missing := 0
+		for _, part := range memctl.Partitions(src) {
+			for off := range memctl.Len(src, part) {
+				if v := fmt.Sprintf("%d@%d", part.Partition, off); seen[v] == 0 && missing < 10 {
+					missing++
+					t.Logf("no output for %s", v)
+				}
+			}
+		}
+	}
+}
+
+func committedAll(src *memsource.Source[string, int]) bool {
+	for _, part := range memctl.Partitions(src) {
+		if src.Committed(part) != memctl.Len(src, part) {
+			return false
+		}
+	}
+	return true
+}
+
+// Every input's output is written exactly once, in key order, by the
+// transactions that commit the inputs.
+func TestTransactionsWriteEachOutputOnce(t *testing.T) {
+	src := memsource.New[string, int]()
+	const n = 5000
+	produce(src, 4, n, func(i int) int { return i % 40 })
+	p, err := parallafka.New(src, parallafka.WithLogger(quiet), parallafka.WithTransactions(src),
+		parallafka.WithCommitInterval(20*time.Millisecond))
+	require.NoError(t, err)
+	stop, _ := start(p, echo)
+	eventually(t, func() bool { return committedAll(src) })
+	err, _ = stop()
+	require.NoError(t, err)
+	checkOutputs(t, src, n)
+	assert.Positive(t, p.Stats().Commits)
+}
+
+// A transaction that fails is aborted: nothing of it is recorded, and the
+// next one carries its outputs with the newer ones.
+func TestFailedTransactionsAreRetriedWithTheirOutputs(t *testing.T) {
+	src := memsource.New[string, int]()
+	const n = 3000
+	produce(src, 3, n, func(i int) int { return i % 30 })
+	var calls, failed atomic.Int64
+	memctl.SetTransactHook(src, func([]pipeline.Record, []pipeline.Offset) error {
+		if calls.Add(1)%2 == 1 {
+			failed.Add(1)
+			return errors.New("broker says no")
+		}
+		return nil
+	})
+	p, err := parallafka.New(src, parallafka.WithLogger(quiet), parallafka.WithTransactions(src),
+		parallafka.WithCommitInterval(10*time.Millisecond))
+	require.NoError(t, err)
+	stop, _ := start(p, echo)
+	eventually(t, func() bool { return committedAll(src) })
+	err, _ = stop()
+	require.NoError(t, err)
+	assert.Positive(t, failed.Load())
+	assert.Positive(t, p.Stats().CommitErrors)
+	checkOutputs(t, src, n)
+}
+
+// A message whose handler fails contributes nothing; retried by the retry
+// stage, its last attempt's outputs alone are written.
+func TestTransactionsDropOutputsOfFailedAttempts(t *testing.T) {
+	src := memsource.New[string, int]()
+	const n = 2000
+	produce(src, 2, n, func(i int) int { return i % 20 })
+	retry, err := stages.Retry[string, int](stages.RetryConfig{MaxAttempts: 3, InitialBackoff: time.Millisecond, MaxBackoff: time.Millisecond})
+	require.NoError(t, err)
+	p, err := parallafka.New(src, parallafka.WithLogger(quiet), parallafka.WithTransactions(src),
+		parallafka.WithCommitInterval(10*time.Millisecond), parallafka.WithAfterHandle("retry", retry))
+	require.NoError(t, err)
+	stop, _ := start(p, func(ctx context.Context, m *parallafka.Message[string, int]) error {
+		require.NoError(t, parallafka.Produce(ctx, m, outputOf(m)))
+		if m.Offset%7 == 0 && m.Attempt < 3 {
+			return errors.New("try again")
+		}
+		return nil
+	})
+	eventually(t, func() bool { return committedAll(src) })
+	err, _ = stop()
+	require.NoError(t, err)
+	checkOutputs(t, src, n)
+}
+
+// Partitions revoked and assigned again while messages flow: what a
+// revoke commits carries its outputs, and what it abandons is handled
+// again by the next owner with no output left behind.
+func TestTransactionsAcrossRevokes(t *testing.T) {
+	src := memsource.New[string, int]()
+	const n, partitions = 20_000, 4
+	produce(src, partitions, n, func(i int) int { return i % 50 })
+	p, err := parallafka.New(src, parallafka.WithLogger(quiet), parallafka.WithTransactions(src),
+		parallafka.WithCommitInterval(5*time.Millisecond), parallafka.WithMaxConcurrency(8))
+	require.NoError(t, err)
+	var handled atomic.Int64
+	stop, _ := start(p, func(ctx context.Context, m *parallafka.Message[string, int]) error {
+		time.Sleep(rand.N(50 * time.Microsecond))
+		handled.Add(1)
+		return echo(ctx, m)
+	})
+	r := rand.New(rand.NewPCG(9, 10))
+	for handled.Load() < n/2 {
+		part := tp(int32(r.IntN(partitions)))
+		src.Revoke(part)
+		src.Assign(part)
+		time.Sleep(time.Duration(r.IntN(2000)) * time.Microsecond)
+	}
+	require.Eventually(t, func() bool { return committedAll(src) }, time.Minute, time.Millisecond)
+	err, _ = stop()
+	require.NoError(t, err)
+	checkOutputs(t, src, n)
+}
+
+// A fatal transaction error stops Consume with it and commits nothing
+// more; the next run goes on from the last committed transaction, and
+// every output is still written exactly once.
+func TestFatalTransactionErrorStops(t *testing.T) {
+	src := memsource.New[string, int]()
+	const n = 2000
+	produce(src, 2, n, func(i int) int { return i % 20 })
+	var calls atomic.Int64
+	memctl.SetTransactHook(src, func([]pipeline.Record, []pipeline.Offset) error {
+		if calls.Add(1) == 3 {
+			return fmt.Errorf("fenced: %w", pipeline.ErrTransactionFatal)
+		}
+		return nil
+	})
+	p, err := parallafka.New(src, parallafka.WithLogger(quiet), parallafka.WithTransactions(src),
+		parallafka.WithCommitInterval(5*time.Millisecond))
+	require.NoError(t, err)
+	var slow atomic.Bool
+	slow.Store(true)
+	err = p.Consume(context.Background(), func(ctx context.Context, m *parallafka.Message[string, int]) error {
+		if slow.Load() {
+			time.Sleep(100 * time.Microsecond)
+		}
+		return echo(ctx, m)
+	})
+	require.ErrorIs(t, err, pipeline.ErrTransactionFatal)
+	assert.Equal(t, int64(3), calls.Load(), "no transaction after the fatal one")
+	assert.False(t, committedAll(src))
+
+	memctl.SetTransactHook(src, nil)
+	p, err = parallafka.New(src, parallafka.WithLogger(quiet), parallafka.WithTransactions(src),
+		parallafka.WithCommitInterval(5*time.Millisecond))
+	require.NoError(t, err)
+	stop, _ := start(p, echo)
+	eventually(t, func() bool { return committedAll(src) })
+	err, _ = stop()
+	require.NoError(t, err)
+	checkOutputs(t, src, n)
+}
+
+// A batch handler produces per message; a message the batch fails (by a
+// *BatchError) contributes nothing, and its key's later messages wait for
+// it, so the outputs keep their order.
+func TestTransactionsWithBatchHandler(t *testing.T) {
+	src := memsource.New[string, int]()
+	const n = 3000
+	produce(src, 3, n, func(i int) int { return i % 30 })
+	retry, err := stages.Retry[string, int](stages.RetryConfig{MaxAttempts: 5, InitialBackoff: time.Millisecond, MaxBackoff: time.Millisecond})
+	require.NoError(t, err)
+	p, err := parallafka.New(src, parallafka.WithLogger(quiet), parallafka.WithTransactions(src),
+		parallafka.WithCommitInterval(10*time.Millisecond), parallafka.WithMaxBatch(50, 1<<20),
+		parallafka.WithAfterHandle("retry", retry))
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- p.ConsumeBatch(ctx, func(ctx context.Context, msgs []*parallafka.Message[string, int]) error {
+			var failed pipeline.BatchError[string, int]
+			for _, m := range msgs {
+				if err := parallafka.Produce(ctx, m, outputOf(m)); err != nil {
+					return err
+				}
+				if m.Offset%11 == 0 && m.Attempt == 1 {
+					failed.Fail(m, errors.New("try again"))
+				}
+			}
+			if len(failed.Errors) > 0 {
+				return &failed
+			}
+			return nil
+		})
+	}()
+	eventually(t, func() bool { return committedAll(src) })
+	cancel()
+	require.NoError(t, <-done)
+	checkOutputs(t, src, n)
+}
+
+// Produce refuses with ErrNoTransaction outside a handler call of a
+// transactional pipeline: without WithTransactions, with a message the
+// call was not given, and after the call returned.
+func TestProduceOutsideAHandler(t *testing.T) {
+	msg := &parallafka.Message[string, int]{Topic: topic}
+	require.ErrorIs(t, parallafka.Produce(context.Background(), msg, pipeline.Record{Topic: "out"}), parallafka.ErrNoTransaction)
+
+	src := memsource.New[string, int]()
+	produce(src, 1, 2, func(i int) int { return i })
+	p, err := parallafka.New(src, parallafka.WithLogger(quiet))
+	require.NoError(t, err)
+	errs := make(chan error, 2)
+	stop, _ := start(p, func(ctx context.Context, m *parallafka.Message[string, int]) error {
+		errs <- parallafka.Produce(ctx, m, outputOf(m))
+		return nil
+	})
+	require.ErrorIs(t, <-errs, parallafka.ErrNoTransaction, "without WithTransactions")
+	err, _ = stop()
+	require.NoError(t, err)
+
+	src = memsource.New[string, int]()
+	produce(src, 1, 2, func(i int) int { return i })
+	p, err = parallafka.New(src, parallafka.WithLogger(quiet), parallafka.WithTransactions(src), parallafka.WithMaxConcurrency(1),
+		parallafka.WithCommitInterval(5*time.Millisecond))
+	require.NoError(t, err)
+	later := make(chan func() error, 2)
+	stop, _ = start(p, func(ctx context.Context, m *parallafka.Message[string, int]) error {
+		other := &parallafka.Message[string, int]{Topic: topic, Offset: 99}
+		errs <- parallafka.Produce(ctx, other, outputOf(other))
+		later <- func() error { return parallafka.Produce(ctx, m, outputOf(m)) }
+		return nil
+	})
+	require.ErrorIs(t, <-errs, parallafka.ErrNoTransaction, "a message of another call")
+	produceLater := <-later
+	eventually(t, func() bool { return committedAll(src) }) // the calls returned
+	require.ErrorIs(t, produceLater(), parallafka.ErrNoTransaction, "after the call returned")
+	err, _ = stop()
+	require.NoError(t, err)
+	assert.Empty(t, src.Produced())
+
+	_, err = parallafka.New(src, parallafka.WithTransactions(src), parallafka.WithAsyncCommits())
+	require.ErrorContains(t, err, "WithAsyncCommits")
+}
