@@ -2,6 +2,7 @@ package kafka
 
 import (
 	"context"
+	"fmt"
 	"time"
 
 	"github.com/parallafka/parallafka/pipeline"
@@ -152,4 +153,21 @@ func (s *Source[K, V]) probe() {
 		return
 	}
 	s.logger().Debug("kafka: membership probe: commit refused", "error", f.res.Error())
+}
+
+// owned returns an error wrapping pipeline.ErrNotOwned if the membership
+// is in doubt or a partition of offsets is not assigned to the Source: a
+// transaction must not commit them (Transactor).
+func (s *Source[K, V]) owned(offsets []pipeline.Offset) error {
+	if s.doubt.Load() {
+		return fmt.Errorf("%w: this member's group membership is in doubt", pipeline.ErrNotOwned)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, off := range offsets {
+		if _, ok := s.assigned[off.TopicPartition]; !ok {
+			return fmt.Errorf("%w: %s is not assigned to this member", pipeline.ErrNotOwned, off.TopicPartition)
+		}
+	}
+	return nil
 }

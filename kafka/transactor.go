@@ -38,6 +38,7 @@ const transactorInitTimeout = 30 * time.Second
 type Transactor struct {
 	producer   *ckafka.Producer
 	consumer   *ckafka.Consumer
+	owned      func([]pipeline.Offset) error // the Source's: are offsets' partitions still its own?
 	logger     *slog.Logger
 	eventsDone chan struct{}
 	logsDone   chan struct{} // nil if logs are not forwarded
@@ -79,7 +80,7 @@ func NewTransactor[K, V any](src *Source[K, V], cfg *ckafka.ConfigMap, opts ...O
 	if err != nil {
 		return nil, err
 	}
-	t := &Transactor{producer: p, consumer: src.Consumer(), logger: o.logger, eventsDone: make(chan struct{})}
+	t := &Transactor{producer: p, consumer: src.Consumer(), owned: src.owned, logger: o.logger, eventsDone: make(chan struct{})}
 	go t.logEvents()
 	if forwardLogs {
 		t.logsDone = make(chan struct{})
@@ -129,6 +130,13 @@ func safeTransactorConfig(cfg ckafka.ConfigMap) (ckafka.ConfigMap, bool, error) 
 // transactional.id, a fatal librdkafka error, or a transaction whose
 // outcome it could not learn).
 func (t *Transactor) Transact(ctx context.Context, records []pipeline.Record, offsets []pipeline.Offset) error {
+	// The group coordinator refuses the offsets of a member whose
+	// generation passed; this catches too the member that learned it was
+	// fenced (librdkafka then sends no generation, which the coordinator
+	// does not check) before its Source heard of the loss.
+	if err := t.owned(offsets); err != nil {
+		return fmt.Errorf("kafka: no transaction: %w", err)
+	}
 	if err := t.producer.BeginTransaction(); err != nil {
 		return t.failed(ctx, "beginning a transaction", err)
 	}

@@ -237,3 +237,64 @@ type transactFunc func(ctx context.Context, records []pipeline.Record, offsets [
 func (f transactFunc) Transact(ctx context.Context, records []pipeline.Record, offsets []pipeline.Offset) error {
 	return f(ctx, records, offsets)
 }
+
+// assignments records what a Source assigned, as a pipeline's listener.
+type assignments struct{ n atomic.Int64 }
+
+func (a *assignments) PartitionsAssigned(committed []pipeline.Offset) { a.n.Add(int64(len(committed))) }
+func (a *assignments) PartitionsRevoked([]pipeline.TopicPartition)    {}
+func (a *assignments) PartitionsLost([]pipeline.TopicPartition)       {}
+
+// A zombie: a member that stopped polling past its max.poll.interval.ms,
+// whose partition the group gave to another member meanwhile, cannot
+// commit a transaction for it: neither with the group metadata it had
+// (the coordinator refuses the stale generation, KIP-447) nor with what
+// its consumer says now. Nothing it wrote is visible to read_committed
+// readers.
+func TestTransactorZombieCannotCommit(t *testing.T) {
+	s := newEOSSetup(t, kafkatest.New(t), 1, 10)
+	ccfg := s.cluster.ConsumerConfig(s.group)
+	delete(*ccfg, "go.logs.channel.enable")
+	require.NoError(t, ccfg.SetKey("max.poll.interval.ms", 7000))
+	consumer, err := kafka.NewConsumer(ccfg, kafka.WithLogger(s.quiet))
+	require.NoError(t, err)
+	zombie, err := kafka.NewSource(consumer, []string{s.input}, kafka.String, kafka.String, kafka.WithLogger(s.quiet))
+	require.NoError(t, err)
+	defer zombie.Close()
+	pcfg := s.cluster.ProducerConfig()
+	require.NoError(t, pcfg.SetKey("transactional.id", kafkatest.UniqueTopic("txn")))
+	tx, err := kafka.NewTransactor(zombie, pcfg, kafka.WithLogger(s.quiet))
+	require.NoError(t, err)
+	defer tx.Close()
+	var a assignments
+	require.NoError(t, zombie.Subscribe(&a))
+	for a.n.Load() == 0 {
+		_, err := zombie.Poll(100 * time.Millisecond)
+		require.NoError(t, err)
+	}
+	stale, err := consumer.GetConsumerGroupMetadata()
+	require.NoError(t, err)
+
+	// The zombie stops polling; another member takes the partition over.
+	next, _ := s.member(t, kafkatest.UniqueTopic("txn"))
+	var b assignments
+	require.NoError(t, next.Subscribe(&b))
+	require.Eventually(t, func() bool {
+		_, err := next.Poll(100 * time.Millisecond)
+		require.NoError(t, err)
+		return b.n.Load() > 0
+	}, 60*time.Second, time.Millisecond)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	part := pipeline.TopicPartition{Topic: s.input, Partition: 0}
+	offsets := []pipeline.Offset{{TopicPartition: part, Offset: 5}}
+	records := []pipeline.Record{{Topic: s.output, Value: []byte("0@0")}}
+	require.Error(t, kafka.TransactAs(tx, stale, records, offsets), "with the generation it had")
+	require.Error(t, tx.Transact(ctx, records, offsets), "with what its consumer says now")
+	committed, err := s.cluster.CommittedOffsets(ctx, s.group, s.input)
+	require.NoError(t, err)
+	require.NotEqual(t, int64(5), committed[0])
+	s.n = 0
+	s.checkOutputs(t)
+}
