@@ -220,9 +220,9 @@ func (t *Transactor) Client() *kgo.Client { return t.client }
 // Errors wrap pipeline.ErrTransactionFatal when the producer cannot go on:
 // fenced by a newer producer with the same transactional id
 // (PRODUCER_FENCED, INVALID_PRODUCER_EPOCH), not authorized
-// (TRANSACTIONAL_ID_AUTHORIZATION_FAILED), or a commit whose outcome
-// could not be learnt. Once fatal, every later call returns the same
-// error.
+// (TRANSACTIONAL_ID_AUTHORIZATION_FAILED), its client closed, or a
+// commit whose outcome could not be learnt. Once fatal, every later call
+// returns the same error.
 //
 // ctx bounds the transaction up to its EndTxn; once the commit is sent,
 // its answer is waited for up to 10 s more (or ctx's deadline if later),

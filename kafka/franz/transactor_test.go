@@ -192,13 +192,39 @@ func checkExactlyOnce(t *testing.T, outs []*kgo.Record, n, keys, outPartitions i
 // to its end.
 func committedToEnd(t testing.TB, c *cluster, group, topic string, partitions int) bool {
 	ends := c.endOffsets(t, topic, partitions)
-	got := c.committed(t, group, topic)
+	got := groupOffsets(c, group, topic)
 	for p, end := range ends {
-		if got[p].Offset != end {
+		if got[p] != end {
 			return false
 		}
 	}
 	return true
+}
+
+// groupOffsets returns group's committed offsets of topic, none while
+// they cannot be read (a fresh broker's group coordinator loading).
+func groupOffsets(c *cluster, group, topic string) map[int32]int64 {
+	req := kmsg.NewPtrOffsetFetchRequest()
+	rg := kmsg.NewOffsetFetchRequestGroup()
+	rg.Group = group
+	req.Groups = append(req.Groups, rg)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	out := make(map[int32]int64)
+	resp, err := req.RequestWith(ctx, c.admin)
+	if err != nil {
+		return out
+	}
+	for _, g := range resp.Groups {
+		for _, rt := range g.Topics {
+			for _, rp := range rt.Partitions {
+				if rt.Topic == topic && rp.ErrorCode == 0 && rp.Offset >= 0 {
+					out[rp.Partition] = rp.Offset
+				}
+			}
+		}
+	}
+	return out
 }
 
 // A pipeline over a franz Source with a Transactor writes every input's
@@ -210,7 +236,7 @@ func committedToEnd(t testing.TB, c *cluster, group, topic string, partitions in
 // and checks what went on the wire.
 func TestTransactionsExactlyOnce(t *testing.T) {
 	for _, tv := range []int16{2, 0} {
-		t.Run(fmt.Sprintf("transaction.version=%d", tv), func(t *testing.T) { testExactlyOnce(t, tv) })
+		t.Run(fmt.Sprintf("tv%d", tv), func(t *testing.T) { testExactlyOnce(t, tv) }) // transaction.version
 	}
 }
 
@@ -316,8 +342,8 @@ func TestTransactionsMemberKilled(t *testing.T) {
 		parallafka.WithMaxConcurrency(8), parallafka.WithCommitInterval(50*time.Millisecond))
 	waitFor(t, waitTimeout, "A to commit some transactions", func() bool {
 		committed := 0
-		for _, off := range c.committed(t, group, topic) {
-			committed += int(off.Offset)
+		for _, off := range groupOffsets(c, group, topic) {
+			committed += int(off)
 		}
 		return committed >= n/4
 	})
@@ -492,7 +518,7 @@ func TestTransactionsFencedByNewerProducer(t *testing.T) {
 		time.Sleep(2 * time.Millisecond)
 		return slow(ctx, m)
 	}, parallafka.WithTransactions(txA), parallafka.WithCommitInterval(50*time.Millisecond))
-	waitFor(t, waitTimeout, "A to commit a transaction", func() bool { return len(c.committed(t, group, topic)) > 0 })
+	waitFor(t, waitTimeout, "A to commit a transaction", func() bool { return len(groupOffsets(c, group, topic)) > 0 })
 
 	srcB := newSource(t, c, "g-other-"+topic, topic, nil)
 	defer func() { assert.NoError(t, srcB.Close()) }()
@@ -509,4 +535,72 @@ func TestTransactionsFencedByNewerProducer(t *testing.T) {
 	err := txA.Transact(context.Background(), []pipeline.Record{{Topic: out, Value: []byte("x")}}, nil)
 	assert.ErrorIs(t, err, pipeline.ErrTransactionFatal, "fatal stays fatal")
 	assert.True(t, errors.Is(a.err, pipeline.ErrTransactionFatal))
+}
+
+// A commit whose answer never comes (UNKNOWN_SERVER_ERROR, the EndTxn
+// not carried out) leaves the outcome unknown: the Transactor settles it
+// (reloading the producer id aborts the transaction) and reports it
+// aborted; the pipeline tries again, and each output is still written
+// once.
+func TestTransactionsCommitWithoutAnswer(t *testing.T) {
+	const partitions, outPartitions, n, keys = 3, 2, 1500, 30
+	c, topic := newCluster(t, partitions)
+	if c.fake == nil {
+		t.Skip("needs the embedded broker, to lose an answer")
+	}
+	defer verifyNoLeaks(t)()
+	out := topic + "-out"
+	c.createTopic(t, out, outPartitions)
+	c.produce(t, topic, n, keys)
+	group := "g-" + topic
+	id := "tx-" + topic
+	var commits, lost atomic.Int32
+	c.fake.ControlKey(int16(kmsg.EndTxn), func(r kmsg.Request) (kmsg.Response, error, bool) {
+		req := r.(*kmsg.EndTxnRequest)
+		if req.TransactionalID != id || !req.Commit || commits.Add(1)%3 != 2 {
+			c.fake.KeepControl()
+			return nil, nil, false
+		}
+		c.fake.KeepControl()
+		lost.Add(1)
+		resp := req.ResponseKind().(*kmsg.EndTxnResponse)
+		resp.ErrorCode = kerr.UnknownServerError.Code
+		return resp, nil, true
+	})
+	src := newSource(t, c, group, topic, nil)
+	tx := newTransactor(t, c, src, id)
+	defer func() { assert.NoError(t, tx.Close()) }()
+	echo := echoTo(out)
+	m := startMember(t, src, func(ctx context.Context, m *parallafka.Message[string, string]) error {
+		time.Sleep(time.Millisecond)
+		return echo(ctx, m)
+	}, parallafka.WithTransactions(tx), parallafka.WithMaxConcurrency(8), parallafka.WithCommitInterval(50*time.Millisecond))
+	waitFor(t, waitTimeout, "the group's offsets at the end", func() bool { return committedToEnd(t, c, group, topic, partitions) })
+	require.NoError(t, m.stop())
+	t.Logf("%d commits, %d without an answer", commits.Load(), lost.Load())
+	require.Positive(t, lost.Load())
+	checkExactlyOnce(t, readCommitted(t, c, out, n, time.Second), n, keys, outPartitions)
+}
+
+// NewTransactor refuses the options that break transactions, and a
+// cluster it cannot reach within the startup timeout.
+func TestNewTransactorRefuses(t *testing.T) {
+	c, topic := newCluster(t, 1)
+	defer verifyNoLeaks(t)()
+	src := newSource(t, c, "g-"+topic, topic, nil)
+	defer func() { assert.NoError(t, src.Close()) }()
+	seed := kgo.SeedBrokers(c.brokers...)
+	for name, opts := range map[string][]kgo.Opt{
+		"no transactional id": {seed},
+		"consumer group":      {seed, kgo.TransactionalID("x"), kgo.ConsumerGroup("g")},
+		"manual flushing":     {seed, kgo.TransactionalID("x"), kgo.ManualFlushing()},
+	} {
+		_, err := franz.NewTransactor(src, opts, franz.WithLogger(testLogger(t)))
+		assert.ErrorIs(t, err, franz.ErrUnsafeConfig, name)
+	}
+	_, err := franz.NewTransactor[string, string](nil, []kgo.Opt{seed, kgo.TransactionalID("x")})
+	assert.Error(t, err)
+	_, err = franz.NewTransactor(src, []kgo.Opt{kgo.SeedBrokers("127.0.0.1:1"), kgo.TransactionalID("x")},
+		franz.WithLogger(testLogger(t)), franz.WithStartupTimeout(time.Second))
+	assert.Error(t, err, "no broker")
 }
