@@ -67,6 +67,32 @@
 // offsets with their metadata (OffsetFetch) and hands them to the
 // pipeline, so that the new owner skips the offsets already finished.
 //
+// # Transactions (exactly-once)
+//
+// NewTransactor makes the pipeline.Transactor of parallafka.WithTransactions
+// over a Source: a transactional kgo producer of its own (kgo's
+// GroupTransactSession rewinds the consumer as it ends a transaction, which
+// cannot be done while the pipeline polls, nor inside a revoke). Each
+// Transact is one transaction: the output records written in order and
+// flushed, the offsets committed with TxnOffsetCommit as the Source's
+// group member (its member ID and generation, or KIP-848 member epoch, so
+// that a member the group left behind is refused: KIP-447), EndTxn. A
+// failure aborts it; a producer fenced by a newer one with the same
+// transactional id is fatal (pipeline.ErrTransactionFatal). Records without
+// a Partition are placed by murmur2 of their key, as Java clients place
+// them.
+//
+//	tx, err := franz.NewTransactor(src, []kgo.Opt{
+//		kgo.SeedBrokers("localhost:9092"),
+//		kgo.TransactionalID("prices-" + hostname), // one per member
+//	})
+//	if err != nil {
+//		src.Close()
+//		return err
+//	}
+//	defer tx.Close() // after Consume returned
+//	p, err := parallafka.New(src, parallafka.WithTransactions(tx))
+//
 // # Shared with package kafka
 //
 // The sentinel errors (ErrUnreachable, ErrUnknownTopic, ErrClosed,
