@@ -363,16 +363,34 @@ func (c *coordinator[K, V]) awaitNext() {
 	case <-o.stallTick:
 		c.checkStalls()
 	case <-o.draining:
-		o.draining = nil
-		if c.drainBacklog {
-			c.draining = true // the poller stops; the backlog goes on to the handlers
-		} else {
-			c.drain()
-		}
+		c.beginDraining()
 	case <-o.done:
 		o.done = nil
 		c.hardStop = true
 		c.drain()
+	}
+}
+
+// beginDraining acts on the draining edge, closed: a graceful stop began.
+func (c *coordinator[K, V]) beginDraining() {
+	c.open.draining = nil
+	if c.drainBacklog {
+		c.draining = true // the poller stops; the backlog goes on to the handlers
+	} else {
+		c.drain()
+	}
+}
+
+// noticeDraining begins draining now if the draining edge is closed
+// already, whatever the select would take first.
+func (c *coordinator[K, V]) noticeDraining() {
+	if c.open.draining == nil {
+		return
+	}
+	select {
+	case <-c.open.draining:
+		c.beginDraining()
+	default:
 	}
 }
 

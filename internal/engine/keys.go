@@ -115,6 +115,12 @@ func (c *coordinator[K, V]) backlog(e *entry[K, V]) int {
 // abandoned one takes its key's queue with it; a requeued one (batch mode)
 // waits again in its key's queue.
 func (c *coordinator[K, V]) complete(done completion[K, V]) {
+	if done.verdict == verdictRetry || done.verdict == verdictRequeue {
+		// A stage may have acted on Draining (a retry's wait cut short)
+		// before this goroutine took the draining edge: take it first, so
+		// that a retry during shutdown is abandoned, never handled again.
+		c.noticeDraining()
+	}
 	cl := c.claims[done.msg.TopicPartition()]
 	var s *slot[K, V]
 	if cl != nil {
