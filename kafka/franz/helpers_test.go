@@ -19,11 +19,18 @@ import (
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
+	"go.uber.org/goleak"
 
 	"github.com/parallafka/parallafka"
 	"github.com/parallafka/parallafka/kafka/franz"
 	"github.com/parallafka/parallafka/pipeline"
 )
+
+// TestMain fails the package's tests if any of them leaves a goroutine
+// running: a Source, its client and the test's embedded broker must all be
+// gone when a test ends. (kfake's connection goroutines end a moment after
+// Cluster.Close returns; goleak's retries wait for them.)
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 // waitTimeout bounds every wait of these tests.
 const waitTimeout = 60 * time.Second
