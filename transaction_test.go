@@ -83,15 +83,23 @@ func TestTransactionsWriteEachOutputOnce(t *testing.T) {
 	src := memsource.New[string, int]()
 	const n = 5000
 	produce(src, 4, n, func(i int) int { return i % 40 })
+	var transactions, records atomic.Int64
+	observer := pipeline.ObserverFuncs{Committed: func(c pipeline.CommitInfo) {
+		if c.Transaction && c.Err == nil {
+			transactions.Add(1)
+			records.Add(int64(c.Records))
+		}
+	}}.Observer()
 	p, err := parallafka.New(src, parallafka.WithLogger(quiet), parallafka.WithTransactions(src),
-		parallafka.WithCommitInterval(20*time.Millisecond))
+		parallafka.WithCommitInterval(20*time.Millisecond), parallafka.WithObserver(observer))
 	require.NoError(t, err)
 	stop, _ := start(p, echo)
 	eventually(t, func() bool { return committedAll(src) })
 	err, _ = stop()
 	require.NoError(t, err)
 	checkOutputs(t, src, n)
-	assert.Positive(t, p.Stats().Commits)
+	assert.Equal(t, p.Stats().Commits, transactions.Load(), "the observer sees each transaction")
+	assert.EqualValues(t, n, records.Load(), "and its records: each output once")
 }
 
 // A transaction that fails is aborted: nothing of it is recorded, and the

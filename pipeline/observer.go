@@ -120,6 +120,11 @@ type CommitInfo struct {
 	Final   bool     // a revoke's or the shutdown's commit
 	Took    time.Duration
 	Err     error
+	// Transaction: a transactional pipeline's commit (WithTransactions),
+	// a Kafka transaction that wrote Records output records with the
+	// offsets; Err non-nil means it was aborted (or never began).
+	Transaction bool
+	Records     int
 }
 
 // ThrottleObserver is an optional interface of an Observer: a rate limit

@@ -29,6 +29,7 @@ const (
 	MetricBatchDuration   = "parallafka.batch.duration"              // histogram s, per batch handler call (ConsumeBatch), with parallafka.outcome
 	MetricCommits         = "parallafka.commits"                     // counter {commit}
 	MetricCommitErrors    = "parallafka.commit.errors"               // counter {commit}
+	MetricTxnRecords      = "parallafka.transaction.records"         // histogram {record}: output records per transaction (WithTransactions); commits and commit errors count transactions and aborts
 	MetricStalls          = "parallafka.partition.stalls"            // counter {stall}, per partition
 	MetricInFlight        = "parallafka.messages.in_flight"          // gauge {message}
 	MetricInFlightBytes   = "parallafka.messages.in_flight.size"     // gauge By
@@ -46,7 +47,7 @@ type instruments struct {
 	polled, handled, failed, skipped, retried, dropped metric.Int64Counter
 	commits, commitErrors, stalls                      metric.Int64Counter
 	handlerDuration, keyWait, handlerWait, endToEnd    metric.Float64Histogram
-	commitDuration, batchDuration                      metric.Float64Histogram
+	commitDuration, batchDuration, txnRecords          metric.Float64Histogram
 	batchOK, batchErr                                  metric.MeasurementOption
 	meter                                              metric.Meter
 }
@@ -84,6 +85,7 @@ func newInstruments(m metric.Meter, base []attribute.KeyValue) (instruments, err
 		endToEnd:        histogram(MetricEndToEnd, "Time from the record's timestamp to its handler's end."),
 		commitDuration:  histogram(MetricCommitDuration, "Duration of commit requests."),
 		batchDuration:   histogram(MetricBatchDuration, "Duration of each batch handler call."),
+		txnRecords:      histogram(MetricTxnRecords, "Output records per committed transaction (WithTransactions)."),
 	}
 	in.batchOK = metric.WithAttributes(append(append([]attribute.KeyValue(nil), base...), outcomeOK)...)
 	in.batchErr = metric.WithAttributes(append(append([]attribute.KeyValue(nil), base...), outcomeError)...)

@@ -264,7 +264,9 @@ func (o *Observer) MessageSettled(m pipeline.MessageInfo, outcome pipeline.Outco
 	o.failedSpans.Delete(place{m.TopicPartition(), m.Offset})
 }
 
-// Committed records the commit's latency and counts it (or its error).
+// Committed records the commit's latency and counts it (or its error); a
+// transaction (WithTransactions) is counted the same way, with its output
+// records.
 func (o *Observer) Committed(c pipeline.CommitInfo) {
 	ctx := context.Background()
 	attrs := metric.WithAttributes(o.base...)
@@ -272,6 +274,9 @@ func (o *Observer) Committed(c pipeline.CommitInfo) {
 		o.m.commitErrors.Add(ctx, 1, attrs)
 	} else {
 		o.m.commits.Add(ctx, 1, attrs)
+		if c.Transaction {
+			o.m.txnRecords.Record(ctx, float64(c.Records), attrs)
+		}
 	}
 	o.m.commitDuration.Record(ctx, c.Took.Seconds(), attrs)
 }

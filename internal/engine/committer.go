@@ -170,7 +170,7 @@ func (c *committer[K, V]) awaitAsync() {
 
 func (c *committer[K, V]) asyncEnded(res asyncResult) {
 	c.inFlight = nil
-	c.report(res.sent, false, res.start, res.err)
+	c.report(res.sent, false, res.start, res.err, 0)
 	c.recorded(res.offsets, res.sent, res.err)
 	c.shrinkMap(res.err)
 	switch {
@@ -255,12 +255,13 @@ func (c *committer[K, V]) commit(ctx context.Context, offsets []claimOffset, fin
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
 	var err error
+	records := 0
 	if c.transactor != nil {
-		err = c.transact(ctx, offsets, send)
+		records, err = c.transact(ctx, offsets, send)
 	} else {
 		err = c.source.Commit(ctx, send)
 	}
-	c.report(send, final, start, err)
+	c.report(send, final, start, err, records)
 	c.recorded(offsets, send, err)
 	c.shrinkMap(err)
 	return err
@@ -342,10 +343,12 @@ func (c *committer[K, V]) recorded(offsets []claimOffset, send []pipeline.Offset
 	c.stats.setCommitted(send)
 }
 
-// report tells the observer of a commit request.
-func (c *committer[K, V]) report(send []pipeline.Offset, final bool, start time.Time, err error) {
+// report tells the observer of a commit request (a transaction that
+// wrote records outputs, in a transactional pipeline).
+func (c *committer[K, V]) report(send []pipeline.Offset, final bool, start time.Time, err error, records int) {
 	if c.obs.on() {
-		c.obs.committed(pipeline.CommitInfo{Offsets: slices.Clone(send), Final: final, Took: time.Since(start), Err: err})
+		c.obs.committed(pipeline.CommitInfo{Offsets: slices.Clone(send), Final: final, Took: time.Since(start), Err: err,
+			Transaction: c.transactor != nil, Records: records})
 	}
 }
 
@@ -363,14 +366,15 @@ func (c *committer[K, V]) uncarried(offsets []claimOffset) {
 }
 
 // transact commits offsets in a transaction with the outputs of the
-// messages they commit, and books the outputs as carried.
-func (c *committer[K, V]) transact(ctx context.Context, offsets []claimOffset, send []pipeline.Offset) error {
+// messages they commit, and books the outputs as carried. It returns how
+// many outputs the transaction had.
+func (c *committer[K, V]) transact(ctx context.Context, offsets []claimOffset, send []pipeline.Offset) (int, error) {
 	var records []pipeline.Record
 	for _, off := range offsets {
 		records = append(records, off.outputs...)
 	}
 	if err := c.transactor.Transact(ctx, records, send); err != nil {
-		return err
+		return len(records), err
 	}
 	if c.outputsDone == nil {
 		c.outputsDone = make(map[uint64]int64)
@@ -383,5 +387,5 @@ func (c *committer[K, V]) transact(ctx context.Context, offsets []claimOffset, s
 		c.outputsDone[off.claim] = through
 		c.toTell = append(c.toTell, outputsDone{tp: off.TopicPartition, claim: off.claim, through: through})
 	}
-	return nil
+	return len(records), nil
 }
