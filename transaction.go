@@ -37,13 +37,15 @@ func WithTransactions(t pipeline.Transactor) Option {
 }
 
 // ErrNoTransaction is returned by Produce when it is not called from a
-// handler call of a transactional pipeline (WithTransactions), or with a
-// message that call was not given, or after the call returned.
+// handler call or an AfterHandle stage of a transactional pipeline
+// (WithTransactions), or with a message the call was not given, or after
+// the call returned.
 var ErrNoTransaction = engine.ErrNoTransaction
 
 // Produce adds output records to msg, from the handler (or batch handler)
-// that ctx and msg were given to, in a transactional pipeline
-// (WithTransactions). They are written in the transaction that commits
+// that ctx and msg were given to, or from an AfterHandle stage (with the
+// stage's ctx) for a message it holds, in a transactional pipeline
+// (WithTransactions). stages.DeadLetterQueue produces a dead letter so. They are written in the transaction that commits
 // msg as consumed, and only if msg finishes in this attempt: if the
 // handler returns an error for it (or panics), its outputs are dropped,
 // and a retry starts with none. Produce keeps no reference to records'

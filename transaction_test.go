@@ -302,3 +302,67 @@ func TestProduceOutsideAHandler(t *testing.T) {
 	_, err = parallafka.New(src, parallafka.WithTransactions(src), parallafka.WithAsyncCommits())
 	require.ErrorContains(t, err, "WithAsyncCommits")
 }
+
+// recordingWriter counts the dead letters written outside transactions.
+type recordingWriter struct{ writes atomic.Int64 }
+
+func (w *recordingWriter) WriteDeadLetter(context.Context, pipeline.DeadLetter) error {
+	w.writes.Add(1)
+	return nil
+}
+
+// In a transactional pipeline a dead letter is an output of its message's
+// transaction: the messages that fail for good have exactly one dead
+// letter each, the others exactly one output, and nothing goes through
+// the writer.
+func TestTransactionsDeadLetterIsAnOutput(t *testing.T) {
+	src := memsource.New[string, int]()
+	const n = 2000
+	produce(src, 2, n, func(i int) int { return i % 20 })
+	var calls atomic.Int64
+	memctl.SetTransactHook(src, func([]pipeline.Record, []pipeline.Offset) error {
+		if calls.Add(1)%3 == 0 {
+			return errors.New("aborted") // the dead letters of an aborted transaction go in the next
+		}
+		return nil
+	})
+	w := &recordingWriter{}
+	dlq, err := stages.DeadLetterQueue[string, int](stages.DeadLetterConfig{Writer: w, Topic: "dlq"})
+	require.NoError(t, err)
+	p, err := parallafka.New(src, parallafka.WithLogger(quiet), parallafka.WithTransactions(src),
+		parallafka.WithCommitInterval(5*time.Millisecond), parallafka.WithAfterHandle("dead-letter", dlq))
+	require.NoError(t, err)
+	stop, _ := start(p, func(ctx context.Context, m *parallafka.Message[string, int]) error {
+		require.NoError(t, echo(ctx, m)) // dropped with the attempt if it fails
+		if m.Offset%10 == 3 {
+			return errors.New("poison")
+		}
+		return nil
+	})
+	eventually(t, func() bool { return committedAll(src) })
+	err, _ = stop()
+	require.NoError(t, err)
+	assert.Zero(t, w.writes.Load(), "no dead letter outside a transaction")
+	outputs, deadLetters := 0, map[string]int{}
+	for _, r := range src.Produced() {
+		if r.Topic == "dlq" {
+			var offset string
+			for _, h := range r.Headers {
+				if h.Key == stages.HeaderOriginalOffset {
+					offset = string(h.Value)
+				}
+			}
+			deadLetters[offset+"/"+string(r.Key)]++
+			continue
+		}
+		_, off, _ := strings.Cut(string(r.Value), "@")
+		o, _ := strconv.Atoi(off)
+		assert.NotEqual(t, 3, o%10, "an output of a failed attempt")
+		outputs++
+	}
+	assert.Equal(t, n-n/10, outputs)
+	assert.Len(t, deadLetters, n/10)
+	for k, c := range deadLetters {
+		assert.Equal(t, 1, c, "dead letter %s", k)
+	}
+}

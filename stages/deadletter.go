@@ -10,6 +10,7 @@ import (
 
 	"github.com/sourcegraph/conc/panics"
 
+	"github.com/parallafka/parallafka/internal/outbox"
 	"github.com/parallafka/parallafka/pipeline"
 )
 
@@ -36,7 +37,11 @@ type DeadLetterWriter interface {
 // DeadLetterConfig configures DeadLetterQueue. A zero field takes its
 // documented default.
 type DeadLetterConfig struct {
-	// Writer writes the dead letters. Required.
+	// Writer writes the dead letters. Required. In a transactional
+	// pipeline (parallafka.WithTransactions) a dead letter is instead an
+	// output of its message's transaction (written with the offset that
+	// commits the message, or not at all); the Writer then only checks
+	// the topic as the stage starts (DeadLetterTopicChecker).
 	Writer DeadLetterWriter
 	// Topic is the dead-letter topic. Default: the message's topic with
 	// ".dlq" appended.
@@ -354,7 +359,11 @@ func deadLetter[K, V any](ctx context.Context, cfg DeadLetterConfig, check func(
 	if check != nil {
 		err = check(ctx, dl.Topic) // a missing default topic fails at once, not after the write's timeout
 	}
-	if err == nil {
+	if err == nil && outbox.Transactional[K, V](ctx) {
+		// An output of the message's transaction: written if and only if
+		// the transaction that commits the message commits.
+		err = outbox.Produce(ctx, msg, pipeline.Record{Topic: dl.Topic, Key: dl.Key, Value: dl.Value, Headers: dl.Headers})
+	} else if err == nil {
 		if r := panics.Try(func() { err = cfg.Writer.WriteDeadLetter(ctx, dl) }); r != nil {
 			err = r.AsError()
 		}

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/parallafka/parallafka/internal/msginfo"
+	"github.com/parallafka/parallafka/internal/outbox"
 	"github.com/parallafka/parallafka/pipeline"
 )
 
@@ -32,7 +33,7 @@ func (p *handlerPool[K, V]) handleBatch(ctx context.Context, job job[K, V]) {
 // reports which it called it with, and the call's sample for the adaptive
 // limit (one call, one sample, whatever its size), and, in a
 // transactional pipeline, the outputs of the messages that succeeded.
-func (p *handlerPool[K, V]) callBatchHandler(job job[K, V]) (called []bool, sample handlerCall, produced []produced[K, V]) {
+func (p *handlerPool[K, V]) callBatchHandler(job job[K, V]) (called []bool, sample handlerCall, produced []outbox.Produced[K, V]) {
 	msgs := job.batch.msgs
 	call := make([]*pipeline.Message[K, V], 0, len(msgs))
 	called = make([]bool, len(msgs))
@@ -57,9 +58,9 @@ func (p *handlerPool[K, V]) callBatchHandler(job job[K, V]) (called []bool, samp
 			}
 			hctx = p.obs.batchStarted(hctx, infos)
 		}
-		var box *outbox[K, V]
+		var box *outbox.Call[K, V]
 		if p.transactional {
-			hctx, box = withOutbox(hctx, call)
+			hctx, box = outbox.WithCall(hctx, call)
 		}
 		began := time.Now()
 		err := callHandler(p.log, p.callBatch, hctx, call, describeBatch[K, V])
@@ -72,7 +73,7 @@ func (p *handlerPool[K, V]) callBatchHandler(job job[K, V]) (called []bool, samp
 		for _, msg := range call {
 			msg.Err = pipeline.BatchOutcome(err, msg)
 		}
-		produced = box.seal()
+		produced = box.Seal()
 	}
 	return called, sample, produced
 }
@@ -83,7 +84,7 @@ func (p *handlerPool[K, V]) callBatchHandler(job job[K, V]) (called []bool, samp
 // the handler said of them. It tells the coordinator that the handler is
 // free, with the messages that skip the AfterHandle stages, and sends the
 // others into the stages.
-func (p *handlerPool[K, V]) settleBatch(ctx context.Context, job job[K, V], called []bool, sample handlerCall, produced []produced[K, V]) {
+func (p *handlerPool[K, V]) settleBatch(ctx context.Context, job job[K, V], called []bool, sample handlerCall, produced []outbox.Produced[K, V]) {
 	b := job.batch
 	msgs := b.msgs
 	ended := handlerEnded[K, V]{call: sample, settled: make([]completion[K, V], 0, len(msgs)), produced: produced}

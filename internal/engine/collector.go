@@ -5,6 +5,7 @@ import (
 	"log/slog"
 
 	"github.com/parallafka/parallafka/internal/msginfo"
+	"github.com/parallafka/parallafka/internal/outbox"
 	"github.com/parallafka/parallafka/pipeline"
 )
 
@@ -21,6 +22,10 @@ type collector[K, V any] struct {
 	stats  *Stats
 	log    *slog.Logger
 	obs    observer
+	// staged holds what the AfterHandle stages produced, in a
+	// transactional pipeline (nil otherwise): a message's go with its
+	// verdict.
+	staged *outbox.Stage[K, V]
 }
 
 // run collects the messages leaving the AfterHandle stages until in is
@@ -39,6 +44,7 @@ func (c *collector[K, V]) run(ctx context.Context, in <-chan *pipeline.Message[K
 
 func (c *collector[K, V]) verdict(ctx context.Context, msg *pipeline.Message[K, V]) completion[K, V] {
 	done, outcome := c.decide(ctx, msg)
+	done.staged = c.staged.Take(msg)
 	if c.obs.on() {
 		c.obs.settled(msginfo.Of(msg), outcome)
 	}

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/parallafka/parallafka/internal/offsetmap"
+	"github.com/parallafka/parallafka/internal/outbox"
 	"github.com/parallafka/parallafka/pipeline"
 )
 
@@ -16,6 +17,9 @@ type (
 		msg     *pipeline.Message[K, V]
 		verdict verdict
 		hold    bool // with verdictFinish: hold the message's key (Message.HoldKey, the policy's HoldKey)
+		// staged are the outputs the AfterHandle stages produced for msg,
+		// in a transactional pipeline (a dead letter, say: outbox.go).
+		staged []pipeline.Record
 	}
 	// job is a dispatched message and its handler's context (its
 	// claim's), with how long it waited (with an observer only).
@@ -38,7 +42,7 @@ type (
 		settled []completion[K, V] // batch mode
 		// produced are the outputs of the call's messages that succeeded,
 		// in a transactional pipeline (outbox.go).
-		produced []produced[K, V]
+		produced []outbox.Produced[K, V]
 	}
 	// handlerCall is what a handler call showed, for the adaptive limit:
 	// how long it took and whether it failed. One call, one sample,

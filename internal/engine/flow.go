@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/parallafka/parallafka/internal/outbox"
 	"github.com/parallafka/parallafka/internal/signal"
 	"github.com/parallafka/parallafka/pipeline"
 )
@@ -231,15 +232,19 @@ func newFlow[K, V any](cfg *Config[K, V], stats *Stats, life *lifecycle) *flow[K
 	var routable <-chan *pipeline.Message[K, V]
 	if len(cfg.AfterPoll) > 0 {
 		staged = make(chan *pipeline.Message[K, V], channelSize)
-		routable = f.chain(cfg.AfterPoll, staged)
+		routable = f.chain(cfg.AfterPoll, staged, nil)
 	}
 	// handler pool ─handled─▶ AfterHandle stages ─▶ ack collector ─released─▶ coordinator
 	var handled chan *pipeline.Message[K, V]
 	var collectable <-chan *pipeline.Message[K, V]
 	var released chan completion[K, V]
+	var stageOutputs *outbox.Stage[K, V] // what the AfterHandle stages produce, in a transactional pipeline
 	if len(cfg.AfterHandle) > 0 {
+		if cfg.Transactor != nil {
+			stageOutputs = new(outbox.Stage[K, V])
+		}
 		handled = make(chan *pipeline.Message[K, V], channelSize)
-		collectable = f.chain(cfg.AfterHandle, handled)
+		collectable = f.chain(cfg.AfterHandle, handled, stageOutputs)
 		released = make(chan completion[K, V], 2*cfg.Concurrency)
 	}
 
@@ -272,7 +277,7 @@ func newFlow[K, V any](cfg *Config[K, V], stats *Stats, life *lifecycle) *flow[K
 		rebalances: rebalances, offsets: offsets, final: final, queries: queries, drainingCh: life.draining,
 		rateLimits: cfg.Rates.edge(),
 	})
-	collector := &collector[K, V]{policy: cfg.ErrorPolicy, failed: failed, stats: stats, log: cfg.Logger, obs: obs}
+	collector := &collector[K, V]{policy: cfg.ErrorPolicy, failed: failed, stats: stats, log: cfg.Logger, obs: obs, staged: stageOutputs}
 	pool := &handlerPool[K, V]{
 		concurrency: cfg.Concurrency, handler: cfg.Handler, batchHandler: cfg.BatchHandler, log: cfg.Logger,
 		collector: collector, stats: stats, obs: obs, dispatch: dispatch, handlerEnd: handlerEnd, handled: handled,
@@ -346,12 +351,17 @@ func (f *flow[K, V]) run() error {
 
 // chain adds the user's stages, one after another behind in, to the
 // flow's goroutines, and returns the last one's output. Each stage's
-// output is closed when it returns.
-func (f *flow[K, V]) chain(stages []NamedStage[K, V], in <-chan *pipeline.Message[K, V]) <-chan *pipeline.Message[K, V] {
+// output is closed when it returns. With outputs (AfterHandle stages of a
+// transactional pipeline), the stages' context lets them Produce for the
+// messages they hold.
+func (f *flow[K, V]) chain(stages []NamedStage[K, V], in <-chan *pipeline.Message[K, V], outputs *outbox.Stage[K, V]) <-chan *pipeline.Message[K, V] {
 	for _, s := range stages {
 		from, out := in, make(chan *pipeline.Message[K, V], channelSize)
 		f.goroutines = append(f.goroutines, goroutine{what: "stage " + s.Name, onError: abortOnError, run: func(ctx context.Context) error {
 			defer close(out)
+			if outputs != nil {
+				ctx = outbox.WithStage(ctx, outputs)
+			}
 			return s.Run(ctx, from, out)
 		}})
 		in = out

@@ -141,6 +141,9 @@ func (c *coordinator[K, V]) complete(done completion[K, V]) {
 	// held holds nothing more.
 	held := s.held
 	hold := done.hold && !s.heldBack && verdict == verdictFinish
+	if len(done.staged) > 0 {
+		cl.outputs.staged(s.offset, done.staged)
+	}
 	if cl.outputs.attempt != nil {
 		cl.outputs.settled(s.offset, verdict == verdictFinish)
 	}

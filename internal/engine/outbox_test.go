@@ -7,6 +7,7 @@ import (
 	"testing/synctest"
 
 	"github.com/parallafka/parallafka/internal/memctl"
+	"github.com/parallafka/parallafka/internal/outbox"
 	"github.com/parallafka/parallafka/pipeline"
 )
 
@@ -20,7 +21,7 @@ func rec(v string) pipeline.Record { return pipeline.Record{Topic: "out", Value:
 func (h *coordHarness) produce(m *pipeline.Message[string, string], v verdict, records ...pipeline.Record) {
 	h.handlerEnd <- handlerEnded[string, string]{
 		done:     completion[string, string]{msg: m, verdict: v},
-		produced: []produced[string, string]{{msg: m, records: records}},
+		produced: []outbox.Produced[string, string]{{Msg: m, Records: records}},
 	}
 	synctest.Wait()
 }

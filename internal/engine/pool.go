@@ -10,6 +10,7 @@ import (
 	"github.com/sourcegraph/conc/pool"
 
 	"github.com/parallafka/parallafka/internal/msginfo"
+	"github.com/parallafka/parallafka/internal/outbox"
 	"github.com/parallafka/parallafka/pipeline"
 )
 
@@ -81,13 +82,13 @@ func (p *handlerPool[K, V]) handleMessage(ctx context.Context, job job[K, V]) {
 		if p.obs.on() {
 			hctx = p.obs.handlerStarted(hctx, msginfo.Of(msg), job.waited)
 		}
-		var box *outbox[K, V]
+		var box *outbox.Call[K, V]
 		if p.transactional {
-			hctx, box = withOutbox(hctx, []*pipeline.Message[K, V]{msg})
+			hctx, box = outbox.WithCall(hctx, []*pipeline.Message[K, V]{msg})
 		}
 		began := time.Now()
 		msg.Err = callHandler(p.log, p.handler, hctx, msg, describeMessage[K, V])
-		ended.produced = box.seal()
+		ended.produced = box.Seal()
 		call := &ended.call
 		call.ended = time.Now()
 		call.took = call.ended.Sub(began)
