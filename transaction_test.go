@@ -366,3 +366,24 @@ func TestTransactionsDeadLetterIsAnOutput(t *testing.T) {
 		assert.Equal(t, 1, c, "dead letter %s", k)
 	}
 }
+
+// timedTransactor is a Transactor with a transaction timeout.
+type timedTransactor struct {
+	pipeline.Transactor
+	timeout time.Duration
+}
+
+func (t timedTransactor) TransactionTimeout() time.Duration { return t.timeout }
+
+// New refuses a commit interval or a revoke timeout that a transaction
+// could outlast: the broker would abort it.
+func TestTransactionTimeoutMustExceedCommitInterval(t *testing.T) {
+	src := memsource.New[string, int]()
+	_, err := parallafka.New(src, parallafka.WithTransactions(timedTransactor{src, 500 * time.Millisecond}))
+	require.ErrorContains(t, err, "transaction timeout (500ms) must be longer than the commit interval (1s)")
+	_, err = parallafka.New(src, parallafka.WithTransactions(timedTransactor{src, 5 * time.Second}))
+	require.ErrorContains(t, err, "revoke timeout (10s)")
+	_, err = parallafka.New(src, parallafka.WithTransactions(timedTransactor{src, 5 * time.Second}),
+		parallafka.WithRevokeTimeout(2*time.Second))
+	require.NoError(t, err)
+}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -39,6 +40,7 @@ type Transactor struct {
 	producer   *ckafka.Producer
 	consumer   *ckafka.Consumer
 	owned      func([]pipeline.Offset) error // the Source's: are offsets' partitions still its own?
+	txnTimeout time.Duration                 // transaction.timeout.ms
 	logger     *slog.Logger
 	eventsDone chan struct{}
 	logsDone   chan struct{} // nil if logs are not forwarded
@@ -80,7 +82,8 @@ func NewTransactor[K, V any](src *Source[K, V], cfg *ckafka.ConfigMap, opts ...O
 	if err != nil {
 		return nil, err
 	}
-	t := &Transactor{producer: p, consumer: src.Consumer(), owned: src.owned, logger: o.logger, eventsDone: make(chan struct{})}
+	t := &Transactor{producer: p, consumer: src.Consumer(), owned: src.owned, logger: o.logger, eventsDone: make(chan struct{}),
+		txnTimeout: transactionTimeout(*cfg)}
 	go t.logEvents()
 	if forwardLogs {
 		t.logsDone = make(chan struct{})
@@ -256,4 +259,22 @@ func (t *Transactor) Close() error {
 		}
 	})
 	return t.closeErr
+}
+
+// TransactionTimeout returns transaction.timeout.ms (librdkafka's default
+// 60 s), how long the broker keeps a transaction open: parallafka.New
+// refuses a commit interval or a revoke timeout that is not shorter.
+func (t *Transactor) TransactionTimeout() time.Duration { return t.txnTimeout }
+
+func transactionTimeout(cfg ckafka.ConfigMap) time.Duration {
+	ms := 60_000
+	switch v := cfg[keyTxnTimeout].(type) {
+	case int:
+		ms = v
+	case string:
+		if n, err := strconv.Atoi(v); err == nil {
+			ms = n
+		}
+	}
+	return time.Duration(ms) * time.Millisecond
 }

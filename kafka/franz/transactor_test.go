@@ -603,4 +603,13 @@ func TestNewTransactorRefuses(t *testing.T) {
 	_, err = franz.NewTransactor(src, []kgo.Opt{kgo.SeedBrokers("127.0.0.1:1"), kgo.TransactionalID("x")},
 		franz.WithLogger(testLogger(t)), franz.WithStartupTimeout(time.Second))
 	assert.Error(t, err, "no broker")
+
+	// A transaction timeout the pipeline's commit interval would outlast.
+	tx, err := franz.NewTransactor(src, []kgo.Opt{seed, kgo.TransactionalID("short"), kgo.TransactionTimeout(time.Second)},
+		franz.WithLogger(testLogger(t)))
+	require.NoError(t, err)
+	defer tx.Close()
+	assert.Equal(t, time.Second, tx.TransactionTimeout())
+	_, err = parallafka.New(src, parallafka.WithTransactions(tx))
+	assert.ErrorContains(t, err, "transaction timeout (1s) must be longer than the commit interval (1s)")
 }
