@@ -15,10 +15,10 @@ type claim[K, V any] struct {
 	tp      pipeline.TopicPartition
 	id      uint64 // unique per assignment: tells a commit of this claim from one of an earlier claim of the partition
 	window  window[K, V]
-	keys    map[uint64][]entry[K, V] // busy keys → the messages queued behind the one in flight
-	out     map[uint64]int           // batch mode: busy keys → their messages out in batches (or waiting for a retry)
-	tracked int                      // in the window, not yet finished or abandoned
-	start   int64                    // first offset tracked, -1 before: nothing to commit until the window passes it
+	keys    map[uint64]*keyQueue[K, V] // busy keys → the messages queued behind the one in flight
+	out     map[uint64]int             // batch mode: busy keys → their messages out in batches (or waiting for a retry)
+	tracked int                        // in the window, not yet finished or abandoned
+	start   int64                      // first offset tracked, -1 before: nothing to commit until the window passes it
 
 	outstanding   int  // dispatched, not yet back
 	stopping      bool // revoked, lost or draining: nothing starts any more
@@ -94,7 +94,7 @@ func (c *coordinator[K, V]) assign(tps []pipeline.TopicPartition, committed []pi
 		}
 		c.claimIDs++
 		cl := &claim[K, V]{
-			tp: tp, id: c.claimIDs, keys: make(map[uint64][]entry[K, V]),
+			tp: tp, id: c.claimIDs, keys: make(map[uint64]*keyQueue[K, V]),
 			start: -1, revoked: make(chan struct{}), progressOff: -1, progressAt: c.policy.coarse,
 		}
 		var held []offsetmap.Held
@@ -197,9 +197,11 @@ func (c *coordinator[K, V]) stop(cl *claim[K, V]) {
 		c.abandonEntry(e)
 		return false
 	})
-	for key, queue := range cl.keys {
-		c.routing.queued -= len(queue)
-		for _, e := range queue {
+	for key, q := range cl.keys {
+		// Not kept as a spare: a message of the key may still be out,
+		// and the queue is gone when it comes back.
+		c.routing.queued -= q.len()
+		for _, e := range q.waiting() {
 			c.abandonEntry(e)
 		}
 		delete(cl.keys, key)
@@ -245,8 +247,8 @@ func (c *coordinator[K, V]) end(cl *claim[K, V]) {
 	c.policy.sizeSurplus(c.claims, c.handlerCapacity())
 	c.policy.steeringChanged = true
 	c.ready.filter(func(e entry[K, V]) bool { return e.claim != cl })
-	for _, queue := range cl.keys {
-		c.routing.queued -= len(queue)
+	for _, q := range cl.keys {
+		c.routing.queued -= q.len()
 	}
 	cl.keys = nil
 	cl.window.each(func(s *slot[K, V]) {

@@ -43,15 +43,18 @@ type coordinator[K, V any] struct {
 	revokes    []*revokeWait[K, V]
 	revokesDue bool // a claim being revoked may have nothing in flight now
 	routing    keyRouting
-	ready      ready[K, V]
-	seq        uint64
-	inFlight   inFlight[K, V]
-	commits    commitCount
-	policy     dispatchPolicy[K, V]
-	toStage    []*pipeline.Message[K, V] // tracked, waiting to go into the AfterPoll stages, in poll order
-	holding    bool                      // the user paused the pipeline: nothing is dispatched
-	draining   bool
-	hardStop   bool
+	// spareQueues are key queues of keys gone idle, for the next keys to
+	// get busy: a key's first message allocates nothing in steady state.
+	spareQueues []*keyQueue[K, V]
+	ready       ready[K, V]
+	seq         uint64
+	inFlight    inFlight[K, V]
+	commits     commitCount
+	policy      dispatchPolicy[K, V]
+	toStage     []*pipeline.Message[K, V] // tracked, waiting to go into the AfterPoll stages, in poll order
+	holding     bool                      // the user paused the pipeline: nothing is dispatched
+	draining    bool
+	hardStop    bool
 	// drainBacklog: a graceful stop keeps the claims and dispatches their
 	// backlog (ShutdownMode Drain) until nothing is in flight; the
 	// shutdown timeout (ctx done) still stops it as a graceful one.

@@ -28,6 +28,7 @@ type entry[K, V any] struct {
 	backlog int // messages queued behind it on its key, when it became ready
 	claim   *claim[K, V]
 	msg     *pipeline.Message[K, V]
+	queue   *keyQueue[K, V] // its key's queue; nil for a message that keeps no order
 }
 
 // before orders the later heap: longest backlog first, then oldest.

@@ -24,24 +24,28 @@ type slot[K, V any] struct {
 	offset int64
 	msg    *pipeline.Message[K, V]
 	seq    uint64 // poll order, for oldest-first dispatch (set when routed)
-	size   int32  // bytes, as the poller counted them
-	state  slotState
+	// key is the queue it keeps its order in, if ordered (both set when
+	// it is routed: a key is hashed once).
+	key   uint64
+	size  int32 // bytes, as the poller counted them
+	state slotState
 	// heldBack: its key was held when it was dispatched, so it was not
 	// handled (heldkeys.go); it holds no key of its own when it finishes.
 	heldBack bool
+	ordered  bool // it keeps an order: key is its queue
+	held     bool // batch mode: counted in its key's messages out (claim.out), from its batch's dispatch until it leaves for good or is requeued
 	// Clock readings (the coordinator's, see coordinator.clock): routed
 	// is when it was routed, then when it was dispatched; ready is when
 	// it became ready (with an observer only). The stall check reads
 	// routed of the message that blocks a partition.
 	routed, ready time.Duration
-	held          bool // batch mode: counted in its key's messages out (claim.out), from its batch's dispatch until it leaves for good or is requeued
 }
 
 // window holds the offsets of one partition that were polled and are not
 // yet committable, and answers the committer's question: what is the
 // offset after the longest finished prefix? Offsets are added in
 // increasing order (gaps, as compaction and transaction markers leave
-// them, are fine) and finish in any order. It costs one 48-byte slot per
+// them, are fine) and finish in any order. It costs one 56-byte slot per
 // offset from the lowest unfinished one to the newest, and looking a slot
 // up is O(1) while offsets are contiguous (O(log n) across gaps).
 //
