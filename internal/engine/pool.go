@@ -36,6 +36,10 @@ type handlerPool[K, V any] struct {
 	stats        *Stats           // Batches and Batched
 	obs          observer
 
+	// epoch is when run began: handler calls are timed on the monotonic
+	// clock alone, from it (time.Now reads the wall clock too).
+	epoch time.Time
+
 	dispatch   <-chan job[K, V]               // from the coordinator
 	handlerEnd chan<- handlerEnded[K, V]      // to the coordinator, once per job
 	handled    chan<- *pipeline.Message[K, V] // into the AfterHandle stages; nil without them
@@ -49,6 +53,7 @@ func (p *handlerPool[K, V]) run(ctx context.Context) error {
 	if p.handled != nil {
 		defer close(p.handled)
 	}
+	p.epoch = time.Now()
 	workers := pool.New().WithMaxGoroutines(p.concurrency)
 	for range p.concurrency {
 		workers.Go(func() {
@@ -78,11 +83,11 @@ func (p *handlerPool[K, V]) handleMessage(ctx context.Context, job job[K, V]) {
 		if p.obs.on() {
 			hctx = p.obs.handlerStarted(hctx, msginfo.Of(msg), job.waited)
 		}
-		began := time.Now()
+		began := time.Since(p.epoch)
 		msg.Err = callHandler(p.log, p.handler, hctx, msg, describeMessage[K, V])
+		end := time.Since(p.epoch)
 		call := &ended.call
-		call.ended = time.Now()
-		call.took = call.ended.Sub(began)
+		call.ended, call.took = p.epoch.Add(end), end-began
 		ended.quick = call.took < quickHandler
 		if p.obs.on() {
 			p.obs.handlerEnded(hctx, msginfo.Of(msg), msg.Err, call.took)
