@@ -105,9 +105,39 @@ func (c *coordinator[K, V]) assign(tps []pipeline.TopicPartition, committed []pi
 			close(cl.revoked)
 		}
 		c.claims[tp] = cl
+		c.indexClaim(cl)
 		c.restoreHeld(cl, held)
 	}
 	c.policy.sizeSurplus(c.claims, c.handlerCapacity())
+}
+
+// maxIndexedPartition bounds the claims' table by partition number.
+const maxIndexedPartition = 1 << 12
+
+// indexClaim puts cl in the table by partition number, unless a claim of
+// another topic has its number there.
+func (c *coordinator[K, V]) indexClaim(cl *claim[K, V]) {
+	p := int(cl.tp.Partition)
+	if p < 0 || p >= maxIndexedPartition {
+		return
+	}
+	if p >= len(c.byPartition) {
+		c.byPartition = append(c.byPartition, make([]*claim[K, V], p+1-len(c.byPartition))...)
+	}
+	if c.byPartition[p] == nil {
+		c.byPartition[p] = cl
+	}
+}
+
+// claimOf returns the claim of msg's partition, or nil. The table by
+// partition number answers first: the map hashes the topic's name.
+func (c *coordinator[K, V]) claimOf(msg *pipeline.Message[K, V]) *claim[K, V] {
+	if p := int(msg.Partition); p >= 0 && p < len(c.byPartition) {
+		if cl := c.byPartition[p]; cl != nil && cl.tp.Topic == msg.Topic {
+			return cl
+		}
+	}
+	return c.claims[msg.TopicPartition()]
 }
 
 // revoke stops the partitions' claims; reply gets their final offsets
@@ -237,6 +267,9 @@ func (c *coordinator[K, V]) end(cl *claim[K, V]) {
 	}
 	c.stop(cl)
 	delete(c.claims, cl.tp)
+	if p := int(cl.tp.Partition); p < len(c.byPartition) && c.byPartition[p] == cl {
+		c.byPartition[p] = nil
+	}
 	c.unstall(cl)
 	c.heldN -= len(cl.heldKeys) // they go with the partition, in its last commit
 	if cl.outstanding > 0 {

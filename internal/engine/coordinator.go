@@ -37,12 +37,15 @@ type coordinator[K, V any] struct {
 	log   *slog.Logger
 	obs   observer
 
-	ctx        context.Context // the handlers' context, which claims' contexts derive from
-	claims     map[pipeline.TopicPartition]*claim[K, V]
-	claimIDs   uint64
-	revokes    []*revokeWait[K, V]
-	revokesDue bool // a claim being revoked may have nothing in flight now
-	routing    keyRouting
+	ctx    context.Context // the handlers' context, which claims' contexts derive from
+	claims map[pipeline.TopicPartition]*claim[K, V]
+	// byPartition is claims again, by partition number (one topic's per
+	// number, the first assigned): a lookup that hashes nothing.
+	byPartition []*claim[K, V]
+	claimIDs    uint64
+	revokes     []*revokeWait[K, V]
+	revokesDue  bool // a claim being revoked may have nothing in flight now
+	routing     keyRouting
 	// spareQueues are key queues of keys gone idle, for the next keys to
 	// get busy: a key's first message allocates nothing in steady state.
 	spareQueues []*keyQueue[K, V]

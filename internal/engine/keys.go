@@ -156,7 +156,7 @@ func (c *coordinator[K, V]) route(cl *claim[K, V], s *slot[K, V]) {
 
 // routeTracked routes a message that left the AfterPoll stages.
 func (c *coordinator[K, V]) routeTracked(msg *pipeline.Message[K, V]) {
-	cl := c.claims[msg.TopicPartition()]
+	cl := c.claimOf(msg)
 	if cl == nil {
 		return // its claim ended, which counted it out
 	}
@@ -193,7 +193,7 @@ func (c *coordinator[K, V]) backlog(e *entry[K, V]) int {
 // abandoned one takes its key's queue with it; a requeued one (batch mode)
 // waits again in its key's queue.
 func (c *coordinator[K, V]) complete(done completion[K, V]) {
-	cl := c.claims[done.msg.TopicPartition()]
+	cl := c.claimOf(done.msg)
 	var s *slot[K, V]
 	if cl != nil {
 		s = cl.window.find(done.msg)
