@@ -107,7 +107,7 @@ func (c *coordinator[K, V]) batchFull() bool {
 	n, bytes := 0, int64(0)
 	c.ready.each(func(e *entry[K, V]) bool {
 		n++
-		if s := e.claim.window.find(e.msg); s != nil {
+		if s := e.slot(); s != nil {
 			bytes += int64(s.size)
 		}
 		if e.queue != nil {
@@ -116,7 +116,7 @@ func (c *coordinator[K, V]) batchFull() bool {
 					break
 				}
 				n++
-				if s := q.claim.window.find(q.msg); s != nil {
+				if s := q.slot(); s != nil {
 					bytes += int64(s.size)
 				}
 			}
@@ -156,7 +156,7 @@ func (c *coordinator[K, V]) assembleBatch() (*batch[K, V], context.Context) {
 	}
 	for len(b.msgs) < c.batch.MaxMessages && c.ready.len() > 0 {
 		e := c.ready.pop(c.backlog)
-		s := e.claim.window.find(e.msg)
+		s := e.slot()
 		if !fits(s) {
 			c.ready.pushLater(e) // the batch is full: it waits for the next
 			break
@@ -173,7 +173,7 @@ func (c *coordinator[K, V]) assembleBatch() (*batch[K, V], context.Context) {
 		queue := e.queue.waiting()
 		taken := 0
 		for _, q := range queue {
-			qs := cl.window.find(q.msg)
+			qs := q.slot()
 			if !fits(qs) {
 				break
 			}

@@ -22,6 +22,7 @@ type claim[K, V any] struct {
 
 	outstanding   int  // dispatched, not yet back
 	stopping      bool // revoked, lost or draining: nothing starts any more
+	ended         bool // forgotten (end): its messages move no commit
 	revoked       chan struct{}
 	claimSteering // the dispatch policy's state of it (steer.go)
 	// inherited are the offsets an earlier owner finished past the
@@ -267,6 +268,7 @@ func (c *coordinator[K, V]) end(cl *claim[K, V]) {
 	}
 	c.stop(cl)
 	delete(c.claims, cl.tp)
+	cl.ended = true
 	if p := int(cl.tp.Partition); p < len(c.byPartition) && c.byPartition[p] == cl {
 		c.byPartition[p] = nil
 	}

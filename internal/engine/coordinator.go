@@ -256,11 +256,11 @@ func (c *coordinator[K, V]) dispatchReady() {
 			}
 		}
 		c.policy.readied(e.claim, -1)
-		s := e.claim.window.find(e.msg)
+		s := e.slot()
 		s.state = slotDispatched
 		e.claim.outstanding++
 		c.policy.handling++
-		j := job[K, V]{msg: e.msg, ctx: e.claim.ctx}
+		j := job[K, V]{msg: e.msg, origin: origin[K, V]{claim: e.claim, offset: e.offset}, ctx: e.claim.ctx}
 		if c.obs.on() {
 			now := c.policy.clock()
 			j.waited = pipeline.Wait{BehindKey: s.ready - s.routed, ForHandler: now - s.ready}

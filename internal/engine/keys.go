@@ -128,7 +128,7 @@ func (c *coordinator[K, V]) route(cl *claim[K, V], s *slot[K, V]) {
 		s.routed = c.policy.clock()
 		s.ready = s.routed // until it turns out to be queued
 	}
-	e := entry[K, V]{seq: s.seq, claim: cl, msg: s.msg}
+	e := entry[K, V]{seq: s.seq, claim: cl, msg: s.msg, offset: s.offset}
 	s.key, s.ordered = c.routing.key(s.msg.RawKey)
 	if !s.ordered {
 		c.ready.pushFresh(e)
@@ -193,10 +193,17 @@ func (c *coordinator[K, V]) backlog(e *entry[K, V]) int {
 // abandoned one takes its key's queue with it; a requeued one (batch mode)
 // waits again in its key's queue.
 func (c *coordinator[K, V]) complete(done completion[K, V]) {
-	cl := c.claimOf(done.msg)
 	var s *slot[K, V]
-	if cl != nil {
-		s = cl.window.find(done.msg)
+	cl := done.origin.claim
+	switch {
+	case cl == nil:
+		if cl = c.claimOf(done.msg); cl != nil {
+			s = cl.window.find(done.msg)
+		}
+	case cl.ended:
+		cl = nil
+	default:
+		s = cl.window.at(done.origin.offset, done.msg)
 	}
 	if s == nil || s.state != slotDispatched {
 		c.inFlight.returned(done.msg)
@@ -242,7 +249,7 @@ func (c *coordinator[K, V]) readyAgain(cl *claim[K, V], s *slot[K, V], msg *pipe
 		s.routed = c.policy.clock()
 		s.ready = s.routed
 	}
-	e := entry[K, V]{seq: s.seq, claim: cl, msg: msg}
+	e := entry[K, V]{seq: s.seq, claim: cl, msg: msg, offset: s.offset}
 	if s.ordered {
 		e.queue = cl.keys[s.key]
 	}
@@ -269,7 +276,7 @@ func (c *coordinator[K, V]) releaseKey(cl *claim[K, V], key uint64) {
 	c.policy.chainShrank(cl, key, n, false)
 	next.backlog = n
 	if c.obs.on() {
-		if s := cl.window.find(next.msg); s != nil {
+		if s := next.slot(); s != nil {
 			s.ready = c.policy.clock()
 		}
 	}
@@ -314,7 +321,7 @@ func (c *coordinator[K, V]) keyLeft(cl *claim[K, V], held bool, key uint64, orde
 // that failed, ahead of those polled after it.
 func (c *coordinator[K, V]) requeue(cl *claim[K, V], s *slot[K, V], msg *pipeline.Message[K, V], key uint64, ordered bool) {
 	s.state = slotWaiting
-	e := entry[K, V]{seq: s.seq, claim: cl, msg: msg}
+	e := entry[K, V]{seq: s.seq, claim: cl, msg: msg, offset: s.offset}
 	if !ordered {
 		c.ready.pushLater(e)
 		c.policy.readied(cl, 1)
@@ -333,7 +340,7 @@ func (c *coordinator[K, V]) requeue(cl *claim[K, V], s *slot[K, V], msg *pipelin
 
 // abandonEntry abandons a message that waits, queued or ready.
 func (c *coordinator[K, V]) abandonEntry(e entry[K, V]) {
-	if s := e.claim.window.find(e.msg); s != nil && s.state == slotWaiting {
+	if s := e.slot(); s != nil && s.state == slotWaiting {
 		c.settle(e.claim, s, slotAbandoned)
 	}
 }

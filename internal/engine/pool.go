@@ -104,6 +104,7 @@ func (p *handlerPool[K, V]) handleMessage(ctx context.Context, job job[K, V]) {
 	case p.handled == nil:
 		ended.done = p.collector.verdict(job.ctx, msg)
 	}
+	ended.done.origin = job.origin
 	// Never blocks: the coordinator reads handlerEnd until it is closed,
 	// and it has room for every job out.
 	p.handlerEnd <- ended

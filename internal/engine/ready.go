@@ -28,8 +28,12 @@ type entry[K, V any] struct {
 	backlog int // messages queued behind it on its key, when it became ready
 	claim   *claim[K, V]
 	msg     *pipeline.Message[K, V]
+	offset  int64           // msg's: its slot is found without reading msg
 	queue   *keyQueue[K, V] // its key's queue; nil for a message that keeps no order
 }
+
+// slot returns the entry's slot in its claim's window (nil if it left it).
+func (e *entry[K, V]) slot() *slot[K, V] { return e.claim.window.at(e.offset, e.msg) }
 
 // before orders the later heap: longest backlog first, then oldest.
 func (e *entry[K, V]) before(o *entry[K, V]) bool {

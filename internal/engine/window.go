@@ -72,14 +72,19 @@ func (w *window[K, V]) add(msg *pipeline.Message[K, V]) bool {
 // never added or committable already, or another message at that offset:
 // one polled under an earlier assignment).
 func (w *window[K, V]) find(msg *pipeline.Message[K, V]) *slot[K, V] {
+	return w.at(msg.Offset, msg)
+}
+
+// at is find for msg at offset: it does not read msg.
+func (w *window[K, V]) at(offset int64, msg *pipeline.Message[K, V]) *slot[K, V] {
 	live := w.slots[w.head:]
 	if len(live) == 0 {
 		return nil
 	}
-	i := msg.Offset - live[0].offset
-	if i < 0 || i >= int64(len(live)) || live[i].offset != msg.Offset {
-		j := sort.Search(len(live), func(j int) bool { return live[j].offset >= msg.Offset })
-		if j == len(live) || live[j].offset != msg.Offset {
+	i := offset - live[0].offset
+	if i < 0 || i >= int64(len(live)) || live[i].offset != offset {
+		j := sort.Search(len(live), func(j int) bool { return live[j].offset >= offset })
+		if j == len(live) || live[j].offset != offset {
 			return nil
 		}
 		i = int64(j)
