@@ -87,9 +87,14 @@ func (q *keyQueue[K, V]) compact() {
 	q.msgs, q.head = q.msgs[:n], 0
 }
 
-// spareQueueCap bounds the queue a spare keyQueue keeps: a hot key's long
-// queue is not kept for the cold keys that reuse it.
-const spareQueueCap = 64
+// The spares are bounded, so that what they hold does not grow with the
+// window or with time: at most maxSpareQueues of them, each keeping a
+// queue of at most spareQueueCap messages (a hot key's long queue is not
+// kept for the cold keys that reuse it).
+const (
+	maxSpareQueues = 4096
+	spareQueueCap  = 16
+)
 
 // busyKey marks key busy in cl and returns its queue, empty.
 func (c *coordinator[K, V]) busyKey(cl *claim[K, V], key uint64) *keyQueue[K, V] {
@@ -109,6 +114,9 @@ func (c *coordinator[K, V]) busyKey(cl *claim[K, V], key uint64) *keyQueue[K, V]
 // out any more, and keeps q for another key.
 func (c *coordinator[K, V]) idleKey(cl *claim[K, V], q *keyQueue[K, V]) {
 	delete(cl.keys, q.key)
+	if len(c.spareQueues) >= maxSpareQueues {
+		return
+	}
 	if cap(q.msgs) > spareQueueCap {
 		q.msgs = nil
 	}
