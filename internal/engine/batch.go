@@ -107,16 +107,16 @@ func (c *coordinator[K, V]) batchFull() bool {
 	n, bytes := 0, int64(0)
 	c.ready.each(func(e *entry[K, V]) bool {
 		n++
-		if s := e.claim.window.find(e.msg); s != nil {
+		if s := e.slot(); s != nil {
 			bytes += int64(s.size)
 		}
-		if key, ordered := c.routing.key(e.msg.RawKey); ordered {
-			for _, q := range e.claim.keys[key] {
+		if e.queue != nil {
+			for _, q := range e.queue.waiting() {
 				if n >= c.batch.MaxMessages || bytes >= c.batch.MaxBytes {
 					break
 				}
 				n++
-				if s := q.claim.window.find(q.msg); s != nil {
+				if s := q.slot(); s != nil {
 					bytes += int64(s.size)
 				}
 			}
@@ -156,24 +156,24 @@ func (c *coordinator[K, V]) assembleBatch() (*batch[K, V], context.Context) {
 	}
 	for len(b.msgs) < c.batch.MaxMessages && c.ready.len() > 0 {
 		e := c.ready.pop(c.backlog)
-		s := e.claim.window.find(e.msg)
+		s := e.slot()
 		if !fits(s) {
 			c.ready.pushLater(e) // the batch is full: it waits for the next
 			break
 		}
 		cl := e.claim
 		c.policy.readied(cl, -1)
-		key, ordered := c.routing.key(e.msg.RawKey)
+		key, ordered := s.key, s.ordered
 		held := cl.heldKeys != nil && c.heldBack(e)
 		add(cl, s, key, ordered, -1)
 		if !ordered || held {
 			continue // a held key's messages go one by one, in order
 		}
 		// The messages queued behind the key come along, in order.
-		queue := cl.keys[key]
+		queue := e.queue.waiting()
 		taken := 0
 		for _, q := range queue {
-			qs := cl.window.find(q.msg)
+			qs := q.slot()
 			if !fits(qs) {
 				break
 			}
@@ -181,8 +181,7 @@ func (c *coordinator[K, V]) assembleBatch() (*batch[K, V], context.Context) {
 			taken++
 		}
 		if taken > 0 {
-			clear(queue[:taken])
-			cl.keys[key] = queue[taken:]
+			e.queue.take(taken)
 			c.routing.queued -= taken
 			c.policy.chainShrank(cl, key, len(queue)-taken, false)
 			c.policy.queuedOn(cl, -taken)

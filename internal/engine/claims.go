@@ -15,13 +15,14 @@ type claim[K, V any] struct {
 	tp      pipeline.TopicPartition
 	id      uint64 // unique per assignment: tells a commit of this claim from one of an earlier claim of the partition
 	window  window[K, V]
-	keys    map[uint64][]entry[K, V] // busy keys → the messages queued behind the one in flight
-	out     map[uint64]int           // batch mode: busy keys → their messages out in batches (or waiting for a retry)
-	tracked int                      // in the window, not yet finished or abandoned
-	start   int64                    // first offset tracked, -1 before: nothing to commit until the window passes it
+	keys    map[uint64]*keyQueue[K, V] // busy keys → the messages queued behind the one in flight
+	out     map[uint64]int             // batch mode: busy keys → their messages out in batches (or waiting for a retry)
+	tracked int                        // in the window, not yet finished or abandoned
+	start   int64                      // first offset tracked, -1 before: nothing to commit until the window passes it
 
 	outstanding   int  // dispatched, not yet back
 	stopping      bool // revoked, lost or draining: nothing starts any more
+	ended         bool // forgotten (end): its messages move no commit
 	revoked       chan struct{}
 	claimSteering // the dispatch policy's state of it (steer.go)
 	// inherited are the offsets an earlier owner finished past the
@@ -97,7 +98,7 @@ func (c *coordinator[K, V]) assign(tps []pipeline.TopicPartition, committed []pi
 		}
 		c.claimIDs++
 		cl := &claim[K, V]{
-			tp: tp, id: c.claimIDs, keys: make(map[uint64][]entry[K, V]),
+			tp: tp, id: c.claimIDs, keys: make(map[uint64]*keyQueue[K, V]),
 			start: -1, revoked: make(chan struct{}), progressOff: -1, progressAt: c.policy.coarse,
 		}
 		var held []offsetmap.Held
@@ -108,9 +109,39 @@ func (c *coordinator[K, V]) assign(tps []pipeline.TopicPartition, committed []pi
 			close(cl.revoked)
 		}
 		c.claims[tp] = cl
+		c.indexClaim(cl)
 		c.restoreHeld(cl, held)
 	}
 	c.policy.sizeSurplus(c.claims, c.handlerCapacity())
+}
+
+// maxIndexedPartition bounds the claims' table by partition number.
+const maxIndexedPartition = 1 << 12
+
+// indexClaim puts cl in the table by partition number, unless a claim of
+// another topic has its number there.
+func (c *coordinator[K, V]) indexClaim(cl *claim[K, V]) {
+	p := int(cl.tp.Partition)
+	if p < 0 || p >= maxIndexedPartition {
+		return
+	}
+	if p >= len(c.byPartition) {
+		c.byPartition = append(c.byPartition, make([]*claim[K, V], p+1-len(c.byPartition))...)
+	}
+	if c.byPartition[p] == nil {
+		c.byPartition[p] = cl
+	}
+}
+
+// claimOf returns the claim of msg's partition, or nil. The table by
+// partition number answers first: the map hashes the topic's name.
+func (c *coordinator[K, V]) claimOf(msg *pipeline.Message[K, V]) *claim[K, V] {
+	if p := int(msg.Partition); p >= 0 && p < len(c.byPartition) {
+		if cl := c.byPartition[p]; cl != nil && cl.tp.Topic == msg.Topic {
+			return cl
+		}
+	}
+	return c.claims[msg.TopicPartition()]
 }
 
 // revoke stops the partitions' claims; reply gets their final offsets
@@ -200,9 +231,11 @@ func (c *coordinator[K, V]) stop(cl *claim[K, V]) {
 		c.abandonEntry(e)
 		return false
 	})
-	for key, queue := range cl.keys {
-		c.routing.queued -= len(queue)
-		for _, e := range queue {
+	for key, q := range cl.keys {
+		// Not kept as a spare: a message of the key may still be out,
+		// and the queue is gone when it comes back.
+		c.routing.queued -= q.len()
+		for _, e := range q.waiting() {
 			c.abandonEntry(e)
 		}
 		delete(cl.keys, key)
@@ -238,6 +271,10 @@ func (c *coordinator[K, V]) end(cl *claim[K, V]) {
 	}
 	c.stop(cl)
 	delete(c.claims, cl.tp)
+	cl.ended = true
+	if p := int(cl.tp.Partition); p < len(c.byPartition) && c.byPartition[p] == cl {
+		c.byPartition[p] = nil
+	}
 	c.unstall(cl)
 	c.heldN -= len(cl.heldKeys) // they go with the partition, in its last commit
 	if cl.outstanding > 0 {
@@ -248,8 +285,8 @@ func (c *coordinator[K, V]) end(cl *claim[K, V]) {
 	c.policy.sizeSurplus(c.claims, c.handlerCapacity())
 	c.policy.steeringChanged = true
 	c.ready.filter(func(e entry[K, V]) bool { return e.claim != cl })
-	for _, queue := range cl.keys {
-		c.routing.queued -= len(queue)
+	for _, q := range cl.keys {
+		c.routing.queued -= q.len()
 	}
 	cl.keys = nil
 	cl.window.each(func(s *slot[K, V]) {

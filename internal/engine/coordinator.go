@@ -37,21 +37,27 @@ type coordinator[K, V any] struct {
 	log   *slog.Logger
 	obs   observer
 
-	ctx        context.Context // the handlers' context, which claims' contexts derive from
-	claims     map[pipeline.TopicPartition]*claim[K, V]
-	claimIDs   uint64
-	revokes    []*revokeWait[K, V]
-	revokesDue bool // a claim being revoked may have nothing in flight now
-	routing    keyRouting
-	ready      ready[K, V]
-	seq        uint64
-	inFlight   inFlight[K, V]
-	commits    commitCount
-	policy     dispatchPolicy[K, V]
-	toStage    []*pipeline.Message[K, V] // tracked, waiting to go into the AfterPoll stages, in poll order
-	holding    bool                      // the user paused the pipeline: nothing is dispatched
-	draining   bool
-	hardStop   bool
+	ctx    context.Context // the handlers' context, which claims' contexts derive from
+	claims map[pipeline.TopicPartition]*claim[K, V]
+	// byPartition is claims again, by partition number (one topic's per
+	// number, the first assigned): a lookup that hashes nothing.
+	byPartition []*claim[K, V]
+	claimIDs    uint64
+	revokes     []*revokeWait[K, V]
+	revokesDue  bool // a claim being revoked may have nothing in flight now
+	routing     keyRouting
+	// spareQueues are key queues of keys gone idle, for the next keys to
+	// get busy: a key's first message allocates nothing in steady state.
+	spareQueues []*keyQueue[K, V]
+	ready       ready[K, V]
+	seq         uint64
+	inFlight    inFlight[K, V]
+	commits     commitCount
+	policy      dispatchPolicy[K, V]
+	toStage     []*pipeline.Message[K, V] // tracked, waiting to go into the AfterPoll stages, in poll order
+	holding     bool                      // the user paused the pipeline: nothing is dispatched
+	draining    bool
+	hardStop    bool
 	// drainBacklog: a graceful stop keeps the claims and dispatches their
 	// backlog (ShutdownMode Drain) until nothing is in flight; the
 	// shutdown timeout (ctx done) still stops it as a graceful one.
@@ -250,11 +256,11 @@ func (c *coordinator[K, V]) dispatchReady() {
 			}
 		}
 		c.policy.readied(e.claim, -1)
-		s := e.claim.window.find(e.msg)
+		s := e.slot()
 		s.state = slotDispatched
 		e.claim.outstanding++
 		c.policy.handling++
-		j := job[K, V]{msg: e.msg, ctx: e.claim.ctx}
+		j := job[K, V]{msg: e.msg, origin: origin[K, V]{claim: e.claim, offset: e.offset}, ctx: e.claim.ctx}
 		if c.obs.on() {
 			now := c.policy.clock()
 			j.waited = pipeline.Wait{BehindKey: s.ready - s.routed, ForHandler: now - s.ready}

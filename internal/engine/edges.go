@@ -15,16 +15,27 @@ type (
 	// ack collector's verdict.
 	completion[K, V any] struct {
 		msg     *pipeline.Message[K, V]
+		origin  origin[K, V] // from the job, when the pool settles it; zero past the AfterHandle stages
 		verdict verdict
 		hold    bool // with verdictFinish: hold the message's key (Message.HoldKey, the policy's HoldKey)
 		// staged are the outputs the AfterHandle stages produced for msg,
 		// in a transactional pipeline (a dead letter, say: outbox.go).
 		staged []pipeline.Record
 	}
+	// origin is where a dispatched message stands in the coordinator's
+	// state: its claim and its offset. The pool hands it back with the
+	// message's completion and never reads it: the coordinator then finds
+	// the message's slot without a lookup by partition and without
+	// reading the message, which the handler's processor holds.
+	origin[K, V any] struct {
+		claim  *claim[K, V]
+		offset int64
+	}
 	// job is a dispatched message and its handler's context (its
 	// claim's), with how long it waited (with an observer only).
 	job[K, V any] struct {
 		msg    *pipeline.Message[K, V]
+		origin origin[K, V] // single-message mode
 		ctx    context.Context
 		batch  *batch[K, V]  // in batch mode, instead of msg (ctx is the batch's)
 		waited pipeline.Wait // with an observer (not in batch mode)

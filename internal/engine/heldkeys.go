@@ -108,7 +108,7 @@ func (c *coordinator[K, V]) heldBack(e entry[K, V]) bool {
 		c.unhold(e.claim, h, true)
 		return false
 	}
-	if s := e.claim.window.find(msg); s != nil {
+	if s := e.slot(); s != nil {
 		s.heldBack = true
 	}
 	msg.Err = &pipeline.KeyHeldError{Offset: h.offset}

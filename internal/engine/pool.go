@@ -40,6 +40,10 @@ type handlerPool[K, V any] struct {
 	// and what it produced goes to the coordinator on handlerEnd.
 	transactional bool
 
+	// epoch is when run began: handler calls are timed on the monotonic
+	// clock alone, from it (time.Now reads the wall clock too).
+	epoch time.Time
+
 	dispatch   <-chan job[K, V]               // from the coordinator
 	handlerEnd chan<- handlerEnded[K, V]      // to the coordinator, once per job
 	handled    chan<- *pipeline.Message[K, V] // into the AfterHandle stages; nil without them
@@ -53,6 +57,7 @@ func (p *handlerPool[K, V]) run(ctx context.Context) error {
 	if p.handled != nil {
 		defer close(p.handled)
 	}
+	p.epoch = time.Now()
 	workers := pool.New().WithMaxGoroutines(p.concurrency)
 	for range p.concurrency {
 		workers.Go(func() {
@@ -86,12 +91,12 @@ func (p *handlerPool[K, V]) handleMessage(ctx context.Context, job job[K, V]) {
 		if p.transactional {
 			hctx, box = outbox.WithCall(hctx, []*pipeline.Message[K, V]{msg})
 		}
-		began := time.Now()
+		began := time.Since(p.epoch)
 		msg.Err = callHandler(p.log, p.handler, hctx, msg, describeMessage[K, V])
+		end := time.Since(p.epoch)
 		ended.produced = box.Seal()
 		call := &ended.call
-		call.ended = time.Now()
-		call.took = call.ended.Sub(began)
+		call.ended, call.took = p.epoch.Add(end), end-began
 		ended.quick = call.took < quickHandler
 		if p.obs.on() {
 			p.obs.handlerEnded(hctx, msginfo.Of(msg), msg.Err, call.took)
@@ -108,6 +113,7 @@ func (p *handlerPool[K, V]) handleMessage(ctx context.Context, job job[K, V]) {
 	case p.handled == nil:
 		ended.done = p.collector.verdict(job.ctx, msg)
 	}
+	ended.done.origin = job.origin
 	// Never blocks: the coordinator reads handlerEnd until it is closed,
 	// and it has room for every job out.
 	p.handlerEnd <- ended

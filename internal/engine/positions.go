@@ -87,7 +87,7 @@ func (n *commitCount) finished() {
 func (c *coordinator[K, V]) track(cycle pollCycle[K, V]) {
 	for i, msg := range cycle.msgs {
 		size := cycle.sizes[i]
-		cl := c.claims[msg.TopicPartition()]
+		cl := c.claimOf(msg)
 		switch {
 		case cl == nil, cl.stopping:
 			// Not ours (any more), or polled after the claim began to stop:

@@ -207,7 +207,7 @@ func (c *coordinator[K, V]) admit(e entry[K, V]) (admitted, more bool) {
 	r := c.rates
 	now := time.Now()
 	size := 0
-	if s := e.claim.window.find(e.msg); s != nil {
+	if s := e.slot(); s != nil {
 		size = int(s.size)
 	}
 	if d := r.globalDelay(now, 1, size); d > 0 {

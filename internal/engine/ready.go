@@ -28,7 +28,12 @@ type entry[K, V any] struct {
 	backlog int // messages queued behind it on its key, when it became ready
 	claim   *claim[K, V]
 	msg     *pipeline.Message[K, V]
+	offset  int64           // msg's: its slot is found without reading msg
+	queue   *keyQueue[K, V] // its key's queue; nil for a message that keeps no order
 }
+
+// slot returns the entry's slot in its claim's window (nil if it left it).
+func (e *entry[K, V]) slot() *slot[K, V] { return e.claim.window.at(e.offset, e.msg) }
 
 // before orders the later heap: longest backlog first, then oldest.
 func (e *entry[K, V]) before(o *entry[K, V]) bool {
@@ -137,30 +142,36 @@ func (r *ready[K, V]) filter(keep func(entry[K, V]) bool) {
 	}
 }
 
+// up and down move the entry at i to its place, shifting the entries it
+// passes into the hole it leaves (one copy per level, not a swap).
 func (r *ready[K, V]) up(i int) {
+	e := r.later[i]
 	for i > 0 {
 		parent := (i - 1) / 2
-		if !r.later[i].before(&r.later[parent]) {
-			return
+		if !e.before(&r.later[parent]) {
+			break
 		}
-		r.later[i], r.later[parent] = r.later[parent], r.later[i]
+		r.later[i] = r.later[parent]
 		i = parent
 	}
+	r.later[i] = e
 }
 
 func (r *ready[K, V]) down(i int) {
+	e, n := r.later[i], len(r.later)
 	for {
-		least, left, right := i, 2*i+1, 2*i+2
-		if left < len(r.later) && r.later[left].before(&r.later[least]) {
-			least = left
+		child := 2*i + 1
+		if child >= n {
+			break
 		}
-		if right < len(r.later) && r.later[right].before(&r.later[least]) {
-			least = right
+		if right := child + 1; right < n && r.later[right].before(&r.later[child]) {
+			child = right
 		}
-		if least == i {
-			return
+		if !r.later[child].before(&e) {
+			break
 		}
-		r.later[i], r.later[least] = r.later[least], r.later[i]
-		i = least
+		r.later[i] = r.later[child]
+		i = child
 	}
+	r.later[i] = e
 }

@@ -76,9 +76,12 @@ func (c *coordinator[K, V]) describeStall(cl *claim[K, V], now time.Duration) (p
 		}
 	case slotWaiting:
 		st.State = "waiting for a handler"
-		key, ordered := c.routing.key(s.msg.RawKey)
-		for _, e := range cl.keys[key] {
-			if ordered && e.msg == s.msg {
+		var queued []entry[K, V]
+		if q := cl.keys[s.key]; s.ordered && q != nil {
+			queued = q.waiting()
+		}
+		for _, e := range queued {
+			if e.msg == s.msg {
 				st.State = "waiting behind its key"
 				break
 			}

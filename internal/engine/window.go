@@ -24,24 +24,28 @@ type slot[K, V any] struct {
 	offset int64
 	msg    *pipeline.Message[K, V]
 	seq    uint64 // poll order, for oldest-first dispatch (set when routed)
-	size   int32  // bytes, as the poller counted them
-	state  slotState
+	// key is the queue it keeps its order in, if ordered (both set when
+	// it is routed: a key is hashed once).
+	key   uint64
+	size  int32 // bytes, as the poller counted them
+	state slotState
 	// heldBack: its key was held when it was dispatched, so it was not
 	// handled (heldkeys.go); it holds no key of its own when it finishes.
 	heldBack bool
+	ordered  bool // it keeps an order: key is its queue
+	held     bool // batch mode: counted in its key's messages out (claim.out), from its batch's dispatch until it leaves for good or is requeued
 	// Clock readings (the coordinator's, see coordinator.clock): routed
 	// is when it was routed, then when it was dispatched; ready is when
 	// it became ready (with an observer only). The stall check reads
 	// routed of the message that blocks a partition.
 	routed, ready time.Duration
-	held          bool // batch mode: counted in its key's messages out (claim.out), from its batch's dispatch until it leaves for good or is requeued
 }
 
 // window holds the offsets of one partition that were polled and are not
 // yet committable, and answers the committer's question: what is the
 // offset after the longest finished prefix? Offsets are added in
 // increasing order (gaps, as compaction and transaction markers leave
-// them, are fine) and finish in any order. It costs one 48-byte slot per
+// them, are fine) and finish in any order. It costs one 56-byte slot per
 // offset from the lowest unfinished one to the newest, and looking a slot
 // up is O(1) while offsets are contiguous (O(log n) across gaps).
 //
@@ -68,14 +72,19 @@ func (w *window[K, V]) add(msg *pipeline.Message[K, V]) bool {
 // never added or committable already, or another message at that offset:
 // one polled under an earlier assignment).
 func (w *window[K, V]) find(msg *pipeline.Message[K, V]) *slot[K, V] {
+	return w.at(msg.Offset, msg)
+}
+
+// at is find for msg at offset: it does not read msg.
+func (w *window[K, V]) at(offset int64, msg *pipeline.Message[K, V]) *slot[K, V] {
 	live := w.slots[w.head:]
 	if len(live) == 0 {
 		return nil
 	}
-	i := msg.Offset - live[0].offset
-	if i < 0 || i >= int64(len(live)) || live[i].offset != msg.Offset {
-		j := sort.Search(len(live), func(j int) bool { return live[j].offset >= msg.Offset })
-		if j == len(live) || live[j].offset != msg.Offset {
+	i := offset - live[0].offset
+	if i < 0 || i >= int64(len(live)) || live[i].offset != offset {
+		j := sort.Search(len(live), func(j int) bool { return live[j].offset >= offset })
+		if j == len(live) || live[j].offset != offset {
 			return nil
 		}
 		i = int64(j)
