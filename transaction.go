@@ -32,8 +32,8 @@ import (
 // over the same consumer as the source. Outputs of one key appear in each
 // output partition in the order of their inputs. WithAsyncCommits cannot
 // be combined with it. If t has a TransactionTimeout() time.Duration method
-// (both Kafka transactors do), New refuses a commit interval or a revoke
-// timeout that is not shorter than it.
+// (both Kafka transactors do), New refuses a commit interval that is not
+// shorter than it.
 func WithTransactions(t pipeline.Transactor) Option {
 	return optionFunc(func(c *config) { c.transactor = t })
 }

@@ -263,7 +263,7 @@ func (t *Transactor) Close() error {
 
 // TransactionTimeout returns transaction.timeout.ms (librdkafka's default
 // 60 s), how long the broker keeps a transaction open: parallafka.New
-// refuses a commit interval or a revoke timeout that is not shorter.
+// refuses a commit interval that is not shorter.
 func (t *Transactor) TransactionTimeout() time.Duration { return t.txnTimeout }
 
 func transactionTimeout(cfg ckafka.ConfigMap) time.Duration {

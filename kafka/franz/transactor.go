@@ -501,8 +501,8 @@ func (t *Transactor) Close() error {
 }
 
 // TransactionTimeout returns kgo.TransactionTimeout, how long the broker
-// keeps a transaction open: parallafka.New refuses a commit interval or a
-// revoke timeout that is not shorter.
+// keeps a transaction open: parallafka.New refuses a commit interval that
+// is not shorter.
 func (t *Transactor) TransactionTimeout() time.Duration {
 	d, _ := t.client.OptValue(kgo.TransactionTimeout).(time.Duration)
 	return d
