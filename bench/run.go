@@ -65,6 +65,18 @@ func runPipeline(c *config, w *workload, b *broker, topic, mode string, conc con
 		logger = slog.New(slog.NewTextHandler(f, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
 	opts := []parallafka.Option{parallafka.WithOrdering(ord), parallafka.WithLogger(logger)}
+	handler := rec.handler
+	var out *outputRun
+	if c.output != "" {
+		o, extra, err := startOutput(context.Background(), c, b, src, topic, rec)
+		if err != nil {
+			_ = src.Close()
+			return nil, err
+		}
+		defer o.close()
+		out, handler = o, o.handler
+		opts = append(opts, extra...)
+	}
 	if conc.adaptive() {
 		opts = append(opts, parallafka.WithAdaptiveConcurrency(conc.min, conc.n))
 	} else {
@@ -94,6 +106,9 @@ func runPipeline(c *config, w *workload, b *broker, topic, mode string, conc con
 	baseRSS := rss()
 	heap := startHeapSampler(10 * time.Millisecond)
 	label := fmt.Sprintf("%s %s c=%s", w.dist, mode, conc)
+	if c.output != "" {
+		label += " output=" + c.output
+	}
 	bar := startProgress(stderr, c.progress, label, rec.counted.Load, rec.target)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -105,7 +120,7 @@ func runPipeline(c *config, w *workload, b *broker, topic, mode string, conc con
 		if c.batch > 0 {
 			consumed <- p.ConsumeBatch(ctx, rec.batchHandler)
 		} else {
-			consumed <- p.Consume(ctx, rec.handler)
+			consumed <- p.Consume(ctx, handler)
 		}
 	}()
 	var tl *timeline
@@ -187,6 +202,9 @@ func runPipeline(c *config, w *workload, b *broker, topic, mode string, conc con
 	}
 	if tl != nil {
 		tl.summarize(r, rec, c.change)
+	}
+	if out != nil {
+		r.Output = out.finish(rec.firstPoll())
 	}
 	for tp, off := range stats.Committed {
 		r.Committed += off - w.base[tp.Partition]
