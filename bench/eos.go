@@ -44,7 +44,10 @@ const outputHeader = 28
 
 // outputStats is a run's output side (-output), in its JSON row.
 type outputStats struct {
-	Kind             string  `json:"kind"` // tx or alo
+	Kind string `json:"kind"` // tx or alo
+	// InputRate is -input-rate: the inputs were produced during the run at
+	// this many per second (0: the run consumed a loaded backlog).
+	InputRate        float64 `json:"input_rate,omitempty"`
 	Topic            string  `json:"topic"`
 	CommitIntervalMs float64 `json:"commit_interval_ms"`
 	// ALOLingerMs is the at-least-once producer's linger (alo).
@@ -106,7 +109,7 @@ type outputRun struct {
 // pipeline options the run adds.
 func startOutput(ctx context.Context, c *config, b *broker, src pipeline.Source[string, []byte], inTopic string, rec *recorder) (*outputRun, []parallafka.Option, error) {
 	o := &outputRun{kind: c.output, topic: fmt.Sprintf("%s-out-%d", inTopic, time.Now().UnixNano()), rec: rec}
-	o.stats = outputStats{Kind: c.output, Topic: o.topic, CommitIntervalMs: ms(c.commitInterval)}
+	o.stats = outputStats{Kind: c.output, Topic: o.topic, CommitIntervalMs: ms(c.commitInterval), InputRate: c.inputRate}
 	if err := b.cluster.CreateTopic(ctx, o.topic, rec.w.partitions); err != nil {
 		return nil, nil, err
 	}
@@ -149,7 +152,7 @@ func startOutput(ctx context.Context, c *config, b *broker, src pipeline.Source[
 	default:
 		o.stats.ALOLingerMs = ms(c.aloLinger)
 		cfg := b.cluster.ProducerConfig() // acks=all, idempotence, murmur2_random
-		_ = cfg.SetKey("linger.ms", int(c.aloLinger.Milliseconds()))
+		_ = cfg.SetKey("linger.ms", float64(c.aloLinger)/1e6)
 		_ = cfg.SetKey("log_level", 3)
 		p, err := ckafka.NewProducer(cfg)
 		if err != nil {
@@ -407,4 +410,47 @@ func quantilesMs(ns []int64) (p50, p99 float64) {
 	slices.Sort(s)
 	q := func(f float64) float64 { return float64(s[min(len(s)-1, int(f*float64(len(s))))]) / 1e6 }
 	return q(0.50), q(0.99)
+}
+
+// feed produces the workload into topic (new and empty: each partition
+// starts at offset 0) at rate messages per second, in order, in chunks
+// every 5 ms, until all are written or ctx ends. Each record's timestamp
+// is the moment it was produced.
+func (b *broker) feed(ctx context.Context, w *workload, topic string, rate float64) error {
+	next := make([]int64, w.partitions)
+	value := make([]byte, len(w.value))
+	copy(value, w.value)
+	start := time.Now()
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for done := 0; done < w.n; {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+		}
+		upTo := min(w.n, int(rate*time.Since(start).Seconds()))
+		if upTo <= done {
+			continue
+		}
+		records := make([]kafkatest.Record, upTo-done)
+		for j := range records {
+			i := done + j
+			records[j] = kafkatest.Record{Key: w.keyBytes[w.keyOf[i]], Value: value, Partition: w.partOf[i]}
+		}
+		if err := b.cluster.Produce(ctx, topic, records); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		for _, r := range records {
+			if r.Offset != next[r.Partition] {
+				return fmt.Errorf("-input-rate: partition %d: offset %d where %d was expected", r.Partition, r.Offset, next[r.Partition])
+			}
+			next[r.Partition]++
+		}
+		done = upTo
+	}
+	return nil
 }

@@ -66,6 +66,7 @@ type config struct {
 	commitInterval time.Duration // -commit-interval, with -output
 	aloLinger      time.Duration // -alo-linger
 	keepTopic      string        // -keep-topic
+	inputRate      float64       // -input-rate
 }
 
 // parseFlags parses the command line into a config. Usage and errors go to
@@ -114,8 +115,9 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.DurationVar(&c.duration, "duration", 0, "stop each run this long (at least 2s) after Consume's start and report the rate from 1s to its end (the topic must hold enough messages: raise -messages or -backlog); 0: stop at the message target")
 	fs.StringVar(&outputs, "output", "", "consume, transform, produce (sources embedded and kafka): each handler call also writes one output record per input (same key) to an output topic created per run, read back by a read_committed reader that counts duplicates; a comma-separated list of kinds to sweep, repeats allowed: tx (transactions: WithTransactions over the client's Transactor, parallafka.Produce) or alo (at-least-once: a plain idempotent producer of the same client, the handler waiting for the record's ack)")
 	fs.DurationVar(&c.commitInterval, "commit-interval", 100*time.Millisecond, "WithCommitInterval of the -output runs (tx: one transaction per interval)")
-	fs.DurationVar(&c.aloLinger, "alo-linger", 0, "linger of the at-least-once producer of -output alo (linger.ms, kgo.ProducerLinger)")
+	fs.DurationVar(&c.aloLinger, "alo-linger", time.Millisecond, "linger of the at-least-once producer of -output alo (librdkafka linger.ms, kgo.ProducerLinger; the clients default to 5 ms and 10 ms, which a handler waiting for its ack pays in full)")
 	fs.StringVar(&c.keepTopic, "keep-topic", "", "load the workload into this topic, or reuse it if it already holds exactly the workload's message count, and keep it afterwards (for bench/pc/run.sh); one -keys and -dist value")
+	fs.Float64Var(&c.inputRate, "input-rate", 0, "with -output: produce each run's inputs during the run, at this many messages per second, into a topic of its own (instead of consuming a loaded backlog), so that the input timestamp → visible output latency is not the wait in a backlog; needs -serial=false -raw=false")
 	fs.Func("X", "client property `key=value`, repeatable, for the raw loop and Parallafka alike: with -client confluent any librdkafka consumer property (e.g. queued.min.messages=1000000); with -client franz "+strings.Join(franzProps, ", "), func(kv string) error {
 		k, v, ok := strings.Cut(kv, "=")
 		if !ok || k == "" {
@@ -248,6 +250,9 @@ func (c *config) validate() error {
 		if c.commitInterval <= 0 {
 			bad("-commit-interval must be positive")
 		}
+	}
+	if c.inputRate < 0 || (c.inputRate > 0 && (len(c.outputs) == 0 || c.serial || c.raw || c.keepTopic != "" || c.backlog != c.messages)) {
+		bad("-input-rate must be positive and needs -output, -serial=false, -raw=false, and no -keep-topic or -backlog")
 	}
 	if c.keepTopic != "" && (c.source == "mem" || len(c.keys) > 1 || len(c.dists) > 1) {
 		bad("-keep-topic needs a broker source and a single -keys and -dist value")

@@ -101,7 +101,7 @@ func run(c *config, stdout, stderr io.Writer) error {
 // concurrency on it.
 func sweep(ctx context.Context, c *config, b *broker, w *workload, stdout, stderr io.Writer, tbl *table) ([]*result, error) {
 	topic := ""
-	if b != nil {
+	if b != nil && c.inputRate == 0 {
 		var err error
 		if topic, err = b.load(ctx, w, c.keepTopic, stderr); err != nil {
 			return nil, err

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/parallafka/parallafka"
+	"github.com/parallafka/parallafka/kafka/kafkatest"
 	"github.com/parallafka/parallafka/pipeline"
 )
 
@@ -45,6 +46,14 @@ func runPipeline(c *config, w *workload, b *broker, topic, mode string, conc con
 	if c.source == "mem" {
 		src = memSource(w)
 	} else {
+		if c.inputRate > 0 { // -input-rate: a topic of the run's own, fed during it
+			topic = kafkatest.UniqueTopic("parallafka-bench-paced")
+			if err := b.cluster.CreateTopic(context.Background(), topic, w.partitions); err != nil {
+				return nil, err
+			}
+			defer func() { _ = b.cluster.DeleteTopic(context.Background(), topic) }()
+			clear(w.base)
+		}
 		s, err := b.source(topic, c.client)
 		if err != nil {
 			return nil, err
@@ -123,6 +132,12 @@ func runPipeline(c *config, w *workload, b *broker, topic, mode string, conc con
 			consumed <- p.Consume(ctx, handler)
 		}
 	}()
+	fed := make(chan error, 1)
+	if c.inputRate > 0 {
+		go func() { fed <- b.feed(ctx, w, topic, c.inputRate) }()
+	} else {
+		fed <- nil
+	}
 	var tl *timeline
 	if rec.ds != nil {
 		tl = startTimeline(p, rec, rec.ds, c.change)
@@ -147,7 +162,7 @@ func runPipeline(c *config, w *workload, b *broker, topic, mode string, conc con
 	stopTrace()
 	bar.Stop()
 	peakHeap, peakLive, peakRSS := heap.Stop()
-	if err := errors.Join(waitErr, consumeErr); err != nil {
+	if err := errors.Join(waitErr, consumeErr, <-fed); err != nil {
 		return nil, fmt.Errorf("%s: %w", label, err)
 	}
 

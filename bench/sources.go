@@ -87,6 +87,7 @@ type broker struct {
 	seq     int
 	props   [][2]string // -X
 	client  string
+	started int64 // Unix ns: tells this invocation's groups from another's on a kept topic
 }
 
 func startBroker(c *config) (*broker, error) {
@@ -100,7 +101,7 @@ func startBroker(c *config) (*broker, error) {
 	if err != nil {
 		return nil, err
 	}
-	b := &broker{cluster: cluster, props: c.props, client: c.client}
+	b := &broker{cluster: cluster, props: c.props, client: c.client, started: time.Now().UnixNano()}
 	if _, err := b.franzProps(); err != nil && c.client == "franz" {
 		cluster.Close()
 		return nil, err
@@ -179,10 +180,10 @@ func (b *broker) load(ctx context.Context, w *workload, keep string, log io.Writ
 }
 
 // group returns a fresh consumer group id, so that every run reads the
-// topic from its start.
+// topic from its start (a kept topic too, -keep-topic).
 func (b *broker) group(topic, what string) string {
 	b.seq++
-	return fmt.Sprintf("%s-%s-%d", topic, what, b.seq)
+	return fmt.Sprintf("%s-%s-%d-%x", topic, what, b.seq, b.started)
 }
 
 // consumerConfig is the consumer configuration every run and baseline
