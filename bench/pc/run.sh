@@ -25,6 +25,7 @@ cd "$DIR"
 if [[ ! -f target/cp.txt || ! -d target/classes || pom.xml -nt target/cp.txt || src/main/java/bench/PcBench.java -nt target/classes ]]; then
   mvn -q -B compile dependency:build-classpath -Dmdep.outputFile=target/cp.txt >&2
 fi
-exec java -Xmx1g -Dorg.slf4j.simpleLogger.defaultLogLevel=warn \
+PC_VERSION="$(sed -n 's:.*<pc.version>\(.*\)</pc.version>.*:\1:p' pom.xml)"
+exec java -Xmx1g -Dorg.slf4j.simpleLogger.defaultLogLevel=warn -Dpc.version="$PC_VERSION" \
   -cp "target/classes:$(cat target/cp.txt)" bench.PcBench \
   "$BROKERS" "$IN" "$OUT" "$MESSAGES" "$CONC" "$SLEEP_US" "$COMMIT_MS"

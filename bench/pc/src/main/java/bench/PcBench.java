@@ -133,7 +133,7 @@ public final class PcBench {
             + "\"handler_calls\":%d,\"seconds\":%.3f,\"msgs_per_sec\":%.0f,\"outputs_read\":%d,\"distinct\":%d,"
             + "\"duplicates\":%d,\"missing\":%d,\"produce_to_visible_p50_ms\":%.1f,\"produce_to_visible_p99_ms\":%.1f,"
             + "\"input_to_visible_p50_ms\":%.1f,\"input_to_visible_p99_ms\":%.1f}%n",
-        ParallelStreamProcessor.class.getPackage().getImplementationVersion(),
+        System.getProperty("pc.version"),
         messages, concurrency, sleepNanos / 1000, commitInterval.toMillis(), complete,
         handled.get(), seconds, complete ? messages / seconds : 0.0, reader.read(), reader.distinct(),
         reader.read() - reader.distinct(), messages - reader.distinct(),
