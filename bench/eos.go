@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -152,7 +153,7 @@ func startOutput(ctx context.Context, c *config, b *broker, src pipeline.Source[
 	default:
 		o.stats.ALOLingerMs = ms(c.aloLinger)
 		cfg := b.cluster.ProducerConfig() // acks=all, idempotence, murmur2_random
-		_ = cfg.SetKey("linger.ms", float64(c.aloLinger)/1e6)
+		_ = cfg.SetKey("linger.ms", strconv.FormatFloat(float64(c.aloLinger)/1e6, 'g', -1, 64))
 		_ = cfg.SetKey("log_level", 3)
 		p, err := ckafka.NewProducer(cfg)
 		if err != nil {
