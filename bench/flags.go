@@ -59,6 +59,14 @@ type config struct {
 	// duration is -duration: a run stops this long after Consume's start
 	// (0: at its message target).
 	duration time.Duration
+	// outputs is -output: the output kinds to sweep (tx, alo), each run
+	// writing one output record per input; output is the run's.
+	outputs        []string
+	output         string
+	commitInterval time.Duration // -commit-interval, with -output
+	aloLinger      time.Duration // -alo-linger
+	keepTopic      string        // -keep-topic
+	inputRate      float64       // -input-rate
 }
 
 // parseFlags parses the command line into a config. Usage and errors go to
@@ -69,7 +77,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	var (
 		c                                 config
 		keys, dists, modes, conc, handler string
-		change, rateLimit                 string
+		change, rateLimit, outputs        string
 	)
 	fs.StringVar(&c.source, "source", "mem", "mem (in-memory source), embedded (in-process Kafka broker) or kafka (the broker given by -brokers)")
 	fs.StringVar(&c.client, "client", "confluent", "Kafka client of the sources embedded and kafka: confluent (package kafka, confluent-kafka-go) or franz (package kafka/franz, franz-go); the serial and raw baselines use the same client")
@@ -105,6 +113,11 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.StringVar(&rateLimit, "rate-limit", "", "WithRateLimit: a comma-separated subset of records=N (records/s of all keys), bytes=N (bytes/s) and per-key=N (records/s of each key), e.g. records=2000,per-key=50")
 	fs.IntVar(&c.excludeHot, "exclude-hot", 0, "leave the K hottest keys (by message count) out of a run's target: it ends once every other key's messages are handled, and its messages and msg/s count those only")
 	fs.DurationVar(&c.duration, "duration", 0, "stop each run this long (at least 2s) after Consume's start and report the rate from 1s to its end (the topic must hold enough messages: raise -messages or -backlog); 0: stop at the message target")
+	fs.StringVar(&outputs, "output", "", "consume, transform, produce (sources embedded and kafka): each handler call also writes one output record per input (same key) to an output topic created per run, read back by a read_committed reader that counts duplicates; a comma-separated list of kinds to sweep, repeats allowed: tx (transactions: WithTransactions over the client's Transactor, parallafka.Produce) or alo (at-least-once: a plain idempotent producer of the same client, the handler waiting for the record's ack)")
+	fs.DurationVar(&c.commitInterval, "commit-interval", 100*time.Millisecond, "WithCommitInterval of the -output runs (tx: one transaction per interval)")
+	fs.DurationVar(&c.aloLinger, "alo-linger", time.Millisecond, "linger of the at-least-once producer of -output alo (librdkafka linger.ms, kgo.ProducerLinger; the clients default to 5 ms and 10 ms, which a handler waiting for its ack pays in full)")
+	fs.StringVar(&c.keepTopic, "keep-topic", "", "load the workload into this topic, or reuse it if it already holds exactly the workload's message count, and keep it afterwards (for bench/pc/run.sh); one -keys and -dist value")
+	fs.Float64Var(&c.inputRate, "input-rate", 0, "with -output: produce each run's inputs during the run, at this many messages per second, into a topic of its own (instead of consuming a loaded backlog), so that the input timestamp → visible output latency is not the wait in a backlog; needs -serial=false -raw=false")
 	fs.Func("X", "client property `key=value`, repeatable, for the raw loop and Parallafka alike: with -client confluent any librdkafka consumer property (e.g. queued.min.messages=1000000); with -client franz "+strings.Join(franzProps, ", "), func(kv string) error {
 		k, v, ok := strings.Cut(kv, "=")
 		if !ok || k == "" {
@@ -134,6 +147,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 		errs = append(errs, fmt.Errorf("-rate-limit: %w", err))
 	}
 	c.dists = parseList(dists)
+	c.outputs = parseList(outputs)
 	c.modes = parseList(modes)
 	if c.handler, err = parseHandler(handler); err != nil {
 		errs = append(errs, fmt.Errorf("-handler: %w", err))
@@ -220,6 +234,28 @@ func (c *config) validate() error {
 	}
 	if c.duration != 0 && c.duration < 2*time.Second {
 		bad("-duration must be 0 (off) or at least 2s (its rate window starts at 1s), got %v", c.duration)
+	}
+	for _, o := range c.outputs {
+		if o != outputTx && o != outputALO {
+			bad("-output: want tx or alo, got %q", o)
+		}
+	}
+	if len(c.outputs) > 0 {
+		if c.source == "mem" {
+			bad("-output needs -source embedded or kafka")
+		}
+		if c.batch > 0 || c.duration > 0 || c.excludeHot > 0 || c.handler.kind == "downstream" || c.retained {
+			bad("-output does not go with -batch, -duration, -exclude-hot, -retained or -handler downstream")
+		}
+		if c.commitInterval <= 0 {
+			bad("-commit-interval must be positive")
+		}
+	}
+	if c.inputRate < 0 || (c.inputRate > 0 && (len(c.outputs) == 0 || c.serial || c.raw || c.keepTopic != "" || c.backlog != c.messages)) {
+		bad("-input-rate must be positive and needs -output, -serial=false, -raw=false, and no -keep-topic or -backlog")
+	}
+	if c.keepTopic != "" && (c.source == "mem" || len(c.keys) > 1 || len(c.dists) > 1) {
+		bad("-keep-topic needs a broker source and a single -keys and -dist value")
 	}
 	if len(c.keys) == 0 || len(c.dists) == 0 || len(c.modes) == 0 || len(c.concurrency) == 0 {
 		bad("-keys, -dist, -mode and -concurrency need at least one value each")

@@ -101,12 +101,14 @@ func run(c *config, stdout, stderr io.Writer) error {
 // concurrency on it.
 func sweep(ctx context.Context, c *config, b *broker, w *workload, stdout, stderr io.Writer, tbl *table) ([]*result, error) {
 	topic := ""
-	if b != nil {
+	if b != nil && c.inputRate == 0 {
 		var err error
-		if topic, err = b.load(ctx, w, stderr); err != nil {
+		if topic, err = b.load(ctx, w, c.keepTopic, stderr); err != nil {
 			return nil, err
 		}
-		defer func() { _ = b.cluster.DeleteTopic(ctx, topic) }()
+		if c.keepTopic == "" {
+			defer func() { _ = b.cluster.DeleteTopic(ctx, topic) }()
+		}
 	}
 
 	var serial, raw *baseline
@@ -154,35 +156,43 @@ func sweep(ctx context.Context, c *config, b *broker, w *workload, stdout, stder
 
 	var results []*result
 	defer tbl.flush()
+	outputs := c.outputs
+	if len(outputs) == 0 {
+		outputs = []string{""}
+	}
 	for _, mode := range c.modes {
 		for _, conc := range c.concurrency {
-			r, err := runPipeline(c, w, b, topic, mode, conc, stderr)
-			if err != nil {
-				return results, err
-			}
-			if serial != nil {
-				r.SerialSeconds = serial.seconds
-			} else {
-				r.SerialSeconds, r.SerialEstimated = r.partitionSeconds, true
-			}
-			if r.Seconds > 0 {
-				r.SpeedupVsSerial = r.SerialSeconds / r.Seconds
-			}
-			if raw != nil {
-				r.RawMsgsPerSec, r.RawCPUMicrosPerMsg = raw.msgsPerSec, micros(raw.cpuPerMsg)
-				if raw.msgsPerSec > 0 {
-					r.VsRaw = r.MsgsPerSec / raw.msgsPerSec
-				}
-			}
-			r.Date = time.Now().UTC().Format(time.RFC3339)
-			r.CPUs, r.MemBytes = runtime.NumCPU(), totalMemory()
-			results = append(results, r)
-			if c.json {
-				if err := writeJSON(stdout, r); err != nil {
+			for _, output := range outputs {
+				rc := *c
+				rc.output = output
+				r, err := runPipeline(&rc, w, b, topic, mode, conc, stderr)
+				if err != nil {
 					return results, err
 				}
-			} else {
-				tbl.add(r)
+				if serial != nil {
+					r.SerialSeconds = serial.seconds
+				} else {
+					r.SerialSeconds, r.SerialEstimated = r.partitionSeconds, true
+				}
+				if r.Seconds > 0 {
+					r.SpeedupVsSerial = r.SerialSeconds / r.Seconds
+				}
+				if raw != nil {
+					r.RawMsgsPerSec, r.RawCPUMicrosPerMsg = raw.msgsPerSec, micros(raw.cpuPerMsg)
+					if raw.msgsPerSec > 0 {
+						r.VsRaw = r.MsgsPerSec / raw.msgsPerSec
+					}
+				}
+				r.Date = time.Now().UTC().Format(time.RFC3339)
+				r.CPUs, r.MemBytes = runtime.NumCPU(), totalMemory()
+				results = append(results, r)
+				if c.json {
+					if err := writeJSON(stdout, r); err != nil {
+						return results, err
+					}
+				} else {
+					tbl.add(r)
+				}
 			}
 		}
 	}

@@ -266,6 +266,25 @@ func (r *recorder) longestChain(mode string) int {
 
 // span returns the measured time from the first poll (or handler start,
 // where polls are not recorded) to the last handler end.
+// firstPoll returns the recorder clock of the first poll (or handler
+// start) of a handled message; 0 if none.
+func (r *recorder) firstPoll() int64 {
+	first := int64(0)
+	for i, end := range r.endAt {
+		if end == 0 {
+			continue
+		}
+		start := r.pollAt[i]
+		if start == 0 {
+			start = r.startAt[i]
+		}
+		if first == 0 || start < first {
+			first = start
+		}
+	}
+	return first
+}
+
 func (r *recorder) span() time.Duration {
 	first, last := int64(0), int64(0)
 	for i, end := range r.endAt {

@@ -140,6 +140,10 @@ type result struct {
 	RateSecondMin        int     `json:"rate_second_min,omitempty"`
 	RateSecondMax        int     `json:"rate_second_max,omitempty"`
 
+	// With -output: the output side of the run (consume, transform,
+	// produce), at-least-once or in transactions.
+	Output *outputStats `json:"output,omitempty"`
+
 	Pauses          int64 `json:"pauses"`           // back-pressure pauses
 	Committed       int64 `json:"committed"`        // messages covered by the committed offsets
 	OrderViolations int64 `json:"order_violations"` // per-key order broken (key and partition modes)
@@ -188,6 +192,16 @@ func optionalColumns(r *result) []column {
 		cols = append(cols,
 			column{"excluded keys", func(r *result) string { return fmt.Sprint(r.ExcludedHotKeys) }},
 			column{"excluded msgs", func(r *result) string { return fmt.Sprint(r.ExcludedMessages) }})
+	}
+	if r.Output != nil {
+		cols = append(cols,
+			column{"output", func(r *result) string { return r.Output.Kind }},
+			column{"visible msg/s", func(r *result) string { return fmt.Sprintf("%.0f", r.Output.MsgsPerSec) }},
+			column{"out dups/missing", func(r *result) string { return fmt.Sprintf("%d/%d", r.Output.Duplicates, r.Output.Missing) }},
+			column{"rec/txn", func(r *result) string { return fmt.Sprintf("%.0f", r.Output.RecordsPerTxn) }},
+			column{"produce→visible p50/p99 ms", func(r *result) string {
+				return fmt.Sprintf("%.1f/%.1f", r.Output.ProduceToVisibleP50Ms, r.Output.ProduceToVisibleP99Ms)
+			}})
 	}
 	if r.DurationSeconds > 0 {
 		cols = append(cols,

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/parallafka/parallafka"
+	"github.com/parallafka/parallafka/kafka/kafkatest"
 	"github.com/parallafka/parallafka/pipeline"
 )
 
@@ -45,6 +46,14 @@ func runPipeline(c *config, w *workload, b *broker, topic, mode string, conc con
 	if c.source == "mem" {
 		src = memSource(w)
 	} else {
+		if c.inputRate > 0 { // -input-rate: a topic of the run's own, fed during it
+			topic = kafkatest.UniqueTopic("parallafka-bench-paced")
+			if err := b.cluster.CreateTopic(context.Background(), topic, w.partitions); err != nil {
+				return nil, err
+			}
+			defer func() { _ = b.cluster.DeleteTopic(context.Background(), topic) }()
+			clear(w.base)
+		}
 		s, err := b.source(topic, c.client)
 		if err != nil {
 			return nil, err
@@ -65,6 +74,18 @@ func runPipeline(c *config, w *workload, b *broker, topic, mode string, conc con
 		logger = slog.New(slog.NewTextHandler(f, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
 	opts := []parallafka.Option{parallafka.WithOrdering(ord), parallafka.WithLogger(logger)}
+	handler := rec.handler
+	var out *outputRun
+	if c.output != "" {
+		o, extra, err := startOutput(context.Background(), c, b, src, topic, rec)
+		if err != nil {
+			_ = src.Close()
+			return nil, err
+		}
+		defer o.close()
+		out, handler = o, o.handler
+		opts = append(opts, extra...)
+	}
 	if conc.adaptive() {
 		opts = append(opts, parallafka.WithAdaptiveConcurrency(conc.min, conc.n))
 	} else {
@@ -94,6 +115,9 @@ func runPipeline(c *config, w *workload, b *broker, topic, mode string, conc con
 	baseRSS := rss()
 	heap := startHeapSampler(10 * time.Millisecond)
 	label := fmt.Sprintf("%s %s c=%s", w.dist, mode, conc)
+	if c.output != "" {
+		label += " output=" + c.output
+	}
 	bar := startProgress(stderr, c.progress, label, rec.counted.Load, rec.target)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -105,9 +129,15 @@ func runPipeline(c *config, w *workload, b *broker, topic, mode string, conc con
 		if c.batch > 0 {
 			consumed <- p.ConsumeBatch(ctx, rec.batchHandler)
 		} else {
-			consumed <- p.Consume(ctx, rec.handler)
+			consumed <- p.Consume(ctx, handler)
 		}
 	}()
+	fed := make(chan error, 1)
+	if c.inputRate > 0 {
+		go func() { fed <- b.feed(ctx, w, topic, c.inputRate) }()
+	} else {
+		fed <- nil
+	}
 	var tl *timeline
 	if rec.ds != nil {
 		tl = startTimeline(p, rec, rec.ds, c.change)
@@ -132,7 +162,7 @@ func runPipeline(c *config, w *workload, b *broker, topic, mode string, conc con
 	stopTrace()
 	bar.Stop()
 	peakHeap, peakLive, peakRSS := heap.Stop()
-	if err := errors.Join(waitErr, consumeErr); err != nil {
+	if err := errors.Join(waitErr, consumeErr, <-fed); err != nil {
 		return nil, fmt.Errorf("%s: %w", label, err)
 	}
 
@@ -187,6 +217,9 @@ func runPipeline(c *config, w *workload, b *broker, topic, mode string, conc con
 	}
 	if tl != nil {
 		tl.summarize(r, rec, c.change)
+	}
+	if out != nil {
+		r.Output = out.finish(rec.firstPoll())
 	}
 	for tp, off := range stats.Committed {
 		r.Committed += off - w.base[tp.Partition]

@@ -87,6 +87,7 @@ type broker struct {
 	seq     int
 	props   [][2]string // -X
 	client  string
+	started int64 // Unix ns: tells this invocation's groups from another's on a kept topic
 }
 
 func startBroker(c *config) (*broker, error) {
@@ -100,7 +101,7 @@ func startBroker(c *config) (*broker, error) {
 	if err != nil {
 		return nil, err
 	}
-	b := &broker{cluster: cluster, props: c.props, client: c.client}
+	b := &broker{cluster: cluster, props: c.props, client: c.client, started: time.Now().UnixNano()}
 	if _, err := b.franzProps(); err != nil && c.client == "franz" {
 		cluster.Close()
 		return nil, err
@@ -112,8 +113,27 @@ func (b *broker) Close() { b.cluster.Close() }
 
 // load creates a fresh topic and produces the workload into it, in order,
 // each message to its partition, and records where each partition starts.
-func (b *broker) load(ctx context.Context, w *workload, log io.Writer) (string, error) {
+//
+// With keep (-keep-topic) the topic is that one: reused when it already
+// has the workload's partitions each holding exactly its messages from
+// offset 0 (a topic this harness loaded with the same flags), else
+// created and loaded.
+func (b *broker) load(ctx context.Context, w *workload, keep string, log io.Writer) (string, error) {
 	topic := kafkatest.UniqueTopic("parallafka-bench")
+	if keep != "" {
+		topic = keep
+		if end, err := b.cluster.EndOffsets(ctx, topic); err == nil {
+			same := len(end) == w.partitions
+			for p, msgs := range w.byPart {
+				same = same && end[int32(p)] == int64(len(msgs))
+			}
+			if !same {
+				return "", fmt.Errorf("-keep-topic %s exists and does not hold this workload (end offsets %v)", topic, end)
+			}
+			fmt.Fprintf(log, "# reusing %s\n", topic)
+			return topic, nil // each partition's base stays 0
+		}
+	}
 	if err := b.cluster.CreateTopic(ctx, topic, w.partitions); err != nil {
 		return "", err
 	}
@@ -160,10 +180,10 @@ func (b *broker) load(ctx context.Context, w *workload, log io.Writer) (string, 
 }
 
 // group returns a fresh consumer group id, so that every run reads the
-// topic from its start.
+// topic from its start (a kept topic too, -keep-topic).
 func (b *broker) group(topic, what string) string {
 	b.seq++
-	return fmt.Sprintf("%s-%s-%d", topic, what, b.seq)
+	return fmt.Sprintf("%s-%s-%d-%x", topic, what, b.seq, b.started)
 }
 
 // consumerConfig is the consumer configuration every run and baseline

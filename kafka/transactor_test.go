@@ -62,7 +62,7 @@ func (s eosSetup) member(t *testing.T, txnID string) (*kafka.Source[string, stri
 	require.NoError(t, err)
 	t.Cleanup(func() {
 		tx.Close()
-		src.Close() // if Consume did not
+		closeSource(t, src) // if Consume did not
 	})
 	return src, tx
 }
@@ -270,7 +270,7 @@ func TestTransactorZombieCannotCommit(t *testing.T) {
 	require.NoError(t, err)
 	zombie, err := kafka.NewSource(consumer, []string{s.input}, kafka.String, kafka.String, kafka.WithLogger(s.quiet))
 	require.NoError(t, err)
-	defer zombie.Close()
+	defer closeSource(t, zombie)
 	pcfg := s.cluster.ProducerConfig()
 	require.NoError(t, pcfg.SetKey("transactional.id", kafkatest.UniqueTopic("txn")))
 	tx, err := kafka.NewTransactor(zombie, pcfg, kafka.WithLogger(s.quiet))
@@ -307,4 +307,17 @@ func TestTransactorZombieCannotCommit(t *testing.T) {
 	require.NotEqual(t, int64(5), committed[0])
 	s.n = 0
 	s.checkOutputs(t)
+}
+
+// closeSource closes src and waits until librdkafka finished closing the
+// consumer, which may take longer than Close waits (a zombie's consumer
+// leaves a group that moved on without it).
+func closeSource(t *testing.T, src *kafka.Source[string, string]) {
+	t.Helper()
+	src.Close()
+	select {
+	case <-src.Closed():
+	case <-time.After(60 * time.Second):
+		t.Error("the consumer did not finish closing within 60 s")
+	}
 }
