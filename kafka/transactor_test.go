@@ -49,8 +49,24 @@ func newEOSSetup(t *testing.T, cluster *kafkatest.Cluster, partitions, n int) eo
 // member makes a Source and a Transactor with transactional id txnID.
 func (s eosSetup) member(t *testing.T, txnID string) (*kafka.Source[string, string], *kafka.Transactor) {
 	t.Helper()
+	return s.memberOf(t, txnID, "")
+}
+
+// memberOf is member under a group protocol: a classic
+// partition.assignment.strategy, or "consumer" (KIP-848); "": the default.
+func (s eosSetup) memberOf(t *testing.T, txnID, protocol string) (*kafka.Source[string, string], *kafka.Transactor) {
+	t.Helper()
 	ccfg := s.cluster.ConsumerConfig(s.group)
 	delete(*ccfg, "go.logs.channel.enable")
+	switch protocol {
+	case "":
+	case "consumer":
+		delete(*ccfg, "session.timeout.ms") // the broker's, under KIP-848
+		delete(*ccfg, "heartbeat.interval.ms")
+		require.NoError(t, ccfg.SetKey("group.protocol", "consumer"))
+	default:
+		require.NoError(t, ccfg.SetKey("partition.assignment.strategy", protocol))
+	}
 	consumer, err := kafka.NewConsumer(ccfg, kafka.WithLogger(s.quiet))
 	require.NoError(t, err)
 	src, err := kafka.NewSource(consumer, []string{s.input}, kafka.String, kafka.String, kafka.WithLogger(s.quiet))
@@ -319,5 +335,53 @@ func closeSource(t *testing.T, src *kafka.Source[string, string]) {
 	case <-src.Closed():
 	case <-time.After(60 * time.Second):
 		t.Error("the consumer did not finish closing within 60 s")
+	}
+}
+
+// Two transactional members share a group under each protocol: A starts
+// alone, B joins mid-stream (A's revokes commit their outputs in
+// transactions from inside the rebalance callback), then A leaves: each
+// output once, in key order.
+func TestTransactorAcrossRebalances(t *testing.T) {
+	for _, protocol := range []string{"cooperative-sticky", "range", "consumer"} {
+		t.Run(protocol, func(t *testing.T) {
+			cluster := kafkatest.New(t)
+			s := newEOSSetup(t, cluster, 6, 3000)
+			var handled, byB atomic.Int64
+			handlerOf := func(name string) parallafka.Handler[string, string] {
+				return func(ctx context.Context, m *pipeline.Message[string, string]) error {
+					time.Sleep(time.Millisecond)
+					if name == "b" {
+						byB.Add(1)
+					}
+					// A slows down past a quarter until B got partitions,
+					// so that the rebalance happens mid-stream (each call
+					// stays short: a revoke waits for the calls in flight).
+					if name == "a" && handled.Load() >= int64(s.n/4) && byB.Load() == 0 {
+						time.Sleep(20 * time.Millisecond)
+					}
+					handled.Add(1)
+					return s.echo(ctx, m)
+				}
+			}
+			start := func(name string) (stop func() error) {
+				src, tx := s.memberOf(t, kafkatest.UniqueTopic("txn-"+name), protocol)
+				p, err := parallafka.New(src, parallafka.WithLogger(s.quiet), parallafka.WithTransactions(tx),
+					parallafka.WithMaxConcurrency(8), parallafka.WithCommitInterval(50*time.Millisecond))
+				require.NoError(t, err)
+				ctx, cancel := context.WithCancel(context.Background())
+				done := make(chan error, 1)
+				go func() { done <- p.Consume(ctx, handlerOf(name)) }()
+				return func() error { cancel(); return <-done }
+			}
+			stopA := start("a")
+			require.Eventually(t, func() bool { return handled.Load() >= int64(s.n/4) }, 60*time.Second, time.Millisecond)
+			stopB := start("b")
+			require.Eventually(t, func() bool { return byB.Load() > 0 && handled.Load() >= int64(s.n/2) }, 60*time.Second, time.Millisecond)
+			require.NoError(t, stopA())
+			require.Eventually(t, func() bool { return s.allCommitted(t) }, 60*time.Second, 100*time.Millisecond)
+			require.NoError(t, stopB())
+			s.checkOutputs(t)
+		})
 	}
 }

@@ -266,7 +266,9 @@ func (o *Observer) MessageSettled(m pipeline.MessageInfo, outcome pipeline.Outco
 
 // Committed records the commit's latency and counts it (or its error); a
 // transaction (WithTransactions) is counted the same way, with its output
-// records.
+// records, and is a span of its own ("parallafka transaction", internal,
+// from its start to its end, with its record and partition counts, an
+// error status if it was aborted).
 func (o *Observer) Committed(c pipeline.CommitInfo) {
 	ctx := context.Background()
 	attrs := metric.WithAttributes(o.base...)
@@ -279,7 +281,27 @@ func (o *Observer) Committed(c pipeline.CommitInfo) {
 		}
 	}
 	o.m.commitDuration.Record(ctx, c.Took.Seconds(), attrs)
+	if c.Transaction {
+		end := time.Now()
+		_, span := o.tracer.Start(ctx, TransactionSpan, trace.WithNewRoot(), trace.WithSpanKind(trace.SpanKindInternal),
+			trace.WithTimestamp(end.Add(-c.Took)), trace.WithAttributes(o.base...),
+			trace.WithAttributes(attribute.Int(TransactionRecordsKey, c.Records), attribute.Int(TransactionPartitionsKey, len(c.Offsets)),
+				attribute.Bool(TransactionFinalKey, c.Final)))
+		if c.Err != nil {
+			span.RecordError(c.Err)
+			span.SetStatus(codesError, c.Err.Error())
+		}
+		span.End(trace.WithTimestamp(end))
+	}
 }
+
+// The transaction span's name and attributes.
+const (
+	TransactionSpan          = "parallafka transaction"
+	TransactionRecordsKey    = "parallafka.transaction.records"    // output records it wrote
+	TransactionPartitionsKey = "parallafka.transaction.partitions" // partitions whose offsets it committed
+	TransactionFinalKey      = "parallafka.transaction.final"      // a revoke's or the shutdown's
+)
 
 // PartitionsAssigned marks the partitions assigned: their lag is reported.
 func (o *Observer) PartitionsAssigned(tps []pipeline.TopicPartition) {

@@ -485,3 +485,37 @@ func TestBatchSpanLinksEveryMessage(t *testing.T) {
 	assert.Equal(t, 6, linked, "every message linked once")
 	assert.Equal(t, p.Stats().Batches, batches)
 }
+
+// In a transactional pipeline each transaction is a span, with its output
+// records, and parallafka.transaction.records counts them.
+func TestTransactionSpans(t *testing.T) {
+	tel := newTelemetry(t)
+	src := memsource.New[string, int]()
+	src.AddTopic(topic, 2)
+	const n = 200
+	for i := range n {
+		src.Produce(topic, int32(i%2), fmt.Sprint("k", i%10), i)
+	}
+	p, err := parallafka.New(src, parallafka.WithLogger(quiet), parallafka.WithObserver(tel.obs),
+		parallafka.WithTransactions(src), parallafka.WithCommitInterval(10*time.Millisecond))
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- p.Consume(ctx, func(ctx context.Context, m *parallafka.Message[string, int]) error {
+			return parallafka.Produce(ctx, m, pipeline.Record{Topic: "out", Key: m.RawKey})
+		})
+	}()
+	require.Eventually(t, func() bool { return len(src.Produced()) == n }, 20*time.Second, time.Millisecond)
+	cancel()
+	require.NoError(t, <-done)
+	var records int64
+	for _, s := range tel.spans.Ended() {
+		if s.Name() != otelparallafka.TransactionSpan {
+			continue
+		}
+		assert.Equal(t, trace.SpanKindInternal, s.SpanKind())
+		records += attrs(s)[otelparallafka.TransactionRecordsKey].AsInt64()
+	}
+	assert.EqualValues(t, n, records, "the transaction spans' records: each output once")
+}

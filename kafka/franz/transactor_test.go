@@ -613,3 +613,53 @@ func TestNewTransactorRefuses(t *testing.T) {
 	_, err = parallafka.New(src, parallafka.WithTransactions(tx))
 	assert.ErrorContains(t, err, "transaction timeout (1s) must be longer than the commit interval (1s)")
 }
+
+// Two transactional members share a group under each protocol: A starts
+// alone, B joins mid-stream (A's revokes commit their outputs in
+// transactions from inside the rebalance callback, cooperative and
+// KIP-848 alike), then A leaves: each output once, in key order.
+func TestTransactionsAcrossRebalances(t *testing.T) {
+	for _, proto := range protocols {
+		t.Run(proto.name, func(t *testing.T) {
+			const partitions, outPartitions, n, keys = 6, 3, 3600, 60 // n a multiple of keys
+			c, topic := newCluster(t, partitions)
+			defer verifyNoLeaks(t)()
+			out := topic + "-out"
+			c.createTopic(t, out, outPartitions)
+			c.produce(t, topic, n, keys)
+			group := "g-" + topic
+			var handled, byB atomic.Int64
+			echo := echoTo(out)
+			handlerOf := func(name string) parallafka.Handler[string, string] {
+				return func(ctx context.Context, m *parallafka.Message[string, string]) error {
+					time.Sleep(time.Millisecond)
+					if name == "b" {
+						byB.Add(1)
+					}
+					// A slows down past a quarter until B got partitions,
+					// so that the rebalance happens mid-stream.
+					if name == "a" && handled.Load() >= n/4 && byB.Load() == 0 {
+						time.Sleep(20 * time.Millisecond)
+					}
+					handled.Add(1)
+					return echo(ctx, m)
+				}
+			}
+			opts := []parallafka.Option{parallafka.WithMaxConcurrency(8), parallafka.WithCommitInterval(50 * time.Millisecond)}
+			srcA := newSource(t, c, group, topic, proto.opts)
+			txA := newTransactor(t, c, srcA, "tx-a-"+topic)
+			defer func() { assert.NoError(t, txA.Close()) }()
+			a := startMember(t, srcA, handlerOf("a"), append(opts, parallafka.WithTransactions(txA))...)
+			waitFor(t, waitTimeout, "a quarter handled", func() bool { return handled.Load() >= n/4 })
+			srcB := newSource(t, c, group, topic, proto.opts)
+			txB := newTransactor(t, c, srcB, "tx-b-"+topic)
+			defer func() { assert.NoError(t, txB.Close()) }()
+			b := startMember(t, srcB, handlerOf("b"), append(opts, parallafka.WithTransactions(txB))...)
+			waitFor(t, waitTimeout, "B handling, half handled", func() bool { return byB.Load() > 0 && handled.Load() >= n/2 })
+			require.NoError(t, a.stop())
+			waitFor(t, waitTimeout, "the group's offsets at the end", func() bool { return committedToEnd(t, c, group, topic, partitions) })
+			require.NoError(t, b.stop())
+			checkExactlyOnce(t, readCommitted(t, c, out, n, time.Second), n, keys, outPartitions)
+		})
+	}
+}
