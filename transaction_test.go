@@ -385,3 +385,46 @@ func TestTransactionTimeoutMustExceedCommitInterval(t *testing.T) {
 		parallafka.WithCommitInterval(100*time.Millisecond))
 	require.NoError(t, err)
 }
+
+// Outputs waiting for a transaction count in the in-flight byte window:
+// while transactions fail, polling stops once the outputs fill it, instead
+// of holding ever more outputs in memory; once they commit, it goes on.
+func TestTransactionOutputsCountInTheByteWindow(t *testing.T) {
+	src := memsource.New[string, int]()
+	const n = 2000
+	produce(src, 2, n, func(i int) int { return i % 20 })
+	var failing atomic.Bool
+	failing.Store(true)
+	memctl.SetTransactHook(src, func([]pipeline.Record, []pipeline.Offset) error {
+		if failing.Load() {
+			return errors.New("not now")
+		}
+		return nil
+	})
+	const window = 64 << 10
+	big := make([]byte, 1<<10)
+	p, err := parallafka.New(src, parallafka.WithLogger(quiet), parallafka.WithTransactions(src),
+		parallafka.WithCommitInterval(5*time.Millisecond), parallafka.WithMaxInFlightBytes(window), parallafka.WithMaxInFlight(100))
+	require.NoError(t, err)
+	stop, _ := start(p, func(ctx context.Context, m *parallafka.Message[string, int]) error {
+		r := outputOf(m)
+		r.Headers = []pipeline.Header{{Key: "padding", Value: big}}
+		return parallafka.Produce(ctx, m, r)
+	})
+	// The messages are tiny: 100 at a time in flight (WithMaxInFlight), and
+	// their 1 KiB outputs fill the window after about 64.
+	eventually(t, func() bool { return p.Stats().Polled > 0 })
+	time.Sleep(300 * time.Millisecond)
+	polled := p.Stats().Polled
+	time.Sleep(300 * time.Millisecond)
+	assert.Equal(t, polled, p.Stats().Polled, "polling stopped while the outputs fill the window")
+	assert.Less(t, polled, int64(n/4))
+	// Past the window by at most the outputs of the messages in flight
+	// when it filled (up to 100 of about 1 KiB).
+	assert.LessOrEqual(t, p.Stats().InFlightBytes, int64(window+110<<10))
+	failing.Store(false)
+	eventually(t, func() bool { return committedAll(src) })
+	err, _ = stop()
+	require.NoError(t, err)
+	checkOutputs(t, src, n)
+}

@@ -37,6 +37,19 @@ type claimOutputs struct {
 	attempt  map[int64][]pipeline.Record
 	finished []pipeline.Record
 	base     int64 // the index of finished[0]
+	bytes    int64 // of finished: they count in the in-flight byte window until committed
+}
+
+// recordBytes is what an output counts in the in-flight byte window.
+func recordBytes(records []pipeline.Record) int64 {
+	var n int64
+	for _, r := range records {
+		n += int64(len(r.Key) + len(r.Value))
+		for _, h := range r.Headers {
+			n += int64(len(h.Key) + len(h.Value))
+		}
+	}
+	return n
 }
 
 // produced holds the outputs of a handling attempt until it finishes.
@@ -57,31 +70,39 @@ func (o *claimOutputs) staged(offset int64, records []pipeline.Record) {
 }
 
 // settled moves the outputs of the message at offset to the finished ones
-// if it finished; otherwise they are dropped.
-func (o *claimOutputs) settled(offset int64, finished bool) {
+// if it finished; otherwise they are dropped. It returns the bytes it
+// added to the finished ones.
+func (o *claimOutputs) settled(offset int64, finished bool) int64 {
 	records, ok := o.attempt[offset]
 	if !ok {
-		return
+		return 0
 	}
 	delete(o.attempt, offset)
-	if finished {
-		o.finished = append(o.finished, records...)
+	if !finished {
+		return 0
 	}
+	o.finished = append(o.finished, records...)
+	n := recordBytes(records)
+	o.bytes += n
+	return n
 }
 
 // committed drops the finished outputs below index through: committed
-// transactions carried them.
-func (o *claimOutputs) committed(through int64) {
+// transactions carried them. It returns their bytes.
+func (o *claimOutputs) committed(through int64) int64 {
 	n := min(through-o.base, int64(len(o.finished)))
 	if n <= 0 {
-		return
+		return 0
 	}
+	bytes := recordBytes(o.finished[:n])
 	o.base += n
+	o.bytes -= bytes
 	if n == int64(len(o.finished)) {
 		o.finished = nil
-		return
+	} else {
+		o.finished = o.finished[n:]
 	}
-	o.finished = o.finished[n:]
+	return bytes
 }
 
 // snapshot returns the finished outputs, for a transaction, and the index
@@ -107,7 +128,7 @@ func (c *coordinator[K, V]) produced(p outbox.Produced[K, V]) {
 func (c *coordinator[K, V]) outputsCommitted(committed []outputsDone) {
 	for _, done := range committed {
 		if cl := c.claims[done.tp]; cl != nil && cl.id == done.claim {
-			cl.outputs.committed(done.through)
+			c.inFlight.releaseOutputs(cl.outputs.committed(done.through))
 		}
 	}
 }
