@@ -240,7 +240,7 @@ func (c *coordinator[K, V]) end(cl *claim[K, V]) {
 	delete(c.claims, cl.tp)
 	c.unstall(cl)
 	c.inFlight.releaseOutputs(cl.outputs.bytes) // committed with its last offsets, or not at all
-	c.heldN -= len(cl.heldKeys) // they go with the partition, in its last commit
+	c.heldN -= len(cl.heldKeys)                 // they go with the partition, in its last commit
 	if cl.outstanding > 0 {
 		c.log.Warn("parallafka: cancelling the handlers of a partition given up; their messages are redelivered to the next owner",
 			"partition", cl.tp, "handlers", cl.outstanding)
