@@ -198,7 +198,7 @@ func (cl *claim[K, V]) position() (claimOffset, bool) {
 		return claimOffset{}, false // nothing finished past the starting position
 	}
 	co := claimOffset{Offset: pipeline.Offset{TopicPartition: cl.tp, Offset: off}, claim: cl.id, runs: runs, held: cl.heldList()}
-	co.outputs, co.outputsFrom = cl.outputs.snapshot()
+	co.outputs = cl.outputs.below(off)
 	return co, true
 }
 
