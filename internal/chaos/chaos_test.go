@@ -20,7 +20,9 @@
 //
 // Optional: CHAOS_DURATION (chaos phase per protocol, default 55s),
 // CHAOS_MESSAGES (default 30000), CHAOS_PROTOCOLS and CHAOS_CLIENTS
-// (comma-separated subsets).
+// (comma-separated subsets); CHAOS_ARTIFACTS, a directory that keeps the
+// members' histories and logs, and CHAOS_MEMBER_LOG_LEVEL (info, debug; the
+// members log warnings and errors only by default).
 package chaos
 
 import (
@@ -145,6 +147,12 @@ func runChaos(t *testing.T, cfg chaosConfig) []figures {
 	defer cancel()
 
 	dir := t.TempDir()
+	if v := os.Getenv("CHAOS_ARTIFACTS"); v != "" {
+		// Keep the members' histories and logs (CHAOS_MEMBER_LOG_LEVEL=info
+		// or debug makes the logs say more).
+		dir = filepath.Join(v, time.Now().Format("20060102-150405"))
+		t.Logf("the members' histories and logs go to %s", dir)
+	}
 	bin := filepath.Join(dir, "member")
 	t0 := time.Now()
 	build := exec.CommandContext(ctx, "go", "build", "-o", bin, "./member")

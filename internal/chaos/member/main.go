@@ -135,7 +135,13 @@ func consume(client, brokers, topic, group, protocol, mode, run, member, history
 	}
 	write("B %s %s %d %d\n", run, member, os.Getpid(), time.Now().UnixNano())
 
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})).With("run", run)
+	level := slog.LevelWarn
+	if v := os.Getenv("CHAOS_MEMBER_LOG_LEVEL"); v != "" { // debug, info: to find a violation's cause
+		if err := level.UnmarshalText([]byte(v)); err != nil {
+			return fmt.Errorf("CHAOS_MEMBER_LOG_LEVEL: %w", err)
+		}
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})).With("run", run)
 	var src parallafka.Source[string, string]
 	var tx transactor
 	switch client {
