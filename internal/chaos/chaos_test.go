@@ -176,9 +176,16 @@ func runChaos(t *testing.T, cfg chaosConfig) []figures {
 				if ctx.Err() != nil {
 					t.Fatalf("no time left for %s over %s", proto, client)
 				}
+				runDir := filepath.Join(dir, client, proto)
+				for i := 2; ; i++ { // a protocol named twice in CHAOS_PROTOCOLS
+					if _, err := os.Stat(runDir); err != nil {
+						break
+					}
+					runDir = filepath.Join(dir, client, proto+"-"+strconv.Itoa(i))
+				}
 				r := &chaosRun{
 					t: t, ctx: ctx, c: cfg.c, bin: bin, restart: restart, client: client, protocol: proto,
-					dir: filepath.Join(dir, client, proto), duration: cfg.duration, pace: cfg.pace, messages: cfg.messages,
+					dir: runDir, duration: cfg.duration, pace: cfg.pace, messages: cfg.messages,
 					eos: cfg.eos, runs: map[string]*memberRun{},
 				}
 				f := r.run()
