@@ -119,6 +119,11 @@ func consume(client, brokers, topic, group, protocol, mode, run, member, history
 	default:
 		return fmt.Errorf("unknown mode %q", mode)
 	}
+	// SIGTERM stops it gracefully from the start: one that comes while the
+	// clients start (a transactional producer's initialization can take
+	// seconds after a broker restart) makes Consume return at once.
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
 	f, err := os.OpenFile(history, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
 	if err != nil {
 		return err
@@ -194,8 +199,6 @@ func consume(client, brokers, topic, group, protocol, mode, run, member, history
 		return err
 	}
 
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
-	defer stop()
 	handle := func(ctx context.Context, msg *parallafka.Message[string, string], work time.Duration) error {
 		key, seq, err := keyed.Parse([]byte(msg.Value))
 		if err != nil {
