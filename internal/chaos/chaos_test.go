@@ -20,7 +20,8 @@
 //
 // Optional: CHAOS_DURATION (chaos phase per protocol, default 55s),
 // CHAOS_MESSAGES (default 30000), CHAOS_PROTOCOLS and CHAOS_CLIENTS
-// (comma-separated subsets); CHAOS_ARTIFACTS, a directory that keeps the
+// (comma-separated subsets); CHAOS_BROKER_DOWN (how long the broker stays
+// down at its restart, default 2s); CHAOS_ARTIFACTS, a directory that keeps the
 // members' histories and logs, and CHAOS_MEMBER_LOG_LEVEL (info, debug; the
 // members log warnings and errors only by default).
 package chaos
@@ -164,6 +165,7 @@ func runChaos(t *testing.T, cfg chaosConfig) []figures {
 	if cfg.pace == [2]time.Duration{} {
 		cfg.pace = [2]time.Duration{1500 * time.Millisecond, 4 * time.Second}
 	}
+	brokerDown := envDuration(t, "CHAOS_BROKER_DOWN", 2*time.Second)
 	restart := cfg.restart
 	if restart == nil {
 		restart = kafkaShRestart(ctx, t, cfg.c.Bootstrap())
@@ -185,7 +187,7 @@ func runChaos(t *testing.T, cfg chaosConfig) []figures {
 				}
 				r := &chaosRun{
 					t: t, ctx: ctx, c: cfg.c, bin: bin, restart: restart, client: client, protocol: proto,
-					dir: runDir, duration: cfg.duration, pace: cfg.pace, messages: cfg.messages,
+					dir: runDir, duration: cfg.duration, pace: cfg.pace, messages: cfg.messages, brokerDown: brokerDown,
 					eos: cfg.eos, runs: map[string]*memberRun{},
 				}
 				f := r.run()
@@ -267,8 +269,12 @@ type chaosRun struct {
 	dir      string
 	duration time.Duration
 	pace     [2]time.Duration // the chaos phase's actions come this far apart, at random
-	messages int
-	eos      bool // transactional members, and the outputs checked (eos_test.go)
+	// brokerDown is how long the broker stays down when it is restarted
+	// (CHAOS_BROKER_DOWN, default 2s; Apache Kafka takes some 13 s more to
+	// start again).
+	brokerDown time.Duration
+	messages   int
+	eos        bool // transactional members, and the outputs checked (eos_test.go)
 
 	topic, group string
 	out          string             // the output topic (eos)
@@ -662,7 +668,7 @@ func (r *chaosRun) restartBroker() {
 	ctx, cancel := context.WithTimeout(r.ctx, 2*time.Minute)
 	defer cancel()
 	t0 := time.Now()
-	err := r.restart(ctx, 2*time.Second)
+	err := r.restart(ctx, r.brokerDown)
 	r.fig.brokerDown = time.Since(t0)
 	if err != nil {
 		r.t.Fatalf("restarting the broker: %v", err)
