@@ -49,6 +49,7 @@ import (
 
 	"github.com/parallafka/parallafka/internal/keyed"
 	"github.com/parallafka/parallafka/kafka/kafkatest"
+	"github.com/parallafka/parallafka/pipeline"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -628,6 +629,15 @@ func (r *chaosRun) chaos() {
 		r.mu.Lock()
 		for _, m := range r.order {
 			if !m.alive() && !m.killed && !m.termed {
+				if stderr := tail(m.stderr, 5); strings.Contains(stderr, pipeline.ErrTransactionFatal.Error()) {
+					// A transactional producer that cannot go on stops its
+					// member (a broker outage longer than an abort may
+					// wait, say): as a crash, which an orchestrator
+					// restarts; the schedule's joins take its slot.
+					m.killed = true
+					r.t.Logf("%s/%s: member %s stopped on a fatal transaction error, as a crash: %s", r.client, r.protocol, m.id, stderr)
+					continue
+				}
 				m.termed = true // report once
 				r.mu.Unlock()
 				r.violate("member %s exited by itself: %v (stderr: %s)", m.id, m.err, tail(m.stderr, 5))
