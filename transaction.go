@@ -30,7 +30,9 @@ import (
 //
 // t writes the transactions: kafka.NewTransactor or franz.NewTransactor,
 // over the same consumer as the source. Outputs of one key appear in each
-// output partition in the order of their inputs. WithAsyncCommits cannot
+// output partition in the order of their inputs. Outputs waiting for their
+// transaction count in the in-flight byte window (WithMaxInFlightBytes).
+// WithAsyncCommits cannot
 // be combined with it. If t has a TransactionTimeout() time.Duration method
 // (both Kafka transactors do), New refuses a commit interval that is not
 // shorter than it.

@@ -385,3 +385,89 @@ func TestTransactionTimeoutMustExceedCommitInterval(t *testing.T) {
 		parallafka.WithCommitInterval(100*time.Millisecond))
 	require.NoError(t, err)
 }
+
+// Outputs waiting for a transaction count in the in-flight byte window:
+// while transactions fail, polling stops once the outputs fill it, instead
+// of holding ever more outputs in memory; once they commit, it goes on.
+func TestTransactionOutputsCountInTheByteWindow(t *testing.T) {
+	src := memsource.New[string, int]()
+	const n = 2000
+	produce(src, 2, n, func(i int) int { return i % 20 })
+	var failing atomic.Bool
+	failing.Store(true)
+	memctl.SetTransactHook(src, func([]pipeline.Record, []pipeline.Offset) error {
+		if failing.Load() {
+			return errors.New("not now")
+		}
+		return nil
+	})
+	const window = 64 << 10
+	big := make([]byte, 1<<10)
+	p, err := parallafka.New(src, parallafka.WithLogger(quiet), parallafka.WithTransactions(src),
+		parallafka.WithCommitInterval(5*time.Millisecond), parallafka.WithMaxInFlightBytes(window), parallafka.WithMaxInFlight(100))
+	require.NoError(t, err)
+	stop, _ := start(p, func(ctx context.Context, m *parallafka.Message[string, int]) error {
+		r := outputOf(m)
+		r.Headers = []pipeline.Header{{Key: "padding", Value: big}}
+		return parallafka.Produce(ctx, m, r)
+	})
+	// The messages are tiny: 100 at a time in flight (WithMaxInFlight), and
+	// their 1 KiB outputs fill the window after about 64.
+	eventually(t, func() bool { return p.Stats().Polled > 0 })
+	time.Sleep(300 * time.Millisecond)
+	polled := p.Stats().Polled
+	time.Sleep(300 * time.Millisecond)
+	assert.Equal(t, polled, p.Stats().Polled, "polling stopped while the outputs fill the window")
+	assert.Less(t, polled, int64(n/4))
+	// Past the window by at most the outputs of the messages in flight
+	// when it filled (up to 100 of about 1 KiB).
+	assert.LessOrEqual(t, p.Stats().InFlightBytes, int64(window+110<<10))
+	failing.Store(false)
+	eventually(t, func() bool { return committedAll(src) })
+	err, _ = stop()
+	require.NoError(t, err)
+	checkOutputs(t, src, n)
+}
+
+// A transaction carries the outputs of the messages below the offset it
+// commits, never those of messages finished above a gap: the commit's
+// offset map may be off, cut to fit, or refused, and a next owner that
+// does not know a message finished would write its outputs again. Every
+// tenth message is held back, then the partition is lost and assigned
+// again: each output once, whatever the map's size.
+func TestTransactionsCarryNothingAboveAGap(t *testing.T) {
+	for _, mapBytes := range []int{0, 16, 4096} {
+		t.Run(fmt.Sprint(mapBytes), func(t *testing.T) {
+			src := memsource.New[string, int]()
+			const n = 400
+			produce(src, 1, n, func(i int) int { return i })
+			p, err := parallafka.New(src, parallafka.WithLogger(quiet), parallafka.WithTransactions(src),
+				parallafka.WithCommitInterval(5*time.Millisecond), parallafka.WithOffsetMapMaxBytes(mapBytes),
+				parallafka.WithMaxConcurrency(32))
+			require.NoError(t, err)
+			release := make(chan struct{})
+			var handled atomic.Int64
+			stop, _ := start(p, func(ctx context.Context, m *parallafka.Message[string, int]) error {
+				if m.Offset%10 == 0 && m.Attempt == 1 {
+					select {
+					case <-release:
+					case <-ctx.Done():
+						return ctx.Err()
+					}
+				}
+				handled.Add(1)
+				return echo(ctx, m)
+			})
+			eventually(t, func() bool { return handled.Load() >= 20 })
+			time.Sleep(50 * time.Millisecond) // transactions on the interval, with messages finished above the gap
+			assert.Empty(t, src.Produced(), "no output above the gap at offset 0")
+			src.Lose(tp(0))
+			src.Assign(tp(0))
+			close(release)
+			eventually(t, func() bool { return committedAll(src) })
+			err, _ = stop()
+			require.NoError(t, err)
+			checkOutputs(t, src, n)
+		})
+	}
+}

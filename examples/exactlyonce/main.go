@@ -24,7 +24,6 @@ import (
 	"math/rand/v2"
 	"os"
 	"os/signal"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -115,10 +114,17 @@ func run(logger *slog.Logger, client, brokers string, orders, customers, partiti
 			return parallafka.Produce(ctx, m, pipeline.Record{Topic: out, Key: m.RawKey, Value: value})
 		}
 	}
-	consumeCtx, done := context.WithCancel(ctx)
-	defer done()
-	var wg sync.WaitGroup
-	errs := make(chan error, 2)
+	// Each member runs until its stop is called; stopping one waits for it.
+	var stops []func() error
+	stopAll := func() error { // the newest first, one at a time: each leaves a group that is still there
+		var errs []error
+		for i := len(stops) - 1; i >= 0; i-- {
+			errs = append(errs, stops[i]())
+		}
+		stops = nil
+		return errors.Join(errs...)
+	}
+	defer stopAll()
 	start := func(name string) error {
 		mb, err := newMember(client, cluster.Bootstrap(), group, in, group+"-"+name, logger)
 		if err != nil {
@@ -135,11 +141,18 @@ func run(logger *slog.Logger, client, brokers string, orders, customers, partiti
 			mb.tx.Close()
 			return err
 		}
-		wg.Go(func() {
+		memberCtx, cancel := context.WithCancel(ctx)
+		done := make(chan error, 1)
+		go func() {
 			defer mb.tx.Close()
-			if err := p.Consume(consumeCtx, handlerOf(name)); err != nil {
-				errs <- fmt.Errorf("member %s: %w", name, err)
+			done <- p.Consume(memberCtx, handlerOf(name))
+		}()
+		stops = append(stops, func() error {
+			cancel()
+			if err := <-done; err != nil {
+				return fmt.Errorf("member %s: %w", name, err)
 			}
+			return nil
 		})
 		return nil
 	}
@@ -147,13 +160,11 @@ func run(logger *slog.Logger, client, brokers string, orders, customers, partiti
 	if err := start("a"); err != nil {
 		return err
 	}
-	for handled.Load() < int64(orders/4) && consumeCtx.Err() == nil {
+	for handled.Load() < int64(orders/4) && ctx.Err() == nil {
 		time.Sleep(10 * time.Millisecond)
 	}
 	if err := start("b"); err != nil {
-		done()
-		wg.Wait()
-		return err
+		return errors.Join(err, stopAll())
 	}
 	for {
 		ok, err := committedToEnd(ctx, cluster, group, in)
@@ -162,10 +173,7 @@ func run(logger *slog.Logger, client, brokers string, orders, customers, partiti
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	done()
-	wg.Wait()
-	close(errs)
-	for err := range errs {
+	if err := stopAll(); err != nil {
 		return err
 	}
 	fmt.Printf("handled in %v: %d successful handler calls, %d by member a, %d by member b (a message handled again after its partition moved counts twice)\n",

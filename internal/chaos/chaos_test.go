@@ -20,7 +20,10 @@
 //
 // Optional: CHAOS_DURATION (chaos phase per protocol, default 55s),
 // CHAOS_MESSAGES (default 30000), CHAOS_PROTOCOLS and CHAOS_CLIENTS
-// (comma-separated subsets).
+// (comma-separated subsets); CHAOS_BROKER_DOWN (how long the broker stays
+// down at its restart, default 2s); CHAOS_ARTIFACTS, a directory that keeps the
+// members' histories and logs, and CHAOS_MEMBER_LOG_LEVEL (info, debug; the
+// members log warnings and errors only by default).
 package chaos
 
 import (
@@ -46,6 +49,7 @@ import (
 
 	"github.com/parallafka/parallafka/internal/keyed"
 	"github.com/parallafka/parallafka/kafka/kafkatest"
+	"github.com/parallafka/parallafka/pipeline"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -92,6 +96,10 @@ type figures struct {
 	brokerDown                   time.Duration
 	violations                   int
 	elapsed                      time.Duration
+	// The exactly-once mode's (eos_test.go): outputs read_committed, and
+	// inputs with more than one, none, and outputs out of key order.
+	eos                                bool
+	outputs, outDup, outLost, outOrder int
 }
 
 func TestChaos(t *testing.T) {
@@ -99,6 +107,36 @@ func TestChaos(t *testing.T) {
 	if brokers == "" || os.Getenv("CHAOS") != "1" {
 		t.Skip("the chaos test runs on a real broker: set KAFKA_BROKERS and CHAOS=1")
 	}
+	c, err := kafkatest.Start(kafkatest.WithBrokers(brokers))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	runChaos(t, chaosConfig{
+		c:         c,
+		duration:  envDuration(t, "CHAOS_DURATION", 55*time.Second),
+		messages:  envInt(t, "CHAOS_MESSAGES", 30000),
+		perClient: totalTimeout,
+	})
+}
+
+// chaosConfig is what a chaos test runs: on which broker, how long, in
+// which mode.
+type chaosConfig struct {
+	c         *kafkatest.Cluster
+	eos       bool // the members are transactional (-eos): see TestChaosExactlyOnce
+	duration  time.Duration
+	pace      [2]time.Duration // how far apart the chaos actions come, at random; default 1.5 s to 4 s
+	messages  int
+	perClient time.Duration // bounds the runs of one client
+	// restart crashes the broker and starts it again after down; nil
+	// restarts it with .ci/kafka.sh if that runs it, else not at all.
+	restart func(ctx context.Context, down time.Duration) error
+}
+
+// runChaos runs the chaos test over each client and group protocol
+// (CHAOS_CLIENTS, CHAOS_PROTOCOLS) and prints the figures.
+func runChaos(t *testing.T, cfg chaosConfig) []figures {
 	protocols := allProtocols
 	if v := os.Getenv("CHAOS_PROTOCOLS"); v != "" {
 		protocols = strings.Split(v, ",")
@@ -107,18 +145,16 @@ func TestChaos(t *testing.T) {
 	if v := os.Getenv("CHAOS_CLIENTS"); v != "" {
 		clients = strings.Split(v, ",")
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(len(clients))*totalTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(len(clients))*cfg.perClient)
 	defer cancel()
-	duration := envDuration(t, "CHAOS_DURATION", 55*time.Second)
-	messages := envInt(t, "CHAOS_MESSAGES", 30000)
-
-	c, err := kafkatest.Start(kafkatest.WithBrokers(brokers))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
 
 	dir := t.TempDir()
+	if v := os.Getenv("CHAOS_ARTIFACTS"); v != "" {
+		// Keep the members' histories and logs (CHAOS_MEMBER_LOG_LEVEL=info
+		// or debug makes the logs say more).
+		dir = filepath.Join(v, time.Now().Format("20060102-150405"))
+		t.Logf("the members' histories and logs go to %s", dir)
+	}
 	bin := filepath.Join(dir, "member")
 	t0 := time.Now()
 	build := exec.CommandContext(ctx, "go", "build", "-o", bin, "./member")
@@ -127,6 +163,47 @@ func TestChaos(t *testing.T) {
 	}
 	t.Logf("built the member in %v", time.Since(t0).Round(time.Millisecond))
 
+	if cfg.pace == [2]time.Duration{} {
+		cfg.pace = [2]time.Duration{1500 * time.Millisecond, 4 * time.Second}
+	}
+	brokerDown := envDuration(t, "CHAOS_BROKER_DOWN", 2*time.Second)
+	restart := cfg.restart
+	if restart == nil {
+		restart = kafkaShRestart(ctx, t, cfg.c.Bootstrap())
+	}
+
+	var all []figures
+	for _, client := range clients {
+		for _, proto := range protocols {
+			t.Run(client+"/"+proto, func(t *testing.T) {
+				if ctx.Err() != nil {
+					t.Fatalf("no time left for %s over %s", proto, client)
+				}
+				runDir := filepath.Join(dir, client, proto)
+				for i := 2; ; i++ { // a protocol named twice in CHAOS_PROTOCOLS
+					if _, err := os.Stat(runDir); err != nil {
+						break
+					}
+					runDir = filepath.Join(dir, client, proto+"-"+strconv.Itoa(i))
+				}
+				r := &chaosRun{
+					t: t, ctx: ctx, c: cfg.c, bin: bin, restart: restart, client: client, protocol: proto,
+					dir: runDir, duration: cfg.duration, pace: cfg.pace, messages: cfg.messages, brokerDown: brokerDown,
+					eos: cfg.eos, runs: map[string]*memberRun{},
+				}
+				f := r.run()
+				all = append(all, f)
+			})
+		}
+	}
+	printFigures(t, all)
+	return all
+}
+
+// kafkaShRestart returns a restart of the broker with .ci/kafka.sh, if
+// that runs the broker at brokers (it passes KAFKA_PORT and
+// KAFKA_CONTROLLER_PORT on, from the environment), else nil.
+func kafkaShRestart(ctx context.Context, t *testing.T, brokers string) func(context.Context, time.Duration) error {
 	kafkaSh, err := filepath.Abs("../../.ci/kafka.sh")
 	if err == nil {
 		_, err = os.Stat(kafkaSh)
@@ -139,27 +216,18 @@ func TestChaos(t *testing.T) {
 	}
 	if err != nil {
 		t.Logf("the broker is not one .ci/kafka.sh runs (%v): no broker restart", err)
-		kafkaSh = ""
+		return nil
 	}
-
-	var all []figures
-	for _, client := range clients {
-		for _, proto := range protocols {
-			t.Run(client+"/"+proto, func(t *testing.T) {
-				if ctx.Err() != nil {
-					t.Fatalf("no time left for %s over %s", proto, client)
-				}
-				r := &chaosRun{
-					t: t, ctx: ctx, c: c, bin: bin, kafkaSh: kafkaSh, client: client, protocol: proto,
-					dir: filepath.Join(dir, client, proto), duration: duration, messages: messages,
-					runs: map[string]*memberRun{},
-				}
-				f := r.run()
-				all = append(all, f)
-			})
+	return func(ctx context.Context, down time.Duration) error {
+		cmd := exec.CommandContext(ctx, "bash", kafkaSh, "restart", strconv.FormatFloat(down.Seconds(), 'f', -1, 64))
+		var stderr bytes.Buffer
+		cmd.Stderr = &stderr
+		out, err := cmd.Output()
+		if err != nil || !strings.Contains(string(out), "KAFKA_BROKERS=") {
+			return fmt.Errorf("kafka.sh restart: %v\n%s%s", err, out, stderr.String())
 		}
+		return nil
 	}
-	printFigures(t, all)
 }
 
 func printFigures(t *testing.T, all []figures) {
@@ -172,6 +240,14 @@ func printFigures(t *testing.T, all []figures) {
 		fmt.Fprintf(&sb, "%-9s %-19s %8d %8d %9d %9d %9d %9d %6d %5d %5d %5d %8d %9d %12d %10v %10d %8v\n",
 			f.client, f.protocol, f.messages, f.handled, f.dupKill, f.dupLost, f.dupGrace, f.overlapLost, f.doubts, f.kills, f.terms, f.joins, f.restart,
 			f.maxRedo, f.maxUncommitted, f.brokerDown.Round(100*time.Millisecond), f.violations, f.elapsed.Round(time.Second))
+	}
+	if slices.ContainsFunc(all, func(f figures) bool { return f.eos }) {
+		fmt.Fprintf(&sb, "exactly-once (outputs read with isolation read_committed from %d partitions; transaction timeout %v)\n", outPartitions, txnTimeout)
+		fmt.Fprintf(&sb, "%-9s %-19s %8s %8s %11s %11s %10s\n", "client", "protocol", "inputs", "outputs", "dup inputs", "lost inputs", "out order")
+		for _, f := range all {
+			fmt.Fprintf(&sb, "%-9s %-19s %8d %8d %11d %11d %10d\n", f.client, f.protocol, f.messages, f.outputs, f.outDup, f.outLost, f.outOrder)
+		}
+		sb.WriteString("dup inputs = inputs with more than one committed output; lost inputs = with none (both must be 0)\n")
 	}
 	sb.WriteString("dup:kill = redone after the member that had handled it was SIGKILLed; dup:lost = after its member lost the partition\n" +
 		"(broker restart); dup:grace = after a graceful stop or an orderly rebalance (must be 0); max redo = most messages\n" +
@@ -188,14 +264,22 @@ type chaosRun struct {
 	ctx      context.Context
 	c        *kafkatest.Cluster
 	bin      string
-	kafkaSh  string
+	restart  func(ctx context.Context, down time.Duration) error // nil: no broker restart
 	client   string
 	protocol string
 	dir      string
 	duration time.Duration
-	messages int
+	pace     [2]time.Duration // the chaos phase's actions come this far apart, at random
+	// brokerDown is how long the broker stays down when it is restarted
+	// (CHAOS_BROKER_DOWN, default 2s; Apache Kafka takes some 13 s more to
+	// start again).
+	brokerDown time.Duration
+	messages   int
+	eos        bool // transactional members, and the outputs checked (eos_test.go)
 
 	topic, group string
+	out          string             // the output topic (eos)
+	ended        map[po][]*handling // the handlings that ended, by message (check)
 	produced     []kafkatest.Record
 
 	mu      sync.Mutex
@@ -248,7 +332,7 @@ func (r *chaosRun) violate(format string, args ...any) {
 func (r *chaosRun) run() figures {
 	t := r.t
 	start := time.Now()
-	r.fig.client, r.fig.protocol = r.client, r.protocol
+	r.fig.client, r.fig.protocol, r.fig.eos = r.client, r.protocol, r.eos
 	r.fig.messages = r.messages
 	if err := os.MkdirAll(r.dir, 0o755); err != nil {
 		t.Fatal(err)
@@ -259,6 +343,13 @@ func (r *chaosRun) run() figures {
 		t.Fatal(err)
 	}
 	defer func() { _ = r.c.DeleteTopic(context.Background(), r.topic) }()
+	if r.eos {
+		r.out = r.topic + "-out"
+		if err := r.c.CreateTopic(r.ctx, r.out, outPartitions); err != nil {
+			t.Fatal(err)
+		}
+		defer func() { _ = r.c.DeleteTopic(context.Background(), r.out) }()
+	}
 	defer r.killAll()
 
 	// The producer writes the messages over the first 3/4 of the chaos
@@ -309,6 +400,9 @@ func (r *chaosRun) run() figures {
 		}
 	}
 	r.check()
+	if r.eos {
+		r.checkOutputs()
+	}
 	for _, m := range r.order {
 		if data, err := os.ReadFile(m.stderr); err == nil && bytes.Contains(data, []byte("assignment is in doubt")) {
 			r.fig.doubts++
@@ -424,9 +518,13 @@ func (r *chaosRun) start() *memberRun {
 	r.nextRun++
 	id := fmt.Sprintf("r%02d", r.nextRun)
 	mode := memberModes[r.nextRun%len(memberModes)]
+	member := "m" + id[1:]
+	if r.eos {
+		member = r.freeSlot()
+	}
 	r.mu.Unlock()
 	m := &memberRun{
-		id: id, member: "m" + id[1:], mode: mode,
+		id: id, member: member, mode: mode,
 		history: filepath.Join(r.dir, "history-"+id),
 		stderr:  filepath.Join(r.dir, "stderr-"+id),
 		exited:  make(chan struct{}),
@@ -439,6 +537,9 @@ func (r *chaosRun) start() *memberRun {
 	m.cmd = exec.Command(r.bin, "-brokers", r.c.Bootstrap(), "-topic", r.topic, "-group", r.group,
 		"-protocol", r.protocol, "-run", m.id, "-member", m.member, "-history", m.history,
 		"-commit-interval", commitInterval.String(), "-work", handlerWork.String(), "-mode", mode, "-client", r.client)
+	if r.eos {
+		m.cmd.Args = append(m.cmd.Args, "-eos", "-out", r.out, "-txn-id", r.txnID(member), "-txn-timeout", txnTimeout.String())
+	}
 	m.cmd.Stdout, m.cmd.Stderr = errf, errf
 	if err := m.cmd.Start(); err != nil {
 		r.t.Fatalf("starting a member: %v", err)
@@ -482,7 +583,7 @@ func (r *chaosRun) kill(m *memberRun) {
 	<-m.exited
 	m.killAt = time.Now()
 	r.fig.kills++
-	r.t.Logf("%s: SIGKILL %s (%s)", r.protocol, m.id, m.mode)
+	r.t.Logf("%s: SIGKILL %s (%s, member %s)", r.protocol, m.id, m.mode, m.member)
 }
 
 // term stops m with SIGTERM and waits for it to exit.
@@ -502,7 +603,7 @@ func (r *chaosRun) term(m *memberRun, chaos bool) {
 	}
 	if chaos {
 		r.fig.terms++
-		r.t.Logf("%s: SIGTERM %s (%s), exited after %v", r.protocol, m.id, m.mode, time.Since(t0).Round(time.Millisecond))
+		r.t.Logf("%s: SIGTERM %s (%s, member %s), exited after %v", r.protocol, m.id, m.mode, m.member, time.Since(t0).Round(time.Millisecond))
 	}
 }
 
@@ -518,13 +619,25 @@ func (r *chaosRun) killAll() {
 func (r *chaosRun) chaos() {
 	end := time.Now().Add(r.duration)
 	restartAt := time.Now().Add(r.duration * time.Duration(30+rand.N(30)) / 100)
-	restarted := r.kafkaSh == ""
+	restarted := r.restart == nil
+	// The first actions are one of each, so that a short schedule has them
+	// all; then at random.
+	opening := []string{"join", "kill", "term"}
 	for time.Now().Before(end) && r.ctx.Err() == nil {
-		time.Sleep(time.Duration(1500+rand.N(2500)) * time.Millisecond)
+		time.Sleep(r.pace[0] + rand.N(r.pace[1]-r.pace[0]+1))
 		// A member that exited by itself is a failure.
 		r.mu.Lock()
 		for _, m := range r.order {
 			if !m.alive() && !m.killed && !m.termed {
+				if stderr := tail(m.stderr, 5); strings.Contains(stderr, pipeline.ErrTransactionFatal.Error()) {
+					// A transactional producer that cannot go on stops its
+					// member (a broker outage longer than an abort may
+					// wait, say): as a crash, which an orchestrator
+					// restarts; the schedule's joins take its slot.
+					m.killed = true
+					r.t.Logf("%s/%s: member %s stopped on a fatal transaction error, as a crash: %s", r.client, r.protocol, m.id, stderr)
+					continue
+				}
 				m.termed = true // report once
 				r.mu.Unlock()
 				r.violate("member %s exited by itself: %v (stderr: %s)", m.id, m.err, tail(m.stderr, 5))
@@ -539,6 +652,9 @@ func (r *chaosRun) chaos() {
 		}
 		alive := r.aliveMembers()
 		action := []string{"kill", "term", "join"}[rand.N(3)]
+		if len(opening) > 0 {
+			action, opening = opening[0], opening[1:]
+		}
 		switch {
 		case len(alive) <= 2:
 			action = "join"
@@ -549,7 +665,7 @@ func (r *chaosRun) chaos() {
 		case "join":
 			m := r.start()
 			r.fig.joins++
-			r.t.Logf("%s: join %s (%s)", r.protocol, m.id, m.mode)
+			r.t.Logf("%s: join %s (%s, member %s)", r.protocol, m.id, m.mode, m.member)
 		case "kill":
 			r.kill(alive[rand.N(len(alive))])
 		case "term":
@@ -562,13 +678,10 @@ func (r *chaosRun) restartBroker() {
 	ctx, cancel := context.WithTimeout(r.ctx, 2*time.Minute)
 	defer cancel()
 	t0 := time.Now()
-	cmd := exec.CommandContext(ctx, "bash", r.kafkaSh, "restart", "2")
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
+	err := r.restart(ctx, r.brokerDown)
 	r.fig.brokerDown = time.Since(t0)
-	if err != nil || !strings.Contains(string(out), "KAFKA_BROKERS=") {
-		r.t.Fatalf("restarting the broker: %v\n%s%s", err, out, stderr.String())
+	if err != nil {
+		r.t.Fatalf("restarting the broker: %v", err)
 	}
 	r.fig.restart++
 	r.t.Logf("%s: broker killed and restarted, down for %v", r.protocol, r.fig.brokerDown.Round(100*time.Millisecond))
@@ -752,6 +865,7 @@ func (r *chaosRun) check() {
 		}
 	}
 	r.fig.handled = len(ended)
+	r.ended = ended
 	missing := 0
 	for x := range produced {
 		if len(ended[x]) == 0 {

@@ -276,7 +276,8 @@ func (c *coordinator[K, V]) end(cl *claim[K, V]) {
 		c.byPartition[p] = nil
 	}
 	c.unstall(cl)
-	c.heldN -= len(cl.heldKeys) // they go with the partition, in its last commit
+	c.inFlight.releaseOutputs(cl.outputs.bytes) // committed with its last offsets, or not at all
+	c.heldN -= len(cl.heldKeys)                 // they go with the partition, in its last commit
 	if cl.outstanding > 0 {
 		c.log.Warn("parallafka: cancelling the handlers of a partition given up; their messages are redelivered to the next owner",
 			"partition", cl.tp, "handlers", cl.outstanding)

@@ -56,7 +56,7 @@ type committer[K, V any] struct {
 	inFlight chan asyncResult                        // the async commit in flight, nil if none
 	heldCuts map[pipeline.TopicPartition]int         // held keys last left out of a partition's metadata (warned)
 	heldOff  bool                                    // warned that held keys are not recorded (no map)
-	// outputsDone is, per claim, the index below which committed
+	// outputsDone is, per claim, the offset below which committed
 	// transactions carried its outputs (outbox.go); toTell, what the
 	// coordinator has not been told of yet (the next offsets query tells).
 	outputsDone map[uint64]int64
@@ -289,6 +289,9 @@ func (c *committer[K, V]) prepare(offsets []claimOffset) []pipeline.Offset {
 	for i := range offsets {
 		off := &offsets[i]
 		off.Metadata = ""
+		if c.transactor != nil {
+			off.runs = nil // a transaction carries outputs below its offset alone: no map (outbox.go)
+		}
 		if c.mapMaxBytes > 0 && (len(off.runs) > 0 || len(off.held) > 0) {
 			var kept, keptHeld int
 			off.Metadata, kept, keptHeld = offsetmap.EncodeHeld(off.Offset.Offset, off.runs, off.held, c.mapMaxBytes)
@@ -358,10 +361,17 @@ func (c *committer[K, V]) report(send []pipeline.Offset, final bool, start time.
 func (c *committer[K, V]) uncarried(offsets []claimOffset) {
 	for i := range offsets {
 		off := &offsets[i]
-		if skip := c.outputsDone[off.claim] - off.outputsFrom; skip > 0 {
-			skip = min(skip, int64(len(off.outputs)))
-			off.outputs, off.outputsFrom = off.outputs[skip:], off.outputsFrom+skip
+		done, ok := c.outputsDone[off.claim]
+		if !ok {
+			continue
 		}
+		kept := make([]finishedOutputs, 0, len(off.outputs))
+		for _, f := range off.outputs {
+			if f.offset >= done {
+				kept = append(kept, f)
+			}
+		}
+		off.outputs = kept
 	}
 }
 
@@ -371,7 +381,9 @@ func (c *committer[K, V]) uncarried(offsets []claimOffset) {
 func (c *committer[K, V]) transact(ctx context.Context, offsets []claimOffset, send []pipeline.Offset) (int, error) {
 	var records []pipeline.Record
 	for _, off := range offsets {
-		records = append(records, off.outputs...)
+		for _, f := range off.outputs {
+			records = append(records, f.records...)
+		}
 	}
 	if err := c.transactor.Transact(ctx, records, send); err != nil {
 		return len(records), err
@@ -383,9 +395,10 @@ func (c *committer[K, V]) transact(ctx context.Context, offsets []claimOffset, s
 		if len(off.outputs) == 0 {
 			continue
 		}
-		through := off.outputsFrom + int64(len(off.outputs))
-		c.outputsDone[off.claim] = through
-		c.toTell = append(c.toTell, outputsDone{tp: off.TopicPartition, claim: off.claim, through: through})
+		// Every output of the claim below the committed offset is
+		// carried now, by this transaction or an earlier one.
+		c.outputsDone[off.claim] = off.Offset.Offset
+		c.toTell = append(c.toTell, outputsDone{tp: off.TopicPartition, claim: off.claim, below: off.Offset.Offset})
 	}
 	return len(records), nil
 }

@@ -102,11 +102,10 @@ type (
 	// claimOffset is a committable offset and the claim it belongs to.
 	claimOffset struct {
 		pipeline.Offset
-		claim       uint64
-		outputs     []pipeline.Record // a transactional pipeline's: the finished messages' outputs no committed transaction carried yet
-		outputsFrom int64             // the claim's index of outputs[0] (outbox.go)
-		runs        []offsetmap.Run   // the offset map: finished offsets above Offset, which the committer encodes into Metadata
-		held        []offsetmap.Held  // the claim's held keys, oldest first, encoded with it
+		claim   uint64
+		outputs []finishedOutputs // a transactional pipeline's: the outputs of the finished messages below Offset that no committed transaction carried yet (outbox.go)
+		runs    []offsetmap.Run   // the offset map: finished offsets above Offset, which the committer encodes into Metadata
+		held    []offsetmap.Held  // the claim's held keys, oldest first, encoded with it
 	}
 	// commitRequest asks the committer to commit a revoke's final offsets.
 	commitRequest struct {

@@ -238,7 +238,7 @@ func (c *coordinator[K, V]) complete(done completion[K, V]) {
 		cl.outputs.staged(s.offset, done.staged)
 	}
 	if cl.outputs.attempt != nil {
-		cl.outputs.settled(s.offset, verdict == verdictFinish)
+		c.inFlight.holdOutputs(cl.outputs.settled(s.offset, verdict == verdictFinish))
 	}
 	if verdict != verdictRetry {
 		s.held = false

@@ -29,14 +29,38 @@ func Produce[K, V any](ctx context.Context, msg *pipeline.Message[K, V], records
 
 // claimOutputs are a claim's outputs: those of messages still in a
 // handling attempt (by offset), and those of finished messages, in the
-// order they finished, which no committed transaction carried yet. Each
-// finished output has an index, counted from the claim's first: the
-// committer knows which were committed by their indexes, however late
-// the coordinator drops them.
+// order they finished, which no committed transaction carried yet.
+//
+// A transaction carries the outputs of the finished messages below the
+// offset it commits, and only those: a transactional commit records no
+// offset map (the map may be cut to fit, or refused as too large, and an
+// output whose message a next owner does not know finished would be
+// written twice). A message that finished above a gap therefore has its
+// outputs wait until the gap closes. The committer knows what was carried
+// by the offset each transaction committed, however late the coordinator
+// drops the outputs.
 type claimOutputs struct {
 	attempt  map[int64][]pipeline.Record
-	finished []pipeline.Record
-	base     int64 // the index of finished[0]
+	finished []finishedOutputs
+	bytes    int64 // of finished: they count in the in-flight byte window until committed
+}
+
+// finishedOutputs are a finished message's outputs.
+type finishedOutputs struct {
+	offset  int64
+	records []pipeline.Record
+}
+
+// recordBytes is what an output counts in the in-flight byte window.
+func recordBytes(records []pipeline.Record) int64 {
+	var n int64
+	for _, r := range records {
+		n += int64(len(r.Key) + len(r.Value))
+		for _, h := range r.Headers {
+			n += int64(len(h.Key) + len(h.Value))
+		}
+	}
+	return n
 }
 
 // produced holds the outputs of a handling attempt until it finishes.
@@ -57,37 +81,52 @@ func (o *claimOutputs) staged(offset int64, records []pipeline.Record) {
 }
 
 // settled moves the outputs of the message at offset to the finished ones
-// if it finished; otherwise they are dropped.
-func (o *claimOutputs) settled(offset int64, finished bool) {
+// if it finished; otherwise they are dropped. It returns the bytes it
+// added to the finished ones.
+func (o *claimOutputs) settled(offset int64, finished bool) int64 {
 	records, ok := o.attempt[offset]
 	if !ok {
-		return
+		return 0
 	}
 	delete(o.attempt, offset)
-	if finished {
-		o.finished = append(o.finished, records...)
+	if !finished || len(records) == 0 {
+		return 0
 	}
+	o.finished = append(o.finished, finishedOutputs{offset: offset, records: records})
+	n := recordBytes(records)
+	o.bytes += n
+	return n
 }
 
-// committed drops the finished outputs below index through: committed
-// transactions carried them.
-func (o *claimOutputs) committed(through int64) {
-	n := min(through-o.base, int64(len(o.finished)))
-	if n <= 0 {
-		return
+// committed drops the finished outputs of messages below offset: a
+// committed transaction carried them. It returns their bytes.
+func (o *claimOutputs) committed(below int64) int64 {
+	var bytes int64
+	kept := o.finished[:0]
+	for _, f := range o.finished {
+		if f.offset < below {
+			bytes += recordBytes(f.records)
+			continue
+		}
+		kept = append(kept, f)
 	}
-	o.base += n
-	if n == int64(len(o.finished)) {
-		o.finished = nil
-		return
-	}
-	o.finished = o.finished[n:]
+	clear(o.finished[len(kept):])
+	o.finished = kept
+	o.bytes -= bytes
+	return bytes
 }
 
-// snapshot returns the finished outputs, for a transaction, and the index
-// of the first.
-func (o *claimOutputs) snapshot() ([]pipeline.Record, int64) {
-	return o.finished[:len(o.finished):len(o.finished)], o.base
+// below returns the finished outputs of messages below offset, in the
+// order the messages finished: what a transaction committing offset
+// carries.
+func (o *claimOutputs) below(offset int64) []finishedOutputs {
+	var out []finishedOutputs
+	for _, f := range o.finished {
+		if f.offset < offset {
+			out = append(out, f)
+		}
+	}
+	return out
 }
 
 // produced holds the outputs of a handling attempt of a message of a claim
@@ -107,15 +146,15 @@ func (c *coordinator[K, V]) produced(p outbox.Produced[K, V]) {
 func (c *coordinator[K, V]) outputsCommitted(committed []outputsDone) {
 	for _, done := range committed {
 		if cl := c.claims[done.tp]; cl != nil && cl.id == done.claim {
-			cl.outputs.committed(done.through)
+			c.inFlight.releaseOutputs(cl.outputs.committed(done.below))
 		}
 	}
 }
 
-// outputsDone says that a claim's outputs below index through were
-// committed.
+// outputsDone says that a claim's outputs of messages below offset below
+// were committed.
 type outputsDone struct {
-	tp      pipeline.TopicPartition
-	claim   uint64
-	through int64
+	tp    pipeline.TopicPartition
+	claim uint64
+	below int64
 }

@@ -33,8 +33,8 @@ func (h *coordHarness) outputsOf(committed ...outputsDone) map[int32][]string {
 	h.offsets <- offsetsQuery{reply: reply, committed: committed}
 	out := make(map[int32][]string)
 	for _, off := range <-reply {
-		for _, r := range off.outputs {
-			out[off.Partition] = append(out[off.Partition], string(r.Value))
+		for _, f := range off.outputs {
+			out[off.Partition] = append(out[off.Partition], values(f.records)...)
 		}
 	}
 	return out
@@ -49,38 +49,43 @@ func values(records []pipeline.Record) []string {
 }
 
 // A finished message's outputs wait in its claim, in the order the
-// messages finished, until a committed transaction carried them; a failed
-// or retried attempt's outputs are dropped, and the retry's own join.
+// messages finished, until a committed transaction carried them; only
+// those of messages below the committable offset go in a transaction (a
+// transactional commit records no offset map); a failed or retried
+// attempt's outputs are dropped, and the retry's own join.
 func TestOutputsJoinOnceFinished(t *testing.T) {
 	coordTest(t, coordOptions{concurrency: 4}, func(h *coordHarness) {
 		h.assign(0)
 		h.poll(0, 0, "a", 1, "b", 2, "a", 3, "c")
 		h.expectDispatched(0, 1, 3)
 		h.produce(h.get(0, 1), verdictFinish, rec("b1"))
-		h.produce(h.get(0, 0), verdictRetry, rec("a0-first")) // retried: dropped
-		if got := h.outputsOf(); !slices.Equal(got[0], []string{"b1"}) {
-			t.Fatalf("outputs %v; want b1 alone", got)
+		if got := h.outputsOf(); len(got[0]) != 0 {
+			t.Fatalf("outputs %v; want none: 1 finished above 0, which has not", got)
 		}
-		h.expectDispatched(0) // the retry
+		h.produce(h.get(0, 0), verdictRetry, rec("a0-first")) // retried: dropped
+		h.expectDispatched(0)                                 // the retry
 		h.produce(h.get(0, 0), verdictFinish, rec("a0"), rec("a0'"))
 		h.produce(h.get(0, 3), verdictAbandon, rec("c3")) // abandoned: dropped
 		h.expectDispatched(2)
-		// Not yet told that b1 was committed: it is carried again.
+		if got := h.outputsOf(); !slices.Equal(got[0], []string{"b1", "a0", "a0'"}) {
+			t.Fatalf("outputs %v; want b1 a0 a0' (below 2, in the order they finished)", got)
+		}
+		// Not yet told: carried again.
 		if got := h.outputsOf(); !slices.Equal(got[0], []string{"b1", "a0", "a0'"}) {
 			t.Fatalf("outputs %v; want b1 a0 a0'", got)
 		}
 		claim := h.c.claims[tp(0)].id
-		// A transaction carried the first three (indexes 0 to 2).
-		if got := h.outputsOf(outputsDone{tp: tp(0), claim: claim, through: 3}); len(got[0]) != 0 {
+		// A transaction committed offset 2 with them.
+		if got := h.outputsOf(outputsDone{tp: tp(0), claim: claim, below: 2}); len(got[0]) != 0 {
 			t.Fatalf("outputs %v after they were committed; want none", got)
 		}
 		h.produce(h.get(0, 2), verdictFinish, rec("a2"))
 		// A late or repeated notice changes nothing.
-		if got := h.outputsOf(outputsDone{tp: tp(0), claim: claim, through: 3}); !slices.Equal(got[0], []string{"a2"}) {
+		if got := h.outputsOf(outputsDone{tp: tp(0), claim: claim, below: 2}); !slices.Equal(got[0], []string{"a2"}) {
 			t.Fatalf("outputs %v; want a2", got)
 		}
-		// A notice for an earlier claim of the partition is ignored.
-		if got := h.outputsOf(outputsDone{tp: tp(0), claim: claim + 1, through: 9}); !slices.Equal(got[0], []string{"a2"}) {
+		// A notice for another claim of the partition is ignored.
+		if got := h.outputsOf(outputsDone{tp: tp(0), claim: claim + 1, below: 9}); !slices.Equal(got[0], []string{"a2"}) {
 			t.Fatalf("outputs %v; want a2", got)
 		}
 	})
@@ -102,7 +107,11 @@ func TestOutputsOnRevokeAndLoss(t *testing.T) {
 		if !ok || len(offs) != 1 {
 			t.Fatalf("revoke reply %v, %v", offs, ok)
 		}
-		if got := values(offs[0].outputs); !slices.Equal(got, []string{"p0-0", "p0-1"}) {
+		var got []string
+		for _, f := range offs[0].outputs {
+			got = append(got, values(f.records)...)
+		}
+		if !slices.Equal(got, []string{"p0-0", "p0-1"}) {
 			t.Fatalf("revoke outputs %v; want p0-0 p0-1", got)
 		}
 		h.produce(h.get(1, 0), verdictFinish, rec("p1-0"))
@@ -113,12 +122,12 @@ func TestOutputsOnRevokeAndLoss(t *testing.T) {
 	})
 }
 
-// withOutputs is off with outputs valued vs, the first at index from.
+// withOutputs is off with one output each, valued vs, for the messages at
+// offsets from, from+1, ...
 func withOutputs(o claimOffset, from int64, vs ...string) claimOffset {
-	for _, v := range vs {
-		o.outputs = append(o.outputs, rec(v))
+	for i, v := range vs {
+		o.outputs = append(o.outputs, finishedOutputs{offset: from + int64(i), records: []pipeline.Record{rec(v)}})
 	}
-	o.outputsFrom = from
 	return o
 }
 
@@ -153,7 +162,7 @@ func TestCommitterTransactsEachOutputOnce(t *testing.T) {
 		}
 		// The next question tells the coordinator of both transactions.
 		q := <-h.offsets
-		if want := []outputsDone{{tp: tp(0), claim: 1, through: 2}, {tp: tp(0), claim: 1, through: 3}}; !slices.Equal(q.committed, want) {
+		if want := []outputsDone{{tp: tp(0), claim: 1, below: 2}, {tp: tp(0), claim: 1, below: 3}}; !slices.Equal(q.committed, want) {
 			t.Fatalf("told %v; want %v", q.committed, want)
 		}
 		// An aborted transaction: its outputs and its offset go in the next.

@@ -43,6 +43,20 @@ func (w *inFlight[K, V]) free(size int32) {
 	w.freed.bytes += int64(size)
 }
 
+// holdOutputs keeps n bytes of outputs counted in the byte window: those
+// of a finished message, until a transaction carries them (outbox.go).
+// The poller gets that much less room back.
+func (w *inFlight[K, V]) holdOutputs(n int64) {
+	w.bytes += n
+	w.freed.bytes -= n
+}
+
+// releaseOutputs gives back the room of n bytes of outputs held.
+func (w *inFlight[K, V]) releaseOutputs(n int64) {
+	w.bytes -= n
+	w.freed.bytes += n
+}
+
 // orphan keeps a dispatched message of an ended claim counted until it
 // comes back (returned).
 func (w *inFlight[K, V]) orphan(msg *pipeline.Message[K, V], size int32) {
@@ -184,7 +198,7 @@ func (cl *claim[K, V]) position() (claimOffset, bool) {
 		return claimOffset{}, false // nothing finished past the starting position
 	}
 	co := claimOffset{Offset: pipeline.Offset{TopicPartition: cl.tp, Offset: off}, claim: cl.id, runs: runs, held: cl.heldList()}
-	co.outputs, co.outputsFrom = cl.outputs.snapshot()
+	co.outputs = cl.outputs.below(off)
 	return co, true
 }
 

@@ -384,7 +384,13 @@ func (t *Transactor) abort(ctx context.Context, cause error) error {
 	defer cancel()
 	var errs []error
 	if err := t.client.AbortBufferedRecords(actx); err != nil {
-		errs = append(errs, fmt.Errorf("failing the buffered records: %w", err))
+		// Records of this transaction may still sit in kgo's buffer (the
+		// brokers unreachable): once they come back, kgo would send them
+		// under a reloaded producer id, and the next transaction on this
+		// client would commit them with its own: duplicates. So no next
+		// transaction: the pipeline stops, and a restart's new producer
+		// fences whatever is left (the broker aborts it).
+		return t.fail(fmt.Errorf("franz: transaction aborted (%w), but its buffered records could not be failed (%w): they could be written by a later transaction of this producer", cause, err))
 	}
 	// kgo recovers the producer id while it aborts where Kafka allows
 	// (KIP-360, KIP-588).
