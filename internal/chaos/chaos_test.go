@@ -1015,7 +1015,11 @@ func (r *chaosRun) check() {
 				r.fig.dupLost++
 			default:
 				r.fig.dupGrace++
-				if graceShown < 10 {
+				// A transactional member commits no offset map: what
+				// finished above a gap is handled again by the next owner
+				// after a graceful stop or rebalance (its outputs were
+				// never written; the read_committed check sees each once).
+				if !r.eos && graceShown < 10 {
 					graceShown++
 					r.violate("duplicate after a graceful stop or rebalance: %d@%d ended on %s at %d (killed %v, termed %v), again on %s at %d",
 						x.p, x.o, before.run.id, before.end, before.run.killed, before.run.termed, h.run.id, h.end)
