@@ -182,6 +182,12 @@ func runChaos(t *testing.T, cfg chaosConfig) []figures {
 					// outputs: docs/exactly-once.md, "Limits".
 					t.Skip("exactly-once over confluent-kafka-go under KIP-848: a known bug, not safe yet")
 				}
+				if cfg.eos && proto == "consumer" && cfg.c.Embedded() {
+					// On kfake only, transactional franz members under
+					// KIP-848 can stall after the broker restart (never on
+					// Apache Kafka, where this combination runs in .ci/run).
+					t.Skip("exactly-once under KIP-848 on the embedded broker: kfake stalls after a restart")
+				}
 				if ctx.Err() != nil {
 					t.Fatalf("no time left for %s over %s", proto, client)
 				}
