@@ -3,7 +3,7 @@ package parallafka
 import (
 	"context"
 
-	"github.com/parallafka/parallafka/internal/engine"
+	"github.com/parallafka/parallafka/internal/outbox"
 	"github.com/parallafka/parallafka/pipeline"
 )
 
@@ -44,7 +44,7 @@ func WithTransactions(t pipeline.Transactor) Option {
 // handler call or an AfterHandle stage of a transactional pipeline
 // (WithTransactions), or with a message the call was not given, or after
 // the call returned.
-var ErrNoTransaction = engine.ErrNoTransaction
+var ErrNoTransaction = outbox.ErrNoTransaction
 
 // Produce adds output records to msg, from the handler (or batch handler)
 // that ctx and msg were given to, or from an AfterHandle stage (with the
@@ -57,5 +57,5 @@ var ErrNoTransaction = engine.ErrNoTransaction
 // the call. It is safe to call from several goroutines of one handler
 // call.
 func Produce[K, V any](ctx context.Context, msg *Message[K, V], records ...pipeline.Record) error {
-	return engine.Produce(ctx, msg, records...)
+	return outbox.Produce(ctx, msg, records...)
 }

@@ -1,8 +1,6 @@
 package engine
 
 import (
-	"context"
-
 	"github.com/parallafka/parallafka/internal/outbox"
 	"github.com/parallafka/parallafka/pipeline"
 )
@@ -17,15 +15,6 @@ import (
 // (claimOutputs) until the message finishes, and then until a transaction
 // that commits the message's offset carries them; a message that fails,
 // is retried or abandoned contributes nothing.
-
-// ErrNoTransaction is returned by Produce outside a handler call or an
-// AfterHandle stage of a transactional pipeline.
-var ErrNoTransaction = outbox.ErrNoTransaction
-
-// Produce adds records to msg's outputs (see parallafka.Produce).
-func Produce[K, V any](ctx context.Context, msg *pipeline.Message[K, V], records ...pipeline.Record) error {
-	return outbox.Produce(ctx, msg, records...)
-}
 
 // claimOutputs are a claim's outputs: those of messages still in a
 // handling attempt (by offset), and those of finished messages, in the
