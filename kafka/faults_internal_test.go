@@ -12,6 +12,7 @@ import (
 
 	ckafka "github.com/confluentinc/confluent-kafka-go/v2/kafka"
 	"github.com/stretchr/testify/require"
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kmsg"
 
@@ -145,6 +146,144 @@ func TestLostAssignmentWaitsForCommitInFlight(t *testing.T) {
 			}
 			require.False(t, lostWhileHeld.Load())
 			t.Logf("lost seen: %v, commits held: %d, committed: %v", lostSeen.Load(), held.Load(), c.committed(group, topic))
+		})
+	}
+}
+
+// holdTxnOffsets is holdCommits for TxnOffsetCommit requests of group:
+// the offsets a transaction sends.
+func holdTxnOffsets(c *testCluster, group string, release <-chan struct{}, held *atomic.Int32) {
+	c.ControlKey(kmsg.TxnOffsetCommit.Int16(), func(req kmsg.Request) (kmsg.Response, error, bool) {
+		c.KeepControl()
+		if r, ok := req.(*kmsg.TxnOffsetCommitRequest); ok && r.Group == group {
+			select {
+			case <-release:
+			default:
+				held.Add(1)
+				c.SleepControl(func() { <-release })
+			}
+		}
+		return nil, nil, false
+	})
+}
+
+// holdHeartbeats holds the classic heartbeats of group's members until
+// release is closed.
+func holdHeartbeats(c *testCluster, group string, release <-chan struct{}) {
+	hold := func(req kmsg.Request) (kmsg.Response, error, bool) {
+		c.KeepControl()
+		if r, ok := req.(*kmsg.HeartbeatRequest); ok && r.Group == group {
+			select {
+			case <-release:
+			default:
+				c.SleepControl(func() { <-release })
+			}
+		}
+		return nil, nil, false
+	}
+	c.ControlKey(kmsg.Heartbeat.Int16(), hold)
+}
+
+// fenceOnce answers the next KIP-848 heartbeat of group with
+// FENCED_MEMBER_EPOCH.
+func fenceOnce(c *testCluster, group string) {
+	c.ControlKey(kmsg.ConsumerGroupHeartbeat.Int16(), func(req kmsg.Request) (kmsg.Response, error, bool) {
+		r, ok := req.(*kmsg.ConsumerGroupHeartbeatRequest)
+		if !ok || r.Group != group {
+			c.KeepControl()
+			return nil, nil, false
+		}
+		resp := r.ResponseKind().(*kmsg.ConsumerGroupHeartbeatResponse)
+		resp.ErrorCode = kerr.FencedMemberEpoch.Code
+		return resp, nil, true
+	})
+}
+
+// A transaction's offsets are a commit in flight too: a lost assignment
+// waits for them before the member rejoins. Read after the rejoin, the
+// consumer's group metadata would carry its new generation (or KIP-848
+// member epoch), which the coordinator accepts for any partition, so the
+// offsets of a partition that moved to another member meanwhile would land
+// over that member's. A chaos run under KIP-848 saw exactly that: a
+// committed offset moved backwards from 2484 to 7, and 2,484 outputs were
+// written twice. Here the coordinator holds the transaction's offsets, the
+// member's session times out meanwhile, and PartitionsLost must not come
+// until the offsets were answered.
+func TestLostAssignmentWaitsForTransactionOffsets(t *testing.T) {
+	for _, strategy := range []string{"range", "cooperative-sticky", "consumer-protocol"} {
+		t.Run(strategy, func(t *testing.T) {
+			c := newTestCluster(t, kfake.BrokerConfigs(map[string]string{
+				"group.consumer.heartbeat.interval.ms": "250",
+				"group.consumer.session.timeout.ms":    "6000",
+			}))
+			topic := c.topic(t, 1)
+			c.produce(t, record(topic, 0, "k", "v"))
+			group := groupName(t)
+			cfg := c.config(group, strategy)
+			if strategy == "consumer-protocol" {
+				_ = cfg.SetKey("socket.timeout.ms", 4000)
+			} else {
+				_ = cfg.SetKey("socket.timeout.ms", 20000)
+			}
+			m := startMember(t, "m1", cfg, topic)
+			waitFor(t, 30*time.Second, "a message", func() bool { return m.count(nil) > 0 })
+			tx, err := NewTransactor(m.src, &ckafka.ConfigMap{
+				"bootstrap.servers": c.addrs,
+				"transactional.id":  groupName(t) + "-txn",
+			}, WithLogger(testLogger(t).With("member", "tx")))
+			require.NoError(t, err)
+			defer tx.Close()
+
+			release := make(chan struct{})
+			var released atomic.Bool
+			var held atomic.Int32
+			holdTxnOffsets(c, group, release, &held)
+			defer func() {
+				if !released.Load() {
+					close(release)
+				}
+			}()
+			var lostWhileHeld, lostSeen atomic.Bool
+			m.l.mu.Lock()
+			m.l.onLost = func([]pipeline.TopicPartition) {
+				if !released.Load() {
+					lostWhileHeld.Store(true)
+				}
+				lostSeen.Store(true)
+			}
+			m.l.mu.Unlock()
+
+			txDone := make(chan error, 1)
+			go func() {
+				ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+				defer cancel()
+				txDone <- tx.Transact(ctx, nil, []pipeline.Offset{{TopicPartition: pipeline.TopicPartition{Topic: topic, Partition: 0}, Offset: 1}})
+			}()
+			waitFor(t, 30*time.Second, "the transaction's offsets to be held", func() bool { return held.Load() > 0 })
+			// The transaction's offsets go on the producer's connection:
+			// hold the consumer's heartbeats too, so that its session
+			// times out while they are held.
+			if strategy == "consumer-protocol" {
+				// Held KIP-848 heartbeats tell the member nothing until
+				// they are answered: fence it now, as a coordinator that
+				// expired its session would.
+				fenceOnce(c, group)
+			} else {
+				holdHeartbeats(c, group, release)
+			}
+			time.Sleep(15 * time.Second)
+			require.False(t, lostWhileHeld.Load(), "PartitionsLost came while the transaction's offsets were in flight")
+			released.Store(true)
+			close(release)
+			select {
+			case err := <-txDone:
+				t.Logf("the transaction ended: %v", err)
+			case <-time.After(60 * time.Second):
+				t.Fatal("the transaction did not end within 60 s of its offsets' release")
+			}
+			require.False(t, lostWhileHeld.Load())
+			waitFor(t, 60*time.Second, "PartitionsLost after the offsets were answered", lostSeen.Load)
+			t.Logf("lost seen: %v, held: %d, committed: %v", lostSeen.Load(), held.Load(), c.committed(group, topic))
 		})
 	}
 }

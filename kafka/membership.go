@@ -159,15 +159,60 @@ func (s *Source[K, V]) probe() {
 // is in doubt or a partition of offsets is not assigned to the Source: a
 // transaction must not commit them (Transactor).
 func (s *Source[K, V]) owned(offsets []pipeline.Offset) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.ownedLocked(offsets)
+}
+
+// ownedLocked is owned, under s.mu.
+func (s *Source[K, V]) ownedLocked(offsets []pipeline.Offset) error {
 	if s.doubt.Load() {
 		return fmt.Errorf("%w: this member's group membership is in doubt", pipeline.ErrNotOwned)
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	for _, off := range offsets {
 		if _, ok := s.assigned[off.TopicPartition]; !ok {
 			return fmt.Errorf("%w: %s is not assigned to this member", pipeline.ErrNotOwned, off.TopicPartition)
 		}
 	}
 	return nil
+}
+
+// offsetsInFlight runs send, which sends a transaction's offsets
+// (Transactor), as the commit in flight: it takes the commit slot, checks
+// under s.mu (the lock disown takes) that the offsets' partitions are
+// still assigned and the membership not in doubt, and registers the
+// flight, which a lost assignment waits for before librdkafka may rejoin
+// (see Commit). It returns an error wrapping pipeline.ErrNotOwned if the
+// partitions are not this member's any more, without calling send.
+func (s *Source[K, V]) offsetsInFlight(ctx context.Context, offsets []pipeline.Offset, send func() error) error {
+	if err := s.beginCommit(); err != nil {
+		return err
+	}
+	defer s.endCommit()
+	select {
+	case s.commitSlot <- struct{}{}:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	defer func() { <-s.commitSlot }()
+	s.mu.Lock()
+	err := s.ownedLocked(offsets)
+	var f *commitFlight
+	if err == nil {
+		f = s.takeOff(offsets)
+	}
+	s.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	defer func() {
+		s.mu.Lock()
+		if s.flight == f {
+			s.flight = nil
+		}
+		s.mu.Unlock()
+		close(f.done)
+		s.flights.Done()
+	}()
+	return send()
 }

@@ -37,19 +37,23 @@ const transactorInitTimeout = 30 * time.Second
 // Create it with the Source it commits for, before Consume; Close it after
 // Consume returned.
 //
-// Not safe yet with a consumer on the KIP-848 protocol
-// (group.protocol=consumer): a chaos run saw duplicate outputs
-// (docs/exactly-once.md, "Limits"). Use the classic protocol.
+// A transaction's offsets go as the Source's commit in flight: when the
+// Source's assignment is lost, librdkafka rejoins the group only after
+// they were answered (see Source.Commit), so that they are never sent with
+// the generation or member epoch of the member's next assignment.
 type Transactor struct {
-	producer   *ckafka.Producer
-	consumer   *ckafka.Consumer
-	owned      func([]pipeline.Offset) error // the Source's: are offsets' partitions still its own?
-	txnTimeout time.Duration                 // transaction.timeout.ms
-	logger     *slog.Logger
-	eventsDone chan struct{}
-	logsDone   chan struct{} // nil if logs are not forwarded
-	closeOnce  sync.Once
-	closeErr   error
+	producer *ckafka.Producer
+	consumer *ckafka.Consumer
+	owned    func([]pipeline.Offset) error // the Source's: are offsets' partitions still its own?
+	// sendOffsets is the Source's (offsetsInFlight): it sends a
+	// transaction's offsets as the Source's commit in flight.
+	sendOffsets func(context.Context, []pipeline.Offset, func() error) error
+	txnTimeout  time.Duration // transaction.timeout.ms
+	logger      *slog.Logger
+	eventsDone  chan struct{}
+	logsDone    chan struct{} // nil if logs are not forwarded
+	closeOnce   sync.Once
+	closeErr    error
 }
 
 var _ pipeline.Transactor = (*Transactor)(nil)
@@ -86,7 +90,7 @@ func NewTransactor[K, V any](src *Source[K, V], cfg *ckafka.ConfigMap, opts ...O
 	if err != nil {
 		return nil, err
 	}
-	t := &Transactor{producer: p, consumer: src.Consumer(), owned: src.owned, logger: o.logger, eventsDone: make(chan struct{}),
+	t := &Transactor{producer: p, consumer: src.Consumer(), owned: src.owned, sendOffsets: src.offsetsInFlight, logger: o.logger, eventsDone: make(chan struct{}),
 		txnTimeout: transactionTimeout(*cfg)}
 	go t.logEvents()
 	if forwardLogs {
@@ -153,12 +157,26 @@ func (t *Transactor) Transact(ctx context.Context, records []pipeline.Record, of
 		}
 	}
 	if len(offsets) > 0 {
-		group, err := t.consumer.GetConsumerGroupMetadata()
-		if err != nil {
-			return t.failed(ctx, "reading the consumer's group metadata", err)
+		// As the Source's commit in flight: a lost assignment waits for
+		// it before librdkafka may rejoin. Read after a rejoin, the group
+		// metadata would carry the new generation or member epoch, which
+		// the coordinator accepts for any partition: the offsets of a
+		// partition given to another member meanwhile would land over
+		// that member's, moving them backwards.
+		what := "reading the consumer's group metadata"
+		err := t.sendOffsets(ctx, offsets, func() error {
+			group, err := t.consumer.GetConsumerGroupMetadata()
+			if err != nil {
+				return err
+			}
+			what = "sending the consumed offsets"
+			return t.producer.SendOffsetsToTransaction(ctx, toKafkaOffsets(offsets), group)
+		})
+		if errors.Is(err, pipeline.ErrNotOwned) {
+			what = "checking that the partitions are still this member's"
 		}
-		if err := t.producer.SendOffsetsToTransaction(ctx, toKafkaOffsets(offsets), group); err != nil {
-			return t.failed(ctx, "sending the consumed offsets", err)
+		if err != nil {
+			return t.failed(ctx, what, err)
 		}
 	}
 	for {

@@ -176,12 +176,6 @@ func runChaos(t *testing.T, cfg chaosConfig) []figures {
 	for _, client := range clients {
 		for _, proto := range protocols {
 			t.Run(client+"/"+proto, func(t *testing.T) {
-				if cfg.eos && client == "confluent" && proto == "consumer" {
-					// A run on Apache Kafka 4.4.0 saw a committed offset
-					// move backwards (2484 → 7) and 2,484 duplicate
-					// outputs: docs/exactly-once.md, "Limits".
-					t.Skip("exactly-once over confluent-kafka-go under KIP-848: a known bug, not safe yet")
-				}
 				if cfg.eos && proto == "consumer" && cfg.c.Embedded() {
 					// On kfake only, transactional franz members under
 					// KIP-848 can stall after the broker restart (never on
