@@ -15,6 +15,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kmsg"
+	"github.com/twmb/franz-go/pkg/kversion"
 
 	"github.com/parallafka/parallafka/pipeline"
 )
@@ -429,4 +430,32 @@ func atoi(t *testing.T, s string) int {
 	n, err := strconv.Atoi(s)
 	require.NoError(t, err)
 	return n
+}
+
+// withoutTransactions is the current API versions without the requests of
+// transactions: a cluster that does not offer them.
+func withoutTransactions() *kversion.Versions {
+	vs := kversion.Stable()
+	for _, k := range []kmsg.Key{kmsg.InitProducerID, kmsg.AddPartitionsToTxn, kmsg.AddOffsetsToTxn, kmsg.EndTxn, kmsg.TxnOffsetCommit} {
+		vs.SetMaxKeyVersion(k.Int16(), -1)
+	}
+	return vs
+}
+
+// A cluster without transactions: NewTransactor says so, within its
+// initialization timeout, rather than hang.
+func TestNewTransactorWithoutTransactions(t *testing.T) {
+	c := newTestCluster(t, kfake.MaxVersions(withoutTransactions()))
+	topic := c.topic(t, 1)
+	src := newStringSource(t, c.config(groupName(t), "range"), topic)
+	defer src.Close()
+	start := time.Now()
+	tx, err := NewTransactor(src, &ckafka.ConfigMap{"bootstrap.servers": c.addrs, "transactional.id": groupName(t)},
+		WithLogger(testLogger(t)))
+	if err == nil {
+		tx.Close()
+	}
+	require.ErrorContains(t, err, "are transactions enabled on the brokers")
+	require.Less(t, time.Since(start), transactorInitTimeout+10*time.Second)
+	t.Logf("after %v: %v", time.Since(start).Round(time.Millisecond), err)
 }

@@ -14,8 +14,10 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
+	"github.com/twmb/franz-go/pkg/kversion"
 	"go.uber.org/goleak"
 
 	"github.com/parallafka/parallafka"
@@ -660,6 +662,37 @@ func TestTransactionsAcrossRebalances(t *testing.T) {
 			waitFor(t, waitTimeout, "the group's offsets at the end", func() bool { return committedToEnd(t, c, group, topic, partitions) })
 			require.NoError(t, b.stop())
 			checkExactlyOnce(t, readCommitted(t, c, out, n, time.Second), n, keys, outPartitions)
+		})
+	}
+}
+
+// A cluster without transactions: NewTransactor says so at once, with
+// ErrTransactionsUnsupported, and with a cluster whose TxnOffsetCommit
+// predates KIP-447 (it cannot commit as a group member) too.
+func TestNewTransactorWithoutTransactions(t *testing.T) {
+	for name, set := range map[string]func(*kversion.Versions){
+		"no transactions": func(vs *kversion.Versions) {
+			for _, k := range []kmsg.Key{kmsg.InitProducerID, kmsg.AddPartitionsToTxn, kmsg.AddOffsetsToTxn, kmsg.EndTxn, kmsg.TxnOffsetCommit} {
+				vs.SetMaxKeyVersion(k.Int16(), -1)
+			}
+		},
+		"before KIP-447": func(vs *kversion.Versions) { vs.SetMaxKeyVersion(kmsg.TxnOffsetCommit.Int16(), 2) },
+	} {
+		t.Run(name, func(t *testing.T) {
+			vs := kversion.Stable()
+			set(vs)
+			c, topic := newCluster(t, 1, kfake.MaxVersions(vs))
+			defer verifyNoLeaks(t)()
+			src := newSource(t, c, "g-"+topic, topic, nil)
+			defer func() { assert.NoError(t, src.Close()) }()
+			start := time.Now()
+			tx, err := franz.NewTransactor(src, []kgo.Opt{kgo.SeedBrokers(c.brokers...), kgo.TransactionalID("x")},
+				franz.WithLogger(testLogger(t)))
+			if err == nil {
+				tx.Close()
+			}
+			require.ErrorIs(t, err, franz.ErrTransactionsUnsupported)
+			t.Logf("after %v: %v", time.Since(start).Round(time.Millisecond), err)
 		})
 	}
 }
