@@ -176,12 +176,6 @@ func runChaos(t *testing.T, cfg chaosConfig) []figures {
 	for _, client := range clients {
 		for _, proto := range protocols {
 			t.Run(client+"/"+proto, func(t *testing.T) {
-				if cfg.eos && proto == "consumer" && cfg.c.Embedded() {
-					// On kfake only, transactional franz members under
-					// KIP-848 can stall after the broker restart (never on
-					// Apache Kafka, where this combination runs in .ci/run).
-					t.Skip("exactly-once under KIP-848 on the embedded broker: kfake stalls after a restart")
-				}
 				if ctx.Err() != nil {
 					t.Fatalf("no time left for %s over %s", proto, client)
 				}
