@@ -152,6 +152,33 @@ func TestTransactionsDropOutputsOfFailedAttempts(t *testing.T) {
 	checkOutputs(t, src, n)
 }
 
+// Under adaptive concurrency, with handlers whose time varies (the limit
+// moves while transactions commit), each output is written once, in key
+// order.
+func TestTransactionsWithAdaptiveConcurrency(t *testing.T) {
+	src := memsource.New[string, int]()
+	const n = 3000
+	produce(src, 4, n, func(i int) int { return i % 50 })
+	var highest atomic.Int64
+	p, err := parallafka.New(src, parallafka.WithLogger(quiet), parallafka.WithTransactions(src),
+		parallafka.WithCommitInterval(10*time.Millisecond), parallafka.WithAdaptiveConcurrency(1, 32))
+	require.NoError(t, err)
+	stop, _ := start(p, func(ctx context.Context, m *parallafka.Message[string, int]) error {
+		if m.Offset%100 < 10 {
+			time.Sleep(time.Millisecond) // a slow stretch: the limit moves
+		}
+		if l := int64(p.Stats().ConcurrencyLimit); l > highest.Load() {
+			highest.Store(l)
+		}
+		return parallafka.Produce(ctx, m, outputOf(m))
+	})
+	eventually(t, func() bool { return committedAll(src) })
+	err, _ = stop()
+	require.NoError(t, err)
+	checkOutputs(t, src, n)
+	assert.Greater(t, highest.Load(), int64(1), "the limit moved up from its minimum")
+}
+
 // Partitions revoked and assigned again while messages flow: what a
 // revoke commits carries its outputs, and what it abandons is handled
 // again by the next owner with no output left behind.
