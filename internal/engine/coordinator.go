@@ -49,15 +49,19 @@ type coordinator[K, V any] struct {
 	// spareQueues are key queues of keys gone idle, for the next keys to
 	// get busy: a key's first message allocates nothing in steady state.
 	spareQueues []*keyQueue[K, V]
-	ready       ready[K, V]
-	seq         uint64
-	inFlight    inFlight[K, V]
-	commits     commitCount
-	policy      dispatchPolicy[K, V]
-	toStage     []*pipeline.Message[K, V] // tracked, waiting to go into the AfterPoll stages, in poll order
-	holding     bool                      // the user paused the pipeline: nothing is dispatched
-	draining    bool
-	hardStop    bool
+	// spareRuns and spareRunEnds are the slices of runs that came back
+	// (dispatchReady), for the next runs.
+	spareRuns    [][]job[K, V]
+	spareRunEnds [][]completion[K, V]
+	ready        ready[K, V]
+	seq          uint64
+	inFlight     inFlight[K, V]
+	commits      commitCount
+	policy       dispatchPolicy[K, V]
+	toStage      []*pipeline.Message[K, V] // tracked, waiting to go into the AfterPoll stages, in poll order
+	holding      bool                      // the user paused the pipeline: nothing is dispatched
+	draining     bool
+	hardStop     bool
 	// drainBacklog: a graceful stop keeps the claims and dispatches their
 	// backlog (ShutdownMode Drain) until nothing is in flight; the
 	// shutdown timeout (ctx done) still stops it as a graceful one.
@@ -239,36 +243,107 @@ func (c *coordinator[K, V]) dispatchReadyWork() {
 }
 
 // dispatchReady hands ready messages to free handlers, longest key
-// backlog first. The
-// sends never block: the hand-off channel holds as many messages as there
-// are handlers, and no more than that are ever out.
+// backlog first: one message per job, or runs of them while the handlers
+// are quick (see runLength). The sends never block: the hand-off channel
+// holds as many jobs as dispatchLimit allows out, and no more than that
+// are ever out.
 func (c *coordinator[K, V]) dispatchReady() {
 	for c.policy.handling < c.policy.dispatchLimit(c.routing.queued) && c.ready.len() > 0 {
-		e := c.ready.pop(c.backlog)
-		held := e.claim.heldKeys != nil && c.heldBack(e) // not handled: no token either
-		if c.rates != nil && !held {
-			admitted, more := c.admit(e)
+		n := c.policy.runLength(c.ready.len())
+		if n <= 1 {
+			j, ok, more := c.takeReady()
+			if ok {
+				c.policy.handling++
+				c.dispatch <- j
+			}
 			if !more {
 				return
 			}
-			if !admitted {
-				continue
+			continue
+		}
+		run, more := c.spareRun(), true
+		for len(run) < n && more && c.ready.len() > 0 {
+			var j job[K, V]
+			var ok bool
+			if j, ok, more = c.takeReady(); ok {
+				run = append(run, j)
 			}
 		}
-		c.policy.readied(e.claim, -1)
-		s := e.slot()
-		s.state = slotDispatched
-		e.claim.outstanding++
-		c.policy.handling++
-		j := job[K, V]{msg: e.msg, origin: origin[K, V]{claim: e.claim, offset: e.offset}, ctx: e.claim.ctx}
-		if c.obs.on() {
-			now := c.policy.clock()
-			j.waited = pipeline.Wait{BehindKey: s.ready - s.routed, ForHandler: now - s.ready}
-			s.routed = now
-		} else {
-			s.routed = c.policy.coarse // for the stall check: about when its handler started
+		switch len(run) {
+		case 0:
+			c.spareRuns = append(c.spareRuns, run)
+		case 1:
+			j := run[0]
+			c.recycleRun(run, nil)
+			c.policy.handling++
+			c.dispatch <- j
+		default:
+			c.policy.handling++
+			c.dispatch <- job[K, V]{run: run, ends: c.spareEnds()}
 		}
-		c.dispatch <- j
+		if !more {
+			return
+		}
+	}
+}
+
+// takeReady takes the next ready message for dispatch and returns its job.
+// ok is false if it does not go now (a key's rate limit parked it); more
+// is false if nothing more may go now (the rate limit).
+func (c *coordinator[K, V]) takeReady() (j job[K, V], ok, more bool) {
+	e := c.ready.pop(c.backlog)
+	held := e.claim.heldKeys != nil && c.heldBack(e) // not handled: no token either
+	if c.rates != nil && !held {
+		admitted, more := c.admit(e)
+		if !admitted {
+			return j, false, more
+		}
+	}
+	c.policy.readied(e.claim, -1)
+	s := e.slot()
+	s.state = slotDispatched
+	e.claim.outstanding++
+	j = job[K, V]{msg: e.msg, origin: origin[K, V]{claim: e.claim, offset: e.offset}, ctx: e.claim.ctx}
+	if c.obs.on() {
+		now := c.policy.clock()
+		j.waited = pipeline.Wait{BehindKey: s.ready - s.routed, ForHandler: now - s.ready}
+		s.routed = now
+	} else {
+		s.routed = c.policy.coarse // for the stall check: about when its handler started
+	}
+	return j, true, true
+}
+
+// spareRun returns an empty run with room for maxRun jobs, reused.
+func (c *coordinator[K, V]) spareRun() []job[K, V] {
+	if n := len(c.spareRuns); n > 0 {
+		run := c.spareRuns[n-1]
+		c.spareRuns = c.spareRuns[:n-1]
+		return run
+	}
+	return make([]job[K, V], 0, maxRun)
+}
+
+// spareEnds returns an empty slice of completions with room for a run's,
+// reused.
+func (c *coordinator[K, V]) spareEnds() []completion[K, V] {
+	if n := len(c.spareRunEnds); n > 0 {
+		ends := c.spareRunEnds[n-1]
+		c.spareRunEnds = c.spareRunEnds[:n-1]
+		return ends
+	}
+	return make([]completion[K, V], 0, maxRun)
+}
+
+// recycleRun keeps a run's slices, emptied, for the next runs.
+func (c *coordinator[K, V]) recycleRun(run []job[K, V], ends []completion[K, V]) {
+	if run != nil {
+		clear(run)
+		c.spareRuns = append(c.spareRuns, run[:0])
+	}
+	if ends != nil {
+		clear(ends)
+		c.spareRunEnds = append(c.spareRunEnds, ends[:0])
 	}
 }
 
@@ -441,6 +516,9 @@ func (c *coordinator[K, V]) handlerEnded(ended handlerEnded[K, V]) {
 	}
 	for _, done := range ended.settled {
 		c.complete(done)
+	}
+	if ended.run != nil {
+		c.recycleRun(ended.run, ended.settled)
 	}
 }
 

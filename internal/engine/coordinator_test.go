@@ -146,12 +146,22 @@ func (h *coordHarness) dispatched() []*pipeline.Message[string, string] {
 			if !ok {
 				return out
 			}
-			h.ctxs[j.msg] = j.ctx
-			out = append(out, j.msg)
+			for _, j := range jobMessages(j) {
+				h.ctxs[j.msg] = j.ctx
+				out = append(out, j.msg)
+			}
 		default:
 			return out
 		}
 	}
+}
+
+// jobMessages is a single-message job, or a run's jobs.
+func jobMessages[K, V any](j job[K, V]) []job[K, V] {
+	if j.run != nil {
+		return j.run
+	}
+	return []job[K, V]{j}
 }
 
 // expectDispatched checks that exactly these offsets (of any partition)
@@ -1049,5 +1059,91 @@ func TestCoordinatorLongestBacklogFirst(t *testing.T) {
 		h.finish(0, 2)
 		h.finish(0, 4)
 		h.expectDispatched(5)
+	})
+}
+
+// TestCoordinatorQuickRuns: once the handlers are quick, ready messages go
+// out in runs (one job, one handler end for many), oldest first, and one
+// slow call brings single messages back.
+func TestCoordinatorQuickRuns(t *testing.T) {
+	coordTest(t, coordOptions{concurrency: 2}, func(h *coordHarness) {
+		h.assign(0)
+		var offKeys []any
+		for i := range 300 {
+			offKeys = append(offKeys, i, fmt.Sprint("k", i))
+		}
+		h.poll(0, offKeys...)
+		jobs := func() (out []job[string, string]) {
+			for {
+				select {
+				case j := <-h.dispatch:
+					out = append(out, j)
+				default:
+					return out
+				}
+			}
+		}
+		end := func(j job[string, string], quick bool) {
+			ended := handlerEnded[string, string]{quick: quick}
+			if j.run == nil {
+				ended.done = completion[string, string]{msg: j.msg, origin: j.origin, verdict: verdictFinish}
+			} else {
+				ended.settled, ended.run = j.ends, j.run
+				for _, r := range j.run {
+					ended.settled = append(ended.settled, completion[string, string]{msg: r.msg, origin: r.origin, verdict: verdictFinish})
+				}
+			}
+			h.handlerEnd <- ended
+			synctest.Wait()
+		}
+		next := int64(0)
+		expectOffsets := func(j job[string, string], n int) {
+			t.Helper()
+			msgs := jobMessages(j)
+			if len(msgs) != n {
+				t.Fatalf("a job of %d messages; want %d", len(msgs), n)
+			}
+			for _, m := range msgs {
+				if m.msg.Offset != next {
+					t.Fatalf("offset %d dispatched; want %d (oldest first)", m.msg.Offset, next)
+				}
+				next++
+			}
+		}
+		out := jobs()
+		for _, j := range out {
+			expectOffsets(j, 1) // not known to be quick yet: one message a job
+		}
+		for range quickRun - 1 {
+			end(out[0], true)
+			out = append(out[1:], jobs()...)
+			expectOffsets(out[len(out)-1], 1)
+		}
+		end(out[0], true) // the quickRun-th quick call in a row: runs
+		out = out[1:]
+		runs := jobs()
+		if len(runs) != 1 {
+			t.Fatalf("%d jobs after the quick calls; want 1 (four out)", len(runs))
+		}
+		expectOffsets(runs[0], maxRun)
+		oldest := out[0].msg.Offset
+		end(out[0], true)
+		out = out[1:]
+		runs = append(runs, jobs()...)
+		expectOffsets(runs[1], maxRun)
+		end(runs[0], true) // a run ends: its messages' keys are free, and a run goes in its place
+		more := jobs()
+		if len(more) != 1 {
+			t.Fatalf("%d jobs after a run ended; want 1", len(more))
+		}
+		expectOffsets(more[0], maxRun)
+		if got, want := h.committable()[0], oldest+1; got != want {
+			t.Fatalf("committable %d; want %d (the oldest message out)", got, want)
+		}
+		end(out[0], false) // slow: one message a job again
+		expectOffsets(jobs()[0], 1)
+		if got, want := h.stats.InFlight.Load(), int64(300-quickRun-2-maxRun); got != want {
+			t.Fatalf("in flight %d; want %d (a run's messages finished)", got, want)
+		}
 	})
 }

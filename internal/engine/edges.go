@@ -39,6 +39,12 @@ type (
 		ctx    context.Context
 		batch  *batch[K, V]  // in batch mode, instead of msg (ctx is the batch's)
 		waited pipeline.Wait // with an observer (not in batch mode)
+		// run, instead of msg, is a run of quick messages that one handler
+		// takes in a row (see runLength), each with its origin, context
+		// and wait; their completions go back in one handler end, in ends
+		// (empty, with room for all of them).
+		run  []job[K, V]
+		ends []completion[K, V]
 	}
 	// handlerEnded tells the coordinator that a handler is free again,
 	// with the messages it settled: those that skip the AfterHandle
@@ -50,7 +56,8 @@ type (
 		quick   bool // the handler took less than quickHandler (see dispatchLimit)
 		call    handlerCall
 		done    completion[K, V]   // single-message mode: the message, if it skips the stages (done.msg != nil)
-		settled []completion[K, V] // batch mode
+		settled []completion[K, V] // batch mode, and a run's messages, in the run's order
+		run     []job[K, V]        // a run's jobs, handed back for the next run
 		// produced are the outputs of the call's messages that succeeded,
 		// in a transactional pipeline (outbox.go).
 		produced []outbox.Produced[K, V]

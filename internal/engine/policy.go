@@ -75,6 +75,26 @@ func (p *dispatchPolicy[K, V]) dispatchLimit(queued int) int {
 	return p.concurrency
 }
 
+// runLength is how many ready messages go to a handler in one job: one,
+// unless the handlers are quick, the concurrency is fixed and no key chain
+// is critical. Then a run of up to maxRun, the ready set shared among the
+// jobs dispatchLimit lets out, so that every handler has work and the
+// hand-off to the pool and back (a wakeup on each side) is paid once per
+// run rather than per message. A message of a run waits for the quick
+// calls before it, and its key is busy until the whole run ended: a
+// critical key chain (steer.go), whose next message should go at once,
+// keeps runs off.
+func (p *dispatchPolicy[K, V]) runLength(ready int) int {
+	if p.limiter != nil || p.quick < quickRun || p.criticals > 0 {
+		return 1
+	}
+	return max(1, min(maxRun, ready/(2*p.concurrency)))
+}
+
+// maxRun bounds a run: at most maxRun quick calls (under quickHandler
+// each) delay the last message of a run and the keys of all of them.
+const maxRun = 16
+
 // handlerReturned counts a handler out and gives the adaptive limit its
 // sample.
 func (p *dispatchPolicy[K, V]) handlerReturned(call handlerCall) {

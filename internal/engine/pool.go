@@ -76,11 +76,53 @@ func (p *handlerPool[K, V]) run(ctx context.Context) error {
 
 // handleMessage handles a single message.
 func (p *handlerPool[K, V]) handleMessage(ctx context.Context, job job[K, V]) {
+	if job.run != nil {
+		p.handleRun(ctx, job)
+		return
+	}
+	ended := handlerEnded[K, V]{quick: true}
+	done, staged := p.handleOne(ctx, job, &ended)
+	ended.done = done
+	// Never blocks: the coordinator reads handlerEnd until it is closed,
+	// and it has room for every job out.
+	p.handlerEnd <- ended
+	if staged {
+		p.stage(ctx, job.msg)
+	}
+}
+
+// handleRun handles a run of quick messages in a row, then tells the
+// coordinator once: one hand-off each way for the whole run. The messages
+// that go into the AfterHandle stages go after the handler's end, as in
+// handleMessage.
+func (p *handlerPool[K, V]) handleRun(ctx context.Context, run job[K, V]) {
+	ended := handlerEnded[K, V]{quick: true, settled: run.ends, run: run.run}
+	var toStage []*pipeline.Message[K, V]
+	for _, j := range run.run {
+		done, staged := p.handleOne(ctx, j, &ended)
+		if done.msg != nil {
+			ended.settled = append(ended.settled, done)
+		}
+		if staged {
+			toStage = append(toStage, j.msg)
+		}
+	}
+	p.handlerEnd <- ended
+	for _, msg := range toStage {
+		p.stage(ctx, msg)
+	}
+}
+
+// handleOne calls the handler for job's message, unless it is not to be
+// handled, and records the call in ended (its sample, whether it was
+// quick, what it produced). It returns the message's completion if the
+// message skips the AfterHandle stages (done.msg nil otherwise), and
+// whether it goes into them.
+func (p *handlerPool[K, V]) handleOne(ctx context.Context, job job[K, V], ended *handlerEnded[K, V]) (done completion[K, V], staged bool) {
 	msg := job.msg
 	// A hard stop (ctx), or the claim ended (job.ctx): what was not
 	// handled stays uncommitted.
 	stopped := job.ctx.Err() != nil
-	ended := handlerEnded[K, V]{quick: true}
 	if !stopped && toHandle(msg) {
 		msg.Attempt++
 		hctx := job.ctx
@@ -94,10 +136,14 @@ func (p *handlerPool[K, V]) handleMessage(ctx context.Context, job job[K, V]) {
 		began := time.Since(p.epoch)
 		msg.Err = callHandler(p.log, p.handler, hctx, msg, describeMessage[K, V])
 		end := time.Since(p.epoch)
-		ended.produced = box.Seal()
+		if sealed := box.Seal(); ended.produced == nil {
+			ended.produced = sealed
+		} else {
+			ended.produced = append(ended.produced, sealed...)
+		}
 		call := &ended.call
 		call.ended, call.took = p.epoch.Add(end), end-began
-		ended.quick = call.took < quickHandler
+		ended.quick = ended.quick && call.took < quickHandler
 		if p.obs.on() {
 			p.obs.handlerEnded(hctx, msginfo.Of(msg), msg.Err, call.took)
 		}
@@ -109,17 +155,18 @@ func (p *handlerPool[K, V]) handleMessage(ctx context.Context, job job[K, V]) {
 	switch {
 	case stopped && (p.handled == nil || ctx.Err() == nil):
 		// Its claim ended: no stage may retry or dead-letter it.
-		ended.done = completion[K, V]{msg: msg, verdict: verdictAbandon}
+		done = completion[K, V]{msg: msg, verdict: verdictAbandon}
 	case p.handled == nil:
-		ended.done = p.collector.verdict(job.ctx, msg)
+		done = p.collector.verdict(job.ctx, msg)
+	default:
+		return completion[K, V]{}, !stopped
 	}
-	ended.done.origin = job.origin
-	// Never blocks: the coordinator reads handlerEnd until it is closed,
-	// and it has room for every job out.
-	p.handlerEnd <- ended
-	if p.handled == nil || stopped {
-		return
-	}
+	done.origin = job.origin
+	return done, false
+}
+
+// stage sends a handled message into the AfterHandle stages.
+func (p *handlerPool[K, V]) stage(ctx context.Context, msg *pipeline.Message[K, V]) {
 	select {
 	case p.handled <- msg:
 	case <-ctx.Done():
