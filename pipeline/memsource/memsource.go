@@ -54,21 +54,39 @@ type Source[K, V any] struct {
 	encodeKey func(K) []byte
 
 	mu         sync.Mutex
-	logs       map[pipeline.TopicPartition][]Record[K, V]
-	order      []pipeline.TopicPartition // the keys of logs, sorted
+	parts      map[pipeline.TopicPartition]*partition[K, V]
+	order      []*partition[K, V] // the values of parts, sorted by partition
 	committed  map[pipeline.TopicPartition]int64
 	metadata   map[pipeline.TopicPartition]string // the latest commit's, as Kafka stores it with the offset
 	commits    []pipeline.Offset
 	commitHook func([]pipeline.Offset) error
 	produced   []pipeline.Record // what committed transactions wrote
 	txnHook    func([]pipeline.Record, []pipeline.Offset) error
-	position   map[pipeline.TopicPartition]int64 // assigned partitions → next offset to deliver
-	paused     map[pipeline.TopicPartition]bool
+	paused     map[pipeline.TopicPartition]bool // mirrored by partition.paused, for the partitions that exist
 	listener   pipeline.RebalanceListener
 	needAssign bool // assign everything on the next Poll
 	pending    []notification
 	next       int // round-robin cursor over partitions
 	wake       chan struct{}
+	// spare is what is left of the latest chunk of messages PollBatch
+	// allocated: it hands out pointers into a chunk rather than one
+	// allocation per message.
+	spare []pipeline.Message[K, V]
+}
+
+// partition is one partition's log and what the consumer does with it, kept
+// together so that delivering a message looks nothing up in a map.
+type partition[K, V any] struct {
+	tp       pipeline.TopicPartition
+	log      []Record[K, V]
+	assigned bool  // the listener was given it, and it was not taken back since
+	pos      int64 // while assigned: the next offset to deliver
+	paused   bool  // Source.paused[tp]
+}
+
+// ready reports whether p has a message to deliver now.
+func (p *partition[K, V]) ready() bool {
+	return p.assigned && !p.paused && p.pos < int64(len(p.log))
 }
 
 type notification struct {
@@ -97,10 +115,9 @@ func New[K, V any](opts ...Option[K]) *Source[K, V] {
 	}
 	return &Source[K, V]{
 		encodeKey: o.encodeKey,
-		logs:      make(map[pipeline.TopicPartition][]Record[K, V]),
+		parts:     make(map[pipeline.TopicPartition]*partition[K, V]),
 		committed: make(map[pipeline.TopicPartition]int64),
 		metadata:  make(map[pipeline.TopicPartition]string),
-		position:  make(map[pipeline.TopicPartition]int64),
 		paused:    make(map[pipeline.TopicPartition]bool),
 		wake:      make(chan struct{}, 1),
 	}
@@ -123,12 +140,13 @@ func (s *Source[K, V]) AddTopic(topic string, partitions int) {
 	defer s.mu.Unlock()
 	for p := range int32(partitions) {
 		tp := pipeline.TopicPartition{Topic: topic, Partition: p}
-		if _, ok := s.logs[tp]; !ok {
-			s.logs[tp] = nil
-			s.order = append(s.order, tp)
+		if _, ok := s.parts[tp]; !ok {
+			p := &partition[K, V]{tp: tp, paused: s.paused[tp]}
+			s.parts[tp] = p
+			s.order = append(s.order, p)
 		}
 	}
-	slices.SortFunc(s.order, comparePartitions)
+	slices.SortFunc(s.order, func(a, b *partition[K, V]) int { return comparePartitions(a.tp, b.tp) })
 }
 
 // Produce appends a keyed record and returns its offset.
@@ -142,7 +160,7 @@ func (s *Source[K, V]) ProduceRecord(r Record[K, V]) int64 {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	tp := pipeline.TopicPartition{Topic: r.Topic, Partition: r.Partition}
-	log, ok := s.logs[tp]
+	p, ok := s.parts[tp]
 	if !ok {
 		panic(fmt.Sprintf("memsource: produce to unknown partition %v", tp))
 	}
@@ -152,9 +170,9 @@ func (s *Source[K, V]) ProduceRecord(r Record[K, V]) int64 {
 	if b, ok := any(r.Value).([]byte); ok && r.RawValue == nil {
 		r.RawValue = b
 	}
-	s.logs[tp] = append(log, r)
+	p.log = append(p.log, r)
 	s.signal()
-	return int64(len(log))
+	return int64(len(p.log) - 1)
 }
 
 // Subscribe implements pipeline.Source. The next Poll assigns every
@@ -202,14 +220,22 @@ func (s *Source[K, V]) PollBatch(timeout time.Duration, dst []*pipeline.Message[
 		}
 		n := len(dst)
 		var bytes int64
-		for range max {
-			msg := s.nextMessage()
-			if msg == nil {
+		var now time.Time // one reading for the batch: every message gets it
+		for i := range max {
+			p := s.nextPartition()
+			if p == nil {
 				break
 			}
+			if i == 0 {
+				now = time.Now()
+			}
+			msg := s.message(max - i)
+			s.fill(msg, p, now)
 			dst = append(dst, msg)
-			if bytes += int64(msginfo.Size(msg)); maxBytes > 0 && bytes >= maxBytes {
-				break
+			if maxBytes > 0 {
+				if bytes += int64(msginfo.Size(msg)); bytes >= maxBytes {
+					break
+				}
 			}
 		}
 		s.mu.Unlock()
@@ -229,29 +255,64 @@ func (s *Source[K, V]) PollBatch(timeout time.Duration, dst []*pipeline.Message[
 	}
 }
 
-func (s *Source[K, V]) nextMessage() *pipeline.Message[K, V] {
-	tps := s.order
-	for i := range tps {
-		tp := tps[(s.next+i)%len(tps)]
-		pos, assigned := s.position[tp]
-		if !assigned || s.paused[tp] || pos >= int64(len(s.logs[tp])) {
-			continue
+// nextPartition returns the next partition in round-robin order that has a
+// message to deliver, and moves the cursor past it; nil if none has.
+func (s *Source[K, V]) nextPartition() *partition[K, V] {
+	parts := s.order
+	i := s.next
+	for range parts {
+		p := parts[i]
+		if i++; i == len(parts) {
+			i = 0
 		}
-		s.next = (s.next + i + 1) % len(tps)
-		s.position[tp] = pos + 1
-		r := s.logs[tp][pos]
-		msg := &pipeline.Message[K, V]{
-			Topic: tp.Topic, Partition: tp.Partition, Offset: pos,
-			Key: r.Key, Value: r.Value, Headers: r.Headers, Timestamp: time.Now(),
-			Err: r.Err,
+		if p.ready() {
+			s.next = i
+			return p
 		}
-		msg.RawKey, msg.RawValue = r.rawKey, r.RawValue
-		return msg
 	}
 	return nil
 }
 
-func (s *Source[K, V]) sortedPartitions() []pipeline.TopicPartition { return slices.Clone(s.order) }
+// message returns a zeroed message to fill, out of the current chunk, or a
+// new chunk as large as the messages ready now (at most want): one
+// allocation for a batch rather than one per message.
+func (s *Source[K, V]) message(want int) *pipeline.Message[K, V] {
+	if len(s.spare) == 0 {
+		n := 1
+		if want > 1 {
+			n = 0
+			for _, p := range s.order {
+				if p.ready() {
+					if n += int(min(int64(len(p.log))-p.pos, int64(want))); n >= want {
+						n = want
+						break
+					}
+				}
+			}
+		}
+		s.spare = make([]pipeline.Message[K, V], max(n, 1))
+	}
+	msg := &s.spare[0]
+	s.spare = s.spare[1:]
+	return msg
+}
+
+// fill makes msg p's next message, and moves p past it.
+func (s *Source[K, V]) fill(msg *pipeline.Message[K, V], p *partition[K, V], now time.Time) {
+	r := &p.log[p.pos]
+	msg.Topic, msg.Partition, msg.Offset = p.tp.Topic, p.tp.Partition, p.pos
+	msg.Key, msg.Value, msg.Headers, msg.Timestamp = r.Key, r.Value, r.Headers, now
+	msg.RawKey, msg.RawValue, msg.Err = r.rawKey, r.RawValue, r.Err
+	p.pos++
+}
+
+func (s *Source[K, V]) sortedPartitions() []pipeline.TopicPartition {
+	tps := make([]pipeline.TopicPartition, len(s.order))
+	for i, p := range s.order {
+		tps[i] = p.tp
+	}
+	return tps
+}
 
 func comparePartitions(a, b pipeline.TopicPartition) int {
 	if a.Topic != b.Topic {
@@ -285,14 +346,14 @@ func (s *Source[K, V]) apply(n notification) {
 	var partitions []pipeline.TopicPartition
 	var assigned []pipeline.Offset
 	for _, tp := range n.partitions {
-		_, assigned := s.position[tp]
-		if _, exists := s.logs[tp]; exists && (n.kind == "assign") != assigned {
+		if p, exists := s.parts[tp]; exists && (n.kind == "assign") != p.assigned {
 			partitions = append(partitions, tp)
 		}
 	}
 	if n.kind == "assign" {
 		for _, tp := range partitions {
-			s.position[tp] = s.committed[tp] // 0 if never committed: "earliest"
+			p := s.parts[tp]
+			p.assigned, p.pos = true, s.committed[tp] // 0 if never committed: "earliest"
 			committed, ok := s.committed[tp]
 			if !ok {
 				committed = -1
@@ -315,7 +376,8 @@ func (s *Source[K, V]) apply(n notification) {
 	if n.kind != "assign" {
 		s.mu.Lock()
 		for _, tp := range partitions {
-			delete(s.position, tp)
+			p := s.parts[tp]
+			p.assigned, p.pos, p.paused = false, 0, false
 			delete(s.paused, tp)
 		}
 		s.mu.Unlock()
@@ -420,6 +482,9 @@ func (s *Source[K, V]) Pause(partitions []pipeline.TopicPartition) error {
 	defer s.mu.Unlock()
 	for _, tp := range partitions {
 		s.paused[tp] = true
+		if p := s.parts[tp]; p != nil {
+			p.paused = true
+		}
 	}
 	return nil
 }
@@ -430,6 +495,9 @@ func (s *Source[K, V]) Resume(partitions []pipeline.TopicPartition) error {
 	defer s.mu.Unlock()
 	for _, tp := range partitions {
 		delete(s.paused, tp)
+		if p := s.parts[tp]; p != nil {
+			p.paused = false
+		}
 	}
 	s.signal()
 	return nil
@@ -441,10 +509,11 @@ func (s *Source[K, V]) Resume(partitions []pipeline.TopicPartition) error {
 func (s *Source[K, V]) Close() error {
 	s.mu.Lock()
 	var assigned []pipeline.TopicPartition
-	for tp := range s.position {
-		assigned = append(assigned, tp)
+	for _, p := range s.order { // sorted
+		if p.assigned {
+			assigned = append(assigned, p.tp)
+		}
 	}
-	slices.SortFunc(assigned, comparePartitions)
 	pending := s.pending
 	s.pending = nil
 	s.mu.Unlock()
@@ -455,6 +524,9 @@ func (s *Source[K, V]) Close() error {
 	s.mu.Lock()
 	s.listener, s.needAssign = nil, false
 	clear(s.paused)
+	for _, p := range s.order {
+		p.paused = false
+	}
 	s.mu.Unlock()
 	return nil
 }
@@ -482,8 +554,11 @@ func (s *Source[K, V]) Committed(tp pipeline.TopicPartition) int64 {
 func (s *Source[K, V]) Watermarks(tp pipeline.TopicPartition) (low, high int64, ok bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	log, ok := s.logs[tp]
-	return 0, int64(len(log)), ok
+	p, ok := s.parts[tp]
+	if !ok {
+		return 0, 0, false
+	}
+	return 0, int64(len(p.log)), true
 }
 
 var (
@@ -549,5 +624,8 @@ func (c introspection[K, V]) Partitions() []pipeline.TopicPartition {
 func (c introspection[K, V]) Len(tp pipeline.TopicPartition) int64 {
 	c.s.mu.Lock()
 	defer c.s.mu.Unlock()
-	return int64(len(c.s.logs[tp]))
+	if p := c.s.parts[tp]; p != nil {
+		return int64(len(p.log))
+	}
+	return 0
 }
