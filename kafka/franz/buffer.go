@@ -1,6 +1,8 @@
 package franz
 
 import (
+	"slices"
+
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/parallafka/parallafka/pipeline"
@@ -37,12 +39,21 @@ func (b *recordBuffer) next() *kgo.Record {
 	return nil
 }
 
-// add appends a poll's records.
+// add appends a poll's records (one partition's at a time, or all).
 func (b *recordBuffer) add(recs []*kgo.Record) {
 	if b.pos > 0 && b.pos == len(b.recs) {
 		b.recs, b.pos = b.recs[:0], 0
 	}
 	b.recs = append(b.recs, recs...)
+}
+
+// grow makes room for n more records, so that the adds of a poll that
+// follow append without growing the buffer each time.
+func (b *recordBuffer) grow(n int) {
+	if b.pos > 0 && b.pos == len(b.recs) {
+		b.recs, b.pos = b.recs[:0], 0
+	}
+	b.recs = slices.Grow(b.recs, n)
 }
 
 // pause holds back the partitions' records from now on.

@@ -260,30 +260,52 @@ func (s *Source[K, V]) PollBatch(timeout time.Duration, dst []*pipeline.Message[
 }
 
 // takeMessages appends up to max of the buffered records to dst as
-// messages, allocated together, until they hold maxBytes (if maxBytes >
-// 0), and returns how many it appended.
+// messages, until they hold maxBytes (if maxBytes > 0), and returns how
+// many it appended. The messages are allocated together, and so are their
+// headers: two allocations for the batch, none per message.
 func (s *Source[K, V]) takeMessages(dst *[]*pipeline.Message[K, V], max int, maxBytes int64) int {
 	recs := s.scratch[:0]
 	var bytes int64
+	headers := 0
 	for len(recs) < max && (maxBytes <= 0 || bytes < maxBytes) {
 		r := s.buf.next()
 		if r == nil {
 			break
 		}
 		recs = append(recs, r)
-		bytes += int64(len(r.Key) + len(r.Value))
-		for _, h := range r.Headers {
-			bytes += int64(len(h.Key) + len(h.Value))
+		headers += len(r.Headers)
+		if maxBytes > 0 {
+			bytes += int64(len(r.Key) + len(r.Value))
+			for _, h := range r.Headers {
+				bytes += int64(len(h.Key) + len(h.Value))
+			}
 		}
 	}
 	if len(recs) == 0 {
 		return 0
 	}
 	msgs := make([]pipeline.Message[K, V], len(recs))
-	for i, r := range recs {
-		s.fill(&msgs[i], r)
-		*dst = append(*dst, &msgs[i])
+	var hs []pipeline.Header
+	if headers > 0 {
+		hs = make([]pipeline.Header, headers)
 	}
+	out := *dst
+	for i, r := range recs {
+		msg := &msgs[i]
+		if n := len(r.Headers); n > 0 {
+			// Capped, so that appending to one message's headers does
+			// not overwrite the next message's.
+			h := hs[:n:n]
+			hs = hs[n:]
+			for j := range r.Headers {
+				h[j] = pipeline.Header{Key: r.Headers[j].Key, Value: r.Headers[j].Value}
+			}
+			msg.Headers = h
+		}
+		s.fill(msg, r)
+		out = append(out, msg)
+	}
+	*dst = out
 	clear(recs)
 	s.scratch = recs[:0]
 	return len(msgs)
@@ -334,17 +356,16 @@ func (s *Source[K, V]) take(fetches kgo.Fetches) {
 	if n == 0 {
 		return
 	}
-	recs := make([]*kgo.Record, 0, n)
+	s.buf.grow(n)
 	for i := range fetches {
 		for j := range fetches[i].Topics {
 			for _, p := range fetches[i].Topics[j].Partitions {
 				if p.Err == nil {
-					recs = append(recs, p.Records...)
+					s.buf.add(p.Records)
 				}
 			}
 		}
 	}
-	s.buf.add(recs)
 }
 
 // clientError logs an error of a poll, rate-limited, and notes what the
@@ -375,22 +396,14 @@ func (s *Source[K, V]) clientError(topic string, partition int32, err error) {
 	s.logger().Warn("franz: consumer error", attrs...)
 }
 
-// fill converts a record into msg, deserializing its key and value.
+// fill converts a record into msg, a zero message but for its Headers,
+// set already from the record's, deserializing its key and value. The
+// message shares the record's key and value: kgo never reuses a record it
+// returned (only Record.Recycle, which the Source does not call, would).
 func (s *Source[K, V]) fill(msg *pipeline.Message[K, V], r *kgo.Record) {
-	*msg = pipeline.Message[K, V]{
-		Topic:     r.Topic,
-		Partition: r.Partition,
-		Offset:    r.Offset,
-		Timestamp: r.Timestamp,
-		RawKey:    r.Key,
-		RawValue:  r.Value,
-	}
-	if len(r.Headers) > 0 {
-		msg.Headers = make([]pipeline.Header, len(r.Headers))
-		for i, h := range r.Headers {
-			msg.Headers[i] = pipeline.Header{Key: h.Key, Value: h.Value}
-		}
-	}
+	msg.Topic, msg.Partition, msg.Offset = r.Topic, r.Partition, r.Offset
+	msg.Timestamp = r.Timestamp
+	msg.RawKey, msg.RawValue = r.Key, r.Value
 	if err := kafkaclient.Decode(msg, s.keyDeser, s.valueDeser); err != nil {
 		msg.Err = err
 		s.logger().Debug("franz: record cannot be deserialized", "message", msg.String(), "error", err)

@@ -1,12 +1,15 @@
 package franz_test
 
 import (
+	"context"
+	"fmt"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/parallafka/parallafka"
 	"github.com/parallafka/parallafka/pipeline"
@@ -100,4 +103,46 @@ func TestPollBatch(t *testing.T) {
 	require.Equal(t, n, got)
 	assert.Greater(t, largest, 1, "batches of more than one message")
 	require.NoError(t, src.Close())
+}
+
+// PollBatch hands over each record's headers, in order, and one message's
+// headers do not share room with the next's: appending to them leaves the
+// other messages of the batch as they were.
+func TestPollBatchHeaders(t *testing.T) {
+	const n = 30
+	c, topic := newCluster(t, 1)
+	recs := make([]*kgo.Record, n)
+	for i := range recs {
+		recs[i] = &kgo.Record{Topic: topic, Key: fmt.Appendf(nil, "k%d", i), Value: []byte("v")}
+		for j := range i % 3 {
+			recs[i].Headers = append(recs[i].Headers, kgo.RecordHeader{Key: fmt.Sprintf("h%d", j), Value: fmt.Appendf(nil, "%d/%d", i, j)})
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+	require.NoError(t, c.admin.ProduceSync(ctx, recs...).FirstErr())
+
+	src := newSource(t, c, "g-"+topic, topic, nil)
+	defer src.Close()
+	require.NoError(t, src.Subscribe(&listener{}))
+	var msgs []*pipeline.Message[string, string]
+	deadline := time.Now().Add(waitTimeout)
+	for len(msgs) < n && time.Now().Before(deadline) {
+		got, err := src.PollBatch(100*time.Millisecond, nil, n, 0)
+		require.NoError(t, err)
+		msgs = append(msgs, got...)
+	}
+	require.Len(t, msgs, n)
+	for _, m := range msgs {
+		m.Headers = append(m.Headers, pipeline.Header{Key: "added"})
+	}
+	for i, m := range msgs {
+		require.Equal(t, int64(i), m.Offset)
+		want := []pipeline.Header{}
+		for j := range i % 3 {
+			want = append(want, pipeline.Header{Key: fmt.Sprintf("h%d", j), Value: fmt.Appendf(nil, "%d/%d", i, j)})
+		}
+		want = append(want, pipeline.Header{Key: "added"})
+		assert.Equal(t, want, m.Headers, "message %d", i)
+	}
 }
