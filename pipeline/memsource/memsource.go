@@ -206,13 +206,17 @@ func (s *Source[K, V]) Poll(timeout time.Duration) (*pipeline.Message[K, V], err
 // more messages that are ready, under the same lock, until they hold
 // maxBytes (if maxBytes > 0).
 func (s *Source[K, V]) PollBatch(timeout time.Duration, dst []*pipeline.Message[K, V], max int, maxBytes int64) ([]*pipeline.Message[K, V], error) {
-	deadline := time.Now().Add(timeout)
+	// now is the timestamp of the messages delivered (one reading for a
+	// batch), and the start of the timeout.
+	now := time.Now()
+	deadline := now.Add(timeout)
 	for {
 		s.mu.Lock()
 		if s.needAssign || len(s.pending) > 0 {
 			s.mu.Unlock()
 			s.deliverNotifications()
 			s.mu.Lock()
+			now = time.Now() // the listener may have taken a while
 		}
 		if s.listener == nil {
 			s.mu.Unlock()
@@ -220,14 +224,10 @@ func (s *Source[K, V]) PollBatch(timeout time.Duration, dst []*pipeline.Message[
 		}
 		n := len(dst)
 		var bytes int64
-		var now time.Time // one reading for the batch: every message gets it
 		for i := range max {
 			p := s.nextPartition()
 			if p == nil {
 				break
-			}
-			if i == 0 {
-				now = time.Now()
 			}
 			msg := s.message(max - i)
 			s.fill(msg, p, now)
@@ -252,6 +252,7 @@ func (s *Source[K, V]) PollBatch(timeout time.Duration, dst []*pipeline.Message[
 		case <-timer.C:
 		}
 		timer.Stop()
+		now = time.Now()
 	}
 }
 
