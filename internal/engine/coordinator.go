@@ -315,24 +315,20 @@ func (c *coordinator[K, V]) takeReady() (j job[K, V], ok, more bool) {
 }
 
 // spareRun returns an empty run with room for maxRun jobs, reused.
-func (c *coordinator[K, V]) spareRun() []job[K, V] {
-	if n := len(c.spareRuns); n > 0 {
-		run := c.spareRuns[n-1]
-		c.spareRuns = c.spareRuns[:n-1]
-		return run
-	}
-	return make([]job[K, V], 0, maxRun)
-}
+func (c *coordinator[K, V]) spareRun() []job[K, V] { return popSpare(&c.spareRuns) }
 
 // spareEnds returns an empty slice of completions with room for a run's,
 // reused.
-func (c *coordinator[K, V]) spareEnds() []completion[K, V] {
-	if n := len(c.spareRunEnds); n > 0 {
-		ends := c.spareRunEnds[n-1]
-		c.spareRunEnds = c.spareRunEnds[:n-1]
-		return ends
+func (c *coordinator[K, V]) spareEnds() []completion[K, V] { return popSpare(&c.spareRunEnds) }
+
+// popSpare takes the last of spares, or makes one with room for a run.
+func popSpare[T any](spares *[][]T) []T {
+	if n := len(*spares); n > 0 {
+		s := (*spares)[n-1]
+		*spares = (*spares)[:n-1]
+		return s
 	}
-	return make([]completion[K, V], 0, maxRun)
+	return make([]T, 0, maxRun)
 }
 
 // recycleRun keeps a run's slices, emptied, for the next runs.
