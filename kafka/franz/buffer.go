@@ -47,6 +47,39 @@ func (b *recordBuffer) add(recs []*kgo.Record) {
 	b.recs = append(b.recs, recs...)
 }
 
+// interleaveRun is how many records of one partition interleave takes
+// before it moves on to the next: enough to keep a partition's records
+// together for the engine's per-partition work, few enough that a poll
+// whose records the window cannot all take spreads what it takes over the
+// partitions.
+const interleaveRun = 64
+
+// interleave appends a poll's records, one slice per partition, taking
+// interleaveRun records of each partition in turn. kgo returns a fetch's
+// records partition by partition, up to a partition's fetch size each
+// (thousands of messages): appended as they come, a window with room for
+// fewer would fill with the first partitions' records while the last ones,
+// perhaps a hot key's, wait for it to drain (bench/README.md, workload 2).
+// Each partition's records keep their order.
+func (b *recordBuffer) interleave(parts [][]*kgo.Record) {
+	if len(parts) == 1 {
+		b.add(parts[0])
+		return
+	}
+	for len(parts) > 0 {
+		kept := parts[:0]
+		for _, recs := range parts {
+			n := min(len(recs), interleaveRun)
+			b.add(recs[:n])
+			if n < len(recs) {
+				kept = append(kept, recs[n:])
+			}
+		}
+		clear(parts[len(kept):])
+		parts = kept
+	}
+}
+
 // grow makes room for n more records, so that the adds of a poll that
 // follow append without growing the buffer each time.
 func (b *recordBuffer) grow(n int) {

@@ -106,6 +106,25 @@ func (c *cluster) produce(t testing.TB, topic string, n, keys int) {
 	require.NoError(t, c.admin.ProduceSync(ctx, recs...).FirstErr())
 }
 
+// produceTo writes perPartition records to each of topic's partitions,
+// in one request.
+func (c *cluster) produceTo(t testing.TB, topic string, partitions, perPartition int) {
+	t.Helper()
+	p, err := kgo.NewClient(kgo.SeedBrokers(c.brokers...), kgo.DisableClientMetrics(),
+		kgo.RecordPartitioner(kgo.ManualPartitioner()), kgo.ProducerLinger(50*time.Millisecond))
+	require.NoError(t, err)
+	defer p.Close()
+	recs := make([]*kgo.Record, 0, partitions*perPartition)
+	for i := range perPartition {
+		for part := range partitions {
+			recs = append(recs, &kgo.Record{Topic: topic, Partition: int32(part), Key: fmt.Appendf(nil, "k%d", i), Value: []byte("v")})
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+	require.NoError(t, p.ProduceSync(ctx, recs...).FirstErr())
+}
+
 // committed reads group's committed offsets and metadata of topic.
 func (c *cluster) committed(t testing.TB, group, topic string) map[int32]pipeline.Offset {
 	t.Helper()

@@ -52,7 +52,8 @@ type Source[K, V any] struct {
 	subscribed bool
 	failure    error // a rebalance that went wrong, returned by the next Poll
 	buf        recordBuffer
-	scratch    []*kgo.Record // takeMessages' slice, reused
+	scratch    []*kgo.Record   // takeMessages' slice, reused
+	parts      [][]*kgo.Record // take's list of a poll's partitions, reused
 	startup    startup
 	errLog     kafkaclient.Repeats
 
@@ -357,15 +358,19 @@ func (s *Source[K, V]) take(fetches kgo.Fetches) {
 		return
 	}
 	s.buf.grow(n)
+	parts := s.parts[:0]
 	for i := range fetches {
 		for j := range fetches[i].Topics {
 			for _, p := range fetches[i].Topics[j].Partitions {
-				if p.Err == nil {
-					s.buf.add(p.Records)
+				if p.Err == nil && len(p.Records) > 0 {
+					parts = append(parts, p.Records)
 				}
 			}
 		}
 	}
+	s.buf.interleave(parts)
+	clear(parts)
+	s.parts = parts[:0]
 }
 
 // clientError logs an error of a poll, rate-limited, and notes what the

@@ -146,3 +146,37 @@ func TestPollBatchHeaders(t *testing.T) {
 		assert.Equal(t, want, m.Headers, "message %d", i)
 	}
 }
+
+// A poll's records are handed over a few of each partition in turn, not
+// partition after partition: a pipeline whose window has room for fewer
+// than a fetch holds reads every partition at once, and a hot key in the
+// fetch's last partition is not left waiting for the others to drain.
+func TestPollBatchSpreadsOverPartitions(t *testing.T) {
+	const partitions, perPartition = 4, 2000
+	c, topic := newCluster(t, partitions)
+	c.produceTo(t, topic, partitions, perPartition)
+	src := newSource(t, c, "g-"+topic, topic, nil)
+	t.Cleanup(func() { _ = src.Close() })
+	require.NoError(t, src.Subscribe(&listener{}))
+	first := map[int32]int{} // partition -> how many messages came before its first
+	next := map[int32]int64{}
+	got := 0
+	deadline := time.Now().Add(waitTimeout)
+	for got < partitions*perPartition && time.Now().Before(deadline) {
+		batch, err := src.PollBatch(100*time.Millisecond, nil, 100, 0)
+		require.NoError(t, err)
+		for _, msg := range batch {
+			require.Equal(t, next[msg.Partition], msg.Offset, "partition %d", msg.Partition)
+			next[msg.Partition]++
+			if _, ok := first[msg.Partition]; !ok {
+				first[msg.Partition] = got
+			}
+			got++
+		}
+	}
+	require.Equal(t, partitions*perPartition, got)
+	for p, before := range first {
+		assert.Less(t, before, perPartition/2, "partition %d's first message came after %d others", p, before)
+	}
+	require.NoError(t, src.Close())
+}
