@@ -20,7 +20,8 @@ import (
 //
 // The rules, all decided here, on the coordinator's own state:
 //   - A claim is critical once one of its keys has at least minChain
-//     messages queued and half of the claim's messages in the window: the
+//     messages queued (minQuickChain while the handlers are quick) and
+//     half of the claim's messages in the window: the
 //     partition is read mostly for that key's chain. It stays critical
 //     until that chain has had nothing queued for chainDry, or the claim
 //     ends.
@@ -76,6 +77,16 @@ type claimSteering struct {
 const (
 	minChain = 16          // a shorter queue is no chain worth steering for
 	chainDry = time.Second // a critical claim whose chain had nothing queued this long is critical no more
+	// minQuickChain is minChain while the handlers are quick. Their chains
+	// drain a message per coordinator round trip, so a short one costs a
+	// millisecond or two, less than what a critical claim gives up: the
+	// small window and runs (policy.go). Such short chains come and go on
+	// any workload: a worker descheduled for a few milliseconds leaves its
+	// keys with a few dozen messages queued, and on a uniform no-op
+	// workload over franz-go that made a claim critical in most runs, at
+	// about half the throughput. A hot key's chain (a tenth of the
+	// messages) holds hundreds of the small window's messages.
+	minQuickChain = 128
 )
 
 // chainGrew records that key's queue in cl has n messages now.
@@ -88,7 +99,11 @@ func (p *dispatchPolicy[K, V]) chainGrew(cl *claim[K, V], key uint64, n int) {
 		return
 	}
 	cl.chainN, cl.chainDryAt = n, time.Time{}
-	if !cl.critical && n >= minChain && 2*n >= cl.tracked {
+	least := minChain
+	if p.handlersQuick() {
+		least = minQuickChain
+	}
+	if !cl.critical && n >= least && 2*n >= cl.tracked {
 		cl.critical, p.steeringChanged = true, true
 		p.criticals++
 	}

@@ -151,6 +151,42 @@ func TestSteeringIgnoresEvenKeys(t *testing.T) {
 	})
 }
 
+// TestSteeringQuickHandlersIgnoreShortChains: while the handlers are
+// quick, a key with a few dozen messages queued (a worker descheduled for
+// a moment leaves such queues on any workload) does not make its claim
+// critical, which would give up the small window; a chain of
+// minQuickChain does.
+func TestSteeringQuickHandlersIgnoreShortChains(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		h, steer := steeringHarness(t, 2, 2000)
+		h.assign(0, 1)
+		pollKeys(h, 1, 0, quickRun, func(i int) string { return fmt.Sprint("cold", i) })
+		for quick := 0; quick < quickRun; {
+			for _, m := range h.dispatched() {
+				h.handlerEnd <- handlerEnded[string, string]{quick: true, done: completion[string, string]{msg: m, verdict: verdictFinish}}
+				synctest.Wait()
+				quick++
+			}
+		}
+		if s, ok := lastSteering(h, steer); !ok || !s.quick {
+			h.end()
+			t.Fatalf("after %d quick handlers: steering %+v (sent %v); want the small window", quickRun, s, ok)
+		}
+		hot := func(int) string { return "hot" }
+		pollKeys(h, 0, 0, 60, hot)                                           // 59 queued, of 60: a chain, but a short one
+		if s, ok := lastSteering(h, steer); ok && (!s.quick || s.starving) { // none sent: unchanged
+			h.end()
+			t.Fatalf("a chain of 59 with quick handlers: steering %+v; want the small window kept", s)
+		}
+		pollKeys(h, 0, 60, minQuickChain, hot)
+		if s, ok := lastSteering(h, steer); !ok || s.quick {
+			h.end()
+			t.Fatalf("a chain of %d with quick handlers: steering %+v (sent %v); want the claim critical (the whole window)", 59+minQuickChain, s, ok)
+		}
+		h.end()
+	})
+}
+
 // TestPollerPausesOverPartitionsWhileALowOneHasMore: the poller pauses the
 // partitions that are over their share while a low partition has messages
 // left to read, by the source's watermarks, and resumes them when it has
