@@ -264,8 +264,6 @@ func (r *recorder) longestChain(mode string) int {
 	return slices.Max(counts)
 }
 
-// span returns the measured time from the first poll (or handler start,
-// where polls are not recorded) to the last handler end.
 // firstPoll returns the recorder clock of the first poll (or handler
 // start) of a handled message; 0 if none.
 func (r *recorder) firstPoll() int64 {
@@ -285,22 +283,14 @@ func (r *recorder) firstPoll() int64 {
 	return first
 }
 
+// span returns the measured time from the first poll (or handler start,
+// where polls are not recorded) to the last handler end.
 func (r *recorder) span() time.Duration {
-	first, last := int64(0), int64(0)
-	for i, end := range r.endAt {
-		if end == 0 {
-			continue
-		}
-		start := r.pollAt[i]
-		if start == 0 {
-			start = r.startAt[i]
-		}
-		if first == 0 || start < first {
-			first = start
-		}
+	last := int64(0)
+	for _, end := range r.endAt {
 		last = max(last, end)
 	}
-	return time.Duration(last - first)
+	return time.Duration(last - r.firstPoll())
 }
 
 // countedSpan returns the time from the first poll (or handler start,
@@ -564,8 +554,11 @@ func (p *progress) Stop() {
 // between the end of one of its messages and the start of the next, the key
 // either waited for the next to be polled (starved: the in-flight window was
 // full of other messages) or, once it was polled, for a handler (dispatch).
-// It returns the total of each, in seconds.
-func (r *recorder) hotKeyGaps() (starved, dispatch float64) {
+// It returns the total of each, and how late the chain began (first: from
+// the run's first poll to the start of the key's first message: its
+// partition read last, or its first message queued behind others), in
+// seconds.
+func (r *recorder) hotKeyGaps() (starved, dispatch, first float64) {
 	count := make([]int, r.w.keys)
 	for i, end := range r.endAt {
 		if end != 0 {
@@ -585,6 +578,11 @@ func (r *recorder) hotKeyGaps() (starved, dispatch float64) {
 		}
 	}
 	slices.SortFunc(chain, func(a, b int32) int { return int(r.w.seq[a] - r.w.seq[b]) })
+	if len(chain) > 0 {
+		if begin := r.firstPoll(); begin > 0 {
+			first = float64(r.startAt[chain[0]]-begin) / 1e9
+		}
+	}
 	var s, d int64
 	for j := 1; j < len(chain); j++ {
 		prevEnd, poll, start := r.endAt[chain[j-1]], r.pollAt[chain[j]], r.startAt[chain[j]]
@@ -595,5 +593,5 @@ func (r *recorder) hotKeyGaps() (starved, dispatch float64) {
 			d += start - prevEnd
 		}
 	}
-	return float64(s) / 1e9, float64(d) / 1e9
+	return float64(s) / 1e9, float64(d) / 1e9, first
 }

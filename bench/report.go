@@ -92,6 +92,7 @@ type result struct {
 	// for a handler.
 	HotKeyStarvedSeconds  float64 `json:"hot_key_starved_seconds"`
 	HotKeyDispatchSeconds float64 `json:"hot_key_dispatch_seconds"`
+	HotKeyFirstSeconds    float64 `json:"hot_key_first_seconds"` // from the first poll to the hot key's first handler start
 
 	// The downstream handler model: handler calls (attempts) and those
 	// that failed (shed), the latency of the calls that succeeded (queue

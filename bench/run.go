@@ -175,7 +175,7 @@ func runPipeline(c *config, w *workload, b *broker, topic, mode string, conc con
 		bound = c.handler.sinkBound(int(n), concurrency, max(1, c.batch), rec.longestChain(mode))
 	}
 	p50, p99, pmax := rec.latencies()
-	starved, dispatch := rec.hotKeyGaps()
+	starved, dispatch, hotFirst := rec.hotKeyGaps()
 	r := &result{
 		Source: c.source, Client: c.clientName(), Messages: int(n), Backlog: w.n, Partitions: w.partitions, Keys: w.keys, Dist: w.dist,
 		ValueSize: c.valueSize, Handler: c.handler.String(), Mode: mode, Concurrency: concurrency, ConcurrencySpec: conc.String(),
@@ -188,7 +188,7 @@ func runPipeline(c *config, w *workload, b *broker, topic, mode string, conc con
 		PeakRSSBytes: peakRSS, BaseRSSBytes: baseRSS,
 		Pauses: stats.Pauses, OrderViolations: rec.violations.Load(), Duplicates: rec.dups.Load(),
 		Unknown: rec.unknown.Load(), partitionSeconds: bound.partitionSeconds,
-		HotKeyStarvedSeconds: starved, HotKeyDispatchSeconds: dispatch,
+		HotKeyStarvedSeconds: starved, HotKeyDispatchSeconds: dispatch, HotKeyFirstSeconds: hotFirst,
 		RetainedHeapBytes: kept.bytes, RetainedInFlight: kept.inFlight,
 		Batch: c.batch, Batches: stats.Batches, MeanBatchSize: stats.MeanBatchSize,
 		RateLimit: rateLimitString(c.rateLimit), Throttled: stats.Throttled,

@@ -151,8 +151,8 @@ func (c *coordinator[K, V]) route(cl *claim[K, V], s *slot[K, V]) {
 		n := q.len()
 		c.routing.queued++
 		c.policy.chainGrew(cl, key, n)
-		if n == minChain && c.policy.quick < quickRun {
-			c.promote(cl, q)
+		if n >= minChain && n&(n-1) == 0 && c.policy.quick < quickRun {
+			c.promote(q, n)
 		}
 		c.policy.queuedOn(cl, 1)
 		return
@@ -179,12 +179,17 @@ func (c *coordinator[K, V]) routeTracked(msg *pipeline.Message[K, V]) {
 }
 
 // promote has q's key's ready message, if it waits among the fresh ones,
-// compared by its backlog from now on: a key that queued minChain messages
-// behind its first one is a chain, and its first message must not wait for
-// every message polled before it (thousands, when a hot key's partition
-// was read late).
-func (c *coordinator[K, V]) promote(cl *claim[K, V], q *keyQueue[K, V]) {
-	c.ready.promote(func(e *entry[K, V]) bool { return e.queue == q }, minChain)
+// compared by its backlog (n, the messages queued behind it) from now on: a
+// key that queued minChain messages behind its first one is a chain, and
+// its first message must not wait for every message polled before it
+// (thousands, when a hot key's partition was read late). It is called
+// again each time the queue doubles: in the later heap the message is
+// ordered by the backlog it was given, and a hot key's queue grows to
+// thousands while released cold keys' messages, with backlogs of a few
+// dozen, would keep going first (on a skewed workload over librdkafka
+// that delayed the hot key's first message by a quarter of a second).
+func (c *coordinator[K, V]) promote(q *keyQueue[K, V], n int) {
+	c.ready.promote(func(e *entry[K, V]) bool { return e.queue == q }, n)
 }
 
 // backlog returns how many messages wait behind e's key now.

@@ -101,8 +101,9 @@ func (r *ready[K, V]) each(fn func(*entry[K, V]) bool) {
 // promote moves the oldest fresh message for which match returns true
 // into the later heap with the given backlog, so that it is compared by
 // its backlog rather than waiting for the older fresh messages to go
-// first. It reports whether one was found. It costs a scan of the fresh
-// messages, which hold one message per busy key at most.
+// first; a message in the later heap already with a smaller backlog gets
+// this one, and moves up. It reports whether one was found. It costs a
+// scan of the ready messages, which hold one message per busy key at most.
 func (r *ready[K, V]) promote(match func(*entry[K, V]) bool, backlog int) bool {
 	for i := r.freshHead; i < len(r.fresh); i++ {
 		if !match(&r.fresh[i]) {
@@ -115,6 +116,15 @@ func (r *ready[K, V]) promote(match func(*entry[K, V]) bool, backlog int) bool {
 		r.fresh = r.fresh[:len(r.fresh)-1]
 		r.pushLater(e)
 		return true
+	}
+	for i := range r.later {
+		if match(&r.later[i]) {
+			if r.later[i].backlog < backlog {
+				r.later[i].backlog = backlog
+				r.up(i)
+			}
+			return true
+		}
 	}
 	return false
 }

@@ -251,3 +251,24 @@ func TestReadyPromote(t *testing.T) {
 		t.Fatalf("popped %v; want %v", got, want)
 	}
 }
+
+// TestReadyPromoteAgain: a message in the later heap promoted with a
+// larger backlog moves ahead of those with smaller ones.
+func TestReadyPromoteAgain(t *testing.T) {
+	var r ready[string, string]
+	for i, b := range []int{40, 30, 20, 16} {
+		r.pushLater(entry[string, string]{seq: uint64(i + 1), backlog: b, msg: &pipeline.Message[string, string]{Offset: int64(i)}})
+	}
+	hot := func(e *entry[string, string]) bool { return e.msg.Offset == 3 }
+	if !r.promote(hot, 8) || !r.promote(hot, 64) {
+		t.Fatal("did not find offset 3 in the later heap")
+	}
+	backlog := func(e *entry[string, string]) int { return e.backlog }
+	var got []int64
+	for r.len() > 0 {
+		got = append(got, r.pop(backlog).msg.Offset)
+	}
+	if want := []int64{3, 0, 1, 2}; !slices.Equal(got, want) {
+		t.Fatalf("popped %v; want %v (a smaller backlog leaves it where it is, a larger one moves it up)", got, want)
+	}
+}
