@@ -217,9 +217,13 @@ func (s *Source[K, V]) Poll(timeout time.Duration) (*pipeline.Message[K, V], err
 
 // PollBatch implements [pipeline.BatchSource]: as Poll, it waits up to
 // timeout for a message, then appends to dst up to max of the records the
-// client has fetched already (until they hold maxBytes, if maxBytes > 0) (a poll of kgo's hands over whole fetch
-// responses), without waiting again. The pipeline calls it once per poll
-// cycle.
+// client has fetched already (until they hold maxBytes, if maxBytes > 0),
+// without waiting again. The pipeline calls it once per poll cycle.
+//
+// A poll of kgo's hands over whole fetch responses, a partition after
+// another, thousands of records each. The Source hands them over a few
+// records of each partition in turn (each partition's in order), so that
+// a pipeline with room for fewer reads every partition at once.
 func (s *Source[K, V]) PollBatch(timeout time.Duration, dst []*pipeline.Message[K, V], max int, maxBytes int64) ([]*pipeline.Message[K, V], error) {
 	if s.isClosed() {
 		return dst, ErrClosed
