@@ -132,6 +132,9 @@ type chaosConfig struct {
 	// restart crashes the broker and starts it again after down; nil
 	// restarts it with .ci/kafka.sh if that runs it, else not at all.
 	restart func(ctx context.Context, down time.Duration) error
+	// settleKilled: a broker restart waits until this long after the last
+	// SIGKILL (see TestChaosExactlyOnce's embedded broker); 0: it does not.
+	settleKilled time.Duration
 }
 
 // runChaos runs the chaos test over each client and group protocol
@@ -189,7 +192,7 @@ func runChaos(t *testing.T, cfg chaosConfig) []figures {
 				r := &chaosRun{
 					t: t, ctx: ctx, c: cfg.c, bin: bin, restart: restart, client: client, protocol: proto,
 					dir: runDir, duration: cfg.duration, pace: cfg.pace, messages: cfg.messages, brokerDown: brokerDown,
-					eos: cfg.eos, runs: map[string]*memberRun{},
+					eos: cfg.eos, runs: map[string]*memberRun{}, settleKilled: cfg.settleKilled,
 				}
 				f := r.run()
 				all = append(all, f)
@@ -260,16 +263,19 @@ func printFigures(t *testing.T, all []figures) {
 
 // chaosRun is one protocol's run.
 type chaosRun struct {
-	t        *testing.T
-	ctx      context.Context
-	c        *kafkatest.Cluster
-	bin      string
-	restart  func(ctx context.Context, down time.Duration) error // nil: no broker restart
-	client   string
-	protocol string
-	dir      string
-	duration time.Duration
-	pace     [2]time.Duration // the chaos phase's actions come this far apart, at random
+	t       *testing.T
+	ctx     context.Context
+	c       *kafkatest.Cluster
+	bin     string
+	restart func(ctx context.Context, down time.Duration) error // nil: no broker restart
+	// settleKilled: how long after the last SIGKILL a broker restart waits
+	// (chaosConfig.settleKilled).
+	settleKilled time.Duration
+	client       string
+	protocol     string
+	dir          string
+	duration     time.Duration
+	pace         [2]time.Duration // the chaos phase's actions come this far apart, at random
 	// brokerDown is how long the broker stays down when it is restarted
 	// (CHAOS_BROKER_DOWN, default 2s; Apache Kafka takes some 13 s more to
 	// start again).
@@ -675,6 +681,20 @@ func (r *chaosRun) chaos() {
 }
 
 func (r *chaosRun) restartBroker() {
+	if r.settleKilled > 0 {
+		var last time.Time
+		r.mu.Lock()
+		for _, m := range r.order {
+			if m.killed && m.killAt.After(last) {
+				last = m.killAt
+			}
+		}
+		r.mu.Unlock()
+		if wait := time.Until(last.Add(r.settleKilled)); wait > 0 {
+			r.t.Logf("%s: the broker restart waits %v, until %v after the last SIGKILL", r.protocol, wait.Round(100*time.Millisecond), r.settleKilled)
+			time.Sleep(wait)
+		}
+	}
 	ctx, cancel := context.WithTimeout(r.ctx, 2*time.Minute)
 	defer cancel()
 	t0 := time.Now()
