@@ -87,9 +87,9 @@ func TestChaosExactlyOnce(t *testing.T) {
 		// kfake restores a KIP-848 group's partition owners from its data
 		// directory, but drops the members whose session expired while it
 		// was down and leaves their partitions owned: nobody is assigned
-		// them again (restoreConsumerMembers, kfake v0.0.0-20260918054303;
-		// 3 runs in 25, also before this workaround's commit, lost a SIGKILLed
-		// member's partitions for good).
+		// them again (restoreConsumerMembers, kfake v0.0.0-20260918054303:
+		// 3 runs in 25 lost a SIGKILLed member's partitions for good, with
+		// and without the engine changes of 2026-12-06 evening).
 		// Until kfake prunes them, a restart waits until a SIGKILLed
 		// member's session (6 s) has expired and the group has moved its
 		// partitions. Apache Kafka gets the restart at any time (.ci/run).
