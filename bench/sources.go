@@ -198,6 +198,7 @@ func (b *broker) consumerConfig(group string) *ckafka.ConfigMap {
 	_ = cfg.SetKey("fetch.queue.backoff.ms", 0)
 	_ = cfg.SetKey("queued.min.messages", 1_000_000)
 	_ = cfg.SetKey("queued.max.messages.kbytes", 32<<10)
+	_ = cfg.SetKey("max.partition.fetch.bytes", 256<<10)
 	if b.client != "franz" {
 		for _, kv := range b.props {
 			_ = cfg.SetKey(kv[0], kv[1])

@@ -30,6 +30,7 @@ func TestSafeConfigFillsInAndRefuses(t *testing.T) {
 	assert.Equal(t, 0, out["fetch.queue.backoff.ms"])
 	assert.Equal(t, 1_000_000, out["queued.min.messages"])
 	assert.Equal(t, 32768, out["queued.max.messages.kbytes"])
+	assert.Equal(t, 262144, out["max.partition.fetch.bytes"])
 	out, _, err = safeConfig(base(ckafka.ConfigMap{"fetch.queue.backoff.ms": 500, "queued.max.messages.kbytes": "4096"}))
 	require.NoError(t, err)
 	assert.Equal(t, 500, out["fetch.queue.backoff.ms"])

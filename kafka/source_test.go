@@ -2,8 +2,10 @@ package kafka
 
 import (
 	"context"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"sort"
 	"strings"
 	"testing"
@@ -786,4 +788,60 @@ func TestPollBatch(t *testing.T) {
 	require.Equal(t, n, got)
 	assert.Greater(t, largest, 1, "batches of more than one message")
 	require.NoError(t, src.Close())
+}
+
+// TestPollBatchSpreadsOverPartitions: librdkafka queues a fetch response a
+// partition after another, as much of each as max.partition.fetch.bytes
+// allows. With librdkafka's 1 MiB, a backlog of small records puts
+// thousands of each other partition's messages ahead of a partition's
+// first one, and the pipeline's window fills with them before that
+// partition (perhaps a hot key's) is read at all: here the last
+// partition's first message came after 9,600 others. NewConsumer's 256 KiB
+// brings each partition's first messages within a fetch (3,200 at most).
+func TestPollBatchSpreadsOverPartitions(t *testing.T) {
+	const partitions, perPartition, chunk = 4, 4000, 200
+	c := newTestCluster(t)
+	topic := c.topic(t, partitions)
+	// Random values, so that compression leaves each partition's backlog
+	// over 256 KiB, produced in small batches, as real producers write (a
+	// fetch returns whole record batches: one larger than the limit would
+	// come whole).
+	rnd := rand.New(rand.NewPCG(1, 2))
+	value := make([]byte, 150)
+	for p := range int32(partitions) {
+		for i := 0; i < perPartition; i += chunk {
+			recs := make([]*kgo.Record, chunk)
+			for j := range recs {
+				for k := range value {
+					value[k] = byte(rnd.Uint32())
+				}
+				recs[j] = record(topic, p, fmt.Sprint(i+j), hex.EncodeToString(value))
+			}
+			c.produce(t, recs...)
+		}
+	}
+	src := newStringSource(t, c.config(groupName(t), "cooperative-sticky"), topic)
+	defer func() { require.NoError(t, src.Close()) }()
+	require.NoError(t, src.Subscribe(newListenerAny()))
+	first := map[int32]int{} // partition -> how many messages came before its first
+	next := map[int32]int64{}
+	got := 0
+	deadline := time.Now().Add(30 * time.Second)
+	for got < partitions*perPartition && time.Now().Before(deadline) {
+		batch, err := src.PollBatch(100*time.Millisecond, nil, 100, 0)
+		require.NoError(t, err)
+		for _, msg := range batch {
+			require.Equal(t, next[msg.Partition], msg.Offset, "partition %d", msg.Partition)
+			next[msg.Partition]++
+			if _, ok := first[msg.Partition]; !ok {
+				first[msg.Partition] = got
+			}
+			got++
+		}
+	}
+	require.Equal(t, partitions*perPartition, got)
+	t.Logf("messages before each partition's first: %v", first)
+	for p, before := range first {
+		assert.Less(t, before, 2*perPartition, "partition %d's first message came after %d others", p, before)
+	}
 }
