@@ -78,7 +78,7 @@ const (
 //     puts thousands of each other partition's messages ahead of a
 //     partition's first ones: the in-flight window fills before a hot
 //     key's partition is read at all (on the embedded broker, workload 2
-//     of bench/ lost 6-8 % of its efficiency in about half the runs). The
+//     of bench/ lost 5-7 % of its efficiency in 5 runs of 19). The
 //     limit is soft: a record batch larger than it still comes whole. It
 //     bounds what one fetch round trip brings of a partition: a single
 //     partition over a slow link may want more.
