@@ -25,3 +25,11 @@ for client in franz confluent; do
 	run w2-embedded-$client $w2 -source embedded -client $client
 	run w2-kafka-$client $w2 -source kafka -brokers "$BROKERS" -client $client
 done
+# Workload 2 with 1 and 2 handlers (bound by the total work; 1-2 minutes a
+# run), run after the rest:
+w2slow="-messages 100000 -partitions 12 -keys 10000 -dist zipf -zipf-s 1.1 -handler sleep:1ms -mode key -concurrency 1,2 -serial=false -raw=false -json"
+run w2-mem $w2slow -source mem
+for client in franz confluent; do
+	run w2-embedded-$client $w2slow -source embedded -client $client
+	run w2-kafka-$client $w2slow -source kafka -brokers "$BROKERS" -client $client
+done
